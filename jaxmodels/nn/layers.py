@@ -1,0 +1,96 @@
+"""Dense, convolution and norm layers whose parameters carry logical axis names.
+
+The names are the vocabulary the trainer's one table of rules maps onto mesh axes
+(trainers/sharding.py): "embed" (model width), "mlp" (hidden width of MLPs and gated
+blocks), "conv_in" (input channels of a dense convolution), "classes" (classifier
+output), "batch"/"height"/"width" for activations. A model never names a mesh axis.
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# Upstream PyTorch initialises Linear/Conv weights with trunc_normal(std=0.02) and
+# biases with zeros (timm's _init_weights); we use the same so fresh models match.
+default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
+
+
+def constrain(x, axes: Sequence[Optional[str]]):
+    """Constrains an activation's sharding by logical axis names (no-op outside a mesh)."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+def Dense(features: int, axes=("embed", "mlp"), use_bias: bool = True, dtype: Dtype = jnp.float32, name=None):
+    """A linear layer, kernel (in, out) named by ``axes``."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        name=name,
+    )
+
+
+def Conv(
+    features: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    axes=(None, None, "conv_in", "embed"),
+    dtype: Dtype = jnp.float32,
+    name=None,
+):
+    """A 2-D convolution (NHWC), kernel (kh, kw, in/groups, out).
+
+    ``padding`` is symmetric and explicit, as PyTorch's ``padding=p``; ``groups`` is
+    PyTorch's (``groups == features`` is a depthwise convolution).
+    """
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        feature_group_count=groups,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        name=name,
+    )
+
+
+def LayerNorm(epsilon: float = 1e-6, axis_name: str = "embed", dtype: Dtype = jnp.float32, name=None):
+    """LayerNorm over the last axis with PyTorch's numerics (two-pass variance)."""
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
+        name=name,
+    )
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample (timm's DropPath).
+
+    Kept samples are scaled by 1/(1-rate); draws from the "dropout" RNG stream.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))

@@ -1,0 +1,109 @@
+"""Reading official PyTorch checkpoints and placing them into Flax variable trees.
+
+A family's converter says, key by key, where an upstream tensor goes and how its
+layout changes; `assign_state_dict` then checks the result against the model's own
+parameter tree, so a checkpoint of the wrong model fails with the keys and shapes
+at fault named, never with a silently half-filled model.
+"""
+import os
+from typing import Callable, Dict, Mapping, Tuple
+
+import flax
+import jax
+import numpy as np
+
+StateDict = Dict[str, np.ndarray]
+
+
+def load_state_dict(path: str) -> StateDict:
+    """Reads a state_dict from .safetensors (no torch needed) or a torch pickle (.pt/.pth/.bin)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return dict(load_file(path))
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(
+            f"reading the torch pickle {path} needs torch (pip install 'jaxmodels[torch]'); "
+            "a .safetensors file needs no torch"
+        ) from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Training scripts wrap the weights ({"model": ...}, {"state_dict": ...}); take them out.
+    for wrapper in ("model", "state_dict", "ema"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+
+
+def assign_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    target_shapes,
+    key_map: Callable[[str, np.ndarray], Tuple[Tuple[str, ...], np.ndarray]],
+    ignore: Callable[[str], bool] = lambda key: False,
+):
+    """Builds a variable tree shaped as ``target_shapes`` from ``state_dict``.
+
+    ``key_map(key, value)`` returns the Flax path and the value in Flax layout.
+    Raises ValueError naming every unexpected key, missing parameter and shape mismatch.
+    """
+    expected = {
+        k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(target_shapes)).items()
+    }
+    out, unexpected, mismatched = {}, [], []
+    for key, value in state_dict.items():
+        if ignore(key):
+            continue
+        path, new = key_map(key, np.asarray(value))
+        if path not in expected:
+            unexpected.append(f"{key} (-> {'/'.join(path)})")
+        elif tuple(new.shape) != expected[path]:
+            mismatched.append(f"{key}: checkpoint {tuple(new.shape)} vs model {expected[path]}")
+        else:
+            out[path] = new.astype(np.float32) if np.issubdtype(new.dtype, np.floating) else new
+    missing = ["/".join(p) for p in expected if p not in out]
+    problems = []
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(unexpected))
+        problems.append(f"(valid Flax paths: {', '.join('/'.join(p) for p in sorted(expected))})"[:2000])
+    if missing:
+        problems.append("missing parameters: " + ", ".join(missing))
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if problems:
+        raise ValueError("state_dict does not fit the model:\n  " + "\n  ".join(problems))
+    return jax.tree.map(np.asarray, flax.traverse_util.unflatten_dict(out))
+
+
+def torch_to_flax_leaf(name: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+    """Renames and re-lays-out one leaf: Linear/Conv weights, norm weights, biases."""
+    if name == "bias":
+        return "bias", value
+    if name == "weight":
+        if value.ndim == 1:  # LayerNorm / GroupNorm weight
+            return "scale", value
+        if value.ndim == 2:  # Linear (out, in) -> (in, out)
+            return "kernel", value.T
+        if value.ndim == 3:  # Conv1d (out, in, k) -> (k, in, out)
+            return "kernel", value.transpose(2, 1, 0)
+        if value.ndim == 4:  # Conv2d OIHW -> HWIO
+            return "kernel", value.transpose(2, 3, 1, 0)
+    raise ValueError(f"no Flax equivalent for leaf {name!r} of shape {value.shape}")
+
+
+def module_path(torch_key: str) -> Tuple[Tuple[str, ...], str]:
+    """'stages.0.1.fc1.weight' -> (('stages_0_1', 'fc1'), 'weight'): list indices join their parent."""
+    parts = torch_key.split(".")
+    path = []
+    for part in parts[:-1]:
+        if part.isdigit() and path:
+            path[-1] = f"{path[-1]}_{part}"
+        else:
+            path.append(part)
+    return tuple(path), parts[-1]
