@@ -1,0 +1,1 @@
+"""The one training loop and everything around it; families plug in as task modules."""

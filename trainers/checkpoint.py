@@ -1,0 +1,82 @@
+"""Orbax checkpoints of the train state and the input pipeline's position.
+
+Saves are asynchronous and atomic (orbax writes into a temporary directory and renames
+it when complete). Kept: the last ``keep`` steps, plus the best one by an eval metric
+when ``best_metric`` is set. Restoring walks back from the newest step and skips any
+that fails to read, with a warning, so a corrupt latest checkpoint costs one interval,
+not the run. Restoring takes the target shardings, so a checkpoint written on one mesh
+loads onto another.
+"""
+import os
+import warnings
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+
+class Checkpointer:
+    def __init__(self, directory: str, keep: int = 3, best_metric: str = "", best_mode: str = "max", async_save=True):
+        keep_policy = policies.LatestN(n=keep)
+        if best_metric:
+            key = f"eval/{best_metric}"
+            best = policies.BestN(
+                get_metric_fn=lambda m: m[key],
+                reverse=best_mode == "min",
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+            keep_policy = policies.AnyPreservationPolicy([keep_policy, best])
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            item_names=("state", "data"),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=keep_policy,
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+            ),
+        )
+
+    def save(self, step: int, state, data_state: dict, metrics=None, force=False):
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+            metrics=metrics,
+            force=force,
+        )
+
+    def steps(self):
+        return sorted(self.manager.all_steps())
+
+    def restore(self, abstract_state, step=None):
+        """(step, state, data_state) of ``step``, or of the newest readable checkpoint; None if none.
+
+        ``abstract_state``: jax.ShapeDtypeStruct leaves carrying the target shardings.
+        """
+        steps = [step] if step is not None else self.steps()[::-1]
+        if step is not None and step not in self.steps():
+            raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; there are {self.steps()}")
+        for s in steps:
+            try:
+                restored = self.manager.restore(
+                    s,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()),
+                )
+                return s, restored["state"], restored["data"]
+            except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+                if step is not None:
+                    raise ValueError(f"checkpoint {self.directory}/{s} cannot be restored: {e}") from e
+                warnings.warn(f"skipping unreadable checkpoint {self.directory}/{s}: {type(e).__name__}: {e}")
+        return None
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()
+
+
+def abstract_with_shardings(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

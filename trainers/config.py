@@ -1,0 +1,196 @@
+"""Typed experiment configs: YAML in, validated dataclasses out.
+
+An unknown key or a value of the wrong type is an error that names the dotted key and
+lists the valid ones. Command-line overrides are ``dotted.key=value`` with the value
+parsed as YAML (``optimizer.lr=1e-3``, ``mesh.fsdp=-1``, ``model.args.dims=[8,16]``).
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mambaout_femto"  # a named variant of the task's family
+    args: Dict[str, Any] = field(default_factory=dict)  # constructor overrides, upstream names
+
+
+@dataclass
+class DataConfig:
+    source: Literal["digits", "imagefolder"] = "digits"
+    path: str = ""  # imagefolder: root with train/ and val/ of class subfolders
+    train_split: str = "train"
+    eval_split: str = "val"
+    image_size: int = 32
+    eval_crop_pct: float = 1.0  # eval: shorter side to image_size/crop_pct, centre crop (MambaOut's cfg: 1.0)
+    holdout_fraction: float = 0.2  # digits: held-out share for evaluation
+    batch_size: int = 64  # global, over all devices and processes
+    eval_batch_size: int = 128
+    num_workers: int = 0  # grain worker processes (0: read in the trainer process)
+    on_bad_image: Literal["error", "skip"] = "error"
+    random_resized_crop: bool = True
+    crop_scale: Tuple[float, float] = (0.08, 1.0)
+    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5  # with both on: chance of cutmix over mixup per batch (timm's)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 0
+    warmup_init_lr: float = 0.0
+    min_lr: float = 0.0
+    clip_grad_norm: float = 0.0  # 0: no clipping
+    ema_decay: float = 0.0  # 0: no EMA of params
+    grad_accum_steps: int = 1
+
+
+@dataclass
+class MeshConfig:
+    data: int = -1  # -1: whatever the other axes leave of the devices
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    log_every: int = 50
+    eval_every: int = 500  # also evaluated at the end
+    checkpoint_every: int = 500  # also saved at the end
+    keep_checkpoints: int = 3
+    best_metric: str = ""  # e.g. "accuracy": also keep the best checkpoint by eval/<best_metric>
+    best_mode: Literal["max", "min"] = "max"
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    remat: bool = False
+    async_checkpointing: bool = True
+
+
+@dataclass
+class Config:
+    task: str = "classification"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check(value, tp, key):
+    """Returns ``value`` converted to ``tp`` or raises ConfigError naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        return _check(value, next(a for a in args if a is not type(None)), key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (tuple, list, Tuple, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        item = args[0] if args else Any
+        return origin(_check(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys of {prefix or 'the config'}: {', '.join(names)}")
+    kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Sets ``a.b.c=value`` in a nested dict (the value parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form dotted.key=value")
+    key, raw = override.split("=", 1)
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load(path: str, overrides=()) -> Config:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    for o in overrides:
+        apply_override(data, o)
+    try:
+        return from_dict(Config, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    def plain(x):
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,244 @@
+"""The training loop: one for every family; the task module says what is family-specific."""
+import collections
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from trainers import config as config_lib
+from trainers import data, sharding
+from trainers.checkpoint import Checkpointer, abstract_with_shardings
+from trainers.metrics import MetricsWriter
+from trainers.optim import make_optimizer
+from trainers.tasks import get_task
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any  # None without EMA
+    rng: jax.Array  # base key; step s draws from fold_in(rng, s), so resuming needs nothing else
+
+
+class Trainer:
+    """Builds the mesh, the sharded state and the jitted steps for one config."""
+
+    def __init__(self, cfg: config_lib.Config, workdir: str):
+        self.cfg, self.workdir = cfg, workdir
+        self.task = get_task(cfg)
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self._check_batch_sizes()
+        self.tx, self.lr_fn = make_optimizer(cfg.optimizer, cfg.train.steps)
+
+        example = self.task.example_batch(sharding.batch_divisor(self.mesh))
+        self.batch_shardings = {k: sharding.batch_sharding(self.mesh, v.ndim) for k, v in example.items()}
+        with self.context():
+            boxed = jax.eval_shape(self.task.init, jax.random.PRNGKey(0), example)["params"]
+        self.param_shardings = sharding.param_shardings(boxed, self.mesh)
+        rep = sharding.replicated(self.mesh)
+        opt_shape = jax.eval_shape(self.tx.init, nn.meta.unbox(boxed))
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, opt_shape, self.param_shardings, transform_non_params=lambda _: rep
+        )
+        ema = self.param_shardings if cfg.optimizer.ema_decay > 0 else None
+        self.state_shardings = TrainState(rep, self.param_shardings, opt_shardings, ema, rep)
+
+        def init_state(rng):
+            k_init, k_train = jax.random.split(rng)
+            params = nn.meta.unbox(self.task.init(k_init, example))["params"]
+            ema_params = params if cfg.optimizer.ema_decay > 0 else None
+            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), ema_params, k_train)
+
+        self._init = jax.jit(init_state, out_shardings=self.state_shardings)
+        self.abstract_state = abstract_with_shardings(
+            jax.eval_shape(init_state, jax.random.PRNGKey(0)), self.state_shardings
+        )
+        self.train_step = jax.jit(
+            self._train_step,
+            in_shardings=(self.state_shardings, self.batch_shardings),
+            out_shardings=(self.state_shardings, rep),
+            donate_argnums=(0,),
+        )
+        self._eval_step = jax.jit(
+            self._eval_outputs, in_shardings=(self.param_shardings, self.batch_shardings)
+        )
+
+    def context(self):
+        """Mesh and logical-axis rules, active while tracing so activation constraints bind."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(sharding.LOGICAL_RULES))
+        return stack
+
+    def _check_batch_sizes(self):
+        d, o = self.cfg.data, self.cfg.optimizer
+        div = sharding.batch_divisor(self.mesh)
+        if d.batch_size % (div * o.grad_accum_steps):
+            raise ValueError(
+                f"data.batch_size={d.batch_size} must divide by data x fsdp = {div} devices"
+                f" times optimizer.grad_accum_steps={o.grad_accum_steps}"
+            )
+        if d.eval_batch_size % div:
+            raise ValueError(f"data.eval_batch_size={d.eval_batch_size} must divide by data x fsdp = {div}")
+
+    def init(self, seed: int):
+        with self.context():
+            return self._init(jax.random.PRNGKey(seed))
+
+    def _train_step(self, state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
+        accum = self.cfg.optimizer.grad_accum_steps
+        if accum == 1:
+            (loss, aux), grads = grad_fn(state.params, batch, rng)
+        else:
+            # Micro-batch k takes rows k, k+accum, ...: each stays spread over all devices.
+            micro = jax.tree.map(
+                lambda x: nn.with_logical_constraint(
+                    x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1),
+                    (None, "batch") + (None,) * (x.ndim - 1),
+                ),
+                batch,
+            )
+            first = jax.tree.map(lambda x: x[0], micro)
+            rest = jax.tree.map(lambda x: x[1:], micro)
+
+            def body(carry, inputs):
+                i, mb = inputs
+                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                return jax.tree.map(jnp.add, carry, out), None
+
+            total, _ = jax.lax.scan(body, grad_fn(state.params, first, rng), (jnp.arange(1, accum), rest))
+            (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            decay = self.cfg.optimizer.ema_decay
+            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+        metrics = {
+            "train/loss": loss,
+            "train/grad_norm": optax.global_norm(grads),
+            "train/lr": self.lr_fn(state.step),
+            **aux,
+        }
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
+
+    def _eval_outputs(self, params, batch):
+        return {**self.task.eval_outputs(params, batch), "_mask": batch["mask"]}
+
+    def evaluate(self, params):
+        """Metrics over the whole eval split, sharded over all devices and processes.
+
+        Per-example outputs are gathered in split order and the padding rows dropped, so
+        the result equals single-device evaluation.
+        """
+        d = self.cfg.data
+        source = self.task.eval_source()
+        rows = sharding.local_batch_rows(self.mesh, d.eval_batch_size)
+        collected = collections.defaultdict(list)
+        with self.context():
+            for local in data.eval_batches(source, self.task.eval_transform, d.eval_batch_size, rows, d.num_workers):
+                local.pop("index")
+                out = self._eval_step(params, sharding.to_global(self.mesh, local, d.eval_batch_size))
+                out = multihost_utils.process_allgather(out, tiled=True)
+                keep = out.pop("_mask") > 0
+                for k, v in out.items():
+                    collected[k].append(np.asarray(v)[keep])
+        outputs = {k: np.concatenate(v) for k, v in collected.items()}
+        return self.task.eval_metrics(outputs), outputs
+
+
+class _Preemption:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signal = None
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+
+def train(cfg: config_lib.Config, workdir: str) -> dict:
+    """Trains to cfg.train.steps, resuming from the newest readable checkpoint in workdir."""
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.yaml"), "w") as f:
+            f.write(config_lib.dump(cfg))
+    trainer = Trainer(cfg, workdir)
+    t, d = cfg.train, cfg.data
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), t.keep_checkpoints, t.best_metric, t.best_mode, t.async_checkpointing
+    )
+    rows = sharding.local_batch_rows(trainer.mesh, d.batch_size)
+    iterator = data.train_iterator(
+        trainer.task.train_source(), trainer.task.train_transform, d.batch_size, rows, cfg.seed, d.num_workers
+    )
+    restored = ckpt.restore(trainer.abstract_state)
+    if restored is None:
+        state = trainer.init(cfg.seed)
+    else:
+        step, state, data_state = restored
+        iterator.set_state(data_state)
+        print(f"resumed from {ckpt.directory}/{step}", flush=True)
+    step = int(state.step)
+    writer = MetricsWriter(workdir, t.steps, step)
+    preempt = _Preemption()
+    eval_metrics = {}
+    last_log, last_log_step = time.time(), step
+    with trainer.context():
+        while step < t.steps:
+            batch = sharding.to_global(trainer.mesh, next(iterator), d.batch_size)
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            writer.advance()
+            final = step == t.steps
+            if step % t.log_every == 0 or final:
+                metrics = jax.device_get(metrics)
+                elapsed = time.time() - last_log
+                metrics["train/step_time"] = elapsed / (step - last_log_step)
+                metrics["train/examples_per_sec"] = d.batch_size * (step - last_log_step) / elapsed
+                writer.write(step, metrics)
+                last_log, last_log_step = time.time(), step
+            save_metrics = None
+            if step % t.eval_every == 0 or final:
+                eval_metrics, outputs = evaluate_and_log(trainer, state, writer, step)
+                save_metrics = eval_metrics
+                if jax.process_index() == 0:
+                    trainer.task.write_artifacts(workdir, outputs, step)
+            stopping = preempt.signal is not None
+            if step % t.checkpoint_every == 0 or save_metrics or final or stopping:
+                ckpt.save(step, state, iterator.get_state(), metrics=save_metrics, force=final or stopping)
+            if stopping:
+                print(f"signal {preempt.signal}: checkpoint written at step {step}, stopping", flush=True)
+                break
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if preempt.signal is not None:
+        raise SystemExit(128 + preempt.signal)
+    return eval_metrics
+
+
+def evaluate_and_log(trainer, state, writer, step):
+    metrics, outputs = trainer.evaluate(state.params)
+    logged = {f"eval/{k}": v for k, v in metrics.items()}
+    if state.ema_params is not None:
+        ema_metrics, _ = trainer.evaluate(state.ema_params)
+        logged.update({f"eval_ema/{k}": v for k, v in ema_metrics.items()})
+    writer.write(step, logged)
+    return logged, outputs

@@ -1,0 +1,44 @@
+"""Pictures a person can look at (PIL only): confusion matrices and prediction grids."""
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def confusion_matrix_png(path, labels, predictions, num_classes, title="", cell=36):
+    counts = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(predictions)), 1)
+    margin, top = 40, 40
+    size = (margin + cell * num_classes + 10, top + margin + cell * num_classes)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((5, 5), title, fill="black")
+    draw.text((margin, top - 14), "predicted ->   (rows: true class)", fill="black")
+    row_sums = np.maximum(counts.sum(1, keepdims=True), 1)
+    for i in range(num_classes):
+        draw.text((5, top + 14 + i * cell + cell // 3), str(i), fill="black")
+        draw.text((margin + i * cell + cell // 3, top + 2), str(i), fill="black")
+        for j in range(num_classes):
+            share = counts[i, j] / row_sums[i, 0]
+            shade = int(255 * (1 - share))
+            color = (shade, shade, 255) if i == j else (255, shade, shade)
+            x0, y0 = margin + j * cell, top + 14 + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=color, outline="gray")
+            if counts[i, j]:
+                draw.text((x0 + 4, y0 + cell // 3), str(counts[i, j]), fill="white" if share > 0.5 else "black")
+    img.save(path)
+
+
+def prediction_grid_png(path, images, labels, predictions, columns=8, scale=4):
+    """Images with a green (right) or red (wrong) frame and 'label/prediction' under each."""
+    h, w = images[0].shape[:2]
+    ch, cw = h * scale + 18, w * scale + 6
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * cw, rows * ch), "white")
+    draw = ImageDraw.Draw(grid)
+    for k, (im, y, p) in enumerate(zip(images, labels, predictions)):
+        r, c = divmod(k, columns)
+        x0, y0 = c * cw, r * ch
+        color = (0, 160, 0) if y == p else (220, 0, 0)
+        draw.rectangle([x0, y0, x0 + cw - 1, y0 + h * scale + 5], fill=color)
+        grid.paste(Image.fromarray(np.asarray(im, np.uint8)).resize((w * scale, h * scale), Image.NEAREST), (x0 + 3, y0 + 3))
+        draw.text((x0 + 3, y0 + h * scale + 6), f"{int(y)}/{int(p)}", fill=color)
+    grid.save(path)

@@ -1,0 +1,24 @@
+"""Task modules: how a model family is initialised, trained and evaluated.
+
+A task is a class with:
+  model                         the flax module (compute dtype and remat from config)
+  train_source(), eval_source() random-access sources (len, getitem) of records
+  train_transform, eval_transform   per-record host transforms (record, np Generator) -> record
+  init(rng, batch)              boxed variables (nn.with_logical_partitioning metadata kept)
+  loss(params, batch, rng)      (scalar loss, dict of scalar metrics); batch rows with mask 0 are padding
+  eval_outputs(params, batch)   dict of per-example arrays
+  eval_metrics(outputs)         host-side: outputs over the whole split (numpy) -> dict of scalars
+  write_artifacts(workdir, outputs, step)   pictures or files for a person to look at
+"""
+import importlib
+
+TASKS = {
+    "classification": "trainers.tasks.classification:ClassificationTask",
+}
+
+
+def get_task(cfg):
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
+    module, cls = TASKS[cfg.task].split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
