@@ -30,7 +30,7 @@ def main(argv=None):
     from trainers.checkpoint import Checkpointer
     from trainers.loop import Trainer
 
-    trainer = Trainer(cfg, args.workdir)
+    trainer = Trainer(cfg)
     ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
     restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
     if restored is None:

@@ -33,10 +33,10 @@ class TrainState:
 class Trainer:
     """Builds the mesh, the sharded state and the jitted steps for one config."""
 
-    def __init__(self, cfg: config_lib.Config, workdir: str):
-        self.cfg, self.workdir = cfg, workdir
+    def __init__(self, cfg: config_lib.Config, devices=None):
+        self.cfg = cfg
         self.task = get_task(cfg)
-        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
         self._check_batch_sizes()
         self.tx, self.lr_fn = make_optimizer(cfg.optimizer, cfg.train.steps)
 
@@ -130,7 +130,7 @@ class Trainer:
             ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
         metrics = {
             "train/loss": loss,
-            "train/grad_norm": optax.global_norm(grads),
+            "train/grad_norm": optax.tree.norm(grads),
             "train/lr": self.lr_fn(state.step),
             **aux,
         }
@@ -179,7 +179,7 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.yaml"), "w") as f:
             f.write(config_lib.dump(cfg))
-    trainer = Trainer(cfg, workdir)
+    trainer = Trainer(cfg)
     t, d = cfg.train, cfg.data
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), t.keep_checkpoints, t.best_metric, t.best_mode, t.async_checkpointing

@@ -56,29 +56,35 @@ def assign_state_dict(
     expected = {
         k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(target_shapes)).items()
     }
-    out, unexpected, mismatched = {}, [], []
+    out, seen, unexpected, mismatched = {}, set(), [], []
     for key, value in state_dict.items():
         if ignore(key):
             continue
         path, new = key_map(key, np.asarray(value))
         if path not in expected:
             unexpected.append(f"{key} (-> {'/'.join(path)})")
-        elif tuple(new.shape) != expected[path]:
+            continue
+        seen.add(path)
+        if tuple(new.shape) != expected[path]:
             mismatched.append(f"{key}: checkpoint {tuple(new.shape)} vs model {expected[path]}")
         else:
             out[path] = new.astype(np.float32) if np.issubdtype(new.dtype, np.floating) else new
-    missing = ["/".join(p) for p in expected if p not in out]
+    missing = ["/".join(p) for p in expected if p not in seen]
     problems = []
     if unexpected:
-        problems.append("unexpected keys: " + ", ".join(unexpected))
-        problems.append(f"(valid Flax paths: {', '.join('/'.join(p) for p in sorted(expected))})"[:2000])
+        problems.append("unexpected keys: " + _listing(unexpected))
     if missing:
-        problems.append("missing parameters: " + ", ".join(missing))
+        problems.append("missing parameters: " + _listing(missing))
     if mismatched:
-        problems.append("shape mismatches: " + "; ".join(mismatched))
+        problems.append("shape mismatches: " + _listing(mismatched, sep="; "))
     if problems:
         raise ValueError("state_dict does not fit the model:\n  " + "\n  ".join(problems))
     return jax.tree.map(np.asarray, flax.traverse_util.unflatten_dict(out))
+
+
+def _listing(items, sep=", ", limit=12):
+    more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more
 
 
 def torch_to_flax_leaf(name: str, value: np.ndarray) -> Tuple[str, np.ndarray]:

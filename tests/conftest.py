@@ -1,0 +1,41 @@
+import os
+
+# 8 simulated CPU devices, set before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture
+def fixtures_dir():
+    if not FIXTURES.is_dir():
+        pytest.skip(f"reference fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+def tiny_config(**sections):
+    """A small classification config on the digits (16x16), overridable by section."""
+    from trainers import config as config_lib
+
+    base = {
+        "model": {"name": "mambaout_femto", "args": {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 32]}},
+        "data": {
+            "source": "digits",
+            "image_size": 16,
+            "batch_size": 16,
+            "eval_batch_size": 16,
+            "random_resized_crop": False,
+            "hflip": 0.0,
+        },
+        "optimizer": {"lr": 1e-2, "warmup_steps": 2, "clip_grad_norm": 1.0},
+        "train": {"steps": 4, "log_every": 2, "eval_every": 100, "checkpoint_every": 2, "async_checkpointing": False},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return config_lib.from_dict(config_lib.Config, base)

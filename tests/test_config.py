@@ -1,0 +1,45 @@
+import pytest
+import yaml
+
+from trainers import config as config_lib
+
+
+def write(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_repo_configs_load():
+    import pathlib
+
+    for path in sorted(pathlib.Path(__file__).parents[1].glob("configs/*.yaml")):
+        config_lib.load(str(path))
+
+
+def test_unknown_key_names_it_and_lists_valid(tmp_path):
+    path = write(tmp_path, {"optimizer": {"lr": 1e-3, "learning_rate": 1}})
+    with pytest.raises(config_lib.ConfigError, match=r"optimizer.learning_rate.*valid keys of optimizer: name, lr"):
+        config_lib.load(path)
+    with pytest.raises(config_lib.ConfigError, match="unknown config key trainer; valid keys of the config: task"):
+        config_lib.load(write(tmp_path, {"trainer": {}}))
+
+
+def test_wrong_types_are_errors(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="train.steps: expected int, got str 'many'"):
+        config_lib.load(write(tmp_path, {"train": {"steps": "many"}}))
+    with pytest.raises(config_lib.ConfigError, match=r"optimizer.name: 'lamb' is not one of \['adamw'"):
+        config_lib.load(write(tmp_path, {"optimizer": {"name": "lamb"}}))
+    with pytest.raises(config_lib.ConfigError, match=r"data.crop_scale: expected 2 values"):
+        config_lib.load(write(tmp_path, {"data": {"crop_scale": [0.1, 0.5, 1.0]}}))
+
+
+def test_overrides_and_round_trip(tmp_path):
+    path = write(tmp_path, {"optimizer": {"lr": 1e-3}})
+    cfg = config_lib.load(path, ["optimizer.lr=5e-4", "mesh.fsdp=-1", "model.args.dims=[8,16]", "train.remat=true"])
+    assert cfg.optimizer.lr == 5e-4 and cfg.mesh.fsdp == -1 and cfg.train.remat
+    assert cfg.model.args == {"dims": [8, 16]}
+    again = config_lib.load(write(tmp_path, config_lib.to_dict(cfg)))
+    assert again == cfg
+    with pytest.raises(config_lib.ConfigError, match="dotted.key=value"):
+        config_lib.load(path, ["optimizer.lr"])

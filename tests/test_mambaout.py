@@ -1,0 +1,84 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels.mambaout import VARIANTS, MambaOut, create, from_torch
+from jaxmodels.nn import load_state_dict
+
+
+@pytest.mark.parametrize("case", ["m1", "m2"])
+def test_reproduces_reference_outputs(fixtures_dir, case):
+    folder = fixtures_dir / "mambaout" / case
+    model = MambaOut(**json.loads((folder / "config.json").read_text()))
+    io = np.load(folder / "io.npz")
+    variables = from_torch(load_state_dict(folder / "weights.safetensors"), model)
+    x = io["x_nchw"].transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(model.apply(variables, x), io["logits"], atol=1e-4, rtol=1e-4)
+    stages = model.apply(variables, x, method=MambaOut.forward_stages)
+    for i, feature in enumerate(stages):
+        np.testing.assert_allclose(feature, io[f"stage{i}_nhwc"], atol=1e-4, rtol=1e-4)
+
+
+def test_config_inferred_from_state_dict(fixtures_dir):
+    folder = fixtures_dir / "mambaout" / "m2"
+    io = np.load(folder / "io.npz")
+    variables = from_torch(str(folder / "weights.safetensors"))  # a path, model inferred
+    model = MambaOut(**json.loads((folder / "config.json").read_text()))
+    np.testing.assert_allclose(model.apply(variables, io["x_nchw"].transpose(0, 2, 3, 1)), io["logits"], atol=1e-4)
+
+
+def test_torch_pickle_checkpoint(fixtures_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    folder = fixtures_dir / "mambaout" / "m1"
+    state = load_state_dict(folder / "weights.safetensors")
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in state.items()}}, tmp_path / "m1.pth")
+    model = MambaOut(**json.loads((folder / "config.json").read_text()))
+    a = from_torch(load_state_dict(tmp_path / "m1.pth"), model)
+    b = from_torch(state, model)
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+
+
+def test_wrong_checkpoint_names_the_problem(fixtures_dir):
+    state = load_state_dict(fixtures_dir / "mambaout" / "m1" / "weights.safetensors")
+    model = MambaOut(**json.loads((fixtures_dir / "mambaout" / "m2" / "config.json").read_text()))
+    with pytest.raises(ValueError, match=r"(?s)missing parameters: stages_0_1.*shape mismatches: downsample_layers.0.conv1.bias: checkpoint \(8,\) vs model \(4,\)"):
+        from_torch(state, model)
+    del state["head.fc2.bias"]
+    state["head.extra.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"(?s)unexpected keys: head.extra.weight.*missing parameters: head/fc2/bias"):
+        from_torch(state, MambaOut(**json.loads((fixtures_dir / "mambaout" / "m1" / "config.json").read_text())))
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        load_state_dict("nowhere.safetensors")
+
+
+def test_published_parameter_counts(fixtures_dir):
+    expected = json.loads((fixtures_dir / "mambaout" / "param_counts.json").read_text())
+    assert set(expected) == set(VARIANTS)
+    for name, count in expected.items():
+        model = create(name)
+        shapes = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+        assert sum(x.size for x in jax.tree.leaves(shapes)) == count, name
+
+
+def test_create_rejects_unknown_names():
+    with pytest.raises(ValueError, match="valid: mambaout_femto"):
+        create("mambaout_huge")
+    with pytest.raises(ValueError, match="unknown MambaOut argument"):
+        create("mambaout_tiny", widths=[1])
+    with pytest.raises(ValueError, match="NHWC"):
+        m = create("mambaout_femto", dims=(8, 8, 8, 8), depths=(1, 1, 1, 1))
+        m.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)))
+
+
+def test_drop_path_and_remat_train_mode():
+    model = create("mambaout_femto", depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), drop_path_rate=0.5, num_classes=3)
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+    variables = model.init(jax.random.PRNGKey(0), x)
+    eval_out = model.apply(variables, x)
+    a = model.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+    b = model.clone(remat=True).apply(variables, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
+    assert not np.allclose(a, eval_out)  # stochastic depth acts in training
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # remat changes memory, not numbers

@@ -1,0 +1,68 @@
+"""Data-parallel, FSDP and tensor-parallel layouts give the same loss and params as one device."""
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from trainers import sharding
+from trainers.loop import Trainer
+
+
+def run_steps(cfg, devices=None, steps=2):
+    trainer = Trainer(cfg, devices)
+    state = trainer.init(0)
+    batch_np = trainer.task.example_batch(cfg.data.batch_size)
+    rng = np.random.default_rng(0)
+    batch_np["image"] = rng.integers(0, 256, batch_np["image"].shape, dtype=np.uint8)
+    batch_np["label"] = rng.integers(0, 10, batch_np["label"].shape).astype(np.int32)
+    losses = []
+    with trainer.context():
+        for _ in range(steps):
+            batch = sharding.to_global(trainer.mesh, batch_np, cfg.data.batch_size)
+            state, metrics = trainer.train_step(state, batch)
+            losses.append(float(metrics["train/loss"]))
+    return trainer, losses, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def single_device_run():
+    return run_steps(tiny_config(mesh={"data": 1}), devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize(
+    "mesh",
+    [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 8, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}],
+    ids=["data", "fsdp", "fsdp+tensor"],
+)
+def test_layouts_match_one_device(single_device_run, mesh):
+    _, ref_losses, ref_params = single_device_run
+    trainer, losses, params = run_steps(tiny_config(mesh=mesh))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+    specs = [s.spec for s in jax.tree.leaves(trainer.param_shardings)]
+    if mesh["fsdp"] > 1:
+        assert any("fsdp" in str(s) for s in specs)
+    if mesh["tensor"] > 1:
+        assert any("tensor" in str(s) for s in specs)
+
+
+def test_grad_accumulation_matches_full_batch(single_device_run):
+    _, ref_losses, ref_params = single_device_run
+    _, losses, params = run_steps(tiny_config(mesh={"data": 8}, optimizer={"grad_accum_steps": 2}))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params, ref_params)
+
+
+def test_bad_mesh_and_batch_sizes_are_errors():
+    with pytest.raises(ValueError, match="does not fit 8 devices"):
+        sharding.make_mesh(3, 1, 1)
+    with pytest.raises(ValueError, match="at most one axis may be -1"):
+        sharding.make_mesh(-1, -1, 1)
+    with pytest.raises(ValueError, match="data.batch_size=12 must divide"):
+        Trainer(tiny_config(data={"batch_size": 12}))
+
+
+def test_indivisible_dims_stay_replicated():
+    mesh = sharding.make_mesh(1, 8, 1)
+    assert sharding.mesh_spec(("embed", "mlp"), (12, 16), mesh)[0] is None
+    assert sharding.mesh_spec(("embed", "mlp"), (16, 16), mesh)[0] == "fsdp"
