@@ -22,10 +22,21 @@ def _require_grain():
         raise ImportError("the input pipeline needs grain (pip install grain)")
 
 
+def _prefetch(ds, num_workers: int):
+    """Worker processes for decoding and augmentation (0: read in this process)."""
+    if num_workers <= 0:
+        return ds
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we are not an absl app
+        flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+
+
 def _process_slice(ds, rows, global_batch):
     start, stop = rows
     local = stop - start
-    return ds.batch(local)[start // local :: global_batch // local]
+    return ds.batch(local, drop_remainder=True)[start // local :: global_batch // local]
 
 
 def train_iterator(source, transform, global_batch: int, rows, seed: int, num_workers: int = 0):
@@ -36,10 +47,7 @@ def train_iterator(source, transform, global_batch: int, rows, seed: int, num_wo
     """
     _require_grain()
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None).random_map(transform, seed=seed + 1)
-    ds = _process_slice(ds, rows, global_batch).to_iter_dataset()
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return iter(ds)
+    return iter(_prefetch(_process_slice(ds, rows, global_batch).to_iter_dataset(), num_workers))
 
 
 class _Padded:
@@ -62,7 +70,4 @@ def eval_batches(source, transform, global_batch: int, rows, num_workers: int = 
     _require_grain()
     total = math.ceil(len(source) / global_batch) * global_batch
     ds = _process_slice(grain.MapDataset.source(_Padded(source, transform, total)), rows, global_batch)
-    ds = ds.to_iter_dataset()
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-    return ds
+    return _prefetch(ds.to_iter_dataset(), num_workers)

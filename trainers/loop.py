@@ -162,12 +162,18 @@ class Trainer:
 
 
 class _Preemption:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+    """While active, turns SIGTERM/SIGINT into a flag the loop checks between steps."""
 
-    def __init__(self):
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
         self.signal = None
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, self._handle)
+        self.previous = [signal.signal(s, self._handle) for s in self.SIGNALS]
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in zip(self.SIGNALS, self.previous):
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame):
         self.signal = signum
@@ -197,10 +203,9 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
         print(f"resumed from {ckpt.directory}/{step}", flush=True)
     step = int(state.step)
     writer = MetricsWriter(workdir, t.steps, step)
-    preempt = _Preemption()
     eval_metrics = {}
     last_log, last_log_step = time.time(), step
-    with trainer.context():
+    with trainer.context(), _Preemption() as preempt:
         while step < t.steps:
             batch = sharding.to_global(trainer.mesh, next(iterator), d.batch_size)
             state, metrics = trainer.train_step(state, batch)
