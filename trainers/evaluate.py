@@ -15,7 +15,7 @@ def main(argv=None):
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: newest)")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import launch
     from trainers import config as config_lib

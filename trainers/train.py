@@ -8,7 +8,7 @@ def main(argv=None):
     parser.add_argument("config", help="experiment YAML (configs/...)")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures go here; resumes from it")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optimizer.lr=1e-3")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import launch
     from trainers import config as config_lib
