@@ -82,3 +82,14 @@ def test_drop_path_and_remat_train_mode():
     b = model.clone(remat=True).apply(variables, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(a, eval_out)  # stochastic depth acts in training
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # remat changes memory, not numbers
+
+
+def test_depthwise_conv_paths_agree(monkeypatch):
+    from jaxmodels.nn import depthwise_conv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 6))
+    w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 6))
+    shifted = depthwise_conv(x, w)  # the CPU path
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    native = depthwise_conv(x, w)
+    np.testing.assert_allclose(shifted, native, rtol=1e-5, atol=1e-5)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.nn import Conv, Dense, DropPath, LayerNorm, constrain
+from jaxmodels.nn import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain
 
 Dtype = Any
 ACTIVATION_AXES = ("batch", "height", "width", "act_embed")
@@ -65,14 +65,7 @@ class GatedCNNBlock(nn.Module):
         self.conv_channels = int(self.conv_ratio * self.dim)
         self.norm = LayerNorm(dtype=self.dtype)
         self.fc1 = Dense(self.hidden * 2, axes=("embed", "mlp"), dtype=self.dtype)
-        self.conv = Conv(
-            self.conv_channels,
-            self.kernel_size,
-            padding=self.kernel_size // 2,
-            groups=self.conv_channels,
-            axes=(None, None, None, "conv_channels"),
-            dtype=self.dtype,
-        )
+        self.conv = DepthwiseConv(self.kernel_size, dtype=self.dtype)
         self.fc2 = Dense(self.dim, axes=("mlp", "embed"), dtype=self.dtype)
         self.drop = DropPath(self.drop_path)
 

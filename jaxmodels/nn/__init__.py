@@ -1,5 +1,5 @@
 """Blocks shared by the model families, every parameter annotated with logical axis names."""
-from jaxmodels.nn.layers import Conv, Dense, DropPath, LayerNorm, constrain
+from jaxmodels.nn.layers import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, depthwise_conv
 from jaxmodels.nn.state_dict import (
     assign_state_dict,
     load_state_dict,
@@ -8,9 +8,11 @@ from jaxmodels.nn.state_dict import (
 __all__ = [
     "Conv",
     "Dense",
+    "DepthwiseConv",
     "DropPath",
     "LayerNorm",
     "assign_state_dict",
     "constrain",
+    "depthwise_conv",
     "load_state_dict",
 ]

@@ -1,0 +1,139 @@
+"""MambaOut forward+backward at 224x224: this project (JAX) against the official PyTorch model.
+
+    python benchmarks/mambaout_train_step.py --reference MambaOut/models/mambaout.py [--variant mambaout_tiny]
+
+--reference is upstream's models/mambaout.py from a clone of yuweihao/MambaOut. Its
+imports from timm are satisfied by small stand-ins defined here (trunc_normal_,
+DropPath, register_model, the ImageNet mean/std), so torchvision is not needed. Both
+models get the same weights (the torch state_dict converted with from_torch) and the
+same batch; each is timed over --iters steps of loss + gradients after warm-up, in one
+process. Prints the step times and their ratio (torch / jax: above 1 means JAX is
+faster); where an accelerator is present, also images/s, FLOP/s and MFU.
+"""
+import argparse
+import importlib.util
+import sys
+import time
+import types
+
+import numpy as np
+
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense, per chip
+
+
+def load_reference(path):
+    import torch
+
+    timm = types.ModuleType("timm")
+    layers = types.ModuleType("timm.models.layers")
+    layers.trunc_normal_ = torch.nn.init.trunc_normal_
+
+    class DropPath(torch.nn.Module):
+        def __init__(self, p=0.0):
+            super().__init__()
+            self.p = p
+
+        def forward(self, x):
+            if not self.training or self.p == 0.0:
+                return x
+            keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
+            return x * keep / (1 - self.p)
+
+    layers.DropPath = DropPath
+    registry = types.ModuleType("timm.models.registry")
+    registry.register_model = lambda f: f
+    data = types.ModuleType("timm.data")
+    data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    models = types.ModuleType("timm.models")
+    sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers,
+                        "timm.models.registry": registry, "timm.data": data})
+    spec = importlib.util.spec_from_file_location("mambaout_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+
+
+def time_it(fn, iters):
+    fn()
+    fn()
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="upstream models/mambaout.py")
+    parser.add_argument("--variant", default="mambaout_tiny")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    from jaxmodels.mambaout import create, from_torch
+
+    ref = getattr(load_reference(args.reference), args.variant)()
+    ref.train()
+    torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    ref = ref.to(torch_device)
+    model = create(args.variant, dtype=jnp.dtype(args.dtype))
+    variables = from_torch({k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}, model)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, 224, 224, 3)).astype(np.float32)
+    y = rng.integers(0, 1000, args.batch)
+
+    # PyTorch: one forward + backward of the cross-entropy, gradients zeroed each step.
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(torch_device)
+    yt = torch.from_numpy(y).to(torch_device)
+    autocast = torch.autocast(torch_device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
+    def torch_step():
+        ref.zero_grad(set_to_none=True)
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(ref(xt), yt)
+        loss.backward()
+        if torch_device == "cuda":
+            torch.cuda.synchronize()
+
+    # JAX: the same, jitted.
+    def loss_fn(params, images, labels):
+        logits = model.apply({"params": params}, images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn))
+    params = variables["params"]
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def jax_step():
+        jax.block_until_ready(grad_fn(params, xj, yj))
+
+    t_jax = time_it(jax_step, args.iters)
+    t_torch = time_it(torch_step, args.iters)
+    fwd_flops = grad_fn.lower(params, xj, yj).compile().cost_analysis()
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({device.platform}), torch on {torch_device}, threads {torch.get_num_threads()}")
+    print(f"{args.variant} fwd+bwd, batch {args.batch} at 224x224, {args.dtype}")
+    print(f"  jax   {t_jax * 1e3:9.1f} ms/step  {args.batch / t_jax:8.1f} images/s")
+    print(f"  torch {t_torch * 1e3:9.1f} ms/step  {args.batch / t_torch:8.1f} images/s")
+    print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x")
+    step_flops = (fwd_flops or {}).get("flops") if isinstance(fwd_flops, dict) else None
+    if step_flops:
+        achieved = step_flops / t_jax
+        peak = next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
+        mfu = f", MFU {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak and device.platform == "gpu" else ""
+        print(f"  jax achieved {achieved / 1e12:.3f} TFLOP/s (XLA cost analysis){mfu}")
+
+
+if __name__ == "__main__":
+    main()
