@@ -7,7 +7,7 @@ parsed as YAML (``optimizer.lr=1e-3``, ``mesh.fsdp=-1``, ``model.args.dims=[8,16
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Tuple
 
 import yaml
 

@@ -62,7 +62,7 @@ class _Padded:
     def __getitem__(self, i):
         real = i < len(self.source)
         record = self.transform(self.source[i if real else 0], np.random.default_rng(0))
-        return {**record, "mask": np.float32(record["mask"] if real else 0.0), "index": np.int64(i)}
+        return {**record, "mask": np.float32(record["mask"] if real else 0.0)}
 
 
 def eval_batches(source, transform, global_batch: int, rows, num_workers: int = 0):

@@ -151,7 +151,6 @@ class Trainer:
         collected = collections.defaultdict(list)
         with self.context():
             for local in data.eval_batches(source, self.task.eval_transform, d.eval_batch_size, rows, d.num_workers):
-                local.pop("index")
                 out = self._eval_step(params, sharding.to_global(self.mesh, local, d.eval_batch_size))
                 out = multihost_utils.process_allgather(out, tiled=True)
                 keep = out.pop("_mask") > 0
