@@ -1,5 +1,6 @@
 """The training loop: one for every family; the task module says what is family-specific."""
 import collections
+import contextlib
 import os
 import signal
 import time
@@ -75,8 +76,6 @@ class Trainer:
 
     def context(self):
         """Mesh and logical-axis rules, active while tracing so activation constraints bind."""
-        import contextlib
-
         stack = contextlib.ExitStack()
         stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(sharding.LOGICAL_RULES))
