@@ -4,7 +4,9 @@ An unknown key or a value of the wrong type is an error that names the dotted ke
 lists the valid ones. Command-line overrides are ``dotted.key=value`` with the value
 parsed as YAML (``optimizer.lr=1e-3``, ``mesh.fsdp=-1``, ``model.args.dims=[8,16]``).
 """
+import argparse
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Tuple
@@ -194,3 +196,20 @@ def to_dict(cfg: Config) -> dict:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_command_line(prog: str, description: str, argv=None, add_arguments=lambda parser: None):
+    """(args, Config) from ``CONFIG.yaml --workdir DIR [dotted.key=value ...]`` plus a command's own flags.
+
+    A config error ends the process with its message (no traceback).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("config", help="experiment YAML (configs/...)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures; resumed from")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optimizer.lr=1e-3")
+    add_arguments(parser)
+    args = parser.parse_intermixed_args(argv)
+    try:
+        return args, load(args.config, args.overrides)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")

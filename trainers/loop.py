@@ -158,6 +158,14 @@ class Trainer:
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
         return self.task.eval_metrics(outputs), outputs
 
+    def evaluate_state(self, state: TrainState):
+        """Metrics of the params and, with EMA on, of the EMA params as ``ema_<name>``; outputs of the params."""
+        metrics, outputs = self.evaluate(state.params)
+        if state.ema_params is not None:
+            ema_metrics, _ = self.evaluate(state.ema_params)
+            metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+        return metrics, outputs
+
 
 class _Preemption:
     """While active, turns SIGTERM/SIGINT into a flag the loop checks between steps."""
@@ -219,8 +227,9 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
                 last_log, last_log_step = time.time(), step
             save_metrics = None
             if step % t.eval_every == 0 or final:
-                eval_metrics, outputs = evaluate_and_log(trainer, state, writer, step)
-                save_metrics = eval_metrics
+                metrics, outputs = trainer.evaluate_state(state)
+                eval_metrics = save_metrics = {f"eval/{k}": v for k, v in metrics.items()}
+                writer.write(step, eval_metrics)
                 if jax.process_index() == 0:
                     trainer.task.write_artifacts(workdir, outputs, step)
             stopping = preempt.signal is not None
@@ -236,12 +245,3 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
         raise SystemExit(128 + preempt.signal)
     return eval_metrics
 
-
-def evaluate_and_log(trainer, state, writer, step):
-    metrics, outputs = trainer.evaluate(state.params)
-    logged = {f"eval/{k}": v for k, v in metrics.items()}
-    if state.ema_params is not None:
-        ema_metrics, _ = trainer.evaluate(state.ema_params)
-        logged.update({f"eval_ema/{k}": v for k, v in ema_metrics.items()})
-    writer.write(step, logged)
-    return logged, outputs
