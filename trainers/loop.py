@@ -168,12 +168,23 @@ class Trainer:
 
 
 class _Preemption:
-    """While active, turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+    """While active, turns SIGTERM/SIGINT into a stop at a step all processes agree on.
+
+    The processes of one job may get the signal at different steps. Each step they take
+    the max of their signal numbers on the devices (one tiny collective) and read the
+    result one step later, so the host never waits for the step in flight.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+        self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+        self.reduce = jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))
+        self.received, self.pending = 0, None
+
     def __enter__(self):
-        self.signal = None
         self.previous = [signal.signal(s, self._handle) for s in self.SIGNALS]
         return self
 
@@ -182,7 +193,16 @@ class _Preemption:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame):
-        self.signal = signum
+        self.received = signum
+
+    def agreed_signal(self) -> int:
+        """The signal to stop for (0: go on), the same on every process at the same step."""
+        if jax.process_count() == 1:
+            return self.received
+        local = np.full((self.local_devices,), self.received, np.int32)
+        flags = jax.make_array_from_process_local_data(self.sharding, local, (self.mesh.size,))
+        previous, self.pending = self.pending, self.reduce(flags)
+        return 0 if previous is None else int(previous)
 
 
 def train(cfg: config_lib.Config, workdir: str) -> dict:
@@ -211,7 +231,8 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
     writer = MetricsWriter(workdir, t.steps, step)
     eval_metrics = {}
     last_log, last_log_step = time.time(), step
-    with trainer.context(), _Preemption() as preempt:
+    stop_signal = 0
+    with trainer.context(), _Preemption(trainer.mesh) as preempt:
         while step < t.steps:
             batch = sharding.to_global(trainer.mesh, next(iterator), d.batch_size)
             state, metrics = trainer.train_step(state, batch)
@@ -232,16 +253,16 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
                 writer.write(step, eval_metrics)
                 if jax.process_index() == 0:
                     trainer.task.write_artifacts(workdir, outputs, step)
-            stopping = preempt.signal is not None
-            if step % t.checkpoint_every == 0 or save_metrics or final or stopping:
-                ckpt.save(step, state, iterator.get_state(), metrics=save_metrics, force=final or stopping)
-            if stopping:
-                print(f"signal {preempt.signal}: checkpoint written at step {step}, stopping", flush=True)
+            stop_signal = preempt.agreed_signal()
+            if step % t.checkpoint_every == 0 or save_metrics or final or stop_signal:
+                ckpt.save(step, state, iterator.get_state(), metrics=save_metrics, force=final or bool(stop_signal))
+            if stop_signal:
+                print(f"signal {stop_signal}: checkpoint written at step {step}, stopping", flush=True)
                 break
     ckpt.wait()
     ckpt.close()
     writer.close()
-    if preempt.signal is not None:
-        raise SystemExit(128 + preempt.signal)
+    if stop_signal:
+        raise SystemExit(128 + stop_signal)
     return eval_metrics
 

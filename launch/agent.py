@@ -1,0 +1,425 @@
+"""jaxrun's node agent, as torch elastic's: rendezvous, workers, supervision.
+
+Each node runs one agent. The agents meet in rounds through a store (launch.store):
+a round closes when enough nodes have joined, fixes the node order and the JAX
+coordinator's address, and each agent then starts its node's workers with the
+environment torchrun gives. While they run, every agent watches its own workers and
+the round's shared state. A failed worker (or a silent node) fails the whole round:
+every agent kills its workers, since an SPMD program cannot go on without one of its
+processes, and all agents join the next round, up to --max_restarts times; the
+trainer resumes from its last checkpoint. SIGTERM/SIGINT to an agent is forwarded to
+its workers, which checkpoint and exit, and to the other nodes' workers through the
+store. A node that joins an elastic job (--nnodes MIN:MAX) while it runs ends the
+round the same way, without counting a restart, so the job continues on more nodes
+from its last checkpoint.
+"""
+import collections
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from launch.store import StoreClient, StoreServer
+
+TAIL_LINES = 40
+KEEP_ALIVE_S = 30.0  # a node silent for this long has failed
+
+
+@dataclasses.dataclass
+class Job:
+    command: list  # the worker command line
+    nproc: int
+    min_nodes: int
+    max_nodes: int
+    backend: str  # "static" or "c10d"
+    endpoint: tuple  # (host, port) of the store
+    node_rank: int  # static backend only
+    run_id: str
+    role: str
+    max_restarts: int
+    monitor_interval: float
+    log_dir: str | None
+    redirects: dict  # local rank -> bits: 1 stdout, 2 stderr
+    tee: dict
+    local_ranks_filter: set | None
+    join_timeout: float
+    last_call_timeout: float
+    shutdown_timeout: float
+    local_addr: str | None
+
+
+@dataclasses.dataclass
+class World:
+    round: int
+    members: list  # one dict per node, in node-rank order
+    node: int  # this agent's node rank
+    coordinator: str  # host:port of the JAX coordinator, on node 0
+
+    def first_rank(self, node: int) -> int:
+        return sum(m["nproc"] for m in self.members[:node])
+
+    @property
+    def world_size(self) -> int:
+        return self.first_rank(len(self.members))
+
+
+class Signalled(Exception):
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def log(message):
+    print(f"jaxrun: {message}", file=sys.stderr, flush=True)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"
+
+
+class Rendezvous:
+    def __init__(self, job: Job):
+        self.job = job
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        host, port = job.endpoint
+        self.server = None
+        if job.backend == "static":
+            if job.node_rank == 0:
+                self.server = StoreServer("", port)
+        else:
+            try:  # binds only where the endpoint's host is this machine, and only once
+                self.server = StoreServer(host, port)
+            except OSError:
+                pass
+        self.store = StoreClient(host, port, self.name, job.join_timeout)
+        self.address = job.local_addr or self.store.local_address()
+        found = self.store.setdefault("run_id", job.run_id)
+        if found != job.run_id:
+            raise RuntimeError(f"the rendezvous at {host}:{port} belongs to run {found!r}, not {job.run_id!r}")
+        self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self):
+        client = StoreClient(*self.job.endpoint, self.name, self.job.join_timeout)
+        while True:
+            time.sleep(1.0)
+            try:
+                client.ping()
+            except OSError:
+                return  # the main loop notices a lost store on its next request
+
+    def next_round(self, after: int | None = None) -> int:
+        return self.store.max("round", 0 if after is None else after + 1)
+
+    def join(self, n: int) -> World:
+        """Joins round n (or the first one still open after it) and waits for it to close."""
+        job, store = self.job, self.store
+        while True:
+            n = store.max("round", n)
+            index = store.add(f"{n}/joined", 1) - 1
+            me = {"name": self.name, "host": socket.gethostname(), "addr": self.address, "nproc": job.nproc,
+                  "role": job.role, "node_rank": job.node_rank if job.backend == "static" else None}
+            store.set(f"{n}/member/{index}", me)
+            if index == 0:
+                self._close_round(n)
+            size = store.wait(f"{n}/closed", job.join_timeout + job.last_call_timeout + 10)
+            if isinstance(size, str):
+                raise RuntimeError(size)
+            if index < size:
+                break
+            log(f"round {n} closed before this node joined; waiting for the next")
+            n += 1
+        members = store.get_many(f"{n}/member/{i}" for i in range(size))
+        if job.backend == "static":
+            ranks = sorted(m["node_rank"] for m in members)
+            if ranks != list(range(size)):
+                raise RuntimeError(f"static rendezvous: node ranks {ranks} should be 0..{size - 1}, each once")
+            members.sort(key=lambda m: m["node_rank"])
+        node = [m["name"] for m in members].index(self.name)
+        if node == 0:
+            host = job.endpoint[0] if job.backend == "static" else self.address
+            store.set(f"{n}/coordinator", f"{host}:{free_port()}")
+        coordinator = store.wait(f"{n}/coordinator", job.join_timeout)
+        return World(n, members, node, coordinator)
+
+    def _close_round(self, n: int):
+        job, store = self.job, self.store
+        start, enough_since = time.monotonic(), None
+        while True:
+            joined = store.get(f"{n}/joined")
+            now = time.monotonic()
+            if joined >= job.max_nodes:
+                break
+            if joined >= job.min_nodes:
+                enough_since = enough_since or now
+                if now - enough_since >= job.last_call_timeout:
+                    break
+            elif now - start > job.join_timeout:
+                store.set(f"{n}/closed", f"only {joined} of {job.min_nodes} nodes joined within {job.join_timeout:.0f} s")
+                raise RuntimeError(f"rendezvous timed out: only {joined} of {job.min_nodes} nodes joined")
+            time.sleep(0.05)
+        store.setdefault(f"{n}/closed", min(joined, job.max_nodes))
+
+    def leave(self, world: World):
+        """Says this agent is done; the store's host lingers until all have said so (30 s at most)."""
+        try:
+            self.store.add(f"{world.round}/left", 1)
+            deadline = time.monotonic() + 30
+            while self.server is not None and time.monotonic() < deadline:
+                if self.store.get(f"{world.round}/left") >= len(world.members):
+                    break
+                time.sleep(0.05)
+        except (OSError, Signalled):
+            pass  # nothing is left to tell the others
+        self.store.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class Workers:
+    """This node's worker processes of one round, with their output pumped to logs and console."""
+
+    def __init__(self, job: Job, world: World, restarts: int):
+        self.job, self.world = job, world
+        first = world.first_rank(world.node)
+        self.ranks = list(range(first, first + job.nproc))
+        self.tails = {r: collections.deque(maxlen=TAIL_LINES) for r in self.ranks}
+        self.print_lock = threading.Lock()
+        self.pumps = {r: [] for r in self.ranks}
+        self.log_dir = None
+        if job.log_dir:
+            self.log_dir = os.path.join(job.log_dir, job.run_id, f"attempt_{world.round}")
+        self.procs = [self._start(local, restarts) for local in range(job.nproc)]
+
+    def _env(self, local: int, restarts: int) -> dict:
+        job, world = self.job, self.world
+        same_role = [i for i, m in enumerate(world.members) if m["role"] == job.role]
+        role_first = sum(world.members[i]["nproc"] for i in same_role if i < world.node)
+        host, port = world.coordinator.rsplit(":", 1)
+        env = dict(os.environ)
+        env.update(
+            RANK=self.ranks[local], LOCAL_RANK=local, WORLD_SIZE=world.world_size, LOCAL_WORLD_SIZE=job.nproc,
+            GROUP_RANK=world.node, GROUP_WORLD_SIZE=len(world.members),
+            ROLE_RANK=role_first + local, ROLE_WORLD_SIZE=sum(world.members[i]["nproc"] for i in same_role),
+            ROLE_NAME=job.role, MASTER_ADDR=host, MASTER_PORT=port,
+            TORCHELASTIC_RESTART_COUNT=restarts, TORCHELASTIC_MAX_RESTARTS=job.max_restarts,
+            TORCHELASTIC_RUN_ID=job.run_id,
+        )
+        if "OMP_NUM_THREADS" not in os.environ and job.nproc > 1:
+            env["OMP_NUM_THREADS"] = 1
+        return {k: str(v) for k, v in env.items()}
+
+    def _start(self, local: int, restarts: int):
+        rank = self.ranks[local]
+        # Each worker leads its own session: a Ctrl-C at the terminal reaches the agent
+        # alone, which forwards it once.
+        proc = subprocess.Popen(
+            self.job.command, env=self._env(local, restarts), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        log(f"started rank {rank} (local rank {local}, pid {proc.pid}, round {self.world.round})")
+        for bit, stream, name in ((1, proc.stdout, "stdout"), (2, proc.stderr, "stderr")):
+            path = None
+            if self.log_dir:
+                path = os.path.join(self.log_dir, f"rank_{rank}", f"{name}.log")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            redirected = self.job.redirects.get(local, 0) & bit and not self.job.tee.get(local, 0) & bit
+            shown = not redirected and (self.job.local_ranks_filter is None or local in self.job.local_ranks_filter)
+            console = sys.stdout if bit == 1 else sys.stderr
+            pump = threading.Thread(target=self._pump, args=(stream, rank, path, console if shown else None), daemon=True)
+            pump.start()
+            self.pumps[rank].append(pump)
+        return proc
+
+    def _pump(self, stream, rank, path, console):
+        prefix = f"[{self.job.role}{rank}]:"
+        log = open(path, "w", encoding="utf-8") if path else None
+        try:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                self.tails[rank].append(line)
+                if log:
+                    log.write(line + "\n")
+                    log.flush()
+                if console:
+                    with self.print_lock:
+                        console.write(f"{prefix}{line}\n")
+                        console.flush()
+        finally:
+            if log:
+                log.close()
+
+    def poll(self) -> list:
+        return [p.poll() for p in self.procs]
+
+    def send(self, signum):
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def kill(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # the worker and whatever it started
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            p.wait()
+
+    def wait(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while any(code is None for code in self.poll()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def failure(self, local: int, code: int) -> dict:
+        rank = self.ranks[local]
+        for pump in self.pumps[rank]:  # its last lines (a child it left may hold the pipe open)
+            pump.join(timeout=1.0)
+        return {"rank": rank, "local_rank": local, "node": self.world.node, "host": socket.gethostname(),
+                "exit": code, "time": time.time(), "tail": list(self.tails[rank]), "log_dir": self.log_dir}
+
+
+class Agent:
+    def __init__(self, job: Job):
+        self.job = job
+        self.workers = None
+        self.world = None
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            self.rdzv = Rendezvous(self.job)
+            try:
+                return self._run()
+            except Signalled as s:
+                return self._shut_down(s.signum, forward=True)
+            finally:
+                if self.workers is not None:  # also when the store is lost: no orphans
+                    self.workers.kill()
+                if self.world is not None:
+                    self.rdzv.leave(self.world)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _on_signal(self, signum, frame):
+        raise Signalled(signum)
+
+    def _run(self) -> int:
+        job, restarts, n = self.job, 0, self.rdzv.next_round()
+        while True:
+            self.world = world = self.rdzv.join(n)
+            log(
+                f"round {world.round}: node {world.node} of {len(world.members)}, ranks "
+                f"{world.first_rank(world.node)}..{world.first_rank(world.node) + job.nproc - 1} of "
+                f"{world.world_size}, coordinator {world.coordinator}, restart {restarts}/{job.max_restarts}"
+            )
+            self.workers = Workers(job, world, restarts)
+            outcome = self._watch(world)
+            self.workers = None
+            if outcome == "succeeded":
+                return 0
+            if isinstance(outcome, int):  # another node passed on a signal
+                return outcome
+            if outcome == "membership":
+                log(f"a node is waiting to join: round {world.round} ends and the group restarts on more nodes")
+            else:
+                first = min(outcome, key=lambda f: (f["time"], f.get("rank", 0)))
+                if restarts >= job.max_restarts:
+                    log(failure_summary(first, job.max_restarts))
+                    return 1
+                restarts += 1
+                log(f"{_failed(first)}; restarting the group ({restarts}/{job.max_restarts})")
+            n = world.round + 1
+
+    def _watch(self, world: World):
+        """Waits for the round to end: "succeeded", "membership", a list of failures, or an exit code."""
+        job, store, n = self.job, self.rdzv.store, world.round
+        names = [m["name"] for m in world.members]
+        reported_done, last_liveness = False, time.monotonic()
+        while True:
+            codes = self.workers.poll()
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                for local, code in failed:
+                    store.append(f"{n}/failures", self.workers.failure(local, code))
+                self.workers.kill()
+                return store.get(f"{n}/failures")
+            if not reported_done and all(c == 0 for c in codes):
+                store.add(f"{n}/done", 1)
+                reported_done = True
+            failures, shutdown, done, waiting = store.get_many(
+                [f"{n}/failures", "shutdown", f"{n}/done", f"{n + 1}/joined"]
+            )
+            if failures:
+                self.workers.kill()
+                return failures
+            if shutdown:
+                return self._shut_down(shutdown, forward=False)
+            if done == len(world.members):
+                return "succeeded"
+            if waiting and len(world.members) < job.max_nodes and not reported_done:
+                self.workers.send(signal.SIGTERM)  # the trainer checkpoints before it exits
+                if not self.workers.wait(job.shutdown_timeout):
+                    self.workers.kill()
+                return "membership"
+            if time.monotonic() - last_liveness > 1.0:
+                last_liveness = time.monotonic()
+                for name in store.silent(names, KEEP_ALIVE_S):
+                    node = names.index(name)
+                    store.append(f"{n}/failures", {"node": node, "host": world.members[node]["host"],
+                                                   "lost": KEEP_ALIVE_S, "time": time.time()})
+            time.sleep(job.monitor_interval)
+
+    def _shut_down(self, signum: int, forward: bool) -> int:
+        """Passes a signal to this node's workers (and, if it came here, to the other nodes')."""
+        name = signal.Signals(signum).name
+        if forward:
+            log(f"{name} received: passing it to the workers")
+            try:
+                self.rdzv.store.setdefault("shutdown", signum)
+            except (OSError, Signalled):
+                pass  # the other nodes will lose this one and stop on their own
+        if self.workers is not None:
+            self.workers.send(signum)
+            try:
+                if not self.workers.wait(self.job.shutdown_timeout):
+                    log(f"workers still running {self.job.shutdown_timeout:.0f} s after {name}: killing them")
+                    self.workers.kill()
+            except Signalled:
+                log("second signal: killing the workers")
+                self.workers.kill()
+        return 128 + signum
+
+
+def _failed(f: dict) -> str:
+    if "lost" in f:
+        return f"node {f['node']} ({f['host']}) stopped answering for {f['lost']:.0f} s"
+    return f"rank {f['rank']} (local rank {f['local_rank']} on node {f['node']}, {f['host']}) {describe_exit(f['exit'])}"
+
+
+def failure_summary(first: dict, max_restarts: int) -> str:
+    lines = [f"the worker group failed and no restarts are left (--max_restarts={max_restarts})",
+             f"first failure: {_failed(first)}"]
+    if first.get("log_dir"):
+        lines.append(f"logs: {first['log_dir']}")
+    if first.get("tail"):
+        lines.append(f"last {len(first['tail'])} lines of rank {first['rank']}'s output:")
+        lines += ["    " + line for line in first["tail"]]
+    return "\n".join(lines)
+

@@ -1,0 +1,38 @@
+"""A stand-in worker for the launcher tests: python worker.py ACTION [ARGS]
+
+env               print the torchrun variables as one JSON line
+fail RANK CODE    print a few lines, then rank RANK exits with CODE (-N: kills itself
+                  with signal N); the others wait
+wait              print "ready", then wait for SIGTERM/SIGINT and exit 128+signal
+"""
+import json
+import os
+import signal
+import sys
+import time
+
+KEYS = [
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+    "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT",
+    "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_RUN_ID", "OMP_NUM_THREADS",
+]
+action, rank = sys.argv[1], int(os.environ["RANK"])
+if action == "env":
+    print(json.dumps({k: os.environ.get(k) for k in KEYS}), flush=True)
+elif action == "fail":
+    failing, code = int(sys.argv[2]), int(sys.argv[3])
+    print(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']}", flush=True)
+    if rank == failing:
+        for i in range(3):
+            print(f"rank {rank} line {i}", flush=True)
+        print("something broke", file=sys.stderr, flush=True)
+        if code < 0:
+            os.kill(os.getpid(), -code)
+        sys.exit(code)
+    time.sleep(60)
+elif action == "wait":
+    signal.signal(signal.SIGTERM, lambda s, f: (print(f"rank {rank} got {s}", flush=True), sys.exit(128 + s)))
+    signal.signal(signal.SIGINT, lambda s, f: (print(f"rank {rank} got {s}", flush=True), sys.exit(128 + s)))
+    print("ready", flush=True)
+    time.sleep(120)
+    sys.exit(1)

@@ -1,0 +1,238 @@
+"""jaxrun and launch.initialize: the environment mapping, the CLI, supervision (stand-in workers)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+from conftest import ROOT
+
+import launch
+from launch import Cluster, cluster_from_env, first_host, local_device_ids, tasks_on_node
+from launch.run import build_parser, job_from_args
+
+WORKER = str(ROOT / "tests" / "helpers" / "worker.py")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def jaxrun(*args, **kwargs):
+    return subprocess.run(
+        [sys.executable, "-m", "launch", *args], env=ENV, capture_output=True, text=True, timeout=120, **kwargs
+    )
+
+
+def lines_of(stdout):
+    """Worker lines by global rank, from the [role<rank>]: console prefixes."""
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("[") and "]:" in line:
+            tag, text = line[1:].split("]:", 1)
+            out.setdefault(int(tag.lstrip("abcdefghijklmnopqrstuvwxyz_")), []).append(text)
+    return out
+
+
+# --- the environment mapping -------------------------------------------------------------
+
+
+def test_torchrun_environment():
+    env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+           "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}
+    assert cluster_from_env(env) == Cluster("node0:1234", 8, 5, 1, 4, "torchrun")
+
+
+def test_explicit_jax_variables_win():
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:9999", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1",
+           "RANK": "0", "WORLD_SIZE": "1"}
+    assert cluster_from_env(env) == Cluster("10.0.0.1:9999", 2, 1, 0, 1, "jax")
+
+
+def test_slurm_environment_one_process_per_gpu():
+    # srun -N2 --ntasks-per-node=4: the 7th task, third on the second node.
+    env = {"SLURM_JOB_ID": "4100", "SLURM_PROCID": "6", "SLURM_LOCALID": "2", "SLURM_NODEID": "1",
+           "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8", "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
+           "SLURM_STEP_NODELIST": "gpu[017-018]"}
+    cluster = cluster_from_env(env)
+    assert cluster == Cluster(f"gpu017:{65535 - 4095 + 4100 % 4096}", 8, 6, 2, 4, "slurm")
+    assert local_device_ids(cluster, gpus=4) == [2]
+    assert cluster_from_env({**env, "MASTER_ADDR": "head", "MASTER_PORT": "7"}).coordinator == "head:7"
+
+
+def test_slurm_environment_one_process_per_node():
+    env = {"SLURM_JOB_ID": "12", "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+           "SLURM_NTASKS": "2", "SLURM_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NODELIST": "a100-[3,9]"}
+    cluster = cluster_from_env(env)
+    assert (cluster.coordinator.split(":")[0], cluster.num_processes, cluster.process_id) == ("a100-3", 2, 1)
+    assert cluster.local_world_size == 1
+    assert local_device_ids(cluster, gpus=8) is None  # all eight
+
+
+def test_openmpi_environment():
+    env = {"OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_RANK": "9", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "8", "OMPI_MCA_orte_hnp_uri": "3735486464.0;tcp://10.1.2.3,172.17.0.1:41531"}
+    cluster = cluster_from_env(env)
+    assert cluster == Cluster(f"10.1.2.3:{65535 - 4095 + 3735486464 % 4096}", 16, 9, 1, 8, "openmpi")
+    assert local_device_ids(cluster, gpus=8) == [1]
+    with pytest.raises(RuntimeError, match="MASTER_ADDR"):
+        cluster_from_env({k: v for k, v in env.items() if k != "OMPI_MCA_orte_hnp_uri"})
+
+
+def test_no_cluster_and_helpers():
+    assert cluster_from_env({"PATH": "/bin"}) is None
+    assert first_host("node[001-004,007],gpu1") == "node001" and first_host("solo") == "solo"
+    assert tasks_on_node("2(x3),1", 2) == 2 and tasks_on_node("2(x3),1", 3) == 1
+    two_per_process = Cluster("h:1", 4, 1, 1, 2, "torchrun")
+    assert local_device_ids(two_per_process, gpus=4) == [2, 3]
+    with pytest.raises(RuntimeError, match="cannot share 3 visible GPUs"):
+        local_device_ids(two_per_process, gpus=3)
+    with pytest.raises(ValueError, match="RANK='x'"):
+        cluster_from_env({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+@pytest.mark.parametrize("gpus, expected_ids", [(0, None), (4, [3])])
+def test_initialize_passes_the_layout_to_jax(monkeypatch, gpus, expected_ids):
+    calls, updates = [], []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+    monkeypatch.setattr(launch, "visible_gpus", lambda: gpus)
+    for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "5555"}.items():
+        monkeypatch.setenv(k, v)
+    launch.initialize(timeout_s=7)
+    assert calls == [dict(coordinator_address="127.0.0.1:5555", num_processes=4, process_id=3,
+                          local_device_ids=expected_ids, initialization_timeout=17)]
+    assert updates == ([] if gpus else [("jax_cpu_collectives_implementation", "gloo")])
+
+
+def test_single_process_initialises_nothing(monkeypatch):
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("initialised"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert launch.initialize().num_processes == 1
+
+
+def test_unreachable_coordinator_names_address_and_rank():
+    port = free_port()
+    env = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "JAXRUN_INIT_TIMEOUT": "2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", "import launch; launch.initialize()"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"process 1 of 2 (torchrun environment) waited 2 s for the JAX coordinator at 127.0.0.1:{port}" in proc.stderr
+    assert "nothing accepts connections there" in proc.stderr
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_unknown_flag_is_an_error():
+    proc = jaxrun("--nproc_per_node=2", "--bogus", WORKER, "env")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--nnodes=1:2"], "needs --rdzv_backend=c10d"),
+        (["--nnodes=2", "--node_rank=2"], "--node_rank=2 is not in 0..1"),
+        (["--nproc_per_node=many"], "expected a positive integer, gpu, cpu or auto"),
+        (["--no_python", "-m"], "cannot be used together"),
+        (["--tee=0:5"], "a stream choice is 0"),
+        (["--rdzv_conf=join_timeout=5,speed=9"], "unknown keys ['speed']"),
+    ],
+)
+def test_bad_flags_are_named(args, message):
+    with pytest.raises(ValueError) as e:
+        job_from_args(build_parser().parse_args([*args, "script.py"]))
+    assert message in str(e.value)
+
+
+def test_flags_in_both_spellings_and_the_script_arguments():
+    args = build_parser().parse_args(
+        ["--nproc-per-node", "3", "--max_restarts=2", "--rdzv-backend=c10d", "--rdzv_endpoint=h:7",
+         "--nnodes=2:4", "-m", "trainers.train", "c.yaml", "--workdir", "w", "--nnodes=9"]
+    )
+    job = job_from_args(args)
+    assert (job.nproc, job.max_restarts, job.min_nodes, job.max_nodes, job.endpoint) == (3, 2, 2, 4, ("h", 7))
+    assert job.command == [sys.executable, "-u", "-m", "trainers.train", "c.yaml", "--workdir", "w", "--nnodes=9"]
+
+
+# --- workers, supervision, signals ---------------------------------------------------------
+
+
+def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
+    port = free_port()
+    common = ["--nnodes=2", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+              "--rdzv_id=job7", "--max_restarts=3", f"--log_dir={tmp_path}", "--tee=1"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "launch", *common, f"--node_rank={r}", WORKER, "env"],
+                              env={**ENV, "OMP_NUM_THREADS": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in (1, 0)]
+    outs = [n.communicate(timeout=60) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outs
+    seen = {}
+    for stdout, _ in outs:
+        for rank, lines in lines_of(stdout).items():
+            seen[rank] = json.loads(lines[0])
+    assert sorted(seen) == [0, 1, 2, 3]
+    master_port = seen[0]["MASTER_PORT"]
+    for rank, env in seen.items():
+        assert env == {
+            "RANK": str(rank), "LOCAL_RANK": str(rank % 2), "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+            "GROUP_RANK": str(rank // 2), "GROUP_WORLD_SIZE": "2", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": "4",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": master_port, "TORCHELASTIC_RESTART_COUNT": "0",
+            "TORCHELASTIC_MAX_RESTARTS": "3", "TORCHELASTIC_RUN_ID": "job7", "OMP_NUM_THREADS": "",
+        }
+    assert master_port != str(port)  # the JAX coordinator gets its own port; the agents keep theirs
+    logged = json.loads((tmp_path / "job7" / "attempt_0" / "rank_3" / "stdout.log").read_text())
+    assert logged == seen[3]
+
+
+def test_redirected_output_goes_only_to_the_log(tmp_path):
+    proc = jaxrun("--standalone", "--nproc_per_node=2", "--redirects=0:1", f"--log_dir={tmp_path}", WORKER, "env")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(lines_of(proc.stdout)) == [1]
+    (log,) = tmp_path.glob("*/attempt_0/rank_0/stdout.log")
+    assert json.loads(log.read_text())["RANK"] == "0"
+
+
+def test_restarts_exhausted_exits_nonzero_with_a_summary():
+    proc = jaxrun("--standalone", "--nproc_per_node=2", "--max_restarts=1", "--monitor_interval=0.05",
+                  WORKER, "fail", "1", "3")
+    assert proc.returncode == 1
+    printed = lines_of(proc.stdout)
+    assert printed[0] == ["restart 0", "restart 1"]  # the group ran twice, the count went up
+    assert "restarting the group (1/1)" in proc.stderr
+    summary = proc.stderr[proc.stderr.index("no restarts are left"):]
+    assert "first failure: rank 1 (local rank 1 on node 0" in summary and "exited with code 3" in summary
+    assert "rank 1 line 2" in summary and "something broke" in summary
+
+
+def test_a_worker_killed_by_a_signal_is_named():
+    proc = jaxrun("--standalone", "--nproc_per_node=2", WORKER, "fail", "0", "-9")
+    assert proc.returncode == 1
+    assert "rank 0 (local rank 0 on node 0" in proc.stderr and "was killed by signal 9 (SIGKILL)" in proc.stderr
+
+
+def test_sigterm_reaches_every_node_and_sets_the_exit_code(tmp_path):
+    port = free_port()
+    common = ["--nnodes=2", "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}"]
+    outs = [tmp_path / f"node{r}.out" for r in (0, 1)]
+    nodes = [subprocess.Popen([sys.executable, "-m", "launch", *common, f"--node_rank={r}", WORKER, "wait"],
+                              env=ENV, stdout=open(outs[r], "w"), stderr=subprocess.STDOUT) for r in (0, 1)]
+    deadline = time.time() + 60
+    while sum(out.read_text().count("ready") for out in outs) < 4:  # all handlers installed
+        assert time.time() < deadline and all(n.poll() is None for n in nodes)
+        time.sleep(0.1)
+    nodes[1].send_signal(signal.SIGTERM)  # preemption of one node: all four workers must hear of it
+    assert [n.wait(timeout=60) for n in nodes] == [128 + signal.SIGTERM] * 2
+    got = {rank: lines for out in outs for rank, lines in lines_of(out.read_text()).items()}
+    assert {rank: lines[-1] for rank, lines in got.items()} == {r: f"rank {r} got 15" for r in range(4)}
