@@ -1,0 +1,155 @@
+"""jaxrun starting real multi-process trainings on CPU (gloo collectives).
+
+One process per worker, each with its own simulated CPU devices; the results are
+compared with the in-process run on 8 devices and with each other.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, tiny_config
+
+from trainers import config as config_lib
+from trainers.checkpoint import Checkpointer
+from trainers.loop import Trainer, train
+
+STEPS = 6
+CFG = tiny_config(
+    data={"eval_batch_size": 128},  # few eval steps: each costs a round of gloo collectives
+    train={"steps": STEPS, "log_every": 1, "checkpoint_every": 2, "async_checkpointing": True},
+)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """Runs with the same process layout share their compiled programs."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+def worker_env(devices_per_process, cache):
+    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
+
+def jaxrun_cmd(config_path, workdir, *flags):
+    return [sys.executable, "-m", "launch", *flags, "-m", "trainers.train", str(config_path), "--workdir", str(workdir)]
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def final_params(workdir):
+    step, state, _ = Checkpointer(os.path.join(workdir, "checkpoints")).restore(Trainer(CFG).abstract_state)
+    return step, jax.device_get(state.params)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(config_lib.dump(CFG))
+    return path
+
+
+@pytest.fixture(scope="module")
+def standalone_run(config_path, compile_cache, tmp_path_factory):
+    """jaxrun --standalone --nproc_per_node=2: two processes of four devices each."""
+    workdir = tmp_path_factory.mktemp("standalone")
+    proc = subprocess.run(jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2"),
+                          env=worker_env(4, compile_cache), capture_output=True, text=True, timeout=600)
+    return workdir, proc
+
+
+def test_standalone_training_runs_to_completion(standalone_run):
+    workdir, proc = standalone_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[default0]:final: eval/accuracy=" in proc.stdout and "[default1]:final: eval/accuracy=" in proc.stdout
+    assert sorted(losses(workdir)) == list(range(1, STEPS + 1))
+    assert final_params(workdir)[0] == STEPS
+
+
+def test_two_nodes_of_two_processes_match_one_process_of_eight_devices(config_path, compile_cache, tmp_path):
+    reference = tmp_path / "one_process"
+    train(CFG, str(reference))  # this pytest process has 8 simulated devices
+
+    workdir, port = tmp_path / "two_nodes", free_port()
+    nodes = [
+        subprocess.Popen(
+            jaxrun_cmd(config_path, workdir, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=2",
+                       "--master_addr=127.0.0.1", f"--master_port={port}"),
+            env=worker_env(2, compile_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "ranks 2..3 of 4" in outputs[1]
+
+    expected, got = losses(reference), losses(workdir)
+    assert sorted(got) == sorted(expected)
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)], rtol=1e-5)
+    (step_a, a), (step_b, b) = final_params(reference), final_params(workdir)
+    assert step_a == step_b == STEPS
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def wait_for(predicate, proc, what, timeout_s=300):
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert proc.poll() is None, f"jaxrun ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_sigkilled_worker_restarts_the_group_and_resumes(config_path, compile_cache, standalone_run, tmp_path):
+    workdir, log = tmp_path / "killed", tmp_path / "jaxrun.log"
+    proc = subprocess.Popen(
+        jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2", "--max_restarts=1"),
+        env=worker_env(4, compile_cache), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    )
+    started = re.compile(r"started rank 1 \(local rank 1, pid (\d+), round 0\)")
+    wait_for(lambda: started.search(log.read_text()), proc, "rank 1 started")
+    wait_for(lambda: (workdir / "checkpoints" / "2").is_dir(), proc, "the first checkpoint")
+    os.kill(int(started.search(log.read_text()).group(1)), signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    out = log.read_text()
+    assert "rank 1 (local rank 1 on node 0" in out and "was killed by signal 9 (SIGKILL); restarting the group (1/1)" in out
+    resumed = re.findall(r"\[default0\]:resumed from .*/checkpoints/(\d+)", out)
+    assert resumed and 2 <= int(resumed[0]) < STEPS
+    (step_a, a), (step_b, b) = final_params(standalone_run[0]), final_params(workdir)
+    assert step_a == step_b == STEPS
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+
+
+def test_sigterm_to_jaxrun_checkpoints_every_worker_at_one_step(config_path, compile_cache, tmp_path):
+    workdir, log = tmp_path / "preempted", tmp_path / "jaxrun.log"
+    proc = subprocess.Popen(
+        jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2"),
+        env=worker_env(4, compile_cache), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    )
+    wait_for(lambda: "[default0]:step 1:" in log.read_text(), proc, "the first step")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 128 + signal.SIGTERM
+    out = log.read_text()
+    stopped = re.findall(r"\[default(\d)\]:signal 15: checkpoint written at step (\d+), stopping", out)
+    assert sorted(r for r, _ in stopped) == ["0", "1"], out[-3000:]
+    assert len({s for _, s in stopped}) == 1  # both processes stopped after the same step
+    assert (workdir / "checkpoints" / stopped[0][1]).is_dir()
