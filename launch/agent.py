@@ -91,7 +91,11 @@ class Rendezvous:
         self.server = None
         if job.backend == "static":
             if job.node_rank == 0:
-                self.server = StoreServer("", port)
+                try:
+                    self.server = StoreServer("", port)
+                except OSError as e:
+                    raise RuntimeError(f"node 0 cannot host the rendezvous store on port {port} ({e}): "
+                                       "is another job using this --master_port?") from None
         else:
             try:  # binds only where the endpoint's host is this machine, and only once
                 self.server = StoreServer(host, port)

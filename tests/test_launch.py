@@ -196,6 +196,36 @@ def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
     assert logged == seen[3]
 
 
+def test_c10d_rendezvous_orders_nodes_by_arrival():
+    port = free_port()
+    common = ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--nnodes=2", "--nproc_per_node=1"]
+    nodes = [subprocess.Popen([sys.executable, "-m", "launch", *common, WORKER, "env"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [n.communicate(timeout=60)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0]
+    envs = [json.loads(lines[0]) for out in outs for lines in lines_of(out).values()]
+    assert sorted((e["RANK"], e["GROUP_RANK"], e["WORLD_SIZE"]) for e in envs) == [("0", "0", "2"), ("1", "1", "2")]
+
+
+def test_elastic_job_restarts_on_more_nodes_when_one_arrives(tmp_path):
+    port = free_port()
+    common = ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--nnodes=1:2", "--nproc_per_node=1",
+              "--rdzv_conf=last_call_timeout=0.5", "--max_restarts=0"]
+    outs = [tmp_path / f"node{i}.out" for i in range(2)]
+    first = subprocess.Popen([sys.executable, "-m", "launch", *common, WORKER, "env", "2"], env=ENV,
+                             stdout=open(outs[0], "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while "WORLD_SIZE" not in outs[0].read_text():  # the first round runs on one node
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.1)
+    second = subprocess.Popen([sys.executable, "-m", "launch", *common, WORKER, "env", "2"], env=ENV,
+                              stdout=open(outs[1], "w"), stderr=subprocess.STDOUT)
+    assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
+    runs = [json.loads(line.split("]:", 1)[1]) for line in outs[0].read_text().splitlines() if line.startswith("[")]
+    assert [(r["WORLD_SIZE"], r["TORCHELASTIC_RESTART_COUNT"]) for r in runs] == [("1", "0"), ("2", "0")]
+    assert "a node is waiting to join" in outs[0].read_text()
+
+
 def test_redirected_output_goes_only_to_the_log(tmp_path):
     proc = jaxrun("--standalone", "--nproc_per_node=2", "--redirects=0:1", f"--log_dir={tmp_path}", WORKER, "env")
     assert proc.returncode == 0, proc.stderr

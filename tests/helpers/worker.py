@@ -1,6 +1,7 @@
 """A stand-in worker for the launcher tests: python worker.py ACTION [ARGS]
 
-env               print the torchrun variables as one JSON line
+env [SIZE]        print the torchrun variables as one JSON line; while WORLD_SIZE is
+                  below SIZE, wait (for an elastic job to grow)
 fail RANK CODE    print a few lines, then rank RANK exits with CODE (-N: kills itself
                   with signal N); the others wait
 wait              print "ready", then wait for SIGTERM/SIGINT and exit 128+signal
@@ -19,6 +20,8 @@ KEYS = [
 action, rank = sys.argv[1], int(os.environ["RANK"])
 if action == "env":
     print(json.dumps({k: os.environ.get(k) for k in KEYS}), flush=True)
+    if len(sys.argv) > 2 and int(os.environ["WORLD_SIZE"]) < int(sys.argv[2]):
+        time.sleep(60)
 elif action == "fail":
     failing, code = int(sys.argv[2]), int(sys.argv[3])
     print(f"restart {os.environ['TORCHELASTIC_RESTART_COUNT']}", flush=True)
