@@ -16,7 +16,6 @@ import re
 import socket
 import sys
 import threading
-import time
 
 DEFAULT_PORT = 29500
 DEFAULT_TIMEOUT_S = 300
