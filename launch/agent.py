@@ -118,8 +118,8 @@ class Rendezvous:
             except OSError:
                 return  # the main loop notices a lost store on its next request
 
-    def next_round(self, after: int | None = None) -> int:
-        return self.store.max("round", 0 if after is None else after + 1)
+    def current_round(self) -> int:
+        return self.store.max("round", 0)
 
     def join(self, n: int) -> World:
         """Joins round n (or the first one still open after it) and waits for it to close."""
@@ -325,7 +325,7 @@ class Agent:
         raise Signalled(signum)
 
     def _run(self) -> int:
-        job, restarts, n = self.job, 0, self.rdzv.next_round()
+        job, restarts, n = self.job, 0, self.rdzv.current_round()
         while True:
             self.world = world = self.rdzv.join(n)
             log(

@@ -23,14 +23,21 @@ def constrain(x, axes: Sequence[Optional[str]]):
     return nn.with_logical_constraint(x, tuple(axes))
 
 
-def Dense(features: int, axes=("embed", "mlp"), use_bias: bool = True, dtype: Dtype = jnp.float32, name=None):
+def Dense(
+    features: int,
+    axes=("embed", "mlp"),
+    use_bias: bool = True,
+    dtype: Dtype = jnp.float32,
+    kernel_init=default_kernel_init,
+    name=None,
+):
     """A linear layer, kernel (in, out) named by ``axes``."""
     return nn.Dense(
         features,
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
+        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
         name=name,
     )
@@ -44,6 +51,7 @@ def Conv(
     groups: int = 1,
     axes=(None, None, "conv_in", "embed"),
     dtype: Dtype = jnp.float32,
+    kernel_init=default_kernel_init,
     name=None,
 ):
     """A 2-D convolution (NHWC), kernel (kh, kw, in/groups, out).
@@ -59,7 +67,7 @@ def Conv(
         feature_group_count=groups,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, axes),
+        kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
         name=name,
     )
