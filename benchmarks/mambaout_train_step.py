@@ -12,13 +12,14 @@ faster); where an accelerator is present, also images/s, FLOP/s and MFU.
 """
 import argparse
 import importlib.util
+import os
 import sys
-import time
 import types
 
 import numpy as np
 
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense, per chip
+sys.path.insert(0, os.path.dirname(__file__))
+from common import report_flops, time_it  # noqa: E402
 
 
 def load_reference(path):
@@ -51,19 +52,6 @@ def load_reference(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-
-
-def time_it(fn, iters):
-    fn()
-    fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main():
@@ -120,19 +108,13 @@ def main():
 
     t_jax = time_it(jax_step, args.iters)
     t_torch = time_it(torch_step, args.iters)
-    fwd_flops = grad_fn.lower(params, xj, yj).compile().cost_analysis()
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), torch on {torch_device}, threads {torch.get_num_threads()}")
     print(f"{args.variant} fwd+bwd, batch {args.batch} at 224x224, {args.dtype}")
     print(f"  jax   {t_jax * 1e3:9.1f} ms/step  {args.batch / t_jax:8.1f} images/s")
     print(f"  torch {t_torch * 1e3:9.1f} ms/step  {args.batch / t_torch:8.1f} images/s")
     print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x")
-    step_flops = (fwd_flops or {}).get("flops") if isinstance(fwd_flops, dict) else None
-    if step_flops:
-        achieved = step_flops / t_jax
-        peak = next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
-        mfu = f", MFU {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak and device.platform == "gpu" else ""
-        print(f"  jax achieved {achieved / 1e12:.3f} TFLOP/s (XLA cost analysis){mfu}")
+    report_flops(grad_fn.lower(params, xj, yj).compile(), t_jax, device)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["digits", "imagefolder"] = "digits"
-    path: str = ""  # imagefolder: root with train/ and val/ of class subfolders
+    source: Literal["digits", "imagefolder", "latents"] = "digits"
+    path: str = ""  # imagefolder: root with train/ and val/ of class subfolders; latents: dir of <split>.npz
     train_split: str = "train"
     eval_split: str = "val"
     image_size: int = 32
@@ -90,6 +90,24 @@ class TrainConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Gaussian diffusion (task: diffusion): training schedule, and how eval samples are drawn."""
+
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    diffusion_steps: int = 1000
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sample_respacing: str = "250"  # upstream's spec: "250", "ddim50", "10,15,20", ...
+    eta: float = 0.0  # ddim
+    cfg_scale: float = 4.0  # classifier-free guidance; 1.0 samples without it
+    guide_all_channels: bool = False  # upstream guides the first 3 output channels only
+    samples_per_class: int = 8  # eval grid: one row per class
+    # The eval agreement metric: a classification run (its config, and a workdir that
+    # holds or will hold its checkpoints) scores whether samples show their class.
+    classifier_config: str = ""
+    classifier_workdir: str = ""
+
+
+@dataclass
 class Config:
     task: str = "classification"
     seed: int = 0
@@ -98,6 +116,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 def _check(value, tp, key):

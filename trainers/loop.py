@@ -156,13 +156,23 @@ class Trainer:
                 for k, v in out.items():
                     collected[k].append(np.asarray(v)[keep])
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
-        return self.task.eval_metrics(outputs), outputs
+        metrics = self.task.eval_metrics(outputs)
+        if hasattr(self.task, "generate"):
+            with self.context():
+                generated_metrics, generated = self.task.generate(params, self.mesh)
+            metrics.update(generated_metrics)
+            outputs.update(generated)
+        return metrics, outputs
 
     def evaluate_state(self, state: TrainState):
-        """Metrics of the params and, with EMA on, of the EMA params as ``ema_<name>``; outputs of the params."""
+        """Metrics of the params and, with EMA on, of the EMA params as ``ema_<name>``.
+
+        The outputs (what the pictures show) are the EMA params' when there are any:
+        those are the weights one samples from or deploys.
+        """
         metrics, outputs = self.evaluate(state.params)
         if state.ema_params is not None:
-            ema_metrics, _ = self.evaluate(state.ema_params)
+            ema_metrics, outputs = self.evaluate(state.ema_params)
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         return metrics, outputs
 

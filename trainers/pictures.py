@@ -42,3 +42,26 @@ def prediction_grid_png(path, images, labels, predictions, columns=8, scale=4):
         grid.paste(Image.fromarray(np.asarray(im, np.uint8)).resize((w * scale, h * scale), Image.NEAREST), (x0 + 3, y0 + 3))
         draw.text((x0 + 3, y0 + h * scale + 6), f"{int(y)}/{int(p)}", fill=color)
     grid.save(path)
+
+
+def sample_grid_png(path, samples, columns, title="", row_labels=None, scale=None):
+    """Generated images in [-1, 1] (N, H, W, C with C 1 or 3), `columns` per row, a label before each row."""
+    images = np.clip(np.round((np.asarray(samples, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    if images.shape[-1] == 1:
+        images = images.repeat(3, axis=-1)
+    h, w = images.shape[1:3]
+    scale = scale or max(1, 64 // max(h, w))
+    rows = (len(images) + columns - 1) // columns
+    left, top, pad = 24, 18, 2
+    cw, ch = w * scale + pad, h * scale + pad
+    grid = Image.new("RGB", (left + columns * cw, top + rows * ch), "white")
+    draw = ImageDraw.Draw(grid)
+    draw.text((2, 2), title, fill="black")
+    for r in range(rows):
+        label = row_labels[r] if row_labels is not None else r
+        draw.text((4, top + r * ch + ch // 3), str(label), fill="black")
+    for k, im in enumerate(images):
+        r, c = divmod(k, columns)
+        tile = Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST)
+        grid.paste(tile, (left + c * cw, top + r * ch))
+    grid.save(path)

@@ -9,11 +9,14 @@ A task is a class with:
   eval_outputs(params, batch)   dict of per-example arrays
   eval_metrics(outputs)         host-side: outputs over the whole split (numpy) -> dict of scalars
   write_artifacts(workdir, outputs, step)   pictures or files for a person to look at
+and, for generative tasks,
+  generate(params, mesh)        (metrics, outputs) of samples drawn at eval time
 """
 import importlib
 
 TASKS = {
     "classification": "trainers.tasks.classification:ClassificationTask",
+    "diffusion": "trainers.tasks.diffusion:DiffusionTask",
 }
 
 

@@ -72,13 +72,13 @@ class ClassificationTask:
             "mask": np.ones((n,), np.float32),
         }
 
-    def _normalise(self, image):
+    def normalise(self, image):
         mean = jnp.asarray(self.cfg.data.mean, jnp.float32) * 255.0
         std = jnp.asarray(self.cfg.data.std, jnp.float32) * 255.0
         return (image.astype(jnp.float32) - mean) / std
 
     def init(self, rng, batch):
-        return self.model.init({"params": rng}, self._normalise(batch["image"]))
+        return self.model.init({"params": rng}, self.normalise(batch["image"]))
 
     def _mix(self, rng, x, y):
         """timm's batch-mode mixup/cutmix: one lambda per batch, partner = the batch reversed."""
@@ -113,7 +113,7 @@ class ClassificationTask:
 
     def loss(self, params, batch, rng):
         k_mix, k_drop = jax.random.split(rng)
-        x = self._normalise(batch["image"])
+        x = self.normalise(batch["image"])
         s = self.cfg.data.label_smoothing
         y = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), s) if s else jax.nn.one_hot(
             batch["label"], self.num_classes
@@ -127,7 +127,7 @@ class ClassificationTask:
         return (per_example * mask).sum() / n, {"train/accuracy": accuracy, "train/skipped": (1.0 - mask).sum()}
 
     def eval_outputs(self, params, batch):
-        logits = self.model.apply({"params": params}, self._normalise(batch["image"]))
+        logits = self.model.apply({"params": params}, self.normalise(batch["image"]))
         return {
             "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
             "prediction": logits.argmax(-1),

@@ -1,0 +1,199 @@
+"""DiT train step and sampling loop: this project (JAX) against the official PyTorch code.
+
+    python benchmarks/dit_train_step.py --reference DiT/ [--model DiT-XL/2 --batch 2]
+
+--reference is a clone of facebookresearch/DiT (models.py and diffusion/). Its three
+imports from timm (PatchEmbed, Attention, Mlp) are satisfied by small torch stand-ins
+defined here, written as timm's (fused scaled_dot_product_attention), so torchvision
+is not needed. Both sides get the same weights (the torch state_dict converted with
+from_torch) and the same batch of 32x32x4 latents.
+
+- Train step: the hybrid loss (training_losses) at random timesteps, backward, AdamW
+  (lr 1e-4, no weight decay) as upstream's train.py; one jitted function in JAX.
+- Sampling: DDPM with classifier-free guidance (forward_with_cfg, the batch doubled),
+  --sample_steps respaced steps; upstream's p_sample_loop against our lax.scan.
+
+The torch side runs first and is freed before the JAX side starts (DiT-XL/2 with AdamW
+needs about 11 GB per framework). Prints times, the ratios (torch / jax: above 1 means
+JAX is faster) and, on an accelerator, images/s, FLOP/s and MFU.
+"""
+import argparse
+import gc
+import os
+import sys
+import types
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import report_flops, time_it  # noqa: E402
+
+
+def install_timm_stand_ins():
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    class PatchEmbed(nn.Module):
+        def __init__(self, img_size, patch_size, in_chans, embed_dim, bias=True):
+            super().__init__()
+            self.patch_size = (patch_size, patch_size)
+            self.num_patches = (img_size // patch_size) ** 2
+            self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias)
+
+        def forward(self, x):
+            return self.proj(x).flatten(2).transpose(1, 2)
+
+    class Attention(nn.Module):
+        def __init__(self, dim, num_heads=8, qkv_bias=False):
+            super().__init__()
+            self.num_heads = num_heads
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x):
+            b, n, c = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+            x = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+    class Mlp(nn.Module):
+        def __init__(self, in_features, hidden_features, act_layer=nn.GELU, drop=0.0):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(in_features, hidden_features), act_layer(), nn.Linear(
+                hidden_features, in_features)
+
+        def forward(self, x):
+            return self.fc2(self.act(self.fc1(x)))
+
+    vit = types.ModuleType("timm.models.vision_transformer")
+    vit.PatchEmbed, vit.Attention, vit.Mlp = PatchEmbed, Attention, Mlp
+    sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
+                        "timm.models.vision_transformer": vit})
+    return torch
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="a clone of facebookresearch/DiT")
+    parser.add_argument("--model", default="DiT-XL/2")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--sample_steps", type=int, default=5)
+    parser.add_argument("--cfg_scale", type=float, default=4.0)
+    args = parser.parse_args()
+
+    torch = install_timm_stand_ins()
+    sys.path.insert(0, args.reference)
+    from diffusion import create_diffusion as torch_diffusion
+    from models import DiT_models
+
+    rng = np.random.default_rng(0)
+    n = args.batch
+    x = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
+    y = rng.integers(0, 1000, n)
+    t = rng.integers(0, 1000, n)
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    z = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    # PyTorch, as upstream's train.py and sample.py.
+    ref = DiT_models[args.model](input_size=32, num_classes=1000).to(device)
+    state_dict = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0)
+    diffusion = torch_diffusion("")
+    xt, yt, tt, nt = (torch.from_numpy(a).to(device) for a in (x.transpose(0, 3, 1, 2).copy(), y, t,
+                                                               noise.transpose(0, 3, 1, 2).copy()))
+
+    def torch_step():
+        loss = diffusion.training_losses(ref, xt, tt, dict(y=yt), noise=nt)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    ref.train()
+    t_torch = time_it(torch_step, args.iters)
+    ref.eval()
+    sampling = torch_diffusion(str(args.sample_steps))
+    zt = torch.from_numpy(np.concatenate([z, z]).transpose(0, 3, 1, 2).copy()).to(device)
+    y_cfg = torch.from_numpy(np.concatenate([y, np.full(n, 1000)])).to(device)
+
+    def torch_sample():
+        with torch.no_grad():
+            sampling.p_sample_loop(ref.forward_with_cfg, zt.shape, zt, clip_denoised=False,
+                                   model_kwargs=dict(y=y_cfg, cfg_scale=args.cfg_scale), device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    s_torch = time_it(torch_sample, 1)
+    threads = torch.get_num_threads()
+    del ref, opt, xt, zt
+    gc.collect()
+
+    # JAX.
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxmodels.diffusion import create_diffusion
+    from jaxmodels.dit import DiT, create, forward_macs, from_torch
+
+    model = create(args.model, input_size=32, num_classes=1000)
+    params = from_torch(state_dict, model)["params"]
+    del state_dict
+    tx = optax.adamw(1e-4, weight_decay=0.0)
+    jdiff = create_diffusion("")
+
+    def loss_fn(p, x, y, t, noise, key):
+        def model_fn(x_t, ts):
+            return model.apply({"params": p}, x_t, ts, y, train=True, rngs={"dropout": key})
+
+        return jdiff.training_losses(model_fn, x, t, noise)["loss"].mean()
+
+    @jax.jit
+    def step(p, opt_state, x, y, t, noise, key):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, t, noise, key)
+        updates, opt_state = tx.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    state = [params, tx.init(params)]
+    batch = [jnp.asarray(a) for a in (x, y, t, noise)]
+    key = jax.random.PRNGKey(0)
+
+    def jax_step():
+        state[0], state[1], loss = step(state[0], state[1], *batch, key)
+        jax.block_until_ready(loss)
+
+    t_jax = time_it(jax_step, args.iters)
+    compiled_step = step.lower(state[0], state[1], *batch, key).compile()
+    jsampling = create_diffusion(str(args.sample_steps))
+    y_cfg = jnp.concatenate([jnp.asarray(y), jnp.full((n,), 1000)])
+
+    @jax.jit
+    def sample(p, x_T, key):
+        def model_fn(x, ts):
+            return model.apply({"params": p}, x, ts, y_cfg, args.cfg_scale, method=DiT.forward_with_cfg)
+
+        return jsampling.sample(model_fn, x_T, key=key)
+
+    z2 = jnp.asarray(np.concatenate([z, z]))
+    s_jax = time_it(lambda: jax.block_until_ready(sample(state[0], z2, key)), 1)
+
+    dev = jax.devices()[0]
+    macs = forward_macs(model)
+    print(f"device: {dev.device_kind} ({dev.platform}), torch on {device}, threads {threads}")
+    print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, float32")
+    print(f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s")
+    print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
+    print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x   (model: {6 * macs * n / t_jax / 1e12:.3f} TFLOP/s by 3x fwd MACs)")
+    report_flops(compiled_step, t_jax, dev)
+    print(f"DDPM sampling, {args.sample_steps} steps, guidance {args.cfg_scale} (batch {n} doubled)")
+    print(f"  jax   {s_jax:8.2f} s  ({s_jax / args.sample_steps * 1e3:.1f} ms/step)")
+    print(f"  torch {s_torch:8.2f} s  ({s_torch / args.sample_steps * 1e3:.1f} ms/step)")
+    print(f"  ratio torch/jax: {s_torch / s_jax:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Class-conditional diffusion (DiT): the hybrid loss on random timesteps, and guided samples.
+
+Data is pixels (the digits, or an image folder; scaled to [-1, 1]) or precomputed
+latents: `data.path/<split>.npz` holding `latents` (N, h, w, C) float, already scaled
+as the model should see them (DiT: the Stable Diffusion VAE's mean latent times
+0.18215), and `labels` (N,) int.
+
+Eval reports the loss terms on the eval split (fixed timesteps and noise), then draws
+`samples_per_class` guided samples of every class, writes them as a grid (one row per
+class), and, with a classifier configured, the share of samples it assigns to their
+conditioning class.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.diffusion import create_diffusion
+from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
+
+
+class LatentSource:
+    """Precomputed latents: <path>/<split>.npz with `latents` (N, h, w, C) and `labels` (N,)."""
+
+    def __init__(self, path: str, split: str):
+        file = os.path.join(path, f"{split}.npz")
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"latent file not found: {file}")
+        with np.load(file) as f:
+            missing = {"latents", "labels"} - set(f.files)
+            if missing:
+                raise ValueError(f"{file}: missing {sorted(missing)} (has {f.files})")
+            self.latents, self.labels = f["latents"].astype(np.float32), f["labels"].astype(np.int32)
+        if self.latents.ndim != 4 or len(self.labels) != len(self.latents):
+            raise ValueError(f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels "
+                             f"(got {self.labels.shape})")
+        self.num_classes = int(self.labels.max()) + 1
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"x": self.latents[i], "label": self.labels[i], "mask": np.float32(1.0)}
+
+
+class _ToSignal:
+    """Image record -> {"x": float32 in [-1, 1]} with the model's channels (1: grey), after the image transform."""
+
+    def __init__(self, image_transform, channels: int):
+        if channels not in (1, 3):
+            raise ValueError(f"pixel-space diffusion needs in_channels 1 (grey) or 3 (RGB), not {channels}")
+        self.image_transform, self.channels = image_transform, channels
+
+    def __call__(self, record, rng):
+        r = self.image_transform(record, rng)
+        x = r["image"].astype(np.float32) / 127.5 - 1.0
+        if self.channels == 1:
+            x = x.mean(axis=-1, keepdims=True)
+        return {"x": x, "label": r["label"], "mask": r["mask"]}
+
+
+def _latent_identity(record, rng):
+    return record
+
+
+class DiffusionTask:
+    def __init__(self, cfg):
+        from jaxmodels.dit import create
+
+        self.cfg = cfg
+        d, df = cfg.data, cfg.diffusion
+        self._sources = {}
+        num_classes = cfg.model.args.get("num_classes") or self.train_source().num_classes
+        self.model = create(cfg.model.name, **{**cfg.model.args, "num_classes": num_classes},
+                            dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat)
+        if d.source != "latents" and self.model.input_size != d.image_size:
+            raise ValueError(f"model input_size {self.model.input_size} != data.image_size {d.image_size}")
+        self.num_classes = num_classes
+        self.diffusion = create_diffusion("", df.noise_schedule, self.model.learn_sigma, df.diffusion_steps)
+        self.sampling = create_diffusion(df.sample_respacing, df.noise_schedule, self.model.learn_sigma,
+                                         df.diffusion_steps)
+        if d.source == "latents":
+            self.train_transform = self.eval_transform = _latent_identity
+        else:
+            common = dict(image_size=d.image_size, on_bad_image=d.on_bad_image, crop_pct=1.0)
+            c = self.model.in_channels
+            self.train_transform = _ToSignal(
+                ImageTransform(train=True, random_resized_crop=False, hflip=d.hflip, **common), c
+            )
+            self.eval_transform = _ToSignal(ImageTransform(train=False, **common), c)
+        self.classifier = None
+        if df.classifier_config:  # built here, outside any trainer's mesh context
+            self.classifier = load_classifier(df.classifier_config, df.classifier_workdir)
+
+    def _source(self, split):
+        d = self.cfg.data
+        if split not in self._sources:
+            if d.source == "digits":
+                self._sources[split] = DigitsSource(split, d.image_size, d.holdout_fraction)
+            elif d.source == "latents":
+                self._sources[split] = LatentSource(d.path, split)
+            else:
+                self._sources[split] = ImageFolderSource(os.path.join(d.path, split))
+        return self._sources[split]
+
+    def train_source(self):
+        return self._source(self.cfg.data.train_split)
+
+    def eval_source(self):
+        return self._source(self.cfg.data.eval_split)
+
+    def example_batch(self, n):
+        m = self.model
+        return {
+            "x": np.zeros((n, m.input_size, m.input_size, m.in_channels), np.float32),
+            "label": np.zeros((n,), np.int32),
+            "mask": np.ones((n,), np.float32),
+        }
+
+    def init(self, rng, batch):
+        n = batch["x"].shape[0]
+        return self.model.init({"params": rng}, batch["x"], jnp.zeros((n,)), batch["label"])
+
+    def _terms(self, params, batch, rng, train):
+        k_t, k_noise, k_drop = jax.random.split(rng, 3)
+        x = batch["x"]
+        t = jax.random.randint(k_t, (x.shape[0],), 0, self.diffusion.num_timesteps)
+        noise = jax.random.normal(k_noise, x.shape, x.dtype)
+
+        def model_fn(x_t, timesteps):
+            out = self.model.apply({"params": params}, x_t, timesteps, batch["label"], train=train,
+                                   rngs={"dropout": k_drop})
+            return out.astype(jnp.float32)
+
+        return self.diffusion.training_losses(model_fn, x, t, noise)
+
+    def loss(self, params, batch, rng):
+        terms = self._terms(params, batch, rng, train=True)
+        mask = batch["mask"]
+        n = jnp.maximum(mask.sum(), 1.0)
+        metrics = {f"train/{k}": (v * mask).sum() / n for k, v in terms.items() if k != "loss"}
+        return (terms["loss"] * mask).sum() / n, metrics
+
+    def eval_outputs(self, params, batch):
+        # The same timesteps and noise for every eval batch: a fixed, comparable estimate.
+        return self._terms(params, batch, jax.random.PRNGKey(0), train=False)
+
+    def eval_metrics(self, outputs):
+        return {k: float(np.mean(v.astype(np.float64))) for k, v in outputs.items()}
+
+    def generate(self, params, mesh):
+        """Guided samples of every class: metrics (classifier agreement) and outputs for the picture."""
+        from trainers import sharding
+
+        df = self.cfg.diffusion
+        labels = np.repeat(np.arange(self.num_classes, dtype=np.int32), df.samples_per_class)
+        n = len(labels)
+        pad = -n % sharding.batch_divisor(mesh)
+        y = np.concatenate([labels, np.zeros(pad, np.int32)])
+        samples = self.sample(params, y, jax.random.PRNGKey(self.cfg.seed), mesh)[:n]
+        outputs = {"samples": samples, "sample_labels": labels}
+        metrics = {}
+        if self.classifier is not None:
+            predicted = self.classifier(samples)
+            outputs["sample_predictions"] = predicted
+            metrics["classifier_agreement"] = float(np.mean(predicted == labels))
+        return metrics, outputs
+
+    def sample(self, params, labels, key, mesh=None):
+        """Samples for `labels` with the configured sampler and guidance, batch-sharded over `mesh`."""
+        df, m = self.cfg.diffusion, self.model
+        guided = df.cfg_scale != 1.0
+        k_init, k_steps = jax.random.split(key)
+
+        def run(params, y, k_init, k_steps):
+            shape = (y.shape[0], m.input_size, m.input_size, m.in_channels)
+            x_T = jax.random.normal(k_init, shape)
+            if guided:  # [conditional; null-label] halves, as upstream's sample.py
+                x_T = jnp.concatenate([x_T, x_T])
+                y = jnp.concatenate([y, jnp.full_like(y, self.num_classes)])
+
+                def model_fn(x, ts):
+                    return m.apply({"params": params}, x, ts, y, df.cfg_scale, df.guide_all_channels,
+                                   method=type(m).forward_with_cfg).astype(jnp.float32)
+            else:
+                def model_fn(x, ts):
+                    return m.apply({"params": params}, x, ts, y).astype(jnp.float32)
+
+            x = self.sampling.sample(model_fn, x_T, sampler=df.sampler, eta=df.eta, key=k_steps)
+            return x[: x.shape[0] // 2] if guided else x
+
+        if mesh is None:
+            return np.asarray(jax.jit(run)(params, labels, k_init, k_steps))
+        from trainers import sharding
+
+        with jax.set_mesh(mesh):
+            out = jax.jit(run, in_shardings=(None, sharding.batch_sharding(mesh, 1), None, None),
+                          out_shardings=sharding.batch_sharding(mesh, 4))(params, labels, k_init, k_steps)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(out, tiled=True))
+
+    def write_artifacts(self, workdir, outputs, step):
+        from trainers.pictures import sample_grid_png
+
+        if "samples" not in outputs:
+            return
+        df = self.cfg.diffusion
+        agreement = ""
+        if "sample_predictions" in outputs:
+            agreement = f", classifier agrees on {np.mean(outputs['sample_predictions'] == outputs['sample_labels']):.0%}"
+        sample_grid_png(
+            os.path.join(workdir, "samples.png"), outputs["samples"], columns=df.samples_per_class,
+            title=f"{self.cfg.model.name}, step {step}: {df.sampler} {df.sample_respacing}, guidance {df.cfg_scale}"
+                  f"{agreement}",
+        )
+
+
+def to_uint8(samples):
+    return np.clip(np.round((np.asarray(samples) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def load_classifier(config_path: str, workdir: str):
+    """The classification run at `workdir` (trained there first from `config_path` if it holds no checkpoint)."""
+    from PIL import Image
+
+    from trainers import config as config_lib
+    from trainers.checkpoint import Checkpointer
+    from trainers.loop import Trainer, train
+
+    cfg = config_lib.load(config_path)
+    if cfg.task != "classification":
+        raise ValueError(f"diffusion.classifier_config {config_path}: task is {cfg.task!r}, not classification")
+    directory = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))):
+        print(f"training the classifier for the agreement metric: {config_path} -> {workdir}", flush=True)
+        train(cfg, workdir)
+    trainer = Trainer(cfg)
+    restored = Checkpointer(directory).restore(trainer.abstract_state)
+    if restored is None:
+        raise FileNotFoundError(f"no readable classifier checkpoint in {directory}")
+    params = restored[1].ema_params if restored[1].ema_params is not None else restored[1].params
+    task, size = trainer.task, cfg.data.image_size
+    apply = jax.jit(lambda p, images: task.model.apply({"params": p}, task.normalise(images)).argmax(-1))
+
+    def classify(samples):
+        images = to_uint8(samples)
+        if images.shape[-1] == 1:
+            images = images.repeat(3, axis=-1)
+        # Resized as the classifier's training images were (DigitsSource: bilinear from 8x8).
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+        return np.asarray(apply(params, images))
+
+    return classify
