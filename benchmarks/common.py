@@ -6,10 +6,10 @@ import numpy as np
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense, per chip
 
 
-def time_it(fn, iters):
-    """Median seconds of fn() over iters calls, after two warm-up calls (compilation, caches)."""
-    fn()
-    fn()
+def time_it(fn, iters, warmup=2):
+    """Median seconds of fn() over iters calls, after warm-up calls (compilation, caches)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(iters):
         t = time.perf_counter()

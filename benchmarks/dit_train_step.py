@@ -73,31 +73,14 @@ def install_timm_stand_ins():
     return torch
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference", required=True, help="a clone of facebookresearch/DiT")
-    parser.add_argument("--model", default="DiT-XL/2")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--sample_steps", type=int, default=5)
-    parser.add_argument("--cfg_scale", type=float, default=4.0)
-    args = parser.parse_args()
-
-    torch = install_timm_stand_ins()
-    sys.path.insert(0, args.reference)
+def run_torch(args, x, y, t, noise, z):
+    """Upstream's train step and p_sample_loop timed; returns their times and the initial weights."""
+    import torch
     from diffusion import create_diffusion as torch_diffusion
     from models import DiT_models
 
-    rng = np.random.default_rng(0)
     n = args.batch
-    x = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
-    y = rng.integers(0, 1000, n)
-    t = rng.integers(0, 1000, n)
-    noise = rng.standard_normal(x.shape).astype(np.float32)
-    z = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-
-    # PyTorch, as upstream's train.py and sample.py.
     ref = DiT_models[args.model](input_size=32, num_classes=1000).to(device)
     state_dict = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0)
@@ -127,9 +110,34 @@ def main():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    s_torch = time_it(torch_sample, 1)
+    s_torch = time_it(torch_sample, 1, warmup=1)
     threads = torch.get_num_threads()
-    del ref, opt, xt, zt
+    return t_torch, s_torch, state_dict, threads
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", required=True, help="a clone of facebookresearch/DiT")
+    parser.add_argument("--model", default="DiT-XL/2")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--sample_steps", type=int, default=5)
+    parser.add_argument("--cfg_scale", type=float, default=4.0)
+    args = parser.parse_args()
+
+    install_timm_stand_ins()
+    sys.path.insert(0, args.reference)
+
+    rng = np.random.default_rng(0)
+    n = args.batch
+    x = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
+    y = rng.integers(0, 1000, n)
+    t = rng.integers(0, 1000, n)
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    z = rng.standard_normal((n, 32, 32, 4)).astype(np.float32)
+
+    # The torch side first; its models and optimizer are freed when run_torch returns.
+    t_torch, s_torch, state_dict, threads = run_torch(args, x, y, t, noise, z)
     gc.collect()
 
     # JAX.
@@ -179,11 +187,11 @@ def main():
         return jsampling.sample(model_fn, x_T, key=key)
 
     z2 = jnp.asarray(np.concatenate([z, z]))
-    s_jax = time_it(lambda: jax.block_until_ready(sample(state[0], z2, key)), 1)
+    s_jax = time_it(lambda: jax.block_until_ready(sample(state[0], z2, key)), 1, warmup=1)
 
     dev = jax.devices()[0]
     macs = forward_macs(model)
-    print(f"device: {dev.device_kind} ({dev.platform}), torch on {device}, threads {threads}")
+    print(f"device: {dev.device_kind} ({dev.platform}), torch threads {threads}")
     print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, float32")
     print(f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s")
     print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
