@@ -168,3 +168,50 @@ def test_fresh_model_is_adaln_zero():
     assert out.shape == (2, 16, 16, 8) and not np.asarray(out).any()  # zero-initialised output layer
     blocks = variables["params"]["blocks_0"]["adaLN_modulation_1"]
     assert not np.asarray(blocks["kernel"]).any() and not np.asarray(blocks["bias"]).any()
+
+
+def test_sampling_sharded_over_devices_equals_one_device():
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    model = create("DiT-S/4", input_size=8, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)
+    x_T = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 4))
+    y = jnp.arange(8) % 3
+    variables = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x_T, jnp.zeros((8,)), y))
+    diffusion = create_diffusion("ddim10")
+
+    def run(x_T, y):
+        return diffusion.sample(lambda x, t: model.apply(variables, x, t, y), x_T, sampler="ddpm",
+                                key=jax.random.PRNGKey(2))
+
+    mesh = jax.make_mesh((8,), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    sharded = jax.jit(run, in_shardings=(rows, rows), out_shardings=rows)(x_T, y)
+    assert len(sharded.sharding.device_set) == 8
+    np.testing.assert_allclose(sharded, jax.jit(run)(x_T, y), rtol=1e-5, atol=1e-5)
+
+
+def test_latent_training_reads_npz_and_names_bad_files(tmp_path):
+    from trainers import config as config_lib
+    from trainers.loop import train
+    from trainers.tasks.diffusion import LatentSource
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 32), ("val", 16)):
+        np.savez(tmp_path / f"{split}.npz", latents=rng.standard_normal((n, 8, 8, 4)).astype(np.float16),
+                 labels=rng.integers(0, 5, n))
+    cfg = config_lib.from_dict(config_lib.Config, {
+        "task": "diffusion",
+        "model": {"name": "DiT-S/4", "args": {"input_size": 8, "in_channels": 4, "hidden_size": 32, "depth": 1,
+                                               "num_heads": 2, "num_classes": 5}},
+        "data": {"source": "latents", "path": str(tmp_path), "batch_size": 16, "eval_batch_size": 16},
+        "train": {"steps": 2, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "async_checkpointing": False},
+        "diffusion": {"sample_respacing": "ddim5", "sampler": "ddim", "samples_per_class": 2},
+    })
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert np.isfinite(metrics["eval/loss"]) and (tmp_path / "run" / "samples.png").is_file()
+
+    np.savez(tmp_path / "bad.npz", latents=np.zeros((4, 8, 8, 4)))
+    with pytest.raises(ValueError, match=r"bad.npz: missing \['labels'\]"):
+        LatentSource(str(tmp_path), "bad")
+    with pytest.raises(FileNotFoundError, match="absent.npz"):
+        LatentSource(str(tmp_path), "absent")
