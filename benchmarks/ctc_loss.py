@@ -1,0 +1,83 @@
+"""CTC loss + gradient: jaxmodels.ctc.ctc_loss against optax.ctc_loss and torch's ctc_loss
+on the same batch (the issue's shape: B=32, T=500, V=100, U=100), float32.
+
+    python benchmarks/ctc_loss.py [--batch 32 --frames 500 --vocab 100 --labels 100 --iters 20]
+"""
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmodels.ctc import ctc_loss
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import time_it  # noqa: E402
+
+
+def problem(batch, frames, vocab, num_labels, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(batch, frames, vocab)).astype(np.float32)
+    input_lengths = rng.integers(frames * 3 // 4, frames + 1, batch)
+    target_lengths = rng.integers(num_labels * 3 // 4, num_labels + 1, batch)
+    labels = rng.integers(1, vocab, (batch, num_labels)).astype(np.int32)
+    logit_paddings = (np.arange(frames)[None] >= input_lengths[:, None]).astype(np.float32)
+    label_paddings = (np.arange(num_labels)[None] >= target_lengths[:, None]).astype(np.float32)
+    labels = np.where(label_paddings > 0, 0, labels)
+    return logits, logit_paddings, labels, label_paddings, input_lengths, target_lengths
+
+
+def run_torch(logits, labels, input_lengths, target_lengths, iters):
+    import torch
+
+    x = torch.tensor(logits, requires_grad=True)
+    targets = torch.tensor(labels, dtype=torch.long)
+    il, tl = torch.tensor(input_lengths), torch.tensor(target_lengths)
+
+    def step():
+        x.grad = None
+        log_probs = torch.log_softmax(x, -1).transpose(0, 1)  # torch wants (T, B, V)
+        loss = torch.nn.functional.ctc_loss(log_probs, targets, il, tl, blank=0, reduction="sum")
+        loss.backward()
+        return float(loss), x.grad.numpy().copy()
+
+    loss, grad = step()
+    return time_it(step, iters), loss, grad
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=500)
+    parser.add_argument("--vocab", type=int, default=100)
+    parser.add_argument("--labels", type=int, default=100)
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    logits, logit_paddings, labels, label_paddings, il, tl = problem(args.batch, args.frames, args.vocab, args.labels)
+    device = jax.devices()[0]
+    print(f"CTC loss + grad, B={args.batch} T={args.frames} V={args.vocab} U={args.labels}, float32, {device.device_kind}")
+
+    inputs = [jnp.asarray(a) for a in (logits, logit_paddings, labels, label_paddings)]
+    ours = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a))))
+    reference = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(optax.ctc_loss(x, *a))))
+    results = {}
+    for name, fn in (("jaxmodels", ours), ("optax", reference)):
+        loss, grad = jax.block_until_ready(fn(*inputs))
+        results[name] = (time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters), float(loss), np.asarray(grad))
+    try:
+        results["torch"] = run_torch(logits, labels, il, tl, args.iters)
+    except ImportError:
+        print("  torch not installed: no torch comparison")
+
+    ours_time, ours_loss, ours_grad = results["jaxmodels"]
+    for name, (seconds, loss, grad) in results.items():
+        agree = np.max(np.abs(grad - ours_grad))
+        ratio = "" if name == "jaxmodels" else f"  ({seconds / ours_time:.2f}x the time of jaxmodels)"
+        print(f"  {name:10s} {seconds * 1e3:8.2f} ms   loss {loss:.4f}   max |grad diff| {agree:.1e}{ratio}")
+
+
+if __name__ == "__main__":
+    main()
