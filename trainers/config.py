@@ -171,7 +171,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
 
 
 def apply_override(data: dict, override: str) -> None:
-    """Sets ``a.b.c=value`` in a nested dict (the value parsed as YAML)."""
+    """Sets ``a.b.c=value`` in a nested dict (the value parsed as YAML; ``a.b.c=`` is the
+    empty string, e.g. to switch off an optional path)."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} is not of the form dotted.key=value")
     key, raw = override.split("=", 1)
@@ -181,7 +182,7 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = yaml.safe_load(raw) if raw else ""
 
 
 def load(path: str, overrides=()) -> Config:

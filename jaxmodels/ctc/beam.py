@@ -104,13 +104,15 @@ def beam_search(
 
         # Extension (prefix i, token c) is hypothesis j itself when j's parent is i and
         # j's last label is c: its probability joins j's p_nb and the extension goes.
+        # Prefixes on the beam are distinct, so j has at most one such (i, c).
         same_parent = jnp.all(beam.hash[:, None, :, :] == beam.parent_hash[:, :, None, :], axis=-1)  # (B, j, i)
-        same_parent &= alive[:, None, :] & alive[:, :, None] & (beam.last >= 0)[:, :, None]
+        same_parent &= alive[:, None, :]
         same_token = tokens[:, None, :] == beam.last[:, :, None]  # (B, j, M)
-        merged = same_parent[:, :, :, None] & same_token[:, :, None, :]  # (B, j, i, M)
-        merged_nb = jax.nn.logsumexp(jnp.where(merged, ext_nb[:, None], NEG_INF), axis=(2, 3))
+        merges = jnp.any(same_parent, axis=2) & jnp.any(same_token, axis=2) & alive & (beam.last >= 0)
+        parent_of, token_of = jnp.argmax(same_parent, axis=2), jnp.argmax(same_token, axis=2)  # (B, j)
+        merged_nb = jnp.where(merges, ext_nb[rows, parent_of, token_of], NEG_INF)
         stay_nb = jnp.logaddexp(stay_nb, merged_nb)
-        ext_nb = jnp.where(jnp.any(merged, axis=1), NEG_INF, ext_nb)
+        ext_nb = ext_nb.at[rows, jnp.where(merges, parent_of, k), token_of].set(NEG_INF, mode="drop")
 
         stay_score = jnp.logaddexp(stay_b, stay_nb) + beam.lm_score
         ext_score = ext_nb + ext_lm
