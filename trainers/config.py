@@ -26,8 +26,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["digits", "imagefolder", "latents"] = "digits"
-    path: str = ""  # imagefolder: root with train/ and val/ of class subfolders; latents: dir of <split>.npz
+    source: Literal["digits", "imagefolder", "latents", "speech", "manifest", "librispeech"] = "digits"
+    # imagefolder: root with train/ and val/ of class subfolders; latents: dir of <split>.npz;
+    # speech: where the built-in corpus is (or will be) synthesised; manifest: dir of
+    # <split>.jsonl; librispeech: the LibriSpeech root (splits are its folders, e.g. train-clean-100)
+    path: str = ""
     train_split: str = "train"
     eval_split: str = "val"
     image_size: int = 32
@@ -37,6 +40,9 @@ class DataConfig:
     eval_batch_size: int = 128
     num_workers: int = 0  # grain worker processes (0: read in the trainer process)
     on_bad_image: Literal["error", "skip"] = "error"
+    on_bad_audio: Literal["error", "skip"] = "error"  # unreadable, empty, wrong rate, too long
+    max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
+    resample: bool = False  # audio at another sample rate: resample to 16 kHz instead of an error
     random_resized_crop: bool = True
     crop_scale: Tuple[float, float] = (0.08, 1.0)
     crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
@@ -108,6 +114,35 @@ class DiffusionConfig:
 
 
 @dataclass
+class SpeechConfig:
+    """Speech recognition (task: ctc): front end, tokens, augmentation and decoding."""
+
+    tokens: Literal["words", "chars"] = "chars"  # the CTC vocabulary, built from the training transcripts
+    num_mel_bins: int = 80
+    lfr_m: int = 7  # low frame rate: stack lfr_m frames every lfr_n (SenseVoice: 7, 6)
+    lfr_n: int = 6
+    dither: float = 1.0  # training only, as FunASR's front end
+    cmvn_utterances: int = 500  # training utterances the global mean and variance come from
+    num_freq_masks: int = 1  # SpecAugment, training only (0 masks: off)
+    freq_mask_width: int = 30
+    num_time_masks: int = 1
+    time_mask_width: int = 12
+    max_label_length: int = 64
+    prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
+    beam_size: int = 8  # eval: greedy and prefix beam search WER
+    lm_order: int = 0  # > 0: an n-gram over the CTC tokens, trained on the training transcripts, fused in the beam
+    lm_path: str = ""  # or an ARPA file over the same tokens
+    lm_weight: float = 0.5
+    length_bonus: float = 0.0
+    # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace
+    # building them from the training data (transcription reads the run's own).
+    assets: str = ""
+    corpus_seed: int = 0  # the built-in corpus
+    corpus_train_size: int = 2000
+    corpus_test_size: int = 200
+
+
+@dataclass
 class Config:
     task: str = "classification"
     seed: int = 0
@@ -117,6 +152,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
 
 def _check(value, tp, key):

@@ -1,4 +1,4 @@
-"""Pictures a person can look at (PIL only): confusion matrices and prediction grids."""
+"""Pictures a person can look at (PIL only): confusion matrices, prediction and sample grids, spectrograms."""
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -65,3 +65,34 @@ def sample_grid_png(path, samples, columns, title="", row_labels=None, scale=Non
         tile = Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST)
         grid.paste(tile, (left + c * cw, top + r * ch))
     grid.save(path)
+
+
+def _heat(values):
+    """Values in [0, 1] -> RGB: black, through purple and orange, to pale yellow."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    stops = np.array([[0, 0, 4], [120, 28, 109], [237, 105, 37], [252, 255, 164]], np.float64)
+    position = v * (len(stops) - 1)
+    low = np.minimum(position.astype(int), len(stops) - 2)
+    frac = position - low
+    return (stops[low[..., 0]] * (1 - frac) + stops[low[..., 0] + 1] * frac).astype(np.uint8)
+
+
+def alignment_png(path, log_mel, spans, title="", ms_per_frame=10, scale=3):
+    """A log-mel spectrogram (frames, bins), low bins at the bottom, with each
+    (token, start_ms, end_ms) span marked and labelled underneath."""
+    log_mel = np.asarray(log_mel, np.float64)
+    low, high = np.percentile(log_mel, 5), np.percentile(log_mel, 99.5)
+    picture = _heat((log_mel - low) / max(high - low, 1e-6)).transpose(1, 0, 2)[::-1]
+    frames, bins = log_mel.shape
+    top, bottom = 18, 34
+    img = Image.new("RGB", (frames * scale, top + bins * 2 + bottom), "white")
+    img.paste(Image.fromarray(np.ascontiguousarray(picture)).resize((frames * scale, bins * 2), Image.NEAREST), (0, top))
+    draw = ImageDraw.Draw(img)
+    draw.text((2, 2), title, fill="black")
+    for k, (token, start, end) in enumerate(spans):
+        x0, x1 = start / ms_per_frame * scale, end / ms_per_frame * scale
+        draw.line([(x0, top), (x0, top + bins * 2)], fill="white")
+        y = top + bins * 2 + 4 + 14 * (k % 2)  # alternate rows so neighbours do not overlap
+        draw.line([(x0, y - 2), (max(x0, x1 - 1), y - 2)], fill=(0, 90, 200), width=2)
+        draw.text((x0 + 1, y), token, fill="black")
+    img.save(path)

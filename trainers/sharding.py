@@ -20,6 +20,10 @@ LOGICAL_RULES = (
     ("mlp", "tensor"),  # hidden width of MLP / gated blocks: Megatron-style tensor parallel
     ("conv_channels", "tensor"),
     ("heads", "tensor"),
+    ("qkv", "tensor"),  # fused q|k|v outputs of a (in, 3 x width) projection
+    ("qkv_out", "tensor"),
+    ("heads_flat", "tensor"),  # per-channel weights over the attention width (FSMN)
+    ("features", None),  # input feature width (e.g. stacked filterbanks)
     ("vocab", "tensor"),
     ("classes", "tensor"),
     ("conv_in", None),

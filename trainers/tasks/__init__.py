@@ -16,6 +16,7 @@ import importlib
 
 TASKS = {
     "classification": "trainers.tasks.classification:ClassificationTask",
+    "ctc": "trainers.tasks.ctc:CTCTask",
     "diffusion": "trainers.tasks.diffusion:DiffusionTask",
 }
 

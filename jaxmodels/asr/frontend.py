@@ -1,0 +1,133 @@
+"""Speech front end in JAX, batched: Kaldi-compatible log-mel filterbank, low-frame-rate
+stacking, CMVN and SpecAugment, as SenseVoice's (FunASR's WavFrontend + SpecAugLFR).
+
+Waveforms are (B, N) float in [-1, 1] with lengths (B,); features (B, T, D) with lengths.
+The filterbank follows Kaldi's compute-fbank-feats (as torchaudio.compliance.kaldi.fbank
+implements it): 25 ms Hamming frames every 10 ms with snip_edges, DC offset removed,
+pre-emphasis 0.97, a 512-point power spectrum, triangular filters on Kaldi's mel scale
+from 20 Hz to Nyquist, log with float32 epsilon as the floor. FunASR scales the waveform
+to 16-bit range first, and so does `fbank`.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EPSILON = float(np.finfo(np.float32).eps)
+
+
+def _mel(f):
+    return 1127.0 * np.log(1.0 + np.asarray(f, np.float64) / 700.0)
+
+
+def mel_banks(num_bins: int, fft_size: int, sample_rate: int, low_freq: float = 20.0, high_freq: float = 0.0):
+    """Kaldi's triangular mel filters, (fft_size // 2 + 1, num_bins); high_freq <= 0 is
+    relative to Nyquist."""
+    nyquist = sample_rate / 2
+    high = nyquist + high_freq if high_freq <= 0 else high_freq
+    if not 0 <= low_freq < high <= nyquist:
+        raise ValueError(f"need 0 <= low_freq < high_freq <= {nyquist}, got {low_freq}, {high}")
+    mel_low, mel_high = _mel(low_freq), _mel(high)
+    delta = (mel_high - mel_low) / (num_bins + 1)
+    left = mel_low + delta * np.arange(num_bins)[:, None]
+    center, right = left + delta, left + 2 * delta
+    mel = _mel(sample_rate / fft_size * np.arange(fft_size // 2))[None]
+    up, down = (mel - left) / (center - left), (right - mel) / (right - center)
+    banks = np.maximum(0.0, np.minimum(up, down))  # Kaldi leaves the Nyquist bin out
+    return np.pad(banks, ((0, 0), (0, 1))).T.astype(np.float32)
+
+
+def fbank(
+    waveform,
+    lengths,
+    sample_rate: int = 16000,
+    num_mel_bins: int = 80,
+    frame_length_ms: float = 25.0,
+    frame_shift_ms: float = 10.0,
+    dither: float = 0.0,
+    key=None,
+):
+    """Log-mel filterbank (B, T, num_mel_bins) and frame counts (B,)."""
+    window = int(sample_rate * frame_length_ms / 1000)
+    shift = int(sample_rate * frame_shift_ms / 1000)
+    fft_size = 1 << (window - 1).bit_length()
+    batch, samples = waveform.shape
+    if samples < window:
+        raise ValueError(f"waveforms of {samples} samples are shorter than one {frame_length_ms} ms frame")
+    frames = 1 + (samples - window) // shift
+    index = np.arange(frames)[:, None] * shift + np.arange(window)[None]
+    x = waveform.astype(jnp.float32)[:, index] * 32768.0  # (B, T, window)
+    if dither > 0.0:
+        x = x + dither * jax.random.normal(key, x.shape)
+    x = x - jnp.mean(x, axis=-1, keepdims=True)
+    x = x - 0.97 * jnp.concatenate([x[..., :1], x[..., :-1]], axis=-1)
+    hamming = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(window) / (window - 1))
+    x = x * hamming.astype(np.float32)
+    power = jnp.abs(jnp.fft.rfft(x, n=fft_size, axis=-1)) ** 2
+    energies = power @ mel_banks(num_mel_bins, fft_size, sample_rate)
+    feats = jnp.log(jnp.maximum(energies, EPSILON))
+    num_frames = jnp.maximum(0, 1 + (lengths - window) // shift)
+    return jnp.where((jnp.arange(frames)[None] < num_frames[:, None])[..., None], feats, 0.0), num_frames
+
+
+def low_frame_rate(feats, lengths, lfr_m: int = 7, lfr_n: int = 6):
+    """Stack lfr_m frames every lfr_n (SenseVoice: 7 and 6, 10 ms -> 60 ms), the first
+    frame repeated (lfr_m - 1) // 2 times on the left and the last frame on the right, as
+    FunASR's apply_lfr. (B, T, D) -> (B, ceil(T / lfr_n), lfr_m * D)."""
+    batch, frames, dim = feats.shape
+    out_frames = -(-frames // lfr_n)
+    index = np.arange(out_frames)[:, None] * lfr_n + np.arange(lfr_m)[None] - (lfr_m - 1) // 2
+    index = jnp.clip(index[None], 0, jnp.maximum(lengths, 1)[:, None, None] - 1)  # (B, T', m)
+    stacked = jnp.take_along_axis(feats, index.reshape(batch, -1)[..., None], axis=1)
+    out_lengths = -(-lengths // lfr_n)
+    stacked = stacked.reshape(batch, out_frames, lfr_m * dim)
+    return jnp.where((jnp.arange(out_frames)[None] < out_lengths[:, None])[..., None], stacked, 0.0), out_lengths
+
+
+def apply_cmvn(feats, lengths, mean, inverse_std):
+    """Global mean and variance normalisation, padding left at zero."""
+    valid = (jnp.arange(feats.shape[1])[None] < lengths[:, None])[..., None]
+    return jnp.where(valid, (feats - mean) * inverse_std, 0.0)
+
+
+def spec_augment(
+    key,
+    feats,
+    lengths,
+    num_freq_masks: int = 1,
+    freq_mask_width: int = 30,
+    num_time_masks: int = 1,
+    time_mask_width: int = 12,
+    stacked_frames: int = 1,
+):
+    """SpecAugment (Park et al., 2019) without time warping: frequency bands and time
+    spans set to zero, widths uniform in [0, max). With stacked (low-frame-rate)
+    features, the same mel bins are masked in each of the `stacked_frames` sub-frames,
+    as FunASR's SpecAugLFR."""
+    batch, frames, dim = feats.shape
+    bins = dim // stacked_frames
+    keys = jax.random.split(key, 4)
+    bin_index = jnp.arange(dim) % bins
+    keep = jnp.ones((batch, frames, dim), bool)
+    widths = jax.random.randint(keys[0], (batch, num_freq_masks), 0, freq_mask_width)
+    starts = (jax.random.uniform(keys[1], (batch, num_freq_masks)) * (bins - widths)).astype(jnp.int32)
+    for i in range(num_freq_masks):
+        band = (bin_index[None] >= starts[:, i, None]) & (bin_index[None] < (starts + widths)[:, i, None])
+        keep &= ~band[:, None, :]
+    widths = jax.random.randint(keys[2], (batch, num_time_masks), 0, time_mask_width)
+    room = jnp.maximum(lengths[:, None] - widths, 0)
+    starts = (jax.random.uniform(keys[3], (batch, num_time_masks)) * room).astype(jnp.int32)
+    t = jnp.arange(frames)[None]
+    for i in range(num_time_masks):
+        span = (t >= starts[:, i, None]) & (t < (starts + widths)[:, i, None])
+        keep &= ~span[:, :, None]
+    return jnp.where(keep, feats, 0.0)
+
+
+def num_output_frames(samples: int, sample_rate: int = 16000, lfr_n: int = 6) -> int:
+    """Encoder frames for a waveform of `samples` samples (10 ms fbank, then LFR)."""
+    window, shift = sample_rate * 25 // 1000, sample_rate * 10 // 1000
+    return math.ceil(max(0, 1 + (samples - window) // shift) / lfr_n)

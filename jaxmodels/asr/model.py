@@ -1,0 +1,181 @@
+"""SenseVoice-Small's non-autoregressive recogniser: a SAN-M encoder and a CTC head, with
+the four learned prompt queries (language, event, emotion, text normalisation) as an option.
+
+Structure and names follow the official model.py (FunAudioLLM/SenseVoice), so a
+checkpoint's keys map one to one:
+  SenseVoiceSmall: embed (prompt-query table), encoder, ctc_lo (the CTC head)
+  SenseVoiceEncoderSmall: encoders0 (one layer, input width -> output_size),
+    encoders (num_blocks - 1 layers), after_norm, tp_encoders (tp_blocks layers), tp_norm
+  EncoderLayerSANM: norm1, self_attn, norm2, feed_forward (pre-norm residual blocks)
+  MultiHeadedAttentionSANM: linear_q_k_v, fsmn_block (depthwise 1-D conv over time on
+    the values, "memory"), linear_out; output = attention + memory
+Features are (B, T, D) with lengths (B,); padded frames are masked in attention and
+zeroed around the FSMN convolution, as upstream.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn.layers import default_kernel_init
+
+# Prompt-query rows of `embed`, as upstream (lid_dict, textnorm_dict; 1, 2: event, emotion).
+LANGUAGE_QUERY = {"auto": 0, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12, "nospeech": 13}
+EVENT_QUERY, EMOTION_QUERY = 1, 2
+TEXTNORM_QUERY = {"withitn": 14, "woitn": 15}
+NUM_QUERY_ROWS = 7 + len(LANGUAGE_QUERY) + len(TEXTNORM_QUERY)
+NUM_PROMPTS = 4
+
+
+def sinusoidal_positions(length: int, depth: int):
+    """Upstream's SinusoidalPositionEncoder: positions 1..T, sin then cos halves, timescale
+    increment log(10000) / (depth / 2 - 1)."""
+    increment = np.log(10000.0) / (depth / 2 - 1)
+    inv_timescales = np.exp(np.arange(depth // 2) * -increment)
+    scaled = np.arange(1, length + 1)[:, None] * inv_timescales[None]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
+
+
+class MultiHeadedAttentionSANM(nn.Module):
+    n_head: int
+    n_feat: int
+    kernel_size: int = 11
+    sanm_shift: int = 0
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        batch, length, _ = x.shape
+        head_dim = self.n_feat // self.n_head
+        qkv = Dense(3 * self.n_feat, ("embed", "qkv"), dtype=self.dtype, name="linear_q_k_v")(x)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        heads = lambda t: constrain(t.reshape(batch, length, self.n_head, head_dim), ("batch", "length", "heads", "kv"))
+
+        # FSMN memory: a depthwise convolution over time of the (masked) values.
+        frame_mask = mask[:, :, None].astype(v.dtype)
+        memory_in = v * frame_mask
+        kernel = self.param(
+            "fsmn_block", nn.with_logical_partitioning(default_kernel_init, (None, "heads_flat")),
+            (self.kernel_size, self.n_feat), jnp.float32,
+        ).astype(self.dtype)
+        left = (self.kernel_size - 1) // 2 + self.sanm_shift
+        padded = jnp.pad(memory_in, ((0, 0), (left, self.kernel_size - 1 - left), (0, 0)))
+        memory = sum(padded[:, i : i + length] * kernel[i] for i in range(self.kernel_size))
+        memory = nn.Dropout(self.dropout_rate)(memory + memory_in, deterministic) * frame_mask
+
+        bias = jnp.where(mask[:, None, None, :], 0.0, -jnp.inf).astype(self.dtype)  # (B, 1, 1, T) keys
+        scores = jnp.einsum("bqhd,bkhd->bhqk", heads(q) * head_dim**-0.5, heads(k)) + bias
+        weights = jnp.where(mask[:, None, None, :], jax.nn.softmax(scores.astype(jnp.float32), axis=-1), 0.0)
+        weights = nn.Dropout(self.dropout_rate)(weights.astype(self.dtype), deterministic)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, heads(v)).reshape(batch, length, self.n_feat)
+        return Dense(self.n_feat, ("qkv_out", "embed"), dtype=self.dtype, name="linear_out")(attended) + memory
+
+
+class PositionwiseFeedForward(nn.Module):
+    hidden_units: int
+    dropout_rate: float = 0.1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        h = jax.nn.relu(Dense(self.hidden_units, ("embed", "mlp"), dtype=self.dtype, name="w_1")(x))
+        h = nn.Dropout(self.dropout_rate)(h, deterministic)
+        return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="w_2")(h)
+
+
+class EncoderLayerSANM(nn.Module):
+    size: int
+    attention_heads: int
+    linear_units: int
+    kernel_size: int = 11
+    sanm_shift: int = 0
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool):
+        in_size = x.shape[-1]
+        h = LayerNorm(1e-5, "embed" if in_size == self.size else "features", self.dtype, name="norm1")(x)
+        h = MultiHeadedAttentionSANM(
+            self.attention_heads, self.size, self.kernel_size, self.sanm_shift, self.attention_dropout_rate,
+            self.dtype, name="self_attn",
+        )(h, mask, deterministic)
+        h = nn.Dropout(self.dropout_rate)(h, deterministic)
+        x = x + h if in_size == self.size else h  # the first layer changes width: no residual
+        h = LayerNorm(1e-5, "embed", self.dtype, name="norm2")(x)
+        h = PositionwiseFeedForward(self.linear_units, self.dropout_rate, self.dtype, name="feed_forward")(h, deterministic)
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+
+class SenseVoiceEncoderSmall(nn.Module):
+    output_size: int = 512
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 50
+    tp_blocks: int = 20
+    dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    kernel_size: int = 11
+    sanm_shift: int = 0
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, lengths, deterministic: bool = True):
+        mask = jnp.arange(x.shape[1])[None] < lengths[:, None]
+        x = x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])
+        x = x.astype(self.dtype)
+        layer = nn.remat(EncoderLayerSANM, static_argnums=(3,)) if self.remat else EncoderLayerSANM
+        args = (self.output_size, self.attention_heads, self.linear_units, self.kernel_size, self.sanm_shift,
+                self.dropout_rate, self.attention_dropout_rate, self.dtype)
+        x = layer(*args, name="encoders0_0")(x, mask, deterministic)
+        for i in range(self.num_blocks - 1):
+            x = layer(*args, name=f"encoders_{i}")(x, mask, deterministic)
+        x = LayerNorm(1e-5, "embed", self.dtype, name="after_norm")(x)
+        for i in range(self.tp_blocks):
+            x = layer(*args, name=f"tp_encoders_{i}")(x, mask, deterministic)
+        return LayerNorm(1e-5, "embed", self.dtype, name="tp_norm")(x)
+
+
+class SenseVoiceSmall(nn.Module):
+    """Features (B, T, input_size) -> CTC logits (B, T [+ 4], vocab_size).
+
+    With `use_prompts`, four learned queries are prepended (language, event, emotion,
+    text normalisation, as upstream's encode); `__call__` then returns the logits of all
+    frames, the first four being the rich-transcription outputs (cross-entropy against
+    the corresponding tokens) and the rest the CTC frames.
+    """
+
+    vocab_size: int
+    input_size: int = 560
+    encoder_conf: dict | None = None
+    use_prompts: bool = True
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        self.embed = nn.Embed(
+            NUM_QUERY_ROWS, self.input_size, param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "features")),
+        ) if self.use_prompts else None
+        self.encoder = SenseVoiceEncoderSmall(**(self.encoder_conf or {}), dtype=self.dtype, remat=self.remat)
+        self.ctc_lo = Dense(self.vocab_size, ("embed", "vocab"), dtype=self.dtype)
+
+    def __call__(self, feats, lengths, language=None, textnorm=None, deterministic: bool = True):
+        """language, textnorm: (B,) rows of `embed` (LANGUAGE_QUERY / TEXTNORM_QUERY values);
+        default "auto" and "woitn"."""
+        if self.use_prompts:
+            batch = feats.shape[0]
+            language = jnp.zeros((batch,), jnp.int32) if language is None else language
+            textnorm = jnp.full((batch,), TEXTNORM_QUERY["woitn"], jnp.int32) if textnorm is None else textnorm
+            rows = jnp.stack([language, jnp.full_like(language, EVENT_QUERY), jnp.full_like(language, EMOTION_QUERY), textnorm], 1)
+            feats = jnp.concatenate([self.embed(rows).astype(feats.dtype), feats], axis=1)
+            lengths = lengths + NUM_PROMPTS
+        hidden = self.encoder(feats, lengths, deterministic)
+        return self.ctc_lo(hidden).astype(jnp.float32), lengths

@@ -1,0 +1,202 @@
+"""Speech data: the built-in synthesised corpus, manifests, LibriSpeech, WAV reading.
+
+The built-in corpus is spoken by eSpeak NG (the espeakng-loader wheel carries the
+library and its voice data; loaded with ctypes): digit strings ("four two nine one") and
+short sentences over a fixed vocabulary ("anna has three red boxes"), each in a voice
+made of an English accent, a voice variant, a pitch and a speaking rate, resampled from
+22,050 Hz to 16 kHz. Whole voices (accent + variant) are held out for the test split.
+It is generated once into a folder, deterministically from a seed, and reused:
+
+    <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker"}
+    <path>/wav/<key>.wav               16-bit mono 16 kHz
+
+User data: JSON-lines manifests in the same form (FunASR / SenseVoice style; `source`
+relative to the manifest's folder or absolute), or a LibriSpeech folder
+(<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with .flac or .wav beside).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import random
+import wave
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+NAMES = ["anna", "ben", "carl", "dora", "emma", "frank"]
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+COLOURS = ["red", "green", "blue", "black", "white", "yellow"]
+THINGS = ["boxes", "cats", "cups", "dogs", "hats", "pens"]
+ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc"]
+VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
+
+
+def corpus_sentences(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return " ".join(rng.choice(NUMBERS) for _ in range(rng.randint(3, 6)))
+    return f"{rng.choice(NAMES)} has {rng.choice(NUMBERS)} {rng.choice(COLOURS)} {rng.choice(THINGS)}"
+
+
+class _ESpeak:
+    """eSpeak NG in synchronous mode: text in, 22,050 Hz int16 samples out."""
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError as e:
+            raise RuntimeError("the built-in speech corpus needs eSpeak NG: pip install espeakng-loader") from e
+        self.lib = ctypes.cdll.LoadLibrary(espeakng_loader.get_library_path())
+        data_parent = os.path.dirname(espeakng_loader.get_data_path())
+        self.sample_rate = self.lib.espeak_Initialize(2, 0, data_parent.encode(), 0)  # 2: AUDIO_OUTPUT_SYNCHRONOUS
+        if self.sample_rate <= 0:
+            raise RuntimeError(f"eSpeak NG failed to initialise with data in {data_parent}")
+        self._chunks = []
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+        self._callback = callback_type(self._collect)  # kept alive as long as self
+        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _collect(self, samples, count, events):
+        if count > 0:
+            self._chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
+        return 0
+
+    def say(self, text: str, voice: str, pitch: int, rate: int) -> np.ndarray:
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
+        self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE, words per minute
+        self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH, 0..100
+        self._chunks = []
+        data = text.encode() + b"\0"
+        self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+
+
+def corpus_voices(seed: int):
+    """(train voices, test voices): accent + variant names, a fifth of them held out."""
+    voices = [f"{a}+{v}" for a in ACCENTS for v in VARIANTS]
+    random.Random(seed).shuffle(voices)
+    held_out = len(voices) // 5
+    return voices[held_out:], voices[:held_out]
+
+
+def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: int = 200) -> None:
+    """Synthesise the corpus into `path` unless its manifests are already there."""
+    if all(os.path.isfile(os.path.join(path, f"{split}.jsonl")) for split in ("train", "test")):
+        return
+    from scipy.signal import resample_poly
+
+    os.makedirs(os.path.join(path, "wav"), exist_ok=True)
+    engine = _ESpeak()
+    rng = random.Random(seed)
+    train_voices, test_voices = corpus_voices(seed)
+    print(f"synthesising the speech corpus into {path} ({train_size} + {test_size} utterances)", flush=True)
+    for split, size, voices in (("train", train_size, train_voices), ("test", test_size, test_voices)):
+        lines = []
+        for i in range(size):
+            text, voice = corpus_sentences(rng), rng.choice(voices)
+            pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
+            audio = engine.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
+            audio = resample_poly(audio, SAMPLE_RATE // 50, engine.sample_rate // 50)  # 320 / 441
+            key = f"{split}_{i:05d}"
+            write_wav(os.path.join(path, "wav", f"{key}.wav"), audio)
+            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": text,
+                                     "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}))
+        tmp = os.path.join(path, f"{split}.jsonl.tmp")
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, os.path.join(path, f"{split}.jsonl"))  # manifests last: a cut-off run starts over
+
+
+def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    tmp = path + ".tmp"
+    with wave.open(tmp, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    os.replace(tmp, path)
+
+
+def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False) -> np.ndarray:
+    """Mono float32 samples in [-1, 1]. WAV (PCM 16/32-bit) is read with the standard
+    library, FLAC with soundfile where installed. A file that cannot be read, is empty,
+    or has another sample rate (unless `resample`) is an error naming it."""
+    try:
+        if path.lower().endswith(".flac"):
+            import soundfile
+
+            audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+            audio = audio.mean(axis=1)
+        else:
+            with wave.open(path, "rb") as w:
+                rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
+                raw = w.readframes(w.getnframes())
+            if width not in (2, 4):
+                raise ValueError(f"{8 * width}-bit samples (need 16 or 32-bit PCM)")
+            scale = 32768.0 if width == 2 else 2147483648.0
+            audio = np.frombuffer(raw, "<i2" if width == 2 else "<i4").astype(np.float32) / scale
+            audio = audio.reshape(-1, channels).mean(axis=1)
+    except ImportError as e:
+        raise RuntimeError(f"{path}: reading FLAC needs soundfile (pip install soundfile)") from e
+    except Exception as e:  # wave.Error, EOFError, OSError, soundfile's errors
+        raise ValueError(f"unreadable audio file {path}: {e}") from e
+    if audio.size == 0:
+        raise ValueError(f"empty audio file {path}")
+    if rate != sample_rate:
+        if not resample:
+            raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz "
+                             "(set data.resample: true to resample)")
+        from scipy.signal import resample_poly
+
+        g = np.gcd(rate, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
+    return audio
+
+
+def read_manifest(path: str) -> list[dict]:
+    """A JSON-lines manifest: one {"key", "source", "target", ...} per line; `source` made absolute."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest not found: {path}")
+    root = os.path.dirname(os.path.abspath(path))
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not JSON: {e}") from e
+            missing = {"key", "source", "target"} - set(record)
+            if missing:
+                raise ValueError(f"{path}:{number}: missing {sorted(missing)}")
+            record["source"] = os.path.join(root, record["source"])
+            records.append(record)
+    if not records:
+        raise ValueError(f"{path}: no utterances")
+    return records
+
+
+def read_librispeech(path: str) -> list[dict]:
+    """Utterances of a LibriSpeech split folder (e.g. .../LibriSpeech/train-clean-100)."""
+    records = []
+    for speaker in sorted(os.listdir(path)):
+        for chapter in sorted(os.listdir(os.path.join(path, speaker))):
+            folder = os.path.join(path, speaker, chapter)
+            transcript = os.path.join(folder, f"{speaker}-{chapter}.trans.txt")
+            if not os.path.isfile(transcript):
+                raise FileNotFoundError(f"LibriSpeech chapter without transcript: {transcript}")
+            for line in open(transcript):
+                key, _, text = line.strip().partition(" ")
+                audio = next((os.path.join(folder, key + ext) for ext in (".flac", ".wav")
+                              if os.path.isfile(os.path.join(folder, key + ext))), None)
+                if audio is None:
+                    raise FileNotFoundError(f"{transcript}: no audio for {key} (.flac or .wav)")
+                records.append({"key": key, "source": audio, "target": text.lower(), "speaker": speaker})
+    if not records:
+        raise ValueError(f"no LibriSpeech utterances under {path}")
+    return records

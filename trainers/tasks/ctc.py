@@ -1,0 +1,321 @@
+"""Speech recognition with CTC (the SenseVoice-style recogniser).
+
+Records carry raw audio padded to data.max_seconds and token ids; the front end
+(Kaldi fbank, dither and SpecAugment in training, low frame rate, global CMVN) runs on
+device inside the jitted step. Eval decodes greedily and with prefix beam search (with
+an n-gram LM when configured) and reports word error rates; the pictures are a
+spectrogram of one utterance with its forced-aligned tokens.
+
+Tokens: "chars" (letters and apostrophe, "|" for the space) or "words" (the training
+transcripts' words), both with <blank> = 0 and <unk> = 1. With speech.prompts, the four
+SenseVoice query outputs are trained against <|lang|>, <|event|>, <|emotion|> and
+<|textnorm|> tokens from the manifest fields language / event / emotion / textnorm
+(defaults en, Speech, NEUTRAL, woitn), which join the vocabulary.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels import asr
+from jaxmodels.ctc import NGramLM, beam_search, ctc_loss, forced_align, greedy_decode, read_arpa, train_ngram, write_arpa
+from trainers import speech
+
+BLANK, UNK = "<blank>", "<unk>"
+PROMPT_FIELDS = (("language", "en"), ("event", "Speech"), ("emotion", "NEUTRAL"), ("textnorm", "woitn"))
+
+
+class Tokenizer:
+    def __init__(self, tokens: list[str], unit: str):
+        self.tokens, self.unit = tokens, unit
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, texts, unit: str, extra=()):
+        symbols = set()
+        for text in texts:
+            symbols.update(cls.split(text, unit))
+        return cls([BLANK, UNK] + sorted(symbols) + sorted(set(extra)), unit)
+
+    @staticmethod
+    def split(text: str, unit: str) -> list[str]:
+        if unit == "words":
+            return text.split()
+        return list(" ".join(text.split()).replace(" ", "|"))
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index.get(s, 1) for s in self.split(text, self.unit)]
+
+    def decode(self, ids) -> str:
+        symbols = [self.tokens[i] for i in ids if i > 1]
+        return " ".join(symbols) if self.unit == "words" else "".join(symbols).replace("|", " ")
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length)."""
+    ref, hyp = reference.split(), hypothesis.split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
+    return row[-1], len(ref)
+
+
+class SpeechSource:
+    """Utterances of one split: the built-in corpus, a manifest, or LibriSpeech."""
+
+    def __init__(self, cfg, split: str):
+        d, s = cfg.data, cfg.speech
+        if d.source == "speech":
+            speech.build_corpus(d.path, s.corpus_seed, s.corpus_train_size, s.corpus_test_size)
+            self.records = speech.read_manifest(os.path.join(d.path, f"{split}.jsonl"))
+        elif d.source == "manifest":
+            self.records = speech.read_manifest(os.path.join(d.path, f"{split}.jsonl"))
+        elif d.source == "librispeech":
+            self.records = speech.read_librispeech(os.path.join(d.path, split))
+        else:
+            raise ValueError(f"task ctc reads data.source speech, manifest or librispeech, not {d.source!r}")
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+
+class AudioTransform:
+    """Manifest record -> fixed-shape arrays: audio padded to max_seconds, token ids."""
+
+    def __init__(self, cfg, tokenizer: Tokenizer, prompt_ids=None):
+        d = cfg.data
+        self.max_samples = int(d.max_seconds * speech.SAMPLE_RATE)
+        self.max_labels = cfg.speech.max_label_length
+        self.on_bad_audio, self.resample = d.on_bad_audio, d.resample
+        self.tokenizer, self.prompt_ids = tokenizer, prompt_ids
+
+    def __call__(self, record, rng):
+        audio = np.zeros(self.max_samples, np.float32)
+        labels = np.zeros(self.max_labels, np.int32)
+        out = {"audio": audio, "audio_length": np.int32(0), "labels": labels, "label_length": np.int32(0),
+               "mask": np.float32(0.0)}
+        if self.prompt_ids is not None:
+            out["prompts"] = np.array(self.prompt_ids(record), np.int32)
+        try:
+            samples = speech.read_audio(record["source"], speech.SAMPLE_RATE, self.resample)
+            if len(samples) > self.max_samples:
+                raise ValueError(f"{record['source']}: {len(samples) / speech.SAMPLE_RATE:.2f} s is longer than "
+                                 f"data.max_seconds={self.max_samples / speech.SAMPLE_RATE}")
+            ids = self.tokenizer.encode(record["target"])
+            if len(ids) > self.max_labels:
+                raise ValueError(f"{record['source']}: {len(ids)} tokens, more than speech.max_label_length="
+                                 f"{self.max_labels}")
+        except ValueError:
+            if self.on_bad_audio == "skip":
+                return out  # mask 0: counted as skipped, never trained on
+            raise
+        audio[: len(samples)] = samples
+        labels[: len(ids)] = ids
+        out.update(audio_length=np.int32(len(samples)), label_length=np.int32(len(ids)), mask=np.float32(1.0))
+        return out
+
+
+class CTCTask:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        s = cfg.speech
+        self._sources = {}
+        if s.assets:
+            with open(os.path.join(s.assets, "tokens.json")) as f:
+                saved = json.load(f)
+            self.tokenizer = Tokenizer(saved["tokens"], saved["unit"])
+        else:
+            train = self.train_source()
+            transcripts = [r["target"] for r in train.records]
+            extra = [f"<|{r.get(k, d)}|>" for r in train.records for k, d in PROMPT_FIELDS] if s.prompts else ()
+            self.tokenizer = Tokenizer.build(transcripts, s.tokens, extra)
+        prompt_ids = None
+        if s.prompts:
+            index = self.tokenizer.index
+            prompt_ids = lambda r: [index.get(f"<|{r.get(k, d)}|>", 1) for k, d in PROMPT_FIELDS]  # noqa: E731
+            # Token id of <|en|>, <|woitn|>, ... -> row of the model's query table (0: "auto").
+            self._query_table = np.zeros(len(self.tokenizer.tokens), np.int32)
+            for name, row in {**asr.LANGUAGE_QUERY, **asr.TEXTNORM_QUERY}.items():
+                if f"<|{name}|>" in index:
+                    self._query_table[index[f"<|{name}|>"]] = row
+        self.train_transform = AudioTransform(cfg, self.tokenizer, prompt_ids)
+        self.eval_transform = self.train_transform
+        args = dict(cfg.model.args)
+        self.model = asr.create(
+            cfg.model.name, **{**args, "vocab_size": len(self.tokenizer.tokens),
+                               "input_size": s.num_mel_bins * s.lfr_m, "use_prompts": s.prompts},
+            dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat,
+        )
+        if s.assets:
+            with np.load(os.path.join(s.assets, "cmvn.npz")) as f:
+                self.cmvn = (f["mean"], f["inverse_std"])
+            arpa = os.path.join(s.assets, "lm.arpa")
+            self.lm_model = read_arpa(arpa) if os.path.isfile(arpa) else None
+        else:
+            self.cmvn = self._global_cmvn(train)
+            self.lm_model = self._language_model(transcripts)
+        self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens) if self.lm_model else None
+
+    # -- data -------------------------------------------------------------------------
+    def _source(self, split):
+        if split not in self._sources:
+            self._sources[split] = SpeechSource(self.cfg, split)
+        return self._sources[split]
+
+    def train_source(self):
+        return self._source(self.cfg.data.train_split)
+
+    def eval_source(self):
+        return self._source(self.cfg.data.eval_split)
+
+    def example_batch(self, n):
+        t = self.train_transform
+        batch = {"audio": np.zeros((n, t.max_samples), np.float32), "audio_length": np.full((n,), t.max_samples, np.int32),
+                 "labels": np.zeros((n, t.max_labels), np.int32), "label_length": np.ones((n,), np.int32),
+                 "mask": np.ones((n,), np.float32)}
+        if self.cfg.speech.prompts:
+            batch["prompts"] = np.zeros((n, 4), np.int32)
+        return batch
+
+    def _global_cmvn(self, source):
+        """Mean and inverse standard deviation of the stacked features over the first
+        `speech.cmvn_utterances` training utterances (as FunASR's am.mvn)."""
+        s = self.cfg.speech
+        total, total_sq, count = 0.0, 0.0, 0
+        features = jax.jit(lambda a, n: self._features(a, n, None))
+        for i in range(min(len(source), s.cmvn_utterances)):
+            record = self.train_transform(source[i], None)
+            if record["mask"] == 0:
+                continue
+            feats, length = features(record["audio"][None], record["audio_length"][None])
+            f = np.asarray(feats[0, : int(length[0])], np.float64)
+            total, total_sq, count = total + f.sum(0), total_sq + (f**2).sum(0), count + len(f)
+        if count == 0:
+            raise ValueError("no readable training audio to estimate the feature mean and variance from")
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-10))
+        return mean.astype(np.float32), (1.0 / std).astype(np.float32)
+
+    def _language_model(self, transcripts):
+        s = self.cfg.speech
+        if s.lm_path:
+            return read_arpa(s.lm_path)
+        if s.lm_order > 0:
+            return train_ngram([Tokenizer.split(t, s.tokens) for t in transcripts], s.lm_order)
+        return None
+
+    # -- model ------------------------------------------------------------------------
+    def _features(self, audio, audio_length, rng):
+        """Filterbank -> LFR (-> SpecAugment when rng is given); CMVN comes after."""
+        s = self.cfg.speech
+        keys = jax.random.split(rng) if rng is not None else (None, None)
+        dither = s.dither if rng is not None else 0.0
+        feats, lengths = asr.fbank(audio, audio_length, num_mel_bins=s.num_mel_bins, dither=dither, key=keys[0])
+        feats, lengths = asr.low_frame_rate(feats, lengths, s.lfr_m, s.lfr_n)
+        if rng is not None and (s.num_freq_masks or s.num_time_masks):
+            feats = asr.spec_augment(keys[1], feats, lengths, s.num_freq_masks, s.freq_mask_width, s.num_time_masks,
+                                     s.time_mask_width, s.lfr_m)
+        return feats, lengths
+
+    def _forward(self, params, batch, rng, train):
+        k_feat, k_drop = jax.random.split(rng) if train else (None, None)
+        feats, lengths = self._features(batch["audio"], batch["audio_length"], k_feat)
+        feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
+        language = textnorm = None
+        if self.cfg.speech.prompts:
+            language, textnorm = self._query_rows(batch["prompts"][:, 0]), self._query_rows(batch["prompts"][:, 3])
+        logits, lengths = self.model.apply({"params": params}, feats, lengths, language, textnorm,
+                                           deterministic=not train, rngs={"dropout": k_drop} if train else {})
+        return logits, lengths
+
+    def _query_rows(self, token_ids):
+        return jnp.asarray(self._query_table)[token_ids]
+
+    def _split_outputs(self, logits, lengths):
+        """(prompt logits or None, CTC logits, CTC paddings)."""
+        prompt_logits = None
+        if self.cfg.speech.prompts:
+            prompt_logits, logits, lengths = logits[:, : asr.NUM_PROMPTS], logits[:, asr.NUM_PROMPTS :], lengths - asr.NUM_PROMPTS
+        paddings = (jnp.arange(logits.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+        return prompt_logits, logits, paddings
+
+    def init(self, rng, batch):
+        s = self.cfg.speech
+        frames = asr.frontend.num_output_frames(batch["audio"].shape[1], lfr_n=s.lfr_n)
+        feats = jnp.zeros((batch["audio"].shape[0], frames, s.num_mel_bins * s.lfr_m))
+        return self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
+
+    def _label_paddings(self, batch):
+        return (jnp.arange(batch["labels"].shape[1])[None] >= batch["label_length"][:, None]).astype(jnp.float32)
+
+    def loss(self, params, batch, rng):
+        logits, lengths = self._forward(params, batch, rng, train=True)
+        prompt_logits, logits, paddings = self._split_outputs(logits, lengths)
+        mask = batch["mask"]
+        n = jnp.maximum(mask.sum(), 1.0)
+        # Sum over tokens per utterance, averaged over utterances (FunASR's CTC reduction).
+        per_utt = ctc_loss(logits, paddings, batch["labels"], self._label_paddings(batch), zero_infinity=True)
+        ctc = (per_utt * mask).sum() / n
+        metrics = {"train/ctc": ctc}
+        total = ctc
+        if prompt_logits is not None:
+            ce = -jnp.take_along_axis(jax.nn.log_softmax(prompt_logits), batch["prompts"][..., None], axis=-1)[..., 0]
+            rich = (ce.sum(1) * mask).sum() / n
+            metrics["train/rich_ce"] = rich
+            total = total + rich
+        return total, metrics
+
+    def eval_outputs(self, params, batch):
+        logits, lengths = self._forward(params, batch, None, train=False)
+        _, logits, paddings = self._split_outputs(logits, lengths)
+        label_paddings = self._label_paddings(batch)
+        per_utt = ctc_loss(logits, paddings, batch["labels"], label_paddings, zero_infinity=True)
+        greedy, greedy_paddings = greedy_decode(logits, paddings)
+        s = self.cfg.speech
+        beams = beam_search(logits, paddings, s.beam_size, lm=self.lm, lm_weight=s.lm_weight, length_bonus=s.length_bonus)
+        alignment = forced_align(logits, paddings, batch["labels"], label_paddings)
+        return {
+            "ctc": per_utt,
+            "greedy": jnp.where(greedy_paddings > 0, -1, greedy),
+            "beam": jnp.where(jnp.arange(beams.labels.shape[2])[None] >= beams.lengths[:, :1], -1, beams.labels[:, 0]),
+            "labels": jnp.where(label_paddings > 0, -1, batch["labels"]),
+            "token_starts": alignment.token_starts,
+            "token_ends": alignment.token_ends,
+        }
+
+    def eval_metrics(self, outputs):
+        metrics = {"ctc": float(np.mean(outputs["ctc"]))}
+        references = [self.tokenizer.decode(row[row >= 0]) for row in outputs["labels"]]
+        for name in ("greedy", "beam"):
+            errors = [word_errors(ref, self.tokenizer.decode(row[row >= 0])) for ref, row in zip(references, outputs[name])]
+            metrics[f"wer_{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
+        return metrics
+
+    def write_artifacts(self, workdir, outputs, step):
+        from trainers.pictures import alignment_png
+
+        with open(os.path.join(workdir, "tokens.json"), "w") as f:
+            json.dump({"unit": self.tokenizer.unit, "tokens": self.tokenizer.tokens}, f)
+        np.savez(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
+        if self.lm_model:
+            write_arpa(self.lm_model, os.path.join(workdir, "lm.arpa"))
+        record = self.eval_transform(self.eval_source()[0], None)
+        feats, length = asr.fbank(record["audio"][None], record["audio_length"][None], num_mel_bins=self.cfg.speech.num_mel_bins)
+        labels = outputs["labels"][0]
+        count = int((labels >= 0).sum())
+        frame_ms = 10 * self.cfg.speech.lfr_n
+        spans = [(self.tokenizer.tokens[t], int(a) * frame_ms, int(b) * frame_ms)
+                 for t, a, b in zip(labels[:count], outputs["token_starts"][0][:count], outputs["token_ends"][0][:count])]
+        hypothesis = self.tokenizer.decode(outputs["beam"][0][outputs["beam"][0] >= 0])
+        alignment_png(os.path.join(workdir, "alignment.png"), np.asarray(feats[0, : int(length[0])]), spans,
+                      title=f"step {step}: heard \"{hypothesis}\"", ms_per_frame=10)
+        print(f"wrote {os.path.join(workdir, 'alignment.png')}")

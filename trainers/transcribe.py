@@ -1,0 +1,104 @@
+"""python -m trainers.transcribe CONFIG.yaml --workdir DIR [dotted.key=value ...] [options] --audio A.wav [B.wav ...]
+
+Transcribes audio files (WAV, or FLAC with soundfile; resampled to 16 kHz if need be)
+with a CTC run's checkpoint (its EMA weights when it has them), the run's vocabulary,
+feature statistics and language model (tokens.json, cmvn.npz, lm.arpa in DIR), and
+prints each file's text with the time span of every token, from a forced alignment of
+the decoded text:
+
+    a.wav   three seven one
+      three  0.30-0.66 s
+      ...
+"""
+import dataclasses
+import json
+import os
+import sys
+
+
+def _add_arguments(p):
+    p.add_argument("--audio", nargs="+", required=True, help="audio files")
+    p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
+    p.add_argument("--decoder", choices=["beam", "greedy"], default="beam")
+    p.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
+
+
+def main(argv=None):
+    import launch
+    from trainers.config import parse_command_line
+
+    args, cfg = parse_command_line("python -m trainers.transcribe", __doc__, argv, _add_arguments)
+    if cfg.task != "ctc":
+        sys.exit(f"{args.config}: task is {cfg.task!r}; transcription needs a ctc config")
+    missing = [n for n in ("tokens.json", "cmvn.npz") if not os.path.isfile(os.path.join(args.workdir, n))]
+    if missing:
+        sys.exit(f"{args.workdir} has no {' or '.join(missing)}: a run writes them at its first evaluation")
+    cfg = dataclasses.replace(cfg, speech=dataclasses.replace(cfg.speech, assets=args.workdir))
+    launch.initialize()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxmodels.ctc import beam_search, forced_align, greedy_decode
+    from trainers import speech
+    from trainers.checkpoint import Checkpointer
+    from trainers.loop import Trainer
+    from trainers.tasks.ctc import PROMPT_FIELDS
+
+    audio = []
+    for path in args.audio:
+        try:
+            audio.append(speech.read_audio(path, speech.SAMPLE_RATE, resample=True))
+        except (ValueError, RuntimeError) as e:
+            sys.exit(str(e))
+    trainer = Trainer(cfg)
+    task = trainer.task
+    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
+    restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
+    ckpt.close()
+    if restored is None:
+        sys.exit(f"no checkpoint in {ckpt.directory}")
+    step, state, _ = restored
+    params = state.ema_params if state.ema_params is not None else state.params
+    s = cfg.speech
+
+    @jax.jit
+    def decode(params, batch):
+        logits, lengths = task._forward(params, batch, None, train=False)
+        _, logits, paddings = task._split_outputs(logits, lengths)
+        if args.decoder == "beam":
+            best = beam_search(logits, paddings, s.beam_size, lm=task.lm, lm_weight=s.lm_weight,
+                               length_bonus=s.length_bonus)
+            labels, count = best.labels[:, 0], best.lengths[:, 0]
+        else:
+            labels, label_paddings = greedy_decode(logits, paddings)
+            count = jnp.sum(label_paddings < 0.5, axis=1)
+        label_paddings = (jnp.arange(labels.shape[1])[None] >= count[:, None]).astype(jnp.float32)
+        return labels, count, forced_align(logits, paddings, labels, label_paddings)
+
+    longest = max(len(a) for a in audio)
+    batch = {"audio": np.zeros((len(audio), longest), np.float32), "audio_length": np.array([len(a) for a in audio])}
+    for i, a in enumerate(audio):
+        batch["audio"][i, : len(a)] = a
+    if s.prompts:
+        defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]
+        batch["prompts"] = np.tile(np.array([defaults], np.int32), (len(audio), 1))
+    labels, count, alignment = jax.device_get(decode(params, batch))
+    seconds_per_frame = s.lfr_n * 0.01
+    for i, path in enumerate(args.audio):
+        ids = labels[i, : count[i]]
+        spans = [(task.tokenizer.tokens[t], round(float(a) * seconds_per_frame, 2), round(float(b) * seconds_per_frame, 2))
+                 for t, a, b in zip(ids, alignment.token_starts[i], alignment.token_ends[i])]
+        text = task.tokenizer.decode(ids)
+        if args.json:
+            print(json.dumps({"file": path, "text": text, "step": int(step),
+                              "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
+        else:
+            print(f"{path}\t{text}")
+            for t, a, b in spans:
+                print(f"  {t}\t{a:.2f}-{b:.2f} s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
