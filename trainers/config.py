@@ -117,7 +117,11 @@ class DiffusionConfig:
 class SpeechConfig:
     """Speech recognition (task: ctc): front end, tokens, augmentation and decoding."""
 
-    tokens: Literal["words", "chars"] = "chars"  # the CTC vocabulary, built from the training transcripts
+    # The CTC vocabulary: "words" or "chars" of the training transcripts, or "pieces": the
+    # sub-word list in token_list (a JSON list or one token per line, "▁" marking word
+    # starts, e.g. SenseVoice's tokens.json), text split by longest match.
+    tokens: Literal["words", "chars", "pieces"] = "chars"
+    token_list: str = ""
     num_mel_bins: int = 80
     lfr_m: int = 7  # low frame rate: stack lfr_m frames every lfr_n (SenseVoice: 7, 6)
     lfr_n: int = 6

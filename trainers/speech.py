@@ -5,7 +5,10 @@ library and its voice data; loaded with ctypes): digit strings ("four two nine o
 short sentences over a fixed vocabulary ("anna has three red boxes"), each in a voice
 made of an English accent, a voice variant, a pitch and a speaking rate, resampled from
 22,050 Hz to 16 kHz. Whole voices (accent + variant) are held out for the test split.
-It is generated once into a folder, deterministically from a seed, and reused:
+It is generated once into a folder and reused. The seed fixes every sentence, voice,
+pitch, rate and hence every duration; the samples themselves repeat exactly except for
+the breath noise some voice variants add, which eSpeak NG draws from the C library's
+rand() (seeded from the clock, out of our reach):
 
     <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker"}
     <path>/wav/<key>.wav               16-bit mono 16 kHz

@@ -6,8 +6,10 @@ device inside the jitted step. Eval decodes greedily and with prefix beam search
 an n-gram LM when configured) and reports word error rates; the pictures are a
 spectrogram of one utterance with its forced-aligned tokens.
 
-Tokens: "chars" (letters and apostrophe, "|" for the space) or "words" (the training
-transcripts' words), both with <blank> = 0 and <unk> = 1. With speech.prompts, the four
+Tokens: "chars" (the transcripts' characters, "|" for the space) or "words" (the
+training transcripts' words), both with <blank> = 0 and <unk> = 1; or "pieces": a given
+sub-word list (speech.token_list, e.g. SenseVoice's 25,055 tokens; its first entry is
+the blank), text split by longest match with "▁" starting each word. With speech.prompts, the four
 SenseVoice query outputs are trained against <|lang|>, <|event|>, <|emotion|> and
 <|textnorm|> tokens from the manifest fields language / event / emotion / textnorm
 (defaults en, Speech, NEUTRAL, woitn), which join the vocabulary.
@@ -33,6 +35,16 @@ class Tokenizer:
     def __init__(self, tokens: list[str], unit: str):
         self.tokens, self.unit = tokens, unit
         self.index = {t: i for i, t in enumerate(tokens)}
+        self.longest = max(len(t) for t in tokens)
+
+    @classmethod
+    def from_list(cls, path: str):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        tokens = json.loads(text) if text.lstrip().startswith("[") else text.splitlines()
+        if len(tokens) < 2 or len(set(tokens)) != len(tokens):
+            raise ValueError(f"{path}: a token list needs at least two distinct tokens, without repeats")
+        return cls(tokens, "pieces")
 
     @classmethod
     def build(cls, texts, unit: str, extra=()):
@@ -48,9 +60,25 @@ class Tokenizer:
         return list(" ".join(text.split()).replace(" ", "|"))
 
     def encode(self, text: str) -> list[int]:
-        return [self.index.get(s, 1) for s in self.split(text, self.unit)]
+        if self.unit != "pieces":
+            return [self.index.get(s, 1) for s in self.split(text, self.unit)]
+        ids, unk = [], self.index.get("<unk>", 1)
+        for word in text.split():
+            rest = "▁" + word
+            while rest:
+                for n in range(min(len(rest), self.longest), 0, -1):
+                    if rest[:n] in self.index:
+                        ids.append(self.index[rest[:n]])
+                        rest = rest[n:]
+                        break
+                else:  # no piece starts here: one unknown, then go on
+                    ids.append(unk)
+                    rest = rest[1:]
+        return ids
 
     def decode(self, ids) -> str:
+        if self.unit == "pieces":
+            return "".join(self.tokens[i] for i in ids if i > 0).replace("▁", " ").strip()
         symbols = [self.tokens[i] for i in ids if i > 1]
         return " ".join(symbols) if self.unit == "words" else "".join(symbols).replace("|", " ")
 
@@ -133,6 +161,12 @@ class CTCTask:
             with open(os.path.join(s.assets, "tokens.json")) as f:
                 saved = json.load(f)
             self.tokenizer = Tokenizer(saved["tokens"], saved["unit"])
+        elif s.tokens == "pieces":
+            if not s.token_list:
+                raise ValueError("speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)")
+            self.tokenizer = Tokenizer.from_list(s.token_list)
+            train = self.train_source()
+            transcripts = [r["target"] for r in train.records]
         else:
             train = self.train_source()
             transcripts = [r["target"] for r in train.records]
@@ -210,7 +244,8 @@ class CTCTask:
         if s.lm_path:
             return read_arpa(s.lm_path)
         if s.lm_order > 0:
-            return train_ngram([Tokenizer.split(t, s.tokens) for t in transcripts], s.lm_order)
+            tokens = self.tokenizer.tokens
+            return train_ngram([[tokens[i] for i in self.tokenizer.encode(t)] for t in transcripts], s.lm_order)
         return None
 
     # -- model ------------------------------------------------------------------------

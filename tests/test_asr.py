@@ -1,0 +1,164 @@
+"""Speech front end, SenseVoice model, corpus and data errors, and the ctc task's pieces."""
+import json
+import math
+import subprocess
+import sys
+import wave
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from jaxmodels import asr
+from trainers import speech
+from trainers.tasks.ctc import Tokenizer, word_errors
+
+
+def test_fbank_peaks_at_a_tones_mel_bin_and_ignores_padding():
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    feats, frames = asr.fbank(jnp.asarray(tone[None]), jnp.array([16000]))
+    assert feats.shape == (1, 98, 80) and int(frames[0]) == 98  # 1 + (16000 - 400) // 160
+    banks = asr.mel_banks(80, 512, 16000)
+    tone_bin = int(np.argmax(banks[round(1000 / (16000 / 512))]))
+    assert np.all(np.argmax(np.asarray(feats[0]), axis=1) == tone_bin)
+    # The same audio inside a longer, padded batch row gives the same valid frames.
+    batch = np.zeros((2, 24000), np.float32)
+    batch[0, :16000], batch[1] = tone, np.random.default_rng(0).normal(size=24000)
+    padded, counts = asr.fbank(jnp.asarray(batch), jnp.array([16000, 24000]))
+    assert counts.tolist() == [98, 148]
+    np.testing.assert_allclose(padded[0, :98], feats[0], rtol=1e-5, atol=1e-4)
+    assert np.all(np.asarray(padded[0, 98:]) == 0)
+
+
+def _apply_lfr_reference(inputs, lfr_m, lfr_n):
+    """FunASR's apply_lfr, one utterance, as published (loop form)."""
+    frames = inputs.shape[0]
+    out_frames = int(np.ceil(frames / lfr_n))
+    inputs = np.vstack([np.repeat(inputs[:1], (lfr_m - 1) // 2, axis=0), inputs])
+    frames += (lfr_m - 1) // 2
+    out = []
+    for i in range(out_frames):
+        if lfr_m <= frames - i * lfr_n:
+            out.append(inputs[i * lfr_n : i * lfr_n + lfr_m].reshape(-1))
+        else:
+            frame = inputs[i * lfr_n :].reshape(-1)
+            for _ in range(lfr_m - (frames - i * lfr_n)):
+                frame = np.concatenate([frame, inputs[-1]])
+            out.append(frame)
+    return np.stack(out)
+
+
+def test_low_frame_rate_matches_funasr():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 40, 5)).astype(np.float32)
+    lengths = np.array([40, 23, 6])
+    stacked, out_lengths = asr.low_frame_rate(jnp.asarray(feats), jnp.asarray(lengths), 7, 6)
+    assert out_lengths.tolist() == [7, 4, 1]
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(stacked[b, : out_lengths[b]], _apply_lfr_reference(feats[b, :n], 7, 6))
+
+
+def test_spec_augment_masks_bands_and_spans_within_bounds():
+    feats = jnp.ones((4, 50, 7 * 20))
+    lengths = jnp.array([50, 40, 30, 20])
+    out = np.asarray(asr.spec_augment(jax.random.PRNGKey(0), feats, lengths, 2, 5, 2, 6, stacked_frames=7))
+    for b in range(4):
+        zero_bins = np.all(out[b] == 0, axis=0).reshape(7, 20)
+        assert np.all(zero_bins == zero_bins[0])  # the same mel bins in each stacked frame
+        assert zero_bins[0].sum() <= 2 * 4
+        zero_frames = np.all(out[b] == 0, axis=1)
+        assert zero_frames.sum() <= 2 * 5 and not zero_frames[int(lengths[b]) :].any()
+
+
+def tiny_sensevoice(**overrides):
+    conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=2, tp_blocks=1)
+    return asr.create("sensevoice_small", vocab_size=30, input_size=40, encoder_conf=conf, **overrides)
+
+
+def test_sensevoice_small_has_the_published_size_and_names():
+    model = asr.create("sensevoice_small")
+    assert asr.param_count(model) == 233_999_167  # 70 SAN-M layers, 512 wide, 25,055 tokens
+    with pytest.raises(ValueError, match="unknown encoder_conf key"):
+        asr.create("sensevoice_small", encoder_conf={"layers": 3})
+    with pytest.raises(ValueError, match="unknown recogniser config"):
+        asr.create("sensevoice_large")
+
+
+@pytest.mark.parametrize("prompts", [False, True])
+def test_padding_does_not_change_the_valid_frames(prompts):
+    model = tiny_sensevoice(use_prompts=prompts)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 40))
+    lengths = jnp.array([20, 12])
+    variables = model.init(jax.random.PRNGKey(1), x, lengths)
+    out, out_lengths = model.apply(variables, x, lengths)
+    extra = 4 if prompts else 0
+    assert out.shape == (2, 20 + extra, 30) and out_lengths.tolist() == [20 + extra, 12 + extra]
+    noisy, _ = model.apply(variables, x.at[1, 12:].set(100.0), lengths)
+    np.testing.assert_array_equal(noisy[1, : 12 + extra], out[1, : 12 + extra])
+    alone, _ = model.apply(variables, x[1:, :12], lengths[1:])
+    np.testing.assert_allclose(alone[0], out[1, : 12 + extra], atol=1e-5)
+
+
+def test_tokenizers_round_trip():
+    words = Tokenizer.build(["three one", "anna has one cat"], "words")
+    assert words.decode(words.encode("one cat three")) == "one cat three"
+    assert words.encode("one dog") == [words.index["one"], 1]
+    chars = Tokenizer.build(["ab ba"], "chars")
+    assert chars.decode(chars.encode("ab  ab")) == "ab ab"
+    pieces = Tokenizer(["<blank>", "<unk>", "\u2581th", "\u2581t", "ree", "e", "r", "\u2581one"], "pieces")
+    assert pieces.encode("three one") == [2, 4, 7] and pieces.decode([2, 4, 7]) == "three one"
+    assert pieces.encode("tx") == [3, 1]
+    assert word_errors("a b c d", "a x c") == (2, 4)
+
+
+def test_corpus_is_deterministic_with_held_out_voices(tmp_path):
+    for name in ("a", "b"):  # each in a fresh process, as a user's run makes it
+        code = f"from trainers.speech import build_corpus; build_corpus({str(tmp_path / name)!r}, 3, 12, 4)"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    a_train = speech.read_manifest(str(tmp_path / "a" / "train.jsonl"))
+    b_train = speech.read_manifest(str(tmp_path / "b" / "train.jsonl"))
+    assert [(r["target"], r["speaker"]) for r in a_train] == [(r["target"], r["speaker"]) for r in b_train]
+    for a, b in zip(a_train, b_train):  # the same durations (eSpeak's breath noise may differ)
+        assert len(speech.read_audio(a["source"])) == len(speech.read_audio(b["source"]))
+    test = speech.read_manifest(str(tmp_path / "a" / "test.jsonl"))
+    assert not {r["voice"] for r in a_train} & {r["voice"] for r in test}
+    audio = speech.read_audio(test[0]["source"])
+    assert 0.3 < len(audio) / 16000 < 5 and np.abs(audio).max() > 0.05
+
+
+def test_bad_audio_is_named(tmp_path):
+    good = tmp_path / "good.wav"
+    speech.write_wav(str(good), np.zeros(1600, np.float32))
+    with pytest.raises(ValueError, match="unreadable audio file .*missing.wav"):
+        speech.read_audio(str(tmp_path / "missing.wav"))
+    (tmp_path / "text.wav").write_text("not audio")
+    with pytest.raises(ValueError, match="unreadable audio file .*text.wav"):
+        speech.read_audio(str(tmp_path / "text.wav"))
+    with wave.open(str(tmp_path / "empty.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    with pytest.raises(ValueError, match="empty audio file .*empty.wav"):
+        speech.read_audio(str(tmp_path / "empty.wav"))
+    speech.write_wav(str(tmp_path / "8k.wav"), np.zeros(800, np.float32), sample_rate=8000)
+    with pytest.raises(ValueError, match="8k.wav: sample rate 8000 Hz, expected 16000 Hz"):
+        speech.read_audio(str(tmp_path / "8k.wav"))
+    assert len(speech.read_audio(str(tmp_path / "8k.wav"), resample=True)) == 1600
+    (tmp_path / "m.jsonl").write_text(json.dumps({"key": "a", "source": "good.wav"}) + "\n")
+    with pytest.raises(ValueError, match=r"m.jsonl:1: missing \['target'\]"):
+        speech.read_manifest(str(tmp_path / "m.jsonl"))
+
+
+def test_librispeech_layout(tmp_path):
+    chapter = tmp_path / "dev-clean" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    speech.write_wav(str(chapter / "84-121123-0000.wav"), np.zeros(1600, np.float32))
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n")
+    records = speech.read_librispeech(str(tmp_path / "dev-clean"))
+    assert records == [{"key": "84-121123-0000", "source": str(chapter / "84-121123-0000.wav"),
+                        "target": "go do you hear", "speaker": "84"}]
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0001 MISSING AUDIO\n")
+    with pytest.raises(FileNotFoundError, match="no audio for 84-121123-0001"):
+        speech.read_librispeech(str(tmp_path / "dev-clean"))
+    assert math.isclose(len(speech.read_audio(str(chapter / "84-121123-0000.wav"))), 1600)
