@@ -11,9 +11,9 @@ probability added), never kept twice. Prefixes are identified by a 64-bit rollin
 are recovered at the end from per-frame back-pointers. Candidate tokens per frame are
 the `token_candidates` most probable (all of them for exact search on small problems).
 
-Shallow fusion: an optional language model (see jaxmodels.ctc.lm) adds
-`lm_weight * log P_lm(token | history) + length_bonus` per emitted token (per completed
-word for a word LM) and `lm_weight * log P_lm(</s> | history)` at the end.
+Shallow fusion: an optional n-gram over the CTC tokens (jaxmodels.ctc.lm; a word LM
+when the tokens are words) adds `lm_weight * log P_lm(token | history) + length_bonus`
+per emitted token and `lm_weight * log P_lm(</s> | history)` at the end.
 """
 from __future__ import annotations
 

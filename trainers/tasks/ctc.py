@@ -161,17 +161,16 @@ class CTCTask:
             with open(os.path.join(s.assets, "tokens.json")) as f:
                 saved = json.load(f)
             self.tokenizer = Tokenizer(saved["tokens"], saved["unit"])
-        elif s.tokens == "pieces":
-            if not s.token_list:
-                raise ValueError("speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)")
-            self.tokenizer = Tokenizer.from_list(s.token_list)
-            train = self.train_source()
-            transcripts = [r["target"] for r in train.records]
         else:
             train = self.train_source()
             transcripts = [r["target"] for r in train.records]
-            extra = [f"<|{r.get(k, d)}|>" for r in train.records for k, d in PROMPT_FIELDS] if s.prompts else ()
-            self.tokenizer = Tokenizer.build(transcripts, s.tokens, extra)
+            if s.tokens == "pieces":
+                if not s.token_list:
+                    raise ValueError("speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)")
+                self.tokenizer = Tokenizer.from_list(s.token_list)
+            else:
+                extra = [f"<|{r.get(k, d)}|>" for r in train.records for k, d in PROMPT_FIELDS] if s.prompts else ()
+                self.tokenizer = Tokenizer.build(transcripts, s.tokens, extra)
         prompt_ids = None
         if s.prompts:
             index = self.tokenizer.index
@@ -183,9 +182,8 @@ class CTCTask:
                     self._query_table[index[f"<|{name}|>"]] = row
         self.train_transform = AudioTransform(cfg, self.tokenizer, prompt_ids)
         self.eval_transform = self.train_transform
-        args = dict(cfg.model.args)
         self.model = asr.create(
-            cfg.model.name, **{**args, "vocab_size": len(self.tokenizer.tokens),
+            cfg.model.name, **{**cfg.model.args, "vocab_size": len(self.tokenizer.tokens),
                                "input_size": s.num_mel_bins * s.lfr_m, "use_prompts": s.prompts},
             dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat,
         )
