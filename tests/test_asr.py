@@ -162,3 +162,26 @@ def test_librispeech_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match="no audio for 84-121123-0001"):
         speech.read_librispeech(str(tmp_path / "dev-clean"))
     assert math.isclose(len(speech.read_audio(str(chapter / "84-121123-0000.wav"))), 1600)
+
+
+def test_reproduces_the_official_sensevoice_model():
+    """tests/data/sensevoice_tiny.npz: upstream's model.py on random weights (made by
+    tests/data/make_sensevoice_reference.py), converted with from_torch."""
+    from jaxmodels.asr import convert
+
+    with np.load(ROOT / "tests" / "data" / "sensevoice_tiny.npz") as f:
+        ref = {k: f[k] for k in f.files}
+    state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
+    config = convert.infer_config(state)
+    assert config["encoder_conf"] == dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3,
+                                          tp_blocks=2, kernel_size=11)
+    model = asr.SenseVoiceSmall(**{**config, "encoder_conf": {**config["encoder_conf"], "dropout_rate": 0.0}})
+    variables = convert.from_torch(state, model)
+    logits, lengths = model.apply(variables, ref["x"], ref["lengths"], ref["language"], ref["textnorm"])
+    for b, n in enumerate(np.asarray(lengths)):
+        np.testing.assert_allclose(logits[b, :n], ref["logits"][b, :n], rtol=1e-5, atol=1e-5)
+    broken = dict(state)
+    del broken["encoder.tp_norm.weight"]
+    broken["encoder.extra.weight"] = np.zeros(3)
+    with pytest.raises(ValueError, match="(?s)unexpected keys: encoder.extra.weight.*missing parameters: encoder/tp_norm/scale"):
+        convert.from_torch(broken, model)

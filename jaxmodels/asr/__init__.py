@@ -1,5 +1,6 @@
 """Speech recognition: the front end (filterbank, low frame rate, CMVN, SpecAugment) and
 SenseVoice-Small's SAN-M + CTC recogniser, with named configs."""
+from jaxmodels.asr.convert import from_torch, infer_config
 from jaxmodels.asr.frontend import apply_cmvn, fbank, low_frame_rate, mel_banks, spec_augment
 from jaxmodels.asr.model import (
     LANGUAGE_QUERY,
@@ -56,6 +57,7 @@ def param_count(model: SenseVoiceSmall) -> int:
 
 __all__ = [
     "LANGUAGE_QUERY", "NUM_PROMPTS", "TEXTNORM_QUERY", "VARIANTS", "EncoderLayerSANM", "MultiHeadedAttentionSANM",
-    "SenseVoiceEncoderSmall", "SenseVoiceSmall", "apply_cmvn", "create", "fbank", "low_frame_rate", "mel_banks",
+    "SenseVoiceEncoderSmall", "SenseVoiceSmall", "apply_cmvn", "create", "fbank", "from_torch", "infer_config",
+    "low_frame_rate", "mel_banks",
     "param_count", "sinusoidal_positions", "spec_augment",
 ]
