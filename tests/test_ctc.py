@@ -10,7 +10,7 @@ import pytest
 from conftest import FIXTURES
 
 from jaxmodels.ctc import ctc_loss, forced_align, greedy_decode, prefix_beam_search
-from jaxmodels.ctc.lm import BOS, EOS, UNK, NGramLM, read_arpa, train_ngram, write_arpa
+from jaxmodels.ctc.lm import BOS, EOS, UNK, NGramLM, WordNGramLM, read_arpa, train_ngram, write_arpa
 
 CTC = FIXTURES / "ctc"
 CASES = ["small", "medium", "blank_last", "peaked", "infeasible"]
@@ -205,3 +205,33 @@ def test_shallow_fusion_prefers_what_the_lm_knows():
     fused = prefix_beam_search(logits, paddings, beam_size=8, lm=lm, lm_weight=1.0)[0]
     assert plain[0][0] == (1, 1) and plain[1][0] == (1, 2)
     assert fused[0][0] == (1, 2)
+
+
+def test_word_lm_over_characters_scores_completed_words():
+    sentences = [s.split() for s in SENTENCES]
+    model = train_ngram(sentences, order=2)
+    tokens = ["<blank>", "|"] + sorted({c for s in SENTENCES for c in s.replace(" ", "")}) + ["v", "x"]
+    lm = WordNGramLM.create(model, tokens)
+    state = jax.tree.map(lambda leaf: jnp.asarray(leaf)[None], lm.initial_state())
+    on_device = 0.0
+    for symbol in "two|onex|four":  # "onex" is no word: <unk>
+        logp, state = lm.score(state, jnp.array([tokens.index(symbol)]))
+        on_device += float(logp[0])
+    on_device += float(lm.final_score(state)[0])
+    history, in_python = [BOS], 0.0
+    for word in ["two", UNK, "four", EOS]:
+        in_python += math.log(arpa_probability(model, history, word))
+        history.append(word)
+    assert math.isclose(on_device, in_python, rel_tol=1e-5)
+
+    # Acoustics slightly prefer "tvo"; the word LM knows only "two".
+    frames = [{"t": 0.97}, {"<blank>": 0.98}, {"v": 0.50, "w": 0.48}, {"<blank>": 0.98}, {"o": 0.97}]
+    probs = np.full((len(frames), len(tokens)), 1e-4)
+    for t, frame in enumerate(frames):
+        for symbol, p in frame.items():
+            probs[t, tokens.index(symbol)] = p
+    logits = jnp.asarray(np.log(probs)[None], jnp.float32)
+    plain = prefix_beam_search(logits, jnp.zeros((1, len(frames))), beam_size=8)[0][0][0]
+    fused = prefix_beam_search(logits, jnp.zeros((1, len(frames))), beam_size=8, lm=lm, lm_weight=1.0)[0][0][0]
+    spell = lambda ids: "".join(tokens[i] for i in ids)  # noqa: E731
+    assert spell(plain) == "tvo" and spell(fused) == "two"

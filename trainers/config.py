@@ -134,8 +134,9 @@ class SpeechConfig:
     max_label_length: int = 64
     prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
     beam_size: int = 8  # eval: greedy and prefix beam search WER
-    lm_order: int = 0  # > 0: an n-gram over the CTC tokens, trained on the training transcripts, fused in the beam
-    lm_path: str = ""  # or an ARPA file over the same tokens
+    lm_order: int = 0  # > 0: an n-gram trained on the training transcripts, fused in the beam
+    lm_path: str = ""  # or an ARPA file
+    lm_words: bool = False  # the n-gram is over words, scored as each is spelt (chars/pieces); else over the CTC tokens
     lm_weight: float = 0.5
     length_bonus: float = 0.0
     # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace

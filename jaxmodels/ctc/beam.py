@@ -45,7 +45,7 @@ class _Beam(NamedTuple):
     hash: jax.Array  # (B, K, 2) uint32
     parent_hash: jax.Array
     last: jax.Array  # last label, -1 for the empty prefix
-    lm_state: jax.Array
+    lm_state: object  # the LM's state pytree, leaves (B, K)
 
 
 def _extend_hash(h, token):
@@ -71,7 +71,7 @@ def beam_search(
     k = beam_size
     fused = lm is not None
 
-    lm_init = lm.initial_state() if fused else 0
+    lm_init = lm.initial_state() if fused else jnp.int32(0)
     beam = _Beam(
         p_b=jnp.full((batch, k), NEG_INF).at[:, 0].set(0.0),
         p_nb=jnp.full((batch, k), NEG_INF),
@@ -79,7 +79,7 @@ def beam_search(
         hash=jnp.zeros((batch, k, 2), jnp.uint32),
         parent_hash=jnp.zeros((batch, k, 2), jnp.uint32),
         last=jnp.full((batch, k), -1, jnp.int32),
-        lm_state=jnp.full((batch, k), lm_init, jnp.int32),
+        lm_state=jax.tree.map(lambda leaf: jnp.full((batch, k), leaf), lm_init),
     )
     rows = jnp.arange(batch)[:, None]
 
@@ -96,10 +96,11 @@ def beam_search(
         from_prefix = jnp.where(tokens[:, None, :] == beam.last[:, :, None], beam.p_b[:, :, None], total[:, :, None])
         ext_nb = from_prefix + y_tokens[:, None, :]  # (B, K, M)
         if fused:
-            lm_logp, lm_next = lm.score(beam.lm_state[:, :, None], tokens[:, None, :])
+            states = jax.tree.map(lambda leaf: leaf[:, :, None], beam.lm_state)
+            lm_logp, lm_next = lm.score(states, tokens[:, None, :])
             ext_lm = beam.lm_score[:, :, None] + lm_weight * lm_logp + length_bonus
         else:
-            lm_next = jnp.broadcast_to(beam.lm_state[:, :, None], ext_nb.shape)
+            lm_next = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf[:, :, None], ext_nb.shape), beam.lm_state)
             ext_lm = jnp.broadcast_to(beam.lm_score[:, :, None], ext_nb.shape)
 
         # Extension (prefix i, token c) is hypothesis j itself when j's parent is i and
@@ -134,7 +135,7 @@ def beam_search(
             hash=jnp.where(is_ext[..., None], _extend_hash(parent_hash, token), parent_hash),
             parent_hash=jnp.where(is_ext[..., None], parent_hash, beam.parent_hash[rows, parent]),
             last=jnp.where(is_ext, token, beam.last[rows, parent]),
-            lm_state=pick(beam.lm_state, lm_next),
+            lm_state=jax.tree.map(pick, beam.lm_state, lm_next),
         )
         keep = valid[:, None]
         new = jax.tree.map(lambda n, o: jnp.where(keep if n.ndim == 2 else keep[..., None], n, o), new, beam)

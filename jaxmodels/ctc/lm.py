@@ -12,9 +12,10 @@ into a device-side automaton for `jaxmodels.ctc.beam.beam_search`:
 
 Scoring a symbol walks at most `order` backoff steps, each a fixed-length binary search
 over the node's arcs, so it vectorises over every (utterance, hypothesis, candidate).
-Symbols are the CTC tokens (a character LM over a character vocabulary, or a token LM
-over sub-word pieces): the LM is queried once per emitted token. Probabilities are
-natural logs on device; ARPA files hold log10.
+`NGramLM`'s symbols are the CTC tokens (a character LM over characters, a word LM when
+the tokens are words, a piece LM over sub-words), queried once per emitted token;
+`WordNGramLM` fuses a word model over a character or sub-word vocabulary, scoring each
+word as it is completed. Probabilities are natural logs on device; ARPA files hold log10.
 """
 from __future__ import annotations
 
@@ -218,3 +219,87 @@ class NGramLM:
             found = found | hit
             state = jnp.where(found, state, self.backoff_node[state])
         return total, next_state
+
+
+_HASH_PRIMES = (0x01000193, 0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)
+
+
+def _text_hash(text: str, prime: int) -> int:
+    h = 0
+    for c in text:
+        h = (h * prime + ord(c)) % 2**32
+    return h
+
+
+@flax.struct.dataclass
+class WordNGramLM:
+    """A word n-gram fused over a character or sub-word CTC vocabulary: a word is scored
+    when the token after it starts a new word (the separator, e.g. "|", or a piece
+    beginning with "\u2581") and at the end. The state carries the word-LM node and a
+    rolling hash of the letters of the word being spelt; the hash of each vocabulary word
+    is found by binary search (the multiplier is chosen so that no two vocabulary words
+    share a hash; a spelt word that is not in the vocabulary scores as <unk>)."""
+
+    words: NGramLM  # over word symbols
+    word_hash: jnp.ndarray  # (W,) uint32, ascending
+    word_symbol: jnp.ndarray  # (W,) int32
+    token_starts_word: jnp.ndarray  # (V,) bool
+    token_has_letters: jnp.ndarray  # (V,) bool
+    token_multiplier: jnp.ndarray  # (V,) uint32: prime ** len(letters)
+    token_hash: jnp.ndarray  # (V,) uint32: hash of the token's letters
+    unk_symbol: int = flax.struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, model: Model, tokens: Sequence[str], separator: str = "|", piece_start: str = "\u2581"):
+        """`model`: a word n-gram (train_ngram over word lists, or read_arpa); `tokens`: the
+        CTC vocabulary, whose entries are letters, the separator, or sub-word pieces
+        (special tokens such as <blank> or <|en|> spell nothing)."""
+        words = NGramLM.create(model, [])
+        symbols = sorted({s for grams in model.values() for gram in grams for s in gram})
+        symbol_id = {s: i for i, s in enumerate(symbols)}  # as NGramLM.create numbers them
+        vocabulary = [w for w in symbols if w not in (BOS, EOS, UNK)]
+        for prime in _HASH_PRIMES:
+            hashes = [_text_hash(w, prime) for w in vocabulary]
+            if len(set(hashes)) == len(hashes):
+                break
+        else:
+            raise ValueError("no collision-free word hash for this vocabulary")
+        order = np.argsort(np.array(hashes, np.uint64))
+        letters = [t[len(piece_start):] if t.startswith(piece_start) else t for t in tokens]
+        special = [t == separator or (t.startswith("<") and t.endswith(">")) for t in tokens]
+        letters = ["" if s else text for s, text in zip(special, letters)]
+        starts = [t == separator or t.startswith(piece_start) for t in tokens]
+        return cls(
+            words=words,
+            word_hash=jnp.asarray(np.array(hashes, np.uint64)[order].astype(np.uint32)),
+            word_symbol=jnp.asarray(np.array([symbol_id[w] for w in vocabulary], np.int32)[order]),
+            token_starts_word=jnp.asarray(np.array(starts, bool)),
+            token_has_letters=jnp.asarray(np.array([bool(x) for x in letters], bool)),
+            token_multiplier=jnp.asarray(np.array([pow(prime, len(x), 2**32) for x in letters], np.uint64).astype(np.uint32)),
+            token_hash=jnp.asarray(np.array([_text_hash(x, prime) for x in letters], np.uint64).astype(np.uint32)),
+            unk_symbol=symbol_id[UNK],
+        )
+
+    def initial_state(self):
+        return {"node": jnp.int32(self.words.start_node), "spelt": jnp.uint32(0), "open": jnp.bool_(False)}
+
+    def _word_symbol(self, spelt):
+        i = jnp.clip(jnp.searchsorted(self.word_hash, spelt), 0, self.word_hash.shape[0] - 1)
+        return jnp.where(self.word_hash[i] == spelt, self.word_symbol[i], self.unk_symbol)
+
+    def score(self, state, token):
+        node, spelt, open_, token = jnp.broadcast_arrays(state["node"], state["spelt"], state["open"], token)
+        starts, has_letters = self.token_starts_word[token], self.token_has_letters[token]
+        finish = starts & open_
+        logp, next_node = self.words._score_symbol(node, self._word_symbol(spelt))
+        logp = jnp.where(finish, logp, 0.0)
+        node = jnp.where(finish, next_node, node)
+        spelt = jnp.where(starts, jnp.uint32(0), spelt)
+        spelt = jnp.where(has_letters, spelt * self.token_multiplier[token] + self.token_hash[token], spelt)
+        open_ = jnp.where(starts, has_letters, open_ | has_letters)
+        return logp, {"node": node, "spelt": spelt, "open": open_}
+
+    def final_score(self, state):
+        logp, node = self.words._score_symbol(state["node"], self._word_symbol(state["spelt"]))
+        logp, node = jnp.where(state["open"], logp, 0.0), jnp.where(state["open"], node, state["node"])
+        return logp + self.words._score_symbol(node, jnp.full_like(node, self.words.eos_symbol))[0]

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import asr
-from jaxmodels.ctc import NGramLM, beam_search, ctc_loss, forced_align, greedy_decode, read_arpa, train_ngram, write_arpa
+from jaxmodels.ctc import NGramLM, WordNGramLM, beam_search, ctc_loss, forced_align, greedy_decode, read_arpa, train_ngram, write_arpa
 from trainers import speech
 
 BLANK, UNK = "<blank>", "<unk>"
@@ -195,7 +195,11 @@ class CTCTask:
         else:
             self.cmvn = self._global_cmvn(train)
             self.lm_model = self._language_model(transcripts)
-        self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens) if self.lm_model else None
+        self.lm = None
+        if self.lm_model and s.lm_words and s.tokens != "words":
+            self.lm = WordNGramLM.create(self.lm_model, self.tokenizer.tokens)
+        elif self.lm_model:
+            self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens)
 
     # -- data -------------------------------------------------------------------------
     def _source(self, split):
@@ -241,6 +245,8 @@ class CTCTask:
         s = self.cfg.speech
         if s.lm_path:
             return read_arpa(s.lm_path)
+        if s.lm_order > 0 and s.lm_words:
+            return train_ngram([t.split() for t in transcripts], s.lm_order)
         if s.lm_order > 0:
             tokens = self.tokenizer.tokens
             return train_ngram([[tokens[i] for i in self.tokenizer.encode(t)] for t in transcripts], s.lm_order)
