@@ -185,3 +185,26 @@ def test_reproduces_the_official_sensevoice_model():
     broken["encoder.extra.weight"] = np.zeros(3)
     with pytest.raises(ValueError, match="(?s)unexpected keys: encoder.extra.weight.*missing parameters: encoder/tp_norm/scale"):
         convert.from_torch(broken, model)
+
+
+def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):
+    from trainers import config as config_lib
+    from trainers.tasks.ctc import AudioTransform
+
+    speech.write_wav(str(tmp_path / "long.wav"), np.zeros(16000 * 4, np.float32))
+    (tmp_path / "bad.wav").write_text("not audio")
+    tokenizer = Tokenizer.build(["one two"], "words")
+    strict = AudioTransform(config_lib.load("configs/ctc_speech.yaml", []), tokenizer)
+    with pytest.raises(ValueError, match="long.wav: 4.00 s is longer than data.max_seconds=3.0"):
+        strict({"source": str(tmp_path / "long.wav"), "target": "one"}, None)
+    with pytest.raises(ValueError, match="unreadable audio file .*bad.wav"):
+        strict({"source": str(tmp_path / "bad.wav"), "target": "one"}, None)
+    lenient = AudioTransform(config_lib.load("configs/ctc_speech.yaml", ["data.on_bad_audio=skip"]), tokenizer)
+    for name in ("long.wav", "bad.wav"):
+        record = lenient({"source": str(tmp_path / name), "target": "one"}, None)
+        assert record["mask"] == 0 and record["audio"].shape == (48000,)
+    good = tmp_path / "good.wav"
+    speech.write_wav(str(good), np.full(8000, 0.1, np.float32))
+    record = lenient({"source": str(good), "target": "two one"}, None)
+    assert record["mask"] == 1 and record["audio_length"] == 8000 and list(record["labels"][:2]) == [
+        tokenizer.index["two"], tokenizer.index["one"]] and record["label_length"] == 2

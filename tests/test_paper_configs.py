@@ -3,6 +3,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from trainers import config as config_lib
 from trainers.loop import Trainer
@@ -47,11 +48,9 @@ def test_dit_xl2_imagenet_compiles_fsdp_sharded():
     np.testing.assert_equal(len(jax.tree.leaves(compiled.output_shardings[0].params)), len(params))
 
 
-def test_sensevoice_small_compiles_fsdp_sharded(tmp_path):
-    """The published width (512, 4 heads, FFN 2048, 560 inputs, 25,055 tokens, prompt
-    queries) with 3 of its 70 SAN-M layers (all 70 take minutes to compile on CPU; the
-    full count is checked in test_asr) on 8 devices, reading a small built-in corpus
-    through a 25,055-entry token list."""
+def _sensevoice_trainer(tmp_path, overrides=()):
+    """configs/sensevoice_small.yaml on 8 devices (FSDP), reading a small built-in corpus
+    through a 25,055-entry token list, as the published vocabulary."""
     from trainers import speech
 
     speech.build_corpus(str(tmp_path / "corpus"), seed=0, train_size=8, test_size=2)
@@ -61,18 +60,36 @@ def test_sensevoice_small_compiles_fsdp_sharded(tmp_path):
     cfg = config_lib.load("configs/sensevoice_small.yaml", [
         "data.source=speech", f"data.path={tmp_path / 'corpus'}", "data.eval_split=test", "data.batch_size=8",
         "data.max_seconds=4", "data.num_workers=0", f"speech.token_list={tmp_path / 'tokens.json'}",
-        "speech.cmvn_utterances=4", "mesh.data=1", "mesh.fsdp=8",
-        "model.args.encoder_conf={num_blocks: 2, tp_blocks: 1}",
+        "speech.cmvn_utterances=4", "mesh.data=1", "mesh.fsdp=8", *overrides,
     ])
-    trainer = Trainer(cfg)
-    params = trainer.abstract_state.params
-    assert params["ctc_lo"]["kernel"].shape == (512, 25055)
-    assert params["encoder"]["encoders0_0"]["self_attn"]["linear_q_k_v"]["kernel"].shape == (560, 1536)
-    assert "fsdp" in str(params["encoder"]["tp_encoders_0"]["feed_forward"]["w_1"]["kernel"].sharding.spec)
+    return Trainer(cfg)
+
+
+def _compile_train_step(trainer):
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
         for k, v in trainer.task.example_batch(8).items()
     }
     with trainer.context():
         compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
-    np.testing.assert_equal(len(jax.tree.leaves(compiled.output_shardings[0].params)), len(jax.tree.leaves(params)))
+    params = jax.tree.leaves(trainer.abstract_state.params)
+    np.testing.assert_equal(len(jax.tree.leaves(compiled.output_shardings[0].params)), len(params))
+
+
+def test_sensevoice_small_compiles_fsdp_sharded(tmp_path):
+    """The published width (512, 4 heads, FFN 2048, 560 inputs, 25,055 tokens, prompt
+    queries) with 3 of its 70 layers; all 70 in the slow test below."""
+    trainer = _sensevoice_trainer(tmp_path, ["model.args.encoder_conf={num_blocks: 2, tp_blocks: 1}"])
+    params = trainer.abstract_state.params
+    assert params["ctc_lo"]["kernel"].shape == (512, 25055)
+    assert params["encoder"]["encoders0_0"]["self_attn"]["linear_q_k_v"]["kernel"].shape == (560, 1536)
+    assert "fsdp" in str(params["encoder"]["tp_encoders_0"]["feed_forward"]["w_1"]["kernel"].sharding.spec)
+    _compile_train_step(trainer)
+
+
+@pytest.mark.slow
+def test_sensevoice_small_full_depth_compiles_fsdp_sharded(tmp_path):
+    """All 70 SenseVoice-Small layers (about five minutes of XLA:CPU compilation)."""
+    trainer = _sensevoice_trainer(tmp_path)
+    assert sum(p.size for p in jax.tree.leaves(trainer.abstract_state.params)) == 233_999_167
+    _compile_train_step(trainer)

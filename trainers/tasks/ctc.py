@@ -304,7 +304,7 @@ class CTCTask:
         # Sum over tokens per utterance, averaged over utterances (FunASR's CTC reduction).
         per_utt = ctc_loss(logits, paddings, batch["labels"], self._label_paddings(batch), zero_infinity=True)
         ctc = (per_utt * mask).sum() / n
-        metrics = {"train/ctc": ctc}
+        metrics = {"train/ctc": ctc, "train/skipped": (1.0 - mask).sum()}
         total = ctc
         if prompt_logits is not None:
             ce = -jnp.take_along_axis(jax.nn.log_softmax(prompt_logits), batch["prompts"][..., None], axis=-1)[..., 0]
