@@ -84,6 +84,7 @@ def test_standalone_training_runs_to_completion(standalone_run):
     assert final_params(workdir)[0] == STEPS
 
 
+@pytest.mark.slow  # two minutes; CI runs it (.ci/run)
 def test_two_nodes_of_two_processes_match_one_process_of_eight_devices(config_path, compile_cache, tmp_path):
     reference = tmp_path / "one_process"
     train(CFG, str(reference))  # this pytest process has 8 simulated devices
