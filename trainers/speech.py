@@ -37,7 +37,7 @@ ACCENTS = ["en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-gb-x-gbc
 VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
 
 
-def corpus_sentences(rng: random.Random) -> str:
+def corpus_sentence(rng: random.Random) -> str:
     if rng.random() < 0.5:
         return " ".join(rng.choice(NUMBERS) for _ in range(rng.randint(3, 6)))
     return f"{rng.choice(NAMES)} has {rng.choice(NUMBERS)} {rng.choice(COLOURS)} {rng.choice(THINGS)}"
@@ -99,7 +99,7 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
     for split, size, voices in (("train", train_size, train_voices), ("test", test_size, test_voices)):
         lines = []
         for i in range(size):
-            text, voice = corpus_sentences(rng), rng.choice(voices)
+            text, voice = corpus_sentence(rng), rng.choice(voices)
             pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
             audio = engine.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
             audio = resample_poly(audio, SAMPLE_RATE // 50, engine.sample_rate // 50)  # 320 / 441

@@ -64,8 +64,8 @@ def main(argv=None):
 
     @jax.jit
     def decode(params, batch):
-        logits, lengths = task._forward(params, batch, None, train=False)
-        _, logits, paddings = task._split_outputs(logits, lengths)
+        logits, lengths = task.forward(params, batch, None, train=False)
+        _, logits, paddings = task.split_outputs(logits, lengths)
         if args.decoder == "beam":
             best = beam_search(logits, paddings, s.beam_size, lm=task.lm, lm_weight=s.lm_weight,
                                length_bonus=s.length_bonus)

@@ -265,7 +265,9 @@ class CTCTask:
                                      s.time_mask_width, s.lfr_m)
         return feats, lengths
 
-    def _forward(self, params, batch, rng, train):
+    def forward(self, params, batch, rng, train):
+        """Audio batch -> (logits (B, T', V), lengths): the front end, CMVN and the model
+        (the four prompt frames first when speech.prompts is on)."""
         k_feat, k_drop = jax.random.split(rng) if train else (None, None)
         feats, lengths = self._features(batch["audio"], batch["audio_length"], k_feat)
         feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
@@ -279,8 +281,8 @@ class CTCTask:
     def _query_rows(self, token_ids):
         return jnp.asarray(self._query_table)[token_ids]
 
-    def _split_outputs(self, logits, lengths):
-        """(prompt logits or None, CTC logits, CTC paddings)."""
+    def split_outputs(self, logits, lengths):
+        """forward's outputs -> (prompt logits or None, CTC logits, CTC frame paddings)."""
         prompt_logits = None
         if self.cfg.speech.prompts:
             prompt_logits, logits, lengths = logits[:, : asr.NUM_PROMPTS], logits[:, asr.NUM_PROMPTS :], lengths - asr.NUM_PROMPTS
@@ -297,8 +299,8 @@ class CTCTask:
         return (jnp.arange(batch["labels"].shape[1])[None] >= batch["label_length"][:, None]).astype(jnp.float32)
 
     def loss(self, params, batch, rng):
-        logits, lengths = self._forward(params, batch, rng, train=True)
-        prompt_logits, logits, paddings = self._split_outputs(logits, lengths)
+        logits, lengths = self.forward(params, batch, rng, train=True)
+        prompt_logits, logits, paddings = self.split_outputs(logits, lengths)
         mask = batch["mask"]
         n = jnp.maximum(mask.sum(), 1.0)
         # Sum over tokens per utterance, averaged over utterances (FunASR's CTC reduction).
@@ -314,8 +316,8 @@ class CTCTask:
         return total, metrics
 
     def eval_outputs(self, params, batch):
-        logits, lengths = self._forward(params, batch, None, train=False)
-        _, logits, paddings = self._split_outputs(logits, lengths)
+        logits, lengths = self.forward(params, batch, None, train=False)
+        _, logits, paddings = self.split_outputs(logits, lengths)
         label_paddings = self._label_paddings(batch)
         per_utt = ctc_loss(logits, paddings, batch["labels"], label_paddings, zero_infinity=True)
         greedy, greedy_paddings = greedy_decode(logits, paddings)
