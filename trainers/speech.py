@@ -10,7 +10,7 @@ pitch, rate and hence every duration; the samples themselves repeat exactly exce
 the breath noise some voice variants add, which eSpeak NG draws from the C library's
 rand() (seeded from the clock, out of our reach):
 
-    <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker"}
+    <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker", "voice"}
     <path>/wav/<key>.wav               16-bit mono 16 kHz
 
 User data: JSON-lines manifests in the same form (FunASR / SenseVoice style; `source`
