@@ -39,7 +39,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmodels.ctc import beam_search, forced_align, greedy_decode
+    from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers import speech
     from trainers.checkpoint import Checkpointer
     from trainers.loop import Trainer
@@ -73,7 +73,7 @@ def main(argv=None):
         else:
             labels, label_paddings = greedy_decode(logits, paddings)
             count = jnp.sum(label_paddings < 0.5, axis=1)
-        label_paddings = (jnp.arange(labels.shape[1])[None] >= count[:, None]).astype(jnp.float32)
+        label_paddings = paddings_from_lengths(count, labels.shape[1])
         return labels, count, forced_align(logits, paddings, labels, label_paddings)
 
     longest = max(len(a) for a in audio)

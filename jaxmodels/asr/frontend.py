@@ -23,6 +23,12 @@ def _mel(f):
     return 1127.0 * np.log(1.0 + np.asarray(f, np.float64) / 700.0)
 
 
+def _zero_padding(feats, lengths):
+    """(B, T, D) features with the frames at or past each utterance's length set to 0."""
+    valid = jnp.arange(feats.shape[1])[None] < lengths[:, None]
+    return jnp.where(valid[..., None], feats, 0.0)
+
+
 def mel_banks(num_bins: int, fft_size: int, sample_rate: int, low_freq: float = 20.0, high_freq: float = 0.0):
     """Kaldi's triangular mel filters, (fft_size // 2 + 1, num_bins); high_freq <= 0 is
     relative to Nyquist."""
@@ -70,7 +76,7 @@ def fbank(
     energies = power @ mel_banks(num_mel_bins, fft_size, sample_rate)
     feats = jnp.log(jnp.maximum(energies, EPSILON))
     num_frames = jnp.maximum(0, 1 + (lengths - window) // shift)
-    return jnp.where((jnp.arange(frames)[None] < num_frames[:, None])[..., None], feats, 0.0), num_frames
+    return _zero_padding(feats, num_frames), num_frames
 
 
 def low_frame_rate(feats, lengths, lfr_m: int = 7, lfr_n: int = 6):
@@ -84,13 +90,12 @@ def low_frame_rate(feats, lengths, lfr_m: int = 7, lfr_n: int = 6):
     stacked = jnp.take_along_axis(feats, index.reshape(batch, -1)[..., None], axis=1)
     out_lengths = -(-lengths // lfr_n)
     stacked = stacked.reshape(batch, out_frames, lfr_m * dim)
-    return jnp.where((jnp.arange(out_frames)[None] < out_lengths[:, None])[..., None], stacked, 0.0), out_lengths
+    return _zero_padding(stacked, out_lengths), out_lengths
 
 
 def apply_cmvn(feats, lengths, mean, inverse_std):
     """Global mean and variance normalisation, padding left at zero."""
-    valid = (jnp.arange(feats.shape[1])[None] < lengths[:, None])[..., None]
-    return jnp.where(valid, (feats - mean) * inverse_std, 0.0)
+    return _zero_padding((feats - mean) * inverse_std, lengths)
 
 
 def spec_augment(

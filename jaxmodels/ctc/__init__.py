@@ -1,6 +1,6 @@
 """CTC: loss, forced alignment, greedy and prefix beam-search decoding, n-gram LMs for
 shallow fusion."""
-from jaxmodels.ctc.align import Alignment, forced_align, greedy_decode
+from jaxmodels.ctc.align import Alignment, forced_align, greedy_decode, paddings_from_lengths
 from jaxmodels.ctc.beam import BeamSearchResult, beam_search, prefix_beam_search
 from jaxmodels.ctc.lm import NGramLM, WordNGramLM, read_arpa, train_ngram, write_arpa
 from jaxmodels.ctc.loss import ctc_loss
@@ -14,6 +14,7 @@ __all__ = [
     "ctc_loss",
     "forced_align",
     "greedy_decode",
+    "paddings_from_lengths",
     "prefix_beam_search",
     "read_arpa",
     "train_ngram",

@@ -81,6 +81,11 @@ def forced_align(logits, logit_paddings, labels, label_paddings, blank_id: int =
     )
 
 
+def paddings_from_lengths(lengths, size: int):
+    """(B,) lengths -> (B, size) paddings: 1.0 at and past each length (optax's convention)."""
+    return (jnp.arange(size)[None] >= lengths[:, None]).astype(jnp.float32)
+
+
 def greedy_decode(logits, logit_paddings, blank_id: int = 0):
     """Best-path decoding: the most probable symbol per frame, repeats merged, blanks
     removed. Returns labels (B, T) left-aligned, padded with 0, and label_paddings (B, T)."""
@@ -92,5 +97,4 @@ def greedy_decode(logits, logit_paddings, blank_id: int = 0):
     rows = jnp.arange(best.shape[0])[:, None]
     labels = jnp.zeros_like(best).at[rows, position].set(best, mode="drop")
     count = jnp.sum(keep, axis=1)
-    paddings = (jnp.arange(best.shape[1])[None] >= count[:, None]).astype(jnp.float32)
-    return labels, paddings
+    return labels, paddings_from_lengths(count, best.shape[1])

@@ -24,7 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import asr
-from jaxmodels.ctc import NGramLM, WordNGramLM, beam_search, ctc_loss, forced_align, greedy_decode, read_arpa, train_ngram, write_arpa
+from jaxmodels.ctc import (
+    NGramLM,
+    WordNGramLM,
+    beam_search,
+    ctc_loss,
+    forced_align,
+    greedy_decode,
+    paddings_from_lengths,
+    read_arpa,
+    train_ngram,
+    write_arpa,
+)
 from trainers import speech
 
 BLANK, UNK = "<blank>", "<unk>"
@@ -286,7 +297,7 @@ class CTCTask:
         prompt_logits = None
         if self.cfg.speech.prompts:
             prompt_logits, logits, lengths = logits[:, : asr.NUM_PROMPTS], logits[:, asr.NUM_PROMPTS :], lengths - asr.NUM_PROMPTS
-        paddings = (jnp.arange(logits.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+        paddings = paddings_from_lengths(lengths, logits.shape[1])
         return prompt_logits, logits, paddings
 
     def init(self, rng, batch):
@@ -296,7 +307,7 @@ class CTCTask:
         return self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
 
     def _label_paddings(self, batch):
-        return (jnp.arange(batch["labels"].shape[1])[None] >= batch["label_length"][:, None]).astype(jnp.float32)
+        return paddings_from_lengths(batch["label_length"], batch["labels"].shape[1])
 
     def loss(self, params, batch, rng):
         logits, lengths = self.forward(params, batch, rng, train=True)
