@@ -33,19 +33,22 @@ def problem(batch, frames, vocab, num_labels, seed=0):
 def run_torch(logits, labels, input_lengths, target_lengths, iters):
     import torch
 
-    x = torch.tensor(logits, requires_grad=True)
-    targets = torch.tensor(labels, dtype=torch.long)
-    il, tl = torch.tensor(input_lengths), torch.tensor(target_lengths)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x = torch.tensor(logits, requires_grad=True, device=device)
+    targets = torch.tensor(labels, dtype=torch.long, device=device)
+    il, tl = torch.tensor(input_lengths, device=device), torch.tensor(target_lengths, device=device)
 
     def step():
         x.grad = None
         log_probs = torch.log_softmax(x, -1).transpose(0, 1)  # torch wants (T, B, V)
         loss = torch.nn.functional.ctc_loss(log_probs, targets, il, tl, blank=0, reduction="sum")
         loss.backward()
-        return float(loss), x.grad.detach().numpy().copy()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return loss
 
-    loss, grad = step()
-    return time_it(step, iters), loss, grad
+    loss = step()
+    return time_it(step, iters), float(loss.detach()), x.grad.detach().cpu().numpy()
 
 
 def main():

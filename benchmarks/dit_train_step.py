@@ -83,6 +83,9 @@ def run_torch(args, x, y, t, noise, z):
 
     n = args.batch
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # As upstream's train.py: float32 matmuls may use TF32 on a GPU (XLA's default precision does too).
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     ref = DiT_models[args.model](input_size=32, num_classes=1000).to(device)
     state_dict = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0)
@@ -91,7 +94,8 @@ def run_torch(args, x, y, t, noise, z):
                                                                noise.transpose(0, 3, 1, 2).copy()))
 
     def torch_step():
-        loss = diffusion.training_losses(ref, xt, tt, dict(y=yt), noise=nt)["loss"].mean()
+        with autocast:
+            loss = diffusion.training_losses(ref, xt, tt, dict(y=yt), noise=nt)["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -106,7 +110,7 @@ def run_torch(args, x, y, t, noise, z):
     y_cfg = torch.from_numpy(np.concatenate([y, np.full(n, 1000)])).to(device)
 
     def torch_sample():
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             sampling.p_sample_loop(ref.forward_with_cfg, zt.shape, zt, clip_denoised=False,
                                    model_kwargs=dict(y=y_cfg, cfg_scale=args.cfg_scale), device=device)
         if device == "cuda":
@@ -125,6 +129,8 @@ def main():
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--sample_steps", type=int, default=5)
     parser.add_argument("--cfg_scale", type=float, default=4.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype (params stay float32): torch autocast, the JAX model's dtype")
     args = parser.parse_args()
 
     install_timm_stand_ins()
@@ -152,7 +158,7 @@ def main():
     from jaxmodels.diffusion import create_diffusion
     from jaxmodels.dit import DiT, create, forward_macs, from_torch
 
-    model = create(args.model, input_size=32, num_classes=1000)
+    model = create(args.model, input_size=32, num_classes=1000, dtype=jnp.dtype(args.dtype))
     params = from_torch(state_dict, model)["params"]
     del state_dict
     tx = optax.adamw(1e-4, weight_decay=0.0)
@@ -175,7 +181,8 @@ def main():
     batch = [jnp.asarray(a) for a in (x, y, t, noise)]
     key = jax.random.PRNGKey(0)
 
-    compiled_step = step.lower(state[0], state[1], *batch, key).compile()
+    lowered_step = step.lower(state[0], state[1], *batch, key)
+    compiled_step = lowered_step.compile()
 
     def jax_step():
         state[0], state[1], loss = compiled_step(state[0], state[1], *batch, key)
@@ -198,11 +205,11 @@ def main():
     dev = jax.devices()[0]
     macs = forward_macs(model)
     print(f"device: {dev.device_kind} ({dev.platform}), torch threads {threads}")
-    print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, float32")
+    print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, {args.dtype}")
     print(f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s")
     print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
     print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x   (model: {6 * macs * n / t_jax / 1e12:.3f} TFLOP/s by 3x fwd MACs)")
-    report_flops(compiled_step, t_jax, dev)
+    report_flops(lowered_step, t_jax, dev)
     print(f"DDPM sampling, {args.sample_steps} steps, guidance {args.cfg_scale} (batch {n} doubled)")
     print(f"  jax   {s_jax:8.2f} s  ({s_jax / args.sample_steps * 1e3:.1f} ms/step)")
     print(f"  torch {s_torch:8.2f} s  ({s_torch / args.sample_steps * 1e3:.1f} ms/step)")

@@ -114,7 +114,7 @@ def main():
     print(f"  jax   {t_jax * 1e3:9.1f} ms/step  {args.batch / t_jax:8.1f} images/s")
     print(f"  torch {t_torch * 1e3:9.1f} ms/step  {args.batch / t_torch:8.1f} images/s")
     print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x")
-    report_flops(grad_fn.lower(params, xj, yj).compile(), t_jax, device)
+    report_flops(grad_fn.lower(params, xj, yj), t_jax, device)
 
 
 if __name__ == "__main__":
