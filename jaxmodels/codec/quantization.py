@@ -1,0 +1,144 @@
+"""Residual vector quantization (SoundStream's Algorithm 1) as EnCodec's
+encodec/quantization/{core_vq,vq}.py, with AudioCraft's training fixes.
+
+The codebooks are not trained by gradients: each is an exponential moving average of
+the vectors assigned to its codes. Their state is a dict of arrays stacked over the
+n_q quantizers (upstream's buffers of ``quantizer.vq.layers.<k>._codebook``):
+  embed (n_q, bins, dim), embed_avg (n_q, bins, dim), cluster_size (n_q, bins), inited (n_q,)
+and every function here is pure: training returns the new state.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def bandwidth_per_quantizer(bins: int, frame_rate: float) -> float:
+    """Bits per second of one codebook: log2(bins) bits per frame."""
+    return math.log2(bins) * frame_rate
+
+
+def num_quantizers(bandwidth: float, n_q: int, bins: int, frame_rate: float) -> int:
+    """Codebooks for a target bandwidth in kbps (upstream: floor(bw * 1000 / bits per second of one), at least 1)."""
+    if not bandwidth or bandwidth <= 0:
+        return n_q
+    return int(max(1, math.floor(bandwidth * 1000 / bandwidth_per_quantizer(bins, frame_rate))))
+
+
+def init_state(key, n_q: int, bins: int, dim: int, kmeans_init: bool = True):
+    """Fresh codebooks: zeros to be set by k-means on the first batch, or kaiming-uniform (upstream's two inits)."""
+    if kmeans_init:
+        embed = jnp.zeros((n_q, bins, dim), jnp.float32)
+    else:
+        bound = math.sqrt(6 / dim)  # kaiming_uniform_ on a (bins, dim) tensor: fan_in = dim
+        embed = jax.random.uniform(key, (n_q, bins, dim), jnp.float32, -bound, bound)
+    return {"embed": embed, "embed_avg": embed, "cluster_size": jnp.zeros((n_q, bins), jnp.float32),
+            "inited": jnp.full((n_q,), not kmeans_init)}
+
+
+def nearest_code(embed, x):
+    """Index of the nearest code of (bins, dim) for each row of x (..., dim), with upstream's distance."""
+    x = x.astype(jnp.float32)
+    hi = jax.lax.Precision.HIGHEST  # codes must equal upstream's float32 argmax, also on TPU/GPU
+    dist = -(jnp.sum(x * x, -1, keepdims=True) - 2 * jnp.einsum("...d,kd->...k", x, embed, precision=hi)
+             + jnp.sum(embed * embed, -1))
+    return jnp.argmax(dist, axis=-1)
+
+
+def encode(embed, x, n_q: int):
+    """Codes (n_q, ...) of x (..., dim): each codebook quantizes what the ones before left over."""
+    def layer(residual, codebook):
+        codes = nearest_code(codebook, residual)
+        return residual - codebook[codes], codes
+
+    _, codes = jax.lax.scan(layer, x.astype(jnp.float32), embed[:n_q])
+    return codes
+
+
+def decode(embed, codes):
+    """The sum over codebooks of the codes' vectors: codes (K, ...) -> (..., dim)."""
+    return jnp.sum(jax.vmap(lambda e, c: e[c])(embed[: codes.shape[0]], codes), axis=0)
+
+
+def kmeans(key, samples, num_clusters: int, num_iters: int):
+    """Upstream's k-means: means drawn from the samples, Lloyd steps, empty clusters keep their mean."""
+    n = samples.shape[0]
+    if n >= num_clusters:
+        means = samples[jax.random.permutation(key, n)[:num_clusters]]
+    else:
+        means = samples[jax.random.randint(key, (num_clusters,), 0, n)]
+
+    def step(means, _):
+        buckets = nearest_code(means, samples)
+        onehot = jax.nn.one_hot(buckets, num_clusters, dtype=samples.dtype)
+        counts = jnp.sum(onehot, 0)
+        sums = jnp.einsum("nk,nd->kd", onehot, samples, precision=jax.lax.Precision.HIGHEST)
+        new = sums / jnp.maximum(counts, 1)[:, None]
+        return jnp.where(counts[:, None] == 0, means, new), counts
+
+    means, counts = jax.lax.scan(step, means, None, length=num_iters)
+    return means, counts[-1]
+
+
+def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float = 1e-5, kmeans_iters: int = 50,
+                   threshold_ema_dead_code: float = 2.0):
+    """One training pass of the RVQ over x (B, T, dim), the first ``n_active`` codebooks in use.
+
+    Returns (quantized, codes (n_q, B, T), commitment loss, new state). Per active codebook,
+    as upstream: k-means initialisation on its first batch, nearest codes, then the EMA
+    update of cluster sizes and code sums with Laplace smoothing. ``quantized`` passes the
+    gradient straight through the whole stack to x (AudioCraft's fix of
+    facebookresearch/encodec#25); the commitment loss is the mean over active codebooks of
+    ||x_k - sg(q_k)||^2, where x_k is what codebook k quantizes. Codes whose EMA cluster
+    size falls under ``threshold_ema_dead_code`` are replaced by random vectors of the
+    batch, with their statistics reset so the replacement lasts (upstream writes only
+    ``embed``, which its own EMA step overwrites in the same call).
+    Codebooks past ``n_active`` (quantizer dropout) neither quantize nor change.
+    """
+    n_q, bins, dim = state["embed"].shape
+    flat = lambda a: a.reshape(-1, dim)  # noqa: E731
+    hi = jax.lax.Precision.HIGHEST
+
+    def layer(residual, inputs):
+        k, s, key = inputs
+        active = k < n_active
+        samples = jax.lax.stop_gradient(flat(residual)).astype(jnp.float32)
+        k_init, k_dead = jax.random.split(key)
+
+        def run_kmeans(s):
+            # embed_avg holds sums (embed = embed_avg / cluster_size); upstream stores the means
+            # there, which shrinks every code about 60-fold at the first EMA update.
+            means, counts = kmeans(k_init, samples, bins, kmeans_iters)
+            return {"embed": means, "embed_avg": means * counts[:, None], "cluster_size": counts,
+                    "inited": jnp.ones((), bool)}
+
+        s = jax.lax.cond(active & ~s["inited"], run_kmeans, lambda s: s, s)
+        codes = nearest_code(s["embed"], samples)
+        q = s["embed"][codes].reshape(residual.shape)
+        onehot = jax.nn.one_hot(codes, bins, dtype=jnp.float32)
+        cluster_size = decay * s["cluster_size"] + (1 - decay) * jnp.sum(onehot, 0)
+        embed_avg = decay * s["embed_avg"] + (1 - decay) * jnp.einsum("nk,nd->kd", onehot, samples, precision=hi)
+        total = jnp.sum(cluster_size)
+        smoothed = (cluster_size + epsilon) / (total + bins * epsilon) * total
+        embed = embed_avg / smoothed[:, None]
+        if threshold_ema_dead_code > 0:
+            dead = cluster_size < threshold_ema_dead_code
+            n = samples.shape[0]
+            pick = jax.random.permutation(k_dead, n)[:bins] if n >= bins else jax.random.randint(k_dead, (bins,), 0, n)
+            fresh = samples[pick]
+            embed = jnp.where(dead[:, None], fresh, embed)
+            embed_avg = jnp.where(dead[:, None], fresh * threshold_ema_dead_code, embed_avg)
+            cluster_size = jnp.where(dead, threshold_ema_dead_code, cluster_size)
+        new = {"embed": embed, "embed_avg": embed_avg, "cluster_size": cluster_size, "inited": s["inited"]}
+        new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
+        commit = jnp.mean(jnp.square(residual.astype(jnp.float32) - jax.lax.stop_gradient(q)))
+        q = jnp.where(active, q, 0.0)
+        return residual - jax.lax.stop_gradient(q).astype(residual.dtype), (q, codes.reshape(residual.shape[:-1]),
+                                                                            commit * active, new)
+
+    keys = jax.random.split(key, n_q)
+    _, (qs, codes, commits, new_state) = jax.lax.scan(layer, x, (jnp.arange(n_q), state, keys))
+    quantized = jnp.sum(qs, axis=0).astype(x.dtype)
+    quantized = x + jax.lax.stop_gradient(quantized - x)
+    commit_loss = jnp.sum(commits) / jnp.maximum(n_active, 1)
+    return quantized, codes, commit_loss, new_state
