@@ -93,3 +93,20 @@ def test_sensevoice_small_full_depth_compiles_fsdp_sharded(tmp_path):
     trainer = _sensevoice_trainer(tmp_path)
     assert sum(p.size for p in jax.tree.leaves(trainer.abstract_state.params)) == 233_999_167
     _compile_train_step(trainer)
+
+
+def test_encodec_24khz_compiles_data_parallel_sharded():
+    """The published EnCodec 24 kHz with AudioCraft's recipe: real codec, discriminator and
+    losses; batch 8 of 1 s over 8 devices."""
+    cfg = config_lib.load("configs/encodec_24khz.yaml", ["data.batch_size=8", "mesh.data=8", "data.num_workers=0"])
+    trainer = Trainer(cfg)
+    params = trainer.abstract_state.params
+    assert sum(p.size for p in jax.tree.leaves(params["generator"])) == 14_851_810
+    assert params["codebooks"]["embed"].shape == (32, 1024, 128)
+    assert set(trainer.abstract_state.opt_state) == {"generator", "discriminator"}
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
+        for k, v in trainer.task.example_batch(8).items()
+    }
+    assert batch["audio"].shape == (8, 24000)
+    _compile_train_step(trainer)

@@ -147,6 +147,42 @@ class SpeechConfig:
     corpus_test_size: int = 200
 
 
+CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec")
+
+
+@dataclass
+class CodecConfig:
+    """Neural audio codec (task: codec): training crops, losses and their balance, the discriminator.
+
+    Defaults are AudioCraft's compression solver (config/solver/compression/default.yaml).
+    """
+
+    segment_seconds: float = 1.0  # random training crops
+    # Weights of the balanced losses (adv, feat: hinge and feature matching of the MS-STFT
+    # discriminator; l1: waveform; mel: log-mel L1; msspec: multi-scale mel).
+    loss_weights: Dict[str, float] = field(
+        default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0})
+    balance_grads: bool = True  # False: a plain weighted sum of the losses
+    balancer_total_norm: float = 1.0
+    balancer_ema_decay: float = 0.999
+    commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer
+    quantizer_dropout: bool = True  # train each batch with a random number of codebooks
+    disc_filters: int = 32
+    disc_n_ffts: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_hop_lengths: List[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
+    disc_win_lengths: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_negative_slope: float = 0.3
+    msspec_range: Tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
+    n_mels: int = 64
+    f_min: float = 64.0
+    eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
+
+    def __post_init__(self):
+        unknown = sorted(set(self.loss_weights) - set(CODEC_LOSSES))
+        if unknown:
+            raise ConfigError(f"codec.loss_weights: unknown loss {unknown[0]!r}; valid: {', '.join(CODEC_LOSSES)}")
+
+
 @dataclass
 class Config:
     task: str = "classification"
@@ -158,6 +194,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
 
 
 def _check(value, tp, key):

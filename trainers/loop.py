@@ -47,10 +47,21 @@ class Trainer:
             boxed = jax.eval_shape(self.task.init, jax.random.PRNGKey(0), example)["params"]
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
         rep = sharding.replicated(self.mesh)
-        opt_shape = jax.eval_shape(self.tx.init, nn.meta.unbox(boxed))
-        opt_shardings = optax.tree_map_params(
-            self.tx, lambda _, s: s, opt_shape, self.param_shardings, transform_non_params=lambda _: rep
-        )
+        # A task with optimizer_groups (a GAN: generator, discriminator) keeps one optimizer
+        # state per named top-level subtree of its params and updates them in its own
+        # train_update; the other subtrees (EMA statistics, say) have none.
+        self.groups = getattr(self.task, "optimizer_groups", None)
+        if self.groups and cfg.optimizer.grad_accum_steps > 1:
+            raise ValueError(f"task {cfg.task} updates its parts in turn: optimizer.grad_accum_steps must be 1")
+        opt_shape = jax.eval_shape(self._init_optimizer, nn.meta.unbox(boxed))
+
+        def opt_shardings_of(shape, param_shardings):
+            return optax.tree_map_params(self.tx, lambda _, s: s, shape, param_shardings, transform_non_params=lambda _: rep)
+
+        if self.groups:
+            opt_shardings = {g: opt_shardings_of(opt_shape[g], self.param_shardings[g]) for g in self.groups}
+        else:
+            opt_shardings = opt_shardings_of(opt_shape, self.param_shardings)
         ema = self.param_shardings if cfg.optimizer.ema_decay > 0 else None
         self.state_shardings = TrainState(rep, self.param_shardings, opt_shardings, ema, rep)
 
@@ -58,7 +69,7 @@ class Trainer:
             k_init, k_train = jax.random.split(rng)
             params = nn.meta.unbox(self.task.init(k_init, example))["params"]
             ema_params = params if cfg.optimizer.ema_decay > 0 else None
-            return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params), ema_params, k_train)
+            return TrainState(jnp.zeros((), jnp.int32), params, self._init_optimizer(params), ema_params, k_train)
 
         self._init = jax.jit(init_state, out_shardings=self.state_shardings)
         self.abstract_state = abstract_with_shardings(
@@ -92,12 +103,30 @@ class Trainer:
         if d.eval_batch_size % div:
             raise ValueError(f"data.eval_batch_size={d.eval_batch_size} must divide by data x fsdp = {div}")
 
+    def _init_optimizer(self, params):
+        if self.groups:
+            return {g: self.tx.init(params[g]) for g in self.groups}
+        return self.tx.init(params)
+
     def init(self, seed: int):
         with self.context():
             return self._init(jax.random.PRNGKey(seed))
 
     def _train_step(self, state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        if self.groups:
+            params, opt_state, metrics = self.task.train_update(self.tx, state.params, state.opt_state, batch, rng)
+        else:
+            params, opt_state, metrics = self._gradient_update(state, batch, rng)
+        ema_params = state.ema_params
+        if ema_params is not None:
+            decay = self.cfg.optimizer.ema_decay
+            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+        metrics["train/lr"] = self.lr_fn(state.step)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
+
+    def _gradient_update(self, state: TrainState, batch, rng):
+        """One optimizer step on the gradient of task.loss (averaged over micro-batches)."""
         grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
         accum = self.cfg.optimizer.grad_accum_steps
         if accum == 1:
@@ -123,17 +152,7 @@ class Trainer:
             (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema_params = state.ema_params
-        if ema_params is not None:
-            decay = self.cfg.optimizer.ema_decay
-            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": optax.tree.norm(grads),
-            "train/lr": self.lr_fn(state.step),
-            **aux,
-        }
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
+        return params, opt_state, {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads), **aux}
 
     def _eval_outputs(self, params, batch):
         return {**self.task.eval_outputs(params, batch), "_mask": batch["mask"]}

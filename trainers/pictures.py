@@ -96,3 +96,26 @@ def alignment_png(path, log_mel, spans, title="", ms_per_frame=10, scale=3):
         draw.line([(x0, y - 2), (max(x0, x1 - 1), y - 2)], fill=(0, 90, 200), width=2)
         draw.text((x0 + 1, y), token, fill="black")
     img.save(path)
+
+
+def spectrograms_png(path, rows, title="", scale=2):
+    """Log-mel spectrograms (frames, bins) stacked top to bottom, each labelled, low bins at the
+    bottom, on one shared colour scale (so a worse reconstruction looks different, not rescaled)."""
+    values = np.concatenate([np.asarray(m, np.float64).ravel() for _, m in rows])
+    low, high = np.percentile(values, 5), np.percentile(values, 99.5)
+    width = max(m.shape[0] for _, m in rows) * scale
+    label, top = 14, 18
+    height = top + sum(label + m.shape[1] * scale for _, m in rows)
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((2, 2), title, fill="black")
+    y = top
+    for name, m in rows:
+        draw.text((2, y), name, fill="black")
+        y += label
+        picture = _heat((np.asarray(m, np.float64) - low) / max(high - low, 1e-6)).transpose(1, 0, 2)[::-1]
+        tile = Image.fromarray(np.ascontiguousarray(picture)).resize((m.shape[0] * scale, m.shape[1] * scale),
+                                                                     Image.NEAREST)
+        img.paste(tile, (0, y))
+        y += m.shape[1] * scale
+    img.save(path)

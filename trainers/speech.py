@@ -114,26 +114,28 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """16-bit PCM WAV of (time,) or (time, channels) samples in [-1, 1], written atomically."""
+    audio = np.asarray(audio)
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
     tmp = path + ".tmp"
     with wave.open(tmp, "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(1 if audio.ndim == 1 else audio.shape[1])
         w.setsampwidth(2)
         w.setframerate(sample_rate)
         w.writeframes(pcm.tobytes())
     os.replace(tmp, path)
 
 
-def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False) -> np.ndarray:
-    """Mono float32 samples in [-1, 1]. WAV (PCM 16/32-bit) is read with the standard
-    library, FLAC with soundfile where installed. A file that cannot be read, is empty,
-    or has another sample rate (unless `resample`) is an error naming it."""
+def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False, mono: bool = True) -> np.ndarray:
+    """Float32 samples in [-1, 1]: mono (time,), or (time, channels) as the file has them when
+    not `mono`. WAV (PCM 16/32-bit) is read with the standard library, FLAC with soundfile
+    where installed. A file that cannot be read, is empty, or has another sample rate
+    (unless `resample`) is an error naming it."""
     try:
         if path.lower().endswith(".flac"):
             import soundfile
 
             audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)
         else:
             with wave.open(path, "rb") as w:
                 rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
@@ -142,7 +144,7 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
                 raise ValueError(f"{8 * width}-bit samples (need 16 or 32-bit PCM)")
             scale = 32768.0 if width == 2 else 2147483648.0
             audio = np.frombuffer(raw, "<i2" if width == 2 else "<i4").astype(np.float32) / scale
-            audio = audio.reshape(-1, channels).mean(axis=1)
+            audio = audio.reshape(-1, channels)
     except ImportError as e:
         raise RuntimeError(f"{path}: reading FLAC needs soundfile (pip install soundfile)") from e
     except Exception as e:  # wave.Error, EOFError, OSError, soundfile's errors
@@ -156,8 +158,8 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
         from scipy.signal import resample_poly
 
         g = np.gcd(rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, rate // g).astype(np.float32)
-    return audio
+        audio = resample_poly(audio, sample_rate // g, rate // g, axis=0).astype(np.float32)
+    return audio.mean(axis=1) if mono else audio
 
 
 def read_manifest(path: str) -> list[dict]:
@@ -203,3 +205,25 @@ def read_librispeech(path: str) -> list[dict]:
     if not records:
         raise ValueError(f"no LibriSpeech utterances under {path}")
     return records
+
+
+class SpeechSource:
+    """Utterances of one split: the built-in corpus, a JSON-lines manifest, or LibriSpeech."""
+
+    def __init__(self, cfg, split: str):
+        d, s = cfg.data, cfg.speech
+        if d.source == "speech":
+            build_corpus(d.path, s.corpus_seed, s.corpus_train_size, s.corpus_test_size)
+            self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
+        elif d.source == "manifest":
+            self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
+        elif d.source == "librispeech":
+            self.records = read_librispeech(os.path.join(d.path, split))
+        else:
+            raise ValueError(f"task {cfg.task} reads data.source speech, manifest or librispeech, not {d.source!r}")
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]

@@ -11,11 +11,15 @@ A task is a class with:
   write_artifacts(workdir, outputs, step)   pictures or files for a person to look at
 and, for generative tasks,
   generate(params, mesh)        (metrics, outputs) of samples drawn at eval time
+and, for tasks that train parts in turn (a GAN), instead of loss:
+  optimizer_groups              names of the top-level params subtrees with an optimizer state each
+  train_update(tx, params, opt_state, batch, rng)   (params, opt_state, dict of scalar metrics)
 """
 import importlib
 
 TASKS = {
     "classification": "trainers.tasks.classification:ClassificationTask",
+    "codec": "trainers.tasks.codec:CodecTask",
     "ctc": "trainers.tasks.ctc:CTCTask",
     "diffusion": "trainers.tasks.diffusion:DiffusionTask",
 }

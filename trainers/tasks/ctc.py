@@ -105,28 +105,6 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return row[-1], len(ref)
 
 
-class SpeechSource:
-    """Utterances of one split: the built-in corpus, a manifest, or LibriSpeech."""
-
-    def __init__(self, cfg, split: str):
-        d, s = cfg.data, cfg.speech
-        if d.source == "speech":
-            speech.build_corpus(d.path, s.corpus_seed, s.corpus_train_size, s.corpus_test_size)
-            self.records = speech.read_manifest(os.path.join(d.path, f"{split}.jsonl"))
-        elif d.source == "manifest":
-            self.records = speech.read_manifest(os.path.join(d.path, f"{split}.jsonl"))
-        elif d.source == "librispeech":
-            self.records = speech.read_librispeech(os.path.join(d.path, split))
-        else:
-            raise ValueError(f"task ctc reads data.source speech, manifest or librispeech, not {d.source!r}")
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        return self.records[i]
-
-
 class AudioTransform:
     """Manifest record -> fixed-shape arrays: audio padded to max_seconds, token ids."""
 
@@ -215,7 +193,7 @@ class CTCTask:
     # -- data -------------------------------------------------------------------------
     def _source(self, split):
         if split not in self._sources:
-            self._sources[split] = SpeechSource(self.cfg, split)
+            self._sources[split] = speech.SpeechSource(self.cfg, split)
         return self._sources[split]
 
     def train_source(self):

@@ -1,0 +1,267 @@
+"""Neural audio codec (EnCodec / SoundStream) trained as AudioCraft's compression solver.
+
+One jitted step does what audiocraft/solvers/compression.py's run_step does in turn:
+the codec reconstructs the batch (a random number of codebooks with quantizer dropout);
+the MS-STFT discriminator takes an Adam step on its hinge loss (real vs the detached
+reconstruction); then the generator's losses are taken against the updated
+discriminator (hinge, feature matching, multi-scale mel, waveform L1), each
+differentiated with respect to the reconstruction and combined by the loss balancer;
+that gradient plus the RVQ's commitment loss is sent back through the codec for its
+own Adam step. The codebooks move by their EMA rule inside the same step.
+
+The task's params are {"generator", "discriminator", "codebooks", "balancer"}; the first
+two have optimizer states of their own (optimizer_groups), the last two are EMA
+statistics. Eval reports, per target bandwidth, SI-SNR and mel distance on the eval
+split and the codes' entropy (the bitrate an entropy coder would approach), and writes
+original and decoded WAVs and spectrograms of a few utterances.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxmodels.codec as codec_lib
+from jaxmodels.codec import Encodec, losses, quantization
+from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
+from trainers import speech
+
+
+class AudioCrop:
+    """Manifest record -> mono audio of a fixed length: a random crop in training, the start
+    at eval (padded with zeros), with the number of real samples."""
+
+    def __init__(self, cfg, sample_rate: int, length: int, train: bool):
+        self.sample_rate, self.length, self.train = sample_rate, length, train
+        self.on_bad_audio, self.resample = cfg.data.on_bad_audio, cfg.data.resample
+
+    def __call__(self, record, rng):
+        audio = np.zeros(self.length, np.float32)
+        out = {"audio": audio, "audio_length": np.int32(0), "mask": np.float32(0.0)}
+        try:
+            samples = speech.read_audio(record["source"], self.sample_rate, self.resample)
+        except ValueError:
+            if self.on_bad_audio == "skip":
+                return out
+            raise
+        start = int(rng.integers(0, len(samples) - self.length + 1)) if self.train and len(samples) > self.length else 0
+        piece = samples[start: start + self.length]
+        audio[: len(piece)] = piece
+        out.update(audio_length=np.int32(len(piece)), mask=np.float32(1.0))
+        return out
+
+
+def masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+class CodecTask:
+    optimizer_groups = ("generator", "discriminator")
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        c = cfg.codec
+        self.config = codec_lib.config(cfg.model.name, **cfg.model.args)
+        if self.config.channels != 1:
+            raise ValueError(f"task codec reads mono audio; model {cfg.model.name} has channels={self.config.channels}")
+        self.weights = {k: v for k, v in c.loss_weights.items() if v > 0}
+        if not self.weights:
+            raise ValueError("codec.loss_weights: at least one loss needs a positive weight")
+        dtype = jnp.dtype(cfg.train.compute_dtype)
+        self.model = Encodec(self.config, dtype)
+        self.discriminator = MultiScaleSTFTDiscriminator(
+            c.disc_filters, n_ffts=tuple(c.disc_n_ffts), hop_lengths=tuple(c.disc_hop_lengths),
+            win_lengths=tuple(c.disc_win_lengths), negative_slope=c.disc_negative_slope, dtype=dtype)
+        sr = self.config.sample_rate
+        self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), train=True)
+        self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), train=False)
+        self._sources = {}
+        self._reconstruct = jax.jit(self._reconstruct_all)
+
+    # -- data -------------------------------------------------------------------------
+    def _source(self, split):
+        if split not in self._sources:
+            self._sources[split] = speech.SpeechSource(self.cfg, split)
+        return self._sources[split]
+
+    def train_source(self):
+        return self._source(self.cfg.data.train_split)
+
+    def eval_source(self):
+        return self._source(self.cfg.data.eval_split)
+
+    def example_batch(self, n):
+        length = self.train_transform.length
+        return {"audio": np.zeros((n, length), np.float32), "audio_length": np.full((n,), length, np.int32),
+                "mask": np.ones((n,), np.float32)}
+
+    # -- model ------------------------------------------------------------------------
+    def init(self, rng, batch):
+        c = self.config
+        k_gen, k_disc, k_codes = jax.random.split(rng, 3)
+        x = jnp.asarray(batch["audio"])[..., None]
+        return {"params": {
+            "generator": self.model.init(k_gen, x)["params"],
+            "discriminator": self.discriminator.init(k_disc, x)["params"],
+            "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
+            "balancer": losses.balancer_init(self.weights),
+        }}
+
+    def _reconstruction_losses(self):
+        """The balanced losses that compare y with x directly, each per example."""
+        c, sr = self.cfg.codec, self.config.sample_rate
+        candidates = {
+            "l1": lambda y, x: losses.per_example(jnp.abs(y - x)),
+            "mel": lambda y, x: losses.mel_l1_loss(y, x, sr, n_mels=c.n_mels, f_min=c.f_min),
+            "msspec": lambda y, x: losses.multi_scale_mel_loss(y, x, sr, *c.msspec_range, n_mels=c.n_mels,
+                                                               f_min=c.f_min),
+        }
+        return {k: f for k, f in candidates.items() if k in self.weights}
+
+    def train_update(self, tx, params, opt_state, batch, rng):
+        c, cfg = self.cfg.codec, self.config
+        x = batch["audio"][..., None]
+        mask = batch["mask"]
+        k_quant, k_drop = jax.random.split(rng)
+        n_active = jax.random.randint(k_drop, (), 1, cfg.n_q + 1) if c.quantizer_dropout else cfg.n_q
+
+        def generate(generator):
+            emb = self.model.apply({"params": generator}, x, method=Encodec.encode_latent)
+            q, _, commit, codebooks = quantization.quantize_train(
+                params["codebooks"], emb, n_active, k_quant, cfg.decay, kmeans_iters=cfg.kmeans_iters,
+                threshold_ema_dead_code=cfg.threshold_ema_dead_code)
+            y = self.model.apply({"params": generator}, q, method=Encodec.decode_latent)[:, : x.shape[1]]
+            return (y, commit), codebooks
+
+        (y, commit), generator_vjp, codebooks = jax.vjp(generate, params["generator"], has_aux=True)
+
+        # The discriminator first, on the detached reconstruction.
+        def discriminator_loss(d):
+            fake, _ = self.discriminator.apply({"params": d}, jax.lax.stop_gradient(y))
+            real, _ = self.discriminator.apply({"params": d}, x)
+            return masked_mean(losses.discriminator_loss(fake, real), mask)
+
+        adversarial = [k for k in ("adv", "feat") if k in self.weights]
+        discriminator, d_opt = params["discriminator"], opt_state["discriminator"]
+        d_loss, d_grads = jnp.zeros(()), jax.tree.map(jnp.zeros_like, discriminator)
+        if adversarial:  # without adversarial losses the discriminator is not trained
+            d_loss, d_grads = jax.value_and_grad(discriminator_loss)(discriminator)
+            d_updates, d_opt = tx.update(d_grads, d_opt, discriminator)
+            discriminator = optax.apply_updates(discriminator, d_updates)
+
+        # The generator's losses, each one's gradient with respect to the reconstruction
+        # (the balancer needs them apart); the adversarial ones against the updated discriminator.
+        values, grads = {}, {}
+        if adversarial:
+            real_fmaps = jax.lax.stop_gradient(self.discriminator.apply({"params": discriminator}, x)[1])
+
+            def adversarial_losses(y):
+                logits, fmaps = self.discriminator.apply({"params": discriminator}, y)
+                adv, feat = losses.generator_losses(logits, fmaps, real_fmaps)
+                both = {"adv": masked_mean(adv, mask), "feat": masked_mean(feat, mask)}
+                return {k: both[k] for k in adversarial}
+
+            adv_values, adv_vjp = jax.vjp(adversarial_losses, y)
+            values.update(adv_values)
+            for k in adversarial:
+                grads[k] = adv_vjp({j: jnp.asarray(float(j == k), v.dtype) for j, v in adv_values.items()})[0]
+        for k, loss in self._reconstruction_losses().items():
+            values[k], grads[k] = jax.value_and_grad(lambda y, loss=loss: masked_mean(loss(y, x), mask))(y)
+        out_grad, effective, balancer, shares = losses.balance(
+            grads, values, self.weights, params["balancer"], mask, c.balancer_total_norm, c.balancer_ema_decay,
+            balance_grads=c.balance_grads)
+        (g_grads,) = generator_vjp((out_grad.astype(y.dtype), jnp.asarray(c.commitment_weight, commit.dtype)))
+        g_updates, g_opt = tx.update(g_grads, opt_state["generator"], params["generator"])
+        generator = optax.apply_updates(params["generator"], g_updates)
+
+        metrics = {"train/loss": effective, "train/d_loss": d_loss, "train/commitment": commit,
+                   "train/grad_norm": optax.tree.norm(g_grads), "train/d_grad_norm": optax.tree.norm(d_grads),
+                   "train/bitrate_kbps": n_active * quantization.bandwidth_per_quantizer(cfg.bins, cfg.frame_rate) / 1000,
+                   "train/skipped": jnp.sum(1.0 - mask)}
+        metrics.update({f"train/{k}": v for k, v in values.items()})
+        metrics.update({f"train/share_{k}": v for k, v in shares.items()})
+        new_params = {"generator": generator, "discriminator": discriminator, "codebooks": codebooks,
+                      "balancer": balancer}
+        return new_params, {"generator": g_opt, "discriminator": d_opt}, metrics
+
+    # -- evaluation ---------------------------------------------------------------------
+    def _reconstruct_all(self, params, audio):
+        """(codes at the highest bandwidth (B, K, frames), {bandwidth: waveform (B, T)})."""
+        cfg = self.config
+        emb = self.model.apply({"params": params["generator"]}, audio[..., None], method=Encodec.encode_latent)
+        embed = params["codebooks"]["embed"]
+        out = {}
+        n_max = max(cfg.num_quantizers(bw) for bw in cfg.target_bandwidths)
+        codes = quantization.encode(embed, emb, n_max)
+        for bw in cfg.target_bandwidths:
+            q = quantization.decode(embed, codes[: cfg.num_quantizers(bw)])
+            out[bw] = self.model.apply({"params": params["generator"]}, q, method=Encodec.decode_latent)[
+                :, : audio.shape[1], 0]
+        return codes.transpose(1, 0, 2), out
+
+    def eval_outputs(self, params, batch):
+        c, cfg = self.cfg.codec, self.config
+        audio, lengths = batch["audio"], batch["audio_length"]
+        valid = (jnp.arange(audio.shape[1])[None] < lengths[:, None]).astype(jnp.float32)
+        codes, decoded = self._reconstruct_all(params, audio)
+        # Mel frames covering real audio (ceil(length / hop) of them) count for the mel distance.
+        hop = 256
+        mel = lambda a: losses.mel_spectrogram((a * valid)[..., None], cfg.sample_rate, 1024, hop, 1024,  # noqa: E731
+                                               c.n_mels, c.f_min)[:, 0]
+        reference = mel(audio)
+        frames = (jnp.arange(reference.shape[1])[None] < -(-lengths[:, None] // hop)).astype(jnp.float32)
+        out = {"codes": codes, "code_frames": -(-lengths // cfg.hop_length)}
+        for bw, y in decoded.items():
+            out[f"si_snr_{bw:g}kbps"] = losses.si_snr(y[..., None], audio[..., None], valid)
+            distance = jnp.mean(jnp.abs(mel(y) - reference), axis=-1)
+            out[f"mel_distance_{bw:g}kbps"] = jnp.sum(distance * frames, 1) / jnp.maximum(jnp.sum(frames, 1), 1)
+        return out
+
+    def eval_metrics(self, outputs):
+        cfg = self.config
+        metrics = {k: float(np.mean(v)) for k, v in outputs.items() if k.startswith(("si_snr", "mel_distance"))}
+        # Entropy of each codebook's code distribution over the split: the bits per frame an
+        # entropy coder would need (log2(bins) without one).
+        codes, frames = outputs["codes"], outputs["code_frames"]
+        keep = np.arange(codes.shape[2])[None] < frames[:, None]
+        entropies = []
+        for k in range(codes.shape[1]):
+            counts = np.bincount(codes[:, k][keep], minlength=cfg.bins).astype(np.float64)
+            p = counts[counts > 0] / counts.sum()
+            entropies.append(float(-(p * np.log2(p)).sum()))
+        for bw in cfg.target_bandwidths:
+            n = cfg.num_quantizers(bw)
+            metrics[f"bitrate_{bw:g}kbps"] = n * math.log2(cfg.bins) * cfg.frame_rate / 1000
+            metrics[f"entropy_bitrate_{bw:g}kbps"] = sum(entropies[:n]) * cfg.frame_rate / 1000
+        return metrics
+
+    def generate(self, params, mesh):
+        """The first codec.eval_examples eval utterances, decoded at every bandwidth (for the artefacts)."""
+        source, n = self.eval_source(), min(self.cfg.codec.eval_examples, len(self.eval_source()))
+        records = [self.eval_transform(source[i], None) for i in range(n)]
+        audio = np.stack([r["audio"] for r in records])
+        _, decoded = self._reconstruct(jax.device_get(params), audio)
+        lengths = np.array([r["audio_length"] for r in records])
+        return {}, {"examples_original": audio, "examples_length": lengths,
+                    **{f"examples_{bw:g}kbps": np.asarray(y) for bw, y in decoded.items()}}
+
+    def write_artifacts(self, workdir, outputs, step):
+        from trainers.pictures import spectrograms_png
+
+        cfg = self.config
+        folder = os.path.join(workdir, "audio")
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        names = ["original"] + [f"{bw:g}kbps" for bw in cfg.target_bandwidths]
+        for i, length in enumerate(outputs["examples_length"]):
+            for name in names:
+                wav = np.asarray(outputs[f"examples_{name}"][i][:length])
+                speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1), cfg.sample_rate)
+                log_mel = losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], cfg.sample_rate, 512, 160, 400, 64)
+                rows.append((f"utterance {i}, {name}", np.asarray(log_mel[0, 0])))
+        spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
+        print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
