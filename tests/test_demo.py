@@ -1,6 +1,7 @@
 """The demos: the README's main job (speech recognition, <= 5% WER on held-out voices),
-MambaOut digits (>= 97% held-out accuracy) and DiT digits (guided samples the MambaOut
-classifier recognises >= 80% of the time; marked slow, run by CI)."""
+MambaOut digits (>= 97% held-out accuracy), and, marked slow (CI runs them), DiT digits
+(guided samples the MambaOut classifier recognises >= 80% of the time) and the codec
+(it learns to reconstruct held-out voices; the compress command round-trips a file)."""
 import json
 import os
 import subprocess
@@ -100,3 +101,28 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
     for r in results:  # one span per word, in order, inside the audio
         starts = [token["start"] for token in r["tokens"]]
         assert len(r["tokens"]) == len(r["text"].split()) and starts == sorted(starts) and starts[-1] < 3.0
+
+
+@pytest.mark.slow
+def test_codec_demo_learns_and_compresses(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("codec") / "run"
+    corpus = workdir.parent / "corpus"
+    subprocess.run(
+        [sys.executable, "-m", "trainers.train", "configs/codec_speech.yaml", "--workdir", str(workdir),
+         f"data.path={corpus}"],
+        check=True, cwd=ROOT, env=ENV, capture_output=True,
+    )
+    final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
+    # An untrained codec: SI-SNR about -40 dB, mel distance about 1.5, codes of one entry.
+    assert final["eval/si_snr_16kbps"] > -6.0, final
+    assert final["eval/mel_distance_16kbps"] < min(1.3, final["eval/mel_distance_4kbps"]), final
+    assert final["eval/entropy_bitrate_16kbps"] > 8.0, final
+    assert (workdir / "spectrograms.png").stat().st_size > 5000
+    assert len(list((workdir / "audio").glob("*.wav"))) == 3 * 4
+
+    source = str(corpus / json.loads(open(corpus / "test.jsonl").readline())["source"])
+    for args in (["encode", source, str(workdir / "codes.npz"), "--bandwidth", "8"],
+                 ["decode", str(workdir / "codes.npz"), str(workdir / "back.wav")]):
+        subprocess.run([sys.executable, "-m", "trainers.compress", *args, "--config", "configs/codec_speech.yaml",
+                        "--workdir", str(workdir)], check=True, cwd=ROOT, env=ENV, capture_output=True)
+    assert (workdir / "back.wav").stat().st_size > 1000
