@@ -11,7 +11,8 @@ own Adam step. The codebooks move by their EMA rule inside the same step.
 
 The task's params are {"generator", "discriminator", "codebooks", "balancer"}; the first
 two have optimizer states of their own (optimizer_groups), the last two are EMA
-statistics. Eval reports, per target bandwidth, SI-SNR and mel distance on the eval
+statistics. train/loss is the balancer's effective loss (sum of each loss times its
+scale; the hinge term makes it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the eval
 split and the codes' entropy (the bitrate an entropy coder would approach), and writes
 original and decoded WAVs and spectrograms of a few utterances.
 """
@@ -208,7 +209,8 @@ class CodecTask:
         audio, lengths = batch["audio"], batch["audio_length"]
         valid = (jnp.arange(audio.shape[1])[None] < lengths[:, None]).astype(jnp.float32)
         codes, decoded = self._reconstruct_all(params, audio)
-        # Mel frames covering real audio (ceil(length / hop) of them) count for the mel distance.
+        # Mel distance: AudioCraft's `mel` loss (log10 mel, n_fft 1024, hop 256) over the
+        # ceil(length / hop) frames that cover real audio.
         hop = 256
         mel = lambda a: losses.mel_spectrogram((a * valid)[..., None], cfg.sample_rate, 1024, hop, 1024,  # noqa: E731
                                                c.n_mels, c.f_min)[:, 0]
