@@ -78,7 +78,14 @@ def test_official_configs_have_the_published_counts_and_rates():
             ref["sample_rate"], ref["channels"], ref["frame_rate"], ref["n_q"], ref["bins"])
         assert list(cfg.target_bandwidths) == ref["bandwidths"]
         assert (cfg.segment, cfg.overlap, cfg.normalize) == (ref["segment"], ref["overlap"], ref["normalize"])
-        assert codec_lib.create(name).param_count() == ref["params"]
+        shapes = jax.eval_shape(Encodec(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, cfg.hop_length * 8,
+                                                                                     cfg.channels)))["params"]
+        abstract = codec_lib.Codec(cfg, {"params": shapes, "codebooks": {"embed": None}})
+        assert abstract.param_count() == ref["params"]
+    small = codec_lib.create("encodec_24khz", n_filters=4, dimension=16, n_q=4)  # a fresh codec, narrowed
+    assert small.codebooks["embed"].shape == (4, 1024, 16) and not bool(small.codebooks["inited"].any())
+    (codes, scale), = small.encode(np.zeros((1, 960, 1), np.float32), 1.5)
+    assert codes.shape == (1, 2, 3) and scale is None
     cfg = codec_lib.config("encodec_24khz")
     # codebooks = bandwidth / (log2(bins) x frame rate): 1.5 kbps = 2 codebooks of 10 bits at 75 Hz.
     assert [cfg.num_quantizers(bw) for bw in cfg.target_bandwidths] == [2, 4, 8, 16, 32]
