@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.codec import quantization
-from jaxmodels.codec.seanet import SEANetDecoder, SEANetEncoder
+from jaxmodels.codec.seanet import SEANet, SEANetDecoder, SEANetEncoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +81,8 @@ class EncodecConfig:
         return quantization.num_quantizers(bandwidth, self.n_q, self.bins, self.frame_rate)
 
     def seanet_kwargs(self) -> dict:
-        names = ("channels", "dimension", "n_filters", "n_residual_layers", "ratios", "norm", "kernel_size",
-                 "last_kernel_size", "residual_kernel_size", "dilation_base", "causal", "pad_mode", "true_skip",
-                 "compress", "lstm")
+        """The SEANet arguments (both encoder's and decoder's) of this config."""
+        names = {f.name for f in dataclasses.fields(SEANet)} - {"parent", "name", "dtype"}
         return {k: getattr(self, k) for k in names}
 
 

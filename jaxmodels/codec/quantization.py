@@ -96,13 +96,12 @@ def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float 
     Codebooks past ``n_active`` (quantizer dropout) neither quantize nor change.
     """
     n_q, bins, dim = state["embed"].shape
-    flat = lambda a: a.reshape(-1, dim)  # noqa: E731
     hi = jax.lax.Precision.HIGHEST
 
     def layer(residual, inputs):
         k, s, key = inputs
         active = k < n_active
-        samples = jax.lax.stop_gradient(flat(residual)).astype(jnp.float32)
+        samples = jax.lax.stop_gradient(residual.reshape(-1, dim)).astype(jnp.float32)
         k_init, k_dead = jax.random.split(key)
 
         def run_kmeans(s):

@@ -231,8 +231,8 @@ class SEANetResnetBlock(nn.Module):
         return shortcut(x, streaming) + y
 
 
-class SEANetEncoder(nn.Module):
-    """Waveform (B, T, channels) -> embeddings (B, ceil(T / hop), dimension); upstream's defaults."""
+class SEANet(nn.Module):
+    """The arguments SEANetEncoder and SEANetDecoder share, with upstream's names and defaults."""
 
     channels: int = 1
     dimension: int = 128
@@ -251,9 +251,17 @@ class SEANetEncoder(nn.Module):
     lstm: int = 2
     dtype: jnp.dtype = jnp.float32
 
+    @property
+    def conv_kwargs(self):
+        return {"causal": self.causal, "norm": self.norm, "pad_mode": self.pad_mode, "dtype": self.dtype}
+
+
+class SEANetEncoder(SEANet):
+    """Waveform (B, T, channels) -> embeddings (B, ceil(T / hop), dimension)."""
+
     @nn.compact
     def __call__(self, x, streaming: bool = False):
-        conv = dict(causal=self.causal, norm=self.norm, pad_mode=self.pad_mode, dtype=self.dtype)
+        conv = self.conv_kwargs
         # Module names are upstream's nn.Sequential indices (model.<i>), so checkpoints map one to one.
         i = 0
         x = SConv1d(self.n_filters, self.kernel_size, name=f"model_{i}", **conv)(x, streaming)
@@ -275,30 +283,14 @@ class SEANetEncoder(nn.Module):
         return SConv1d(self.dimension, self.last_kernel_size, name=f"model_{i}", **conv)(nn.elu(x), streaming)
 
 
-class SEANetDecoder(nn.Module):
-    """Embeddings (B, frames, dimension) -> waveform (B, frames x hop, channels); upstream's defaults."""
+class SEANetDecoder(SEANet):
+    """Embeddings (B, frames, dimension) -> waveform (B, frames x hop, channels)."""
 
-    channels: int = 1
-    dimension: int = 128
-    n_filters: int = 32
-    n_residual_layers: int = 1
-    ratios: Sequence[int] = (8, 5, 4, 2)
-    norm: str = "weight_norm"
-    kernel_size: int = 7
-    last_kernel_size: int = 7
-    residual_kernel_size: int = 3
-    dilation_base: int = 2
-    causal: bool = False
-    pad_mode: str = "reflect"
-    true_skip: bool = False
-    compress: int = 2
-    lstm: int = 2
     trim_right_ratio: float = 1.0
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, z, streaming: bool = False):
-        conv = dict(causal=self.causal, norm=self.norm, pad_mode=self.pad_mode, dtype=self.dtype)
+        conv = self.conv_kwargs
         mult = 2 ** len(self.ratios)
         i = 0
         x = SConv1d(mult * self.n_filters, self.kernel_size, name=f"model_{i}", **conv)(z, streaming)
