@@ -78,5 +78,21 @@ class Checkpointer:
         self.manager.close()
 
 
+def restore_run(abstract_state, workdir: str, step=None):
+    """(step, state) of a run's checkpoint in ``workdir`` (the newest readable one unless
+    ``step``), for the command-line tools: exits with a message when there is none."""
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    # Checked before orbax is asked: its manager would create the directory, and its
+    # clean-up thread can race the interpreter's exit.
+    restored = None
+    if os.path.isdir(directory):
+        ckpt = Checkpointer(directory, async_save=False)
+        restored = ckpt.restore(abstract_state, step)
+        ckpt.close()
+    if restored is None:
+        raise SystemExit(f"no checkpoint in {directory}")
+    return restored[0], restored[1]
+
+
 def abstract_with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

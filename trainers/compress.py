@@ -51,7 +51,7 @@ def load_codec(args):
         return codec_lib.from_torch(load_state_dict(args.weights), config)
     if not (args.config and args.workdir):
         sys.exit("give a codec run (--config and --workdir) or official weights (--weights)")
-    from trainers.checkpoint import Checkpointer
+    from trainers.checkpoint import restore_run
     from trainers.config import load
     from trainers.loop import Trainer
 
@@ -59,13 +59,8 @@ def load_codec(args):
     if cfg.task != "codec":
         sys.exit(f"{args.config}: task is {cfg.task!r}; compression needs a codec config")
     trainer = Trainer(cfg)
-    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
-    restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
-    ckpt.close()
-    if restored is None:
-        sys.exit(f"no checkpoint in {ckpt.directory}")
-    _, state, _ = restored
-    params = state.ema_params if state.ema_params is not None else state.params
+    _, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    params = state.inference_params
     return codec_lib.Codec(trainer.task.config, {"params": params["generator"], "codebooks": params["codebooks"]})
 
 

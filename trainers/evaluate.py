@@ -5,7 +5,6 @@ metrics, writes them to DIR/eval_<step>.json, and redraws the task's pictures.
 """
 import json
 import os
-import sys
 
 
 def main(argv=None):
@@ -21,22 +20,17 @@ def main(argv=None):
     launch.initialize()
     import jax
 
-    from trainers.checkpoint import Checkpointer
+    from trainers.checkpoint import restore_run
     from trainers.loop import Trainer
 
     trainer = Trainer(cfg)
-    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
-    restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
-    if restored is None:
-        sys.exit(f"no checkpoint in {ckpt.directory}")
-    step, state, _ = restored
+    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
     metrics, outputs = trainer.evaluate_state(state)
     if jax.process_index() == 0:
         with open(os.path.join(args.workdir, f"eval_{step}.json"), "w") as f:
             json.dump({"step": step, **metrics}, f, indent=1)
         trainer.task.write_artifacts(args.workdir, outputs, step)
     print(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
-    ckpt.close()
 
 
 if __name__ == "__main__":

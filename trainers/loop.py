@@ -30,6 +30,11 @@ class TrainState:
     ema_params: Any  # None without EMA
     rng: jax.Array  # base key; step s draws from fold_in(rng, s), so resuming needs nothing else
 
+    @property
+    def inference_params(self):
+        """The weights one samples from or deploys: the EMA params when there are any."""
+        return self.ema_params if self.ema_params is not None else self.params
+
 
 class Trainer:
     """Builds the mesh, the sharded state and the jitted steps for one config."""

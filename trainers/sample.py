@@ -47,7 +47,7 @@ def main(argv=None):
     import numpy as np
 
     from trainers import sharding
-    from trainers.checkpoint import Checkpointer
+    from trainers.checkpoint import restore_run
     from trainers.loop import Trainer
     from trainers.pictures import sample_grid_png
 
@@ -56,12 +56,8 @@ def main(argv=None):
     bad = [y for y in labels if not 0 <= y < task.num_classes]
     if bad:
         sys.exit(f"--labels: {bad} not in 0..{task.num_classes - 1}")
-    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
-    restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
-    if restored is None:
-        sys.exit(f"no checkpoint in {ckpt.directory}")
-    step, state, _ = restored
-    params = state.ema_params if state.ema_params is not None else state.params
+    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    params = state.inference_params
     y = np.repeat(np.asarray(labels, np.int32), args.per_label)
     pad = -len(y) % sharding.batch_divisor(trainer.mesh)
     with trainer.context():
@@ -74,7 +70,6 @@ def main(argv=None):
         sample_grid_png(out + ".png", samples, args.per_label, row_labels=labels,
                         title=f"step {step}: {sampler} {respacing}, guidance {df.cfg_scale}")
     print(f"wrote {out}.png and {out}.npz ({len(y)} samples, step {step})", flush=True)
-    ckpt.close()
 
 
 if __name__ == "__main__":

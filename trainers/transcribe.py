@@ -41,7 +41,7 @@ def main(argv=None):
 
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers import speech
-    from trainers.checkpoint import Checkpointer
+    from trainers.checkpoint import restore_run
     from trainers.loop import Trainer
     from trainers.tasks.ctc import PROMPT_FIELDS
 
@@ -53,13 +53,8 @@ def main(argv=None):
             sys.exit(str(e))
     trainer = Trainer(cfg)
     task = trainer.task
-    ckpt = Checkpointer(os.path.join(args.workdir, "checkpoints"), async_save=False)
-    restored = ckpt.restore(trainer.abstract_state, args.checkpoint)
-    ckpt.close()
-    if restored is None:
-        sys.exit(f"no checkpoint in {ckpt.directory}")
-    step, state, _ = restored
-    params = state.ema_params if state.ema_params is not None else state.params
+    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    params = state.inference_params
     s = cfg.speech
 
     @jax.jit

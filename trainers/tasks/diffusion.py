@@ -240,7 +240,7 @@ def load_classifier(config_path: str, workdir: str):
     restored = Checkpointer(directory).restore(trainer.abstract_state)
     if restored is None:
         raise FileNotFoundError(f"no readable classifier checkpoint in {directory}")
-    params = restored[1].ema_params if restored[1].ema_params is not None else restored[1].params
+    params = restored[1].inference_params
     task, size = trainer.task, cfg.data.image_size
     apply = jax.jit(lambda p, images: task.model.apply({"params": p}, task.normalise(images)).argmax(-1))
 
