@@ -3,6 +3,7 @@
 A task is a class with:
   model                         the flax module (compute dtype and remat from config)
   train_source(), eval_source() random-access sources (len, getitem) of records
+                                (SplitSources provides them from a make_source(split))
   train_transform, eval_transform   per-record host transforms (record, np Generator) -> record
   init(rng, batch)              boxed variables (nn.with_logical_partitioning metadata kept)
   loss(params, batch, rng)      (scalar loss, dict of scalar metrics); batch rows with mask 0 are padding
@@ -23,6 +24,22 @@ TASKS = {
     "ctc": "trainers.tasks.ctc:CTCTask",
     "diffusion": "trainers.tasks.diffusion:DiffusionTask",
 }
+
+
+class SplitSources:
+    """A task's train_source() and eval_source(): each split built once, by the task's make_source(split)."""
+
+    def _source(self, split):
+        sources = self.__dict__.setdefault("_sources", {})
+        if split not in sources:
+            sources[split] = self.make_source(split)
+        return sources[split]
+
+    def train_source(self):
+        return self._source(self.cfg.data.train_split)
+
+    def eval_source(self):
+        return self._source(self.cfg.data.eval_split)
 
 
 def get_task(cfg):

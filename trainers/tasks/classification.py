@@ -7,6 +7,7 @@ import numpy as np
 import optax
 
 from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
+from trainers.tasks import SplitSources
 
 # Image-classifier families by model-name prefix: name -> create(name, **overrides).
 def _mambaout(name, **kw):
@@ -18,13 +19,12 @@ def _mambaout(name, **kw):
 MODELS = {"mambaout": _mambaout}
 
 
-class ClassificationTask:
+class ClassificationTask(SplitSources):
     def __init__(self, cfg):
         self.cfg = cfg
         d = cfg.data
         if len(d.mean) != 3 or len(d.std) != 3:
             raise ValueError(f"data.mean and data.std need 3 values (RGB), got {d.mean} and {d.std}")
-        self._sources = {}
         num_classes = cfg.model.args.get("num_classes") or self.train_source().num_classes
         family = cfg.model.name.split("_")[0]
         if family not in MODELS:
@@ -47,22 +47,13 @@ class ClassificationTask:
         )
         self.eval_transform = ImageTransform(train=False, crop_pct=d.eval_crop_pct, **common)
 
-    def _source(self, split):
+    def make_source(self, split):
         d = self.cfg.data
-        if split not in self._sources:
-            if d.source == "digits":
-                self._sources[split] = DigitsSource(split, d.image_size, d.holdout_fraction)
-            else:
-                if not d.path:
-                    raise ValueError("data.path must name the image folder root for data.source=imagefolder")
-                self._sources[split] = ImageFolderSource(os.path.join(d.path, split))
-        return self._sources[split]
-
-    def train_source(self):
-        return self._source(self.cfg.data.train_split)
-
-    def eval_source(self):
-        return self._source(self.cfg.data.eval_split)
+        if d.source == "digits":
+            return DigitsSource(split, d.image_size, d.holdout_fraction)
+        if not d.path:
+            raise ValueError("data.path must name the image folder root for data.source=imagefolder")
+        return ImageFolderSource(os.path.join(d.path, split))
 
     def example_batch(self, n):
         s = self.cfg.data.image_size

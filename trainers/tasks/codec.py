@@ -30,6 +30,7 @@ import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization
 from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
 from trainers import speech
+from trainers.tasks import SplitSources
 
 
 class AudioCrop:
@@ -60,7 +61,7 @@ def masked_mean(values, mask):
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-class CodecTask:
+class CodecTask(SplitSources):
     optimizer_groups = ("generator", "discriminator")
 
     def __init__(self, cfg):
@@ -80,20 +81,11 @@ class CodecTask:
         sr = self.config.sample_rate
         self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), train=True)
         self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), train=False)
-        self._sources = {}
         self._reconstruct = jax.jit(self._reconstruct_all)
 
     # -- data -------------------------------------------------------------------------
-    def _source(self, split):
-        if split not in self._sources:
-            self._sources[split] = speech.SpeechSource(self.cfg, split)
-        return self._sources[split]
-
-    def train_source(self):
-        return self._source(self.cfg.data.train_split)
-
-    def eval_source(self):
-        return self._source(self.cfg.data.eval_split)
+    def make_source(self, split):
+        return speech.SpeechSource(self.cfg, split)
 
     def example_batch(self, n):
         length = self.train_transform.length

@@ -37,6 +37,7 @@ from jaxmodels.ctc import (
     write_arpa,
 )
 from trainers import speech
+from trainers.tasks import SplitSources
 
 BLANK, UNK = "<blank>", "<unk>"
 PROMPT_FIELDS = (("language", "en"), ("event", "Speech"), ("emotion", "NEUTRAL"), ("textnorm", "woitn"))
@@ -141,11 +142,10 @@ class AudioTransform:
         return out
 
 
-class CTCTask:
+class CTCTask(SplitSources):
     def __init__(self, cfg):
         self.cfg = cfg
         s = cfg.speech
-        self._sources = {}
         if s.assets:
             with open(os.path.join(s.assets, "tokens.json")) as f:
                 saved = json.load(f)
@@ -191,16 +191,8 @@ class CTCTask:
             self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens)
 
     # -- data -------------------------------------------------------------------------
-    def _source(self, split):
-        if split not in self._sources:
-            self._sources[split] = speech.SpeechSource(self.cfg, split)
-        return self._sources[split]
-
-    def train_source(self):
-        return self._source(self.cfg.data.train_split)
-
-    def eval_source(self):
-        return self._source(self.cfg.data.eval_split)
+    def make_source(self, split):
+        return speech.SpeechSource(self.cfg, split)
 
     def example_batch(self, n):
         t = self.train_transform

@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxmodels.diffusion import create_diffusion
 from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
+from trainers.tasks import SplitSources
 
 
 class LatentSource:
@@ -64,13 +65,12 @@ def _latent_identity(record, rng):
     return record
 
 
-class DiffusionTask:
+class DiffusionTask(SplitSources):
     def __init__(self, cfg):
         from jaxmodels.dit import create
 
         self.cfg = cfg
         d, df = cfg.data, cfg.diffusion
-        self._sources = {}
         num_classes = cfg.model.args.get("num_classes") or self.train_source().num_classes
         self.model = create(cfg.model.name, **{**cfg.model.args, "num_classes": num_classes},
                             dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat)
@@ -93,22 +93,13 @@ class DiffusionTask:
         if df.classifier_config:  # built here, outside any trainer's mesh context
             self.classifier = load_classifier(df.classifier_config, df.classifier_workdir)
 
-    def _source(self, split):
+    def make_source(self, split):
         d = self.cfg.data
-        if split not in self._sources:
-            if d.source == "digits":
-                self._sources[split] = DigitsSource(split, d.image_size, d.holdout_fraction)
-            elif d.source == "latents":
-                self._sources[split] = LatentSource(d.path, split)
-            else:
-                self._sources[split] = ImageFolderSource(os.path.join(d.path, split))
-        return self._sources[split]
-
-    def train_source(self):
-        return self._source(self.cfg.data.train_split)
-
-    def eval_source(self):
-        return self._source(self.cfg.data.eval_split)
+        if d.source == "digits":
+            return DigitsSource(split, d.image_size, d.holdout_fraction)
+        if d.source == "latents":
+            return LatentSource(d.path, split)
+        return ImageFolderSource(os.path.join(d.path, split))
 
     def example_batch(self, n):
         m = self.model
