@@ -1,0 +1,54 @@
+"""Speech token LMs: VALL-E's AR and NAR models, a MusicGen-style delayed multi-codebook LM,
+their cached decoding and sampling, and k-means semantic tokens.
+
+Named configs (`create(name, **overrides)`), with their parameter counts (`param_count`):
+
+  valle_ar        VALL-E AR: 12 layers, width 1024, 16 heads, FFN 4096; 512 text tokens,
+                  1024 codes (+EOS, BOS)                                  153,716,736
+  valle_nar       VALL-E NAR: the same stack with AdaLN on 7 stages, 8 codebooks
+                  of 1024                                                 200,040,448
+  musicgen_small  MusicGen-small's LM: 24 layers, width 1024, 16 heads, FFN 4096, no
+                  biases, 4 codebooks of 2048, 256 prefix tokens           319,131,648
+
+The VALL-E paper publishes sizes, not counts. MusicGen's paper calls its small model
+300M; audiocraft's small LM is this stack (302.1M in the 24 blocks, plus 16.8M of
+code embeddings and heads) with cross-attention to T5 features in every block, which
+here is a bidirectional token prefix instead.
+"""
+import flax.linen as nn
+import jax
+
+from jaxmodels.speechlm.delay import DelayedLM, delay_codes, delayed_training_inputs, generate_delayed, undelay_codes
+from jaxmodels.speechlm.kmeans import assign, fit, kmeans_plus_plus, minibatch_update, tokenize
+from jaxmodels.speechlm.sampling import sample_logits
+from jaxmodels.speechlm.transformer import Transformer
+from jaxmodels.speechlm.valle import VALLEAR, VALLENAR, ar_training_inputs, generate_ar, generate_nar
+
+VARIANTS = {
+    "valle_ar": (VALLEAR, {}),
+    "valle_nar": (VALLENAR, {}),
+    "musicgen_small": (DelayedLM, {}),
+}
+
+
+def create(name: str, **overrides):
+    """A named config's module, with constructor arguments overridden."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown speech LM {name!r}; valid: {', '.join(VARIANTS)}")
+    cls, args = VARIANTS[name]
+    valid = set(cls.__dataclass_fields__) - {"parent", "name"}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return cls(**{**args, **overrides})
+
+
+def param_count(model) -> int:
+    args, kwargs = model.example()
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
+    return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+
+
+__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "ar_training_inputs", "assign", "create",
+           "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed", "generate_nar",
+           "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize", "undelay_codes"]

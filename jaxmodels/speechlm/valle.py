@@ -1,0 +1,229 @@
+"""VALL-E (Wang et al. 2023, "Neural Codec Language Models are Zero-Shot Text to Speech Synthesizers").
+
+Two transformers over a codec's RVQ codes (frames x K codebooks):
+
+- VALLEAR, autoregressive over the first codebook: [text ; BOS, c_1 ... c_T] with the text
+  seen bidirectionally and the audio causally; it predicts c_{t+1} (or EOS) at each audio
+  position. At inference the text is the prompt's transcript followed by the target
+  text, and the audio starts with the prompt's first-codebook codes, so the continuation
+  speaks the target text in the prompt's voice.
+- VALLENAR, non-autoregressive over codebooks 2..K: [text ; prompt ; target] with full
+  attention; the prompt is embedded with all K codebooks, the target with the codebooks
+  below the stage k being predicted, and the norms are adaptive on an embedding of k
+  (AdaLN). Decoding runs the stages in turn, greedily, as the paper does.
+
+Text and audio each count positions from 0 (sinusoids added per segment, as the common
+reimplementation lifeiteng/vall-e does); the paper's sizes are 12 layers, width 1024,
+16 heads, FFN 4096, dropout 0.1, for both models. The paper gives no parameter count;
+ours are in jaxmodels.speechlm.VARIANTS' docstring.
+"""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.nn.layers import Dense, constrain
+from jaxmodels.speechlm.sampling import sample_logits
+from jaxmodels.speechlm.transformer import Transformer
+
+
+def Embed(num: int, dim: int, name: str):
+    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
+    return nn.Embed(num, dim, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                          ("vocab", "embed")), name=name)
+
+
+def lengths_mask(lengths, size: int):
+    return jnp.arange(size)[None, :] < lengths[:, None]
+
+
+class VALLEAR(nn.Module):
+    text_vocab_size: int = 512
+    codebook_size: int = 1024  # audio ids; EOS = codebook_size, BOS = codebook_size + 1
+    d_model: int = 1024
+    nhead: int = 16
+    num_layers: int = 12
+    dim_feedforward: int = 4096
+    dropout: float = 0.1
+    positions: str = "sin"
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @property
+    def eos(self):
+        return self.codebook_size
+
+    @property
+    def bos(self):
+        return self.codebook_size + 1
+
+    @nn.compact
+    def __call__(self, audio, audio_positions, audio_valid, text=None, text_valid=None, *, decode=False,
+                 deterministic=True):
+        """Logits (batch, audio length, codebook_size + 1) of the next first-codebook code.
+
+        audio (batch, A) ids, starting with BOS; text (batch, T) ids. When decoding, the
+        first call carries the text and the audio prefix, later calls only new audio.
+        """
+        x = Embed(self.codebook_size + 2, self.d_model, "audio_embedding")(audio)
+        positions, valid, bidirectional = audio_positions, audio_valid, 0
+        if text is not None:
+            t = Embed(self.text_vocab_size, self.d_model, "text_embedding")(text)
+            text_positions = jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape)
+            x = jnp.concatenate([t, x], axis=1)
+            positions = jnp.concatenate([text_positions, audio_positions], axis=1)
+            valid = jnp.concatenate([text_valid, audio_valid], axis=1)
+            bidirectional = text.shape[1]
+        h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
+                        dtype=self.dtype, remat=self.remat, name="decoder")(
+            x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
+        h = h[:, h.shape[1] - audio.shape[1]:]
+        logits = Dense(self.codebook_size + 1, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+                       name="predict")(h)
+        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+    def example(self, batch: int = 1, text_length: int = 4, audio_length: int = 4):
+        """Inputs for init: (audio, positions, valid) and the text keyword arguments."""
+        audio = jnp.zeros((batch, audio_length), jnp.int32)
+        text = jnp.zeros((batch, text_length), jnp.int32)
+        return (audio, jnp.zeros_like(audio), jnp.ones(audio.shape, bool)), dict(
+            text=text, text_valid=jnp.ones(text.shape, bool))
+
+
+def ar_training_inputs(codes, lengths, bos: int, eos: int):
+    """First-codebook codes (batch, T), lengths -> (inputs [BOS, c...], targets [c..., EOS], valid), each (batch, T+1)."""
+    b, t = codes.shape
+    inputs = jnp.concatenate([jnp.full((b, 1), bos, codes.dtype), codes], axis=1)
+    slots = jnp.arange(t + 1)[None, :]
+    targets = jnp.concatenate([codes, jnp.zeros((b, 1), codes.dtype)], axis=1)
+    targets = jnp.where(slots == lengths[:, None], eos, targets)
+    return inputs, targets, slots <= lengths[:, None]
+
+
+def empty_cache(model, *args, **kwargs):
+    """A zeroed KV cache for `model`, sized by the inputs of a call spanning the whole sequence."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, decode=True, **kwargs))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
+def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
+
+    text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
+    prompt_lengths (a row may have none). One prefill, then one cached step per token in a
+    lax.while_loop that stops when every row has produced EOS; codes past a row's length
+    are EOS.
+    """
+    b, t = text.shape
+    p = prompt.shape[1]
+    text_valid = lengths_mask(text_lengths, t)
+    audio = jnp.concatenate([jnp.full((b, 1), model.bos, jnp.int32), prompt.astype(jnp.int32)], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
+    audio_valid = positions <= prompt_lengths[:, None]
+    whole = jnp.zeros((b, p + 1 + max_new_tokens), jnp.int32)
+    cache = empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
+
+    def step(cache, tokens, token_positions, valid, text=None):
+        logits, variables = model.apply({"params": params, "cache": cache}, tokens, token_positions, valid,
+                                        text=text, text_valid=text_valid if text is not None else None,
+                                        decode=True, mutable=["cache"])
+        return logits, variables["cache"]
+
+    logits, cache = step(cache, audio, positions, audio_valid, text)
+    last = logits[jnp.arange(b), prompt_lengths]
+
+    def cond(state):
+        i, _, _, _, done, _, _ = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        i, cache, last, codes, done, lengths, rng = state
+        rng, key = jax.random.split(rng)
+        token = jnp.where(done, model.eos, sample_logits(key, last, temperature, top_k, top_p))
+        codes = codes.at[:, i].set(token)
+        lengths = jnp.where(~done & (token == model.eos), i, lengths)
+        done = done | (token == model.eos)
+        logits, cache = step(cache, token[:, None], (prompt_lengths + 1 + i)[:, None], jnp.ones((b, 1), bool))
+        return i + 1, cache, logits[:, 0], codes, done, lengths, rng
+
+    codes = jnp.full((b, max_new_tokens), model.eos, jnp.int32)
+    state = (0, cache, last, codes, jnp.zeros(b, bool), jnp.full(b, max_new_tokens), rng)
+    _, _, _, codes, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    return codes, lengths
+
+
+class VALLENAR(nn.Module):
+    text_vocab_size: int = 512
+    codebook_size: int = 1024
+    num_quantizers: int = 8
+    d_model: int = 1024
+    nhead: int = 16
+    num_layers: int = 12
+    dim_feedforward: int = 4096
+    dropout: float = 0.1
+    positions: str = "sin"
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, text, text_valid, prompt, prompt_valid, codes, codes_valid, stage, *, deterministic=True):
+        """Logits (batch, A, codebook_size) of codebook `stage` (batch,) in 1..K-1 (0-based) of the target.
+
+        prompt (batch, P, K) codes of the prompt, all codebooks; codes (batch, A, K) of the
+        target, of which only the codebooks below each row's stage are read.
+        """
+        k = self.num_quantizers
+        tables = [Embed(self.codebook_size, self.d_model, f"audio_embeddings_{i}") for i in range(k)]
+
+        def embed(c, upto):  # the sum of codebooks < upto (batch,) embedded
+            return sum(tables[i](c[..., i]) * (i < upto)[:, None, None] for i in range(k))
+
+        b, p, a = text.shape[0], prompt.shape[1], codes.shape[1]
+        prompt_lengths = prompt_valid.sum(axis=1)
+        x = jnp.concatenate([Embed(self.text_vocab_size, self.d_model, "text_embedding")(text),
+                             embed(prompt, jnp.full(b, k)), embed(codes, stage)], axis=1)
+        positions = jnp.concatenate([
+            jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
+            jnp.broadcast_to(jnp.arange(p), (b, p)),
+            prompt_lengths[:, None] + jnp.arange(a)[None, :],  # the target continues the prompt
+        ], axis=1)
+        valid = jnp.concatenate([text_valid, prompt_valid, codes_valid], axis=1)
+        stage_embedding = self.param("stage_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(1.0), (None, "embed")), (k - 1, self.d_model), jnp.float32)
+        cond = stage_embedding[stage - 1].astype(self.dtype)
+        h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
+                        adaptive=True, dtype=self.dtype, remat=self.remat, name="decoder")(
+            x, positions, valid, cond=cond, causal=False, deterministic=deterministic)[:, -a:]
+        heads = self.param("predict", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), (None, "embed", "vocab")), (k - 1, self.d_model, self.codebook_size),
+            jnp.float32)
+        logits = jnp.einsum("bld,bdv->blv", h, heads[stage - 1].astype(self.dtype))
+        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+
+    def example(self, batch: int = 1, text_length: int = 4, prompt_length: int = 4, audio_length: int = 4):
+        text = jnp.zeros((batch, text_length), jnp.int32)
+        prompt = jnp.zeros((batch, prompt_length, self.num_quantizers), jnp.int32)
+        codes = jnp.zeros((batch, audio_length, self.num_quantizers), jnp.int32)
+        ones = functools.partial(jnp.ones, dtype=bool)
+        return (text, ones(text.shape), prompt, ones(prompt.shape[:2]), codes, ones(codes.shape[:2]),
+                jnp.ones((batch,), jnp.int32)), {}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def generate_nar(model: VALLENAR, params, text, text_lengths, prompt, prompt_lengths, first, lengths):
+    """All K codebooks (batch, A, K) of the target from its first (batch, A): stage by stage, argmax."""
+    b, a = first.shape
+    text_valid = lengths_mask(text_lengths, text.shape[1])
+    prompt_valid = lengths_mask(prompt_lengths, prompt.shape[1])
+    valid = lengths_mask(lengths, a)
+    codes = jnp.zeros((b, a, model.num_quantizers), jnp.int32).at[..., 0].set(first)
+
+    def stage(k, codes):
+        logits = model.apply({"params": params}, text, text_valid, prompt, prompt_valid, codes, valid,
+                             jnp.full(b, k))
+        return codes.at[..., k].set(jnp.where(valid, jnp.argmax(logits, -1), 0))
+
+    return jax.lax.fori_loop(1, model.num_quantizers, stage, codes)

@@ -1,0 +1,229 @@
+"""Speech token LMs: cached decoding equals the full forward pass, sampling, delay pattern, k-means."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels import speechlm
+from jaxmodels.speechlm import valle
+from jaxmodels.speechlm.valle import VALLEAR, VALLENAR
+
+TINY = dict(d_model=32, nhead=4, num_layers=2, dim_feedforward=64, dropout=0.0)
+
+
+def ar_model(positions="sin"):
+    return VALLEAR(text_vocab_size=20, codebook_size=16, positions=positions, **TINY)
+
+
+def init(model, rng=0):
+    args, kwargs = model.example()
+    return model.init(jax.random.PRNGKey(rng), *args, **kwargs)["params"]
+
+
+def ar_full_logits(model, params, text, codes):
+    """One row, unpadded, no cache: logits at every audio position of [text; BOS, codes]."""
+    audio = jnp.asarray([[model.bos] + list(codes)], jnp.int32)
+    text = jnp.asarray([text], jnp.int32)
+    return model.apply({"params": params}, audio, jnp.arange(audio.shape[1])[None], jnp.ones(audio.shape, bool),
+                       text=text, text_valid=jnp.ones(text.shape, bool))[0]
+
+
+@pytest.mark.parametrize("positions", ["sin", "rope"])
+def test_ar_cached_logits_equal_full_forward(positions):
+    """A ragged batch: padded text and prompts in one prefill, then one token per cached step."""
+    model = ar_model(positions)
+    params = init(model)
+    texts, prompts = [[3, 4, 5, 6, 7], [8, 9]], [[1, 2, 3], []]
+    continuation = [[4, 5, 6, 7], [10, 11, 12, 13]]
+    text = jnp.asarray([t + [0] * (5 - len(t)) for t in texts])
+    prompt = jnp.asarray([p + [0] * (3 - len(p)) for p in prompts])
+    text_len, prompt_len = jnp.asarray([5, 2]), jnp.asarray([3, 0])
+    audio = jnp.concatenate([jnp.full((2, 1), model.bos), prompt], axis=1)
+    positions_ = jnp.broadcast_to(jnp.arange(4), (2, 4))
+    whole = jnp.zeros((2, 4 + 4), jnp.int32)
+    text_valid = valle.lengths_mask(text_len, 5)
+    cache = valle.empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
+    logits, v = model.apply({"params": params, "cache": cache}, audio, positions_, positions_ <= prompt_len[:, None],
+                            text=text, text_valid=text_valid, decode=True, mutable=["cache"])
+    cache = v["cache"]
+    cached = [[logits[b, int(prompt_len[b])]] for b in range(2)]
+    for i in range(4):
+        token = jnp.asarray([c[i] for c in continuation])[:, None]
+        logits, v = model.apply({"params": params, "cache": cache}, token, (prompt_len + 1 + i)[:, None],
+                                jnp.ones((2, 1), bool), decode=True, mutable=["cache"])
+        cache = v["cache"]
+        for b in range(2):
+            cached[b].append(logits[b, 0])
+    for b in range(2):
+        full = ar_full_logits(model, params, texts[b], prompts[b] + continuation[b])[len(prompts[b]):]
+        np.testing.assert_allclose(np.stack(cached[b]), full, atol=2e-5)
+
+
+def test_generate_ar_greedy_equals_full_forward_greedy():
+    model = ar_model()
+    params = init(model, 1)
+    text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
+    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 1])
+    codes, lengths = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
+                                          max_new_tokens=6, temperature=0.0)
+    for b in range(2):
+        seq = [int(c) for c in prompt[b, : int(prompt_len[b])]]
+        expected = []
+        for _ in range(6):
+            nxt = int(jnp.argmax(ar_full_logits(model, params, [int(t) for t in text[b, : int(text_len[b])]], seq)[-1]))
+            expected.append(nxt)
+            if nxt == model.eos:
+                break
+            seq.append(nxt)
+        n = int(lengths[b])
+        assert list(np.asarray(codes[b, :n])) == expected[:n]
+        assert n == 6 or expected[n] == model.eos
+        assert np.all(np.asarray(codes[b, n:]) == model.eos)
+
+
+def test_ar_training_inputs():
+    inputs, targets, valid = speechlm.ar_training_inputs(jnp.asarray([[5, 6, 7], [8, 9, 0]]), jnp.asarray([3, 2]),
+                                                         bos=17, eos=16)
+    np.testing.assert_array_equal(inputs, [[17, 5, 6, 7], [17, 8, 9, 0]])
+    np.testing.assert_array_equal(targets[0], [5, 6, 7, 16])
+    np.testing.assert_array_equal(targets[1, :3], [8, 9, 16])
+    np.testing.assert_array_equal(valid, [[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def test_nar_stage_reads_only_lower_codebooks_and_generates():
+    model = VALLENAR(text_vocab_size=20, codebook_size=16, num_quantizers=4, **TINY)
+    params = init(model)
+    rng = np.random.default_rng(0)
+    text, prompt = jnp.asarray(rng.integers(0, 20, (2, 5))), jnp.asarray(rng.integers(0, 16, (2, 3, 4)))
+    codes = jnp.asarray(rng.integers(0, 16, (2, 6, 4)))
+    ones = lambda *s: jnp.ones(s, bool)  # noqa: E731
+    stage = jnp.asarray([1, 2])
+    logits = model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), codes, ones(2, 6), stage)
+    assert logits.shape == (2, 6, 16)
+    changed = codes.at[0, :, 1:].set(0).at[1, :, 2:].set(0)  # codebooks at or above each row's stage
+    again = model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), changed, ones(2, 6), stage)
+    np.testing.assert_allclose(logits, again, atol=1e-6)
+    lower = codes.at[1, :, 1].set((codes[1, :, 1] + 1) % 16)  # below row 1's stage: read
+    assert not np.allclose(logits[1], model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), lower,
+                                                  ones(2, 6), stage)[1])
+    out = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt, jnp.asarray([3, 2]),
+                                codes[..., 0], jnp.asarray([6, 4]))
+    assert out.shape == (2, 6, 4)
+    np.testing.assert_array_equal(out[..., 0], codes[..., 0])
+    np.testing.assert_array_equal(out[1, 4:, 1:], 0)  # past the length
+
+
+def test_delay_pattern_round_trip():
+    codes = jnp.arange(2 * 5 * 3).reshape(2, 5, 3) % 7
+    delayed = speechlm.delay_codes(codes, jnp.asarray([5, 3]), special=99)
+    assert delayed.shape == (2, 7, 3)
+    np.testing.assert_array_equal(delayed[0, :, 2], [99, 99] + list(codes[0, :, 2]))
+    np.testing.assert_array_equal(delayed[1, :, 1], [99] + list(codes[1, :3, 1]) + [99] * 3)
+    np.testing.assert_array_equal(speechlm.undelay_codes(delayed)[0], codes[0])
+    inputs, targets, scored = speechlm.delayed_training_inputs(codes, jnp.asarray([5, 3]), 99)
+    np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
+    assert scored.sum() == (5 + 3) * 3
+
+
+def delayed_model(positions="sin"):
+    return speechlm.DelayedLM(num_codebooks=3, codebook_size=8, cond_vocab_size=10, dim=32, num_heads=4,
+                              num_layers=2, positions=positions)
+
+
+@pytest.mark.parametrize("positions", ["sin", "rope"])
+def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
+    model = delayed_model(positions)
+    params = init(model)
+    cond, cond_len = jnp.asarray([[1, 2, 3], [4, 5, 0]]), jnp.asarray([3, 2])
+    prompt = jnp.asarray(np.random.default_rng(0).integers(0, 8, (2, 2, 3)))
+    frames = 5
+    out = speechlm.generate_delayed(model, params, cond, cond_len, prompt, jax.random.PRNGKey(0), frames=frames,
+                                    temperature=0.0)
+    assert out.shape == (2, frames, 3)
+    np.testing.assert_array_equal(out[:, :2], prompt)
+    # the same, step by step with the full forward pass over each row's unpadded prefix
+    for b in range(2):
+        c = cond[b : b + 1, : int(cond_len[b])]
+        seq = [[8, 8, 8]]  # the start row
+        for s in range(frames + 2):
+            x = jnp.asarray([seq], jnp.int32)
+            logits = model.apply({"params": params}, x, jnp.arange(len(seq))[None], jnp.ones((1, len(seq)), bool),
+                                 c, jnp.ones(c.shape, bool))[0, -1]
+            row = []
+            for k in range(3):
+                frame = s - k
+                if frame < 0 or frame >= frames:
+                    row.append(8)
+                elif frame < 2:
+                    row.append(int(prompt[b, frame, k]))
+                else:
+                    row.append(int(jnp.argmax(logits[k])))
+            seq.append(row)
+        expected = speechlm.undelay_codes(jnp.asarray([seq[1:]]))[0]
+        np.testing.assert_array_equal(out[b], expected)
+
+
+def test_sampling_filters():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    keys = jax.random.split(jax.random.PRNGKey(0), 2000)
+    assert int(speechlm.sample_logits(keys[0], logits, temperature=0.0)[0]) == 0
+    topk = np.asarray(jax.vmap(lambda k: speechlm.sample_logits(k, logits, top_k=2)[0])(keys))
+    assert set(topk) == {0, 1}
+    topp = np.asarray(jax.vmap(lambda k: speechlm.sample_logits(k, logits, top_p=0.7)[0])(keys))
+    assert set(topp) == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops there
+    assert set(np.asarray(jax.vmap(lambda k: speechlm.sample_logits(k, logits, top_p=0.1)[0])(keys))) == {0}
+    free = np.asarray(jax.vmap(lambda k: speechlm.sample_logits(k, logits)[0])(keys))
+    np.testing.assert_allclose(np.bincount(free, minlength=4) / 2000, [0.5, 0.3, 0.15, 0.05], atol=0.04)
+
+
+def blobs(n_per=200, k=5, dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 10, (k, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(k), n_per)
+    return centres[labels] + rng.normal(0, 0.5, (k * n_per, dim)).astype(np.float32), labels, centres
+
+
+def test_kmeans_recovers_blobs():
+    x, labels, centres = blobs()
+    centroids = speechlm.fit(jax.random.PRNGKey(0), x, 5, steps=30, batch_size=256)
+    found, _ = speechlm.assign(jnp.asarray(x), centroids)
+    found = np.asarray(found)
+    for c in range(5):  # each blob is one cluster, and different blobs different clusters
+        assert len(set(found[labels == c])) == 1
+    assert len(set(found)) == 5
+    matched = np.asarray(speechlm.assign(jnp.asarray(centres), centroids)[1])
+    assert matched.max() < 0.1
+
+
+def test_kmeans_update_sharded_equals_single_device():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    x, _, _ = blobs(n_per=64, k=4)
+    centroids = speechlm.kmeans_plus_plus(jax.random.PRNGKey(1), jnp.asarray(x), 4)
+    counts = jnp.zeros(4)
+    single = speechlm.minibatch_update(centroids, counts, jnp.asarray(x))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    batch = jax.device_put(jnp.asarray(x), NamedSharding(mesh, P("data")))
+    assert len(batch.sharding.device_set) == 8
+    sharded = speechlm.minibatch_update(centroids, counts, batch)
+    for a, b in zip(single, sharded):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_tokenize_deduplicates_runs():
+    centroids = jnp.asarray([[0.0], [10.0], [20.0]])
+    feats = jnp.asarray([[[0.1], [0.2], [10.0], [10.1], [0.0], [20.0]], [[20.0], [20.0], [9.0], [0.0], [0.0], [0.0]]])
+    valid = jnp.asarray([[True] * 6, [True] * 4 + [False] * 2])
+    tokens, lengths = speechlm.tokenize(feats, valid, centroids)
+    np.testing.assert_array_equal(tokens, [[0, 0, 1, 1, 0, 2], [2, 2, 1, 0, 0, 0]])
+    tokens, lengths = speechlm.tokenize(feats, valid, centroids, deduplicate=True)
+    np.testing.assert_array_equal(lengths, [4, 3])
+    np.testing.assert_array_equal(tokens[0, :4], [0, 1, 0, 2])
+    np.testing.assert_array_equal(tokens[1, :3], [2, 1, 0])
+
+
+def test_named_configs_parameter_counts():
+    counts = {name: speechlm.param_count(speechlm.create(name)) for name in speechlm.VARIANTS}
+    assert counts == {"valle_ar": 153_781_248, "valle_nar": 219_896_832, "musicgen_small": 319_133_696}
+    with pytest.raises(ValueError, match="unknown VALLEAR argument"):
+        speechlm.create("valle_ar", layers=3)
