@@ -137,10 +137,13 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
     cond, cond_len = jnp.asarray([[1, 2, 3], [4, 5, 0]]), jnp.asarray([3, 2])
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, 8, (2, 2, 3)))
     frames = 5
-    out = speechlm.generate_delayed(model, params, cond, cond_len, prompt, jax.random.PRNGKey(0), frames=frames,
-                                    temperature=0.0)
+    prompt_len, lengths = jnp.asarray([2, 1]), jnp.asarray([5, 4])
+    out = speechlm.generate_delayed(model, params, cond, cond_len, prompt, prompt_len, lengths, jax.random.PRNGKey(0),
+                                    frames=frames, temperature=0.0)
     assert out.shape == (2, frames, 3)
-    np.testing.assert_array_equal(out[:, :2], prompt)
+    np.testing.assert_array_equal(out[0, :2], prompt[0])
+    np.testing.assert_array_equal(out[1, :1], prompt[1, :1])
+    np.testing.assert_array_equal(out[1, 4:], 8)  # past the row's length
     # the same, step by step with the full forward pass over each row's unpadded prefix
     for b in range(2):
         c = cond[b : b + 1, : int(cond_len[b])]
@@ -152,9 +155,9 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
             row = []
             for k in range(3):
                 frame = s - k
-                if frame < 0 or frame >= frames:
+                if frame < 0 or frame >= int(lengths[b]):
                     row.append(8)
-                elif frame < 2:
+                elif frame < int(prompt_len[b]):
                     row.append(int(prompt[b, frame, k]))
                 else:
                     row.append(int(jnp.argmax(logits[k])))

@@ -36,19 +36,31 @@ def _parser():
     return p
 
 
-def load_codec(args):
-    """The codec of a training run, or of official weights."""
+def official_codec(weights: str, model: str):
+    """A Codec from official EnCodec weights; `model` names their config or is a JSON file of it."""
+    import jaxmodels.codec as codec_lib
+    from jaxmodels.nn import load_state_dict
+
+    if model.endswith(".json"):
+        with open(model) as f:
+            config = json.load(f)
+    else:
+        config = codec_lib.config(model)
+    return codec_lib.from_torch(load_state_dict(weights), config)
+
+
+def run_codec(trainer, state):
+    """The Codec of a codec training run's state (its EMA weights when it has them)."""
     import jaxmodels.codec as codec_lib
 
-    if args.weights:
-        from jaxmodels.nn import load_state_dict
+    params = state.inference_params
+    return codec_lib.Codec(trainer.task.config, {"params": params["generator"], "codebooks": params["codebooks"]})
 
-        if args.model.endswith(".json"):
-            with open(args.model) as f:
-                config = json.load(f)
-        else:
-            config = codec_lib.config(args.model)
-        return codec_lib.from_torch(load_state_dict(args.weights), config)
+
+def load_codec(args):
+    """The codec of a training run, or of official weights."""
+    if args.weights:
+        return official_codec(args.weights, args.model)
     if not (args.config and args.workdir):
         sys.exit("give a codec run (--config and --workdir) or official weights (--weights)")
     from trainers.checkpoint import restore_run
@@ -60,8 +72,7 @@ def load_codec(args):
         sys.exit(f"{args.config}: task is {cfg.task!r}; compression needs a codec config")
     trainer = Trainer(cfg)
     _, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
-    params = state.inference_params
-    return codec_lib.Codec(trainer.task.config, {"params": params["generator"], "codebooks": params["codebooks"]})
+    return run_codec(trainer, state)
 
 
 def convert_channels(audio, channels: int):

@@ -184,6 +184,38 @@ class CodecConfig:
 
 
 @dataclass
+class TTSConfig:
+    """Zero-shot TTS over codec tokens (task: tts): the codec, text, prompts, sampling, evaluation."""
+
+    # The codec whose codes are modelled: a codec run (its config, and a workdir that holds
+    # or will hold its checkpoints: trained there first if it has none), or official
+    # EnCodec weights (codec_weights, with codec_model a name or a JSON file of its config).
+    codec_config: str = ""
+    codec_workdir: str = ""
+    codec_weights: str = ""
+    codec_model: str = "encodec_24khz"
+    bandwidth: float = 0.0  # kbps: how many of the codec's codebooks are modelled (0: all)
+    # Where the corpus's codes are cached (<dir>/<split>.npz); default <codec_workdir>/tokens.
+    tokens_dir: str = ""
+    text: Literal["chars", "phonemes"] = "chars"  # UTF-8 bytes of the text, or of eSpeak NG's phonemes
+    max_text_length: int = 128  # bytes; longer utterances are skipped (and counted)
+    max_frames: int = 512  # codec frames; longer utterances are skipped (and counted)
+    # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # Evaluation: eval_examples held-out sentences spoken in the voice of a prompt utterance
+    # of the same speaker, transcribed by a CTC run (its config and workdir; trained there
+    # first if it has none) for the word error rate.
+    eval_examples: int = 16
+    recognizer_config: str = ""
+    recognizer_workdir: str = ""
+    # A speaker classifier trained on the training voices gives the embeddings of the
+    # speaker-similarity score (0 steps: no score).
+    speaker_steps: int = 400
+
+
+@dataclass
 class Config:
     task: str = "classification"
     seed: int = 0
@@ -195,6 +227,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    tts: TTSConfig = field(default_factory=TTSConfig)
 
 
 def _check(value, tp, key):

@@ -300,3 +300,23 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
         raise SystemExit(128 + stop_signal)
     return eval_metrics
 
+
+
+def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
+    """(Trainer, state) of the `task` run at workdir, trained there first from config_path if it
+    holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a recogniser).
+    `replace` swaps config sections (e.g. speech=... pointing at the run's assets) after training."""
+    import dataclasses
+
+    from trainers.checkpoint import restore_run
+
+    cfg = config_lib.load(config_path)
+    if cfg.task != task:
+        raise ValueError(f"{purpose}: {config_path} is a {cfg.task!r} config, not {task}")
+    directory = os.path.join(workdir, "checkpoints")
+    if not (os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))):
+        print(f"training the {purpose}: {config_path} -> {workdir}", flush=True)
+        train(cfg, workdir)
+    cfg = dataclasses.replace(cfg, **{k: v(cfg) for k, v in replace.items()})
+    trainer = Trainer(cfg)
+    return trainer, restore_run(trainer.abstract_state, workdir)[1]

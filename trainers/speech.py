@@ -11,6 +11,8 @@ the breath noise some voice variants add, which eSpeak NG draws from the C libra
 rand() (seeded from the clock, out of our reach):
 
     <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker", "voice"}
+    <path>/tts_test.jsonl              the same, plus "prompt_source", "prompt_target": another
+                                       sentence of the same speaker (on first use; build_prompt_pairs)
     <path>/wav/<key>.wav               16-bit mono 16 kHz
 
 User data: JSON-lines manifests in the same form (FunASR / SenseVoice style; `source`
@@ -76,6 +78,17 @@ class _ESpeak:
         self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
+    def phonemes(self, text: str, voice: str = "en-us") -> str:
+        """eSpeak NG's ASCII phoneme mnemonics of `text` ("three red" -> "Tr'i: r'Ed")."""
+        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
+        self.lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        self.lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
+        pointer, clauses = ctypes.c_char_p(text.encode()), []
+        while pointer.value:  # one clause per call; the pointer moves on
+            clauses.append(self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), 0, 0).decode())
+        return " ".join(clauses)
+
 
 def corpus_voices(seed: int):
     """(train voices, test voices): accent + variant names, a fifth of them held out."""
@@ -111,6 +124,44 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.replace(tmp, os.path.join(path, f"{split}.jsonl"))  # manifests last: a cut-off run starts over
+
+
+def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
+    """<path>/tts_test.jsonl: held-out voices each saying two corpus sentences, a prompt and a
+    target, with one pitch and rate (one speaker), for zero-shot TTS evaluation. The
+    records are the target's, plus prompt_source and prompt_target."""
+    manifest = os.path.join(path, "tts_test.jsonl")
+    if os.path.isfile(manifest):
+        return
+    from scipy.signal import resample_poly
+
+    os.makedirs(os.path.join(path, "wav"), exist_ok=True)
+    engine, rng = _ESpeak(), random.Random(seed + 1)
+    _, voices = corpus_voices(seed)
+    lines = []
+    for i in range(size):
+        voice, pitch, rate = rng.choice(voices), rng.randint(25, 75), rng.randint(130, 210)
+        record = {"key": f"tts_{i:05d}", "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}
+        for role in ("prompt", "target"):
+            text = corpus_sentence(rng)
+            audio = engine.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
+            audio = resample_poly(audio, SAMPLE_RATE // 50, engine.sample_rate // 50)
+            name = f"wav/tts_{i:05d}_{role}.wav"
+            write_wav(os.path.join(path, name), audio)
+            if role == "prompt":
+                record.update(prompt_source=name, prompt_target=text)
+            else:
+                record.update(source=name, target=text)
+        lines.append(json.dumps(record))
+    with open(manifest + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(manifest + ".tmp", manifest)
+
+
+def phonemize(texts, voice: str = "en-us") -> list[str]:
+    """eSpeak NG's phonemes of each text (see _ESpeak.phonemes)."""
+    engine = _ESpeak()
+    return [engine.phonemes(t, voice) for t in texts]
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
@@ -179,7 +230,9 @@ def read_manifest(path: str) -> list[dict]:
             missing = {"key", "source", "target"} - set(record)
             if missing:
                 raise ValueError(f"{path}:{number}: missing {sorted(missing)}")
-            record["source"] = os.path.join(root, record["source"])
+            for field in ("source", "prompt_source"):  # a TTS manifest's prompt audio too
+                if field in record:
+                    record[field] = os.path.join(root, record[field])
             records.append(record)
     if not records:
         raise ValueError(f"{path}: no utterances")
@@ -214,6 +267,8 @@ class SpeechSource:
         d, s = cfg.data, cfg.speech
         if d.source == "speech":
             build_corpus(d.path, s.corpus_seed, s.corpus_train_size, s.corpus_test_size)
+            if split == "tts_test":
+                build_prompt_pairs(d.path, s.corpus_seed)
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
         elif d.source == "manifest":
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))

@@ -89,14 +89,14 @@ def delayed_training_inputs(codes, lengths, special: int):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "frames", "temperature", "top_k", "top_p"))
-def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, rng, *, frames: int,
-                     temperature: float = 1.0, top_k: int = 250, top_p: float = 1.0):
-    """(batch, frames, K) codes; the first prompt.shape[1] frames are the prompt's (batch, P, K), the rest drawn.
+def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, prompt_lengths, lengths, rng, *,
+                     frames: int, temperature: float = 1.0, top_k: int = 250, top_p: float = 1.0):
+    """(batch, frames, K) codes: a row's first prompt_lengths frames are its prompt's (batch, P, K),
+    then drawn up to its `lengths` (batch,) frames; `special` past them.
 
     cond (batch, C) prefix tokens with cond_lengths, or None for an unconditional model.
-
-    T + K - 1 cached steps in one lax.fori_loop; at step s codebook k draws frame s - k,
-    or takes the prompt's code where that frame is a prompt frame. top_k 250 is
+    frames + K - 1 cached steps in one lax.fori_loop; at step s codebook k draws frame
+    s - k, or takes the prompt's code where that is a prompt frame. top_k 250 is
     MusicGen's default.
     """
     b, p, k = prompt.shape
@@ -106,7 +106,7 @@ def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, rng, 
     whole = jnp.zeros((b, steps + 1, k), jnp.int32)  # the start row, then one slot per step
     cache = empty_cache(model, whole, whole[..., 0], jnp.ones(whole.shape[:2], bool), cond=cond,
                         cond_valid=cond_valid)
-    forced = delay_codes(prompt.astype(jnp.int32), jnp.full(b, p), special)  # (b, p + k - 1, k)
+    forced = delay_codes(prompt.astype(jnp.int32), prompt_lengths, special)  # (b, p + k - 1, k)
     forced = jnp.pad(forced, ((0, 0), (0, steps), (0, 0)), constant_values=special)
     frame_of = jnp.arange(steps)[:, None] - jnp.arange(k)[None, :]  # (steps, k)
 
@@ -118,9 +118,9 @@ def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, rng, 
         cache, last, out, rng = state
         rng, key = jax.random.split(rng)
         drawn = sample_logits(key, last, temperature, top_k, top_p)  # (b, k)
-        frame = frame_of[s]
-        token = jnp.where(frame < p, forced[:, s], drawn)
-        token = jnp.where((frame < 0) | (frame >= frames), special, token)
+        frame = frame_of[s][None, :]
+        token = jnp.where(frame < prompt_lengths[:, None], forced[:, s], drawn)
+        token = jnp.where((frame < 0) | (frame >= lengths[:, None]), special, token)
         out = out.at[:, s].set(token)
         logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
                                         jnp.full((b, 1), s + 1), jnp.ones((b, 1), bool), decode=True,

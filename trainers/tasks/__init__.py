@@ -23,6 +23,7 @@ TASKS = {
     "codec": "trainers.tasks.codec:CodecTask",
     "ctc": "trainers.tasks.ctc:CTCTask",
     "diffusion": "trainers.tasks.diffusion:DiffusionTask",
+    "tts": "trainers.tasks.tts:TTSTask",
 }
 
 

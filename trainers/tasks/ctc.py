@@ -16,6 +16,7 @@ SenseVoice query outputs are trained against <|lang|>, <|event|>, <|emotion|> an
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -341,3 +342,34 @@ class CTCTask(SplitSources):
         alignment_png(os.path.join(workdir, "alignment.png"), np.asarray(feats[0, : int(length[0])]), spans,
                       title=f"step {step}: heard \"{hypothesis}\"", ms_per_frame=10)
         print(f"wrote {os.path.join(workdir, 'alignment.png')}")
+
+
+def load_recognizer(config_path: str, workdir: str):
+    """Greedy transcription with the CTC run at `workdir` (trained there first from
+    `config_path` if it holds no checkpoint): a list of 16 kHz waveforms -> their texts."""
+    from trainers.loop import trained_run
+
+    trainer, state = trained_run(config_path, workdir, "ctc", "recogniser",
+                                 speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
+    task, params = trainer.task, state.inference_params
+
+    defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]  # auto language etc.
+
+    @jax.jit
+    def decode(params, audio, lengths):
+        batch = {"audio": audio, "audio_length": lengths}
+        if task.cfg.speech.prompts:
+            batch["prompts"] = jnp.tile(jnp.asarray([defaults], jnp.int32), (audio.shape[0], 1))
+        logits, frames = task.forward(params, batch, None, train=False)
+        _, logits, paddings = task.split_outputs(logits, frames)
+        labels, label_paddings = greedy_decode(logits, paddings)
+        return jnp.where(label_paddings > 0, -1, labels)
+
+    def transcribe(waveforms):
+        audio = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
+        for i, w in enumerate(waveforms):
+            audio[i, : len(w)] = w
+        labels = np.asarray(decode(params, audio, np.array([len(w) for w in waveforms], np.int32)))
+        return [task.tokenizer.decode(row[row >= 0]) for row in labels]
+
+    return transcribe

@@ -216,23 +216,11 @@ def load_classifier(config_path: str, workdir: str):
     """The classification run at `workdir` (trained there first from `config_path` if it holds no checkpoint)."""
     from PIL import Image
 
-    from trainers import config as config_lib
-    from trainers.checkpoint import Checkpointer
-    from trainers.loop import Trainer, train
+    from trainers.loop import trained_run
 
-    cfg = config_lib.load(config_path)
-    if cfg.task != "classification":
-        raise ValueError(f"diffusion.classifier_config {config_path}: task is {cfg.task!r}, not classification")
-    directory = os.path.join(workdir, "checkpoints")
-    if not (os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))):
-        print(f"training the classifier for the agreement metric: {config_path} -> {workdir}", flush=True)
-        train(cfg, workdir)
-    trainer = Trainer(cfg)
-    restored = Checkpointer(directory).restore(trainer.abstract_state)
-    if restored is None:
-        raise FileNotFoundError(f"no readable classifier checkpoint in {directory}")
-    params = restored[1].inference_params
-    task, size = trainer.task, cfg.data.image_size
+    trainer, state = trained_run(config_path, workdir, "classification", "classifier for the agreement metric")
+    params = state.inference_params
+    task, size = trainer.task, trainer.cfg.data.image_size
     apply = jax.jit(lambda p, images: task.model.apply({"params": p}, task.normalise(images)).argmax(-1))
 
     def classify(samples):

@@ -1,0 +1,386 @@
+"""Zero-shot text-to-speech over codec tokens (task: tts): VALL-E's AR + NAR, or one delayed LM.
+
+Data: a speech split (text + audio) becomes (text bytes, codec codes). The codec, a
+codec run (trained first if its workdir has no checkpoint) or official EnCodec weights,
+encodes each split once into tts.tokens_dir/<split>.npz; a cache made by another codec
+or text setting is rebuilt. Text is the UTF-8 bytes of the transcript or of its eSpeak NG
+phonemes (vocabulary 256).
+
+Training (model.name "valle"): the AR model's next-code loss over the first codebook
+(with EOS) plus the NAR model's loss on one random stage k in 2..K per utterance, given
+a random prefix of the same utterance (up to half) as its acoustic prompt, as
+lifeiteng/vall-e trains it. model.name "delayed" (or a named speechlm config such as
+musicgen_small): one DelayedLM over all codebooks, text as its prefix.
+
+Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
+as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
+prompt's transcript and the sentence, the acoustic prompt is another utterance of the
+same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) is
+transcribed by a CTC run for the word error rate and embedded by a speaker classifier
+trained on the training voices for the speaker similarity (cosine to the prompt; the
+real recording of the sentence scores the ceiling). WAVs and spectrograms of prompt,
+reference and generated speech go into the workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmodels import speechlm
+from jaxmodels.speechlm import DelayedLM, VALLEAR, VALLENAR
+from trainers import speech
+from trainers.tasks import SplitSources
+
+TEXT_VOCAB = 256  # bytes
+
+
+def masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cross_entropy(logits, targets, mask):
+    """(mean loss, accuracy) over the positions where mask is set (targets elsewhere may be out of range)."""
+    targets = jnp.where(mask > 0, targets, 0)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return masked_mean(nll, mask), masked_mean((jnp.argmax(logits, -1) == targets).astype(jnp.float32), mask)
+
+
+def build_models(cfg):
+    """{"ar": VALLEAR, "nar": VALLENAR} for model.name valle, else {"lm": DelayedLM}; model.args go to each
+    model that takes them (an argument none takes is an error)."""
+    dtype, remat = jnp.dtype(cfg.train.compute_dtype), cfg.train.remat
+    args = dict(cfg.model.args)
+    if cfg.model.name == "valle":
+        classes = {"ar": VALLEAR, "nar": VALLENAR}
+    elif cfg.model.name == "delayed" or speechlm.VARIANTS.get(cfg.model.name, (None,))[0] is DelayedLM:
+        classes = {"lm": DelayedLM}
+    else:
+        raise ValueError(f"task tts: model.name must be valle, delayed or a DelayedLM config "
+                         f"({', '.join(n for n, (c, _) in speechlm.VARIANTS.items() if c is DelayedLM)}), "
+                         f"not {cfg.model.name!r}")
+    fields = {k: set(c.__dataclass_fields__) - {"parent", "name"} for k, c in classes.items()}
+    unknown = set(args) - set().union(*fields.values())
+    if unknown:
+        raise ValueError(f"model.args: unknown argument(s) {sorted(unknown)}; valid: {sorted(set().union(*fields.values()))}")
+    base = speechlm.VARIANTS[cfg.model.name][1] if cfg.model.name in speechlm.VARIANTS else {}
+    models = {k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
+              for k, c in classes.items()}
+    for m in models.values():
+        vocab = getattr(m, "text_vocab_size", None) or m.cond_vocab_size
+        if vocab < TEXT_VOCAB:
+            raise ValueError(f"model.args: the text vocabulary must hold {TEXT_VOCAB} byte values, not {vocab}")
+    return models
+
+
+class TTSTask(SplitSources):
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.models = build_models(cfg)
+        self.valle = "ar" in self.models
+        first = next(iter(self.models.values()))
+        self.codebook_size = first.codebook_size
+        self.num_codebooks = self.models["nar"].num_quantizers if self.valle else first.num_codebooks
+        t = cfg.tts
+        self.train_transform = self.eval_transform = self._transform
+        self._codec = self._recognizer = self._speaker = None
+        self.tokens_dir = t.tokens_dir or (os.path.join(t.codec_workdir, "tokens") if t.codec_workdir else "")
+
+    # -- the codec and text -------------------------------------------------------------
+    @property
+    def codec(self):
+        """The codec (loaded, and trained first if need be, on first use)."""
+        if self._codec is None:
+            from trainers.compress import official_codec, run_codec
+            from trainers.loop import trained_run
+
+            t = self.cfg.tts
+            if t.codec_weights:
+                codec = official_codec(t.codec_weights, t.codec_model)
+            elif t.codec_config and t.codec_workdir:
+                codec = run_codec(*trained_run(t.codec_config, t.codec_workdir, "codec", "codec"))
+            else:
+                raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
+            c = codec.config
+            if c.segment_length is not None or c.channels != 1:
+                raise ValueError("task tts models a mono codec without segments (as encodec_24khz)")
+            n_q = c.num_quantizers(self.cfg.tts.bandwidth or None)
+            if (n_q, c.bins) != (self.num_codebooks, self.codebook_size):
+                raise ValueError(f"the codec gives {n_q} codebooks of {c.bins} at {self.cfg.tts.bandwidth or 'full'} "
+                                 f"kbps; the model expects {self.num_codebooks} of {self.codebook_size}")
+            self._codec = codec
+        return self._codec
+
+    def text_ids(self, texts):
+        """UTF-8 bytes of each text, or of its phonemes (tts.text)."""
+        if self.cfg.tts.text == "phonemes":
+            texts = speech.phonemize(texts)
+        return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) for t in texts]
+
+    def encode_audio(self, waveforms):
+        """(codes (N, frames, K) padded, frames (N,)) of 16 kHz waveforms (resampled to the codec's rate)."""
+        c = self.codec.config
+        if c.sample_rate != speech.SAMPLE_RATE:
+            from scipy.signal import resample_poly
+
+            g = np.gcd(c.sample_rate, speech.SAMPLE_RATE)
+            waveforms = [resample_poly(w, c.sample_rate // g, speech.SAMPLE_RATE // g) for w in waveforms]
+        longest = -(-max(len(w) for w in waveforms) // c.hop_length) * c.hop_length
+        audio = np.zeros((len(waveforms), longest, 1), np.float32)
+        for i, w in enumerate(waveforms):
+            audio[i, : len(w), 0] = w
+        codes = np.concatenate([np.asarray(self.codec.encode(audio[i: i + 64], self.cfg.tts.bandwidth or None)[0][0])
+                                for i in range(0, len(audio), 64)])
+        return codes.transpose(0, 2, 1), np.array([-(-len(w) // c.hop_length) for w in waveforms])
+
+    def decode_codes(self, codes, frames):
+        """16 kHz waveforms of codes (N, frames, K), each cut to its frames."""
+        c = self.codec.config
+        audio = np.asarray(self.codec.decode([(jnp.asarray(codes).transpose(0, 2, 1), None)]))[..., 0]
+        out = [audio[i, : n * c.hop_length] for i, n in enumerate(frames)]
+        if c.sample_rate != speech.SAMPLE_RATE:
+            from scipy.signal import resample_poly
+
+            g = np.gcd(c.sample_rate, speech.SAMPLE_RATE)
+            out = [resample_poly(w, speech.SAMPLE_RATE // g, c.sample_rate // g).astype(np.float32) for w in out]
+        return out
+
+    # -- data -------------------------------------------------------------------------
+    def _tokens(self, split, records):
+        """The split's text ids and codes, from the cache or encoded (and cached) now."""
+        t, c = self.cfg.tts, self.codec.config
+        meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
+                "codec_source": os.path.abspath(t.codec_weights or t.codec_workdir), "keys": len(records)}
+        path = os.path.join(self.tokens_dir, f"{split}.npz")
+        if os.path.isfile(path):
+            with np.load(path) as f:
+                if json.loads(str(f["meta"])) == json.loads(json.dumps(meta)):
+                    return np.split(f["text"], f["text_offsets"][1:-1]), np.split(f["codes"], f["code_offsets"][1:-1])
+            print(f"{path} was made with other settings: encoding again", flush=True)
+        if not self.tokens_dir:
+            raise ValueError("task tts with codec_weights needs tts.tokens_dir for the encoded corpus")
+        print(f"encoding {len(records)} {split} utterances with the codec into {path}", flush=True)
+        texts = self.text_ids([r["target"] for r in records])
+        codes = []
+        for i in range(0, len(records), 256):
+            batch_codes, batch_frames = self.encode_audio([speech.read_audio(r["source"]) for r in records[i: i + 256]])
+            codes += [x[:n] for x, n in zip(batch_codes, batch_frames)]
+        os.makedirs(self.tokens_dir, exist_ok=True)
+        offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, meta=json.dumps(meta), text=np.concatenate(texts), text_offsets=offsets(texts),
+                 codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
+                 code_offsets=offsets(codes))
+        os.replace(tmp, path)
+        return texts, codes
+
+    def make_source(self, split):
+        records = speech.SpeechSource(self.cfg, split).records
+        texts, codes = self._tokens(split, records)
+        t = self.cfg.tts
+        keep = [i for i in range(len(records)) if len(texts[i]) <= t.max_text_length and 1 < len(codes[i]) <= t.max_frames]
+        if len(keep) < len(records):
+            print(f"{split}: skipping {len(records) - len(keep)} of {len(records)} utterances longer than "
+                  f"tts.max_text_length={t.max_text_length} bytes or tts.max_frames={t.max_frames} frames", flush=True)
+        if not keep:
+            raise ValueError(f"{split}: no utterance fits tts.max_text_length and tts.max_frames")
+        return [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
+
+    def _transform(self, record, rng):
+        t = self.cfg.tts
+        text = np.zeros(t.max_text_length, np.int32)
+        text[: len(record["text_ids"])] = record["text_ids"]
+        codes = np.zeros((t.max_frames, self.num_codebooks), np.int32)
+        codes[: len(record["codes"])] = record["codes"]
+        return {"text": text, "text_length": np.int32(len(record["text_ids"])), "codes": codes,
+                "frames": np.int32(len(record["codes"])), "mask": np.float32(1.0)}
+
+    def example_batch(self, n):
+        t = self.cfg.tts
+        return {"text": np.zeros((n, t.max_text_length), np.int32), "text_length": np.ones(n, np.int32),
+                "codes": np.zeros((n, t.max_frames, self.num_codebooks), np.int32),
+                "frames": np.full(n, t.max_frames, np.int32), "mask": np.ones(n, np.float32)}
+
+    # -- model ------------------------------------------------------------------------
+    def init(self, rng, batch):
+        keys = jax.random.split(rng, len(self.models))
+        return {"params": {name: model.init(key, *self._apply_args(name, batch, key))["params"]
+                           for (name, model), key in zip(self.models.items(), keys)}}
+
+    def _apply_args(self, name, batch, rng):
+        """The positional inputs of model `name` for a batch (NAR: its random stage and prompt split)."""
+        text, codes, frames = batch["text"], batch["codes"], batch["frames"]
+        text_valid = speechlm.valle.lengths_mask(batch["text_length"], text.shape[1])
+        if name == "ar":
+            m = self.models["ar"]
+            inputs, _, valid = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
+            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+            return inputs, positions, valid, text, text_valid
+        if name == "nar":
+            prompt, prompt_valid, target, target_valid, stage = self._nar_split(codes, frames, rng)
+            return text, text_valid, prompt, prompt_valid, target, target_valid, stage
+        inputs, _, _ = speechlm.delayed_training_inputs(codes, frames, self.codebook_size)
+        valid = jnp.arange(inputs.shape[1])[None] <= (frames + self.num_codebooks - 1)[:, None]
+        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape[:2])
+        return inputs, positions, valid, text, text_valid
+
+    def _nar_split(self, codes, frames, rng):
+        """A random prefix (1 .. half the frames) of each utterance as its prompt, the rest as the
+        target, and a random stage 1..K-1 (0-based codebook index) per utterance."""
+        b, f, k = codes.shape
+        k_prompt, k_stage = jax.random.split(rng)
+        half = jnp.maximum(frames // 2, 1)
+        prompt_frames = jnp.minimum(jax.random.randint(k_prompt, (b,), 0, f) % half + 1, frames - 1)
+        prompt = codes[:, : f // 2 + 1]
+        prompt_valid = jnp.arange(prompt.shape[1])[None] < prompt_frames[:, None]
+        shifted = jnp.clip(jnp.arange(f)[None] + prompt_frames[:, None], 0, f - 1)
+        target = jnp.take_along_axis(codes, shifted[..., None], axis=1)
+        target_valid = jnp.arange(f)[None] < (frames - prompt_frames)[:, None]
+        stage = jax.random.randint(k_stage, (b,), 1, k)
+        return prompt, prompt_valid, target, target_valid, stage
+
+    def _losses(self, params, batch, rng, train):
+        """{name: (loss, accuracy)} of each model on the batch."""
+        out, mask = {}, batch["mask"][:, None]
+        for (name, model), key in zip(self.models.items(), jax.random.split(rng, len(self.models))):
+            k_split, k_drop = jax.random.split(key)
+            args = self._apply_args(name, batch, k_split)
+            logits = model.apply({"params": params[name]}, *args, deterministic=not train,
+                                 rngs={"dropout": k_drop} if train else {})
+            if name == "ar":
+                _, targets, valid = speechlm.ar_training_inputs(batch["codes"][..., 0], batch["frames"], model.bos,
+                                                                model.eos)
+            elif name == "nar":
+                target, valid, stage = args[4], args[5], args[6]
+                targets = jnp.take_along_axis(target, stage[:, None, None], axis=2)[..., 0]
+            else:
+                _, targets, scored = speechlm.delayed_training_inputs(batch["codes"], batch["frames"],
+                                                                      self.codebook_size)
+                valid, mask = scored, batch["mask"][:, None, None]
+            out[name] = cross_entropy(logits, targets, valid * mask)
+        return out
+
+    def loss(self, params, batch, rng):
+        losses = self._losses(params, batch, rng, train=True)
+        metrics = {f"train/{k}_loss": v[0] for k, v in losses.items()}
+        metrics.update({f"train/{k}_accuracy": v[1] for k, v in losses.items()})
+        return sum(v[0] for v in losses.values()), metrics
+
+    def eval_outputs(self, params, batch):
+        # Per-example values: each row as its own batch of one, so the split's mean is exact.
+        rows = jax.tree.map(lambda x: x[:, None], batch)
+        keys = jax.random.split(jax.random.PRNGKey(0), batch["mask"].shape[0])
+        losses = jax.vmap(lambda row, key: self._losses(params, row, key, train=False))(rows, keys)
+        return {f"{k}_{m}": v[i] for k, v in losses.items() for i, m in enumerate(("loss", "accuracy"))}
+
+    def eval_metrics(self, outputs):
+        return {k: float(np.mean(v)) for k, v in outputs.items()}
+
+    # -- zero-shot TTS ----------------------------------------------------------------------
+    def prompt_pairs(self):
+        """(prompt record, target record) pairs of the eval split: a record's own prompt_source
+        when it has one (the built-in corpus's tts_test), else another utterance of its speaker."""
+        records = speech.SpeechSource(self.cfg, self.cfg.data.eval_split).records
+        if "prompt_source" in records[0]:
+            return [({"source": r["prompt_source"], "target": r["prompt_target"], "speaker": r.get("speaker")}, r)
+                    for r in records]
+        by_speaker = {}
+        for r in records:
+            by_speaker.setdefault(r.get("speaker"), []).append(r)
+        return [(group[i], group[i + 1]) for group in by_speaker.values() for i in range(0, len(group) - 1, 2)]
+
+    def synthesise(self, params, texts, prompt_audio, prompt_texts, rng):
+        """16 kHz waveforms of `texts` spoken in the voices of prompt_audio (16 kHz, with their transcripts)."""
+        t = self.cfg.tts
+        ids = self.text_ids([f"{p} {x}" for p, x in zip(prompt_texts, texts)])
+        text = np.zeros((len(ids), max(len(i) for i in ids)), np.int32)
+        for i, row in enumerate(ids):
+            text[i, : len(row)] = row
+        text_lengths = np.array([len(i) for i in ids])
+        prompt, prompt_frames = self.encode_audio(prompt_audio)
+        params = jax.device_get(params)
+        if self.valle:
+            first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
+                                                 prompt_frames, rng, max_new_tokens=t.max_frames,
+                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p)
+            frames = np.maximum(np.asarray(frames), 1)
+            codes = speechlm.generate_nar(self.models["nar"], params["nar"], text, text_lengths, prompt,
+                                          prompt_frames, first, frames)
+        else:
+            # No end token: the length follows the prompt's speaking rate (frames per text byte).
+            new_ids = self.text_ids(list(texts))
+            rate = prompt_frames / np.maximum([len(i) for i in self.text_ids(list(prompt_texts))], 1)
+            frames = np.clip(np.round(rate * [len(i) for i in new_ids]).astype(int), 1, t.max_frames)
+            total = prompt_frames + frames
+            out = speechlm.generate_delayed(self.models["lm"], params["lm"], text, text_lengths, prompt,
+                                            prompt_frames, total, rng, frames=int(total.max()),
+                                            temperature=t.temperature, top_k=t.top_k, top_p=t.top_p)
+            out = np.asarray(out)
+            codes = np.stack([np.pad(o[p: p + n], ((0, t.max_frames - n), (0, 0)))
+                              for o, p, n in zip(out, prompt_frames, frames)])
+        codes = np.minimum(np.asarray(codes), self.codebook_size - 1)  # EOS past a row's end
+        return self.decode_codes(codes, frames)
+
+    def generate(self, params, mesh):
+        t = self.cfg.tts
+        pairs = self.prompt_pairs()[: t.eval_examples]
+        if not pairs:
+            return {}, {}
+        prompts, targets = [p for p, _ in pairs], [r for _, r in pairs]
+        prompt_audio = [speech.read_audio(p["source"]) for p in prompts]
+        reference = [speech.read_audio(r["source"]) for r in targets]
+        generated = self.synthesise(params, [r["target"] for r in targets], prompt_audio,
+                                    [p["target"] for p in prompts], jax.random.PRNGKey(self.cfg.seed))
+        metrics = {}
+        if t.recognizer_config:
+            from trainers.tasks.ctc import load_recognizer, word_errors
+
+            if self._recognizer is None:
+                self._recognizer = load_recognizer(t.recognizer_config, t.recognizer_workdir)
+            for name, audio in (("", generated), ("_reference", reference)):
+                errors = [word_errors(r["target"], h) for r, h in zip(targets, self._recognizer(audio))]
+                metrics[f"wer{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
+        if t.speaker_steps:
+            embed = self._speaker_embedder()
+            p = embed(prompt_audio)
+            metrics["speaker_similarity"] = float(np.mean((embed(generated) * p).sum(-1)))
+            metrics["speaker_similarity_reference"] = float(np.mean((embed(reference) * p).sum(-1)))
+        return metrics, {"tts_prompt": prompt_audio, "tts_reference": reference, "tts_generated": generated,
+                         "tts_text": [r["target"] for r in targets]}
+
+    def _speaker_embedder(self):
+        if self._speaker is None:
+            from trainers.speaker import train_speaker_embedder
+
+            records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
+            speakers = [r.get("voice", r.get("speaker")) for r in records]
+            self._speaker, accuracy = train_speaker_embedder([speech.read_audio(r["source"]) for r in records],
+                                                             speakers, self.cfg.tts.speaker_steps, self.cfg.seed)
+            print(f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
+                  flush=True)
+        return self._speaker
+
+    def write_artifacts(self, workdir, outputs, step):
+        from jaxmodels.codec import losses
+        from trainers.pictures import spectrograms_png
+
+        if "tts_generated" not in outputs:
+            return
+        folder = os.path.join(workdir, "tts")
+        os.makedirs(folder, exist_ok=True)
+        rows = []
+        for i, text in enumerate(outputs["tts_text"][:8]):
+            for name in ("prompt", "reference", "generated"):
+                wav = np.asarray(outputs[f"tts_{name}"][i], np.float32)
+                speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1))
+                log_mel = losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], speech.SAMPLE_RATE, 512, 160, 400, 64)
+                rows.append((f"{i} {name}" + (f": {text}" if name != "prompt" else ""), np.asarray(log_mel[0, 0])))
+        with open(os.path.join(folder, "texts.json"), "w") as f:
+            json.dump(outputs["tts_text"], f, indent=1)
+        spectrograms_png(os.path.join(workdir, "tts_spectrograms.png"), rows, title=f"step {step}")
+        print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'tts_spectrograms.png')}")
