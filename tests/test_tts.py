@@ -69,6 +69,19 @@ def test_valle_trains_evaluates_and_speaks(corpus, fixtures_dir, tmp_path):
             assert len(audio) > 0
     assert (workdir / "tts_spectrograms.png").stat().st_size > 0
 
+    # The command: text + a prompt recording -> a WAV, with the run's checkpoint.
+    from trainers import tts
+
+    out = tmp_path / "said.wav"
+    command = [str(workdir / "config.yaml"), "--workdir", str(workdir), "--text", "two three",
+               "--prompt", str(corpus / "wav" / "test0.wav"), "--prompt-text", "one", "--out", str(out)]
+    tts.main(command)
+    assert 0 < len(speech.read_audio(str(out))) <= 64 * 2 * 8  # at most max_frames of the 8 kHz codec's hop
+    with pytest.raises(SystemExit, match="missing.wav"):
+        tts.main(command[:6] + [str(tmp_path / "missing.wav")] + command[7:])
+    with pytest.raises(SystemExit, match="--prompt-text"):
+        tts.main(command[:7] + command[9:])
+
 
 def test_valle_loss_sharded_equals_single_device(corpus, fixtures_dir, tmp_path):
     single = Trainer(tts_config(corpus, fixtures_dir, tmp_path, mesh={"data": 1}), devices=jax.devices()[:1])

@@ -116,6 +116,10 @@ class TTSTask(SplitSources):
             self._codec = codec
         return self._codec
 
+    def read(self, path):
+        """16 kHz mono samples of an audio file (resampled where data.resample says so)."""
+        return speech.read_audio(path, speech.SAMPLE_RATE, self.cfg.data.resample)
+
     def text_ids(self, texts):
         """UTF-8 bytes of each text, or of its phonemes (tts.text)."""
         if self.cfg.tts.text == "phonemes":
@@ -168,7 +172,7 @@ class TTSTask(SplitSources):
         texts = self.text_ids([r["target"] for r in records])
         codes = []
         for i in range(0, len(records), 256):
-            batch_codes, batch_frames = self.encode_audio([speech.read_audio(r["source"]) for r in records[i: i + 256]])
+            batch_codes, batch_frames = self.encode_audio([self.read(r["source"]) for r in records[i: i + 256]])
             codes += [x[:n] for x, n in zip(batch_codes, batch_frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
@@ -332,8 +336,8 @@ class TTSTask(SplitSources):
         if not pairs:
             return {}, {}
         prompts, targets = [p for p, _ in pairs], [r for _, r in pairs]
-        prompt_audio = [speech.read_audio(p["source"]) for p in prompts]
-        reference = [speech.read_audio(r["source"]) for r in targets]
+        prompt_audio = [self.read(p["source"]) for p in prompts]
+        reference = [self.read(r["source"]) for r in targets]
         generated = self.synthesise(params, [r["target"] for r in targets], prompt_audio,
                                     [p["target"] for p in prompts], jax.random.PRNGKey(self.cfg.seed))
         metrics = {}
@@ -359,7 +363,7 @@ class TTSTask(SplitSources):
 
             records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
             speakers = [r.get("voice", r.get("speaker")) for r in records]
-            self._speaker, accuracy = train_speaker_embedder([speech.read_audio(r["source"]) for r in records],
+            self._speaker, accuracy = train_speaker_embedder([self.read(r["source"]) for r in records],
                                                              speakers, self.cfg.tts.speaker_steps, self.cfg.seed)
             print(f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
                   flush=True)
