@@ -107,15 +107,16 @@ def empty_cache(model, *args, **kwargs):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "min_new_tokens", "temperature", "top_k",
+                                             "top_p"))
 def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
     prompt_lengths (a row may have none). One prefill, then one cached step per token in a
     lax.while_loop that stops when every row has produced EOS; codes past a row's length
-    are EOS.
+    are EOS. EOS is not drawn before min_new_tokens.
     """
     b, t = text.shape
     p = prompt.shape[1]
@@ -142,6 +143,7 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     def body(state):
         i, cache, last, codes, done, lengths, rng = state
         rng, key = jax.random.split(rng)
+        last = jnp.where((i < min_new_tokens) & (jnp.arange(last.shape[-1]) == model.eos), -jnp.inf, last)
         token = jnp.where(done, model.eos, sample_logits(key, last, temperature, top_k, top_p))
         codes = codes.at[:, i].set(token)
         lengths = jnp.where(~done & (token == model.eos), i, lengths)

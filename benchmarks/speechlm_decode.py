@@ -1,0 +1,115 @@
+"""VALL-E AR decoding, KV-cached against re-running the full forward pass; and the train step.
+
+    python benchmarks/speechlm_decode.py [--layers 4 --width 512 --heads 8 --batch 4 --new 100]
+    python benchmarks/speechlm_decode.py --layers 12 --width 1024 --heads 16 --batch 16 --dtype bfloat16  # VALL-E
+
+Decoding: greedy, with EOS held back so that both run exactly --new steps, on random
+weights; the two must produce the same codes (checked). The cached decoder is
+jaxmodels.speechlm.generate_ar (one prefill of text + prompt, then one cached step per
+token in a while_loop). The baseline is what a model without a cache does: at every
+step the full forward pass over the whole padded sequence (text + BOS + prompt + --new
+slots: one compiled shape), reading the logits at the current position, also in one
+jitted loop. Tokens/s = batch x new tokens / seconds.
+
+Train step: the tts task's jitted step (VALL-E AR + NAR losses, backward, AdamW) built
+by the Trainer from configs/valle.yaml with these sizes, on one device, on a synthetic
+batch of --frames codec frames and --text text bytes per utterance; step time,
+utterances/s and FLOP/s (MFU on a known GPU).
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import report_flops, time_it  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--text", type=int, default=64, help="text bytes")
+    p.add_argument("--prompt", type=int, default=150, help="prompt frames (2 s at 75 Hz)")
+    p.add_argument("--new", type=int, default=100, help="frames generated")
+    p.add_argument("--frames", type=int, default=300, help="train step: frames per utterance")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--iters", type=int, default=3)
+    args = p.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmodels import speechlm
+    from trainers import config as config_lib
+    from trainers.loop import Trainer
+
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    sizes = dict(num_layers=args.layers, d_model=args.width, nhead=args.heads, dim_feedforward=4 * args.width)
+    model = speechlm.create("valle_ar", **sizes, dropout=0.0, dtype=jnp.dtype(args.dtype))
+    rng = np.random.default_rng(0)
+    b, t, pr, n = args.batch, args.text, args.prompt, args.new
+    text = jnp.asarray(rng.integers(1, 256, (b, t)), jnp.int32)
+    prompt = jnp.asarray(rng.integers(0, model.codebook_size, (b, pr)), jnp.int32)
+    params = model.init(jax.random.PRNGKey(0), *model.example()[0], **model.example()[1])["params"]
+    print(f"VALL-E AR {args.layers} x {args.width}, {args.heads} heads: {speechlm.param_count(model):,} parameters; "
+          f"batch {b}, text {t}, prompt {pr}, {n} new frames, {args.dtype}")
+
+    def cached():
+        codes, _ = speechlm.generate_ar(model, params, text, jnp.full(b, t), prompt, jnp.full(b, pr),
+                                        jax.random.PRNGKey(0), max_new_tokens=n, min_new_tokens=n, temperature=0.0)
+        return jax.block_until_ready(codes)
+
+    @jax.jit
+    def full(params, text, prompt):
+        length = 1 + pr + n
+        audio = jnp.concatenate([jnp.full((b, 1), model.bos, jnp.int32), prompt, jnp.zeros((b, n), jnp.int32)], 1)
+        positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+        text_valid = jnp.ones(text.shape, bool)
+
+        def step(i, audio):
+            valid = positions <= pr + i  # the tokens so far; later slots are masked out
+            logits = model.apply({"params": params}, audio, positions, valid, text=text, text_valid=text_valid)
+            nxt = jnp.argmax(logits[:, pr + i].at[:, model.eos].set(-jnp.inf), -1)
+            return audio.at[:, pr + 1 + i].set(nxt.astype(jnp.int32))
+
+        return jax.lax.fori_loop(0, n, step, audio)[:, 1 + pr:]
+
+    def baseline():
+        return jax.block_until_ready(full(params, text, prompt))
+
+    same = np.array_equal(np.asarray(cached()), np.asarray(baseline()))
+    t_cached, t_full = time_it(cached, args.iters, warmup=1), time_it(baseline, args.iters, warmup=1)
+    print(f"decoding: cached {t_cached * 1e3:.1f} ms ({b * n / t_cached:.0f} tokens/s), full forward "
+          f"{t_full * 1e3:.1f} ms ({b * n / t_full:.0f} tokens/s): cached {t_full / t_cached:.1f}x faster; "
+          f"same codes: {same}")
+
+    overrides = [f"model.args={sizes}", f"data.batch_size={b}", "mesh.data=1", f"tts.max_frames={args.frames}",
+                 f"tts.max_text_length={t}", f"train.compute_dtype={args.dtype}"]
+    trainer = Trainer(config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "valle.yaml"),
+                                      overrides), devices=[device])
+    state = trainer.init(0)
+    batch = trainer.task.example_batch(b)
+    batch.update(text=rng.integers(1, 256, batch["text"].shape).astype(np.int32), text_length=np.full(b, t, np.int32),
+                 codes=rng.integers(0, model.codebook_size, batch["codes"].shape).astype(np.int32))
+    batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
+    holder = [state]
+
+    def train_step():
+        holder[0], metrics = trainer.train_step(holder[0], batch)
+        jax.block_until_ready(metrics)
+
+    with trainer.context():
+        lowered = trainer.train_step.lower(state, batch)
+        seconds = time_it(train_step, args.iters)
+    print(f"train step (AR + NAR, AdamW), batch {b} x {args.frames} frames: {seconds * 1e3:.1f} ms, "
+          f"{b / seconds:.1f} utterances/s")
+    report_flops(lowered, seconds, device)
+
+
+if __name__ == "__main__":
+    main()
