@@ -102,8 +102,11 @@ class TTSTask(SplitSources):
             t = self.cfg.tts
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
+                self.codec_version = os.path.abspath(t.codec_weights)
             elif t.codec_config and t.codec_workdir:
-                codec = run_codec(*trained_run(t.codec_config, t.codec_workdir, "codec", "codec"))
+                trainer, state = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
+                codec = run_codec(trainer, state)
+                self.codec_version = f"{os.path.abspath(t.codec_workdir)} step {int(state.step)}"
             else:
                 raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
             c = codec.config
@@ -135,11 +138,12 @@ class TTSTask(SplitSources):
             g = np.gcd(c.sample_rate, speech.SAMPLE_RATE)
             waveforms = [resample_poly(w, c.sample_rate // g, speech.SAMPLE_RATE // g) for w in waveforms]
         longest = -(-max(len(w) for w in waveforms) // c.hop_length) * c.hop_length
-        audio = np.zeros((len(waveforms), longest, 1), np.float32)
+        batch = min(len(waveforms), 32)
+        audio = np.zeros((-(-len(waveforms) // batch) * batch, longest, 1), np.float32)  # one shape: one compilation
         for i, w in enumerate(waveforms):
             audio[i, : len(w), 0] = w
-        codes = np.concatenate([np.asarray(self.codec.encode(audio[i: i + 64], self.cfg.tts.bandwidth or None)[0][0])
-                                for i in range(0, len(audio), 64)])
+        codes = np.concatenate([np.asarray(self.codec.encode(audio[i: i + batch], self.cfg.tts.bandwidth or None)[0][0])
+                                for i in range(0, len(audio), batch)])[: len(waveforms)]
         return codes.transpose(0, 2, 1), np.array([-(-len(w) // c.hop_length) for w in waveforms])
 
     def decode_codes(self, codes, frames):
@@ -159,7 +163,7 @@ class TTSTask(SplitSources):
         """The split's text ids and codes, from the cache or encoded (and cached) now."""
         t, c = self.cfg.tts, self.codec.config
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
-                "codec_source": os.path.abspath(t.codec_weights or t.codec_workdir), "keys": len(records)}
+                "codec_version": self.codec_version, "keys": len(records)}
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
@@ -170,10 +174,8 @@ class TTSTask(SplitSources):
             raise ValueError("task tts with codec_weights needs tts.tokens_dir for the encoded corpus")
         print(f"encoding {len(records)} {split} utterances with the codec into {path}", flush=True)
         texts = self.text_ids([r["target"] for r in records])
-        codes = []
-        for i in range(0, len(records), 256):
-            batch_codes, batch_frames = self.encode_audio([self.read(r["source"]) for r in records[i: i + 256]])
-            codes += [x[:n] for x, n in zip(batch_codes, batch_frames)]
+        codes, frames = self.encode_audio([self.read(r["source"]) for r in records])
+        codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
         tmp = path + ".tmp.npz"
