@@ -39,3 +39,32 @@ def tiny_config(**sections):
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return config_lib.from_dict(config_lib.Config, base)
+
+
+@pytest.fixture(scope="session")
+def tone_corpus(tmp_path_factory):
+    """A JSON-lines manifest corpus of short tones (0.03-0.06 s at 16 kHz; a speaker is a pitch), 4 speakers."""
+    import json
+
+    import numpy as np
+
+    from trainers import speech
+
+    root = tmp_path_factory.mktemp("tones")
+    rng = np.random.default_rng(0)
+    (root / "wav").mkdir()
+    for split, n in (("train", 24), ("test", 6)):
+        lines = []
+        for i in range(n):
+            speaker = i % 4
+            length = int(rng.integers(480, 960))
+            t = np.arange(length) / 16000
+            audio = 0.3 * np.sin(2 * np.pi * (200 + 100 * speaker) * t) * np.hanning(length)
+            key = f"{split}{i}"
+            speech.write_wav(str(root / "wav" / f"{key}.wav"), audio.astype(np.float32))
+            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": " ".join(
+                rng.choice(["one", "two", "three"], int(rng.integers(1, 3)))), "speaker": f"s{speaker}"}))
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+

@@ -1,5 +1,4 @@
 """The tts task: codec tokens of a corpus, VALL-E / delayed-LM training, sharding, zero-shot TTS eval."""
-import json
 import os
 
 import jax
@@ -16,33 +15,12 @@ TINY_DELAYED = {"dim": 32, "num_heads": 4, "num_layers": 1, "hidden_scale": 2, "
                 "num_codebooks": 4}
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A manifest corpus of short tones (0.03-0.06 s: 30-60 frames of the 8 kHz fixture codec), 4 speakers."""
-    root = tmp_path_factory.mktemp("tones")
-    rng = np.random.default_rng(0)
-    os.makedirs(root / "wav")
-    for split, n in (("train", 24), ("test", 6)):
-        lines = []
-        for i in range(n):
-            speaker = i % 4
-            length = int(rng.integers(480, 960))
-            t = np.arange(length) / 16000
-            audio = 0.3 * np.sin(2 * np.pi * (200 + 100 * speaker) * t) * np.hanning(length)
-            key = f"{split}{i}"
-            speech.write_wav(str(root / "wav" / f"{key}.wav"), audio.astype(np.float32))
-            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": " ".join(
-                rng.choice(["one", "two", "three"], int(rng.integers(1, 3)))), "speaker": f"s{speaker}"}))
-        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def tts_config(corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VALLE, **sections):
+def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VALLE, **sections):
     codec = fixtures_dir / "encodec" / "causal_mono"
     base = {
         "task": "tts",
         "model": {"name": model, "args": args},
-        "data": {"source": "manifest", "path": str(corpus), "train_split": "train", "eval_split": "test",
+        "data": {"source": "manifest", "path": str(tone_corpus), "train_split": "train", "eval_split": "test",
                  "batch_size": 8, "eval_batch_size": 8},
         "tts": {"codec_weights": str(codec / "weights.safetensors"), "codec_model": str(codec / "config.json"),
                 "tokens_dir": str(tmp_path / "tokens"), "max_frames": 64, "max_text_length": 32,
@@ -55,8 +33,8 @@ def tts_config(corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VALLE, *
     return config_lib.from_dict(config_lib.Config, base)
 
 
-def test_valle_trains_evaluates_and_speaks(corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(corpus, fixtures_dir, tmp_path)
+def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path):
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path)
     workdir = tmp_path / "run"
     metrics = train(cfg, str(workdir))
     for name in ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy"):
@@ -74,7 +52,7 @@ def test_valle_trains_evaluates_and_speaks(corpus, fixtures_dir, tmp_path):
 
     out = tmp_path / "said.wav"
     command = [str(workdir / "config.yaml"), "--workdir", str(workdir), "--text", "two three",
-               "--prompt", str(corpus / "wav" / "test0.wav"), "--prompt-text", "one", "--out", str(out)]
+               "--prompt", str(tone_corpus / "wav" / "test0.wav"), "--prompt-text", "one", "--out", str(out)]
     tts.main(command)
     assert 0 < len(speech.read_audio(str(out))) <= 64 * 2 * 8  # at most max_frames of the 8 kHz codec's hop
     with pytest.raises(SystemExit, match="missing.wav"):
@@ -83,9 +61,9 @@ def test_valle_trains_evaluates_and_speaks(corpus, fixtures_dir, tmp_path):
         tts.main(command[:7] + command[9:])
 
 
-def test_valle_loss_sharded_equals_single_device(corpus, fixtures_dir, tmp_path):
-    single = Trainer(tts_config(corpus, fixtures_dir, tmp_path, mesh={"data": 1}), devices=jax.devices()[:1])
-    sharded = Trainer(tts_config(corpus, fixtures_dir, tmp_path, mesh={"data": 4, "fsdp": 2}))
+def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_path):
+    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 1}), devices=jax.devices()[:1])
+    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 4, "fsdp": 2}))
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -101,17 +79,17 @@ def test_valle_loss_sharded_equals_single_device(corpus, fixtures_dir, tmp_path)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[0][1], results[1][1])
 
 
-def test_delayed_lm_trains_and_speaks(corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED)
+def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path):
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED)
     metrics = train(cfg, str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/lm_loss"])
     assert len(speech.read_audio(str(tmp_path / "run" / "tts" / "0_generated.wav"))) > 0
 
 
-def test_codec_mismatch_and_bad_args_are_named(corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "codebook_size": 32})
+def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_path):
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "codebook_size": 32})
     trainer = Trainer(cfg)
     with pytest.raises(ValueError, match="4 codebooks of 16 .* expects 4 of 32"):
         trainer.task.train_source()
     with pytest.raises(ValueError, match="unknown argument.*'layers'"):
-        Trainer(tts_config(corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))
+        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))

@@ -344,14 +344,20 @@ class CTCTask(SplitSources):
         print(f"wrote {os.path.join(workdir, 'alignment.png')}")
 
 
-def load_recognizer(config_path: str, workdir: str):
-    """Greedy transcription with the CTC run at `workdir` (trained there first from
-    `config_path` if it holds no checkpoint): a list of 16 kHz waveforms -> their texts."""
+def load_recognizer_state(config_path: str, workdir: str):
+    """(task, inference params) of the CTC run at `workdir` (trained there first from
+    `config_path` if it holds no checkpoint), with the run's vocabulary and statistics."""
     from trainers.loop import trained_run
 
     trainer, state = trained_run(config_path, workdir, "ctc", "recogniser",
                                  speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
-    task, params = trainer.task, state.inference_params
+    return trainer.task, state.inference_params
+
+
+def load_recognizer(config_path: str, workdir: str):
+    """Greedy transcription with a CTC run (see load_recognizer_state): a list of 16 kHz
+    waveforms -> their texts."""
+    task, params = load_recognizer_state(config_path, workdir)
 
     defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]  # auto language etc.
 

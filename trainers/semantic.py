@@ -1,0 +1,112 @@
+"""Semantic tokens of speech: frame features clustered by k-means.
+
+HuBERT's first iteration clusters MFCC-like frames and AudioLM's semantic tokens are
+k-means units of a speech model's hidden states; this tokenizer does either: "logmel"
+(80-bin log-mel filterbanks with per-utterance mean removal, averaged down to
+frame_rate) or "recognizer" (the encoder states of a CTC run, at its frame rate of
+100 / lfr_n Hz). k-means++ and mini-batch updates from jaxmodels.speechlm, on frames of
+the given utterances; tokens optionally de-duplicated (runs collapsed). A tokenizer is
+saved to and loaded from one .npz (centroids and settings), which a run keeps in its
+workdir beside its checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels import speechlm
+from jaxmodels.asr import apply_cmvn, fbank
+
+MEL_RATE = 100  # fbank frames per second (10 ms shift)
+
+
+class SemanticTokenizer:
+    def __init__(self, centroids, features: str = "logmel", frame_rate: int = 50, deduplicate: bool = False,
+                 recognizer_config: str = "", recognizer_workdir: str = ""):
+        if features not in ("logmel", "recognizer"):
+            raise ValueError(f"semantic features must be logmel or recognizer, not {features!r}")
+        if features == "logmel" and MEL_RATE % frame_rate:
+            raise ValueError(f"logmel frame_rate must divide {MEL_RATE} Hz, not {frame_rate}")
+        self.centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
+        self.features, self.frame_rate, self.deduplicate = features, frame_rate, deduplicate
+        self.recognizer_config, self.recognizer_workdir = recognizer_config, recognizer_workdir
+        self._encoder = None
+
+    # -- features -----------------------------------------------------------------------
+    def frames(self, waveforms):
+        """(features (N, T, D), valid (N, T)) of 16 kHz waveforms."""
+        audio = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
+        for i, w in enumerate(waveforms):
+            audio[i, : len(w)] = w
+        lengths = np.array([len(w) for w in waveforms], np.int32)
+        encode = self._logmel if self.features == "logmel" else self._recognizer_encoder()
+        parts = [encode(audio[i: i + 64], lengths[i: i + 64]) for i in range(0, len(audio), 64)]
+        return jnp.concatenate([f for f, _ in parts]), jnp.concatenate([v for _, v in parts])
+
+    def _logmel(self, audio, lengths):
+        feats, frames = fbank(jnp.asarray(audio), jnp.asarray(lengths))
+        valid = jnp.arange(feats.shape[1])[None] < frames[:, None]
+        feats = feats - (feats * valid[..., None]).sum(1, keepdims=True) / jnp.maximum(frames, 1)[:, None, None]
+        group = MEL_RATE // self.frame_rate
+        t = feats.shape[1] // group * group
+        pooled = feats[:, :t].reshape(feats.shape[0], t // group, group, -1).mean(2)
+        return pooled, jnp.arange(t // group)[None] < (frames // group)[:, None]
+
+    def _recognizer_encoder(self):
+        """The CTC run's front end, CMVN and encoder, jitted: (audio, lengths) -> (states, valid)."""
+        if self._encoder is None:
+            from jaxmodels.asr.model import SenseVoiceEncoderSmall
+            from trainers.tasks.ctc import load_recognizer_state
+
+            task, params = load_recognizer_state(self.recognizer_config, self.recognizer_workdir)
+            if 100 // task.cfg.speech.lfr_n != self.frame_rate:
+                raise ValueError(f"the recogniser's frames come at {100 // task.cfg.speech.lfr_n} Hz; "
+                                 f"frame_rate is {self.frame_rate}")
+
+            @jax.jit
+            def encode(audio, lengths):
+                feats, frames = task._features(audio, lengths, None)
+                feats = apply_cmvn(feats, frames, *task.cmvn)
+                _, state = task.model.apply({"params": params}, feats, frames, mutable=["intermediates"],
+                                            capture_intermediates=lambda m, _: isinstance(m, SenseVoiceEncoderSmall))
+                states = state["intermediates"]["encoder"]["__call__"][0]
+                states = states[:, states.shape[1] - feats.shape[1]:]  # without the prompt rows, if any
+                return states, jnp.arange(states.shape[1])[None] < frames[:, None]
+
+            self._encoder = encode
+        return self._encoder
+
+    # -- fitting and tokens -----------------------------------------------------------------
+    def fit(self, waveforms, k: int, seed: int = 0, steps: int = 100, batch_size: int = 4096):
+        """Centroids of k clusters over the frames of `waveforms`; returns self."""
+        feats, valid = self.frames(waveforms)
+        points = np.asarray(feats)[np.asarray(valid)]
+        self.centroids = speechlm.fit(jax.random.PRNGKey(seed), points, k, steps=steps, batch_size=batch_size)
+        return self
+
+    def __call__(self, waveforms):
+        """Token sequences (lists of ints) of 16 kHz waveforms."""
+        if self.centroids is None:
+            raise ValueError("the semantic tokenizer has no centroids: fit or load it first")
+        feats, valid = self.frames(waveforms)
+        tokens, lengths = speechlm.tokenize(feats, valid, self.centroids, deduplicate=self.deduplicate)
+        return [list(map(int, row[:n])) for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
+
+    def save(self, path: str):
+        settings = {"features": self.features, "frame_rate": self.frame_rate, "deduplicate": self.deduplicate,
+                    "recognizer_config": self.recognizer_config, "recognizer_workdir": self.recognizer_workdir}
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "SemanticTokenizer":
+        try:
+            with np.load(path) as f:
+                return cls(f["centroids"], **json.loads(str(f["settings"])))
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path} is not a semantic tokenizer saved by SemanticTokenizer.save: {e}") from e
