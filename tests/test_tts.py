@@ -79,11 +79,15 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[0][1], results[1][1])
 
 
-def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED)
+@pytest.mark.parametrize("condition", ["text", "semantic"])
+def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condition):
+    """MusicGen's layout on text, or on the utterance's own k-means units (AudioLM's acoustic stage)."""
+    semantic = {"condition": condition, "semantic_clusters": 8, "semantic_frame_rate": 100}
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED, tts=semantic)
     metrics = train(cfg, str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/lm_loss"])
     assert len(speech.read_audio(str(tmp_path / "run" / "tts" / "0_generated.wav"))) > 0
+    assert (tmp_path / "tokens" / "semantic.npz").exists() == (condition == "semantic")
 
 
 def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_path):
@@ -91,5 +95,7 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
     trainer = Trainer(cfg)
     with pytest.raises(ValueError, match="4 codebooks of 16 .* expects 4 of 32"):
         trainer.task.train_source()
+    with pytest.raises(ValueError, match="VALL-E reads text"):
+        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"condition": "semantic"}))
     with pytest.raises(ValueError, match="unknown argument.*'layers'"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))

@@ -198,7 +198,16 @@ class TTSConfig:
     # Where the corpus's codes are cached (<dir>/<split>.npz); default <codec_workdir>/tokens.
     tokens_dir: str = ""
     text: Literal["chars", "phonemes"] = "chars"  # UTF-8 bytes of the text, or of eSpeak NG's phonemes
-    max_text_length: int = 128  # bytes; longer utterances are skipped (and counted)
+    # What the LM is conditioned on: the text, or (a delayed LM) the semantic tokens of the
+    # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames or of a
+    # CTC run's encoder states (tts.recognizer_*), fitted on the training split and saved
+    # as <tokens_dir>/semantic.npz.
+    condition: Literal["text", "semantic"] = "text"
+    semantic_features: Literal["logmel", "recognizer"] = "logmel"
+    semantic_clusters: int = 100
+    semantic_frame_rate: int = 25
+    semantic_deduplicate: bool = False
+    max_text_length: int = 128  # text bytes or semantic tokens; longer utterances are skipped (and counted)
     max_frames: int = 512  # codec frames; longer utterances are skipped (and counted)
     # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
     temperature: float = 1.0

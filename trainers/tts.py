@@ -24,8 +24,8 @@ def main(argv=None):
     from trainers.config import parse_command_line
 
     args, cfg = parse_command_line("python -m trainers.tts", __doc__, argv, _add_arguments)
-    if cfg.task != "tts":
-        sys.exit(f"{args.config}: task is {cfg.task!r}; speech synthesis needs a tts config")
+    if cfg.task != "tts" or cfg.tts.condition != "text":
+        sys.exit(f"{args.config}: speech synthesis needs a tts config conditioned on text")
     launch.initialize()
     import jax
 
@@ -50,8 +50,8 @@ def main(argv=None):
         prompt_text = load_recognizer(cfg.tts.recognizer_config, cfg.tts.recognizer_workdir)([prompt])[0]
         print(f"prompt transcript: {prompt_text}")
     step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
-    (audio,) = task.synthesise(state.inference_params, [args.text], [prompt], [prompt_text],
-                               jax.random.PRNGKey(args.seed))
+    (audio,) = task.synthesise(state.inference_params, task.text_ids([prompt_text]), task.text_ids([" " + args.text]),
+                               [prompt], jax.random.PRNGKey(args.seed))
     speech.write_wav(args.out, audio)
     print(f"{args.out}: {len(audio) / speech.SAMPLE_RATE:.2f} s (checkpoint {step})")
 

@@ -71,10 +71,15 @@ def build_models(cfg):
     base = speechlm.VARIANTS[cfg.model.name][1] if cfg.model.name in speechlm.VARIANTS else {}
     models = {k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
               for k, c in classes.items()}
+    t = cfg.tts
+    if t.condition == "semantic" and "lm" not in models:
+        raise ValueError("tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text")
+    needed = t.semantic_clusters if t.condition == "semantic" else TEXT_VOCAB
     for m in models.values():
         vocab = getattr(m, "text_vocab_size", None) or m.cond_vocab_size
-        if vocab < TEXT_VOCAB:
-            raise ValueError(f"model.args: the text vocabulary must hold {TEXT_VOCAB} byte values, not {vocab}")
+        if vocab < needed:
+            raise ValueError(f"model.args: the conditioning vocabulary must hold {needed} "
+                             f"{'semantic tokens' if t.condition == 'semantic' else 'byte values'}, not {vocab}")
     return models
 
 
@@ -88,7 +93,7 @@ class TTSTask(SplitSources):
         self.num_codebooks = self.models["nar"].num_quantizers if self.valle else first.num_codebooks
         t = cfg.tts
         self.train_transform = self.eval_transform = self._transform
-        self._codec = self._recognizer = self._speaker = None
+        self._codec = self._recognizer = self._speaker = self._semantic = None
         self.tokens_dir = t.tokens_dir or (os.path.join(t.codec_workdir, "tokens") if t.codec_workdir else "")
 
     # -- the codec and text -------------------------------------------------------------
@@ -129,6 +134,37 @@ class TTSTask(SplitSources):
             texts = speech.phonemize(texts)
         return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) for t in texts]
 
+    @property
+    def semantic(self):
+        """The semantic tokenizer: <tokens_dir>/semantic.npz, or fitted on the training split and saved there."""
+        if self._semantic is None:
+            from trainers.semantic import SemanticTokenizer
+
+            t = self.cfg.tts
+            path = os.path.join(self.tokens_dir, "semantic.npz")
+            settings = dict(features=t.semantic_features, frame_rate=t.semantic_frame_rate,
+                            deduplicate=t.semantic_deduplicate, recognizer_config=t.recognizer_config,
+                            recognizer_workdir=t.recognizer_workdir)
+            if os.path.isfile(path):
+                saved = SemanticTokenizer.load(path)
+                if {k: getattr(saved, k) for k in settings} == settings and len(saved.centroids) == t.semantic_clusters:
+                    self._semantic = saved
+                    return saved
+            records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
+            print(f"fitting {t.semantic_clusters} semantic clusters on {len(records)} training utterances", flush=True)
+            tokenizer = SemanticTokenizer(None, **settings).fit([self.read(r["source"]) for r in records],
+                                                                t.semantic_clusters, self.cfg.seed)
+            os.makedirs(self.tokens_dir, exist_ok=True)
+            tokenizer.save(path)
+            self._semantic = tokenizer
+        return self._semantic
+
+    def conditions(self, texts, waveforms):
+        """The LM's conditioning tokens of utterances: their text's bytes, or their audio's semantic tokens."""
+        if self.cfg.tts.condition == "semantic":
+            return [np.asarray(x, np.int32) for x in self.semantic(waveforms)]
+        return self.text_ids(texts)
+
     def encode_audio(self, waveforms):
         """(codes (N, frames, K) padded, frames (N,)) of 16 kHz waveforms (resampled to the codec's rate)."""
         c = self.codec.config
@@ -163,7 +199,10 @@ class TTSTask(SplitSources):
         """The split's text ids and codes, from the cache or encoded (and cached) now."""
         t, c = self.cfg.tts, self.codec.config
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
-                "codec_version": self.codec_version, "keys": len(records)}
+                "codec_version": self.codec_version, "keys": len(records), "condition": t.condition}
+        if t.condition == "semantic":
+            meta["semantic"] = [t.semantic_features, t.semantic_clusters, t.semantic_frame_rate,
+                                t.semantic_deduplicate, t.recognizer_workdir]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
@@ -173,8 +212,9 @@ class TTSTask(SplitSources):
         if not self.tokens_dir:
             raise ValueError("task tts with codec_weights needs tts.tokens_dir for the encoded corpus")
         print(f"encoding {len(records)} {split} utterances with the codec into {path}", flush=True)
-        texts = self.text_ids([r["target"] for r in records])
-        codes, frames = self.encode_audio([self.read(r["source"]) for r in records])
+        waveforms = [self.read(r["source"]) for r in records]
+        texts = self.conditions([r["target"] for r in records], waveforms)
+        codes, frames = self.encode_audio(waveforms)
         codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
@@ -300,10 +340,14 @@ class TTSTask(SplitSources):
             by_speaker.setdefault(r.get("speaker"), []).append(r)
         return [(group[i], group[i + 1]) for group in by_speaker.values() for i in range(0, len(group) - 1, 2)]
 
-    def synthesise(self, params, texts, prompt_audio, prompt_texts, rng):
-        """16 kHz waveforms of `texts` spoken in the voices of prompt_audio (16 kHz, with their transcripts)."""
+    def synthesise(self, params, prompt_conditions, conditions, prompt_audio, rng, frames=None):
+        """16 kHz waveforms continuing prompt_audio (16 kHz) as `conditions` say, each after its
+        prompt's own (text ids or semantic tokens, from `conditions()`).
+
+        A delayed LM has no end token: it draws `frames` (per utterance) or, by default, as
+        many as the prompt's frames per conditioning token say."""
         t = self.cfg.tts
-        ids = self.text_ids([f"{p} {x}" for p, x in zip(prompt_texts, texts)])
+        ids = [np.concatenate([p, x]) for p, x in zip(prompt_conditions, conditions)]
         text = np.zeros((len(ids), max(len(i) for i in ids)), np.int32)
         for i, row in enumerate(ids):
             text[i, : len(row)] = row
@@ -318,10 +362,10 @@ class TTSTask(SplitSources):
             codes = speechlm.generate_nar(self.models["nar"], params["nar"], text, text_lengths, prompt,
                                           prompt_frames, first, frames)
         else:
-            # No end token: the length follows the prompt's speaking rate (frames per text byte).
-            new_ids = self.text_ids(list(texts))
-            rate = prompt_frames / np.maximum([len(i) for i in self.text_ids(list(prompt_texts))], 1)
-            frames = np.clip(np.round(rate * [len(i) for i in new_ids]).astype(int), 1, t.max_frames)
+            if frames is None:
+                rate = prompt_frames / np.maximum([len(p) for p in prompt_conditions], 1)
+                frames = np.round(rate * [len(x) for x in conditions]).astype(int)
+            frames = np.clip(frames, 1, t.max_frames)
             total = prompt_frames + frames
             out = speechlm.generate_delayed(self.models["lm"], params["lm"], text, text_lengths, prompt,
                                             prompt_frames, total, rng, frames=int(total.max()),
@@ -340,8 +384,14 @@ class TTSTask(SplitSources):
         prompts, targets = [p for p, _ in pairs], [r for _, r in pairs]
         prompt_audio = [self.read(p["source"]) for p in prompts]
         reference = [self.read(r["source"]) for r in targets]
-        generated = self.synthesise(params, [r["target"] for r in targets], prompt_audio,
-                                    [p["target"] for p in prompts], jax.random.PRNGKey(self.cfg.seed))
+        # With semantic conditioning the tokens (and the length) come from the real recording:
+        # a resynthesis in the prompt's voice, AudioLM's acoustic stage.
+        semantic = t.condition == "semantic"
+        frames = np.array([-(-len(a) * self.codec.config.sample_rate // speech.SAMPLE_RATE // self.codec.config.hop_length)
+                           for a in reference]) if semantic else None
+        generated = self.synthesise(params, self.conditions([p["target"] for p in prompts], prompt_audio),
+                                    self.conditions([" " + r["target"] for r in targets], reference), prompt_audio,
+                                    jax.random.PRNGKey(self.cfg.seed), frames)
         metrics = {}
         if t.recognizer_config:
             from trainers.tasks.ctc import load_recognizer, word_errors
