@@ -10,7 +10,9 @@ Training (model.name "valle"): the AR model's next-code loss over the first code
 (with EOS) plus the NAR model's loss on one random stage k in 2..K per utterance, given
 a random prefix of the same utterance (up to half) as its acoustic prompt, as
 lifeiteng/vall-e trains it. model.name "delayed" (or a named speechlm config such as
-musicgen_small): one DelayedLM over all codebooks, text as its prefix.
+musicgen_small): one DelayedLM over all codebooks, text as its prefix, or with
+tts.condition semantic the utterance's own semantic tokens (AudioLM's acoustic stage;
+trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz).
 
 Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
@@ -19,7 +21,9 @@ same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) i
 transcribed by a CTC run for the word error rate and embedded by a speaker classifier
 trained on the training voices for the speaker similarity (cosine to the prompt; the
 real recording of the sentence scores the ceiling). WAVs and spectrograms of prompt,
-reference and generated speech go into the workdir.
+reference and generated speech go into the workdir. With semantic conditioning the
+sentence's tokens (and length) come from its real recording: a resynthesis in the
+prompt's voice.
 """
 from __future__ import annotations
 
