@@ -301,7 +301,6 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
     return eval_metrics
 
 
-
 def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
     """(Trainer, state) of the `task` run at workdir, trained there first from config_path if it
     holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a recogniser).

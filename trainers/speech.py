@@ -78,6 +78,13 @@ class _ESpeak:
         self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
 
+    def say_16k(self, text: str, voice: str, pitch: int, rate: int) -> np.ndarray:
+        """Float32 samples at the corpus's 16 kHz."""
+        from scipy.signal import resample_poly
+
+        audio = self.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
+        return resample_poly(audio, SAMPLE_RATE // 50, self.sample_rate // 50)  # 320 / 441
+
     def phonemes(self, text: str, voice: str = "en-us") -> str:
         """eSpeak NG's ASCII phoneme mnemonics of `text` ("three red" -> "Tr'i: r'Ed")."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
@@ -102,8 +109,6 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
     """Synthesise the corpus into `path` unless its manifests are already there."""
     if all(os.path.isfile(os.path.join(path, f"{split}.jsonl")) for split in ("train", "test")):
         return
-    from scipy.signal import resample_poly
-
     os.makedirs(os.path.join(path, "wav"), exist_ok=True)
     engine = _ESpeak()
     rng = random.Random(seed)
@@ -114,8 +119,7 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         for i in range(size):
             text, voice = corpus_sentence(rng), rng.choice(voices)
             pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
-            audio = engine.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
-            audio = resample_poly(audio, SAMPLE_RATE // 50, engine.sample_rate // 50)  # 320 / 441
+            audio = engine.say_16k(text, voice, pitch, rate)
             key = f"{split}_{i:05d}"
             write_wav(os.path.join(path, "wav", f"{key}.wav"), audio)
             lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": text,
@@ -133,8 +137,6 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
     manifest = os.path.join(path, "tts_test.jsonl")
     if os.path.isfile(manifest):
         return
-    from scipy.signal import resample_poly
-
     os.makedirs(os.path.join(path, "wav"), exist_ok=True)
     engine, rng = _ESpeak(), random.Random(seed + 1)
     _, voices = corpus_voices(seed)
@@ -144,8 +146,7 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
         record = {"key": f"tts_{i:05d}", "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}
         for role in ("prompt", "target"):
             text = corpus_sentence(rng)
-            audio = engine.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
-            audio = resample_poly(audio, SAMPLE_RATE // 50, engine.sample_rate // 50)
+            audio = engine.say_16k(text, voice, pitch, rate)
             name = f"wav/tts_{i:05d}_{role}.wav"
             write_wav(os.path.join(path, name), audio)
             if role == "prompt":

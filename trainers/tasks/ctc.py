@@ -358,7 +358,6 @@ def load_recognizer(config_path: str, workdir: str):
     """Greedy transcription with a CTC run (see load_recognizer_state): a list of 16 kHz
     waveforms -> their texts."""
     task, params = load_recognizer_state(config_path, workdir)
-
     defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]  # auto language etc.
 
     @jax.jit
