@@ -4,11 +4,11 @@ their cached decoding and sampling, and k-means semantic tokens.
 Named configs (`create(name, **overrides)`), with their parameter counts (`param_count`):
 
   valle_ar        VALL-E AR: 12 layers, width 1024, 16 heads, FFN 4096; 512 text tokens,
-                  1024 codes (+EOS, BOS)                                  153,716,736
+                  1024 codes (+EOS, BOS)                                  153,781,248
   valle_nar       VALL-E NAR: the same stack with AdaLN on 7 stages, 8 codebooks
-                  of 1024                                                 200,040,448
+                  of 1024 (its 25 AdaLN projections are 52.5M of it)     219,896,832
   musicgen_small  MusicGen-small's LM: 24 layers, width 1024, 16 heads, FFN 4096, no
-                  biases, 4 codebooks of 2048, 256 prefix tokens           319,131,648
+                  biases, 4 codebooks of 2048, 256 prefix tokens           319,133,696
 
 The VALL-E paper publishes sizes, not counts. MusicGen's paper calls its small model
 300M; audiocraft's small LM is this stack (302.1M in the 24 blocks, plus 16.8M of
@@ -24,10 +24,13 @@ from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Transformer
 from jaxmodels.speechlm.valle import VALLEAR, VALLENAR, ar_training_inputs, generate_ar, generate_nar
 
+_VALLE = dict(d_model=1024, nhead=16, num_layers=12, dim_feedforward=4096, dropout=0.1, codebook_size=1024,
+              text_vocab_size=512)
 VARIANTS = {
-    "valle_ar": (VALLEAR, {}),
-    "valle_nar": (VALLENAR, {}),
-    "musicgen_small": (DelayedLM, {}),
+    "valle_ar": (VALLEAR, _VALLE),
+    "valle_nar": (VALLENAR, {**_VALLE, "num_quantizers": 8}),
+    "musicgen_small": (DelayedLM, dict(dim=1024, num_heads=16, num_layers=24, hidden_scale=4, num_codebooks=4,
+                                       codebook_size=2048, bias=False)),
 }
 
 
