@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxmodels import speechlm
-from jaxmodels.speechlm import valle
+from jaxmodels.speechlm import transformer
 from jaxmodels.speechlm.valle import VALLEAR, VALLENAR
 
 TINY = dict(d_model=32, nhead=4, num_layers=2, dim_feedforward=64, dropout=0.0)
@@ -41,8 +41,8 @@ def test_ar_cached_logits_equal_full_forward(positions):
     audio = jnp.concatenate([jnp.full((2, 1), model.bos), prompt], axis=1)
     positions_ = jnp.broadcast_to(jnp.arange(4), (2, 4))
     whole = jnp.zeros((2, 4 + 4), jnp.int32)
-    text_valid = valle.lengths_mask(text_len, 5)
-    cache = valle.empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
+    text_valid = transformer.lengths_mask(text_len, 5)
+    cache = transformer.empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
     logits, v = model.apply({"params": params, "cache": cache}, audio, positions_, positions_ <= prompt_len[:, None],
                             text=text, text_valid=text_valid, decode=True, mutable=["cache"])
     cache = v["cache"]

@@ -18,8 +18,7 @@ import jax.numpy as jnp
 
 from jaxmodels.nn.layers import constrain
 from jaxmodels.speechlm.sampling import sample_logits
-from jaxmodels.speechlm.transformer import Transformer
-from jaxmodels.speechlm.valle import Embed, empty_cache, lengths_mask
+from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, lengths_mask
 
 
 def delay_codes(codes, lengths, special: int):

@@ -53,6 +53,22 @@ def attention_mask(q_slots, k_slots, k_valid, causal: bool, bidirectional):
     return allowed
 
 
+def Embed(num: int, dim: int, name: str):
+    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
+    return nn.Embed(num, dim, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                          ("vocab", "embed")), name=name)
+
+
+def lengths_mask(lengths, size: int):
+    return jnp.arange(size)[None, :] < lengths[:, None]
+
+
+def empty_cache(model, *args, **kwargs):
+    """A zeroed KV cache for `model`, sized by the inputs of a call spanning the whole sequence."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, decode=True, **kwargs))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
 class SelfAttention(nn.Module):
     num_heads: int
     use_bias: bool = True

@@ -25,17 +25,7 @@ import jax.numpy as jnp
 
 from jaxmodels.nn.layers import Dense, constrain
 from jaxmodels.speechlm.sampling import sample_logits
-from jaxmodels.speechlm.transformer import Transformer
-
-
-def Embed(num: int, dim: int, name: str):
-    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
-    return nn.Embed(num, dim, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                          ("vocab", "embed")), name=name)
-
-
-def lengths_mask(lengths, size: int):
-    return jnp.arange(size)[None, :] < lengths[:, None]
+from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, lengths_mask
 
 
 class VALLEAR(nn.Module):
@@ -99,12 +89,6 @@ def ar_training_inputs(codes, lengths, bos: int, eos: int):
     targets = jnp.concatenate([codes, jnp.zeros((b, 1), codes.dtype)], axis=1)
     targets = jnp.where(slots == lengths[:, None], eos, targets)
     return inputs, targets, slots <= lengths[:, None]
-
-
-def empty_cache(model, *args, **kwargs):
-    """A zeroed KV cache for `model`, sized by the inputs of a call spanning the whole sequence."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, decode=True, **kwargs))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "min_new_tokens", "temperature", "top_k",

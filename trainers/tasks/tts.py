@@ -38,6 +38,7 @@ import optax
 
 from jaxmodels import speechlm
 from jaxmodels.speechlm import DelayedLM, VALLEAR, VALLENAR
+from jaxmodels.speechlm.transformer import lengths_mask
 from trainers import speech
 from trainers.tasks import SplitSources
 
@@ -265,7 +266,7 @@ class TTSTask(SplitSources):
     def _apply_args(self, name, batch, rng):
         """The positional inputs of model `name` for a batch (NAR: its random stage and prompt split)."""
         text, codes, frames = batch["text"], batch["codes"], batch["frames"]
-        text_valid = speechlm.valle.lengths_mask(batch["text_length"], text.shape[1])
+        text_valid = lengths_mask(batch["text_length"], text.shape[1])
         if name == "ar":
             m = self.models["ar"]
             inputs, _, valid = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
