@@ -66,3 +66,12 @@ def test_indivisible_dims_stay_replicated():
     mesh = sharding.make_mesh(1, 8, 1)
     assert sharding.mesh_spec(("embed", "mlp"), (12, 16), mesh)[0] is None
     assert sharding.mesh_spec(("embed", "mlp"), (16, 16), mesh)[0] == "fsdp"
+
+
+def test_a_trainer_builds_inside_another_trainers_context():
+    """Helper runs (a recogniser scoring TTS, a classifier scoring DiT samples) are loaded
+    during another run's evaluation, under its mesh and axis rules."""
+    outer = Trainer(tiny_config(mesh={"data": 8}))
+    with outer.context():
+        inner = Trainer(tiny_config(mesh={"data": 2, "fsdp": 4}))
+    assert inner.param_shardings is not None

@@ -58,7 +58,7 @@ class Trainer:
         self.groups = getattr(self.task, "optimizer_groups", None)
         if self.groups and cfg.optimizer.grad_accum_steps > 1:
             raise ValueError(f"task {cfg.task} updates its parts in turn: optimizer.grad_accum_steps must be 1")
-        opt_shape = jax.eval_shape(self._init_optimizer, nn.meta.unbox(boxed))
+        opt_shape = jax.eval_shape(self._init_optimizer, sharding.unbox_abstract(boxed))
 
         def opt_shardings_of(shape, param_shardings):
             return optax.tree_map_params(self.tx, lambda _, s: s, shape, param_shardings, transform_non_params=lambda _: rep)

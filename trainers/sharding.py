@@ -64,10 +64,18 @@ def mesh_spec(logical_spec, shape, mesh: Mesh) -> P:
     return P(*out)
 
 
+def unbox_abstract(boxed_abstract):
+    """The shapes of a boxed abstract tree, without the sharding constraint flax's unbox
+    applies under active axis rules (which fails on abstract values, e.g. when a helper
+    run is built inside another trainer's context)."""
+    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+                        boxed_abstract, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def param_shardings(boxed_abstract_params, mesh: Mesh):
     """NamedShardings for an abstract (boxed, from jax.eval_shape of init) parameter tree."""
     logical = nn.get_partition_spec(boxed_abstract_params)
-    shapes = nn.meta.unbox(boxed_abstract_params)
+    shapes = unbox_abstract(boxed_abstract_params)
     return jax.tree.map(
         lambda spec, s: NamedSharding(mesh, mesh_spec(spec, s.shape, mesh)),
         logical,
