@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def squared_distances(x, centroids):
@@ -78,17 +79,17 @@ def fit(rng, x, k: int, *, steps: int = 100, batch_size: int = 1024, init_size: 
         raise ValueError(f"k-means: {n} points cannot make {k} clusters")
     init_rng, rng = jax.random.split(rng)
     init_size = min(n, init_size or 3 * batch_size)
-    sample = jax.random.choice(init_rng, n, (init_size,), replace=False)
-    centroids = kmeans_plus_plus(rng, jnp.asarray(x)[sample], k)
+    sample = np.asarray(jax.random.choice(init_rng, n, (init_size,), replace=False))
+    centroids = kmeans_plus_plus(rng, jnp.asarray(x[sample]), k)
     counts = jnp.zeros(k, jnp.float32)
     batch_size = min(batch_size, n)
-    order = []
+    order = np.zeros(0, np.int64)
     for _ in range(steps):
         if len(order) < batch_size:
             rng, key = jax.random.split(rng)
-            order = list(jax.device_get(jax.random.permutation(key, n)))
+            order = np.asarray(jax.random.permutation(key, n))
         indices, order = order[:batch_size], order[batch_size:]
-        batch = jnp.asarray(x)[jnp.asarray(indices)]
+        batch = jnp.asarray(x[indices])  # only the batch goes to the device
         if sharding is not None:
             batch = jax.device_put(batch, sharding)
         centroids, counts, _ = minibatch_update(centroids, counts, batch)
