@@ -18,7 +18,8 @@ Evaluation: teacher-forced losses and accuracies on the eval split, then zero-sh
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
 prompt's transcript and the sentence, the acoustic prompt is another utterance of the
 same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) is
-transcribed by a CTC run for the word error rate and embedded by a speaker classifier
+transcribed by a CTC run for the word error rate (also of the real recordings, and of
+them through the codec: the ceiling for the LM) and embedded by a speaker classifier
 trained on the training voices for the speaker similarity (cosine to the prompt; the
 real recording of the sentence scores the ceiling). WAVs and spectrograms of prompt,
 reference and generated speech go into the workdir. With semantic conditioning the
@@ -403,7 +404,9 @@ class TTSTask(SplitSources):
 
             if self._recognizer is None:
                 self._recognizer = load_recognizer(t.recognizer_config, t.recognizer_workdir)
-            for name, audio in (("", generated), ("_reference", reference)):
+            # The ceiling the LM can reach: the real recording through the codec and back.
+            resynthesised = self.decode_codes(*self.encode_audio(reference))
+            for name, audio in (("", generated), ("_reference", reference), ("_codec", resynthesised)):
                 errors = [word_errors(r["target"], h) for r, h in zip(targets, self._recognizer(audio))]
                 metrics[f"wer{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
         if t.speaker_steps:
