@@ -261,25 +261,27 @@ class TTSTask(SplitSources):
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
         keys = jax.random.split(rng, len(self.models))
-        return {"params": {name: model.init(key, *self._apply_args(name, batch, key))["params"]
+        return {"params": {name: model.init(key, *self._example(name, batch, key)[0])["params"]
                            for (name, model), key in zip(self.models.items(), keys)}}
 
-    def _apply_args(self, name, batch, rng):
-        """The positional inputs of model `name` for a batch (NAR: its random stage and prompt split)."""
+    def _example(self, name, batch, rng):
+        """(positional inputs of model `name`, its targets, where they are scored) for a batch
+        (NAR: its random stage and prompt split)."""
         text, codes, frames = batch["text"], batch["codes"], batch["frames"]
         text_valid = lengths_mask(batch["text_length"], text.shape[1])
-        if name == "ar":
-            m = self.models["ar"]
-            inputs, _, valid = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
-            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
-            return inputs, positions, valid, text, text_valid
         if name == "nar":
             prompt, prompt_valid, target, target_valid, stage = self._nar_split(codes, frames, rng)
-            return text, text_valid, prompt, prompt_valid, target, target_valid, stage
-        inputs, _, _ = speechlm.delayed_training_inputs(codes, frames, self.codebook_size)
-        valid = jnp.arange(inputs.shape[1])[None] <= (frames + self.num_codebooks - 1)[:, None]
-        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape[:2])
-        return inputs, positions, valid, text, text_valid
+            targets = jnp.take_along_axis(target, stage[:, None, None], axis=2)[..., 0]
+            return (text, text_valid, prompt, prompt_valid, target, target_valid, stage), targets, target_valid
+        if name == "ar":
+            m = self.models["ar"]
+            inputs, targets, scored = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
+            valid = scored
+        else:
+            inputs, targets, scored = speechlm.delayed_training_inputs(codes, frames, self.codebook_size)
+            valid = jnp.arange(inputs.shape[1])[None] <= (frames + self.num_codebooks - 1)[:, None]
+        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), valid.shape)
+        return (inputs, positions, valid, text, text_valid), targets, scored
 
     def _nar_split(self, codes, frames, rng):
         """A random prefix (1 .. half the frames) of each utterance as its prompt, the rest as the
@@ -298,23 +300,14 @@ class TTSTask(SplitSources):
 
     def _losses(self, params, batch, rng, train):
         """{name: (loss, accuracy)} of each model on the batch."""
-        out, mask = {}, batch["mask"][:, None]
+        out = {}
         for (name, model), key in zip(self.models.items(), jax.random.split(rng, len(self.models))):
             k_split, k_drop = jax.random.split(key)
-            args = self._apply_args(name, batch, k_split)
+            args, targets, scored = self._example(name, batch, k_split)
             logits = model.apply({"params": params[name]}, *args, deterministic=not train,
                                  rngs={"dropout": k_drop} if train else {})
-            if name == "ar":
-                _, targets, valid = speechlm.ar_training_inputs(batch["codes"][..., 0], batch["frames"], model.bos,
-                                                                model.eos)
-            elif name == "nar":
-                target, valid, stage = args[4], args[5], args[6]
-                targets = jnp.take_along_axis(target, stage[:, None, None], axis=2)[..., 0]
-            else:
-                _, targets, scored = speechlm.delayed_training_inputs(batch["codes"], batch["frames"],
-                                                                      self.codebook_size)
-                valid, mask = scored, batch["mask"][:, None, None]
-            out[name] = cross_entropy(logits, targets, valid * mask)
+            mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
+            out[name] = cross_entropy(logits, targets, scored * mask)
         return out
 
     def loss(self, params, batch, rng):
