@@ -28,9 +28,11 @@ from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, lengths_mask
 
 
-class VALLEAR(nn.Module):
+class _VALLE(nn.Module):
+    """The arguments VALL-E's AR and NAR models share (the paper's sizes)."""
+
     text_vocab_size: int = 512
-    codebook_size: int = 1024  # audio ids; EOS = codebook_size, BOS = codebook_size + 1
+    codebook_size: int = 1024
     d_model: int = 1024
     nhead: int = 16
     num_layers: int = 12
@@ -39,6 +41,10 @@ class VALLEAR(nn.Module):
     positions: str = "sin"
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+
+
+class VALLEAR(_VALLE):
+    """Audio ids: codes 0..codebook_size-1, EOS = codebook_size, BOS = codebook_size + 1."""
 
     @property
     def eos(self):
@@ -141,18 +147,8 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     return codes, lengths
 
 
-class VALLENAR(nn.Module):
-    text_vocab_size: int = 512
-    codebook_size: int = 1024
+class VALLENAR(_VALLE):
     num_quantizers: int = 8
-    d_model: int = 1024
-    nhead: int = 16
-    num_layers: int = 12
-    dim_feedforward: int = 4096
-    dropout: float = 0.1
-    positions: str = "sin"
-    dtype: jnp.dtype = jnp.float32
-    remat: bool = False
 
     @nn.compact
     def __call__(self, text, text_valid, prompt, prompt_valid, codes, codes_valid, stage, *, deterministic=True):
