@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.asr import apply_cmvn, fbank
+from trainers import speech
 
 MEL_RATE = 100  # fbank frames per second (10 ms shift)
 
@@ -39,10 +40,7 @@ class SemanticTokenizer:
     # -- features -----------------------------------------------------------------------
     def frames(self, waveforms):
         """(features (N, T, D), valid (N, T)) of 16 kHz waveforms."""
-        audio = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
-        for i, w in enumerate(waveforms):
-            audio[i, : len(w)] = w
-        lengths = np.array([len(w) for w in waveforms], np.int32)
+        audio, lengths = speech.pad_waveforms(waveforms)
         encode = self._logmel if self.features == "logmel" else self._recognizer_encoder()
         parts = [encode(audio[i: i + 64], lengths[i: i + 64]) for i in range(0, len(audio), 64)]
         return jnp.concatenate([f for f, _ in parts]), jnp.concatenate([v for _, v in parts])

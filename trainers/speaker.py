@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jaxmodels.asr import fbank
+from trainers import speech
 
 NUM_MEL_BINS = 40
 
@@ -42,10 +43,7 @@ def _fbank(audio, lengths):
 
 def _features(waveforms, chunk: int = 256):
     """Log-mel frames (N, T, mels) and their valid mask of 16 kHz waveforms, computed `chunk` at a time."""
-    audio = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
-    for i, w in enumerate(waveforms):
-        audio[i, : len(w)] = w
-    lengths = np.array([len(w) for w in waveforms], np.int32)
+    audio, lengths = speech.pad_waveforms(waveforms)
     parts = [_fbank(audio[i: i + chunk], lengths[i: i + chunk]) for i in range(0, len(audio), chunk)]
     feats, frames = jnp.concatenate([f for f, _ in parts]), jnp.concatenate([n for _, n in parts])
     return feats, jnp.arange(feats.shape[1])[None] < frames[:, None]

@@ -214,6 +214,15 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
     return audio.mean(axis=1) if mono else audio
 
 
+def pad_waveforms(waveforms):
+    """(audio (N, longest) float32 zero-padded, lengths (N,) int32) of a list of 1-D waveforms."""
+    lengths = np.array([len(w) for w in waveforms], np.int32)
+    audio = np.zeros((len(waveforms), lengths.max()), np.float32)
+    for i, w in enumerate(waveforms):
+        audio[i, : len(w)] = w
+    return audio, lengths
+
+
 def read_manifest(path: str) -> list[dict]:
     """A JSON-lines manifest: one {"key", "source", "target", ...} per line; `source` made absolute."""
     if not os.path.isfile(path):

@@ -71,10 +71,8 @@ def main(argv=None):
         label_paddings = paddings_from_lengths(count, labels.shape[1])
         return labels, count, forced_align(logits, paddings, labels, label_paddings)
 
-    longest = max(len(a) for a in audio)
-    batch = {"audio": np.zeros((len(audio), longest), np.float32), "audio_length": np.array([len(a) for a in audio])}
-    for i, a in enumerate(audio):
-        batch["audio"][i, : len(a)] = a
+    padded, lengths = speech.pad_waveforms(audio)
+    batch = {"audio": padded, "audio_length": lengths}
     if s.prompts:
         defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]
         batch["prompts"] = np.tile(np.array([defaults], np.int32), (len(audio), 1))

@@ -371,10 +371,7 @@ def load_recognizer(config_path: str, workdir: str):
         return jnp.where(label_paddings > 0, -1, labels)
 
     def transcribe(waveforms):
-        audio = np.zeros((len(waveforms), max(len(w) for w in waveforms)), np.float32)
-        for i, w in enumerate(waveforms):
-            audio[i, : len(w)] = w
-        labels = np.asarray(decode(params, audio, np.array([len(w) for w in waveforms], np.int32)))
+        labels = np.asarray(decode(params, *speech.pad_waveforms(waveforms)))
         return [task.tokenizer.decode(row[row >= 0]) for row in labels]
 
     return transcribe
