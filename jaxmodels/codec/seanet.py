@@ -119,6 +119,23 @@ def _pad_reflect(x, left, right):
     return x[:, : x.shape[1] - extra]
 
 
+def _conv_transpose(x, w, stride: int):
+    """torch's ConvTranspose1d without padding: (B, T, in), (k, in, out) -> (B, (T - 1) * stride + k, out).
+
+    Every input frame adds w's k taps, scaled by it, at stride * t: one matmul, then the
+    ceil(k / stride) phases of the taps overlap-added. XLA:CPU differentiates the
+    equivalent convolution of the stride-dilated input about ten times slower
+    (benchmarks/codec_train_step.py), and it was most of a codec train step.
+    """
+    k, _, out = w.shape
+    phases = -(-k // stride)
+    w = jnp.pad(w, ((0, phases * stride - k), (0, 0), (0, 0)))
+    b, t, _ = x.shape
+    z = jnp.einsum("btc,kco->btko", x, w).reshape(b, t, phases, stride, out)
+    y = sum(jnp.pad(z[:, :, i], ((0, 0), (i, phases - 1 - i), (0, 0), (0, 0))) for i in range(phases))
+    return y.reshape(b, (t + phases - 1) * stride, out)[:, : (t - 1) * stride + k]
+
+
 class SConvTranspose1d(nn.Module):
     """ConvTranspose1d with the kernel - stride surplus trimmed as upstream: all on the right
     when causal (trim_right_ratio 1), else the extra one on the left."""
@@ -139,9 +156,7 @@ class SConvTranspose1d(nn.Module):
         fan_in = k * self.out_channels  # torch computes it from the (in, out, k) weight's dim 1
         w = _weight_normed(self, (k, x.shape[-1], self.out_channels), (0, 2), 1, (None, "conv_in", "embed"), fan_in,
                            self.dtype)
-        # A transposed convolution is the convolution of the stride-dilated input with the flipped kernel.
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), w[::-1], (1,), [(k - 1, k - 1)], lhs_dilation=(s,),
-                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        y = _conv_transpose(x.astype(self.dtype), w, s)
         bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)),
                           (self.out_channels,)).astype(self.dtype)
         total = k - s
