@@ -73,6 +73,22 @@ def test_spec_augment_masks_bands_and_spans_within_bounds():
         assert zero_frames.sum() <= 2 * 5 and not zero_frames[int(lengths[b]) :].any()
 
 
+def test_degrade_band_limits_and_adds_noise_at_the_asked_level():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 16000)).astype(np.float32) * 0.1
+    lengths = jnp.array([16000, 9000])
+    x[1, 9000:] = 0
+    key = jax.random.PRNGKey(0)
+    lowpassed = np.asarray(asr.degrade(key, jnp.asarray(x), lengths, 1.0, (3000.0, 3000.0), (200.0, 200.0)))
+    spectrum = np.abs(np.fft.rfft(lowpassed[0]))
+    assert spectrum[3100:].max() < 1e-3 * spectrum[:2900].mean()  # 1 Hz bins: nothing above the cutoff
+    assert not lowpassed[1, 9000:].any()  # padding stays silent
+    noisy = np.asarray(asr.degrade(key, jnp.asarray(x), lengths, 1.0, (8000.0, 8000.0), (10.0, 10.0)))
+    snr = 10 * np.log10(np.mean(x[0] ** 2) / np.mean((noisy[0] - x[0]) ** 2))
+    assert abs(snr - 10) < 0.2
+    np.testing.assert_array_equal(asr.degrade(key, jnp.asarray(x), lengths, 0.0), x)
+
+
 def tiny_sensevoice(**overrides):
     conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=2, tp_blocks=1)
     return asr.create("sensevoice_small", vocab_size=30, input_size=40, encoder_conf=conf, **overrides)

@@ -131,6 +131,11 @@ class SpeechConfig:
     freq_mask_width: int = 30
     num_time_masks: int = 1
     time_mask_width: int = 12
+    # Training only: each utterance low-passed (cutoff uniform in lowpass_hz) with this
+    # probability and, apart, given white noise (SNR uniform in noise_snr_db); 0: off.
+    degrade_prob: float = 0.0
+    lowpass_hz: Tuple[float, float] = (2000.0, 8000.0)
+    noise_snr_db: Tuple[float, float] = (5.0, 40.0)
     max_label_length: int = 64
     prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
     beam_size: int = 8  # eval: greedy and prefix beam search WER

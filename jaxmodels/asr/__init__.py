@@ -1,7 +1,7 @@
 """Speech recognition: the front end (filterbank, low frame rate, CMVN, SpecAugment) and
 SenseVoice-Small's SAN-M + CTC recogniser, with named configs."""
 from jaxmodels.asr.convert import from_torch, infer_config
-from jaxmodels.asr.frontend import apply_cmvn, fbank, low_frame_rate, mel_banks, spec_augment
+from jaxmodels.asr.frontend import apply_cmvn, degrade, fbank, low_frame_rate, mel_banks, spec_augment
 from jaxmodels.asr.model import (
     LANGUAGE_QUERY,
     NUM_PROMPTS,

@@ -1,5 +1,6 @@
 """Speech front end in JAX, batched: Kaldi-compatible log-mel filterbank, low-frame-rate
-stacking, CMVN and SpecAugment, as SenseVoice's (FunASR's WavFrontend + SpecAugLFR).
+stacking, CMVN and SpecAugment, as SenseVoice's (FunASR's WavFrontend + SpecAugLFR), and
+a band-limit and noise augmentation of the waveform.
 
 Waveforms are (B, N) float in [-1, 1] with lengths (B,); features (B, T, D) with lengths.
 The filterbank follows Kaldi's compute-fbank-feats (as torchaudio.compliance.kaldi.fbank
@@ -130,6 +131,28 @@ def spec_augment(
         span = (t >= starts[:, i, None]) & (t < (starts + widths)[:, i, None])
         keep &= ~span[:, :, None]
     return jnp.where(keep, feats, 0.0)
+
+
+def degrade(key, waveform, lengths, prob: float, lowpass_hz=(2000.0, 8000.0), snr_db=(5.0, 40.0),
+            sample_rate: int = 16000):
+    """Channel augmentation of a training batch: each utterance, with probability `prob`, is
+    low-passed at a cutoff uniform in `lowpass_hz` (a brick wall on its spectrum), and,
+    independently with probability `prob`, gets white noise at an SNR uniform in `snr_db`
+    (relative to its own power). Teaches a recogniser that speech band-limited or noisy,
+    as a codec or a telephone leaves it, is still speech; padding stays zero."""
+    batch, samples = waveform.shape
+    keys = jax.random.split(key, 5)
+    x = waveform.astype(jnp.float32)
+    cutoff = jax.random.uniform(keys[0], (batch, 1), minval=lowpass_hz[0], maxval=lowpass_hz[1])
+    freqs = np.fft.rfftfreq(samples, 1 / sample_rate)[None]
+    lowpassed = jnp.fft.irfft(jnp.fft.rfft(x, axis=-1) * (freqs <= cutoff), n=samples, axis=-1)
+    x = jnp.where(jax.random.uniform(keys[1], (batch, 1)) < prob, lowpassed, x)
+    valid = jnp.arange(samples)[None] < lengths[:, None]
+    power = jnp.sum(jnp.square(x) * valid, -1, keepdims=True) / jnp.maximum(lengths[:, None], 1)
+    snr = jax.random.uniform(keys[2], (batch, 1), minval=snr_db[0], maxval=snr_db[1])
+    noise = jax.random.normal(keys[3], x.shape) * jnp.sqrt(power / 10 ** (snr / 10))
+    x = x + noise * (jax.random.uniform(keys[4], (batch, 1)) < prob)
+    return jnp.where(valid, x, 0.0).astype(waveform.dtype)
 
 
 def num_output_frames(samples: int, sample_rate: int = 16000, lfr_n: int = 6) -> int:

@@ -1,7 +1,7 @@
 """Speech recognition with CTC (the SenseVoice-style recogniser).
 
 Records carry raw audio padded to data.max_seconds and token ids; the front end
-(Kaldi fbank, dither and SpecAugment in training, low frame rate, global CMVN) runs on
+(Kaldi fbank, low frame rate, global CMVN; in training band-limiting and noise, dither and SpecAugment) runs on
 device inside the jitted step. Eval decodes greedily and with prefix beam search (with
 an n-gram LM when configured) and reports word error rates; the pictures are a
 spectrogram of one utterance with its forced-aligned tokens.
@@ -236,23 +236,26 @@ class CTCTask(SplitSources):
 
     # -- model ------------------------------------------------------------------------
     def _features(self, audio, audio_length, rng):
-        """Filterbank -> LFR (-> SpecAugment when rng is given); CMVN comes after."""
+        """Filterbank (dithered when rng is given) -> LFR; CMVN comes after."""
         s = self.cfg.speech
-        keys = jax.random.split(rng) if rng is not None else (None, None)
         dither = s.dither if rng is not None else 0.0
-        feats, lengths = asr.fbank(audio, audio_length, num_mel_bins=s.num_mel_bins, dither=dither, key=keys[0])
-        feats, lengths = asr.low_frame_rate(feats, lengths, s.lfr_m, s.lfr_n)
-        if rng is not None and (s.num_freq_masks or s.num_time_masks):
-            feats = asr.spec_augment(keys[1], feats, lengths, s.num_freq_masks, s.freq_mask_width, s.num_time_masks,
-                                     s.time_mask_width, s.lfr_m)
-        return feats, lengths
+        feats, lengths = asr.fbank(audio, audio_length, num_mel_bins=s.num_mel_bins, dither=dither, key=rng)
+        return asr.low_frame_rate(feats, lengths, s.lfr_m, s.lfr_n)
 
     def forward(self, params, batch, rng, train):
-        """Audio batch -> (logits (B, T', V), lengths): the front end, CMVN and the model
-        (the four prompt frames first when speech.prompts is on)."""
-        k_feat, k_drop = jax.random.split(rng) if train else (None, None)
-        feats, lengths = self._features(batch["audio"], batch["audio_length"], k_feat)
+        """Audio batch -> (logits (B, T', V), lengths): the front end, CMVN, SpecAugment in
+        training (after CMVN, as FunASR, so a mask is the mean) and the model (the four prompt
+        frames first when speech.prompts is on)."""
+        k_degrade, k_feat, k_mask, k_drop = jax.random.split(rng, 4) if train else (None,) * 4
+        s = self.cfg.speech
+        audio = batch["audio"]
+        if train and s.degrade_prob > 0:
+            audio = asr.degrade(k_degrade, audio, batch["audio_length"], s.degrade_prob, s.lowpass_hz, s.noise_snr_db)
+        feats, lengths = self._features(audio, batch["audio_length"], k_feat)
         feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
+        if train and (s.num_freq_masks or s.num_time_masks):
+            feats = asr.spec_augment(k_mask, feats, lengths, s.num_freq_masks, s.freq_mask_width, s.num_time_masks,
+                                     s.time_mask_width, s.lfr_m)
         language = textnorm = None
         if self.cfg.speech.prompts:
             language, textnorm = self._query_rows(batch["prompts"][:, 0]), self._query_rows(batch["prompts"][:, 3])
