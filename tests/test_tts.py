@@ -79,6 +79,23 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[0][1], results[1][1])
 
 
+def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_path):
+    task = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"pair_prob": 1.0, "max_frames": 256,
+                                                                          "max_text_length": 64})).task
+    source, rng = task.train_source(), np.random.default_rng(0)
+    for record in source[:4]:
+        example = task.train_transform(record, rng)
+        n, f = int(example["text_length"]), int(example["frames"])
+        first = [r for r in source if r is not record and r["speaker"] == record["speaker"]
+                 and len(r["codes"]) == f - len(record["codes"])
+                 and np.array_equal(example["codes"][: len(r["codes"])], r["codes"])]
+        assert first, "the example does not start with another utterance of the voice"
+        np.testing.assert_array_equal(example["text"][:n], np.concatenate([first[0]["text_ids"], [32], record["text_ids"]]))
+        np.testing.assert_array_equal(example["codes"][f - len(record["codes"]): f], record["codes"])
+    single = task.eval_transform(source[0], rng)  # eval examples are never paired
+    assert int(single["frames"]) == len(source[0]["codes"])
+
+
 @pytest.mark.parametrize("condition", ["text", "semantic"])
 def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condition):
     """MusicGen's layout on text, or on the utterance's own k-means units (AudioLM's acoustic stage)."""

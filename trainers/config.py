@@ -214,6 +214,11 @@ class TTSConfig:
     semantic_deduplicate: bool = False
     max_text_length: int = 128  # text bytes or semantic tokens; longer utterances are skipped (and counted)
     max_frames: int = 512  # codec frames; longer utterances are skipped (and counted)
+    # Training: with this probability an example is another utterance of the same voice (the
+    # manifest's "voice", else "speaker") followed by this one, texts joined by a space, codes
+    # end to end (when both fit): what zero-shot inference feeds the model (a prompt and its
+    # continuation), which a corpus of short utterances otherwise never shows it.
+    pair_prob: float = 0.0
     # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
     temperature: float = 1.0
     top_k: int = 0

@@ -57,7 +57,7 @@ def param_count(model: SenseVoiceSmall) -> int:
 
 __all__ = [
     "LANGUAGE_QUERY", "NUM_PROMPTS", "TEXTNORM_QUERY", "VARIANTS", "EncoderLayerSANM", "MultiHeadedAttentionSANM",
-    "SenseVoiceEncoderSmall", "SenseVoiceSmall", "apply_cmvn", "create", "fbank", "from_torch", "infer_config",
+    "SenseVoiceEncoderSmall", "SenseVoiceSmall", "apply_cmvn", "create", "degrade", "fbank", "from_torch", "infer_config",
     "low_frame_rate", "mel_banks",
     "param_count", "sinusoidal_positions", "spec_augment",
 ]

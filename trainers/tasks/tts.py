@@ -13,6 +13,8 @@ lifeiteng/vall-e trains it. model.name "delayed" (or a named speechlm config suc
 musicgen_small): one DelayedLM over all codebooks, text as its prefix, or with
 tts.condition semantic the utterance's own semantic tokens (AudioLM's acoustic stage;
 trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz).
+With tts.pair_prob an example is two utterances of one voice end to end, the shape of a
+prompt and its continuation.
 
 Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
@@ -98,7 +100,7 @@ class TTSTask(SplitSources):
         self.codebook_size = first.codebook_size
         self.num_codebooks = self.models["nar"].num_quantizers if self.valle else first.num_codebooks
         t = cfg.tts
-        self.train_transform = self.eval_transform = self._transform
+        self.train_transform, self.eval_transform = self._train_transform, self._transform
         self._codec = self._recognizer = self._speaker = self._semantic = None
         self.tokens_dir = t.tokens_dir or (os.path.join(t.codec_workdir, "tokens") if t.codec_workdir else "")
 
@@ -171,6 +173,11 @@ class TTSTask(SplitSources):
             return [np.asarray(x, np.int32) for x in self.semantic(waveforms)]
         return self.text_ids(texts)
 
+    def join(self, first, second):
+        """The conditioning of one utterance spoken after another: texts with a space between."""
+        space = [ord(" ")] if self.cfg.tts.condition == "text" else []
+        return np.concatenate([first, np.asarray(space, np.int32), second])
+
     def encode_audio(self, waveforms):
         """(codes (N, frames, K) padded, frames (N,)) of 16 kHz waveforms (resampled to the codec's rate)."""
         c = self.codec.config
@@ -241,7 +248,23 @@ class TTSTask(SplitSources):
                   f"tts.max_text_length={t.max_text_length} bytes or tts.max_frames={t.max_frames} frames", flush=True)
         if not keep:
             raise ValueError(f"{split}: no utterance fits tts.max_text_length and tts.max_frames")
-        return [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
+        kept = [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
+        by_voice = {}
+        for i, r in enumerate(kept):
+            by_voice.setdefault(r.get("voice", r.get("speaker")), []).append(i)
+        for i, r in enumerate(kept):  # for tts.pair_prob
+            r["partners"] = [j for j in by_voice[r.get("voice", r.get("speaker"))] if j != i]
+        return kept
+
+    def _train_transform(self, record, rng):
+        t = self.cfg.tts
+        if t.pair_prob > 0 and record["partners"] and rng.random() < t.pair_prob:
+            first = self.train_source()[int(rng.choice(record["partners"]))]
+            text = self.join(first["text_ids"], record["text_ids"])
+            codes = np.concatenate([first["codes"], record["codes"]])
+            if len(text) <= t.max_text_length and len(codes) <= t.max_frames:
+                record = {"text_ids": text, "codes": codes}
+        return self._transform(record, rng)
 
     def _transform(self, record, rng):
         t = self.cfg.tts
@@ -346,7 +369,7 @@ class TTSTask(SplitSources):
         A delayed LM has no end token: it draws `frames` (per utterance) or, by default, as
         many as the prompt's frames per conditioning token say."""
         t = self.cfg.tts
-        ids = [np.concatenate([p, x]) for p, x in zip(prompt_conditions, conditions)]
+        ids = [self.join(p, x) for p, x in zip(prompt_conditions, conditions)]
         text = np.zeros((len(ids), max(len(i) for i in ids)), np.int32)
         for i, row in enumerate(ids):
             text[i, : len(row)] = row
@@ -389,7 +412,7 @@ class TTSTask(SplitSources):
         frames = np.array([-(-len(a) * self.codec.config.sample_rate // speech.SAMPLE_RATE // self.codec.config.hop_length)
                            for a in reference]) if semantic else None
         generated = self.synthesise(params, self.conditions([p["target"] for p in prompts], prompt_audio),
-                                    self.conditions([" " + r["target"] for r in targets], reference), prompt_audio,
+                                    self.conditions([r["target"] for r in targets], reference), prompt_audio,
                                     jax.random.PRNGKey(self.cfg.seed), frames)
         metrics = {}
         if t.recognizer_config:
