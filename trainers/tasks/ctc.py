@@ -1,10 +1,10 @@
 """Speech recognition with CTC (the SenseVoice-style recogniser).
 
 Records carry raw audio padded to data.max_seconds and token ids; the front end
-(Kaldi fbank, low frame rate, global CMVN; in training band-limiting and noise, dither and SpecAugment) runs on
-device inside the jitted step. Eval decodes greedily and with prefix beam search (with
-an n-gram LM when configured) and reports word error rates; the pictures are a
-spectrogram of one utterance with its forced-aligned tokens.
+(Kaldi fbank, low frame rate, global CMVN; in training band-limiting and noise, dither
+and SpecAugment) runs on device inside the jitted step. Eval decodes greedily and with
+prefix beam search (with an n-gram LM when configured) and reports word error rates; the
+pictures are a spectrogram of one utterance with its forced-aligned tokens.
 
 Tokens: "chars" (the transcripts' characters, "|" for the space) or "words" (the
 training transcripts' words), both with <blank> = 0 and <unk> = 1; or "pieces": a given
@@ -257,7 +257,7 @@ class CTCTask(SplitSources):
             feats = asr.spec_augment(k_mask, feats, lengths, s.num_freq_masks, s.freq_mask_width, s.num_time_masks,
                                      s.time_mask_width, s.lfr_m)
         language = textnorm = None
-        if self.cfg.speech.prompts:
+        if s.prompts:
             language, textnorm = self._query_rows(batch["prompts"][:, 0]), self._query_rows(batch["prompts"][:, 3])
         logits, lengths = self.model.apply({"params": params}, feats, lengths, language, textnorm,
                                            deterministic=not train, rngs={"dropout": k_drop} if train else {})

@@ -59,6 +59,12 @@ def cross_entropy(logits, targets, mask):
     return masked_mean(nll, mask), masked_mean((jnp.argmax(logits, -1) == targets).astype(jnp.float32), mask)
 
 
+def voice(record):
+    """A manifest record's voice: its "voice" field (the built-in corpus: the eSpeak voice,
+    whatever the pitch and rate), else its "speaker"."""
+    return record.get("voice", record.get("speaker"))
+
+
 def build_models(cfg):
     """{"ar": VALLEAR, "nar": VALLENAR} for model.name valle, else {"lm": DelayedLM}; model.args go to each
     model that takes them (an argument none takes is an error)."""
@@ -251,9 +257,9 @@ class TTSTask(SplitSources):
         kept = [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
         by_voice = {}
         for i, r in enumerate(kept):
-            by_voice.setdefault(r.get("voice", r.get("speaker")), []).append(i)
+            by_voice.setdefault(voice(r), []).append(i)
         for i, r in enumerate(kept):  # for tts.pair_prob
-            r["partners"] = [j for j in by_voice[r.get("voice", r.get("speaker"))] if j != i]
+            r["partners"] = [j for j in by_voice[voice(r)] if j != i]
         return kept
 
     def _train_transform(self, record, rng):
@@ -438,7 +444,7 @@ class TTSTask(SplitSources):
             from trainers.speaker import train_speaker_embedder
 
             records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
-            speakers = [r.get("voice", r.get("speaker")) for r in records]
+            speakers = [voice(r) for r in records]
             self._speaker, accuracy = train_speaker_embedder([self.read(r["source"]) for r in records],
                                                              speakers, self.cfg.tts.speaker_steps, self.cfg.seed)
             print(f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
