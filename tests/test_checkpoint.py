@@ -70,7 +70,7 @@ def test_restore_onto_another_mesh(trained):
     step, params = final_params(cfg, workdir)
     other = tiny_config(mesh={"data": 2, "fsdp": 2, "tensor": 2})
     trainer = Trainer(other)
-    _, state, _ = Checkpointer(os.path.join(workdir, "checkpoints")).restore(trainer.abstract_state)
+    _, state, _, _ = Checkpointer(os.path.join(workdir, "checkpoints")).restore(trainer.abstract_state)
     assert jax.tree.all(jax.tree.map(np.array_equal, jax.device_get(state.params), params))
     for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(trainer.param_shardings)):
         assert leaf.sharding == sharding

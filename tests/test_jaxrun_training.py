@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, tiny_config
 
 from trainers import config as config_lib
+from trainers import speech
 from trainers.checkpoint import Checkpointer
 from trainers.loop import Trainer, train
 
@@ -50,7 +51,7 @@ def losses(workdir):
 
 
 def final_params(workdir):
-    step, state, _ = Checkpointer(os.path.join(workdir, "checkpoints")).restore(Trainer(CFG).abstract_state)
+    step, state, _, _ = Checkpointer(os.path.join(workdir, "checkpoints")).restore(Trainer(CFG).abstract_state)
     return step, jax.device_get(state.params)
 
 
@@ -154,3 +155,26 @@ def test_sigterm_to_jaxrun_checkpoints_every_worker_at_one_step(config_path, com
     assert sorted(r for r, _ in stopped) == ["0", "1"], out[-3000:]
     assert len({s for _, s in stopped}) == 1  # both processes stopped after the same step
     assert (workdir / "checkpoints" / stopped[0][1]).is_dir()
+
+
+@pytest.mark.slow  # two minutes; CI runs it (.ci/run)
+def test_tts_trains_and_speaks_with_params_sharded_over_two_processes(tone_corpus, fixtures_dir, compile_cache,
+                                                                      tmp_path):
+    """Generation at eval needs the whole params on each process: with FSDP over both
+    processes each holds only half of every sharded weight."""
+    from test_tts import tts_config
+
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"fsdp": 8}, tts={"speaker_steps": 5})
+    path = tmp_path / "tts.yaml"
+    path.write_text(config_lib.dump(cfg))
+    reference = train(cfg, str(tmp_path / "one_process"))
+    workdir = tmp_path / "two_processes"
+    proc = subprocess.run(jaxrun_cmd(path, workdir, "--standalone", "--nproc_per_node=2"),
+                          env=worker_env(4, compile_cache), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    final = {k: v for r in rows if r["step"] == 2 for k, v in r.items()}
+    for name in ("ar_loss", "nar_loss", "speaker_similarity"):
+        assert final[f"eval/{name}"] == pytest.approx(reference[f"eval/{name}"], rel=1e-4), name
+    for name in ("prompt", "reference", "generated"):
+        assert len(speech.read_audio(str(workdir / "tts" / f"0_{name}.wav"))) > 0

@@ -105,6 +105,22 @@ def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condi
     assert np.isfinite(metrics["eval/lm_loss"])
     assert len(speech.read_audio(str(tmp_path / "run" / "tts" / "0_generated.wav"))) > 0
     assert (tmp_path / "tokens" / "semantic.npz").exists() == (condition == "semantic")
+    if condition == "semantic":
+        # The tokenizer comes back with the checkpoint: another one saved into the tokens
+        # directory since neither replaces it nor leaves stale tokens.
+        from trainers.checkpoint import restore_run
+        from trainers.semantic import SemanticTokenizer
+
+        path = str(tmp_path / "tokens" / "semantic.npz")
+        saved = SemanticTokenizer.load(path)
+        trained = np.asarray(saved.centroids)
+        saved.centroids = trained[::-1]
+        saved.save(path)
+        trainer = Trainer(cfg)
+        _, state = restore_run(trainer, str(tmp_path / "run"))
+        np.testing.assert_array_equal(trainer.task.semantic.centroids, trained)
+        again, _ = trainer.evaluate_state(state)
+        assert again["lm_loss"] == pytest.approx(metrics["eval/lm_loss"], rel=1e-5)
 
 
 def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_path):

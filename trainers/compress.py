@@ -49,11 +49,10 @@ def official_codec(weights: str, model: str):
     return codec_lib.from_torch(load_state_dict(weights), config)
 
 
-def run_codec(trainer, state):
-    """The Codec of a codec training run's state (its EMA weights when it has them)."""
+def run_codec(trainer, params):
+    """The Codec of a codec training run's inference params."""
     import jaxmodels.codec as codec_lib
 
-    params = state.inference_params
     return codec_lib.Codec(trainer.task.config, {"params": params["generator"], "codebooks": params["codebooks"]})
 
 
@@ -71,8 +70,8 @@ def load_codec(args):
     if cfg.task != "codec":
         sys.exit(f"{args.config}: task is {cfg.task!r}; compression needs a codec config")
     trainer = Trainer(cfg)
-    _, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
-    return run_codec(trainer, state)
+    _, state = restore_run(trainer, args.workdir, args.checkpoint)
+    return run_codec(trainer, state.inference_params)
 
 
 def convert_channels(audio, channels: int):

@@ -24,7 +24,7 @@ def main(argv=None):
     from trainers.loop import Trainer
 
     trainer = Trainer(cfg)
-    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    step, state = restore_run(trainer, args.workdir, args.checkpoint)
     metrics, outputs = trainer.evaluate_state(state)
     if jax.process_index() == 0:
         with open(os.path.join(args.workdir, f"eval_{step}.json"), "w") as f:

@@ -250,15 +250,18 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
     ckpt = Checkpointer(
         os.path.join(workdir, "checkpoints"), t.keep_checkpoints, t.best_metric, t.best_mode, t.async_checkpointing
     )
+    restored = ckpt.restore(trainer.abstract_state)
+    if restored is not None and restored[3] is not None:
+        trainer.task.set_assets(restored[3])  # before the sources, which may be made with them
     rows = sharding.local_batch_rows(trainer.mesh, d.batch_size)
     iterator = data.train_iterator(
         trainer.task.train_source(), trainer.task.train_transform, d.batch_size, rows, cfg.seed, d.num_workers
     )
-    restored = ckpt.restore(trainer.abstract_state)
+    assets = trainer.task.assets() if hasattr(trainer.task, "assets") else None
     if restored is None:
         state = trainer.init(cfg.seed)
     else:
-        step, state, data_state = restored
+        step, state, data_state, _ = restored
         iterator.set_state(data_state)
         print(f"resumed from {ckpt.directory}/{step}", flush=True)
     step = int(state.step)
@@ -289,7 +292,8 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
                     trainer.task.write_artifacts(workdir, outputs, step)
             stop_signal = preempt.agreed_signal()
             if step % t.checkpoint_every == 0 or save_metrics or final or stop_signal:
-                ckpt.save(step, state, iterator.get_state(), metrics=save_metrics, force=final or bool(stop_signal))
+                ckpt.save(step, state, iterator.get_state(), assets, metrics=save_metrics,
+                          force=final or bool(stop_signal))
             if stop_signal:
                 print(f"signal {stop_signal}: checkpoint written at step {step}, stopping", flush=True)
                 break
@@ -302,9 +306,11 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
 
 
 def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
-    """(Trainer, state) of the `task` run at workdir, trained there first from config_path if it
-    holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a recogniser).
-    `replace` swaps config sections (e.g. speech=... pointing at the run's assets) after training."""
+    """(Trainer, step, params) of the `task` run at workdir, trained there first from config_path
+    if it holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a
+    recogniser). params are its inference params as numpy, whole on every process, for
+    inference on the process's own devices. `replace` swaps config sections (e.g. speech=...
+    pointing at the run's assets) after training."""
     import dataclasses
 
     from trainers.checkpoint import restore_run
@@ -318,4 +324,5 @@ def trained_run(config_path: str, workdir: str, task: str, purpose: str, **repla
         train(cfg, workdir)
     cfg = dataclasses.replace(cfg, **{k: v(cfg) for k, v in replace.items()})
     trainer = Trainer(cfg)
-    return trainer, restore_run(trainer.abstract_state, workdir)[1]
+    step, state = restore_run(trainer, workdir)
+    return trainer, step, sharding.host_copy(state.inference_params)

@@ -56,7 +56,7 @@ def main(argv=None):
     bad = [y for y in labels if not 0 <= y < task.num_classes]
     if bad:
         sys.exit(f"--labels: {bad} not in 0..{task.num_classes - 1}")
-    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    step, state = restore_run(trainer, args.workdir, args.checkpoint)
     params = state.inference_params
     y = np.repeat(np.asarray(labels, np.int32), args.per_label)
     pad = -len(y) % sharding.batch_divisor(trainer.mesh)

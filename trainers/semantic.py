@@ -6,8 +6,8 @@ k-means units of a speech model's hidden states; this tokenizer does either: "lo
 frame_rate) or "recognizer" (the encoder states of a CTC run, at its frame rate of
 100 / lfr_n Hz). k-means++ and mini-batch updates from jaxmodels.speechlm, on frames of
 the given utterances; tokens optionally de-duplicated (runs collapsed). A tokenizer is
-saved to and loaded from one .npz (centroids and settings), which a run keeps in its
-workdir beside its checkpoints.
+saved to and loaded from one .npz (centroids and settings); a tts run also keeps the
+centroids in each of its checkpoints (TTSTask.assets).
 """
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ class SemanticTokenizer:
     def save(self, path: str):
         settings = {"features": self.features, "frame_rate": self.frame_rate, "deduplicate": self.deduplicate,
                     "recognizer_config": self.recognizer_config, "recognizer_workdir": self.recognizer_workdir}
-        tmp = path + ".tmp.npz"
+        tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes of one run may write it at once
         np.savez(tmp, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
         os.replace(tmp, path)
 

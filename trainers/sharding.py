@@ -88,6 +88,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def host_copy(tree):
+    """Numpy copies of a tree of global arrays, whole on every process (each may hold only a
+    shard, or none, of a multi-process array; jax.device_get fails there)."""
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
 

@@ -53,7 +53,7 @@ def main(argv=None):
             sys.exit(str(e))
     trainer = Trainer(cfg)
     task = trainer.task
-    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    step, state = restore_run(trainer, args.workdir, args.checkpoint)
     params = state.inference_params
     s = cfg.speech
 

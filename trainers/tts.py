@@ -49,7 +49,7 @@ def main(argv=None):
 
         prompt_text = load_recognizer(cfg.tts.recognizer_config, cfg.tts.recognizer_workdir)([prompt])[0]
         print(f"prompt transcript: {prompt_text}")
-    step, state = restore_run(trainer.abstract_state, args.workdir, args.checkpoint)
+    step, state = restore_run(trainer, args.workdir, args.checkpoint)
     (audio,) = task.synthesise(state.inference_params, task.text_ids([prompt_text]), task.text_ids([args.text]),
                                [prompt], jax.random.PRNGKey(args.seed))
     speech.write_wav(args.out, audio)

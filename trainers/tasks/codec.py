@@ -29,7 +29,7 @@ import optax
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization
 from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
-from trainers import speech
+from trainers import sharding, speech
 from trainers.tasks import SplitSources
 
 
@@ -238,7 +238,7 @@ class CodecTask(SplitSources):
         source, n = self.eval_source(), min(self.cfg.codec.eval_examples, len(self.eval_source()))
         records = [self.eval_transform(source[i], None) for i in range(n)]
         audio = np.stack([r["audio"] for r in records])
-        _, decoded = self._reconstruct(jax.device_get(params), audio)
+        _, decoded = self._reconstruct(sharding.host_copy(params), audio)
         lengths = np.array([r["audio_length"] for r in records])
         return {}, {"examples_original": audio, "examples_length": lengths,
                     **{f"examples_{bw:g}kbps": np.asarray(y) for bw, y in decoded.items()}}

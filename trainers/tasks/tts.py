@@ -12,7 +12,8 @@ a random prefix of the same utterance (up to half) as its acoustic prompt, as
 lifeiteng/vall-e trains it. model.name "delayed" (or a named speechlm config such as
 musicgen_small): one DelayedLM over all codebooks, text as its prefix, or with
 tts.condition semantic the utterance's own semantic tokens (AudioLM's acoustic stage;
-trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz).
+trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz; its
+centroids are kept in each checkpoint and restored with it).
 With tts.pair_prob an example is two utterances of one voice end to end, the shape of a
 prompt and its continuation.
 
@@ -31,6 +32,7 @@ prompt's voice.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -42,7 +44,7 @@ import optax
 from jaxmodels import speechlm
 from jaxmodels.speechlm import DelayedLM, VALLEAR, VALLENAR
 from jaxmodels.speechlm.transformer import lengths_mask
-from trainers import speech
+from trainers import sharding, speech
 from trainers.tasks import SplitSources
 
 TEXT_VOCAB = 256  # bytes
@@ -123,9 +125,9 @@ class TTSTask(SplitSources):
                 codec = official_codec(t.codec_weights, t.codec_model)
                 self.codec_version = os.path.abspath(t.codec_weights)
             elif t.codec_config and t.codec_workdir:
-                trainer, state = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
-                codec = run_codec(trainer, state)
-                self.codec_version = f"{os.path.abspath(t.codec_workdir)} step {int(state.step)}"
+                trainer, step, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
+                codec = run_codec(trainer, params)
+                self.codec_version = f"{os.path.abspath(t.codec_workdir)} step {step}"
             else:
                 raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
             c = codec.config
@@ -148,17 +150,21 @@ class TTSTask(SplitSources):
             texts = speech.phonemize(texts)
         return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) for t in texts]
 
+    def _semantic_settings(self):
+        t = self.cfg.tts
+        return dict(features=t.semantic_features, frame_rate=t.semantic_frame_rate, deduplicate=t.semantic_deduplicate,
+                    recognizer_config=t.recognizer_config, recognizer_workdir=t.recognizer_workdir)
+
     @property
     def semantic(self):
-        """The semantic tokenizer: <tokens_dir>/semantic.npz, or fitted on the training split and saved there."""
+        """The semantic tokenizer: the checkpoint's (set_assets), else <tokens_dir>/semantic.npz, else
+        fitted on the training split and saved there."""
         if self._semantic is None:
             from trainers.semantic import SemanticTokenizer
 
             t = self.cfg.tts
             path = os.path.join(self.tokens_dir, "semantic.npz")
-            settings = dict(features=t.semantic_features, frame_rate=t.semantic_frame_rate,
-                            deduplicate=t.semantic_deduplicate, recognizer_config=t.recognizer_config,
-                            recognizer_workdir=t.recognizer_workdir)
+            settings = self._semantic_settings()
             if os.path.isfile(path):
                 saved = SemanticTokenizer.load(path)
                 if {k: getattr(saved, k) for k in settings} == settings and len(saved.centroids) == t.semantic_clusters:
@@ -172,6 +178,15 @@ class TTSTask(SplitSources):
             tokenizer.save(path)
             self._semantic = tokenizer
         return self._semantic
+
+    def assets(self):
+        """The semantic tokenizer's centroids (the conditioning vocabulary), kept in each checkpoint."""
+        return {"semantic_centroids": np.asarray(self.semantic.centroids)} if self.cfg.tts.condition == "semantic" else None
+
+    def set_assets(self, assets):
+        from trainers.semantic import SemanticTokenizer
+
+        self._semantic = SemanticTokenizer(assets["semantic_centroids"], **self._semantic_settings())
 
     def conditions(self, texts, waveforms):
         """The LM's conditioning tokens of utterances: their text's bytes, or their audio's semantic tokens."""
@@ -220,8 +235,9 @@ class TTSTask(SplitSources):
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
                 "codec_version": self.codec_version, "keys": len(records), "condition": t.condition}
         if t.condition == "semantic":
-            meta["semantic"] = [t.semantic_features, t.semantic_clusters, t.semantic_frame_rate,
-                                t.semantic_deduplicate, t.recognizer_workdir]
+            centroids = np.asarray(self.semantic.centroids)
+            meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
+                                t.recognizer_workdir, hashlib.sha256(centroids.tobytes()).hexdigest()]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
@@ -237,7 +253,7 @@ class TTSTask(SplitSources):
         codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
-        tmp = path + ".tmp.npz"
+        tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes of one run may write it at once
         np.savez(tmp, meta=json.dumps(meta), text=np.concatenate(texts), text_offsets=offsets(texts),
                  codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
                  code_offsets=offsets(codes))
@@ -381,7 +397,7 @@ class TTSTask(SplitSources):
             text[i, : len(row)] = row
         text_lengths = np.array([len(i) for i in ids])
         prompt, prompt_frames = self.encode_audio(prompt_audio)
-        params = jax.device_get(params)
+        params = sharding.host_copy(params)
         if self.valle:
             first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
                                                  prompt_frames, rng, max_new_tokens=t.max_frames,
