@@ -132,3 +132,18 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"condition": "semantic"}))
     with pytest.raises(ValueError, match="unknown argument.*'layers'"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))
+
+
+def test_token_cache_follows_the_codec_weights(tone_corpus, fixtures_dir, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    weights = tmp_path / "codec.safetensors"
+    tensors = load_file(fixtures_dir / "encodec" / "causal_mono" / "weights.safetensors")
+    save_file(tensors, weights)
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"codec_weights": str(weights)})
+    Trainer(cfg).task.train_source()
+    Trainer(cfg).task.train_source()
+    assert "encoding again" not in capsys.readouterr().out
+    save_file({k: v * 1.01 for k, v in tensors.items()}, weights)  # other weights, same file
+    Trainer(cfg).task.train_source()
+    assert "was made with other settings: encoding again" in capsys.readouterr().out

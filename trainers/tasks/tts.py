@@ -61,6 +61,14 @@ def cross_entropy(logits, targets, mask):
     return masked_mean(nll, mask), masked_mean((jnp.argmax(logits, -1) == targets).astype(jnp.float32), mask)
 
 
+def fingerprint(tree):
+    """A digest of a tree of arrays: token caches name the codec and tokenizer that made them."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def voice(record):
     """A manifest record's voice: its "voice" field (the built-in corpus: the eSpeak voice,
     whatever the pitch and rate), else its "speaker"."""
@@ -123,11 +131,11 @@ class TTSTask(SplitSources):
             t = self.cfg.tts
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
-                self.codec_version = os.path.abspath(t.codec_weights)
+                source = os.path.abspath(t.codec_weights)
             elif t.codec_config and t.codec_workdir:
                 trainer, step, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
                 codec = run_codec(trainer, params)
-                self.codec_version = f"{os.path.abspath(t.codec_workdir)} step {step}"
+                source = f"{os.path.abspath(t.codec_workdir)} step {step}"
             else:
                 raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
             c = codec.config
@@ -137,6 +145,9 @@ class TTSTask(SplitSources):
             if (n_q, c.bins) != (self.num_codebooks, self.codebook_size):
                 raise ValueError(f"the codec gives {n_q} codebooks of {c.bins} at {self.cfg.tts.bandwidth or 'full'} "
                                  f"kbps; the model expects {self.num_codebooks} of {self.codebook_size}")
+            # A codec trained again into the same workdir and step, or other weights in the
+            # same file, are told apart by the weights' digest.
+            self.codec_version = f"{source} {fingerprint([codec.params, codec.codebooks])}"
             self._codec = codec
         return self._codec
 
@@ -235,9 +246,8 @@ class TTSTask(SplitSources):
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
                 "codec_version": self.codec_version, "keys": len(records), "condition": t.condition}
         if t.condition == "semantic":
-            centroids = np.asarray(self.semantic.centroids)
             meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
-                                t.recognizer_workdir, hashlib.sha256(centroids.tobytes()).hexdigest()]
+                                t.recognizer_workdir, fingerprint(np.asarray(self.semantic.centroids))]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
