@@ -147,3 +147,14 @@ def test_token_cache_follows_the_codec_weights(tone_corpus, fixtures_dir, tmp_pa
     save_file({k: v * 1.01 for k, v in tensors.items()}, weights)  # other weights, same file
     Trainer(cfg).task.train_source()
     assert "was made with other settings: encoding again" in capsys.readouterr().out
+
+
+def test_speaker_embedding_of_audio_without_a_frame_is_finite(tone_corpus):
+    """A generated utterance that ended at once (shorter than one 25 ms window) still scores."""
+    from trainers.speaker import train_speaker_embedder
+
+    records = speech.read_manifest(str(tone_corpus / "train.jsonl"))
+    waves = [speech.read_audio(r["source"]) for r in records]
+    embed, _ = train_speaker_embedder(waves, [r["speaker"] for r in records], steps=2)
+    embeddings = embed([waves[0], waves[0][:160]])
+    assert np.all(np.isfinite(embeddings))

@@ -25,13 +25,17 @@ class SpeakerNet(nn.Module):
 
     @nn.compact
     def __call__(self, feats, valid):
-        """(embeddings (B, width), logits (B, num_speakers)) from log-mel (B, T, mels) with valid (B, T)."""
-        x = feats - (feats * valid[..., None]).sum(1, keepdims=True) / valid.sum(1)[:, None, None]  # per-utterance CMN
+        """(embeddings (B, width), logits (B, num_speakers)) from log-mel (B, T, mels) with valid (B, T).
+
+        An utterance without a frame (shorter than one 25 ms window: a generated one that
+        ended at once) pools to zeros: its embedding is the same for every such utterance."""
+        w = valid[..., None].astype(feats.dtype)
+        count = jnp.maximum(w.sum(1, keepdims=True), 1.0)
+        x = feats - (feats * w).sum(1, keepdims=True) / count  # per-utterance CMN
         x = nn.relu(nn.Conv(self.width, (5,))(x))
         x = nn.relu(nn.Conv(self.width, (3,), kernel_dilation=(2,))(x))
-        w = valid[..., None].astype(x.dtype)
-        mean = (x * w).sum(1) / w.sum(1)
-        std = jnp.sqrt(jnp.maximum((w * (x - mean[:, None]) ** 2).sum(1) / w.sum(1), 1e-6))
+        mean = (x * w).sum(1) / count[:, 0]
+        std = jnp.sqrt(jnp.maximum((w * (x - mean[:, None]) ** 2).sum(1) / count[:, 0], 1e-6))
         embedding = nn.Dense(self.width)(jnp.concatenate([mean, std], -1))
         return embedding, nn.Dense(self.num_speakers)(nn.relu(embedding))
 
