@@ -1,4 +1,6 @@
 """Speech token LMs: cached decoding equals the full forward pass, sampling, delay pattern, k-means."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +81,27 @@ def test_generate_ar_greedy_equals_full_forward_greedy():
         assert list(np.asarray(codes[b, :n])) == expected[:n]
         assert n == 6 or expected[n] == model.eos
         assert np.all(np.asarray(codes[b, n:]) == model.eos)
+
+
+def test_generate_ar_holds_eos_back_per_row():
+    """A model that says EOS at once: min_new_tokens, one per row, makes each row go on."""
+    import flax.linen as nn
+
+    model = ar_model()
+    params = nn.meta.unbox(init(model, 1))
+    out_norm = params["decoder"]["out_norm"]["norm"]
+    out_norm["scale"] = jnp.zeros_like(out_norm["scale"])  # every position's features: the bias
+    out_norm["bias"] = jnp.zeros_like(out_norm["bias"]).at[0].set(1.0)
+    params["predict"]["kernel"] = jnp.zeros_like(params["predict"]["kernel"]).at[0, model.eos].set(10.0)
+    text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
+    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 1])
+    generate = functools.partial(speechlm.generate_ar, model, params, text, text_len, prompt, prompt_len,
+                                 jax.random.PRNGKey(0), max_new_tokens=6, temperature=0.0)
+    assert list(np.asarray(generate()[1])) == [0, 0]
+    codes, lengths = generate(min_new_tokens=jnp.asarray([3, 0]))
+    assert list(np.asarray(lengths)) == [3, 0]
+    assert np.all(np.asarray(codes[0, :3]) < model.eos) and np.all(np.asarray(codes[:, 3:]) == model.eos)
+    assert list(np.asarray(generate(min_new_tokens=2)[1])) == [2, 2]
 
 
 def test_ar_training_inputs():

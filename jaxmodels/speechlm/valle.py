@@ -97,16 +97,15 @@ def ar_training_inputs(codes, lengths, bos: int, eos: int):
     return inputs, targets, slots <= lengths[:, None]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "min_new_tokens", "temperature", "top_k",
-                                             "top_p"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
 def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
-                min_new_tokens: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                min_new_tokens=0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
     prompt_lengths (a row may have none). One prefill, then one cached step per token in a
     lax.while_loop that stops when every row has produced EOS; codes past a row's length
-    are EOS. EOS is not drawn before min_new_tokens.
+    are EOS. EOS is not drawn before min_new_tokens (an int, or one per row).
     """
     b, t = text.shape
     p = prompt.shape[1]
@@ -133,7 +132,8 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     def body(state):
         i, cache, last, codes, done, lengths, rng = state
         rng, key = jax.random.split(rng)
-        last = jnp.where((i < min_new_tokens) & (jnp.arange(last.shape[-1]) == model.eos), -jnp.inf, last)
+        early = (i < jnp.broadcast_to(min_new_tokens, (b,)))[:, None] & (jnp.arange(last.shape[-1]) == model.eos)
+        last = jnp.where(early, -jnp.inf, last)
         token = jnp.where(done, model.eos, sample_logits(key, last, temperature, top_k, top_p))
         codes = codes.at[:, i].set(token)
         lengths = jnp.where(~done & (token == model.eos), i, lengths)
