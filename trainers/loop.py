@@ -308,9 +308,10 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
 def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
     """(Trainer, step, params) of the `task` run at workdir, trained there first from config_path
     if it holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a
-    recogniser). params are its inference params as numpy, whole on every process, for
-    inference on the process's own devices. `replace` swaps config sections (e.g. speech=...
-    pointing at the run's assets) after training."""
+    recogniser). params are its inference params, whole on every process and placed once on
+    its first local device (the helper runs there; numpy params would be copied to the
+    device again at every call). `replace` swaps config sections (e.g. speech=... pointing
+    at the run's assets) after training."""
     import dataclasses
 
     from trainers.checkpoint import restore_run
@@ -325,4 +326,4 @@ def trained_run(config_path: str, workdir: str, task: str, purpose: str, **repla
     cfg = dataclasses.replace(cfg, **{k: v(cfg) for k, v in replace.items()})
     trainer = Trainer(cfg)
     step, state = restore_run(trainer, workdir)
-    return trainer, step, sharding.host_copy(state.inference_params)
+    return trainer, step, jax.device_put(sharding.host_copy(state.inference_params), jax.local_devices()[0])
