@@ -117,23 +117,31 @@ def test_nar_stage_reads_only_lower_codebooks_and_generates():
     model = VALLENAR(text_vocab_size=20, codebook_size=16, num_quantizers=4, **TINY)
     params = init(model)
     rng = np.random.default_rng(0)
-    text, prompt = jnp.asarray(rng.integers(0, 20, (2, 5))), jnp.asarray(rng.integers(0, 16, (2, 3, 4)))
-    codes = jnp.asarray(rng.integers(0, 16, (2, 6, 4)))
+    text, codes = jnp.asarray(rng.integers(0, 20, (2, 5))), jnp.asarray(rng.integers(0, 16, (2, 9, 4)))
     ones = lambda *s: jnp.ones(s, bool)  # noqa: E731
-    stage = jnp.asarray([1, 2])
-    logits = model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), codes, ones(2, 6), stage)
-    assert logits.shape == (2, 6, 16)
-    changed = codes.at[0, :, 1:].set(0).at[1, :, 2:].set(0)  # codebooks at or above each row's stage
-    again = model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), changed, ones(2, 6), stage)
+    prompt_lengths, stage = jnp.asarray([3, 2]), jnp.asarray([1, 2])
+    logits = model.apply({"params": params}, text, ones(2, 5), codes, ones(2, 9), prompt_lengths, stage)
+    assert logits.shape == (2, 9, 16)
+    changed = codes.at[0, 3:, 1:].set(0).at[1, 2:, 2:].set(0)  # the targets' codebooks at or above the stage
+    again = model.apply({"params": params}, text, ones(2, 5), changed, ones(2, 9), prompt_lengths, stage)
     np.testing.assert_allclose(logits, again, atol=1e-6)
-    lower = codes.at[1, :, 1].set((codes[1, :, 1] + 1) % 16)  # below row 1's stage: read
-    assert not np.allclose(logits[1], model.apply({"params": params}, text, ones(2, 5), prompt, ones(2, 3), lower,
-                                                  ones(2, 6), stage)[1])
-    out = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt, jnp.asarray([3, 2]),
-                                codes[..., 0], jnp.asarray([6, 4]))
+    for read in (codes.at[1, 5, 1].add(1) % 16, codes.at[1, 1, 3].add(1) % 16):  # below the stage; the prompt
+        assert not np.allclose(logits[1], model.apply({"params": params}, text, ones(2, 5), read, ones(2, 9),
+                                                      prompt_lengths, stage)[1])
+    prompt, first = codes[:, :3], codes[:, 3:, 0]
+    out = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt, prompt_lengths, first,
+                                jnp.asarray([6, 4]))
     assert out.shape == (2, 6, 4)
-    np.testing.assert_array_equal(out[..., 0], codes[..., 0])
+    np.testing.assert_array_equal(out[..., 0], first)
     np.testing.assert_array_equal(out[1, 4:, 1:], 0)  # past the length
+    # Row 1's prompt is 2 frames: its padded third frame is not read, the target follows at once.
+    padded = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt.at[1, 2].set(7),
+                                   prompt_lengths, first, jnp.asarray([6, 4]))
+    np.testing.assert_array_equal(out, padded)
+    whole = jnp.concatenate([prompt[1:, :2], out[1:, :4]], axis=1)
+    stage2 = model.apply({"params": params}, text[1:, :3], ones(1, 3), whole, ones(1, 6), prompt_lengths[1:],
+                         jnp.asarray([2]))
+    np.testing.assert_array_equal(out[1, :4, 2], np.argmax(stage2[0, 2:], -1))
 
 
 def test_delay_pattern_round_trip():

@@ -62,8 +62,12 @@ def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path):
 
 
 def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_path):
-    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 1}), devices=jax.devices()[:1])
-    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 4, "fsdp": 2}))
+    # SGD: the step is the gradient (Adam's first step is lr * sign(g), and the attention's
+    # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
+    sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
+    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 1}, optimizer=sgd),
+                     devices=jax.devices()[:1])
+    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 4, "fsdp": 2}, optimizer=sgd))
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -75,8 +79,7 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
                                                         for k, v in batch.items()})
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     np.testing.assert_allclose(results[0][0]["train/loss"], results[1][0]["train/loss"], rtol=1e-5)
-    # Adam moves a parameter by about lr whatever its gradient's size: atol covers gradients near 0.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), results[0][1], results[1][1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][1], results[1][1])
 
 
 def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_path):

@@ -151,28 +151,25 @@ class VALLENAR(_VALLE):
     num_quantizers: int = 8
 
     @nn.compact
-    def __call__(self, text, text_valid, prompt, prompt_valid, codes, codes_valid, stage, *, deterministic=True):
-        """Logits (batch, A, codebook_size) of codebook `stage` (batch,) in 1..K-1 (0-based) of the target.
+    def __call__(self, text, text_valid, codes, codes_valid, prompt_lengths, stage, *, deterministic=True):
+        """Logits (batch, A, codebook_size) of codebook `stage` (batch,) in 1..K-1 (0-based) at each frame.
 
-        prompt (batch, P, K) codes of the prompt, all codebooks; codes (batch, A, K) of the
-        target, of which only the codebooks below each row's stage are read.
+        codes (batch, A, K): each row's acoustic prompt (its first prompt_lengths frames, all K
+        codebooks read) and then its target, of which only the codebooks below the row's
+        stage are read; only the target's logits mean anything. Prompt and target in one
+        sequence, positions counting on from the prompt into the target, as the paper's
+        [prompt ; target] concatenation (no padding between them).
         """
         k = self.num_quantizers
         tables = [Embed(self.codebook_size, self.d_model, f"audio_embeddings_{i}") for i in range(k)]
-
-        def embed(c, upto):  # the sum of codebooks < upto (batch,) embedded
-            return sum(tables[i](c[..., i]) * (i < upto)[:, None, None] for i in range(k))
-
-        b, p, a = text.shape[0], prompt.shape[1], codes.shape[1]
-        prompt_lengths = prompt_valid.sum(axis=1)
-        x = jnp.concatenate([Embed(self.text_vocab_size, self.d_model, "text_embedding")(text),
-                             embed(prompt, jnp.full(b, k)), embed(codes, stage)], axis=1)
-        positions = jnp.concatenate([
-            jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
-            jnp.broadcast_to(jnp.arange(p), (b, p)),
-            prompt_lengths[:, None] + jnp.arange(a)[None, :],  # the target continues the prompt
-        ], axis=1)
-        valid = jnp.concatenate([text_valid, prompt_valid, codes_valid], axis=1)
+        b, a = codes.shape[:2]
+        slots = jnp.arange(a)[None, :]
+        upto = jnp.where(slots < prompt_lengths[:, None], k, stage[:, None])  # codebooks read at each frame
+        audio = sum(tables[i](codes[..., i]) * (i < upto)[..., None] for i in range(k))
+        x = jnp.concatenate([Embed(self.text_vocab_size, self.d_model, "text_embedding")(text), audio], axis=1)
+        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
+                                     jnp.broadcast_to(slots, (b, a))], axis=1)
+        valid = jnp.concatenate([text_valid, codes_valid], axis=1)
         stage_embedding = self.param("stage_embedding", nn.with_logical_partitioning(
             nn.initializers.normal(1.0), (None, "embed")), (k - 1, self.d_model), jnp.float32)
         cond = stage_embedding[stage - 1].astype(self.dtype)
@@ -185,12 +182,11 @@ class VALLENAR(_VALLE):
         logits = jnp.einsum("bld,bdv->blv", h, heads[stage - 1].astype(self.dtype))
         return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
-    def example(self, batch: int = 1, text_length: int = 4, prompt_length: int = 4, audio_length: int = 4):
+    def example(self, batch: int = 1, text_length: int = 4, audio_length: int = 8):
         text = jnp.zeros((batch, text_length), jnp.int32)
-        prompt = jnp.zeros((batch, prompt_length, self.num_quantizers), jnp.int32)
         codes = jnp.zeros((batch, audio_length, self.num_quantizers), jnp.int32)
         ones = functools.partial(jnp.ones, dtype=bool)
-        return (text, ones(text.shape), prompt, ones(prompt.shape[:2]), codes, ones(codes.shape[:2]),
+        return (text, ones(text.shape), codes, ones(codes.shape[:2]), jnp.full((batch,), audio_length // 2),
                 jnp.ones((batch,), jnp.int32)), {}
 
 
@@ -198,14 +194,21 @@ class VALLENAR(_VALLE):
 def generate_nar(model: VALLENAR, params, text, text_lengths, prompt, prompt_lengths, first, lengths):
     """All K codebooks (batch, A, K) of the target from its first (batch, A): stage by stage, argmax."""
     b, a = first.shape
+    p = prompt.shape[1]
     text_valid = lengths_mask(text_lengths, text.shape[1])
-    prompt_valid = lengths_mask(prompt_lengths, prompt.shape[1])
-    valid = lengths_mask(lengths, a)
-    codes = jnp.zeros((b, a, model.num_quantizers), jnp.int32).at[..., 0].set(first)
+    # Each row's target right after its prompt: [prompt ; target] without the padding between.
+    prompt = jnp.where(lengths_mask(prompt_lengths, p)[..., None], prompt, 0)
+    codes = jnp.concatenate([prompt, jnp.zeros((b, a, model.num_quantizers), jnp.int32)], axis=1)
+    target_slots = prompt_lengths[:, None] + jnp.arange(a)[None, :]
+    rows = jnp.arange(b)[:, None]
+    codes = codes.at[rows, target_slots, 0].set(first)
+    valid = lengths_mask(prompt_lengths + lengths, p + a)
+    target_valid = lengths_mask(lengths, a)
 
     def stage(k, codes):
-        logits = model.apply({"params": params}, text, text_valid, prompt, prompt_valid, codes, valid,
-                             jnp.full(b, k))
-        return codes.at[..., k].set(jnp.where(valid, jnp.argmax(logits, -1), 0))
+        logits = model.apply({"params": params}, text, text_valid, codes, valid, prompt_lengths, jnp.full(b, k))
+        predicted = jnp.argmax(jnp.take_along_axis(logits, target_slots[..., None], axis=1), -1)
+        return codes.at[rows, target_slots, k].set(jnp.where(target_valid, predicted, 0))
 
-    return jax.lax.fori_loop(1, model.num_quantizers, stage, codes)
+    codes = jax.lax.fori_loop(1, model.num_quantizers, stage, codes)
+    return jnp.take_along_axis(codes, target_slots[..., None], axis=1)

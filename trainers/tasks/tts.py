@@ -131,11 +131,9 @@ class TTSTask(SplitSources):
             t = self.cfg.tts
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
-                source = os.path.abspath(t.codec_weights)
             elif t.codec_config and t.codec_workdir:
-                trainer, step, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
+                trainer, _, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
                 codec = run_codec(trainer, params)
-                source = f"{os.path.abspath(t.codec_workdir)} step {step}"
             else:
                 raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
             c = codec.config
@@ -145,9 +143,9 @@ class TTSTask(SplitSources):
             if (n_q, c.bins) != (self.num_codebooks, self.codebook_size):
                 raise ValueError(f"the codec gives {n_q} codebooks of {c.bins} at {self.cfg.tts.bandwidth or 'full'} "
                                  f"kbps; the model expects {self.num_codebooks} of {self.codebook_size}")
-            # A codec trained again into the same workdir and step, or other weights in the
-            # same file, are told apart by the weights' digest.
-            self.codec_version = f"{source} {fingerprint([codec.params, codec.codebooks])}"
+            # The weights' digest names the codec: retrained into the same workdir, or other
+            # weights in the same file, it makes other tokens; a workdir moved elsewhere not.
+            self.codec_version = fingerprint([codec.params, codec.codebooks])
             self._codec = codec
         return self._codec
 
@@ -325,9 +323,11 @@ class TTSTask(SplitSources):
         text, codes, frames = batch["text"], batch["codes"], batch["frames"]
         text_valid = lengths_mask(batch["text_length"], text.shape[1])
         if name == "nar":
-            prompt, prompt_valid, target, target_valid, stage = self._nar_split(codes, frames, rng)
-            targets = jnp.take_along_axis(target, stage[:, None, None], axis=2)[..., 0]
-            return (text, text_valid, prompt, prompt_valid, target, target_valid, stage), targets, target_valid
+            prompt_frames, stage = self._nar_split(frames, rng)
+            slots = jnp.arange(codes.shape[1])[None]
+            targets = jnp.take_along_axis(codes, stage[:, None, None], axis=2)[..., 0]
+            scored = (slots >= prompt_frames[:, None]) & (slots < frames[:, None])
+            return (text, text_valid, codes, slots < frames[:, None], prompt_frames, stage), targets, scored
         if name == "ar":
             m = self.models["ar"]
             inputs, targets, scored = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
@@ -338,20 +338,14 @@ class TTSTask(SplitSources):
         positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), valid.shape)
         return (inputs, positions, valid, text, text_valid), targets, scored
 
-    def _nar_split(self, codes, frames, rng):
-        """A random prefix (1 .. half the frames) of each utterance as its prompt, the rest as the
-        target, and a random stage 1..K-1 (0-based codebook index) per utterance."""
-        b, f, k = codes.shape
+    def _nar_split(self, frames, rng):
+        """Per utterance: how many of its first frames (1 .. half) are the prompt, the rest the
+        target, and a random stage 1..K-1 (0-based codebook index)."""
         k_prompt, k_stage = jax.random.split(rng)
+        b = frames.shape[0]
         half = jnp.maximum(frames // 2, 1)
-        prompt_frames = jnp.minimum(jax.random.randint(k_prompt, (b,), 0, f) % half + 1, frames - 1)
-        prompt = codes[:, : f // 2 + 1]
-        prompt_valid = jnp.arange(prompt.shape[1])[None] < prompt_frames[:, None]
-        shifted = jnp.clip(jnp.arange(f)[None] + prompt_frames[:, None], 0, f - 1)
-        target = jnp.take_along_axis(codes, shifted[..., None], axis=1)
-        target_valid = jnp.arange(f)[None] < (frames - prompt_frames)[:, None]
-        stage = jax.random.randint(k_stage, (b,), 1, k)
-        return prompt, prompt_valid, target, target_valid, stage
+        prompt_frames = jnp.minimum(jax.random.randint(k_prompt, (b,), 0, 2**30) % half + 1, frames - 1)
+        return prompt_frames, jax.random.randint(k_stage, (b,), 1, self.num_codebooks)
 
     def _losses(self, params, batch, rng, train):
         """{name: (loss, accuracy)} of each model on the batch."""
