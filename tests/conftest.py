@@ -5,11 +5,22 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def run(args, env=None):
+    """A command run from the repository root (CompletedProcess, text output); when it fails,
+    the test fails with the end of what it printed (a CalledProcessError shows none of it)."""
+    out = subprocess.run([str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, args))} exited with {out.returncode}:\n{out.stdout[-3000:]}\n"
+                    f"{out.stderr[-6000:]}")
+    return out
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Speech front end, SenseVoice model, corpus and data errors, and the ctc task's pieces."""
 import json
 import math
-import subprocess
 import sys
 import wave
 
@@ -9,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run
 
 from jaxmodels import asr
 from trainers import speech
@@ -133,7 +132,7 @@ def test_tokenizers_round_trip():
 def test_corpus_is_deterministic_with_held_out_voices(tmp_path):
     for name in ("a", "b"):  # each in a fresh process, as a user's run makes it
         code = f"from trainers.speech import build_corpus; build_corpus({str(tmp_path / name)!r}, 3, 12, 4)"
-        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+        run([sys.executable, "-c", code])
     a_train = speech.read_manifest(str(tmp_path / "a" / "train.jsonl"))
     b_train = speech.read_manifest(str(tmp_path / "b" / "train.jsonl"))
     assert [(r["target"], r["speaker"]) for r in a_train] == [(r["target"], r["speaker"]) for r in b_train]

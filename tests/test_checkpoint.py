@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, tiny_config
+from conftest import ROOT, run, tiny_config
 
 from trainers import config as config_lib
 from trainers.checkpoint import Checkpointer
@@ -35,7 +35,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     def cmd(workdir):
         return [sys.executable, "-m", "trainers.train", str(config_path), "--workdir", str(workdir)]
 
-    subprocess.run(cmd(tmp_path / "straight"), check=True, env=env, capture_output=True)
+    run(cmd(tmp_path / "straight"), env)
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -48,7 +48,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     steps_at_kill = sorted(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
     assert steps_at_kill and steps_at_kill[-1] < 12, steps_at_kill
 
-    resumed = subprocess.run(cmd(killed), check=True, env=env, capture_output=True, text=True)
+    resumed = run(cmd(killed), env)
     assert f"resumed from {killed / 'checkpoints'}/{steps_at_kill[-1]}" in resumed.stdout
 
     step_a, a = final_params(cfg, tmp_path / "straight")

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run
 
 # The demos run as a user runs them: on this machine's one CPU device, not on the eight
 # simulated ones conftest forces (XLA:CPU's in-process all-reduce across eight simulated
@@ -21,9 +21,9 @@ ENV["PYTHONPATH"] = str(ROOT)
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo") / "digits"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "trainers.train", "configs/mambaout_digits.yaml", "--workdir", str(workdir)],
-        check=True, cwd=ROOT, env=ENV, capture_output=True,
+        ENV,
     )
     return workdir
 
@@ -36,10 +36,10 @@ def test_digits_demo_and_evaluate_cli(digits_run):
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert (workdir / picture).stat().st_size > 1000
 
-    out = subprocess.run(
+    out = run(
         [sys.executable, "-m", "trainers.evaluate", "configs/mambaout_digits.yaml", "--workdir", str(workdir),
          "--checkpoint", "400"],
-        check=True, cwd=ROOT, env=env, capture_output=True, text=True,
+        env,
     )
     assert json.loads((workdir / "eval_400.json").read_text())["accuracy"] == final["eval/accuracy"]
     assert "step 400: accuracy=" in out.stdout
@@ -55,20 +55,20 @@ def test_digits_demo_and_evaluate_cli(digits_run):
 @pytest.mark.slow
 def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     workdir = tmp_path / "dit"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "trainers.train", "configs/dit_digits.yaml", "--workdir", str(workdir),
          f"diffusion.classifier_workdir={digits_run}"],
-        check=True, cwd=ROOT, env=ENV, capture_output=True,
+        ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     assert final["eval/ema_classifier_agreement"] >= 0.8, final
     assert (workdir / "samples.png").stat().st_size > 1000
 
-    out = subprocess.run(
+    out = run(
         [sys.executable, "-m", "trainers.sample", "configs/dit_digits.yaml", "--workdir", str(workdir),
          "--labels", "3,7", "--per_label", "4", "--sampler", "ddim", "--steps", "20", "--out", str(tmp_path / "s"),
          "diffusion.classifier_config="],
-        check=True, cwd=ROOT, env=ENV, capture_output=True, text=True,
+        ENV,
     )
     assert "wrote" in out.stdout
     with np.load(tmp_path / "s.npz") as f:
@@ -79,20 +79,20 @@ def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
 def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("speech") / "run"
     corpus = workdir.parent / "corpus"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "trainers.train", "configs/ctc_speech.yaml", "--workdir", str(workdir),
          f"data.path={corpus}"],
-        check=True, cwd=ROOT, env=ENV, capture_output=True,
+        ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     assert final["eval/wer_greedy"] <= 0.05 and final["eval/wer_beam"] <= 0.05, final
     assert (workdir / "alignment.png").stat().st_size > 2000
 
     test = [json.loads(line) for line in open(corpus / "test.jsonl")][:4]
-    out = subprocess.run(
+    out = run(
         [sys.executable, "-m", "trainers.transcribe", "configs/ctc_speech.yaml", "--workdir", str(workdir),
          "--json", "--audio", *[str(corpus / r["source"]) for r in test]],
-        check=True, cwd=ROOT, env=ENV, capture_output=True, text=True,
+        ENV,
     )
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["file"] for r in results] == [str(corpus / r["source"]) for r in test]
@@ -107,10 +107,10 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
 def test_codec_demo_learns_and_compresses(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("codec") / "run"
     corpus = workdir.parent / "corpus"
-    subprocess.run(
+    run(
         [sys.executable, "-m", "trainers.train", "configs/codec_speech.yaml", "--workdir", str(workdir),
          f"data.path={corpus}"],
-        check=True, cwd=ROOT, env=ENV, capture_output=True,
+        ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     # An untrained codec: SI-SNR about -40 dB, mel distance about 1.5, codes of one entry.
@@ -123,6 +123,6 @@ def test_codec_demo_learns_and_compresses(tmp_path_factory):
     source = str(corpus / json.loads(open(corpus / "test.jsonl").readline())["source"])
     for args in (["encode", source, str(workdir / "codes.npz"), "--bandwidth", "8"],
                  ["decode", str(workdir / "codes.npz"), str(workdir / "back.wav")]):
-        subprocess.run([sys.executable, "-m", "trainers.compress", *args, "--config", "configs/codec_speech.yaml",
-                        "--workdir", str(workdir)], check=True, cwd=ROOT, env=ENV, capture_output=True)
+        run([sys.executable, "-m", "trainers.compress", *args, "--config", "configs/codec_speech.yaml",
+             "--workdir", str(workdir)], ENV)
     assert (workdir / "back.wav").stat().st_size > 1000
