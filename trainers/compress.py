@@ -14,7 +14,6 @@ sample rate, channel count, length and bandwidth; decoding checks that they fit 
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -98,9 +97,7 @@ def encode(codec, wav_path, npz_path, bandwidth):
         arrays[f"codes_{i}"] = np.asarray(codes).astype(np.int16 if c.bins <= 2**15 else np.int32)
         if scale is not None:
             arrays[f"scale_{i}"] = np.asarray(scale)
-    tmp = npz_path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, npz_path)
+    speech.write_npz(npz_path, compressed=True, **arrays)
     k = frames[0][0].shape[1]
     print(f"{wav_path}: {len(audio) / c.sample_rate:.2f} s -> {npz_path}: {len(frames)} segment(s) of {k} codebooks "
           f"({k * np.log2(c.bins) * c.frame_rate / 1000:g} kbps)")

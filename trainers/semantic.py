@@ -12,7 +12,6 @@ centroids in each of its checkpoints (TTSTask.assets).
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -97,9 +96,7 @@ class SemanticTokenizer:
     def save(self, path: str):
         settings = {"features": self.features, "frame_rate": self.frame_rate, "deduplicate": self.deduplicate,
                     "recognizer_config": self.recognizer_config, "recognizer_workdir": self.recognizer_workdir}
-        tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes of one run may write it at once
-        np.savez(tmp, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
-        os.replace(tmp, path)
+        speech.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
 
     @classmethod
     def load(cls, path: str) -> "SemanticTokenizer":

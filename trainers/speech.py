@@ -178,6 +178,14 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> N
     os.replace(tmp, path)
 
 
+def write_npz(path: str, compressed: bool = False, **arrays) -> None:
+    """np.savez(_compressed) of arrays, atomically: a reader finds the old file or the new one.
+    The temporary name is the process's own: processes of one run may write one file at once."""
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False, mono: bool = True) -> np.ndarray:
     """Float32 samples in [-1, 1]: mono (time,), or (time, channels) as the file has them when
     not `mono`. WAV (PCM 16/32-bit) is read with the standard library, FLAC with soundfile

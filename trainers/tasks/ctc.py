@@ -331,7 +331,7 @@ class CTCTask(SplitSources):
 
         with open(os.path.join(workdir, "tokens.json"), "w") as f:
             json.dump({"unit": self.tokenizer.unit, "tokens": self.tokenizer.tokens}, f)
-        np.savez(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
+        speech.write_npz(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
         if self.lm_model:
             write_arpa(self.lm_model, os.path.join(workdir, "lm.arpa"))
         record = self.eval_transform(self.eval_source()[0], None)

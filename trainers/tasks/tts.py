@@ -261,11 +261,9 @@ class TTSTask(SplitSources):
         codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
-        tmp = f"{path}.{os.getpid()}.tmp.npz"  # processes of one run may write it at once
-        np.savez(tmp, meta=json.dumps(meta), text=np.concatenate(texts), text_offsets=offsets(texts),
-                 codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
-                 code_offsets=offsets(codes))
-        os.replace(tmp, path)
+        speech.write_npz(path, meta=json.dumps(meta), text=np.concatenate(texts), text_offsets=offsets(texts),
+                         codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
+                         code_offsets=offsets(codes))
         return texts, codes
 
     def make_source(self, split):
