@@ -1,5 +1,6 @@
 """The tts task: codec tokens of a corpus, VALL-E / delayed-LM training, sharding, zero-shot TTS eval."""
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -137,7 +138,7 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))
 
 
-def test_token_cache_follows_the_codec_weights(tone_corpus, fixtures_dir, tmp_path, capsys):
+def test_token_cache_follows_the_codec_weights_and_the_corpus(tone_corpus, fixtures_dir, tmp_path, capsys):
     from safetensors.numpy import load_file, save_file
 
     weights = tmp_path / "codec.safetensors"
@@ -148,6 +149,15 @@ def test_token_cache_follows_the_codec_weights(tone_corpus, fixtures_dir, tmp_pa
     Trainer(cfg).task.train_source()
     assert "encoding again" not in capsys.readouterr().out
     save_file({k: v * 1.01 for k, v in tensors.items()}, weights)  # other weights, same file
+    Trainer(cfg).task.train_source()
+    assert "was made with other settings: encoding again" in capsys.readouterr().out
+
+    other = tmp_path / "other_corpus"  # as many utterances, one transcript changed, the same tokens_dir
+    shutil.copytree(tone_corpus, other)
+    lines = (other / "train.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('"target": "', '"target": "x')
+    (other / "train.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = tts_config(other, fixtures_dir, tmp_path, tts={"codec_weights": str(weights)})
     Trainer(cfg).task.train_source()
     assert "was made with other settings: encoding again" in capsys.readouterr().out
 

@@ -242,7 +242,9 @@ class TTSTask(SplitSources):
         """The split's text ids and codes, from the cache or encoded (and cached) now."""
         t, c = self.cfg.tts, self.codec.config
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
-                "codec_version": self.codec_version, "keys": len(records), "condition": t.condition}
+                "codec_version": self.codec_version, "condition": t.condition,
+                # which utterances: another corpus of as many (its split has the same name) is not this one
+                "records": hashlib.sha256(json.dumps([(r["source"], r["target"]) for r in records]).encode()).hexdigest()}
         if t.condition == "semantic":
             meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
                                 t.recognizer_workdir, fingerprint(np.asarray(self.semantic.centroids))]
