@@ -306,7 +306,7 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
 
 
 def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
-    """(Trainer, step, params) of the `task` run at workdir, trained there first from config_path
+    """(Trainer, params) of the `task` run at workdir, trained there first from config_path
     if it holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a
     recogniser). params are its inference params, whole on every process and placed once on
     its first local device (the helper runs there; numpy params would be copied to the
@@ -325,5 +325,5 @@ def trained_run(config_path: str, workdir: str, task: str, purpose: str, **repla
         train(cfg, workdir)
     cfg = dataclasses.replace(cfg, **{k: v(cfg) for k, v in replace.items()})
     trainer = Trainer(cfg)
-    step, state = restore_run(trainer, workdir)
-    return trainer, step, jax.device_put(sharding.host_copy(state.inference_params), jax.local_devices()[0])
+    _, state = restore_run(trainer, workdir)
+    return trainer, jax.device_put(sharding.host_copy(state.inference_params), jax.local_devices()[0])

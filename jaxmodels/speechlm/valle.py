@@ -196,8 +196,8 @@ def generate_nar(model: VALLENAR, params, text, text_lengths, prompt, prompt_len
     b, a = first.shape
     p = prompt.shape[1]
     text_valid = lengths_mask(text_lengths, text.shape[1])
-    # Each row's target right after its prompt: [prompt ; target] without the padding between.
-    prompt = jnp.where(lengths_mask(prompt_lengths, p)[..., None], prompt, 0)
+    # Each row's target right after its prompt: [prompt ; target] without the padding between
+    # (a short prompt's padding is overwritten by the target, or above the stage and unread).
     codes = jnp.concatenate([prompt, jnp.zeros((b, a, model.num_quantizers), jnp.int32)], axis=1)
     target_slots = prompt_lengths[:, None] + jnp.arange(a)[None, :]
     rows = jnp.arange(b)[:, None]

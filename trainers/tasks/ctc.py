@@ -352,7 +352,7 @@ def load_recognizer_state(config_path: str, workdir: str):
     `config_path` if it holds no checkpoint), with the run's vocabulary and statistics."""
     from trainers.loop import trained_run
 
-    trainer, _, params = trained_run(config_path, workdir, "ctc", "recogniser",
+    trainer, params = trained_run(config_path, workdir, "ctc", "recogniser",
                                      speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
     return trainer.task, params
 

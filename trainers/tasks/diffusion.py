@@ -218,7 +218,7 @@ def load_classifier(config_path: str, workdir: str):
 
     from trainers.loop import trained_run
 
-    trainer, _, params = trained_run(config_path, workdir, "classification", "classifier for the agreement metric")
+    trainer, params = trained_run(config_path, workdir, "classification", "classifier for the agreement metric")
     task, size = trainer.task, trainer.cfg.data.image_size
     apply = jax.jit(lambda p, images: task.model.apply({"params": p}, task.normalise(images)).argmax(-1))
 

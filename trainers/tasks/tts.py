@@ -132,7 +132,7 @@ class TTSTask(SplitSources):
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
             elif t.codec_config and t.codec_workdir:
-                trainer, _, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
+                trainer, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
                 codec = run_codec(trainer, params)
             else:
                 raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
