@@ -32,6 +32,8 @@ def test_wrong_types_are_errors(tmp_path):
         config_lib.load(write(tmp_path, {"optimizer": {"name": "lamb"}}))
     with pytest.raises(config_lib.ConfigError, match=r"data.crop_scale: expected 2 values"):
         config_lib.load(write(tmp_path, {"data": {"crop_scale": [0.1, 0.5, 1.0]}}))
+    with pytest.raises(config_lib.ConfigError, match="train.eval_every must be at least 1, not 0"):
+        config_lib.load(write(tmp_path, {"train": {"eval_every": 0}}))
 
 
 def test_overrides_and_round_trip(tmp_path):

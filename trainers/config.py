@@ -94,6 +94,12 @@ class TrainConfig:
     remat: bool = False
     async_checkpointing: bool = True
 
+    def __post_init__(self):
+        for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)} "
+                                  "(logs, evaluations and checkpoints also come at the last step)")
+
 
 @dataclass
 class DiffusionConfig:
@@ -219,6 +225,10 @@ class TTSConfig:
     # end to end (when both fit): what zero-shot inference feeds the model (a prompt and its
     # continuation), which a corpus of short utterances otherwise never shows it.
     pair_prob: float = 0.0
+    # VALL-E's AR: the weight of an alignment loss on the first head of its middle layer
+    # (jaxmodels.speechlm.alignment_loss: that head's attention on the text read as a CTC
+    # over the text positions in order; 0: none, the paper's model).
+    alignment_loss: float = 0.0
     # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
     temperature: float = 1.0
     top_k: int = 0

@@ -13,7 +13,10 @@ Two transformers over a codec's RVQ codes (frames x K codebooks):
   (AdaLN). Decoding runs the stages in turn, greedily, as the paper does.
 
 Text and audio each count positions from 0 (sinusoids added per segment, as the common
-reimplementation lifeiteng/vall-e does); the paper's sizes are 12 layers, width 1024,
+reimplementation lifeiteng/vall-e does). audio_position_scale counts audio positions in
+text units (frame t at position t * scale): at about the text tokens per codec frame,
+speech and the text it says sit at matching positions, so that attention can find the
+text being spoken from the positions alone (1.0, the default, is VALL-E's). The paper's sizes are 12 layers, width 1024,
 16 heads, FFN 4096, dropout 0.1, for both models. The paper gives no parameter count;
 ours are in jaxmodels.speechlm.VARIANTS' docstring.
 """
@@ -23,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.ctc import ctc_loss
 from jaxmodels.nn.layers import Dense, constrain
 from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, lengths_mask
@@ -39,6 +43,7 @@ class _VALLE(nn.Module):
     dim_feedforward: int = 4096
     dropout: float = 0.1
     positions: str = "sin"
+    audio_position_scale: float = 1.0
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -63,12 +68,12 @@ class VALLEAR(_VALLE):
         first call carries the text and the audio prefix, later calls only new audio.
         """
         x = Embed(self.codebook_size + 2, self.d_model, "audio_embedding")(audio)
-        positions, valid, bidirectional = audio_positions, audio_valid, 0
+        positions, valid, bidirectional = audio_positions * self.audio_position_scale, audio_valid, 0
         if text is not None:
             t = Embed(self.text_vocab_size, self.d_model, "text_embedding")(text)
             text_positions = jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape)
             x = jnp.concatenate([t, x], axis=1)
-            positions = jnp.concatenate([text_positions, audio_positions], axis=1)
+            positions = jnp.concatenate([text_positions, positions], axis=1)
             valid = jnp.concatenate([text_valid, audio_valid], axis=1)
             bidirectional = text.shape[1]
         h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
@@ -95,6 +100,29 @@ def ar_training_inputs(codes, lengths, bos: int, eos: int):
     targets = jnp.concatenate([codes, jnp.zeros((b, 1), codes.dtype)], axis=1)
     targets = jnp.where(slots == lengths[:, None], eos, targets)
     return inputs, targets, slots <= lengths[:, None]
+
+
+def alignment_loss(scores, text_lengths, audio_valid, blank_score: float = -1.0):
+    """Per row: the CTC loss of reading the text in order off one head's attention, per text token.
+
+    scores (batch, A, T): an AR attention head's scores of each audio query on each text
+    key. Its distribution over the text (a log-softmax), beside a blank of fixed log-score
+    blank_score, is the emission of a CTC whose labels are the text positions 1..T in
+    order: the loss is low when the head's focus walks through every text token
+    monotonically as the audio goes on. This is the "forward-sum" alignment loss of
+    Badlani et al. 2022 ("One TTS Alignment To Rule Them All"), used on the attention of
+    LLM-style TTS by Neekhara et al. 2024 ("Improving Robustness of LLM-based Speech
+    Synthesis by Learning Monotonic Alignment"). Rows whose audio is shorter than their
+    text score 0.
+    """
+    b, _, t = scores.shape
+    text_valid = lengths_mask(text_lengths, t)
+    logprobs = jax.nn.log_softmax(jnp.where(text_valid[:, None, :], scores, -1e9), axis=-1)
+    logits = jnp.concatenate([jnp.full(scores.shape[:2] + (1,), blank_score, scores.dtype), logprobs], axis=-1)
+    labels = jnp.broadcast_to(jnp.arange(1, t + 1), (b, t))
+    nll = ctc_loss(logits, 1.0 - audio_valid.astype(jnp.float32), labels, 1.0 - text_valid.astype(jnp.float32),
+                   zero_infinity=True)
+    return nll / jnp.maximum(text_lengths, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
@@ -168,7 +196,7 @@ class VALLENAR(_VALLE):
         audio = sum(tables[i](codes[..., i]) * (i < upto)[..., None] for i in range(k))
         x = jnp.concatenate([Embed(self.text_vocab_size, self.d_model, "text_embedding")(text), audio], axis=1)
         positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
-                                     jnp.broadcast_to(slots, (b, a))], axis=1)
+                                     jnp.broadcast_to(slots * self.audio_position_scale, (b, a))], axis=1)
         valid = jnp.concatenate([text_valid, codes_valid], axis=1)
         stage_embedding = self.param("stage_embedding", nn.with_logical_partitioning(
             nn.initializers.normal(1.0), (None, "embed")), (k - 1, self.d_model), jnp.float32)

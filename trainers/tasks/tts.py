@@ -96,6 +96,8 @@ def build_models(cfg):
     models = {k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
               for k, c in classes.items()}
     t = cfg.tts
+    if t.alignment_loss and "ar" not in models:
+        raise ValueError("tts.alignment_loss is a loss on VALL-E's AR (model.name valle)")
     if t.condition == "semantic" and "lm" not in models:
         raise ValueError("tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text")
     needed = t.semantic_clusters if t.condition == "semantic" else TEXT_VOCAB
@@ -348,29 +350,39 @@ class TTSTask(SplitSources):
         return prompt_frames, jax.random.randint(k_stage, (b,), 1, self.num_codebooks)
 
     def _losses(self, params, batch, rng, train):
-        """{name: (loss, accuracy)} of each model on the batch."""
-        out = {}
+        """(total loss, {metric: value}) of the models on the batch: each model's loss and
+        accuracy, and with tts.alignment_loss the AR's alignment loss (weighted into the total)."""
+        total, metrics = 0.0, {}
+        weight = self.cfg.tts.alignment_loss
         for (name, model), key in zip(self.models.items(), jax.random.split(rng, len(self.models))):
             k_split, k_drop = jax.random.split(key)
             args, targets, scored = self._example(name, batch, k_split)
-            logits = model.apply({"params": params[name]}, *args, deterministic=not train,
-                                 rngs={"dropout": k_drop} if train else {})
+            align = name == "ar" and weight > 0
+            out = model.apply({"params": params[name]}, *args, deterministic=not train,
+                              rngs={"dropout": k_drop} if train else {}, mutable=["intermediates"] if align else False)
+            logits = out[0] if align else out
             mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
-            out[name] = cross_entropy(logits, targets, scored * mask)
-        return out
+            loss, metrics[f"{name}_accuracy"] = cross_entropy(logits, targets, scored * mask)
+            metrics[f"{name}_loss"] = loss
+            total += loss
+            if align:
+                # The middle layer's first head: where the plain model's text alignment emerges.
+                layer = out[1]["intermediates"]["decoder"][f"layers_{model.num_layers // 2}"]["attn"]
+                t = batch["text"].shape[1]  # audio queries on text keys
+                rows = speechlm.alignment_loss(layer["first_head_scores"][0][:, t:, :t], batch["text_length"], scored)
+                metrics["ar_alignment_loss"] = masked_mean(rows, batch["mask"])
+                total += weight * metrics["ar_alignment_loss"]
+        return total, metrics
 
     def loss(self, params, batch, rng):
-        losses = self._losses(params, batch, rng, train=True)
-        metrics = {f"train/{k}_loss": v[0] for k, v in losses.items()}
-        metrics.update({f"train/{k}_accuracy": v[1] for k, v in losses.items()})
-        return sum(v[0] for v in losses.values()), metrics
+        total, metrics = self._losses(params, batch, rng, train=True)
+        return total, {f"train/{k}": v for k, v in metrics.items()}
 
     def eval_outputs(self, params, batch):
         # Per-example values: each row as its own batch of one, so the split's mean is exact.
         rows = jax.tree.map(lambda x: x[:, None], batch)
         keys = jax.random.split(jax.random.PRNGKey(0), batch["mask"].shape[0])
-        losses = jax.vmap(lambda row, key: self._losses(params, row, key, train=False))(rows, keys)
-        return {f"{k}_{m}": v[i] for k, v in losses.items() for i, m in enumerate(("loss", "accuracy"))}
+        return jax.vmap(lambda row, key: self._losses(params, row, key, train=False)[1])(rows, keys)
 
     def eval_metrics(self, outputs):
         return {k: float(np.mean(v)) for k, v in outputs.items()}
