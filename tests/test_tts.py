@@ -161,8 +161,11 @@ def test_token_cache_follows_the_codec_weights_and_the_corpus(tone_corpus, fixtu
     Trainer(cfg).task.train_source()
     assert "was made with other settings: encoding again" in capsys.readouterr().out
 
-    other = tmp_path / "other_corpus"  # as many utterances, one transcript changed, the same tokens_dir
+    other = tmp_path / "other_corpus"  # the same corpus elsewhere (moved, or seen through a link): the same tokens
     shutil.copytree(tone_corpus, other)
+    Trainer(tts_config(other, fixtures_dir, tmp_path, tts={"codec_weights": str(weights)})).task.train_source()
+    assert "encoding again" not in capsys.readouterr().out
+    # As many utterances, one transcript changed, the same tokens_dir: another corpus.
     lines = (other / "train.jsonl").read_text().splitlines()
     lines[0] = lines[0].replace('"target": "', '"target": "x')
     (other / "train.jsonl").write_text("\n".join(lines) + "\n")

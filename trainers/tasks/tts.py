@@ -245,8 +245,7 @@ class TTSTask(SplitSources):
         t, c = self.cfg.tts, self.codec.config
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
                 "codec_version": self.codec_version, "condition": t.condition,
-                # which utterances: another corpus of as many (its split has the same name) is not this one
-                "records": hashlib.sha256(json.dumps([(r["source"], r["target"]) for r in records]).encode()).hexdigest()}
+                "records": self._records_digest(records)}
         if t.condition == "semantic":
             meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
                                 t.recognizer_workdir, fingerprint(np.asarray(self.semantic.centroids))]
@@ -269,6 +268,14 @@ class TTSTask(SplitSources):
                          codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
                          code_offsets=offsets(codes))
         return texts, codes
+
+    def _records_digest(self, records):
+        """Which utterances a split holds, so that another corpus of as many (its split has the same
+        name) is not taken for this one: each file's path under data.path (the corpus moved
+        elsewhere is the same corpus), size and transcript."""
+        root = os.path.abspath(self.cfg.data.path)
+        rows = [(os.path.relpath(r["source"], root), os.path.getsize(r["source"]), r["target"]) for r in records]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
     def make_source(self, split):
         records = speech.SpeechSource(self.cfg, split).records
