@@ -13,9 +13,9 @@ from jaxmodels.speechlm.valle import VALLEAR, VALLENAR
 TINY = dict(d_model=32, nhead=4, num_layers=2, dim_feedforward=64, dropout=0.0)
 
 
-def ar_model(positions="sin", audio_position_scale=1.0):
+def ar_model(positions="sin", audio_position_scale=1.0, group_size=1):
     return VALLEAR(text_vocab_size=20, codebook_size=16, positions=positions,
-                   audio_position_scale=audio_position_scale, **TINY)
+                   audio_position_scale=audio_position_scale, group_size=group_size, **TINY)
 
 
 def init(model, rng=0):
@@ -24,10 +24,11 @@ def init(model, rng=0):
 
 
 def ar_full_logits(model, params, text, codes):
-    """One row, unpadded, no cache: logits at every audio position of [text; BOS, codes]."""
-    audio = jnp.asarray([[model.bos] + list(codes)], jnp.int32)
+    """One row, unpadded, no cache: logits at every audio place of [text; BOS x G, codes]."""
+    audio = jnp.asarray([[model.bos] * model.group_size + list(codes)], jnp.int32)
     text = jnp.asarray([text], jnp.int32)
-    return model.apply({"params": params}, audio, jnp.arange(audio.shape[1])[None], jnp.ones(audio.shape, bool),
+    groups = audio.shape[1] // model.group_size
+    return model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
                        text=text, text_valid=jnp.ones(text.shape, bool))[0]
 
 
@@ -64,40 +65,44 @@ def test_ar_cached_logits_equal_full_forward(positions, scale):
         assert not np.allclose(full, ar_full_logits(ar_model(positions), params, texts[1], prompts[1] + continuation[1]))
 
 
-def test_generate_ar_greedy_equals_full_forward_greedy():
-    model = ar_model()
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_generate_ar_greedy_equals_full_forward_greedy(group_size):
+    """Codes drawn a group at a time (VALL-E 2's grouped codes) from the cache, as from the full pass."""
+    model = ar_model(group_size=group_size)
     params = init(model, 1)
     text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
-    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 1])
+    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 2 - group_size])
     codes, lengths = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
                                           max_new_tokens=6, temperature=0.0)
     for b in range(2):
         seq = [int(c) for c in prompt[b, : int(prompt_len[b])]]
         expected = []
-        for _ in range(6):
-            nxt = int(jnp.argmax(ar_full_logits(model, params, [int(t) for t in text[b, : int(text_len[b])]], seq)[-1]))
-            expected.append(nxt)
-            if nxt == model.eos:
-                break
-            seq.append(nxt)
+        while len(expected) < 6 and model.eos not in expected:
+            logits = ar_full_logits(model, params, [int(t) for t in text[b, : int(text_len[b])]], seq)
+            group = [int(c) for c in jnp.argmax(logits[-group_size:], -1)]
+            expected += group
+            seq += group
         n = int(lengths[b])
         assert list(np.asarray(codes[b, :n])) == expected[:n]
         assert n == 6 or expected[n] == model.eos
         assert np.all(np.asarray(codes[b, n:]) == model.eos)
 
 
-def test_generate_ar_holds_eos_back_per_row():
-    """A model that says EOS at once: min_new_tokens, one per row, makes each row go on."""
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_generate_ar_holds_eos_back_per_row(group_size):
+    """A model that says EOS at once: min_new_tokens, one per row, makes each row go on (and
+    a row may end inside a group)."""
     import flax.linen as nn
 
-    model = ar_model()
+    model = ar_model(group_size=group_size)
     params = nn.meta.unbox(init(model, 1))
     out_norm = params["decoder"]["out_norm"]["norm"]
     out_norm["scale"] = jnp.zeros_like(out_norm["scale"])  # every position's features: the bias
     out_norm["bias"] = jnp.zeros_like(out_norm["bias"]).at[0].set(1.0)
-    params["predict"]["kernel"] = jnp.zeros_like(params["predict"]["kernel"]).at[0, model.eos].set(10.0)
+    eos_columns = model.eos + (model.codebook_size + 1) * np.arange(group_size)  # each place's EOS
+    params["predict"]["kernel"] = jnp.zeros_like(params["predict"]["kernel"]).at[0, eos_columns].set(10.0)
     text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
-    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 1])
+    prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 0])
     generate = functools.partial(speechlm.generate_ar, model, params, text, text_len, prompt, prompt_len,
                                  jax.random.PRNGKey(0), max_new_tokens=6, temperature=0.0)
     assert list(np.asarray(generate()[1])) == [0, 0]
@@ -114,6 +119,13 @@ def test_ar_training_inputs():
     np.testing.assert_array_equal(targets[0], [5, 6, 7, 16])
     np.testing.assert_array_equal(targets[1, :3], [8, 9, 16])
     np.testing.assert_array_equal(valid, [[1, 1, 1, 1], [1, 1, 1, 0]])
+    # Groups of 2: a group of BOS first, and the group after the codes holds the EOS.
+    inputs, targets, valid = speechlm.ar_training_inputs(jnp.asarray([[5, 6, 7, 0]]), jnp.asarray([3]), 17, 16, 2)
+    np.testing.assert_array_equal(inputs, [[17, 17, 5, 6, 7, 0]])
+    np.testing.assert_array_equal(targets[0, :4], [5, 6, 7, 16])
+    np.testing.assert_array_equal(valid, [[1, 1, 1, 1, 0, 0]])
+    with pytest.raises(ValueError, match="3 frames do not make groups of 2"):
+        speechlm.ar_training_inputs(jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), 17, 16, 2)
 
 
 def test_first_head_scores_are_the_attention_scores():

@@ -66,11 +66,11 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     # SGD: the step is the gradient (Adam's first step is lr * sign(g), and the attention's
     # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
     sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
-    tts = {"alignment_loss": 1.0}
-    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 1}, optimizer=sgd, tts=tts),
-                     devices=jax.devices()[:1])
-    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"data": 4, "fsdp": 2}, optimizer=sgd,
-                                 tts=tts))
+    tts, args = {"alignment_loss": 1.0}, {**TINY_VALLE, "group_size": 2}  # VALL-E 2's grouped codes
+    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd,
+                                tts=tts), devices=jax.devices()[:1])
+    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2},
+                                 optimizer=sgd, tts=tts))
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -140,6 +140,8 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
         trainer.task.train_source()
     with pytest.raises(ValueError, match="VALL-E reads text"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"condition": "semantic"}))
+    with pytest.raises(ValueError, match="max_frames=64 must be a multiple of the AR's group_size 3"):
+        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "group_size": 3}))
     with pytest.raises(ValueError, match="alignment_loss is a loss on VALL-E's AR"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED,
                            tts={"alignment_loss": 1.0}))

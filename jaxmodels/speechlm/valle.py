@@ -49,7 +49,15 @@ class _VALLE(nn.Module):
 
 
 class VALLEAR(_VALLE):
-    """Audio ids: codes 0..codebook_size-1, EOS = codebook_size, BOS = codebook_size + 1."""
+    """Audio ids: codes 0..codebook_size-1, EOS = codebook_size, BOS = codebook_size + 1.
+
+    group_size G > 1 is VALL-E 2's grouped code modeling (Chen et al. 2024): each position
+    holds G consecutive codes (their embeddings summed, one table per place in the group)
+    and predicts the next G (one head per place), so the AR runs at 1/G of the codec's
+    frame rate. G = 1 is VALL-E's model.
+    """
+
+    group_size: int = 1
 
     @property
     def eos(self):
@@ -62,12 +70,15 @@ class VALLEAR(_VALLE):
     @nn.compact
     def __call__(self, audio, audio_positions, audio_valid, text=None, text_valid=None, *, decode=False,
                  deterministic=True):
-        """Logits (batch, audio length, codebook_size + 1) of the next first-codebook code.
+        """Logits (batch, A * G, codebook_size + 1) of the next first-codebook code at each place.
 
-        audio (batch, A) ids, starting with BOS; text (batch, T) ids. When decoding, the
-        first call carries the text and the audio prefix, later calls only new audio.
+        audio (batch, A * G) ids, A groups of G codes starting with a group of BOS;
+        audio_positions and audio_valid (batch, A) per group; text (batch, T) ids. When
+        decoding, the first call carries the text and the audio prefix, later calls only new audio.
         """
-        x = Embed(self.codebook_size + 2, self.d_model, "audio_embedding")(audio)
+        b, g, ids = audio.shape[0], self.group_size, self.codebook_size + 2
+        places = audio.reshape(b, -1, g) + ids * jnp.arange(g)  # place i of a group reads rows i*ids..
+        x = Embed(g * ids, self.d_model, "audio_embedding")(places).sum(2)
         positions, valid, bidirectional = audio_positions * self.audio_position_scale, audio_valid, 0
         if text is not None:
             t = Embed(self.text_vocab_size, self.d_model, "text_embedding")(text)
@@ -79,25 +90,30 @@ class VALLEAR(_VALLE):
         h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
                         dtype=self.dtype, remat=self.remat, name="decoder")(
             x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
-        h = h[:, h.shape[1] - audio.shape[1]:]
-        logits = Dense(self.codebook_size + 1, ("embed", "vocab"), use_bias=False, dtype=self.dtype,
+        h = h[:, h.shape[1] - audio.shape[1] // g:]
+        logits = Dense(g * (self.codebook_size + 1), ("embed", "vocab"), use_bias=False, dtype=self.dtype,
                        name="predict")(h)
+        logits = logits.reshape(b, -1, self.codebook_size + 1)
         return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
     def example(self, batch: int = 1, text_length: int = 4, audio_length: int = 4):
         """Inputs for init: (audio, positions, valid) and the text keyword arguments."""
-        audio = jnp.zeros((batch, audio_length), jnp.int32)
+        audio = jnp.zeros((batch, audio_length * self.group_size), jnp.int32)
+        positions = jnp.zeros((batch, audio_length), jnp.int32)
         text = jnp.zeros((batch, text_length), jnp.int32)
-        return (audio, jnp.zeros_like(audio), jnp.ones(audio.shape, bool)), dict(
+        return (audio, positions, jnp.ones(positions.shape, bool)), dict(
             text=text, text_valid=jnp.ones(text.shape, bool))
 
 
-def ar_training_inputs(codes, lengths, bos: int, eos: int):
-    """First-codebook codes (batch, T), lengths -> (inputs [BOS, c...], targets [c..., EOS], valid), each (batch, T+1)."""
+def ar_training_inputs(codes, lengths, bos: int, eos: int, group_size: int = 1):
+    """First-codebook codes (batch, T), lengths -> (inputs [BOS x G, c...], targets [c..., EOS], valid),
+    each (batch, T + G); T a multiple of the group size G."""
     b, t = codes.shape
-    inputs = jnp.concatenate([jnp.full((b, 1), bos, codes.dtype), codes], axis=1)
-    slots = jnp.arange(t + 1)[None, :]
-    targets = jnp.concatenate([codes, jnp.zeros((b, 1), codes.dtype)], axis=1)
+    if t % group_size:
+        raise ValueError(f"{t} frames do not make groups of {group_size}")
+    inputs = jnp.concatenate([jnp.full((b, group_size), bos, codes.dtype), codes], axis=1)
+    slots = jnp.arange(t + group_size)[None, :]
+    targets = jnp.concatenate([codes, jnp.zeros((b, group_size), codes.dtype)], axis=1)
     targets = jnp.where(slots == lengths[:, None], eos, targets)
     return inputs, targets, slots <= lengths[:, None]
 
@@ -131,48 +147,56 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
-    prompt_lengths (a row may have none). One prefill, then one cached step per token in a
-    lax.while_loop that stops when every row has produced EOS; codes past a row's length
-    are EOS. EOS is not drawn before min_new_tokens (an int, or one per row).
+    prompt_lengths (a row may have none; with groups, multiples of the group size). One
+    prefill, then one cached step per group of codes in a lax.while_loop that stops when
+    every row has produced EOS; codes past a row's length are EOS. EOS is not drawn before
+    min_new_tokens (an int, or one per row).
     """
     b, t = text.shape
-    p = prompt.shape[1]
+    g, vocab = model.group_size, model.codebook_size + 1
+    prompt = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, -prompt.shape[1] % g)))
+    prefill = prompt.shape[1] // g + 1  # groups: BOS, then the prompt's
+    steps = -(-max_new_tokens // g)
     text_valid = lengths_mask(text_lengths, t)
-    audio = jnp.concatenate([jnp.full((b, 1), model.bos, jnp.int32), prompt.astype(jnp.int32)], axis=1)
-    positions = jnp.broadcast_to(jnp.arange(p + 1), (b, p + 1))
-    audio_valid = positions <= prompt_lengths[:, None]
-    whole = jnp.zeros((b, p + 1 + max_new_tokens), jnp.int32)
-    cache = empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
+    audio = jnp.concatenate([jnp.full((b, g), model.bos, jnp.int32), prompt], axis=1)
+    positions = jnp.broadcast_to(jnp.arange(prefill), (b, prefill))
+    prompt_groups = prompt_lengths // g
+    audio_valid = positions <= prompt_groups[:, None]
+    whole = jnp.zeros((b, prefill + steps), jnp.int32)
+    cache = empty_cache(model, jnp.zeros((b, (prefill + steps) * g), jnp.int32), whole, jnp.ones(whole.shape, bool),
+                        text=text, text_valid=text_valid)
 
     def step(cache, tokens, token_positions, valid, text=None):
         logits, variables = model.apply({"params": params, "cache": cache}, tokens, token_positions, valid,
                                         text=text, text_valid=text_valid if text is not None else None,
                                         decode=True, mutable=["cache"])
-        return logits, variables["cache"]
+        return logits.reshape(b, -1, g, vocab), variables["cache"]
 
     logits, cache = step(cache, audio, positions, audio_valid, text)
-    last = logits[jnp.arange(b), prompt_lengths]
+    last = logits[jnp.arange(b), prompt_groups]  # (batch, G, vocab): the first group after the prompt
 
     def cond(state):
         i, _, _, _, done, _, _ = state
-        return (i < max_new_tokens) & ~jnp.all(done)
+        return (i < steps) & ~jnp.all(done)
 
     def body(state):
         i, cache, last, codes, done, lengths, rng = state
         rng, key = jax.random.split(rng)
-        early = (i < jnp.broadcast_to(min_new_tokens, (b,)))[:, None] & (jnp.arange(last.shape[-1]) == model.eos)
-        last = jnp.where(early, -jnp.inf, last)
-        token = jnp.where(done, model.eos, sample_logits(key, last, temperature, top_k, top_p))
-        codes = codes.at[:, i].set(token)
-        lengths = jnp.where(~done & (token == model.eos), i, lengths)
-        done = done | (token == model.eos)
-        logits, cache = step(cache, token[:, None], (prompt_lengths + 1 + i)[:, None], jnp.ones((b, 1), bool))
+        places = i * g + jnp.arange(g)
+        early = (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])[..., None] & (jnp.arange(vocab) == model.eos)
+        tokens = sample_logits(key, jnp.where(early, -jnp.inf, last), temperature, top_k, top_p)
+        eos = tokens == model.eos
+        tokens = jnp.where(done[:, None] | (jnp.cumsum(eos, axis=1) > 0), model.eos, tokens)  # EOS from the first on
+        lengths = jnp.where(~done & eos.any(1), i * g + jnp.argmax(eos, axis=1), lengths)
+        done = done | eos.any(1)
+        codes = jax.lax.dynamic_update_slice(codes, tokens, (0, i * g))
+        logits, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool))
         return i + 1, cache, logits[:, 0], codes, done, lengths, rng
 
-    codes = jnp.full((b, max_new_tokens), model.eos, jnp.int32)
+    codes = jnp.full((b, steps * g), model.eos, jnp.int32)
     state = (0, cache, last, codes, jnp.zeros(b, bool), jnp.full(b, max_new_tokens), rng)
     _, _, _, codes, _, lengths, _ = jax.lax.while_loop(cond, body, state)
-    return codes, lengths
+    return codes[:, :max_new_tokens], jnp.minimum(lengths, max_new_tokens)
 
 
 class VALLENAR(_VALLE):

@@ -98,6 +98,9 @@ def build_models(cfg):
     t = cfg.tts
     if t.alignment_loss and "ar" not in models:
         raise ValueError("tts.alignment_loss is a loss on VALL-E's AR (model.name valle)")
+    if "ar" in models and t.max_frames % models["ar"].group_size:
+        raise ValueError(f"tts.max_frames={t.max_frames} must be a multiple of the AR's group_size "
+                         f"{models['ar'].group_size}")
     if t.condition == "semantic" and "lm" not in models:
         raise ValueError("tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text")
     needed = t.semantic_clusters if t.condition == "semantic" else TEXT_VOCAB
@@ -339,12 +342,12 @@ class TTSTask(SplitSources):
             return (text, text_valid, codes, slots < frames[:, None], prompt_frames, stage), targets, scored
         if name == "ar":
             m = self.models["ar"]
-            inputs, targets, scored = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos)
-            valid = scored
+            inputs, targets, scored = speechlm.ar_training_inputs(codes[..., 0], frames, m.bos, m.eos, m.group_size)
+            valid = scored.reshape(scored.shape[0], -1, m.group_size).any(-1)  # per group of codes
         else:
             inputs, targets, scored = speechlm.delayed_training_inputs(codes, frames, self.codebook_size)
             valid = jnp.arange(inputs.shape[1])[None] <= (frames + self.num_codebooks - 1)[:, None]
-        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), valid.shape)
+        positions = jnp.broadcast_to(jnp.arange(valid.shape[1]), valid.shape)
         return (inputs, positions, valid, text, text_valid), targets, scored
 
     def _nar_split(self, frames, rng):
@@ -376,7 +379,7 @@ class TTSTask(SplitSources):
                 # The middle layer's first head: where the plain model's text alignment emerges.
                 layer = out[1]["intermediates"]["decoder"][f"layers_{model.num_layers // 2}"]["attn"]
                 t = batch["text"].shape[1]  # audio queries on text keys
-                rows = speechlm.alignment_loss(layer["first_head_scores"][0][:, t:, :t], batch["text_length"], scored)
+                rows = speechlm.alignment_loss(layer["first_head_scores"][0][:, t:, :t], batch["text_length"], args[2])
                 metrics["ar_alignment_loss"] = masked_mean(rows, batch["mask"])
                 total += weight * metrics["ar_alignment_loss"]
         return total, metrics
@@ -422,6 +425,8 @@ class TTSTask(SplitSources):
         prompt, prompt_frames = self.encode_audio(prompt_audio)
         params = sharding.host_copy(params)
         if self.valle:
+            # The AR continues a prompt of whole groups: its last frames short of a group are dropped.
+            prompt_frames = prompt_frames - prompt_frames % self.models["ar"].group_size
             first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
                                                  prompt_frames, rng, max_new_tokens=t.max_frames,
                                                  temperature=t.temperature, top_k=t.top_k, top_p=t.top_p)
