@@ -128,51 +128,6 @@ def test_ar_training_inputs():
         speechlm.ar_training_inputs(jnp.zeros((1, 3), jnp.int32), jnp.asarray([3]), 17, 16, 2)
 
 
-def test_first_head_scores_are_the_attention_scores():
-    """The sown scores of a layer are its first head's attention: softmax over the keys each
-    query sees, applied to the values, gives that head's part of the attention output."""
-    model = ar_model()
-    params = init(model)
-    audio = jnp.asarray([[model.bos, 3, 4, 5]], jnp.int32)
-    text, text_valid = jnp.asarray([[1, 2, 3]], jnp.int32), jnp.ones((1, 3), bool)
-    args = (audio, jnp.arange(4)[None], jnp.ones(audio.shape, bool))
-    logits, state = model.apply({"params": params}, *args, text=text, text_valid=text_valid,
-                                mutable=["intermediates"],
-                                capture_intermediates=lambda m, _: m.name in ("qkv", "attn"))
-    np.testing.assert_array_equal(logits, model.apply({"params": params}, *args, text=text, text_valid=text_valid))
-    layer = state["intermediates"]["decoder"]["layers_1"]["attn"]
-    scores = layer["first_head_scores"][0][0]
-    assert scores.shape == (7, 7)
-    q, k, v = (layer["qkv"]["__call__"][0][0, :, i, 0] for i in range(3))  # head 0
-    np.testing.assert_allclose(scores, q @ k.T / np.sqrt(q.shape[-1]), rtol=1e-5, atol=1e-6)
-    mask = transformer.attention_mask(jnp.arange(7), jnp.arange(7), jnp.ones((1, 7), bool), True, 3)[0, 0]
-    head = jax.nn.softmax(jnp.where(mask, scores, -jnp.inf), -1) @ v
-    np.testing.assert_allclose(head, jax.nn.dot_product_attention(
-        *(layer["qkv"]["__call__"][0][:, :, i, :1] for i in range(3)), mask=mask[None, None])[0, :, 0],
-        rtol=1e-5, atol=1e-6)
-
-
-def test_alignment_loss_rewards_a_monotonic_walk_through_the_text():
-    text, audio = 5, 20
-    walk = np.full((1, audio, text), -5.0, np.float32)
-    walk[0, np.arange(audio), np.arange(audio) * text // audio] = 5.0
-    valid = jnp.ones((1, audio), bool)
-
-    def loss(scores, lengths=(text,), audio_valid=valid):
-        return float(speechlm.alignment_loss(jnp.asarray(scores), jnp.asarray(lengths), audio_valid)[0])
-
-    assert loss(walk) < 0.5 < loss(np.zeros_like(walk)) < loss(walk[:, :, ::-1])
-    # Text past a row's length is not read, however the head scores it; audio past its end neither.
-    padded = np.concatenate([walk, np.full((1, audio, 3), 9.0, np.float32)], axis=2)
-    assert loss(padded) == pytest.approx(loss(walk), rel=1e-5)
-    longer = np.concatenate([walk, np.zeros((1, 4, text), np.float32)], axis=1)
-    assert loss(longer, audio_valid=jnp.arange(audio + 4)[None] < audio) == pytest.approx(loss(walk), rel=1e-5)
-    # Audio shorter than its text cannot walk through it: no loss, and a finite gradient.
-    assert loss(walk[:, :3], audio_valid=valid[:, :3]) == 0.0
-    grad = jax.grad(lambda s: speechlm.alignment_loss(s, jnp.asarray([text]), valid[:, :3]).sum())(jnp.asarray(walk[:, :3]))
-    assert np.all(np.isfinite(grad))
-
-
 def test_nar_stage_reads_only_lower_codebooks_and_generates():
     model = VALLENAR(text_vocab_size=20, codebook_size=16, num_quantizers=4, **TINY)
     params = init(model)

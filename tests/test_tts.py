@@ -35,10 +35,10 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
 
 
 def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"alignment_loss": 0.5})
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path)
     workdir = tmp_path / "run"
     metrics = train(cfg, str(workdir))
-    for name in ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy", "ar_alignment_loss"):
+    for name in ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy"):
         assert np.isfinite(metrics[f"eval/{name}"])
     assert metrics["eval/ar_loss"] < np.log(17) + 1.0
     assert sorted(os.listdir(tmp_path / "tokens")) == ["test.npz", "train.npz"]
@@ -66,11 +66,11 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     # SGD: the step is the gradient (Adam's first step is lr * sign(g), and the attention's
     # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
     sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
-    tts, args = {"alignment_loss": 1.0}, {**TINY_VALLE, "group_size": 2}  # VALL-E 2's grouped codes
-    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd,
-                                tts=tts), devices=jax.devices()[:1])
+    args = {**TINY_VALLE, "group_size": 2}  # VALL-E 2's grouped codes
+    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd),
+                     devices=jax.devices()[:1])
     sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2},
-                                 optimizer=sgd, tts=tts))
+                                 optimizer=sgd))
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -81,11 +81,7 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
             state, metrics = trainer.train_step(state, {k: jax.device_put(v, trainer.batch_shardings[k])
                                                         for k, v in batch.items()})
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
-    for name in ("loss", "ar_alignment_loss"):
-        np.testing.assert_allclose(results[0][0][f"train/{name}"], results[1][0][f"train/{name}"], rtol=1e-5)
-    metrics = results[0][0]
-    np.testing.assert_allclose(metrics["train/loss"], metrics["train/ar_loss"] + metrics["train/nar_loss"]
-                               + metrics["train/ar_alignment_loss"], rtol=1e-5)
+    np.testing.assert_allclose(results[0][0]["train/loss"], results[1][0]["train/loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][1], results[1][1])
 
 
@@ -142,9 +138,6 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"condition": "semantic"}))
     with pytest.raises(ValueError, match="max_frames=64 must be a multiple of the AR's group_size 3"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "group_size": 3}))
-    with pytest.raises(ValueError, match="alignment_loss is a loss on VALL-E's AR"):
-        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED,
-                           tts={"alignment_loss": 1.0}))
     with pytest.raises(ValueError, match="unknown argument.*'layers'"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))
 

@@ -225,10 +225,6 @@ class TTSConfig:
     # end to end (when both fit): what zero-shot inference feeds the model (a prompt and its
     # continuation), which a corpus of short utterances otherwise never shows it.
     pair_prob: float = 0.0
-    # VALL-E's AR: the weight of an alignment loss on the first head of its middle layer
-    # (jaxmodels.speechlm.alignment_loss: that head's attention on the text read as a CTC
-    # over the text positions in order; 0: none, the paper's model).
-    alignment_loss: float = 0.0
     # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
     temperature: float = 1.0
     top_k: int = 0

@@ -14,10 +14,6 @@ Decoding (`decode=True`): the first call on a model with an empty cache creates 
 (`init_cache`, from an input as long as the whole sequence will be); every later call
 appends its tokens' keys and values at the cache's index and attends over the cache.
 A prefill of many tokens and steps of one token give the logits of the full forward pass.
-
-Applied with the "intermediates" collection mutable, each layer's attention sows its
-first head's scores (batch, q, k), before masking, as "first_head_scores": what an
-alignment loss on that head reads (VALL-E's AR in trainers/tasks/tts.py).
 """
 import math
 
@@ -105,9 +101,6 @@ class SelfAttention(nn.Module):
                 k, v, valid = cached_k.value, cached_v.value, cached_valid.value  # slots past the index: not valid
                 q_slots = i + q_slots
         mask = attention_mask(q_slots, jnp.arange(k.shape[1]), valid, causal, bidirectional)
-        if self.is_mutable_collection("intermediates"):  # the first head's scores, for an alignment loss
-            self.sow("intermediates", "first_head_scores",
-                     jnp.einsum("bqe,bke->bqk", q[:, :, 0], k[:, :, 0].astype(q.dtype)).astype(jnp.float32) / math.sqrt(hd))
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, self.use_bias, self.dtype,
                           name="out")(out)

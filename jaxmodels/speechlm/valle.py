@@ -26,7 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.ctc import ctc_loss
 from jaxmodels.nn.layers import Dense, constrain
 from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, lengths_mask
@@ -116,29 +115,6 @@ def ar_training_inputs(codes, lengths, bos: int, eos: int, group_size: int = 1):
     targets = jnp.concatenate([codes, jnp.zeros((b, group_size), codes.dtype)], axis=1)
     targets = jnp.where(slots == lengths[:, None], eos, targets)
     return inputs, targets, slots <= lengths[:, None]
-
-
-def alignment_loss(scores, text_lengths, audio_valid, blank_score: float = -1.0):
-    """Per row: the CTC loss of reading the text in order off one head's attention, per text token.
-
-    scores (batch, A, T): an AR attention head's scores of each audio query on each text
-    key. Its distribution over the text (a log-softmax), beside a blank of fixed log-score
-    blank_score, is the emission of a CTC whose labels are the text positions 1..T in
-    order: the loss is low when the head's focus walks through every text token
-    monotonically as the audio goes on. This is the "forward-sum" alignment loss of
-    Badlani et al. 2022 ("One TTS Alignment To Rule Them All"), used on the attention of
-    LLM-style TTS by Neekhara et al. 2024 ("Improving Robustness of LLM-based Speech
-    Synthesis by Learning Monotonic Alignment"). Rows whose audio is shorter than their
-    text score 0.
-    """
-    b, _, t = scores.shape
-    text_valid = lengths_mask(text_lengths, t)
-    logprobs = jax.nn.log_softmax(jnp.where(text_valid[:, None, :], scores, -1e9), axis=-1)
-    logits = jnp.concatenate([jnp.full(scores.shape[:2] + (1,), blank_score, scores.dtype), logprobs], axis=-1)
-    labels = jnp.broadcast_to(jnp.arange(1, t + 1), (b, t))
-    nll = ctc_loss(logits, 1.0 - audio_valid.astype(jnp.float32), labels, 1.0 - text_valid.astype(jnp.float32),
-                   zero_infinity=True)
-    return nll / jnp.maximum(text_lengths, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))

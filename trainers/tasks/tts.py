@@ -96,8 +96,6 @@ def build_models(cfg):
     models = {k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
               for k, c in classes.items()}
     t = cfg.tts
-    if t.alignment_loss and "ar" not in models:
-        raise ValueError("tts.alignment_loss is a loss on VALL-E's AR (model.name valle)")
     if "ar" in models and t.max_frames % models["ar"].group_size:
         raise ValueError(f"tts.max_frames={t.max_frames} must be a multiple of the AR's group_size "
                          f"{models['ar'].group_size}")
@@ -360,28 +358,17 @@ class TTSTask(SplitSources):
         return prompt_frames, jax.random.randint(k_stage, (b,), 1, self.num_codebooks)
 
     def _losses(self, params, batch, rng, train):
-        """(total loss, {metric: value}) of the models on the batch: each model's loss and
-        accuracy, and with tts.alignment_loss the AR's alignment loss (weighted into the total)."""
+        """(total loss, {metric: value}) of the models on the batch: each model's loss and accuracy."""
         total, metrics = 0.0, {}
-        weight = self.cfg.tts.alignment_loss
         for (name, model), key in zip(self.models.items(), jax.random.split(rng, len(self.models))):
             k_split, k_drop = jax.random.split(key)
             args, targets, scored = self._example(name, batch, k_split)
-            align = name == "ar" and weight > 0
-            out = model.apply({"params": params[name]}, *args, deterministic=not train,
-                              rngs={"dropout": k_drop} if train else {}, mutable=["intermediates"] if align else False)
-            logits = out[0] if align else out
+            logits = model.apply({"params": params[name]}, *args, deterministic=not train,
+                                 rngs={"dropout": k_drop} if train else {})
             mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
             loss, metrics[f"{name}_accuracy"] = cross_entropy(logits, targets, scored * mask)
             metrics[f"{name}_loss"] = loss
             total += loss
-            if align:
-                # The middle layer's first head: where the plain model's text alignment emerges.
-                layer = out[1]["intermediates"]["decoder"][f"layers_{model.num_layers // 2}"]["attn"]
-                t = batch["text"].shape[1]  # audio queries on text keys
-                rows = speechlm.alignment_loss(layer["first_head_scores"][0][:, t:, :t], batch["text_length"], args[2])
-                metrics["ar_alignment_loss"] = masked_mean(rows, batch["mask"])
-                total += weight * metrics["ar_alignment_loss"]
         return total, metrics
 
     def loss(self, params, batch, rng):
