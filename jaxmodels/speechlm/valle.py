@@ -13,10 +13,11 @@ Two transformers over a codec's RVQ codes (frames x K codebooks):
   (AdaLN). Decoding runs the stages in turn, greedily, as the paper does.
 
 Text and audio each count positions from 0 (sinusoids added per segment, as the common
-reimplementation lifeiteng/vall-e does). audio_position_scale counts audio positions in
-text units (frame t at position t * scale): at about the text tokens per codec frame,
-speech and the text it says sit at matching positions, so that attention can find the
-text being spoken from the positions alone (1.0, the default, is VALL-E's). The paper's sizes are 12 layers, width 1024,
+reimplementation lifeiteng/vall-e does). audio_position_scale multiplies the audio
+positions (the AR's count its groups of codes, the NAR's frames): at about the text
+tokens per position, speech and the text it says sit at matching positions, so that
+attention can find the text being spoken from the positions alone (1.0, the default, is
+VALL-E's). The paper's sizes are 12 layers, width 1024,
 16 heads, FFN 4096, dropout 0.1, for both models. The paper gives no parameter count;
 ours are in jaxmodels.speechlm.VARIANTS' docstring.
 """
