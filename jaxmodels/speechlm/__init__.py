@@ -52,6 +52,6 @@ def param_count(model) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
 
 
-__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "ar_training_inputs",
-           "assign", "create", "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed",
-           "generate_nar", "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize", "undelay_codes"]
+__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "ar_training_inputs", "assign", "create",
+           "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed", "generate_nar",
+           "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize", "undelay_codes"]
