@@ -1,6 +1,6 @@
 """VALL-E AR decoding, KV-cached against re-running the full forward pass; and the train step.
 
-    python benchmarks/speechlm_decode.py [--layers 4 --width 512 --heads 8 --batch 4 --new 100]
+    python benchmarks/speechlm_decode.py [--layers 4 --width 512 --heads 8 --batch 4 --new 100 --group-size 1]
     python benchmarks/speechlm_decode.py --layers 12 --width 1024 --heads 16 --batch 16 --dtype bfloat16  # VALL-E
 
 Decoding: greedy, with EOS held back so that both run exactly --new steps, on random
@@ -37,8 +37,12 @@ def main():
     p.add_argument("--new", type=int, default=100, help="frames generated")
     p.add_argument("--frames", type=int, default=300, help="train step: frames per utterance")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--group-size", type=int, default=1, help="codes per AR position (VALL-E 2's grouped codes)")
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
+    g = args.group_size
+    if args.prompt % g or args.new % g:
+        p.error(f"--prompt and --new must be multiples of --group-size {g}")
 
     import jax
     import jax.numpy as jnp
@@ -49,7 +53,8 @@ def main():
 
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
-    sizes = dict(num_layers=args.layers, d_model=args.width, nhead=args.heads, dim_feedforward=4 * args.width)
+    sizes = dict(num_layers=args.layers, d_model=args.width, nhead=args.heads, dim_feedforward=4 * args.width,
+                 group_size=g)
     model = speechlm.create("valle_ar", **sizes, dropout=0.0, dtype=jnp.dtype(args.dtype))
     rng = np.random.default_rng(0)
     b, t, pr, n = args.batch, args.text, args.prompt, args.new
@@ -57,7 +62,7 @@ def main():
     prompt = jnp.asarray(rng.integers(0, model.codebook_size, (b, pr)), jnp.int32)
     params = model.init(jax.random.PRNGKey(0), *model.example()[0], **model.example()[1])["params"]
     print(f"VALL-E AR {args.layers} x {args.width}, {args.heads} heads: {speechlm.param_count(model):,} parameters; "
-          f"batch {b}, text {t}, prompt {pr}, {n} new frames, {args.dtype}")
+          f"batch {b}, text {t}, prompt {pr}, {n} new frames, {g} per step, {args.dtype}")
 
     def cached():
         codes, _ = speechlm.generate_ar(model, params, text, jnp.full(b, t), prompt, jnp.full(b, pr),
@@ -66,18 +71,18 @@ def main():
 
     @jax.jit
     def full(params, text, prompt):
-        length = 1 + pr + n
-        audio = jnp.concatenate([jnp.full((b, 1), model.bos, jnp.int32), prompt, jnp.zeros((b, n), jnp.int32)], 1)
-        positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+        groups = (g + pr + n) // g
+        audio = jnp.concatenate([jnp.full((b, g), model.bos, jnp.int32), prompt, jnp.zeros((b, n), jnp.int32)], 1)
+        positions = jnp.broadcast_to(jnp.arange(groups), (b, groups))
         text_valid = jnp.ones(text.shape, bool)
 
         def step(i, audio):
-            valid = positions <= pr + i  # the tokens so far; later slots are masked out
+            valid = positions <= pr // g + i  # the groups so far; later ones are masked out
             logits = model.apply({"params": params}, audio, positions, valid, text=text, text_valid=text_valid)
-            nxt = jnp.argmax(logits[:, pr + i].at[:, model.eos].set(-jnp.inf), -1)
-            return audio.at[:, pr + 1 + i].set(nxt.astype(jnp.int32))
+            nxt = jnp.argmax(jax.lax.dynamic_slice_in_dim(logits, pr + i * g, g, 1).at[..., model.eos].set(-jnp.inf), -1)
+            return jax.lax.dynamic_update_slice_in_dim(audio, nxt.astype(jnp.int32), g + pr + i * g, 1)
 
-        return jax.lax.fori_loop(0, n, step, audio)[:, 1 + pr:]
+        return jax.lax.fori_loop(0, n // g, step, audio)[:, g + pr:]
 
     def baseline():
         return jax.block_until_ready(full(params, text, prompt))
