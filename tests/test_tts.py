@@ -34,8 +34,10 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
     return config_lib.from_dict(config_lib.Config, base)
 
 
-def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path):
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path)
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, group_size):
+    """With group_size 2 the AR holds and predicts pairs of codes (VALL-E 2's grouped codes)."""
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "group_size": group_size})
     workdir = tmp_path / "run"
     metrics = train(cfg, str(workdir))
     for name in ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy"):
