@@ -353,7 +353,7 @@ def load_recognizer_state(config_path: str, workdir: str):
     from trainers.loop import trained_run
 
     trainer, params = trained_run(config_path, workdir, "ctc", "recogniser",
-                                     speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
+                                  speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
     return trainer.task, params
 
 
