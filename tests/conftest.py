@@ -54,7 +54,8 @@ def tiny_config(**sections):
 
 @pytest.fixture(scope="session")
 def tone_corpus(tmp_path_factory):
-    """A JSON-lines manifest corpus of short tones (0.03-0.06 s at 16 kHz; a speaker is a pitch), 4 speakers."""
+    """A JSON-lines manifest corpus of short tones (0.03-0.06 s at 16 kHz; a speaker is a pitch), 4 speakers;
+    its one or two words divide each tone evenly (word_starts)."""
     import json
 
     import numpy as np
@@ -73,8 +74,10 @@ def tone_corpus(tmp_path_factory):
             audio = 0.3 * np.sin(2 * np.pi * (200 + 100 * speaker) * t) * np.hanning(length)
             key = f"{split}{i}"
             speech.write_wav(str(root / "wav" / f"{key}.wav"), audio.astype(np.float32))
-            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": " ".join(
-                rng.choice(["one", "two", "three"], int(rng.integers(1, 3)))), "speaker": f"s{speaker}"}))
+            words = rng.choice(["one", "two", "three"], int(rng.integers(1, 3)))
+            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": " ".join(words),
+                                     "speaker": f"s{speaker}",
+                                     "word_starts": [k * length / 16000 / len(words) for k in range(len(words))]}))
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
 

@@ -112,6 +112,49 @@ def test_generate_ar_holds_eos_back_per_row(group_size):
     assert list(np.asarray(generate(min_new_tokens=2)[1])) == [2, 2]
 
 
+def test_generate_ar_with_word_alignment_equals_full_forward():
+    """VALL-E R's pointer over words: from the cache each group is the full pass's greedy
+    group given the words the pointer took, the pointer advances where the full pass says
+    so, and a row ends when it moves past its last word (never on EOS)."""
+    model = VALLEAR(text_vocab_size=20, codebook_size=16, group_size=2, word_alignment=True, **TINY)
+    args, kwargs = model.example(2, 6, 5)
+    params = model.init(jax.random.PRNGKey(3), *args, **kwargs)["params"]
+    params["advance"]["bias"] = jnp.full((1,), 2.0)  # advancing likely: every row ends within the steps
+    text = jnp.asarray([[3, 4, 0, 5, 6, 7], [8, 0, 9, 9, 0, 10]])  # 0 stands for the space here
+    text_words = jnp.asarray([[0, 0, -1, 1, 1, 1], [0, -1, 1, 1, -1, 2]])
+    prompt, prompt_len = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]]), jnp.asarray([4, 2])
+    first_word, num_words = jnp.asarray([1, 1]), jnp.asarray([2, 3])
+    codes, lengths = speechlm.generate_ar(model, params, text, jnp.asarray([6, 6]), prompt, prompt_len,
+                                          jax.random.PRNGKey(0), max_new_tokens=20, temperature=0.0,
+                                          text_words=text_words, first_word=first_word, num_words=num_words)
+    for b in range(2):
+        p, n = int(prompt_len[b]) // 2, int(lengths[b])
+        assert 0 < n < 20 and n % 2 == 0 and np.all(np.asarray(codes[b, n:]) == model.eos)
+        audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
+        groups = audio.shape[1] // 2
+        words = np.full(groups, -1)
+        words[p] = int(first_word[b])
+        for j in range(p, groups):  # the pointer, one full pass per position
+            logits, advance = model.apply(
+                {"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool), text[b: b + 1],
+                jnp.ones((1, 6), bool), text_words[b: b + 1], jnp.asarray(words)[None],
+                speechlm.word_progress(jnp.asarray(words)[None]))
+            if j + 1 < groups:
+                words[j + 1] = words[j] + int(advance[0, j] > 0)
+        # the position that drew the last group moved the pointer past the last word: the row ended
+        assert list(words[-2:]) == [int(num_words[b]) - 1, int(num_words[b])]
+        greedy = np.argmax(np.asarray(logits[0, 2 * p: 2 * p + n]), -1)
+        np.testing.assert_array_equal(greedy, np.asarray(codes[b, :n]))
+
+
+def test_word_progress_and_advance_targets():
+    words = jnp.asarray([[-1, -1, 0, 0, 0, 1, 2, 2, 3, -1]])  # a prompt, words 0-2, EOS due at 8
+    np.testing.assert_array_equal(speechlm.word_progress(words), [[0, 1, 0, 1, 2, 0, 0, 1, 0, 0]])
+    moves, scored = speechlm.advance_targets(words, jnp.asarray([8]))
+    np.testing.assert_array_equal(scored, [[0, 0, 1, 1, 1, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(moves[0, 2:8], [0, 0, 1, 1, 0, 1])
+
+
 def test_ar_training_inputs():
     inputs, targets, valid = speechlm.ar_training_inputs(jnp.asarray([[5, 6, 7], [8, 9, 0]]), jnp.asarray([3, 2]),
                                                          bos=17, eos=16)

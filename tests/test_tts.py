@@ -1,4 +1,5 @@
 """The tts task: codec tokens of a corpus, VALL-E / delayed-LM training, sharding, zero-shot TTS eval."""
+import json
 import os
 import shutil
 
@@ -34,13 +35,16 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
     return config_lib.from_dict(config_lib.Config, base)
 
 
-@pytest.mark.parametrize("group_size", [1, 2])
-def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, group_size):
-    """With group_size 2 the AR holds and predicts pairs of codes (VALL-E 2's grouped codes)."""
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "group_size": group_size})
+@pytest.mark.parametrize("group_size,word_alignment", [(1, False), (2, False), (2, True)])
+def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, group_size, word_alignment):
+    """With group_size 2 the AR holds and predicts pairs of codes (VALL-E 2's grouped codes);
+    with word_alignment it also reads each group's word and learns when the next word begins."""
+    args = {**TINY_VALLE, "group_size": group_size, "word_alignment": word_alignment}
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, tts={"pair_prob": 0.5})
     workdir = tmp_path / "run"
     metrics = train(cfg, str(workdir))
-    for name in ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy"):
+    names = ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy") + (("ar_advance_loss",) if word_alignment else ())
+    for name in names:
         assert np.isfinite(metrics[f"eval/{name}"])
     assert metrics["eval/ar_loss"] < np.log(17) + 1.0
     assert sorted(os.listdir(tmp_path / "tokens")) == ["test.npz", "train.npz"]
@@ -142,6 +146,23 @@ def test_codec_mismatch_and_bad_args_are_named(tone_corpus, fixtures_dir, tmp_pa
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "group_size": 3}))
     with pytest.raises(ValueError, match="unknown argument.*'layers'"):
         Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "layers": 2}))
+
+
+def test_word_alignment_needs_word_starts(tone_corpus, fixtures_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(tone_corpus, corpus)
+    manifest = corpus / "train.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    del records[1]["word_starts"]
+    records[2]["word_starts"] = records[2]["word_starts"] + [0.5]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    cfg = tts_config(corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "word_alignment": True})
+    with pytest.raises(ValueError, match="record train1: the AR's word_alignment needs word_starts"):
+        Trainer(cfg).task.train_source()
+    del records[1]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=f"record train2: .* one per word, not {len(records[1]['word_starts'])}"):
+        Trainer(cfg).task.train_source()
 
 
 def test_token_cache_follows_the_codec_weights_and_the_corpus(tone_corpus, fixtures_dir, tmp_path, capsys):

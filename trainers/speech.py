@@ -8,9 +8,11 @@ made of an English accent, a voice variant, a pitch and a speaking rate, resampl
 It is generated once into a folder and reused. The seed fixes every sentence, voice,
 pitch, rate and hence every duration; the samples themselves repeat exactly except for
 the breath noise some voice variants add, which eSpeak NG draws from the C library's
-rand() (seeded from the clock, out of our reach):
+rand() (seeded from the clock, out of our reach). The word start times are eSpeak NG's
+own word events, exact (the TTS task's word alignment reads them):
 
-    <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker", "voice"}
+    <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker", "voice",
+                                        "word_starts": seconds at which each word of target begins}
     <path>/tts_test.jsonl              the same, plus "prompt_source", "prompt_target": another
                                        sentence of the same speaker (on first use; build_prompt_pairs)
     <path>/wav/<key>.wav               16-bit mono 16 kHz
@@ -45,8 +47,19 @@ def corpus_sentence(rng: random.Random) -> str:
     return f"{rng.choice(NAMES)} has {rng.choice(NUMBERS)} {rng.choice(COLOURS)} {rng.choice(THINGS)}"
 
 
+class _Event(ctypes.Structure):
+    """speak_lib.h's espeak_EVENT (its id union as 8 bytes)."""
+
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+_EVENT_LIST_END, _EVENT_WORD = 0, 1
+
+
 class _ESpeak:
-    """eSpeak NG in synchronous mode: text in, 22,050 Hz int16 samples out."""
+    """eSpeak NG in synchronous mode: text in, 22,050 Hz int16 samples and word start times out."""
 
     def __init__(self):
         try:
@@ -58,32 +71,43 @@ class _ESpeak:
         self.sample_rate = self.lib.espeak_Initialize(2, 0, data_parent.encode(), 0)  # 2: AUDIO_OUTPUT_SYNCHRONOUS
         if self.sample_rate <= 0:
             raise RuntimeError(f"eSpeak NG failed to initialise with data in {data_parent}")
-        self._chunks = []
-        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+        self._chunks, self._word_samples = [], []
+        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
+                                         ctypes.POINTER(_Event))
         self._callback = callback_type(self._collect)  # kept alive as long as self
         self.lib.espeak_SetSynthCallback(self._callback)
 
     def _collect(self, samples, count, events):
         if count > 0:
             self._chunks.append(np.ctypeslib.as_array(samples, (count,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_END:
+            if events[i].type == _EVENT_WORD:
+                self._word_samples.append(events[i].sample)
+            i += 1
         return 0
 
-    def say(self, text: str, voice: str, pitch: int, rate: int) -> np.ndarray:
+    def say(self, text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, list[float]]:
+        """(int16 samples, the second at which each word begins)."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE, words per minute
         self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH, 0..100
-        self._chunks = []
+        self._chunks, self._word_samples = [], []
         data = text.encode() + b"\0"
         self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        if len(self._word_samples) != len(text.split()):
+            raise RuntimeError(f"eSpeak NG reported {len(self._word_samples)} words in {text!r}")
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        return audio, [s / self.sample_rate for s in self._word_samples]
 
-    def say_16k(self, text: str, voice: str, pitch: int, rate: int) -> np.ndarray:
-        """Float32 samples at the corpus's 16 kHz."""
+    def say_16k(self, text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, list[float]]:
+        """(float32 samples at the corpus's 16 kHz, word start times in seconds, to the millisecond)."""
         from scipy.signal import resample_poly
 
-        audio = self.say(text, voice, pitch, rate).astype(np.float32) / 32768.0
-        return resample_poly(audio, SAMPLE_RATE // 50, self.sample_rate // 50)  # 320 / 441
+        audio, word_starts = self.say(text, voice, pitch, rate)
+        audio = resample_poly(audio.astype(np.float32) / 32768.0, SAMPLE_RATE // 50, self.sample_rate // 50)  # 320/441
+        return audio, [round(s, 3) for s in word_starts]
 
     def phonemes(self, text: str, voice: str = "en-us") -> str:
         """eSpeak NG's ASCII phoneme mnemonics of `text` ("three red" -> "Tr'i: r'Ed")."""
@@ -119,11 +143,12 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         for i in range(size):
             text, voice = corpus_sentence(rng), rng.choice(voices)
             pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
-            audio = engine.say_16k(text, voice, pitch, rate)
+            audio, word_starts = engine.say_16k(text, voice, pitch, rate)
             key = f"{split}_{i:05d}"
             write_wav(os.path.join(path, "wav", f"{key}.wav"), audio)
             lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": text,
-                                     "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}))
+                                     "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice,
+                                     "word_starts": word_starts}))
         tmp = os.path.join(path, f"{split}.jsonl.tmp")
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -146,13 +171,13 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
         record = {"key": f"tts_{i:05d}", "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}
         for role in ("prompt", "target"):
             text = corpus_sentence(rng)
-            audio = engine.say_16k(text, voice, pitch, rate)
+            audio, word_starts = engine.say_16k(text, voice, pitch, rate)
             name = f"wav/tts_{i:05d}_{role}.wav"
             write_wav(os.path.join(path, name), audio)
             if role == "prompt":
                 record.update(prompt_source=name, prompt_target=text)
             else:
-                record.update(source=name, target=text)
+                record.update(source=name, target=text, word_starts=word_starts)
         lines.append(json.dumps(record))
     with open(manifest + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")

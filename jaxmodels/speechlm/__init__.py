@@ -22,7 +22,8 @@ from jaxmodels.speechlm.delay import DelayedLM, delay_codes, delayed_training_in
 from jaxmodels.speechlm.kmeans import assign, fit, kmeans_plus_plus, minibatch_update, tokenize
 from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Transformer
-from jaxmodels.speechlm.valle import VALLEAR, VALLENAR, ar_training_inputs, generate_ar, generate_nar
+from jaxmodels.speechlm.valle import (VALLEAR, VALLENAR, advance_targets, ar_training_inputs, generate_ar, generate_nar,
+                                      word_progress)
 
 _VALLE = dict(d_model=1024, nhead=16, num_layers=12, dim_feedforward=4096, dropout=0.1, codebook_size=1024,
               text_vocab_size=512)
@@ -52,6 +53,7 @@ def param_count(model) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
 
 
-__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "ar_training_inputs", "assign", "create",
-           "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed", "generate_nar",
-           "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize", "undelay_codes"]
+__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "advance_targets", "ar_training_inputs",
+           "assign", "create", "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed",
+           "generate_nar", "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize",
+           "undelay_codes", "word_progress"]

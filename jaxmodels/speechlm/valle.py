@@ -48,6 +48,10 @@ class _VALLE(nn.Module):
     remat: bool = False
 
 
+MAX_WORD_TOKENS = 32  # text tokens of a word told apart by place (longer words share the last)
+MAX_WORD_PROGRESS = 128  # groups into a word told apart (longer words share the last)
+
+
 class VALLEAR(_VALLE):
     """Audio ids: codes 0..codebook_size-1, EOS = codebook_size, BOS = codebook_size + 1.
 
@@ -55,9 +59,19 @@ class VALLEAR(_VALLE):
     holds G consecutive codes (their embeddings summed, one table per place in the group)
     and predicts the next G (one head per place), so the AR runs at 1/G of the codec's
     frame rate. G = 1 is VALL-E's model.
+
+    word_alignment is VALL-E R's monotonic alignment (Han et al. 2024), over words instead
+    of phonemes: each audio position is told the word of the group it predicts (an
+    embedding of that word's text tokens, each weighted by its place in the word) and how
+    many groups of the word came before it, and predicts whether the next group starts the
+    next word (`advance`). Decoding moves a pointer through the target's words, one
+    word at a time, and ends when it moves past the last: the model cannot skip or repeat
+    a word, nor stop early. Positions with word -1 (BOS and the acoustic prompt, whose
+    alignment inference does not know) are told nothing.
     """
 
     group_size: int = 1
+    word_alignment: bool = False
 
     @property
     def eos(self):
@@ -68,20 +82,28 @@ class VALLEAR(_VALLE):
         return self.codebook_size + 1
 
     @nn.compact
-    def __call__(self, audio, audio_positions, audio_valid, text=None, text_valid=None, *, decode=False,
-                 deterministic=True):
-        """Logits (batch, A * G, codebook_size + 1) of the next first-codebook code at each place.
+    def __call__(self, audio, audio_positions, audio_valid, text=None, text_valid=None, text_words=None,
+                 audio_words=None, word_progress=None, *, decode=False, deterministic=True):
+        """Logits (batch, A * G, codebook_size + 1) of the next first-codebook code at each place;
+        with word_alignment, also the logits (batch, A) of `advance` at each position.
 
         audio (batch, A * G) ids, A groups of G codes starting with a group of BOS;
         audio_positions and audio_valid (batch, A) per group; text (batch, T) ids. When
         decoding, the first call carries the text and the audio prefix, later calls only new audio.
+        word_alignment: text_words (batch, T) the word of each text token (-1: none, as the
+        space between words) with the text; audio_words and word_progress (batch, A) the word
+        (index into the text's words, -1: none) of the group each position predicts and how
+        many of its groups came before (`word_progress`).
         """
         b, g, ids = audio.shape[0], self.group_size, self.codebook_size + 2
         places = audio.reshape(b, -1, g) + ids * jnp.arange(g)  # place i of a group reads rows i*ids..
         x = Embed(g * ids, self.d_model, "audio_embedding")(places).sum(2)
         positions, valid, bidirectional = audio_positions * self.audio_position_scale, audio_valid, 0
+        text_embedding = Embed(self.text_vocab_size, self.d_model, "text_embedding")
+        if self.word_alignment:
+            x = x + self._words(text_embedding, text, text_words, audio_words, word_progress, decode)
         if text is not None:
-            t = Embed(self.text_vocab_size, self.d_model, "text_embedding")(text)
+            t = text_embedding(text)
             text_positions = jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape)
             x = jnp.concatenate([t, x], axis=1)
             positions = jnp.concatenate([text_positions, positions], axis=1)
@@ -94,15 +116,45 @@ class VALLEAR(_VALLE):
         logits = Dense(g * (self.codebook_size + 1), ("embed", "vocab"), use_bias=False, dtype=self.dtype,
                        name="predict")(h)
         logits = logits.reshape(b, -1, self.codebook_size + 1)
-        return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        logits = constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
+        if not self.word_alignment:
+            return logits
+        advance = Dense(1, ("embed", None), dtype=self.dtype, name="advance")(h)[..., 0]
+        return logits, advance.astype(jnp.float32)
+
+    def _words(self, text_embedding, text, text_words, audio_words, word_progress, decode):
+        """(batch, A, d_model): each position's word (its tokens' embeddings, each scaled by a
+        vector for its place in the word, summed) plus its progress embedding; 0 at word -1.
+        Decoding keeps the table of the text's words in the cache for the steps after the first."""
+        d = self.d_model
+        if text is not None:
+            t = text.shape[1]
+            member = text_words[:, :, None] == jnp.arange(t)  # (batch, token, word); a text holds <= t words
+            first = jnp.argmax(member, axis=1)  # each word's first token
+            place = jnp.arange(t) - jnp.take_along_axis(first, jnp.maximum(text_words, 0), axis=1)
+            place_scale = self.param("word_place_scale", nn.with_logical_partitioning(
+                nn.initializers.ones, (None, "embed")), (MAX_WORD_TOKENS, d), jnp.float32)
+            tokens = text_embedding(text) * place_scale[jnp.clip(place, 0, MAX_WORD_TOKENS - 1)].astype(self.dtype)
+            table = jnp.einsum("btw,btd->bwd", member.astype(tokens.dtype), tokens)
+        if decode:
+            cached = self.variable("cache", "word_table", lambda: jnp.zeros(table.shape, self.dtype))
+            if text is not None:
+                cached.value = table.astype(self.dtype)
+            table = cached.value
+        word = jnp.take_along_axis(table, jnp.maximum(audio_words, 0)[..., None], axis=1)
+        progress = Embed(MAX_WORD_PROGRESS, d, "word_progress_embedding")(
+            jnp.clip(word_progress, 0, MAX_WORD_PROGRESS - 1))
+        return (word + progress) * (audio_words >= 0)[..., None]
 
     def example(self, batch: int = 1, text_length: int = 4, audio_length: int = 4):
         """Inputs for init: (audio, positions, valid) and the text keyword arguments."""
         audio = jnp.zeros((batch, audio_length * self.group_size), jnp.int32)
         positions = jnp.zeros((batch, audio_length), jnp.int32)
         text = jnp.zeros((batch, text_length), jnp.int32)
+        words = dict(text_words=jnp.zeros(text.shape, jnp.int32), audio_words=jnp.zeros(positions.shape, jnp.int32),
+                     word_progress=positions) if self.word_alignment else {}
         return (audio, positions, jnp.ones(positions.shape, bool)), dict(
-            text=text, text_valid=jnp.ones(text.shape, bool))
+            text=text, text_valid=jnp.ones(text.shape, bool), **words)
 
 
 def ar_training_inputs(codes, lengths, bos: int, eos: int, group_size: int = 1):
@@ -118,9 +170,27 @@ def ar_training_inputs(codes, lengths, bos: int, eos: int, group_size: int = 1):
     return inputs, targets, slots <= lengths[:, None]
 
 
+def word_progress(audio_words):
+    """(batch, A): how many positions before each one (in a row) hold the same word."""
+    slots = jnp.arange(audio_words.shape[1])
+    change = jnp.concatenate([jnp.ones_like(audio_words[:, :1], bool), audio_words[:, 1:] != audio_words[:, :-1]], 1)
+    return slots - jax.lax.cummax(jnp.where(change, slots, 0), axis=1)
+
+
+def advance_targets(audio_words, groups):
+    """(targets, scored) of VALLEAR's `advance` at each position (batch, A + 1) of
+    ar_training_inputs: whether the next position's word is a later one. audio_words
+    (batch, A + 1): -1 where not aligned, and one past the last word at the position after
+    the last group (where EOS is due); groups (batch,): each row's groups of codes."""
+    following = jnp.concatenate([audio_words[:, 1:], audio_words[:, -1:]], axis=1)
+    scored = (audio_words >= 0) & (jnp.arange(audio_words.shape[1])[None] < groups[:, None])
+    return (following > audio_words).astype(jnp.float32), scored
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
 def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
-                min_new_tokens=0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+                min_new_tokens=0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                text_words=None, first_word=None, num_words=None):
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
@@ -128,9 +198,14 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     prefill, then one cached step per group of codes in a lax.while_loop that stops when
     every row has produced EOS; codes past a row's length are EOS. EOS is not drawn before
     min_new_tokens (an int, or one per row).
+
+    With word_alignment: text_words (batch, T) as the model takes them, and per row the
+    target's words first_word .. num_words - 1 (the prompt's transcript holds the words
+    before). EOS is never drawn: each step draws `advance` (sampled at the temperature;
+    at 0 where its probability exceeds 1/2) and a row ends when it moves past its last word.
     """
     b, t = text.shape
-    g, vocab = model.group_size, model.codebook_size + 1
+    g, vocab, aligned = model.group_size, model.codebook_size + 1, model.word_alignment
     prompt = jnp.pad(prompt.astype(jnp.int32), ((0, 0), (0, -prompt.shape[1] % g)))
     prefill = prompt.shape[1] // g + 1  # groups: BOS, then the prompt's
     steps = -(-max_new_tokens // g)
@@ -140,39 +215,59 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     prompt_groups = prompt_lengths // g
     audio_valid = positions <= prompt_groups[:, None]
     whole = jnp.zeros((b, prefill + steps), jnp.int32)
+    words = whole_words = {}
+    if aligned:  # the prompt's positions have no word; the one after it predicts the first target word's group
+        words = dict(text_words=text_words, audio_words=jnp.where(positions == prompt_groups[:, None],
+                                                                  first_word[:, None], -1),
+                     word_progress=jnp.zeros_like(positions))
+        whole_words = dict(text_words=text_words, audio_words=whole, word_progress=whole)
     cache = empty_cache(model, jnp.zeros((b, (prefill + steps) * g), jnp.int32), whole, jnp.ones(whole.shape, bool),
-                        text=text, text_valid=text_valid)
+                        text=text, text_valid=text_valid, **whole_words)
 
-    def step(cache, tokens, token_positions, valid, text=None):
-        logits, variables = model.apply({"params": params, "cache": cache}, tokens, token_positions, valid,
-                                        text=text, text_valid=text_valid if text is not None else None,
-                                        decode=True, mutable=["cache"])
-        return logits.reshape(b, -1, g, vocab), variables["cache"]
+    def step(cache, tokens, token_positions, valid, text=None, **words):
+        out, variables = model.apply({"params": params, "cache": cache}, tokens, token_positions, valid,
+                                     text=text, text_valid=text_valid if text is not None else None,
+                                     decode=True, mutable=["cache"], **words)
+        logits, advance = out if aligned else (out, jnp.zeros(out.shape[:2]))
+        return logits.reshape(b, -1, g, vocab), advance, variables["cache"]
 
-    logits, cache = step(cache, audio, positions, audio_valid, text)
-    last = logits[jnp.arange(b), prompt_groups]  # (batch, G, vocab): the first group after the prompt
+    logits, advance, cache = step(cache, audio, positions, audio_valid, text, **words)
+    rows = jnp.arange(b)
+    last, last_advance = logits[rows, prompt_groups], advance[rows, prompt_groups]  # the first group after the prompt
 
     def cond(state):
-        i, _, _, _, done, _, _ = state
+        i, done = state[0], state[5]
         return (i < steps) & ~jnp.all(done)
 
     def body(state):
-        i, cache, last, codes, done, lengths, rng = state
-        rng, key = jax.random.split(rng)
+        i, cache, last, last_advance, codes, done, lengths, word, progress, rng = state
+        rng, key, key_advance = jax.random.split(rng, 3)
         places = i * g + jnp.arange(g)
-        early = (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])[..., None] & (jnp.arange(vocab) == model.eos)
-        tokens = sample_logits(key, jnp.where(early, -jnp.inf, last), temperature, top_k, top_p)
+        early = aligned | (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])
+        tokens = sample_logits(key, jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, last),
+                               temperature, top_k, top_p)
         eos = tokens == model.eos
         tokens = jnp.where(done[:, None] | (jnp.cumsum(eos, axis=1) > 0), model.eos, tokens)  # EOS from the first on
-        lengths = jnp.where(~done & eos.any(1), i * g + jnp.argmax(eos, axis=1), lengths)
-        done = done | eos.any(1)
+        if aligned:
+            moves = (jax.random.bernoulli(key_advance, jax.nn.sigmoid(last_advance / temperature))
+                     if temperature > 0 else last_advance > 0)
+            word, progress = word + moves, jnp.where(moves, 0, progress + 1)
+            ended = ~done & (word >= num_words)  # this group is the row's last
+            lengths = jnp.where(ended, (i + 1) * g, lengths)
+        else:
+            ended = ~done & eos.any(1)
+            lengths = jnp.where(ended, i * g + jnp.argmax(eos, axis=1), lengths)
+        done = done | ended
         codes = jax.lax.dynamic_update_slice(codes, tokens, (0, i * g))
-        logits, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool))
-        return i + 1, cache, logits[:, 0], codes, done, lengths, rng
+        words = dict(audio_words=jnp.where(done, -1, word)[:, None], word_progress=progress[:, None]) if aligned else {}
+        logits, advance, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool), **words)
+        return i + 1, cache, logits[:, 0], advance[:, 0], codes, done, lengths, word, progress, rng
 
     codes = jnp.full((b, steps * g), model.eos, jnp.int32)
-    state = (0, cache, last, codes, jnp.zeros(b, bool), jnp.full(b, max_new_tokens), rng)
-    _, _, _, codes, _, lengths, _ = jax.lax.while_loop(cond, body, state)
+    start = first_word if aligned else jnp.zeros(b, jnp.int32)
+    state = (0, cache, last, last_advance, codes, jnp.zeros(b, bool), jnp.full(b, max_new_tokens), start,
+             jnp.zeros(b, jnp.int32), rng)
+    _, _, _, _, codes, _, lengths, _, _, _ = jax.lax.while_loop(cond, body, state)
     return codes[:, :max_new_tokens], jnp.minimum(lengths, max_new_tokens)
 
 

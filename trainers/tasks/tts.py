@@ -15,7 +15,11 @@ tts.condition semantic the utterance's own semantic tokens (AudioLM's acoustic s
 trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz; its
 centroids are kept in each checkpoint and restored with it).
 With tts.pair_prob an example is two utterances of one voice end to end, the shape of a
-prompt and its continuation.
+prompt and its continuation. With the AR's word_alignment (VALL-E R's monotonic alignment,
+over words) each utterance's record needs "word_starts" (seconds; the built-in corpus has
+eSpeak NG's own): the groups of codes from one start to the next are that word's, the
+first utterance of a pair is left unaligned as an inference prompt is, and phonemes are
+taken word by word, so that the text's words are the transcript's.
 
 Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
@@ -69,6 +73,13 @@ def fingerprint(tree):
     return digest.hexdigest()
 
 
+def text_words(ids):
+    """The word of each text token: runs of tokens between spaces count 0, 1, ...; -1 at spaces."""
+    space = np.asarray(ids) == ord(" ")
+    starts = ~space & np.concatenate([[True], space[:-1]])
+    return np.where(space, -1, np.cumsum(starts) - 1).astype(np.int32)
+
+
 def voice(record):
     """A manifest record's voice: its "voice" field (the built-in corpus: the eSpeak voice,
     whatever the pitch and rate), else its "speaker"."""
@@ -115,6 +126,7 @@ class TTSTask(SplitSources):
         self.cfg = cfg
         self.models = build_models(cfg)
         self.valle = "ar" in self.models
+        self.aligned = self.valle and self.models["ar"].word_alignment
         first = next(iter(self.models.values()))
         self.codebook_size = first.codebook_size
         self.num_codebooks = self.models["nar"].num_quantizers if self.valle else first.num_codebooks
@@ -157,8 +169,13 @@ class TTSTask(SplitSources):
         return speech.read_audio(path, speech.SAMPLE_RATE, self.cfg.data.resample)
 
     def text_ids(self, texts):
-        """UTF-8 bytes of each text, or of its phonemes (tts.text)."""
-        if self.cfg.tts.text == "phonemes":
+        """UTF-8 bytes of each text, or of its phonemes (tts.text); with word alignment the
+        phonemes of each word, so that the ids hold the transcript's words between spaces."""
+        if self.cfg.tts.text == "phonemes" and self.aligned:
+            words = [t.split() for t in texts]
+            spoken = iter(speech.phonemize([w for row in words for w in row]))
+            texts = [" ".join(next(spoken).replace(" ", "") for _ in row) for row in words]
+        elif self.cfg.tts.text == "phonemes":
             texts = speech.phonemize(texts)
         return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) for t in texts]
 
@@ -247,6 +264,8 @@ class TTSTask(SplitSources):
         meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
                 "codec_version": self.codec_version, "condition": t.condition,
                 "records": self._records_digest(records)}
+        if self.aligned:
+            meta["text_by_word"] = True
         if t.condition == "semantic":
             meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
                                 t.recognizer_workdir, fingerprint(np.asarray(self.semantic.centroids))]
@@ -282,6 +301,10 @@ class TTSTask(SplitSources):
         records = speech.SpeechSource(self.cfg, split).records
         texts, codes = self._tokens(split, records)
         t = self.cfg.tts
+        if self.aligned:
+            g = self.models["ar"].group_size
+            codes = [c[: len(c) - len(c) % g] for c in codes]  # whole groups: a row ends when its last word does
+            word_groups = [self._word_groups(r, len(c) // g) for r, c in zip(records, codes)]
         keep = [i for i in range(len(records)) if len(texts[i]) <= t.max_text_length and 1 < len(codes[i]) <= t.max_frames]
         if len(keep) < len(records):
             print(f"{split}: skipping {len(records) - len(keep)} of {len(records)} utterances longer than "
@@ -289,12 +312,32 @@ class TTSTask(SplitSources):
         if not keep:
             raise ValueError(f"{split}: no utterance fits tts.max_text_length and tts.max_frames")
         kept = [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
+        if self.aligned:
+            for i, r in zip(keep, kept):
+                r["word_groups"] = word_groups[i]
         by_voice = {}
         for i, r in enumerate(kept):
             by_voice.setdefault(voice(r), []).append(i)
         for i, r in enumerate(kept):  # for tts.pair_prob
             r["partners"] = [j for j in by_voice[voice(r)] if j != i]
         return kept
+
+    def _word_groups(self, record, groups):
+        """The group of codes at which each word of the record's transcript begins (the first
+        at 0, each after the one before), from its word_starts."""
+        starts = record.get("word_starts")
+        if starts is None or len(starts) != len(record["target"].split()):
+            raise ValueError(f"record {record.get('key', record['source'])}: the AR's word_alignment needs "
+                             f"word_starts, the time (s) each word of the transcript begins"
+                             + (" (a built-in corpus made before they were written has none: delete its folder "
+                                "to synthesise it again)" if starts is None else f", one per word, not {len(starts)}"))
+        c = self.codec.config
+        rate = c.sample_rate / c.hop_length / self.models["ar"].group_size
+        out = np.round(np.asarray(starts, np.float64) * rate).astype(np.int32)
+        out[0] = 0
+        for k in range(1, len(out)):
+            out[k] = max(out[k], out[k - 1] + 1)
+        return np.minimum(out, max(groups - 1, 0))  # words past the audio's end: a record too short to matter
 
     def _train_transform(self, record, rng):
         t = self.cfg.tts
@@ -303,7 +346,11 @@ class TTSTask(SplitSources):
             text = self.join(first["text_ids"], record["text_ids"])
             codes = np.concatenate([first["codes"], record["codes"]])
             if len(text) <= t.max_text_length and len(codes) <= t.max_frames:
-                record = {"text_ids": text, "codes": codes}
+                pair = {"text_ids": text, "codes": codes}
+                if self.aligned:  # the first is a prompt: unaligned, its words counted before the record's
+                    pair.update(word_groups=record["word_groups"], prompt_frames=len(first["codes"]),
+                                prompt_words=text_words(first["text_ids"]).max() + 1)
+                record = pair
         return self._transform(record, rng)
 
     def _transform(self, record, rng):
@@ -312,14 +359,35 @@ class TTSTask(SplitSources):
         text[: len(record["text_ids"])] = record["text_ids"]
         codes = np.zeros((t.max_frames, self.num_codebooks), np.int32)
         codes[: len(record["codes"])] = record["codes"]
-        return {"text": text, "text_length": np.int32(len(record["text_ids"])), "codes": codes,
-                "frames": np.int32(len(record["codes"])), "mask": np.float32(1.0)}
+        example = {"text": text, "text_length": np.int32(len(record["text_ids"])), "codes": codes,
+                   "frames": np.int32(len(record["codes"])), "mask": np.float32(1.0)}
+        if self.aligned:
+            example.update(self._words(record))
+        return example
+
+    def _words(self, record):
+        """text_words and audio_words (per AR position: the word of the group it predicts; -1 on
+        the prompt; one past the last word where EOS is due) of an example."""
+        t, g = self.cfg.tts, self.models["ar"].group_size
+        words = np.full(t.max_text_length, -1, np.int32)
+        words[: len(record["text_ids"])] = text_words(record["text_ids"])
+        prompt = record.get("prompt_frames", 0) // g
+        target = len(record["codes"]) // g - prompt
+        starts, offset = record["word_groups"], record.get("prompt_words", 0)
+        audio = np.full(t.max_frames // g + 1, -1, np.int32)
+        audio[prompt: prompt + target] = offset + np.searchsorted(starts, np.arange(target), side="right") - 1
+        audio[prompt + target] = offset + len(starts)
+        return {"text_words": words, "audio_words": audio}
 
     def example_batch(self, n):
         t = self.cfg.tts
-        return {"text": np.zeros((n, t.max_text_length), np.int32), "text_length": np.ones(n, np.int32),
-                "codes": np.zeros((n, t.max_frames, self.num_codebooks), np.int32),
-                "frames": np.full(n, t.max_frames, np.int32), "mask": np.ones(n, np.float32)}
+        batch = {"text": np.zeros((n, t.max_text_length), np.int32), "text_length": np.ones(n, np.int32),
+                 "codes": np.zeros((n, t.max_frames, self.num_codebooks), np.int32),
+                 "frames": np.full(n, t.max_frames, np.int32), "mask": np.ones(n, np.float32)}
+        if self.aligned:
+            batch.update(text_words=np.zeros((n, t.max_text_length), np.int32),
+                         audio_words=np.zeros((n, t.max_frames // self.models["ar"].group_size + 1), np.int32))
+        return batch
 
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
@@ -346,6 +414,11 @@ class TTSTask(SplitSources):
             inputs, targets, scored = speechlm.delayed_training_inputs(codes, frames, self.codebook_size)
             valid = jnp.arange(inputs.shape[1])[None] <= (frames + self.num_codebooks - 1)[:, None]
         positions = jnp.broadcast_to(jnp.arange(valid.shape[1]), valid.shape)
+        if name == "ar" and self.aligned:  # no EOS to learn: a row ends when its last word does
+            scored = scored & (jnp.arange(scored.shape[1])[None] < frames[:, None])
+            words = batch["audio_words"]
+            return (inputs, positions, valid, text, text_valid, batch["text_words"], words,
+                    speechlm.word_progress(words)), targets, scored
         return (inputs, positions, valid, text, text_valid), targets, scored
 
     def _nar_split(self, frames, rng):
@@ -366,6 +439,14 @@ class TTSTask(SplitSources):
             logits = model.apply({"params": params[name]}, *args, deterministic=not train,
                                  rngs={"dropout": k_drop} if train else {})
             mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
+            if name == "ar" and self.aligned:
+                logits, advance = logits
+                moves, moved = speechlm.advance_targets(batch["audio_words"], batch["frames"] // model.group_size)
+                moved = moved * mask
+                loss = masked_mean(optax.sigmoid_binary_cross_entropy(advance, moves), moved)
+                metrics["ar_advance_loss"] = loss
+                metrics["ar_advance_accuracy"] = masked_mean(((advance > 0) == (moves > 0)).astype(jnp.float32), moved)
+                total += loss
             loss, metrics[f"{name}_accuracy"] = cross_entropy(logits, targets, scored * mask)
             metrics[f"{name}_loss"] = loss
             total += loss
@@ -414,9 +495,16 @@ class TTSTask(SplitSources):
         if self.valle:
             # The AR continues a prompt of whole groups: its last frames short of a group are dropped.
             prompt_frames = prompt_frames - prompt_frames % self.models["ar"].group_size
+            words = {}
+            if self.aligned:
+                words = {"text_words": np.full(text.shape, -1, np.int32),
+                         "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions]),
+                         "num_words": np.array([text_words(i).max(initial=-1) + 1 for i in ids])}
+                for i, row in enumerate(ids):
+                    words["text_words"][i, : len(row)] = text_words(row)
             first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
                                                  prompt_frames, rng, max_new_tokens=t.max_frames,
-                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p)
+                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, **words)
             frames = np.maximum(np.asarray(frames), 1)
             codes = speechlm.generate_nar(self.models["nar"], params["nar"], text, text_lengths, prompt,
                                           prompt_frames, first, frames)
