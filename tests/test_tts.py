@@ -68,11 +68,12 @@ def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, 
         tts.main(command[:7] + command[9:])
 
 
-def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_path):
+@pytest.mark.parametrize("word_alignment", [False, True])
+def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_path, word_alignment):
     # SGD: the step is the gradient (Adam's first step is lr * sign(g), and the attention's
     # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
     sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
-    args = {**TINY_VALLE, "group_size": 2}  # VALL-E 2's grouped codes
+    args = {**TINY_VALLE, "group_size": 2, "word_alignment": word_alignment}  # VALL-E 2's grouped codes
     single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd),
                      devices=jax.devices()[:1])
     sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2},

@@ -17,9 +17,10 @@ reimplementation lifeiteng/vall-e does). audio_position_scale multiplies the aud
 positions (the AR's count its groups of codes, the NAR's frames): at about the text
 tokens per position, speech and the text it says sit at matching positions, so that
 attention can find the text being spoken from the positions alone (1.0, the default, is
-VALL-E's). The paper's sizes are 12 layers, width 1024,
-16 heads, FFN 4096, dropout 0.1, for both models. The paper gives no parameter count;
-ours are in jaxmodels.speechlm.VARIANTS' docstring.
+VALL-E's). VALLEAR's word_alignment goes further (VALL-E R): each position is told its
+word. The paper's sizes are 12 layers, width 1024, 16 heads, FFN 4096, dropout 0.1, for
+both models. The paper gives no parameter count; ours are in jaxmodels.speechlm.VARIANTS'
+docstring.
 """
 import functools
 
