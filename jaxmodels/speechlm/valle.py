@@ -100,11 +100,10 @@ class VALLEAR(_VALLE):
         places = audio.reshape(b, -1, g) + ids * jnp.arange(g)  # place i of a group reads rows i*ids..
         x = Embed(g * ids, self.d_model, "audio_embedding")(places).sum(2)
         positions, valid, bidirectional = audio_positions * self.audio_position_scale, audio_valid, 0
-        text_embedding = Embed(self.text_vocab_size, self.d_model, "text_embedding")
+        t = Embed(self.text_vocab_size, self.d_model, "text_embedding")(text) if text is not None else None
         if self.word_alignment:
-            x = x + self._words(text_embedding, text, text_words, audio_words, word_progress, decode)
+            x = x + self._words(t, text_words, audio_words, word_progress, decode)
         if text is not None:
-            t = text_embedding(text)
             text_positions = jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape)
             x = jnp.concatenate([t, x], axis=1)
             positions = jnp.concatenate([text_positions, positions], axis=1)
@@ -123,23 +122,23 @@ class VALLEAR(_VALLE):
         advance = Dense(1, ("embed", None), dtype=self.dtype, name="advance")(h)[..., 0]
         return logits, advance.astype(jnp.float32)
 
-    def _words(self, text_embedding, text, text_words, audio_words, word_progress, decode):
+    def _words(self, text_embedded, text_words, audio_words, word_progress, decode):
         """(batch, A, d_model): each position's word (its tokens' embeddings, each scaled by a
         vector for its place in the word, summed) plus its progress embedding; 0 at word -1.
         Decoding keeps the table of the text's words in the cache for the steps after the first."""
         d = self.d_model
-        if text is not None:
-            t = text.shape[1]
+        if text_embedded is not None:
+            t = text_embedded.shape[1]
             member = text_words[:, :, None] == jnp.arange(t)  # (batch, token, word); a text holds <= t words
             first = jnp.argmax(member, axis=1)  # each word's first token
             place = jnp.arange(t) - jnp.take_along_axis(first, jnp.maximum(text_words, 0), axis=1)
             place_scale = self.param("word_place_scale", nn.with_logical_partitioning(
                 nn.initializers.ones, (None, "embed")), (MAX_WORD_TOKENS, d), jnp.float32)
-            tokens = text_embedding(text) * place_scale[jnp.clip(place, 0, MAX_WORD_TOKENS - 1)].astype(self.dtype)
+            tokens = text_embedded * place_scale[jnp.clip(place, 0, MAX_WORD_TOKENS - 1)].astype(self.dtype)
             table = jnp.einsum("btw,btd->bwd", member.astype(tokens.dtype), tokens)
         if decode:
             cached = self.variable("cache", "word_table", lambda: jnp.zeros(table.shape, self.dtype))
-            if text is not None:
+            if text_embedded is not None:
                 cached.value = table.astype(self.dtype)
             table = cached.value
         word = jnp.take_along_axis(table, jnp.maximum(audio_words, 0)[..., None], axis=1)
@@ -242,7 +241,10 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
 
     def body(state):
         i, cache, last, last_advance, codes, done, lengths, word, progress, rng = state
-        rng, key, key_advance = jax.random.split(rng, 3)
+        if aligned:
+            rng, key, key_advance = jax.random.split(rng, 3)
+        else:  # the draws of the model without alignment as before it
+            rng, key = jax.random.split(rng)
         places = i * g + jnp.arange(g)
         early = aligned | (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])
         tokens = sample_logits(key, jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, last),

@@ -498,10 +498,10 @@ class TTSTask(SplitSources):
             words = {}
             if self.aligned:
                 words = {"text_words": np.full(text.shape, -1, np.int32),
-                         "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions]),
-                         "num_words": np.array([text_words(i).max(initial=-1) + 1 for i in ids])}
+                         "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions])}
                 for i, row in enumerate(ids):
                     words["text_words"][i, : len(row)] = text_words(row)
+                words["num_words"] = words["text_words"].max(axis=1) + 1
             first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
                                                  prompt_frames, rng, max_new_tokens=t.max_frames,
                                                  temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, **words)
