@@ -63,6 +63,19 @@ def test_adversarial_step_sharded_matches_one_device():
     assert ref_history[1]["train/d_grad_norm"] > 0 and ref_history[1]["train/grad_norm"] > 0
 
 
+def test_adversarial_start_holds_the_discriminator_losses_back():
+    # Before codec.adversarial_start the codec learns as with only its reconstruction
+    # losses (the discriminator trains meanwhile); from then on adv and feat count.
+    delayed, _ = run_steps(codec_config(codec={"adversarial_start": 1}), devices=jax.devices()[:1])
+    plain, _ = run_steps(codec_config(codec={"loss_weights": {"l1": 0.1, "msspec": 2.0}}), devices=jax.devices()[:1])
+    for k in ("train/loss", "train/grad_norm", "train/l1", "train/msspec"):
+        np.testing.assert_allclose(delayed[0][k], plain[0][k], rtol=1e-5, err_msg=k)
+    for k in ("train/l1", "train/msspec"):  # the same codec after the first step
+        np.testing.assert_allclose(delayed[1][k], plain[1][k], rtol=1e-4, err_msg=k)
+    assert delayed[0]["train/d_grad_norm"] > 0 and plain[0]["train/d_grad_norm"] == 0
+    assert abs(delayed[1]["train/loss"] - plain[1]["train/loss"]) > 1e-3
+
+
 def test_balancer_gives_each_loss_its_share():
     # Two losses of y whose gradients differ 100-fold in size: balanced, each contributes
     # weight / sum(weights) of a unit-norm gradient (AudioCraft's Balancer.backward).

@@ -174,6 +174,9 @@ class CodecConfig:
     loss_weights: Dict[str, float] = field(
         default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0})
     balance_grads: bool = True  # False: a plain weighted sum of the losses
+    # Steps before adv and feat reach the codec (VQGAN's disc_start; AudioCraft: 0). The
+    # discriminator trains from the start, so its gradients mean something when they do.
+    adversarial_start: int = 0
     balancer_total_norm: float = 1.0
     balancer_ema_decay: float = 0.999
     commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer

@@ -120,7 +120,8 @@ class Trainer:
     def _train_step(self, state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         if self.groups:
-            params, opt_state, metrics = self.task.train_update(self.tx, state.params, state.opt_state, batch, rng)
+            params, opt_state, metrics = self.task.train_update(
+                self.tx, state.params, state.opt_state, batch, rng, state.step)
         else:
             params, opt_state, metrics = self._gradient_update(state, batch, rng)
         ema_params = state.ema_params

@@ -14,7 +14,7 @@ and, for generative tasks,
   generate(params, mesh)        (metrics, outputs) of samples drawn at eval time
 and, for tasks that train parts in turn (a GAN), instead of loss:
   optimizer_groups              names of the top-level params subtrees with an optimizer state each
-  train_update(tx, params, opt_state, batch, rng)   (params, opt_state, dict of scalar metrics)
+  train_update(tx, params, opt_state, batch, rng, step)   (params, opt_state, dict of scalar metrics)
 and, for tasks with arrays fixed before training that the params depend on (a tokenizer's centroids),
   assets()                      a dict of numpy arrays saved in every checkpoint, or None
   set_assets(assets)            takes them back from a checkpoint, before any source is made

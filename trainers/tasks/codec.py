@@ -115,7 +115,7 @@ class CodecTask(SplitSources):
         }
         return {k: f for k, f in candidates.items() if k in self.weights}
 
-    def train_update(self, tx, params, opt_state, batch, rng):
+    def train_update(self, tx, params, opt_state, batch, rng, step):
         c, cfg = self.cfg.codec, self.config
         x = batch["audio"][..., None]
         mask = batch["mask"]
@@ -164,8 +164,10 @@ class CodecTask(SplitSources):
                 grads[k] = adv_vjp({j: jnp.asarray(float(j == k), v.dtype) for j, v in adv_values.items()})[0]
         for k, loss in self._reconstruction_losses().items():
             values[k], grads[k] = jax.value_and_grad(lambda y, loss=loss: masked_mean(loss(y, x), mask))(y)
+        on = step >= c.adversarial_start
+        weights = {k: jnp.where(on, w, 0.0) if k in adversarial else w for k, w in self.weights.items()}
         out_grad, effective, balancer, shares = losses.balance(
-            grads, values, self.weights, params["balancer"], mask, c.balancer_total_norm, c.balancer_ema_decay,
+            grads, values, weights, params["balancer"], mask, c.balancer_total_norm, c.balancer_ema_decay,
             balance_grads=c.balance_grads)
         (g_grads,) = generator_vjp((out_grad.astype(y.dtype), jnp.asarray(c.commitment_weight, commit.dtype)))
         g_updates, g_opt = tx.update(g_grads, opt_state["generator"], params["generator"])
