@@ -7,7 +7,8 @@ reconstruction); then the generator's losses are taken against the updated
 discriminator (hinge, feature matching, multi-scale mel, waveform L1), each
 differentiated with respect to the reconstruction and combined by the loss balancer;
 that gradient plus the RVQ's commitment loss is sent back through the codec for its
-own Adam step. The codebooks move by their EMA rule inside the same step.
+own Adam step. The codebooks move by their EMA rule inside the same step. Before step
+codec.adversarial_start the codec's balanced losses are only the reconstruction ones.
 
 The task's params are {"generator", "discriminator", "codebooks", "balancer"}; the first
 two have optimizer states of their own (optimizer_groups), the last two are EMA
