@@ -147,6 +147,61 @@ def test_generate_ar_with_word_alignment_equals_full_forward():
         np.testing.assert_array_equal(greedy, np.asarray(codes[b, :n]))
 
 
+@pytest.mark.parametrize("word_alignment", [False, True])
+def test_generate_ar_with_guidance_equals_full_forward(word_alignment):
+    """Classifier-free guidance: each greedy group is the argmax of u + w (c - u), c the full
+    pass with the text (and its words), u without any (no text token valid, words -1)."""
+    model = VALLEAR(text_vocab_size=20, codebook_size=16, group_size=2, word_alignment=word_alignment, **TINY)
+    args, kwargs = model.example(2, 6, 5)
+    params = model.init(jax.random.PRNGKey(4), *args, **kwargs)["params"]
+    text, text_len = jnp.asarray([[3, 4, 0, 5, 6, 7], [8, 0, 9, 9, 0, 0]]), jnp.asarray([6, 4])
+    prompt, prompt_len = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]]), jnp.asarray([4, 2])
+    words = {}
+    if word_alignment:
+        params["advance"]["bias"] = jnp.full((1,), -1.0)  # a few groups per word
+        words = dict(text_words=jnp.asarray([[0, 0, -1, 1, 1, 1], [0, -1, 1, 1, -1, -1]]),
+                     first_word=jnp.asarray([1, 1]), num_words=jnp.asarray([2, 2]))
+    scale = 3.0
+    codes, lengths = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
+                                          max_new_tokens=8, temperature=0.0, guidance_scale=scale, **words)
+    unguided = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
+                                    max_new_tokens=8, temperature=0.0, **words)[0]
+    assert not np.array_equal(np.asarray(codes), np.asarray(unguided))
+    for b in range(2):
+        p, n, t = int(prompt_len[b]) // 2, int(lengths[b]), int(text_len[b])
+        audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
+        groups = audio.shape[1] // 2
+        row = dict(text=text[b: b + 1, :t])
+        aligned = {}
+        if word_alignment:  # the words the pointer took, from the full pass's advance
+            audio_words = np.full(groups, -1)
+            audio_words[p] = 1
+            for j in range(p, groups - 1):
+                _, advance = model.apply({"params": params}, audio, jnp.arange(groups)[None],
+                                         jnp.ones((1, groups), bool), text_valid=jnp.ones((1, t), bool),
+                                         text_words=words["text_words"][b: b + 1, :t],
+                                         audio_words=jnp.asarray(audio_words)[None],
+                                         word_progress=speechlm.word_progress(jnp.asarray(audio_words)[None]), **row)
+                audio_words[j + 1] = audio_words[j] + int(advance[0, j] > 0)
+            aligned = dict(text_words=words["text_words"][b: b + 1, :t])
+            told = dict(audio_words=jnp.asarray(audio_words)[None],
+                        word_progress=speechlm.word_progress(jnp.asarray(audio_words)[None]))
+            untold = dict(audio_words=jnp.full((1, groups), -1), word_progress=told["word_progress"])
+        else:
+            told = untold = {}
+
+        def full(text_valid, words):
+            out = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
+                              text_valid=jnp.full((1, t), text_valid), **row, **aligned, **words)
+            return (out[0] if word_alignment else out)[0, 2 * p: 2 * p + n]
+
+        conditional, unconditional = full(True, told), full(False, untold)
+        guided = np.array(unconditional + scale * (conditional - unconditional))
+        if word_alignment:  # rows end on the pointer, never on EOS
+            guided[:, model.eos] = -np.inf
+        np.testing.assert_array_equal(np.argmax(guided, -1), np.asarray(codes[b, :n]))
+
+
 def test_word_progress_and_advance_targets():
     words = jnp.asarray([[-1, -1, 0, 0, 0, 1, 2, 2, 3, -1]])  # a prompt, words 0-2, EOS due at 8
     np.testing.assert_array_equal(speechlm.word_progress(words), [[0, 1, 0, 1, 2, 0, 0, 1, 0, 0]])

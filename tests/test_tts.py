@@ -38,9 +38,11 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
 @pytest.mark.parametrize("group_size,word_alignment", [(1, False), (2, False), (2, True)])
 def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, group_size, word_alignment):
     """With group_size 2 the AR holds and predicts pairs of codes (VALL-E 2's grouped codes);
-    with word_alignment it also reads each group's word and learns when the next word begins."""
+    with word_alignment it also reads each group's word and learns when the next word begins,
+    and here trains and speaks with classifier-free guidance on its text."""
     args = {**TINY_VALLE, "group_size": group_size, "word_alignment": word_alignment}
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, tts={"pair_prob": 0.5})
+    guidance = {"guidance_dropout": 0.5, "guidance_scale": 2.0} if word_alignment else {}
+    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, tts={"pair_prob": 0.5, **guidance})
     workdir = tmp_path / "run"
     metrics = train(cfg, str(workdir))
     names = ("ar_loss", "ar_accuracy", "nar_loss", "nar_accuracy") + (("ar_advance_loss",) if word_alignment else ())
@@ -74,10 +76,11 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
     sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
     args = {**TINY_VALLE, "group_size": 2, "word_alignment": word_alignment}  # VALL-E 2's grouped codes
-    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd),
-                     devices=jax.devices()[:1])
+    tts = {"guidance_dropout": 0.5} if word_alignment else {}  # rows drawn without their text alike
+    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd,
+                                tts=tts), devices=jax.devices()[:1])
     sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2},
-                                 optimizer=sgd))
+                                 optimizer=sgd, tts=tts))
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -90,6 +93,29 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     np.testing.assert_allclose(results[0][0]["train/loss"], results[1][0]["train/loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][1], results[1][1])
+
+
+def test_guidance_dropout_takes_the_text_from_some_rows(tone_corpus, fixtures_dir, tmp_path):
+    """The unconditional rows of classifier-free guidance: no text and no words (so no
+    `advance` to learn), the codes as they were; the other rows untouched."""
+    args = {**TINY_VALLE, "group_size": 2, "word_alignment": True}
+    task = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, tts={"guidance_dropout": 0.3})).task
+    source = task.train_source()
+    rows = [task.train_transform(source[i % len(source)], None) for i in range(200)]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    dropped = jax.device_get(task._without_text(batch, jax.random.PRNGKey(0)))
+    gone = dropped["text_length"] == 0
+    assert 0.2 < gone.mean() < 0.4
+    assert np.all(dropped["audio_words"][gone] == -1)
+    for key in batch:
+        np.testing.assert_array_equal(dropped[key][~gone], batch[key][~gone])
+        if key not in ("text_length", "audio_words"):
+            np.testing.assert_array_equal(dropped[key], batch[key])
+    with pytest.raises(config_lib.ConfigError, match="tts.guidance_dropout must be in"):
+        tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"guidance_dropout": 1.0})
+    with pytest.raises(ValueError, match="guide VALL-E's AR"):
+        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED,
+                           tts={"guidance_scale": 2.0}))
 
 
 def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_path):

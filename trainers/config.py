@@ -232,6 +232,11 @@ class TTSConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # Classifier-free guidance of the VALL-E AR on its text: the text (and word alignment) is
+    # dropped from this fraction of training examples, and codes are drawn at this scale
+    # (1.0: without guidance; speechlm.generate_ar).
+    guidance_dropout: float = 0.0
+    guidance_scale: float = 1.0
     # Evaluation: eval_examples held-out sentences spoken in the voice of a prompt utterance
     # of the same speaker, transcribed by a CTC run (its config and workdir; trained there
     # first if it has none) for the word error rate.
@@ -241,6 +246,10 @@ class TTSConfig:
     # A speaker classifier trained on the training voices gives the embeddings of the
     # speaker-similarity score (0 steps: no score).
     speaker_steps: int = 400
+
+    def __post_init__(self):
+        if not 0.0 <= self.guidance_dropout < 1.0:
+            raise ConfigError(f"tts.guidance_dropout must be in [0, 1), not {self.guidance_dropout}")
 
 
 @dataclass

@@ -5,7 +5,7 @@ the text is spoken in the voice of the prompt recording (a few seconds; WAV, or 
 soundfile; resampled to 16 kHz), through the run's codec decoder. The model continues the
 prompt, so it needs the prompt's transcript: --prompt-text, or, when omitted, the
 transcript of the run's recogniser (tts.recognizer_config). Sampling follows the config's
-tts.temperature / top_k / top_p (override them as dotted keys) with --seed.
+tts.temperature / top_k / top_p / guidance_scale (override them as dotted keys) with --seed.
 """
 import sys
 

@@ -187,10 +187,11 @@ def advance_targets(audio_words, groups):
     return (following > audio_words).astype(jnp.float32), scored
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "guidance_scale"))
 def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
                 min_new_tokens=0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                text_words=None, first_word=None, num_words=None):
+                guidance_scale: float = 1.0, text_words=None, first_word=None, num_words=None):
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
@@ -198,6 +199,12 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     prefill, then one cached step per group of codes in a lax.while_loop that stops when
     every row has produced EOS; codes past a row's length are EOS. EOS is not drawn before
     min_new_tokens (an int, or one per row).
+
+    guidance_scale w != 1 is classifier-free guidance on the text (Ho & Salimans 2022; for
+    codec LMs, Koel-TTS, Hussain et al. 2025): each row runs twice, with its text and with
+    none (no text token valid, no word told), and codes are drawn from u + w (c - u) of
+    their logits. The model should have been trained with its text dropped at times
+    (tts.guidance_dropout); w = 1 is plain sampling.
 
     With word_alignment: text_words (batch, T) as the model takes them, and per row the
     target's words first_word .. num_words - 1 (the prompt's transcript holds the words
@@ -221,14 +228,27 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
                                                                   first_word[:, None], -1),
                      word_progress=jnp.zeros_like(positions))
         whole_words = dict(text_words=text_words, audio_words=whole, word_progress=whole)
-    cache = empty_cache(model, jnp.zeros((b, (prefill + steps) * g), jnp.int32), whole, jnp.ones(whole.shape, bool),
-                        text=text, text_valid=text_valid, **whole_words)
+    guided = guidance_scale != 1.0
+    rows_run = 2 * b if guided else b  # guided: the rows with their text, then the same rows without
+    twice = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
+    if guided:
+        text_valid = jnp.concatenate([text_valid, jnp.zeros_like(text_valid)])
+    cache = empty_cache(model, jnp.zeros((rows_run, (prefill + steps) * g), jnp.int32), twice(whole),
+                        jnp.ones((rows_run,) + whole.shape[1:], bool), text=twice(text), text_valid=text_valid,
+                        **{k: twice(v) for k, v in whole_words.items()})
 
     def step(cache, tokens, token_positions, valid, text=None, **words):
-        out, variables = model.apply({"params": params, "cache": cache}, tokens, token_positions, valid,
-                                     text=text, text_valid=text_valid if text is not None else None,
+        words = {k: twice(v) for k, v in words.items()}
+        if guided and "audio_words" in words:  # the text-free rows are told no word
+            words["audio_words"] = words["audio_words"].at[b:].set(-1)
+        out, variables = model.apply({"params": params, "cache": cache}, twice(tokens), twice(token_positions),
+                                     twice(valid), text=None if text is None else twice(text),
+                                     text_valid=text_valid if text is not None else None,
                                      decode=True, mutable=["cache"], **words)
         logits, advance = out if aligned else (out, jnp.zeros(out.shape[:2]))
+        if guided:
+            unconditional = logits[b:]
+            logits, advance = unconditional + guidance_scale * (logits[:b] - unconditional), advance[:b]
         return logits.reshape(b, -1, g, vocab), advance, variables["cache"]
 
     logits, advance, cache = step(cache, audio, positions, audio_valid, text, **words)

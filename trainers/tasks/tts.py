@@ -110,6 +110,8 @@ def build_models(cfg):
     if "ar" in models and t.max_frames % models["ar"].group_size:
         raise ValueError(f"tts.max_frames={t.max_frames} must be a multiple of the AR's group_size "
                          f"{models['ar'].group_size}")
+    if "ar" not in models and (t.guidance_dropout or t.guidance_scale != 1.0):
+        raise ValueError("tts.guidance_dropout and tts.guidance_scale guide VALL-E's AR on its text (model.name valle)")
     if t.condition == "semantic" and "lm" not in models:
         raise ValueError("tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text")
     needed = t.semantic_clusters if t.condition == "semantic" else TEXT_VOCAB
@@ -435,13 +437,16 @@ class TTSTask(SplitSources):
         total, metrics = 0.0, {}
         for (name, model), key in zip(self.models.items(), jax.random.split(rng, len(self.models))):
             k_split, k_drop = jax.random.split(key)
-            args, targets, scored = self._example(name, batch, k_split)
+            rows = batch
+            if name == "ar" and train and self.cfg.tts.guidance_dropout:  # the AR's example draws nothing from k_split
+                rows = self._without_text(batch, k_split)
+            args, targets, scored = self._example(name, rows, k_split)
             logits = model.apply({"params": params[name]}, *args, deterministic=not train,
                                  rngs={"dropout": k_drop} if train else {})
             mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
             if name == "ar" and self.aligned:
                 logits, advance = logits
-                moves, moved = speechlm.advance_targets(batch["audio_words"], batch["frames"] // model.group_size)
+                moves, moved = speechlm.advance_targets(rows["audio_words"], batch["frames"] // model.group_size)
                 moved = moved * mask
                 loss = masked_mean(optax.sigmoid_binary_cross_entropy(advance, moves), moved)
                 metrics["ar_advance_loss"] = loss
@@ -451,6 +456,16 @@ class TTSTask(SplitSources):
             metrics[f"{name}_loss"] = loss
             total += loss
         return total, metrics
+
+    def _without_text(self, batch, rng):
+        """The batch with its text (and word alignment) taken from tts.guidance_dropout of its
+        rows: the unconditional model of classifier-free guidance, as generate_ar runs it. Those
+        rows' `advance` is not scored (their words are -1)."""
+        dropped = jax.random.bernoulli(rng, self.cfg.tts.guidance_dropout, batch["text_length"].shape)
+        rows = dict(batch, text_length=jnp.where(dropped, 0, batch["text_length"]))
+        if self.aligned:
+            rows["audio_words"] = jnp.where(dropped[:, None], -1, batch["audio_words"])
+        return rows
 
     def loss(self, params, batch, rng):
         total, metrics = self._losses(params, batch, rng, train=True)
@@ -504,7 +519,8 @@ class TTSTask(SplitSources):
                 words["num_words"] = words["text_words"].max(axis=1) + 1
             first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
                                                  prompt_frames, rng, max_new_tokens=t.max_frames,
-                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, **words)
+                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p,
+                                                 guidance_scale=t.guidance_scale, **words)
             frames = np.maximum(np.asarray(frames), 1)
             codes = speechlm.generate_nar(self.models["nar"], params["nar"], text, text_lengths, prompt,
                                           prompt_frames, first, frames)
