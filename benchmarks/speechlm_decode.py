@@ -1,6 +1,7 @@
 """VALL-E AR decoding, KV-cached against re-running the full forward pass; and the train step.
 
     python benchmarks/speechlm_decode.py [--layers 4 --width 512 --heads 8 --batch 4 --new 100 --group-size 1]
+                                         [--guidance-scale 2]
     python benchmarks/speechlm_decode.py --layers 12 --width 1024 --heads 16 --batch 16 --dtype bfloat16  # VALL-E
 
 Decoding: greedy, with EOS held back so that both run exactly --new steps, on random
@@ -9,7 +10,8 @@ jaxmodels.speechlm.generate_ar (one prefill of text + prompt, then one cached st
 token in a while_loop). The baseline is what a model without a cache does: at every
 step the full forward pass over the whole padded sequence (text + BOS + prompt + --new
 slots: one compiled shape), reading the logits at the current position, also in one
-jitted loop. Tokens/s = batch x new tokens / seconds.
+jitted loop. Tokens/s = batch x new tokens / seconds. --guidance-scale also times the
+cached decoder with classifier-free guidance (each row run with and without its text).
 
 Train step: the tts task's jitted step (VALL-E AR + NAR losses, backward, AdamW) built
 by the Trainer from configs/valle.yaml with these sizes, on one device, on a synthetic
@@ -38,6 +40,8 @@ def main():
     p.add_argument("--frames", type=int, default=300, help="train step: frames per utterance")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--group-size", type=int, default=1, help="codes per AR position (VALL-E 2's grouped codes)")
+    p.add_argument("--guidance-scale", type=float, default=1.0,
+                   help="also time cached decoding with classifier-free guidance at this scale")
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
     g = args.group_size
@@ -64,9 +68,10 @@ def main():
     print(f"VALL-E AR {args.layers} x {args.width}, {args.heads} heads: {speechlm.param_count(model):,} parameters; "
           f"batch {b}, text {t}, prompt {pr}, {n} new frames, {g} per step, {args.dtype}")
 
-    def cached():
+    def cached(guidance_scale=1.0):
         codes, _ = speechlm.generate_ar(model, params, text, jnp.full(b, t), prompt, jnp.full(b, pr),
-                                        jax.random.PRNGKey(0), max_new_tokens=n, min_new_tokens=n, temperature=0.0)
+                                        jax.random.PRNGKey(0), max_new_tokens=n, min_new_tokens=n, temperature=0.0,
+                                        guidance_scale=guidance_scale)
         return jax.block_until_ready(codes)
 
     @jax.jit
@@ -92,6 +97,10 @@ def main():
     print(f"decoding: cached {t_cached * 1e3:.1f} ms ({b * n / t_cached:.0f} tokens/s), full forward "
           f"{t_full * 1e3:.1f} ms ({b * n / t_full:.0f} tokens/s): cached {t_full / t_cached:.1f}x faster; "
           f"same codes: {same}")
+    if args.guidance_scale != 1.0:
+        t_guided = time_it(lambda: cached(args.guidance_scale), args.iters, warmup=1)
+        print(f"guided decoding (scale {args.guidance_scale}: each row also run without its text): "
+              f"{t_guided * 1e3:.1f} ms ({b * n / t_guided:.0f} tokens/s), {t_guided / t_cached:.2f}x the unguided time")
 
     overrides = [f"model.args={sizes}", f"data.batch_size={b}", "mesh.data=1", f"tts.max_frames={args.frames}",
                  f"tts.max_text_length={t}", f"train.compute_dtype={args.dtype}"]

@@ -19,7 +19,10 @@ prompt and its continuation. With the AR's word_alignment (VALL-E R's monotonic 
 over words) each utterance's record needs "word_starts" (seconds; the built-in corpus has
 eSpeak NG's own): the groups of codes from one start to the next are that word's, the
 first utterance of a pair is left unaligned as an inference prompt is, and phonemes are
-taken word by word, so that the text's words are the transcript's.
+taken word by word, so that the text's words are the transcript's. With
+tts.guidance_dropout the AR is also trained without its text (and words) on that fraction
+of examples, so that sampling can be guided by the text (tts.guidance_scale: classifier-
+free guidance, speechlm.generate_ar).
 
 Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
