@@ -118,6 +118,16 @@ def test_guidance_dropout_takes_the_text_from_some_rows(tone_corpus, fixtures_di
                            tts={"guidance_scale": 2.0}))
 
 
+def test_eval_offset_speaks_later_pairs(tone_corpus, fixtures_dir, tmp_path):
+    trainer = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"eval_examples": 1, "eval_offset": 1}))
+    task = trainer.task
+    task.train_source()
+    _, outputs = task.generate(trainer.init(0).params, trainer.mesh)
+    assert outputs["tts_text"] == [task.prompt_pairs()[1][1]["target"]]
+    with pytest.raises(config_lib.ConfigError, match="tts.eval_offset must be at least 0"):
+        tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"eval_offset": -1})
+
+
 def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_path):
     task = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"pair_prob": 1.0, "max_frames": 256,
                                                                           "max_text_length": 64})).task

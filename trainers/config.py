@@ -241,6 +241,7 @@ class TTSConfig:
     # of the same speaker, transcribed by a CTC run (its config and workdir; trained there
     # first if it has none) for the word error rate.
     eval_examples: int = 16
+    eval_offset: int = 0  # the pairs evaluated: [eval_offset, eval_offset + eval_examples) of the split's
     recognizer_config: str = ""
     recognizer_workdir: str = ""
     # A speaker classifier trained on the training voices gives the embeddings of the
@@ -248,6 +249,8 @@ class TTSConfig:
     speaker_steps: int = 400
 
     def __post_init__(self):
+        if self.eval_offset < 0:
+            raise ConfigError(f"tts.eval_offset must be at least 0, not {self.eval_offset}")
         if not 0.0 <= self.guidance_dropout < 1.0:
             raise ConfigError(f"tts.guidance_dropout must be in [0, 1), not {self.guidance_dropout}")
 

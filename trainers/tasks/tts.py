@@ -25,9 +25,10 @@ of examples, so that sampling can be guided by the text (tts.guidance_scale: cla
 free guidance, speechlm.generate_ar).
 
 Evaluation: teacher-forced losses and accuracies on the eval split, then zero-shot TTS
-as CosyVoice evaluates it: for tts.eval_examples held-out sentences, the text is the
-prompt's transcript and the sentence, the acoustic prompt is another utterance of the
-same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) is
+as CosyVoice evaluates it: for tts.eval_examples held-out sentences (from pair
+tts.eval_offset on: pairs past the reported ones can serve to choose decoding settings),
+the text is the prompt's transcript and the sentence, the acoustic prompt is another
+utterance of the same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) is
 transcribed by a CTC run for the word error rate (also of the real recordings, and of
 them through the codec: the ceiling for the LM) and embedded by a speaker classifier
 trained on the training voices for the speaker similarity (cosine to the prompt; the
@@ -544,7 +545,7 @@ class TTSTask(SplitSources):
 
     def generate(self, params, mesh):
         t = self.cfg.tts
-        pairs = self.prompt_pairs()[: t.eval_examples]
+        pairs = self.prompt_pairs()[t.eval_offset: t.eval_offset + t.eval_examples]
         if not pairs:
             return {}, {}
         prompts, targets = [p for p, _ in pairs], [r for _, r in pairs]
