@@ -112,6 +112,21 @@ def test_generate_ar_holds_eos_back_per_row(group_size):
     assert list(np.asarray(generate(min_new_tokens=2)[1])) == [2, 2]
 
 
+def pointer_words(model, params, audio, prompt_groups, first_word, text, text_words):
+    """(1, groups) words that VALL-E R's pointer tells each position of one row's full pass:
+    none on the prompt, first_word after it, then one word on wherever the full pass's
+    `advance` says so (one full pass per position)."""
+    groups = audio.shape[1] // model.group_size
+    words = np.full(groups, -1)
+    words[prompt_groups] = first_word
+    for j in range(prompt_groups, groups - 1):
+        _, advance = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
+                                 text, jnp.ones(text.shape, bool), text_words, jnp.asarray(words)[None],
+                                 speechlm.word_progress(jnp.asarray(words)[None]))
+        words[j + 1] = words[j] + int(advance[0, j] > 0)
+    return jnp.asarray(words)[None]
+
+
 def test_generate_ar_with_word_alignment_equals_full_forward():
     """VALL-E R's pointer over words: from the cache each group is the full pass's greedy
     group given the words the pointer took, the pointer advances where the full pass says
@@ -132,17 +147,12 @@ def test_generate_ar_with_word_alignment_equals_full_forward():
         assert 0 < n < 20 and n % 2 == 0 and np.all(np.asarray(codes[b, n:]) == model.eos)
         audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
         groups = audio.shape[1] // 2
-        words = np.full(groups, -1)
-        words[p] = int(first_word[b])
-        for j in range(p, groups):  # the pointer, one full pass per position
-            logits, advance = model.apply(
-                {"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool), text[b: b + 1],
-                jnp.ones((1, 6), bool), text_words[b: b + 1], jnp.asarray(words)[None],
-                speechlm.word_progress(jnp.asarray(words)[None]))
-            if j + 1 < groups:
-                words[j + 1] = words[j] + int(advance[0, j] > 0)
+        words = pointer_words(model, params, audio, p, int(first_word[b]), text[b: b + 1], text_words[b: b + 1])
+        logits, _ = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
+                                text[b: b + 1], jnp.ones((1, 6), bool), text_words[b: b + 1], words,
+                                speechlm.word_progress(words))
         # the position that drew the last group moved the pointer past the last word: the row ended
-        assert list(words[-2:]) == [int(num_words[b]) - 1, int(num_words[b])]
+        assert list(np.asarray(words[0, -2:])) == [int(num_words[b]) - 1, int(num_words[b])]
         greedy = np.argmax(np.asarray(logits[0, 2 * p: 2 * p + n]), -1)
         np.testing.assert_array_equal(greedy, np.asarray(codes[b, :n]))
 
@@ -172,23 +182,12 @@ def test_generate_ar_with_guidance_equals_full_forward(word_alignment):
         audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
         groups = audio.shape[1] // 2
         row = dict(text=text[b: b + 1, :t])
-        aligned = {}
-        if word_alignment:  # the words the pointer took, from the full pass's advance
-            audio_words = np.full(groups, -1)
-            audio_words[p] = 1
-            for j in range(p, groups - 1):
-                _, advance = model.apply({"params": params}, audio, jnp.arange(groups)[None],
-                                         jnp.ones((1, groups), bool), text_valid=jnp.ones((1, t), bool),
-                                         text_words=words["text_words"][b: b + 1, :t],
-                                         audio_words=jnp.asarray(audio_words)[None],
-                                         word_progress=speechlm.word_progress(jnp.asarray(audio_words)[None]), **row)
-                audio_words[j + 1] = audio_words[j] + int(advance[0, j] > 0)
+        aligned = told = untold = {}
+        if word_alignment:
             aligned = dict(text_words=words["text_words"][b: b + 1, :t])
-            told = dict(audio_words=jnp.asarray(audio_words)[None],
-                        word_progress=speechlm.word_progress(jnp.asarray(audio_words)[None]))
+            audio_words = pointer_words(model, params, audio, p, 1, row["text"], aligned["text_words"])
+            told = dict(audio_words=audio_words, word_progress=speechlm.word_progress(audio_words))
             untold = dict(audio_words=jnp.full((1, groups), -1), word_progress=told["word_progress"])
-        else:
-            told = untold = {}
 
         def full(text_valid, words):
             out = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),

@@ -241,7 +241,7 @@ class TTSConfig:
     # of the same speaker, transcribed by a CTC run (its config and workdir; trained there
     # first if it has none) for the word error rate.
     eval_examples: int = 16
-    eval_offset: int = 0  # the pairs evaluated: [eval_offset, eval_offset + eval_examples) of the split's
+    eval_offset: int = 0  # the prompt pairs evaluated: [eval_offset, eval_offset + eval_examples)
     recognizer_config: str = ""
     recognizer_workdir: str = ""
     # A speaker classifier trained on the training voices gives the embeddings of the

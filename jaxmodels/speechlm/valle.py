@@ -229,12 +229,12 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
                      word_progress=jnp.zeros_like(positions))
         whole_words = dict(text_words=text_words, audio_words=whole, word_progress=whole)
     guided = guidance_scale != 1.0
-    rows_run = 2 * b if guided else b  # guided: the rows with their text, then the same rows without
+    # guided: the model runs the rows with their text, then the same rows without
     twice = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
     if guided:
         text_valid = jnp.concatenate([text_valid, jnp.zeros_like(text_valid)])
-    cache = empty_cache(model, jnp.zeros((rows_run, (prefill + steps) * g), jnp.int32), twice(whole),
-                        jnp.ones((rows_run,) + whole.shape[1:], bool), text=twice(text), text_valid=text_valid,
+    cache = empty_cache(model, twice(jnp.zeros((b, (prefill + steps) * g), jnp.int32)), twice(whole),
+                        twice(jnp.ones(whole.shape, bool)), text=twice(text), text_valid=text_valid,
                         **{k: twice(v) for k, v in whole_words.items()})
 
     def step(cache, tokens, token_positions, valid, text=None, **words):

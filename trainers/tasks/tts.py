@@ -28,14 +28,14 @@ Evaluation: teacher-forced losses and accuracies on the eval split, then zero-sh
 as CosyVoice evaluates it: for tts.eval_examples held-out sentences (from pair
 tts.eval_offset on: pairs past the reported ones can serve to choose decoding settings),
 the text is the prompt's transcript and the sentence, the acoustic prompt is another
-utterance of the same speaker, and the generated speech (AR sampled, NAR greedy, codec decoder) is
-transcribed by a CTC run for the word error rate (also of the real recordings, and of
-them through the codec: the ceiling for the LM) and embedded by a speaker classifier
-trained on the training voices for the speaker similarity (cosine to the prompt; the
-real recording of the sentence scores the ceiling). WAVs and spectrograms of prompt,
-reference and generated speech go into the workdir. With semantic conditioning the
-sentence's tokens (and length) come from its real recording: a resynthesis in the
-prompt's voice.
+utterance of the same speaker, and the generated speech (AR sampled, NAR greedy, codec
+decoder) is transcribed by a CTC run for the word error rate (also of the real
+recordings, and of them through the codec: the ceiling for the LM) and embedded by a
+speaker classifier trained on the training voices for the speaker similarity (cosine to
+the prompt; the real recording of the sentence scores the ceiling). WAVs and
+spectrograms of prompt, reference and generated speech go into the workdir. With
+semantic conditioning the sentence's tokens (and length) come from its real recording:
+a resynthesis in the prompt's voice.
 """
 from __future__ import annotations
 
