@@ -23,6 +23,28 @@ def run(args, env=None):
     return out
 
 
+def assert_same_updates(before, after, reference_after, rtol=1e-4):
+    """The updates ``after - before`` equal ``reference_after - before`` leaf by leaf.
+
+    For comparing a sharded step with one device. A sum reduced in another order differs in
+    float32 by a few ulps of the summands, not of the sum: a gradient that cancels to about
+    zero differs by much more than rtol of itself. So each leaf's tolerance is rtol of the
+    largest update in the whole tree (the summands' scale), plus rtol of the value itself.
+    Use an optimizer whose step is proportional to the gradient (SGD): Adam divides each
+    entry by its own magnitude, so such near-zero entries move by the full learning rate.
+    """
+    import jax
+    import numpy as np
+
+    delta = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64), after, before)
+    ref = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64), reference_after, before)
+    scale = max(float(np.abs(r).max(initial=0.0)) for r in jax.tree.leaves(ref))
+    assert scale > 0, "no parameter moved"
+    paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(ref)[0]]
+    for path, d, r in zip(paths, jax.tree.leaves(delta), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(d, r, rtol=rtol, atol=rtol * scale, err_msg=path)
+
+
 @pytest.fixture
 def fixtures_dir():
     if not FIXTURES.is_dir():

@@ -15,6 +15,14 @@ def test_sharded_eval_equals_single_device():
     metrics_many, out_many = many.evaluate(jax.device_put(params, many.param_shardings))
     assert len(out_many["label"]) == len(many.task.eval_source())
     np.testing.assert_array_equal(out_one["label"], out_many["label"])
-    np.testing.assert_array_equal(out_one["prediction"], out_many["prediction"])
-    assert metrics_one["accuracy"] == metrics_many["accuracy"]
+    np.testing.assert_allclose(out_one["loss"], out_many["loss"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(metrics_one["loss"], metrics_many["loss"], rtol=1e-6)
+    # An argmax may differ where the two best logits tie to within the float32 rounding of
+    # a sum reduced in another order (FSDP splits the contractions): only those rows may.
+    source = one.task.eval_source()
+    images = np.stack([one.task.eval_transform(source[i], None)["image"] for i in range(len(source))])
+    logits = np.sort(np.asarray(one.task.model.apply({"params": params}, one.task.normalise(images))), axis=-1)
+    close = logits[:, -1] - logits[:, -2] < 1e-4 * np.abs(logits).max()
+    differ = out_one["prediction"] != out_many["prediction"]
+    assert not np.any(differ & ~close), np.flatnonzero(differ & ~close)
+    assert abs(metrics_one["accuracy"] - metrics_many["accuracy"]) <= close.mean()
