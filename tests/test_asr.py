@@ -223,3 +223,40 @@ def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):
     record = lenient({"source": str(good), "target": "two one"}, None)
     assert record["mask"] == 1 and record["audio_length"] == 8000 and list(record["labels"][:2]) == [
         tokenizer.index["two"], tokenizer.index["one"]] and record["label_length"] == 2
+
+
+def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
+    """A row masked out (here an unreadable file under data.on_bad_audio=skip: no audio, no
+    frames) must leave the step as the batch without it, whatever the row holds."""
+    from trainers import config as config_lib
+    from trainers.loop import Trainer
+
+    cfg = config_lib.from_dict(config_lib.Config, {
+        "task": "ctc",
+        "model": {"name": "sensevoice_small", "args": {"encoder_conf": {
+            "output_size": 32, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "tp_blocks": 1}}},
+        "data": {"source": "manifest", "path": str(tone_corpus), "train_split": "train", "eval_split": "test",
+                 "batch_size": 8, "eval_batch_size": 8, "max_seconds": 0.1, "on_bad_audio": "skip"},
+        "speech": {"tokens": "words", "cmvn_utterances": 8, "dither": 0.0, "num_freq_masks": 0, "num_time_masks": 0},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+    })
+    trainer = Trainer(cfg, jax.devices()[:1])
+    task, source = trainer.task, trainer.task.train_source()
+    good = [task.train_transform(source[i], None) for i in range(7)]
+    skipped = task.train_transform({**source[0], "source": str(tone_corpus / "missing.wav")}, None)
+    assert skipped["mask"] == 0 and skipped["audio_length"] == 0
+    garbage = {**good[0], "audio": np.random.default_rng(0).standard_normal(good[0]["audio"].shape).astype(np.float32),
+               "mask": np.float32(0.0)}
+
+    def step(rows):
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        with trainer.context():
+            state, metrics = trainer.train_step(trainer.init(0), batch)
+        return jax.device_get(state.params), jax.device_get(metrics)
+
+    without, _ = step(good)
+    with_skipped, metrics = step(good + [skipped])
+    with_garbage, _ = step(good + [garbage])
+    assert metrics["train/skipped"] == 1 and metrics["train/nonfinite"] == 0
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), with_skipped, without)
+    jax.tree.map(np.testing.assert_array_equal, with_garbage, with_skipped)

@@ -93,6 +93,9 @@ class TrainConfig:
     compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     remat: bool = False
     async_checkpointing: bool = True
+    # A step with a non-finite loss or gradient norm is never applied; "error" stops the run
+    # there (its checkpoints intact), "skip" goes on with the next batch.
+    on_nonfinite: Literal["error", "skip"] = "error"
 
     def __post_init__(self):
         for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -15,8 +15,8 @@ import optax
 from jax.experimental import multihost_utils
 
 from trainers import config as config_lib
-from trainers import data, sharding
-from trainers.checkpoint import Checkpointer, abstract_with_shardings
+from trainers import data, rundir, sharding
+from trainers.checkpoint import CheckpointMismatch, Checkpointer, abstract_with_shardings, check_writable
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.tasks import get_task
@@ -128,7 +128,15 @@ class Trainer:
         if ema_params is not None:
             decay = self.cfg.optimizer.ema_decay
             ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+        # A step whose loss or gradient norm is not finite is not applied: the state (and
+        # so every checkpoint) never holds NaN; the loop stops or skips on train/nonfinite.
+        finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in metrics.items()
+                                    if k == "train/loss" or k.endswith("grad_norm")]))
+        params, opt_state, ema_params = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old),
+            (params, opt_state, ema_params), (state.params, state.opt_state, state.ema_params))
         metrics["train/lr"] = self.lr_fn(state.step)
+        metrics["train/nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
 
     def _gradient_update(self, state: TrainState, batch, rng):
@@ -240,18 +248,62 @@ class _Preemption:
         return 0 if previous is None else int(previous)
 
 
-def train(cfg: config_lib.Config, workdir: str) -> dict:
-    """Trains to cfg.train.steps, resuming from the newest readable checkpoint in workdir."""
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def _check_finite(step: int, metrics: dict, on_nonfinite: str):
+    """Stops the run (or, with train.on_nonfinite=skip, says so) after a step that was not applied."""
+    if not float(metrics["train/nonfinite"]):
+        return
+    values = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k == "train/loss" or k.endswith("grad_norm"))
+    message = f"step {step}: the loss or a gradient norm is not finite ({values}); the update was not applied"
+    if on_nonfinite == "error":
+        raise NonFiniteLoss(f"{message}. The run stops here with its checkpoints intact (train.on_nonfinite=skip "
+                            "would skip such steps)")
+    print(f"warning: {message}: step skipped", flush=True)
+
+
+def train(cfg: config_lib.Config, workdir: str, allow_config_change=False, start_fresh=False) -> dict:
+    """Trains to cfg.train.steps, resuming from the newest readable checkpoint in workdir.
+
+    A workdir holds one run: a second trainer on it is an error, and so is resuming with
+    another config (unless ``allow_config_change``; the old config is kept beside the new)
+    or with checkpoints that do not fit the config's state. Nothing is deleted or
+    overwritten before those checks pass. Damaged checkpoints are moved aside; with none
+    readable the run stops unless ``start_fresh``.
+    """
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.yaml"), "w") as f:
-            f.write(config_lib.dump(cfg))
+    lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, workdir, allow_config_change, start_fresh)
+
+
+def _train(cfg, workdir, allow_config_change, start_fresh):
+    changes = rundir.check_config(workdir, cfg, allow_config_change)
+    directory, t = os.path.join(workdir, "checkpoints"), cfg.train
+    check_writable(directory)
     trainer = Trainer(cfg)
+    ckpt = Checkpointer(directory, t.keep_checkpoints, t.best_metric, t.best_mode, t.async_checkpointing)
+    try:
+        try:
+            restored = ckpt.resume(trainer.abstract_state, start_fresh)
+        except CheckpointMismatch as e:
+            raise CheckpointMismatch(f"{e}. Config changes: {'; '.join(changes) or 'none'}") from None
+        if jax.process_index() == 0:
+            keep = f"config.step{restored[0]}.yaml" if changes and restored is not None else ""
+            rundir.write_config(workdir, cfg, keep_previous_as=keep)
+        result = _loop(trainer, ckpt, restored, workdir)
+    except BaseException:
+        ckpt.close_after_error()
+        raise
+    ckpt.close()
+    return result
+
+
+def _loop(trainer, ckpt, restored, workdir):
+    cfg = trainer.cfg
     t, d = cfg.train, cfg.data
-    ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"), t.keep_checkpoints, t.best_metric, t.best_mode, t.async_checkpointing
-    )
-    restored = ckpt.restore(trainer.abstract_state)
     if restored is not None and restored[3] is not None:
         trainer.task.set_assets(restored[3])  # before the sources, which may be made with them
     rows = sharding.local_batch_rows(trainer.mesh, d.batch_size)
@@ -267,14 +319,18 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
         print(f"resumed from {ckpt.directory}/{step}", flush=True)
     step = int(state.step)
     writer = MetricsWriter(workdir, t.steps, step)
-    eval_metrics = {}
+    eval_metrics = writer.last_eval() if step >= t.steps else {}
     last_log, last_log_step = time.time(), step
     stop_signal = 0
-    with trainer.context(), _Preemption(trainer.mesh) as preempt:
+    previous = None  # the last step's (number, metrics): read once the next step is queued
+    with writer, trainer.context(), _Preemption(trainer.mesh) as preempt:
         while step < t.steps:
             batch = sharding.to_global(trainer.mesh, next(iterator), d.batch_size)
             state, metrics = trainer.train_step(state, batch)
+            if previous is not None:
+                _check_finite(*previous, t.on_nonfinite)
             step += 1
+            previous = (step, metrics)
             writer.advance()
             final = step == t.steps
             if step % t.log_every == 0 or final:
@@ -286,6 +342,7 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
                 last_log, last_log_step = time.time(), step
             save_metrics = None
             if step % t.eval_every == 0 or final:
+                _check_finite(*previous, t.on_nonfinite)
                 metrics, outputs = trainer.evaluate_state(state)
                 eval_metrics = save_metrics = {f"eval/{k}": v for k, v in metrics.items()}
                 writer.write(step, eval_metrics)
@@ -298,9 +355,9 @@ def train(cfg: config_lib.Config, workdir: str) -> dict:
             if stop_signal:
                 print(f"signal {stop_signal}: checkpoint written at step {step}, stopping", flush=True)
                 break
+        if previous is not None:
+            _check_finite(*previous, t.on_nonfinite)
     ckpt.wait()
-    ckpt.close()
-    writer.close()
     if stop_signal:
         raise SystemExit(128 + stop_signal)
     return eval_metrics

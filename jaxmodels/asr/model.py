@@ -67,9 +67,13 @@ class MultiHeadedAttentionSANM(nn.Module):
         memory = sum(padded[:, i : i + length] * kernel[i] for i in range(self.kernel_size))
         memory = nn.Dropout(self.dropout_rate)(memory + memory_in, deterministic) * frame_mask
 
-        bias = jnp.where(mask[:, None, None, :], 0.0, -jnp.inf).astype(self.dtype)  # (B, 1, 1, T) keys
-        scores = jnp.einsum("bqhd,bkhd->bhqk", heads(q) * head_dim**-0.5, heads(k)) + bias
-        weights = jnp.where(mask[:, None, None, :], jax.nn.softmax(scores.astype(jnp.float32), axis=-1), 0.0)
+        # Padded keys filled with the lowest finite value, as FunASR's masked_fill: a row with
+        # no frame at all (a skipped utterance) gets uniform weights, then zeros, where -inf
+        # would give NaN and a NaN gradient however the row is masked later.
+        keys = mask[:, None, None, :]  # (B, 1, 1, T)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", heads(q) * head_dim**-0.5, heads(k)).astype(jnp.float32)
+        scores = jnp.where(keys, scores, jnp.finfo(jnp.float32).min)
+        weights = jnp.where(keys, jax.nn.softmax(scores, axis=-1), 0.0)
         weights = nn.Dropout(self.dropout_rate)(weights.astype(self.dtype), deterministic)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, heads(v)).reshape(batch, length, self.n_feat)
         return Dense(self.n_feat, ("qkv_out", "embed"), dtype=self.dtype, name="linear_out")(attended) + memory
