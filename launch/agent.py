@@ -15,7 +15,9 @@ from its last checkpoint.
 """
 import collections
 import dataclasses
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +52,7 @@ class Job:
     last_call_timeout: float
     shutdown_timeout: float
     local_addr: str | None
+    signals: tuple = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)  # forwarded to the workers
 
 
 @dataclasses.dataclass
@@ -192,20 +195,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Workers:
-    """This node's worker processes of one round, with their output pumped to logs and console."""
+def _parent_death_signal():
+    """A preexec_fn that has the kernel SIGKILL the worker when the agent dies, however it
+    dies (SIGKILL included): no worker outlives its agent. prctl is looked up here, before
+    the fork, so the child runs no Python that could need a lock another thread holds."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-    def __init__(self, job: Job, world: World, restarts: int):
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    agent = os.getpid()
+
+    def set_in_child():
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != agent:  # the agent died before the line above
+            os._exit(1)
+
+    return set_in_child
+
+
+class Workers:
+    """This node's worker processes of one round, with their output pumped to logs and console.
+
+    Output passes through as it comes (a progress bar's carriage returns too), each line on
+    the console led by ``[<role><local rank>]:`` as torchrun's --tee. Where the console is a
+    terminal, a worker writes to a terminal of its own (a pty), so it sees one as under
+    torchrun. Workers share the agent's stdin, so breakpoint() and input() work.
+    """
+
+    def __init__(self, job: Job, world: World, restarts: int, log_dir: str):
         self.job, self.world = job, world
         first = world.first_rank(world.node)
         self.ranks = list(range(first, first + job.nproc))
         self.tails = {r: collections.deque(maxlen=TAIL_LINES) for r in self.ranks}
         self.print_lock = threading.Lock()
         self.pumps = {r: [] for r in self.ranks}
-        self.log_dir = None
-        if job.log_dir:
-            self.log_dir = os.path.join(job.log_dir, job.run_id, f"attempt_{world.round}")
+        self.log_dir = os.path.join(log_dir, f"attempt_{world.round}")
         self.procs = [self._start(local, restarts) for local in range(job.nproc)]
+
+    def error_file(self, local: int) -> str:
+        return os.path.join(self.log_dir, str(local), "error.json")
 
     def _env(self, local: int, restarts: int) -> dict:
         job, world = self.job, self.world
@@ -219,51 +248,74 @@ class Workers:
             ROLE_RANK=role_first + local, ROLE_WORLD_SIZE=sum(world.members[i]["nproc"] for i in same_role),
             ROLE_NAME=job.role, MASTER_ADDR=host, MASTER_PORT=port,
             TORCHELASTIC_RESTART_COUNT=restarts, TORCHELASTIC_MAX_RESTARTS=job.max_restarts,
-            TORCHELASTIC_RUN_ID=job.run_id,
+            TORCHELASTIC_RUN_ID=job.run_id, TORCHELASTIC_ERROR_FILE=self.error_file(local),
         )
         if "OMP_NUM_THREADS" not in os.environ and job.nproc > 1:
             env["OMP_NUM_THREADS"] = 1
         return {k: str(v) for k, v in env.items()}
 
     def _start(self, local: int, restarts: int):
-        rank = self.ranks[local]
-        # Each worker leads its own session: a Ctrl-C at the terminal reaches the agent
-        # alone, which forwards it once.
-        proc = subprocess.Popen(
-            self.job.command, env=self._env(local, restarts), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )
+        rank, job = self.ranks[local], self.job
+        os.makedirs(os.path.join(self.log_dir, str(local)), exist_ok=True)
+        streams = []
+        for bit, console in ((1, sys.stdout), (2, sys.stderr)):
+            redirected = job.redirects.get(local, 0) & bit and not job.tee.get(local, 0) & bit
+            shown = not redirected and (job.local_ranks_filter is None or local in job.local_ranks_filter)
+            logged = job.redirects.get(local, 0) & bit or job.tee.get(local, 0) & bit
+            path = os.path.join(self.log_dir, str(local), "stdout.log" if bit == 1 else "stderr.log")
+            read_fd, write_fd = _terminal() if shown and console.isatty() else os.pipe()
+            streams.append((read_fd, write_fd, path if logged else None, console if shown else None))
+        command = [a.replace("${local_rank}", str(local)) for a in job.command]  # torchrun's macro
+        # Each worker leads its own session (a Ctrl-C at the terminal reaches the agent alone,
+        # which forwards it once), and dies with the agent.
+        proc = subprocess.Popen(command, env=self._env(local, restarts), stdout=streams[0][1], stderr=streams[1][1],
+                                start_new_session=True, preexec_fn=_parent_death_signal())
         log(f"started rank {rank} (local rank {local}, pid {proc.pid}, round {self.world.round})")
-        for bit, stream, name in ((1, proc.stdout, "stdout"), (2, proc.stderr, "stderr")):
-            path = None
-            if self.log_dir:
-                path = os.path.join(self.log_dir, f"rank_{rank}", f"{name}.log")
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-            redirected = self.job.redirects.get(local, 0) & bit and not self.job.tee.get(local, 0) & bit
-            shown = not redirected and (self.job.local_ranks_filter is None or local in self.job.local_ranks_filter)
-            console = sys.stdout if bit == 1 else sys.stderr
-            pump = threading.Thread(target=self._pump, args=(stream, rank, path, console if shown else None), daemon=True)
+        for read_fd, write_fd, path, console in streams:
+            os.close(write_fd)
+            pump = threading.Thread(target=self._pump, args=(read_fd, rank, local, path, console), daemon=True)
             pump.start()
             self.pumps[rank].append(pump)
         return proc
 
-    def _pump(self, stream, rank, path, console):
-        prefix = f"[{self.job.role}{rank}]:"
-        log = open(path, "w", encoding="utf-8") if path else None
+    def _pump(self, fd, rank, local, path, console):
+        prefix = f"[{self.job.role}{local}]:".encode()
+        log_file = open(path, "ab") if path else None
+        out = console.buffer if console else None
+        line, at_start = b"", True
         try:
-            for raw in stream:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.tails[rank].append(line)
-                if log:
-                    log.write(line + "\n")
-                    log.flush()
-                if console:
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # a pty whose worker has exited
+                    chunk = b""
+                if not chunk:
+                    break
+                if log_file:
+                    log_file.write(chunk)
+                    log_file.flush()
+                shown = bytearray()
+                for piece in re.split(rb"(\r\n|\r|\n)", chunk):
+                    if piece in (b"\r\n", b"\r", b"\n"):
+                        if piece != b"\r":  # a carriage return redraws the line: not one for the tail
+                            self.tails[rank].append(line.decode("utf-8", "replace"))
+                        line, at_start = b"", True
+                    elif piece:
+                        if at_start:
+                            shown += prefix
+                            at_start = False
+                        line += piece
+                    shown += piece
+                if out:
                     with self.print_lock:
-                        console.write(f"{prefix}{line}\n")
-                        console.flush()
+                        out.write(bytes(shown))
+                        out.flush()
+            if line:
+                self.tails[rank].append(line.decode("utf-8", "replace"))
         finally:
-            if log:
-                log.close()
+            os.close(fd)
+            if log_file:
+                log_file.close()
 
     def poll(self) -> list:
         return [p.poll() for p in self.procs]
@@ -282,6 +334,13 @@ class Workers:
         for p in self.procs:
             p.wait()
 
+    def stop(self):
+        """As torch elastic stops a group: SIGTERM, time to checkpoint and clean up, then SIGKILL."""
+        self.send(signal.SIGTERM)
+        if not self.wait(self.job.shutdown_timeout):
+            log(f"workers still running {self.job.shutdown_timeout:.0f} s after SIGTERM: killing them")
+        self.kill()
+
     def wait(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while any(code is None for code in self.poll()):
@@ -295,7 +354,28 @@ class Workers:
         for pump in self.pumps[rank]:  # its last lines (a child it left may hold the pipe open)
             pump.join(timeout=1.0)
         return {"rank": rank, "local_rank": local, "node": self.world.node, "host": socket.gethostname(),
-                "exit": code, "time": time.time(), "tail": list(self.tails[rank]), "log_dir": self.log_dir}
+                "exit": code, "time": time.time(), "tail": list(self.tails[rank]), "log_dir": self.log_dir,
+                "error": _error_message(self.error_file(local))}
+
+
+def _terminal():
+    """(read, write) ends of a new pty in raw mode: a worker's output exactly as written."""
+    import pty
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    return master, slave
+
+
+def _error_message(path: str) -> str:
+    """The message a worker left in TORCHELASTIC_ERROR_FILE (torch's @record format), or ''."""
+    try:
+        with open(path) as f:
+            message = json.load(f)["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return message.get("message", "") if isinstance(message, dict) else str(message)
 
 
 class Agent:
@@ -305,8 +385,16 @@ class Agent:
         self.world = None
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        previous = {s: signal.signal(s, self._on_signal) for s in self.job.signals}
         try:
+            # torchrun's layout: <log_dir>/<run_id>_<random>/attempt_<round>/<local_rank>/, never reused.
+            import tempfile
+
+            if self.job.log_dir:
+                os.makedirs(self.job.log_dir, exist_ok=True)
+            self.log_dir = tempfile.mkdtemp(prefix=f"{self.job.run_id}_", dir=self.job.log_dir)
+            if not self.job.log_dir and any(self.job.redirects.values()) | any(self.job.tee.values()):
+                log(f"no --log_dir: logs go to {self.log_dir}")
             self.rdzv = Rendezvous(self.job)
             try:
                 return self._run()
@@ -333,7 +421,7 @@ class Agent:
                 f"{world.first_rank(world.node)}..{world.first_rank(world.node) + job.nproc - 1} of "
                 f"{world.world_size}, coordinator {world.coordinator}, restart {restarts}/{job.max_restarts}"
             )
-            self.workers = Workers(job, world, restarts)
+            self.workers = Workers(job, world, restarts, self.log_dir)
             outcome = self._watch(world)
             self.workers = None
             if outcome == "succeeded":
@@ -362,7 +450,7 @@ class Agent:
             if failed:
                 for local, code in failed:
                     store.append(f"{n}/failures", self.workers.failure(local, code))
-                self.workers.kill()
+                self.workers.stop()
                 return store.get(f"{n}/failures")
             if not reported_done and all(c == 0 for c in codes):
                 store.add(f"{n}/done", 1)
@@ -371,7 +459,7 @@ class Agent:
                 [f"{n}/failures", "shutdown", f"{n}/done", f"{n + 1}/joined"]
             )
             if failures:
-                self.workers.kill()
+                self.workers.stop()
                 return failures
             if shutdown:
                 return self._shut_down(shutdown, forward=False)
@@ -420,6 +508,8 @@ def _failed(f: dict) -> str:
 def failure_summary(first: dict, max_restarts: int) -> str:
     lines = [f"the worker group failed and no restarts are left (--max_restarts={max_restarts})",
              f"first failure: {_failed(first)}"]
+    if first.get("error"):
+        lines.append(f"error (from its TORCHELASTIC_ERROR_FILE): {first['error']}")
     if first.get("log_dir"):
         lines.append(f"logs: {first['log_dir']}")
     if first.get("tail"):

@@ -16,46 +16,65 @@ into `jax.distributed.initialize`. Where this differs from torchrun:
   picks a free port for it in each round; --master_port is the agents' own store.
 - Workers are always fresh interpreters (--start_method is not offered); with
   --run_path the script runs through runpy.run_path in one.
-- Worker output always passes through the agent: console lines carry a [<role><rank>]:
-  prefix, and with --log_dir every stream is also written under
-  <log_dir>/<run_id>/attempt_<round>/rank_<rank>/{stdout,stderr}.log.
+- Worker output always passes through the agent (bytes as they come, through a pty
+  where the console is a terminal): console lines carry torchrun's --tee prefix
+  [<role><local rank>]: even without --tee. Logs are torchrun's layout,
+  <log_dir>/<run_id>_<random>/attempt_<round>/<local rank>/{stdout,stderr}.log, where
+  a round counts every start of the group (restarts and changes of membership).
+- --logs_specs (a torch class) is refused; --rdzv_conf keys that only torch's stores
+  use are accepted and said to have no effect.
 """
 import argparse
 import os
+import signal
 import sys
 import uuid
 
 from launch.agent import Agent, Job, free_port, log
 
 C10D_PORT = 29400
+# torch's --rdzv_conf keys: those jaxrun honours, and those it accepts without effect (and why).
+RDZV_CONF_HONOURED = ["join_timeout", "last_call_timeout", "timeout"]
+RDZV_CONF_IGNORED = {
+    "read_timeout": "the agents' store waits up to join_timeout",
+    "close_timeout": "a round closes when the last agent leaves",
+    "keep_alive_interval": "agents ping every second",
+    "keep_alive_max_attempt": "a node silent for 30 s has failed",
+    "is_host": "the agent that can bind the endpoint hosts the store",
+    "use_libuv": "jaxrun's store is its own",
+}
 
 
 def _dual(parser, name, **kwargs):
-    """--foo-bar and --foo_bar, as torchrun spells its flags."""
+    """--foo-bar and --foo_bar, as torchrun spells its flags; the default from $PET_FOO_BAR
+    where it is set, as torchrun reads every flag."""
     names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    env = os.environ.get(f"PET_{name.upper()}")
+    if env is not None:
+        kwargs["default"] = env.lower() in ("1", "true", "yes") if kwargs.get("action") == "store_true" else env
     parser.add_argument(*names, dest=name, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="jaxrun", description="torchrun's command line for JAX programs", allow_abbrev=False
-    )
+    p = argparse.ArgumentParser(prog="jaxrun", description="torchrun's command line for JAX programs")
     _dual(p, "nnodes", default="1:1", help="number of nodes, or MIN:MAX (elastic, c10d backend)")
     _dual(p, "nproc_per_node", default="1", help="workers per node: an integer, gpu, cpu or auto")
     _dual(p, "rdzv_backend", default="static", choices=["static", "c10d"], help="rendezvous backend")
     _dual(p, "rdzv_endpoint", default="", help="HOST[:PORT] of the rendezvous store")
     _dual(p, "rdzv_id", default="none", help="id shared by the nodes of one job")
     _dual(p, "rdzv_conf", default="", help="KEY=VALUE,...: join_timeout, last_call_timeout (seconds)")
-    p.add_argument("--standalone", action="store_true", help="one node, with a store on a free local port")
+    _dual(p, "standalone", action="store_true", help="one node, with a store on a free local port")
     _dual(p, "max_restarts", type=int, default=0, help="group restarts after failures before giving up")
     _dual(p, "monitor_interval", type=float, default=0.1, help="seconds between checks of the workers")
-    p.add_argument("--role", default="default", help="name of this node's workers' role")
+    _dual(p, "role", default="default", help="name of this node's workers' role")
     p.add_argument("-m", "--module", action="store_true", help="run the script as a module (python -m)")
     _dual(p, "no_python", action="store_true", help="run the script as an executable, without python")
     _dual(p, "run_path", action="store_true", help="run the script with runpy.run_path")
     _dual(p, "log_dir", default=None, help="directory for the per-rank logs")
-    p.add_argument("-r", "--redirects", default="0", help="streams to the log files only: 0-3, or LOCAL_RANK:STD,...")
-    p.add_argument("-t", "--tee", default="0", help="streams to the log files and the console (as --redirects)")
+    p.add_argument("-r", "--redirects", default=os.environ.get("PET_REDIRECTS", "0"),
+                   help="streams to the log files only: 0-3, or LOCAL_RANK:STD,...")
+    p.add_argument("-t", "--tee", default=os.environ.get("PET_TEE", "0"),
+                   help="streams to the log files and the console (as --redirects)")
     _dual(p, "local_ranks_filter", default="", help="local ranks shown on the console, e.g. 0,1")
     _dual(p, "node_rank", type=int, default=0, help="this node's rank (static backend)")
     _dual(p, "master_addr", default="127.0.0.1", help="host of node 0 (static backend)")
@@ -63,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     _dual(p, "local_addr", default=None, help="this node's address as the others should reach it")
     _dual(p, "shutdown_timeout", type=float, default=None,
           help="seconds the workers get to exit after a signal before they are killed (default 30)")
+    _dual(p, "signals_to_handle", default="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+          help="signals passed on to the workers (any other that ends jaxrun kills them)")
+    _dual(p, "logs_specs", default=None, help="torch's LogsSpecs plug-in: not available (see --log_dir)")
     p.add_argument("training_script", help="the script, module (-m) or executable (--no_python) to run")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER)
     return p
@@ -114,6 +136,14 @@ def parse_streams(value: str, nproc: int, flag: str) -> dict:
     return mapping
 
 
+def parse_signals(value: str) -> tuple:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return tuple(signal.Signals[n if n.startswith("SIG") else f"SIG{n}"] for n in names)
+    except KeyError as e:
+        raise ValueError(f"--signals_to_handle={value!r}: {e.args[0]} is not a signal name") from None
+
+
 def parse_conf(value: str) -> dict:
     conf = {}
     for item in filter(None, value.split(",")):
@@ -147,9 +177,15 @@ def job_from_args(args) -> Job:
     min_nodes, max_nodes = parse_nnodes(args.nnodes)
     nproc = parse_nproc(args.nproc_per_node)
     conf = parse_conf(args.rdzv_conf)
-    unknown = set(conf) - {"join_timeout", "last_call_timeout", "timeout"}
+    unknown = set(conf) - set(RDZV_CONF_HONOURED) - set(RDZV_CONF_IGNORED)
     if unknown:
-        raise ValueError(f"--rdzv_conf: unknown keys {sorted(unknown)}; known: join_timeout, last_call_timeout")
+        raise ValueError(f"--rdzv_conf: unknown keys {sorted(unknown)}; "
+                         f"known: {', '.join(RDZV_CONF_HONOURED + list(RDZV_CONF_IGNORED))}")
+    for key in sorted(set(conf) & set(RDZV_CONF_IGNORED)):
+        log(f"--rdzv_conf {key}: accepted, no effect ({RDZV_CONF_IGNORED[key]})")
+    if args.logs_specs:
+        raise ValueError(f"--logs_specs={args.logs_specs}: torch's LogsSpecs plug-ins are torch classes that jaxrun "
+                         "cannot load; it writes torchrun's default layout under --log_dir")
     backend, run_id = args.rdzv_backend, args.rdzv_id
     if args.standalone:
         backend, min_nodes, max_nodes, run_id = "c10d", 1, 1, str(uuid.uuid4())
@@ -167,11 +203,6 @@ def job_from_args(args) -> Job:
     log_dir = args.log_dir
     redirects = parse_streams(args.redirects, nproc, "--redirects")
     tee = parse_streams(args.tee, nproc, "--tee")
-    if log_dir is None and any(redirects.values()) | any(tee.values()):
-        import tempfile
-
-        log_dir = tempfile.mkdtemp(prefix="jaxrun_")  # as torchrun: redirected output must land somewhere
-        log(f"no --log_dir: logs go to {log_dir}")
     filt = {int(r) for r in args.local_ranks_filter.split(",") if r.strip()} or None
     return Job(
         command=worker_command(args),
@@ -193,6 +224,7 @@ def job_from_args(args) -> Job:
         last_call_timeout=float(conf.get("last_call_timeout", 30)),
         shutdown_timeout=args.shutdown_timeout or float(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 30)),
         local_addr=args.local_addr,
+        signals=parse_signals(args.signals_to_handle),
     )
 
 

@@ -1,6 +1,7 @@
 """jaxrun and launch.initialize: the environment mapping, the CLI, supervision (stand-in workers)."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -32,7 +33,7 @@ def jaxrun(*args, **kwargs):
 
 
 def lines_of(stdout):
-    """Worker lines by global rank, from the [role<rank>]: console prefixes."""
+    """Worker lines by local rank, from the [role<local rank>]: console prefixes."""
     out = {}
     for line in stdout.splitlines():
         if line.startswith("[") and "]:" in line:
@@ -180,11 +181,15 @@ def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
     assert [n.returncode for n in nodes] == [0, 0], outs
     seen = {}
     for stdout, _ in outs:
-        for rank, lines in lines_of(stdout).items():
-            seen[rank] = json.loads(lines[0])
+        for local, lines in lines_of(stdout).items():  # torchrun's --tee prefix: the local rank
+            env = json.loads(lines[0])
+            assert env["LOCAL_RANK"] == str(local)
+            seen[int(env["RANK"])] = env
     assert sorted(seen) == [0, 1, 2, 3]
     master_port = seen[0]["MASTER_PORT"]
     for rank, env in seen.items():
+        error_file = env.pop("TORCHELASTIC_ERROR_FILE")
+        assert error_file.startswith(str(tmp_path / "job7_")) and error_file.endswith(f"/attempt_0/{rank % 2}/error.json")
         assert env == {
             "RANK": str(rank), "LOCAL_RANK": str(rank % 2), "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
             "GROUP_RANK": str(rank // 2), "GROUP_WORLD_SIZE": "2", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": "4",
@@ -192,8 +197,9 @@ def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
             "TORCHELASTIC_MAX_RESTARTS": "3", "TORCHELASTIC_RUN_ID": "job7", "OMP_NUM_THREADS": "",
         }
     assert master_port != str(port)  # the JAX coordinator gets its own port; the agents keep theirs
-    logged = json.loads((tmp_path / "job7" / "attempt_0" / "rank_3" / "stdout.log").read_text())
-    assert logged == seen[3]
+    # torchrun's layout, one folder per agent: <log_dir>/<run_id>_<random>/attempt_<n>/<local rank>/
+    logged = sorted(json.loads(p.read_text())["RANK"] for p in tmp_path.glob("job7_*/attempt_0/1/stdout.log"))
+    assert logged == ["1", "3"]
 
 
 def test_c10d_rendezvous_orders_nodes_by_arrival():
@@ -230,7 +236,7 @@ def test_redirected_output_goes_only_to_the_log(tmp_path):
     proc = jaxrun("--standalone", "--nproc_per_node=2", "--redirects=0:1", f"--log_dir={tmp_path}", WORKER, "env")
     assert proc.returncode == 0, proc.stderr
     assert sorted(lines_of(proc.stdout)) == [1]
-    (log,) = tmp_path.glob("*/attempt_0/rank_0/stdout.log")
+    (log,) = tmp_path.glob("*/attempt_0/0/stdout.log")
     assert json.loads(log.read_text())["RANK"] == "0"
 
 
@@ -239,7 +245,8 @@ def test_restarts_exhausted_exits_nonzero_with_a_summary():
                   WORKER, "fail", "1", "3")
     assert proc.returncode == 1
     printed = lines_of(proc.stdout)
-    assert printed[0] == ["restart 0", "restart 1"]  # the group ran twice, the count went up
+    assert printed[0] == ["restart 0", "rank 0 got 15", "restart 1", "rank 0 got 15"]  # SIGTERM, as torchrun
+    assert "restarting the group (1/1)" in proc.stderr
     assert "restarting the group (1/1)" in proc.stderr
     summary = proc.stderr[proc.stderr.index("no restarts are left"):]
     assert "first failure: rank 1 (local rank 1 on node 0" in summary and "exited with code 3" in summary
@@ -264,5 +271,104 @@ def test_sigterm_reaches_every_node_and_sets_the_exit_code(tmp_path):
         time.sleep(0.1)
     nodes[1].send_signal(signal.SIGTERM)  # preemption of one node: all four workers must hear of it
     assert [n.wait(timeout=60) for n in nodes] == [128 + signal.SIGTERM] * 2
-    got = {rank: lines for out in outs for rank, lines in lines_of(out.read_text()).items()}
-    assert {rank: lines[-1] for rank, lines in got.items()} == {r: f"rank {r} got 15" for r in range(4)}
+    last = sorted(lines[-1] for out in outs for lines in lines_of(out.read_text()).values())
+    assert last == [f"rank {r} got 15" for r in range(4)]
+
+
+def started_pids(text):
+    return [int(pid) for pid in re.findall(r"started rank \d+ \(local rank \d+, pid (\d+)", text)]
+
+
+def gone(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waits only for its reaper
+        return f.read().split(")")[-1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGQUIT])
+def test_no_signal_that_ends_jaxrun_leaves_workers_behind(tmp_path, signum):
+    log = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "--standalone", "--nproc_per_node=2", WORKER, "wait"],
+                            env=ENV, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while log.read_text().count("ready") < 2:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    pids = started_pids(log.read_text())
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == (-signum if signum == signal.SIGKILL else 128 + signum)
+    deadline = time.time() + 30
+    while not all(gone(p) for p in pids):
+        assert time.time() < deadline, f"workers {pids} outlived jaxrun"
+        time.sleep(0.05)
+
+
+def test_workers_share_stdin_and_see_a_terminal_where_jaxrun_does():
+    proc = jaxrun("--standalone", "--nproc_per_node=1", WORKER, "stdin", input="hello\n")
+    assert proc.returncode == 0 and "[default0]:read hello" in proc.stdout
+    assert "[default0]:tty False" in jaxrun("--standalone", WORKER, "tty").stdout
+
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "--standalone", WORKER, "tty"], env=ENV,
+                            stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    assert proc.wait(timeout=60) == 0
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert b"[default0]:tty True" in out
+
+
+def test_output_passes_through_as_it_comes():
+    """A progress bar's carriage return reaches the console at once, without a newline."""
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "--standalone", WORKER, "progress"], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        out, deadline = b"", time.time() + 60
+        while b"half\r" not in out:
+            assert time.time() < deadline and proc.poll() is None, out
+            out += proc.stdout.read() or b""
+            time.sleep(0.05)
+        assert out.endswith(b"[default0]:half\r")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_pet_variables_local_rank_macro_and_torchrun_flags(tmp_path):
+    env = {**ENV, "PET_NPROC_PER_NODE": "2", "PET_STANDALONE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "launch", "--max_restart=0", "--signals_to_handle=SIGTERM,SIGINT",
+                           "--rdzv_conf=read_timeout=60", f"--log_dir={tmp_path}", "--tee=1", WORKER, "args",
+                           "--device=${local_rank}"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert {k: json.loads(v[0]) for k, v in lines_of(proc.stdout).items()} == {0: ["--device=0"], 1: ["--device=1"]}
+    assert "--rdzv_conf read_timeout: accepted, no effect" in proc.stderr
+    again = subprocess.run([sys.executable, "-m", "launch", f"--log_dir={tmp_path}", "--tee=1", WORKER, "args"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert len(list(tmp_path.glob("*/attempt_0/0/stdout.log"))) == 2  # a second run never overwrites the first
+    with pytest.raises(ValueError, match="LogsSpecs plug-ins are torch classes"):
+        job_from_args(build_parser().parse_args(["--logs_specs=my.Specs", "script.py"]))
+
+
+def test_a_failing_workers_error_file_is_in_the_summary(tmp_path):
+    script = tmp_path / "record.py"
+    script.write_text("import json, os, sys\n"
+                      "json.dump({'message': {'message': 'ValueError: bad shard'}}, "
+                      "open(os.environ['TORCHELASTIC_ERROR_FILE'], 'w'))\n"
+                      "sys.exit(1)\n")
+    proc = jaxrun("--standalone", str(script))
+    assert proc.returncode == 1
+    assert "error (from its TORCHELASTIC_ERROR_FILE): ValueError: bad shard" in proc.stderr
