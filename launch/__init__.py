@@ -18,6 +18,11 @@ import sys
 import threading
 
 DEFAULT_PORT = 29500
+
+
+class LaunchError(RuntimeError):
+    """The environment describes a process layout that cannot be started."""
+
 DEFAULT_TIMEOUT_S = 300
 
 
@@ -113,7 +118,7 @@ def cluster_from_env(env=None) -> Cluster | None:
             # OMPI_MCA_orte_hnp_uri = "<jobid>.0;tcp://<ip>[,<ip>...]:<port>" names mpirun's host.
             m = re.match(r"(\d+)\.\d+;tcp://([^,:;]+)", env.get("OMPI_MCA_orte_hnp_uri", ""))
             if not m:
-                raise RuntimeError(
+                raise LaunchError(
                     "Open MPI job without OMPI_MCA_orte_hnp_uri: set MASTER_ADDR (and MASTER_PORT) "
                     "to the host of rank 0 so the JAX coordinator can be found"
                 )
@@ -148,7 +153,7 @@ def local_device_ids(cluster: Cluster, gpus: int) -> list[int] | None:
     if gpus <= 1 or n == 1:
         return None  # every visible device (the launcher may have narrowed CUDA_VISIBLE_DEVICES)
     if gpus % n:
-        raise RuntimeError(
+        raise LaunchError(
             f"{n} processes on this node cannot share {gpus} visible GPUs evenly "
             f"(process {cluster.process_id}, local rank {cluster.local_rank})"
         )
@@ -206,6 +211,18 @@ class _Watchdog:
         os._exit(1)
 
 
+def _check_port_free(cluster: Cluster):
+    """Process 0 hosts the coordinator: a port already taken is named here, not in a gRPC abort."""
+    port = int(cluster.coordinator.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise LaunchError(f"process 0 cannot host the JAX coordinator at {cluster.coordinator} ({cluster.source} "
+                               f"environment): port {port} is in use ({e.strerror}); choose another MASTER_PORT") from None
+
+
 def initialize(timeout_s: float | None = None) -> Cluster | None:
     """Starts jax.distributed from the environment; returns the cluster, or None for one process.
 
@@ -226,6 +243,8 @@ def initialize(timeout_s: float | None = None) -> Cluster | None:
     gpus = visible_gpus()
     if not gpus:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if cluster.process_id == 0:
+        _check_port_free(cluster)
     with _Watchdog(cluster, timeout_s):
         jax.distributed.initialize(
             coordinator_address=cluster.coordinator,

@@ -18,6 +18,8 @@ import sys
 
 import numpy as np
 
+from trainers.cli import InputError, command
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="python -m trainers.compress", description=__doc__,
@@ -45,7 +47,11 @@ def official_codec(weights: str, model: str):
             config = json.load(f)
     else:
         config = codec_lib.config(model)
-    return codec_lib.from_torch(load_state_dict(weights), config)
+    try:
+        state_dict = load_state_dict(weights)
+    except Exception as e:  # missing, truncated or foreign: safetensors and torch raise their own types
+        raise InputError(f"cannot load codec weights {weights}: {e or type(e).__name__}") from e
+    return codec_lib.from_torch(state_dict, config)
 
 
 def run_codec(trainer, params):
@@ -113,19 +119,20 @@ def decode(codec, npz_path, wav_path):
         frames = [(data[f"codes_{i}"].astype(np.int32), data[f"scale_{i}"] if f"scale_{i}" in data else None)
                   for i in range(meta["segments"])]
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{npz_path} is not a codes file written by `compress encode`: {e}") from e
+        raise InputError(f"{npz_path} is not a codes file written by `compress encode`: {e}") from e
     if (meta["sample_rate"], meta["channels"]) != (c.sample_rate, c.channels):
-        raise ValueError(f"{npz_path} holds {meta['sample_rate']} Hz, {meta['channels']}-channel codes; "
+        raise InputError(f"{npz_path} holds {meta['sample_rate']} Hz, {meta['channels']}-channel codes; "
                          f"the model is {c.sample_rate} Hz, {c.channels}-channel")
     for codes, _ in frames:
         if codes.shape[1] > c.n_q or codes.max(initial=0) >= c.bins:
-            raise ValueError(f"{npz_path}: codes of shape {codes.shape} (max {codes.max()}) do not fit "
+            raise InputError(f"{npz_path}: codes of shape {codes.shape} (max {codes.max()}) do not fit "
                              f"{c.n_q} codebooks of {c.bins}")
     audio = np.asarray(codec.decode(frames))[0, : meta["length"]]
     speech.write_wav(wav_path, audio[:, 0] if c.channels == 1 else audio, c.sample_rate)
     print(f"{npz_path} -> {wav_path}: {meta['length'] / c.sample_rate:.2f} s")
 
 
+@command
 def main(argv=None):
     args = _parser().parse_args(argv)
     codec = load_codec(args)

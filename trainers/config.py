@@ -54,6 +54,11 @@ class DataConfig:
     cutmix_alpha: float = 0.0
     mixup_switch_prob: float = 0.5  # with both on: chance of cutmix over mixup per batch (timm's)
 
+    def __post_init__(self):
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be at least 1, not {getattr(self, name)}")
+
 
 @dataclass
 class OptimizerConfig:
@@ -336,7 +341,17 @@ def apply_override(data: dict, override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(e) -> str:
+    """PyYAML's error in one line: what, and where (line and column, counted from 1)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
 
 
 def load(path: str, overrides=()) -> Config:
@@ -345,6 +360,8 @@ def load(path: str, overrides=()) -> Config:
             data = yaml.safe_load(f) or {}
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     for o in overrides:

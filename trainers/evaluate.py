@@ -6,7 +6,10 @@ metrics, writes them to DIR/eval_<step>.json, and redraws the task's pictures.
 import json
 import os
 
+from trainers.cli import command
 
+
+@command
 def main(argv=None):
     import launch
     from trainers.config import parse_command_line

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from trainers.cli import InputError
+from trainers.config import ConfigError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -28,7 +31,7 @@ class DigitsSource:
         order = np.random.RandomState(1234).permutation(len(digits.images))
         n_val = int(round(holdout_fraction * len(order)))
         if split not in ("train", "val"):
-            raise ValueError(f"digits has splits 'train' and 'val', not {split!r}")
+            raise ConfigError(f"digits has splits 'train' and 'val', not {split!r}")
         idx = order[:n_val] if split == "val" else order[n_val:]
         small = (digits.images[idx] * (255.0 / 16.0)).round().astype(np.uint8)
         self.images = np.stack(
@@ -54,7 +57,7 @@ class ImageFolderSource:
             raise FileNotFoundError(f"image folder not found: {root}")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         if not self.classes:
-            raise ValueError(f"image folder {root} has no class subfolders")
+            raise InputError(f"image folder {root} has no class subfolders")
         self.samples = []
         for label, name in enumerate(self.classes):
             for dirpath, _, files in sorted(os.walk(os.path.join(root, name))):
@@ -62,7 +65,7 @@ class ImageFolderSource:
                     if f.lower().endswith(IMAGE_EXTENSIONS):
                         self.samples.append((os.path.join(dirpath, f), label))
         if not self.samples:
-            raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise InputError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.num_classes = len(self.classes)
 
     def __len__(self):
@@ -82,7 +85,7 @@ def decode(path: str, on_bad_image: str):
         if on_bad_image == "skip":
             warnings.warn(f"skipping unreadable image {path}: {e}")
             return None
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise InputError(f"cannot read image {path}: {e}") from e
 
 
 def random_resized_crop(img, size, scale, ratio, rng: np.random.Generator):

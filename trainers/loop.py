@@ -16,6 +16,7 @@ from jax.experimental import multihost_utils
 
 from trainers import config as config_lib
 from trainers import data, rundir, sharding
+from trainers.cli import InputError
 from trainers.checkpoint import CheckpointMismatch, Checkpointer, abstract_with_shardings, check_writable
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
@@ -40,6 +41,14 @@ class Trainer:
     """Builds the mesh, the sharded state and the jitted steps for one config."""
 
     def __init__(self, cfg: config_lib.Config, devices=None):
+        try:
+            self._build(cfg, devices)
+        except InputError:
+            raise
+        except ValueError as e:  # a model name or argument, a mesh, a batch size the config got wrong
+            raise config_lib.ConfigError(str(e)) from e
+
+    def _build(self, cfg, devices):
         self.cfg = cfg
         self.task = get_task(cfg)
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
@@ -310,6 +319,7 @@ def _loop(trainer, ckpt, restored, workdir):
     iterator = data.train_iterator(
         trainer.task.train_source(), trainer.task.train_transform, d.batch_size, rows, cfg.seed, d.num_workers
     )
+    trainer.task.eval_source()  # built (and its files checked) now, not at the first evaluation
     assets = trainer.task.assets() if hasattr(trainer.task, "assets") else None
     if restored is None:
         state = trainer.init(cfg.seed)

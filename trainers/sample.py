@@ -8,6 +8,8 @@ import dataclasses
 import os
 import sys
 
+from trainers.cli import command
+
 
 def _add_arguments(p):
     p.add_argument("--checkpoint", type=int, default=None, help="step to sample from (default: newest)")
@@ -21,6 +23,7 @@ def _add_arguments(p):
     p.add_argument("--out", default=None, help="output path without extension (default: DIR/samples_<step>)")
 
 
+@command
 def main(argv=None):
     import launch
     from trainers.config import parse_command_line

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.asr import apply_cmvn, fbank
+from trainers.cli import InputError
 from trainers import speech
 
 MEL_RATE = 100  # fbank frames per second (10 ms shift)
@@ -104,4 +105,4 @@ class SemanticTokenizer:
             with np.load(path) as f:
                 return cls(f["centroids"], **json.loads(str(f["settings"])))
         except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"{path} is not a semantic tokenizer saved by SemanticTokenizer.save: {e}") from e
+            raise InputError(f"{path} is not a semantic tokenizer saved by SemanticTokenizer.save: {e}") from e

@@ -31,6 +31,9 @@ import wave
 
 import numpy as np
 
+from trainers.cli import InputError
+from trainers.config import ConfigError
+
 SAMPLE_RATE = 16000
 
 NAMES = ["anna", "ben", "carl", "dora", "emma", "frank"]
@@ -226,19 +229,21 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
                 rate, width, channels = w.getframerate(), w.getsampwidth(), w.getnchannels()
                 raw = w.readframes(w.getnframes())
             if width not in (2, 4):
-                raise ValueError(f"{8 * width}-bit samples (need 16 or 32-bit PCM)")
+                raise InputError(f"{8 * width}-bit samples (need 16 or 32-bit PCM)")
             scale = 32768.0 if width == 2 else 2147483648.0
             audio = np.frombuffer(raw, "<i2" if width == 2 else "<i4").astype(np.float32) / scale
             audio = audio.reshape(-1, channels)
     except ImportError as e:
         raise RuntimeError(f"{path}: reading FLAC needs soundfile (pip install soundfile)") from e
     except Exception as e:  # wave.Error, EOFError, OSError, soundfile's errors
-        raise ValueError(f"unreadable audio file {path}: {e}") from e
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise InputError(f"empty audio file {path} (0 bytes)") from None
+        raise InputError(f"unreadable audio file {path}: {e or type(e).__name__}") from e
     if audio.size == 0:
-        raise ValueError(f"empty audio file {path}")
+        raise InputError(f"empty audio file {path}")
     if rate != sample_rate:
         if not resample:
-            raise ValueError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz "
+            raise InputError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz "
                              "(set data.resample: true to resample)")
         from scipy.signal import resample_poly
 
@@ -269,16 +274,16 @@ def read_manifest(path: str) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON: {e}") from e
+                raise InputError(f"{path}:{number}: not JSON: {e}") from e
             missing = {"key", "source", "target"} - set(record)
             if missing:
-                raise ValueError(f"{path}:{number}: missing {sorted(missing)}")
+                raise InputError(f"{path}:{number}: missing {sorted(missing)}")
             for field in ("source", "prompt_source"):  # a TTS manifest's prompt audio too
                 if field in record:
                     record[field] = os.path.join(root, record[field])
             records.append(record)
     if not records:
-        raise ValueError(f"{path}: no utterances")
+        raise InputError(f"{path}: no utterances")
     return records
 
 
@@ -299,12 +304,42 @@ def read_librispeech(path: str) -> list[dict]:
                     raise FileNotFoundError(f"{transcript}: no audio for {key} (.flac or .wav)")
                 records.append({"key": key, "source": audio, "target": text.lower(), "speaker": speaker})
     if not records:
-        raise ValueError(f"no LibriSpeech utterances under {path}")
+        raise InputError(f"no LibriSpeech utterances under {path}")
     return records
 
 
+def audio_problem(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False) -> str:
+    """Why read_audio would refuse the file, read from its header alone ('' where it would not)."""
+    try:
+        if path.lower().endswith(".flac"):
+            import soundfile
+
+            info = soundfile.info(path)
+            rate, frames = info.samplerate, info.frames
+        else:
+            with wave.open(path, "rb") as w:
+                rate, frames = w.getframerate(), w.getnframes()
+                if w.getsampwidth() not in (2, 4):
+                    return f"{path}: {8 * w.getsampwidth()}-bit samples (need 16 or 32-bit PCM)"
+    except ImportError:
+        return f"{path}: reading FLAC needs soundfile (pip install soundfile)"
+    except Exception as e:  # wave.Error, EOFError, OSError, soundfile's errors
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return f"empty audio file {path} (0 bytes)"
+        return f"unreadable audio file {path}: {e or type(e).__name__}"
+    if frames == 0:
+        return f"empty audio file {path}"
+    if rate != sample_rate and not resample:
+        return f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (set data.resample: true to resample)"
+    return ""
+
+
 class SpeechSource:
-    """Utterances of one split: the built-in corpus, a JSON-lines manifest, or LibriSpeech."""
+    """Utterances of one split: the built-in corpus, a JSON-lines manifest, or LibriSpeech.
+
+    Under data.on_bad_audio=error every file's header is checked here, so that a bad file
+    in either split stops the run before it trains, not at its first evaluation.
+    """
 
     def __init__(self, cfg, split: str):
         d, s = cfg.data, cfg.speech
@@ -318,7 +353,13 @@ class SpeechSource:
         elif d.source == "librispeech":
             self.records = read_librispeech(os.path.join(d.path, split))
         else:
-            raise ValueError(f"task {cfg.task} reads data.source speech, manifest or librispeech, not {d.source!r}")
+            raise ConfigError(f"task {cfg.task} reads data.source speech, manifest or librispeech, not {d.source!r}")
+        if d.on_bad_audio == "error":
+            problems = [p for p in (audio_problem(r["source"], SAMPLE_RATE, d.resample) for r in self.records) if p]
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                raise InputError(f"split {split!r}: {len(problems)} of {len(self.records)} audio files cannot be used: "
+                                 f"{'; '.join(problems[:3])}{more}. Fix them, or set data.on_bad_audio: skip")
 
     def __len__(self):
         return len(self.records)

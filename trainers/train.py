@@ -1,4 +1,5 @@
 """python -m trainers.train CONFIG.yaml --workdir DIR [--allow-config-change] [--start-fresh] [dotted.key=value ...]"""
+from trainers.cli import command
 
 
 def add_arguments(parser):
@@ -8,22 +9,16 @@ def add_arguments(parser):
                         help="where no checkpoint can be read, move them aside and train from step 0")
 
 
+@command
 def main(argv=None):
-    import sys
-
     import launch
     from trainers.config import parse_command_line
 
     args, cfg = parse_command_line("python -m trainers.train", __doc__, argv, add_arguments)
     launch.initialize()
-    from trainers import rundir
-    from trainers.checkpoint import CheckpointMismatch, NoReadableCheckpoint
-    from trainers.loop import NonFiniteLoss, train
+    from trainers.loop import train
 
-    try:
-        metrics = train(cfg, args.workdir, args.allow_config_change, args.start_fresh)
-    except (rundir.ConfigChanged, rundir.WorkdirBusy, CheckpointMismatch, NoReadableCheckpoint, NonFiniteLoss) as e:
-        sys.exit(f"error: {e}")
+    metrics = train(cfg, args.workdir, args.allow_config_change, args.start_fresh)
     print("final: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
 
 

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from trainers.cli import command
+
 
 def _add_arguments(p):
     p.add_argument("--audio", nargs="+", required=True, help="audio files")
@@ -23,6 +25,7 @@ def _add_arguments(p):
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
 
 
+@command
 def main(argv=None):
     import launch
     from trainers.config import parse_command_line

@@ -9,6 +9,8 @@ tts.temperature / top_k / top_p / guidance_scale (override them as dotted keys) 
 """
 import sys
 
+from trainers.cli import command
+
 
 def _add_arguments(p):
     p.add_argument("--text", required=True, help="what to say")
@@ -19,6 +21,7 @@ def _add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
 
 
+@command
 def main(argv=None):
     import launch
     from trainers.config import parse_command_line

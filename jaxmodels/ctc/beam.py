@@ -141,7 +141,7 @@ def beam_search(
         new = jax.tree.map(lambda n, o: jnp.where(keep if n.ndim == 2 else keep[..., None], n, o), new, beam)
         parent = jnp.where(keep, parent, jnp.arange(k)[None])
         token = jnp.where(keep, token, -1)
-        return new, (parent, token)
+        return new, (parent.astype(jnp.int32), token.astype(jnp.int32))  # int32 under x64 too: top_k's dtype
 
     beam, (parents, tokens) = jax.lax.scan(step, beam, (jnp.swapaxes(log_probs, 0, 1), frame_valid.T))
 
@@ -163,7 +163,7 @@ def beam_search(
     b_idx, k_idx = jnp.arange(batch)[:, None, None], jnp.arange(k)[None, :, None]
     labels = jnp.zeros_like(emitted).at[b_idx, k_idx, position].set(emitted, mode="drop")
     at_frame = jnp.zeros_like(emitted).at[b_idx, k_idx, position].set(
-        jnp.broadcast_to(jnp.arange(frames), emitted.shape), mode="drop"
+        jnp.broadcast_to(jnp.arange(frames, dtype=emitted.dtype), emitted.shape), mode="drop"
     )
     return BeamSearchResult(labels=labels, lengths=jnp.sum(keep, axis=2), scores=scores, frames=at_frame)
 

@@ -21,6 +21,8 @@ and, for tasks with arrays fixed before training that the params depend on (a to
 """
 import importlib
 
+from trainers.config import ConfigError
+
 TASKS = {
     "classification": "trainers.tasks.classification:ClassificationTask",
     "codec": "trainers.tasks.codec:CodecTask",
@@ -48,6 +50,6 @@ class SplitSources:
 
 def get_task(cfg):
     if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
     module, cls = TASKS[cfg.task].split(":")
     return getattr(importlib.import_module(module), cls)(cfg)

@@ -11,12 +11,14 @@ class), and, with a classifier configured, the share of samples it assigns to th
 conditioning class.
 """
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.diffusion import create_diffusion
+from trainers.cli import InputError
 from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
 
@@ -28,13 +30,18 @@ class LatentSource:
         file = os.path.join(path, f"{split}.npz")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"latent file not found: {file}")
-        with np.load(file) as f:
-            missing = {"latents", "labels"} - set(f.files)
-            if missing:
-                raise ValueError(f"{file}: missing {sorted(missing)} (has {f.files})")
-            self.latents, self.labels = f["latents"].astype(np.float32), f["labels"].astype(np.int32)
+        try:
+            with np.load(file) as f:
+                missing = {"latents", "labels"} - set(f.files)
+                if missing:
+                    raise InputError(f"{file}: missing {sorted(missing)} (has {f.files})")
+                self.latents, self.labels = f["latents"].astype(np.float32), f["labels"].astype(np.int32)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated or foreign file
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{file} cannot be read as .npz: {e or type(e).__name__}") from e
         if self.latents.ndim != 4 or len(self.labels) != len(self.latents):
-            raise ValueError(f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels "
+            raise InputError(f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels "
                              f"(got {self.labels.shape})")
         self.num_classes = int(self.labels.max()) + 1
 
