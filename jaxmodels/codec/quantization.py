@@ -108,8 +108,9 @@ def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float 
             # embed_avg holds sums (embed = embed_avg / cluster_size); upstream stores the means
             # there, which shrinks every code about 60-fold at the first EMA update.
             means, counts = kmeans(k_init, samples, bins, kmeans_iters)
-            return {"embed": means, "embed_avg": means * counts[:, None], "cluster_size": counts,
-                    "inited": jnp.ones((), bool)}
+            fitted = {"embed": means, "embed_avg": means * counts[:, None], "cluster_size": counts,
+                      "inited": jnp.ones((), bool)}
+            return jax.tree.map(lambda new, old: new.astype(old.dtype), fitted, s)  # the state's dtypes, x64 too
 
         s = jax.lax.cond(active & ~s["inited"], run_kmeans, lambda s: s, s)
         codes = nearest_code(s["embed"], samples)

@@ -11,7 +11,7 @@ def sample_logits(rng, logits, temperature: float = 1.0, top_k: int = 0, top_p: 
     be combined (top-k first, as audiocraft and HF do).
     """
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits.astype(jnp.float32) / temperature
     if top_k > 0:
         kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
@@ -24,4 +24,4 @@ def sample_logits(rng, logits, temperature: float = 1.0, top_k: int = 0, top_p: 
         kept = jnp.sum(before < top_p, axis=-1, keepdims=True)
         threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)  # token ids are int32, x64 too

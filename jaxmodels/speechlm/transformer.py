@@ -15,6 +15,7 @@ Decoding (`decode=True`): the first call on a model with an empty cache creates 
 appends its tokens' keys and values at the cache's index and attends over the cache.
 A prefill of many tokens and steps of one token give the logits of the full forward pass.
 """
+import functools
 import math
 
 import flax.linen as nn
@@ -94,9 +95,11 @@ class SelfAttention(nn.Module):
             index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
             if not self.is_initializing():
                 i = index.value
-                cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype), (0, i, 0, 0))
-                cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype), (0, i, 0, 0))
-                cached_valid.value = jax.lax.dynamic_update_slice(cached_valid.value, valid, (0, i))
+                # _in_dim: the other start indices take i's dtype (int32, also under x64).
+                update = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=i, axis=1)
+                cached_k.value = update(cached_k.value, k.astype(cached_k.value.dtype))
+                cached_v.value = update(cached_v.value, v.astype(cached_v.value.dtype))
+                cached_valid.value = update(cached_valid.value, valid)
                 index.value = i + length
                 k, v, valid = cached_k.value, cached_v.value, cached_valid.value  # slots past the index: not valid
                 q_slots = i + q_slots

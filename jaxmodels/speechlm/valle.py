@@ -281,7 +281,7 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
             ended = ~done & eos.any(1)
             lengths = jnp.where(ended, i * g + jnp.argmax(eos, axis=1), lengths)
         done = done | ended
-        codes = jax.lax.dynamic_update_slice(codes, tokens, (0, i * g))
+        codes = jax.lax.dynamic_update_slice_in_dim(codes, tokens.astype(codes.dtype), i * g, axis=1)
         words = dict(audio_words=jnp.where(done, -1, word)[:, None], word_progress=progress[:, None]) if aligned else {}
         logits, advance, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool), **words)
         return i + 1, cache, logits[:, 0], advance[:, 0], codes, done, lengths, word, progress, rng
