@@ -89,7 +89,34 @@ def test_depthwise_conv_paths_agree(monkeypatch):
 
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 7, 6))
     w = jax.random.normal(jax.random.PRNGKey(1), (5, 5, 1, 6))
-    shifted = depthwise_conv(x, w)  # the CPU path
+    g = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+
+    def value_and_grads(x, w):  # the CPU path's backward is its own (custom_vjp)
+        out, vjp = jax.vjp(depthwise_conv, x, w)
+        return (out, *vjp(g))
+
+    shifted = value_and_grads(x, w)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    native = depthwise_conv(x, w)
-    np.testing.assert_allclose(shifted, native, rtol=1e-5, atol=1e-5)
+    native = value_and_grads(x, w)
+    for a, b, name in zip(shifted, native, ("output", "input gradient", "kernel gradient")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_depthwise_kernel_gradient_is_one_all_reduce():
+    """With the batch sharded, the CPU path's kernel gradient crosses devices once, not once
+    per tap: each collective operand costs a round of gloo between processes."""
+    import re
+
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxmodels.nn import depthwise_conv
+
+    mesh = jax.make_mesh((8,), ("data",))
+    x = jax.device_put(jnp.ones((8, 6, 6, 4)), NamedSharding(mesh, P("data")))
+    w = jax.device_put(jnp.ones((7, 7, 1, 4)), NamedSharding(mesh, P()))
+    grad = jax.jit(jax.grad(lambda w, x: depthwise_conv(x, w).sum()), out_shardings=NamedSharding(mesh, P()))
+    hlo = grad.lower(w, x).compile().as_text()
+    # The result type of each all-reduce: one f32[49,4] (the 49 taps of 4 channels), where
+    # autodiff of the shifted sum gives a tuple of 49 f32[4].
+    reduced = re.findall(r"= (\S+|\(.*?\)) all-reduce(?:-start)?\(", hlo)
+    assert [t.split("{")[0] for t in reduced] == ["f32[49,4]"], reduced

@@ -104,27 +104,57 @@ class DropPath(nn.Module):
         return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
-def depthwise_conv(x, kernel):
-    """Stride-1 'same' depthwise convolution, NHWC input, kernel (k, k, 1, C).
-
-    XLA:CPU lowers grouped convolutions poorly: summing k*k shifted products, which XLA
-    fuses into one loop, is 2-7x faster for fwd+bwd at MambaOut's shapes with the same
-    result (benchmarks/mambaout_train_step.py). Accelerators keep the native convolution.
-    """
-    k = kernel.shape[0]
+def _shifted_sum(x, kernel):
+    """sum over taps (i, j) of x shifted by (i - p, j - p), times kernel[i, j, 0]; zero padding."""
+    k, (h, w) = kernel.shape[0], x.shape[1:3]
     p = k // 2
-    if jax.default_backend() != "cpu":
-        return jax.lax.conv_general_dilated(
-            x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1],
-        )
-    h, w = x.shape[1:3]
     padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     out = jnp.zeros_like(x)
     for i in range(k):
         for j in range(k):
             out = out + padded[:, i : i + h, j : j + w, :] * kernel[i, j, 0]
     return out
+
+
+@jax.custom_vjp
+def _depthwise_cpu(x, kernel):
+    return _shifted_sum(x, kernel)
+
+
+def _depthwise_cpu_fwd(x, kernel):
+    return _shifted_sum(x, kernel), (x, kernel)
+
+
+def _depthwise_cpu_bwd(residuals, g):
+    x, kernel = residuals
+    k, (h, w) = kernel.shape[0], x.shape[1:3]
+    p = k // 2
+    dx = _shifted_sum(g, kernel[::-1, ::-1])  # the transposed convolution: the kernel flipped
+    padded = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    # Each tap summed over space per example, then all taps over the batch at once: with
+    # the batch sharded that is one all-reduce of the whole kernel, where autodiff of the
+    # shifted sum reduces (and all-reduces) each of the k*k taps on its own.
+    taps = jnp.stack([(padded[:, i : i + h, j : j + w, :] * g).sum((1, 2)) for i in range(k) for j in range(k)], 1)
+    return dx, taps.sum(0).reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_cpu.defvjp(_depthwise_cpu_fwd, _depthwise_cpu_bwd)
+
+
+def depthwise_conv(x, kernel):
+    """Stride-1 'same' depthwise convolution, NHWC input, kernel (k, k, 1, C), odd k.
+
+    XLA:CPU lowers grouped convolutions poorly: summing k*k shifted products, which XLA
+    fuses into one loop, is 2-7x faster for fwd+bwd at MambaOut's shapes with the same
+    result (benchmarks/mambaout_train_step.py). Accelerators keep the native convolution.
+    """
+    if jax.default_backend() != "cpu":
+        p = kernel.shape[0] // 2
+        return jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+    return _depthwise_cpu(x, kernel)
 
 
 class DepthwiseConv(nn.Module):
