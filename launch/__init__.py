@@ -240,11 +240,11 @@ def initialize(timeout_s: float | None = None) -> Cluster | None:
         return None
     if cluster.num_processes <= 1 or jax.distributed.is_initialized():
         return cluster
+    if cluster.process_id == 0:
+        _check_port_free(cluster)
     gpus = visible_gpus()
     if not gpus:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if cluster.process_id == 0:
-        _check_port_free(cluster)
     with _Watchdog(cluster, timeout_s):
         jax.distributed.initialize(
             coordinator_address=cluster.coordinator,

@@ -5,8 +5,9 @@ a round closes when enough nodes have joined, fixes the node order and the JAX
 coordinator's address, and each agent then starts its node's workers with the
 environment torchrun gives. While they run, every agent watches its own workers and
 the round's shared state. A failed worker (or a silent node) fails the whole round:
-every agent kills its workers, since an SPMD program cannot go on without one of its
-processes, and all agents join the next round, up to --max_restarts times; the
+every agent stops its workers (SIGTERM, then SIGKILL after --shutdown_timeout), since an
+SPMD program cannot go on without one of its processes, and all agents join the next
+round, up to --max_restarts times; the
 trainer resumes from its last checkpoint. SIGTERM/SIGINT to an agent is forwarded to
 its workers, which checkpoint and exit, and to the other nodes' workers through the
 store. A node that joins an elastic job (--nnodes MIN:MAX) while it runs ends the

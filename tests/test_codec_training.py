@@ -156,3 +156,5 @@ def test_short_run_writes_audio_and_compresses(tmp_path):
         assert w.getnframes() == int(np.ceil(original.getnframes() * 8000 / original.getframerate()))
     with pytest.raises(SystemExit, match="not a codes file"):
         compress.main(["decode", source, str(tmp_path / "x.wav"), *run])
+    with pytest.raises(SystemExit, match=r"^error: .*absent/back.wav"):  # a missing output folder: one line
+        compress.main(["decode", str(tmp_path / "codes.npz"), str(tmp_path / "absent" / "back.wav"), *run])

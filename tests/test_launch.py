@@ -132,6 +132,17 @@ def test_unreachable_coordinator_names_address_and_rank():
     assert "nothing accepts connections there" in proc.stderr
 
 
+def test_a_busy_coordinator_port_is_named(monkeypatch):
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(launch.LaunchError, match=f"127.0.0.1:{port} .* port {port} is in use"):
+            launch.initialize()
+
+
 # --- the command line --------------------------------------------------------------------
 
 
