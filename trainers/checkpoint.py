@@ -129,7 +129,7 @@ class Checkpointer:
         """(step, state, data_state, assets); CheckpointMismatch or _Damaged(reason)."""
         try:
             metadata = self.manager.item_metadata(step)["state"]
-            saved = _leaves(metadata.tree)
+            saved = _leaves(getattr(metadata, "tree", metadata))  # orbax versions differ in the wrapper
         except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
             raise _Damaged(f"its metadata cannot be read ({type(e).__name__}: {e})") from None
         difference = tree_difference(saved, _leaves(abstract_state))
