@@ -146,3 +146,15 @@ def test_a_nonfinite_step_is_never_applied(tmp_path):
     assert "eval/loss" in metrics
     rows = [json.loads(line) for line in open(tmp_path / "skip" / "metrics.jsonl")]
     assert [r["train/nonfinite"] for r in rows if "train/loss" in r] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_keys_added_since_a_run_was_written_are_not_changes():
+    import yaml
+
+    from trainers import config as config_lib
+
+    saved = yaml.safe_load(config_lib.dump(CFG))
+    del saved["train"]["on_nonfinite"]  # a run written before the key existed
+    assert rundir.config_changes(saved, CFG) == []
+    saved["optimizer"]["lr"] = 0.5
+    assert rundir.config_changes(saved, CFG) == [f"optimizer.lr: 0.5 -> {CFG.optimizer.lr}"]

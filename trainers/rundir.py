@@ -56,7 +56,14 @@ def _flatten(tree, prefix=""):
 
 
 def config_changes(saved: dict, cfg: config_lib.Config) -> list:
-    """'key: old -> new' for each value that differs between a saved config and ``cfg``."""
+    """'key: old -> new' for each value that differs between a saved config and ``cfg``.
+
+    The saved config is read with today's defaults, so a key added since it was written
+    is not a change; one that no longer exists is compared as written."""
+    try:
+        saved = config_lib.to_dict(config_lib.from_dict(config_lib.Config, saved))
+    except config_lib.ConfigError:
+        pass
     old, new = _flatten(saved), _flatten(config_lib.to_dict(cfg))
     missing = object()
     return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in sorted(set(old) | set(new))
