@@ -353,6 +353,7 @@ def _loop(trainer, ckpt, restored, workdir):
             save_metrics = None
             if step % t.eval_every == 0 or final:
                 _check_finite(*previous, t.on_nonfinite)
+                previous = None  # checked: not again at the next step
                 metrics, outputs = trainer.evaluate_state(state)
                 eval_metrics = save_metrics = {f"eval/{k}": v for k, v in metrics.items()}
                 writer.write(step, eval_metrics)
