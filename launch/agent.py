@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from launch.store import StoreClient, StoreServer
 
 TAIL_LINES = 40
 KEEP_ALIVE_S = 30.0  # a node silent for this long has failed
+PARTIAL_LINE_S = 0.1
 
 
 @dataclasses.dataclass
@@ -218,8 +220,8 @@ def _parent_death_signal():
 class Workers:
     """This node's worker processes of one round, with their output pumped to logs and console.
 
-    Output passes through as it comes (a progress bar's carriage returns too), each line on
-    the console led by ``[<role><local rank>]:`` as torchrun's --tee. Where the console is a
+    Output reaches the console a whole line at a time (a progress bar's carriage returns
+    too), so workers' lines never interleave, each led by ``[<role><local rank>]:`` as torchrun's --tee. Where the console is a
     terminal, a worker writes to a terminal of its own (a pty), so it sees one as under
     torchrun. Workers share the agent's stdin, so breakpoint() and input() work.
     """
@@ -280,12 +282,26 @@ class Workers:
         return proc
 
     def _pump(self, fd, rank, local, path, console):
+        """Copies a worker's stream to its log file as is, and to the console line by line
+        with the local-rank prefix, so that lines of different workers never interleave. A
+        partial line (a prompt, a progress bar's last redraw) is shown once the worker has
+        written nothing for PARTIAL_LINE_S."""
         prefix = f"[{self.job.role}{local}]:".encode()
         log_file = open(path, "ab") if path else None
         out = console.buffer if console else None
-        line, at_start = b"", True
+        line, pending, at_start = b"", b"", True
+
+        def show(data: bytes):
+            if out and data:
+                with self.print_lock:
+                    out.write(data)
+                    out.flush()
+
         try:
             while True:
+                if pending and not select.select([fd], [], [], PARTIAL_LINE_S)[0]:
+                    show(pending)
+                    pending = b""
                 try:
                     chunk = os.read(fd, 65536)
                 except OSError:  # a pty whose worker has exited
@@ -295,22 +311,19 @@ class Workers:
                 if log_file:
                     log_file.write(chunk)
                     log_file.flush()
-                shown = bytearray()
                 for piece in re.split(rb"(\r\n|\r|\n)", chunk):
                     if piece in (b"\r\n", b"\r", b"\n"):
                         if piece != b"\r":  # a carriage return redraws the line: not one for the tail
                             self.tails[rank].append(line.decode("utf-8", "replace"))
-                        line, at_start = b"", True
+                        show(pending + piece)
+                        line, pending, at_start = b"", b"", True
                     elif piece:
                         if at_start:
-                            shown += prefix
+                            pending += prefix
                             at_start = False
                         line += piece
-                    shown += piece
-                if out:
-                    with self.print_lock:
-                        out.write(bytes(shown))
-                        out.flush()
+                        pending += piece
+            show(pending)
             if line:
                 self.tails[rank].append(line.decode("utf-8", "replace"))
         finally:

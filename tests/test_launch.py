@@ -342,20 +342,29 @@ def test_workers_share_stdin_and_see_a_terminal_where_jaxrun_does():
 
 
 def test_output_passes_through_as_it_comes():
-    """A progress bar's carriage return reaches the console at once, without a newline."""
+    """A progress bar's carriage return reaches the console at once, and a prompt without a newline soon after."""
     proc = subprocess.Popen([sys.executable, "-m", "launch", "--standalone", WORKER, "progress"], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         os.set_blocking(proc.stdout.fileno(), False)
         out, deadline = b"", time.time() + 60
-        while b"half\r" not in out:
+        while b"ask? " not in out:
             assert time.time() < deadline and proc.poll() is None, out
             out += proc.stdout.read() or b""
             time.sleep(0.05)
-        assert out.endswith(b"[default0]:half\r")
+        assert out.endswith(b"[default0]:half\r[default0]:ask? ")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_workers_lines_never_interleave():
+    """Lines written in pieces by several workers at once reach the console whole."""
+    proc = subprocess.run([sys.executable, "-m", "launch", "--standalone", "--nproc_per_node=4", WORKER, "split"],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    shown = [line for line in proc.stdout.splitlines() if line.startswith("[default")]
+    assert sorted(shown) == sorted(f"[default{r}]:rank {r} line {i}" for r in range(4) for i in range(5)), shown
 
 
 def test_pet_variables_local_rank_macro_and_torchrun_flags(tmp_path):

@@ -6,7 +6,8 @@ fail RANK CODE    print a few lines, then rank RANK exits with CODE (-N: kills i
                   with signal N); the others wait for SIGTERM/SIGINT, saying so
 wait              print "ready", then wait for SIGTERM/SIGINT and exit 128+signal
 stdin             print the line read from stdin
-progress          write "half" and a carriage return, no newline, then wait
+progress          write "half" and a carriage return, then "ask? " without a newline, then wait
+split             write five lines, each in two writes 20 ms apart
 tty               print whether stdout is a terminal
 args              print the arguments after "args" as one JSON line
 """
@@ -55,9 +56,16 @@ elif action == "wait":
 elif action == "stdin":
     print(f"read {sys.stdin.readline().strip()}", flush=True)
 elif action == "progress":
-    sys.stdout.write("half\r")
-    sys.stdout.flush()
+    for text in ("half\r", "ask? "):
+        sys.stdout.write(text)
+        sys.stdout.flush()
     time.sleep(60)
+elif action == "split":
+    for i in range(5):
+        for text in (f"rank {rank} ", f"line {i}\n"):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            time.sleep(0.02)
 elif action == "tty":
     print(f"tty {sys.stdout.isatty()}", flush=True)
 elif action == "args":
