@@ -8,6 +8,7 @@ prints steps/s, seconds of audio per second and, from XLA's cost analysis of the
 step, FLOP/s and (on a known GPU) MFU. No PyTorch reference: AudioCraft's solver is not
 runnable without its data pipeline and dependencies.
 """
+
 import argparse
 import os
 import sys
@@ -51,8 +52,10 @@ def main():
     audio = args.batch * trainer.task.train_transform.length / trainer.task.config.sample_rate
     dev = jax.devices()[0]
     print(f"device: {dev.device_kind} ({dev.platform}); {args.config} {' '.join(args.overrides)}")
-    print(f"  train step, batch {args.batch}: {seconds * 1e3:.1f} ms, {1 / seconds:.2f} steps/s, "
-          f"{audio / seconds:.1f} s of audio per second")
+    print(
+        f"  train step, batch {args.batch}: {seconds * 1e3:.1f} ms, {1 / seconds:.2f} steps/s, "
+        f"{audio / seconds:.1f} s of audio per second"
+    )
     report_flops(lowered, seconds, dev)
 
 

@@ -1,4 +1,5 @@
 """Timing and MFU reporting shared by the benchmark scripts."""
+
 import time
 
 import numpy as np

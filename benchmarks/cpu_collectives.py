@@ -8,6 +8,7 @@ XLA combines them into one all-reduce instruction, and XLA:CPU's gloo collective
 run one cross-process round per operand. Process 0 prints the milliseconds per call
 and per operand. Compare with one process of the same devices (run without jaxrun).
 """
+
 import argparse
 import os
 import sys
@@ -29,7 +30,8 @@ def main():
 
     launch.initialize()
     import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     rows, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
@@ -38,8 +40,11 @@ def main():
     summed = jax.jit(lambda xs: [x.sum(0) for x in xs], out_shardings=whole)
     seconds = time_it(lambda: jax.block_until_ready(summed(xs)), args.iters)
     if jax.process_index() == 0:
-        print(f"{jax.process_count()} processes x {jax.local_device_count()} devices, {args.operands} operands: "
-              f"{seconds * 1e3:.1f} ms per call, {seconds * 1e3 / args.operands:.2f} ms per operand", flush=True)
+        print(
+            f"{jax.process_count()} processes x {jax.local_device_count()} devices, {args.operands} operands: "
+            f"{seconds * 1e3:.1f} ms per call, {seconds * 1e3 / args.operands:.2f} ms per operand",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

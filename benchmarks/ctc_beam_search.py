@@ -8,6 +8,7 @@ blanks between, plus noise, so that pruning behaves as on real model output.
     pip install --no-deps pyctcdecode pygtrie   # pyctcdecode pins numpy<2, which jax cannot use
     python benchmarks/ctc_beam_search.py [--batch 32 --frames 200 --vocab 30]
 """
+
 import argparse
 import os
 import sys

@@ -3,6 +3,7 @@ on the same batch (the issue's shape: B=32, T=500, V=100, U=100), float32.
 
     python benchmarks/ctc_loss.py [--batch 32 --frames 500 --vocab 100 --labels 100 --iters 20]
 """
+
 import argparse
 import os
 import sys
@@ -61,7 +62,10 @@ def main():
     args = parser.parse_args()
     logits, logit_paddings, labels, label_paddings, il, tl = problem(args.batch, args.frames, args.vocab, args.labels)
     device = jax.devices()[0]
-    print(f"CTC loss + grad, B={args.batch} T={args.frames} V={args.vocab} U={args.labels}, float32, {device.device_kind}")
+    print(
+        f"CTC loss + grad, B={args.batch} T={args.frames} V={args.vocab} U={args.labels}, float32, "
+        f"{device.device_kind}"
+    )
 
     inputs = [jnp.asarray(a) for a in (logits, logit_paddings, labels, label_paddings)]
     ours = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a))))
@@ -69,7 +73,11 @@ def main():
     results = {}
     for name, fn in (("jaxmodels", ours), ("optax", reference)):
         loss, grad = jax.block_until_ready(fn(*inputs))
-        results[name] = (time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters), float(loss), np.asarray(grad))
+        results[name] = (
+            time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters),
+            float(loss),
+            np.asarray(grad),
+        )
     try:
         results["torch"] = run_torch(logits, labels, il, tl, args.iters)
     except ImportError:
@@ -77,7 +85,9 @@ def main():
 
     # Accuracy against a float64 run (the float64 path reproduces torch's float64 fixtures).
     with jax.enable_x64(True):
-        exact = jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a)))(jnp.asarray(logits, jnp.float64), *inputs[1:])
+        exact = jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a)))(
+            jnp.asarray(logits, jnp.float64), *inputs[1:]
+        )
         exact_loss, exact_grad = float(exact[0]), np.asarray(exact[1])
 
     ours_time = results["jaxmodels"][0]

@@ -17,6 +17,7 @@ The torch side runs first and is freed before the JAX side starts (DiT-XL/2 with
 needs about 11 GB per framework). Prints times, the ratios (torch / jax: above 1 means
 JAX is faster) and, on an accelerator, images/s, FLOP/s and MFU.
 """
+
 import argparse
 import ctypes
 import functools
@@ -62,16 +63,24 @@ def install_timm_stand_ins():
     class Mlp(nn.Module):
         def __init__(self, in_features, hidden_features, act_layer=nn.GELU, drop=0.0):
             super().__init__()
-            self.fc1, self.act, self.fc2 = nn.Linear(in_features, hidden_features), act_layer(), nn.Linear(
-                hidden_features, in_features)
+            self.fc1, self.act, self.fc2 = (
+                nn.Linear(in_features, hidden_features),
+                act_layer(),
+                nn.Linear(hidden_features, in_features),
+            )
 
         def forward(self, x):
             return self.fc2(self.act(self.fc1(x)))
 
     vit = types.ModuleType("timm.models.vision_transformer")
     vit.PatchEmbed, vit.Attention, vit.Mlp = PatchEmbed, Attention, Mlp
-    sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-                        "timm.models.vision_transformer": vit})
+    sys.modules.update(
+        {
+            "timm": types.ModuleType("timm"),
+            "timm.models": types.ModuleType("timm.models"),
+            "timm.models.vision_transformer": vit,
+        }
+    )
     return torch
 
 
@@ -90,8 +99,10 @@ def run_torch(args, x, y, t, noise, z):
     state_dict = {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0)
     diffusion = torch_diffusion("")
-    xt, yt, tt, nt = (torch.from_numpy(a).to(device) for a in (x.transpose(0, 3, 1, 2).copy(), y, t,
-                                                               noise.transpose(0, 3, 1, 2).copy()))
+    xt, yt, tt, nt = (
+        torch.from_numpy(a).to(device)
+        for a in (x.transpose(0, 3, 1, 2).copy(), y, t, noise.transpose(0, 3, 1, 2).copy())
+    )
 
     def torch_step():
         with autocast:
@@ -111,8 +122,14 @@ def run_torch(args, x, y, t, noise, z):
 
     def torch_sample():
         with torch.no_grad(), autocast:
-            sampling.p_sample_loop(ref.forward_with_cfg, zt.shape, zt, clip_denoised=False,
-                                   model_kwargs=dict(y=y_cfg, cfg_scale=args.cfg_scale), device=device)
+            sampling.p_sample_loop(
+                ref.forward_with_cfg,
+                zt.shape,
+                zt,
+                clip_denoised=False,
+                model_kwargs=dict(y=y_cfg, cfg_scale=args.cfg_scale),
+                device=device,
+            )
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -129,8 +146,12 @@ def main():
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--sample_steps", type=int, default=5)
     parser.add_argument("--cfg_scale", type=float, default=4.0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="compute dtype (params stay float32): torch autocast, the JAX model's dtype")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="compute dtype (params stay float32): torch autocast, the JAX model's dtype",
+    )
     args = parser.parse_args()
 
     install_timm_stand_ins()
@@ -208,7 +229,10 @@ def main():
     print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, {args.dtype}")
     print(f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s")
     print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
-    print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x   (model: {6 * macs * n / t_jax / 1e12:.3f} TFLOP/s by 3x fwd MACs)")
+    print(
+        f"  ratio torch/jax: {t_torch / t_jax:.2f}x   "
+        f"(model: {6 * macs * n / t_jax / 1e12:.3f} TFLOP/s by 3x fwd MACs)"
+    )
     report_flops(lowered_step, t_jax, dev)
     print(f"DDPM sampling, {args.sample_steps} steps, guidance {args.cfg_scale} (batch {n} doubled)")
     print(f"  jax   {s_jax:8.2f} s  ({s_jax / args.sample_steps * 1e3:.1f} ms/step)")

@@ -10,6 +10,7 @@ both run the same model on the same waveform. Prints each side's real-time facto
 (torch / jax: above 1 means JAX is faster) and how many codes differ (float rounding
 can flip near-ties between two codebook entries).
 """
+
 import argparse
 import os
 import sys
@@ -34,9 +35,8 @@ def main():
 
     sys.modules.setdefault("torchaudio", types.ModuleType("torchaudio"))
     sys.path.insert(0, args.reference)
-    from encodec.model import EncodecModel
-
     import jax
+    from encodec.model import EncodecModel
 
     import jaxmodels.codec as codec_lib
 
@@ -44,8 +44,9 @@ def main():
     torch.manual_seed(0)
     ref = EncodecModel.encodec_model_24khz(pretrained=False).to(device)
     ref.set_target_bandwidth(args.bandwidth)
-    codec = codec_lib.from_torch({k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()},
-                                 codec_lib.config("encodec_24khz"))
+    codec = codec_lib.from_torch(
+        {k: v.detach().cpu().numpy() for k, v in ref.state_dict().items()}, codec_lib.config("encodec_24khz")
+    )
 
     rng = np.random.default_rng(0)
     samples = int(args.seconds * 24000)
@@ -66,8 +67,8 @@ def main():
 
     t_jax = time_it(jax_run, args.iters)
     t_torch = time_it(torch_run, args.iters)
-    (codes, _), = jax_run()[0]
-    (ref_codes, _), = torch_run()[0]
+    ((codes, _),) = jax_run()[0]
+    ((ref_codes, _),) = torch_run()[0]
     differ = int((np.asarray(codes) != ref_codes.cpu().numpy()).sum())
     audio = args.seconds * args.batch
     dev = jax.devices()[0]

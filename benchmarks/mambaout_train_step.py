@@ -10,6 +10,7 @@ same batch; each is timed over --iters steps of loss + gradients after warm-up, 
 process. Prints the step times and their ratio (torch / jax: above 1 means JAX is
 faster); where an accelerator is present, also images/s, FLOP/s and MFU.
 """
+
 import argparse
 import importlib.util
 import os
@@ -46,8 +47,15 @@ def load_reference(path):
     data = types.ModuleType("timm.data")
     data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     models = types.ModuleType("timm.models")
-    sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers,
-                        "timm.models.registry": registry, "timm.data": data})
+    sys.modules.update(
+        {
+            "timm": timm,
+            "timm.models": models,
+            "timm.models.layers": layers,
+            "timm.models.registry": registry,
+            "timm.data": data,
+        }
+    )
     spec = importlib.util.spec_from_file_location("mambaout_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -109,7 +117,9 @@ def main():
     t_jax = time_it(jax_step, args.iters)
     t_torch = time_it(torch_step, args.iters)
     device = jax.devices()[0]
-    print(f"device: {device.device_kind} ({device.platform}), torch on {torch_device}, threads {torch.get_num_threads()}")
+    print(
+        f"device: {device.device_kind} ({device.platform}), torch on {torch_device}, threads {torch.get_num_threads()}"
+    )
     print(f"{args.variant} fwd+bwd, batch {args.batch} at 224x224, {args.dtype}")
     print(f"  jax   {t_jax * 1e3:9.1f} ms/step  {args.batch / t_jax:8.1f} images/s")
     print(f"  torch {t_torch * 1e3:9.1f} ms/step  {args.batch / t_torch:8.1f} images/s")

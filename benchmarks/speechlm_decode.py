@@ -18,6 +18,7 @@ by the Trainer from configs/valle.yaml with these sizes, on one device, on a syn
 batch of --frames codec frames and --text text bytes per utterance; step time,
 utterances/s and FLOP/s (MFU on a known GPU).
 """
+
 import argparse
 import os
 import sys
@@ -40,8 +41,12 @@ def main():
     p.add_argument("--frames", type=int, default=300, help="train step: frames per utterance")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--group-size", type=int, default=1, help="codes per AR position (VALL-E 2's grouped codes)")
-    p.add_argument("--guidance-scale", type=float, default=1.0,
-                   help="also time cached decoding with classifier-free guidance at this scale")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="also time cached decoding with classifier-free guidance at this scale",
+    )
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args()
     g = args.group_size
@@ -57,21 +62,34 @@ def main():
 
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
-    sizes = dict(num_layers=args.layers, d_model=args.width, nhead=args.heads, dim_feedforward=4 * args.width,
-                 group_size=g)
+    sizes = dict(
+        num_layers=args.layers, d_model=args.width, nhead=args.heads, dim_feedforward=4 * args.width, group_size=g
+    )
     model = speechlm.create("valle_ar", **sizes, dropout=0.0, dtype=jnp.dtype(args.dtype))
     rng = np.random.default_rng(0)
     b, t, pr, n = args.batch, args.text, args.prompt, args.new
     text = jnp.asarray(rng.integers(1, 256, (b, t)), jnp.int32)
     prompt = jnp.asarray(rng.integers(0, model.codebook_size, (b, pr)), jnp.int32)
     params = model.init(jax.random.PRNGKey(0), *model.example()[0], **model.example()[1])["params"]
-    print(f"VALL-E AR {args.layers} x {args.width}, {args.heads} heads: {speechlm.param_count(model):,} parameters; "
-          f"batch {b}, text {t}, prompt {pr}, {n} new frames, {g} per step, {args.dtype}")
+    print(
+        f"VALL-E AR {args.layers} x {args.width}, {args.heads} heads: {speechlm.param_count(model):,} parameters; "
+        f"batch {b}, text {t}, prompt {pr}, {n} new frames, {g} per step, {args.dtype}"
+    )
 
     def cached(guidance_scale=1.0):
-        codes, _ = speechlm.generate_ar(model, params, text, jnp.full(b, t), prompt, jnp.full(b, pr),
-                                        jax.random.PRNGKey(0), max_new_tokens=n, min_new_tokens=n, temperature=0.0,
-                                        guidance_scale=guidance_scale)
+        codes, _ = speechlm.generate_ar(
+            model,
+            params,
+            text,
+            jnp.full(b, t),
+            prompt,
+            jnp.full(b, pr),
+            jax.random.PRNGKey(0),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            temperature=0.0,
+            guidance_scale=guidance_scale,
+        )
         return jax.block_until_ready(codes)
 
     @jax.jit
@@ -84,32 +102,49 @@ def main():
         def step(i, audio):
             valid = positions <= pr // g + i  # the groups so far; later ones are masked out
             logits = model.apply({"params": params}, audio, positions, valid, text=text, text_valid=text_valid)
-            nxt = jnp.argmax(jax.lax.dynamic_slice_in_dim(logits, pr + i * g, g, 1).at[..., model.eos].set(-jnp.inf), -1)
+            nxt = jnp.argmax(
+                jax.lax.dynamic_slice_in_dim(logits, pr + i * g, g, 1).at[..., model.eos].set(-jnp.inf), -1
+            )
             return jax.lax.dynamic_update_slice_in_dim(audio, nxt.astype(jnp.int32), g + pr + i * g, 1)
 
-        return jax.lax.fori_loop(0, n // g, step, audio)[:, g + pr:]
+        return jax.lax.fori_loop(0, n // g, step, audio)[:, g + pr :]
 
     def baseline():
         return jax.block_until_ready(full(params, text, prompt))
 
     same = np.array_equal(np.asarray(cached()), np.asarray(baseline()))
     t_cached, t_full = time_it(cached, args.iters, warmup=1), time_it(baseline, args.iters, warmup=1)
-    print(f"decoding: cached {t_cached * 1e3:.1f} ms ({b * n / t_cached:.0f} tokens/s), full forward "
-          f"{t_full * 1e3:.1f} ms ({b * n / t_full:.0f} tokens/s): cached {t_full / t_cached:.1f}x faster; "
-          f"same codes: {same}")
+    print(
+        f"decoding: cached {t_cached * 1e3:.1f} ms ({b * n / t_cached:.0f} tokens/s), full forward "
+        f"{t_full * 1e3:.1f} ms ({b * n / t_full:.0f} tokens/s): cached {t_full / t_cached:.1f}x faster; "
+        f"same codes: {same}"
+    )
     if args.guidance_scale != 1.0:
         t_guided = time_it(lambda: cached(args.guidance_scale), args.iters, warmup=1)
-        print(f"guided decoding (scale {args.guidance_scale}: each row also run without its text): "
-              f"{t_guided * 1e3:.1f} ms ({b * n / t_guided:.0f} tokens/s), {t_guided / t_cached:.2f}x the unguided time")
+        print(
+            f"guided decoding (scale {args.guidance_scale}: each row also run without its text): "
+            f"{t_guided * 1e3:.1f} ms ({b * n / t_guided:.0f} tokens/s), {t_guided / t_cached:.2f}x the unguided time"
+        )
 
-    overrides = [f"model.args={sizes}", f"data.batch_size={b}", "mesh.data=1", f"tts.max_frames={args.frames}",
-                 f"tts.max_text_length={t}", f"train.compute_dtype={args.dtype}"]
-    trainer = Trainer(config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "valle.yaml"),
-                                      overrides), devices=[device])
+    overrides = [
+        f"model.args={sizes}",
+        f"data.batch_size={b}",
+        "mesh.data=1",
+        f"tts.max_frames={args.frames}",
+        f"tts.max_text_length={t}",
+        f"train.compute_dtype={args.dtype}",
+    ]
+    trainer = Trainer(
+        config_lib.load(os.path.join(os.path.dirname(__file__), "..", "configs", "valle.yaml"), overrides),
+        devices=[device],
+    )
     state = trainer.init(0)
     batch = trainer.task.example_batch(b)
-    batch.update(text=rng.integers(1, 256, batch["text"].shape).astype(np.int32), text_length=np.full(b, t, np.int32),
-                 codes=rng.integers(0, model.codebook_size, batch["codes"].shape).astype(np.int32))
+    batch.update(
+        text=rng.integers(1, 256, batch["text"].shape).astype(np.int32),
+        text_length=np.full(b, t, np.int32),
+        codes=rng.integers(0, model.codebook_size, batch["codes"].shape).astype(np.int32),
+    )
     batch = {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
     holder = [state]
 
@@ -120,8 +155,10 @@ def main():
     with trainer.context():
         lowered = trainer.train_step.lower(state, batch)
         seconds = time_it(train_step, args.iters)
-    print(f"train step (AR + NAR, AdamW), batch {b} x {args.frames} frames: {seconds * 1e3:.1f} ms, "
-          f"{b / seconds:.1f} utterances/s")
+    print(
+        f"train step (AR + NAR, AdamW), batch {b} x {args.frames} frames: {seconds * 1e3:.1f} ms, "
+        f"{b / seconds:.1f} utterances/s"
+    )
     report_flops(lowered, seconds, device)
 
 

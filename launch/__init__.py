@@ -8,6 +8,7 @@ JAX detects the cluster itself.
 
 The command-line launcher itself is `launch.run` (the `jaxrun` script).
 """
+
 import dataclasses
 import glob
 import importlib.util
@@ -22,6 +23,7 @@ DEFAULT_PORT = 29500
 
 class LaunchError(RuntimeError):
     """The environment describes a process layout that cannot be started."""
+
 
 DEFAULT_TIMEOUT_S = 300
 
@@ -219,8 +221,10 @@ def _check_port_free(cluster: Cluster):
         try:
             s.bind(("", port))
         except OSError as e:
-            raise LaunchError(f"process 0 cannot host the JAX coordinator at {cluster.coordinator} ({cluster.source} "
-                               f"environment): port {port} is in use ({e.strerror}); choose another MASTER_PORT") from None
+            raise LaunchError(
+                f"process 0 cannot host the JAX coordinator at {cluster.coordinator} ({cluster.source} "
+                f"environment): port {port} is in use ({e.strerror}); choose another MASTER_PORT"
+            ) from None
 
 
 def initialize(timeout_s: float | None = None) -> Cluster | None:

@@ -14,6 +14,7 @@ store. A node that joins an elastic job (--nnodes MIN:MAX) while it runs ends th
 round the same way, without counting a restart, so the job continues on more nodes
 from its last checkpoint.
 """
+
 import collections
 import dataclasses
 import json
@@ -100,8 +101,10 @@ class Rendezvous:
                 try:
                     self.server = StoreServer("", port)
                 except OSError as e:
-                    raise RuntimeError(f"node 0 cannot host the rendezvous store on port {port} ({e}): "
-                                       "is another job using this --master_port?") from None
+                    raise RuntimeError(
+                        f"node 0 cannot host the rendezvous store on port {port} ({e}): "
+                        "is another job using this --master_port?"
+                    ) from None
         else:
             try:  # binds only where the endpoint's host is this machine, and only once
                 self.server = StoreServer(host, port)
@@ -133,8 +136,14 @@ class Rendezvous:
         while True:
             n = store.max("round", n)
             index = store.add(f"{n}/joined", 1) - 1
-            me = {"name": self.name, "host": socket.gethostname(), "addr": self.address, "nproc": job.nproc,
-                  "role": job.role, "node_rank": job.node_rank if job.backend == "static" else None}
+            me = {
+                "name": self.name,
+                "host": socket.gethostname(),
+                "addr": self.address,
+                "nproc": job.nproc,
+                "role": job.role,
+                "node_rank": job.node_rank if job.backend == "static" else None,
+            }
             store.set(f"{n}/member/{index}", me)
             if index == 0:
                 self._close_round(n)
@@ -171,7 +180,9 @@ class Rendezvous:
                 if now - enough_since >= job.last_call_timeout:
                     break
             elif now - start > job.join_timeout:
-                store.set(f"{n}/closed", f"only {joined} of {job.min_nodes} nodes joined within {job.join_timeout:.0f} s")
+                store.set(
+                    f"{n}/closed", f"only {joined} of {job.min_nodes} nodes joined within {job.join_timeout:.0f} s"
+                )
                 raise RuntimeError(f"rendezvous timed out: only {joined} of {job.min_nodes} nodes joined")
             time.sleep(0.05)
         store.setdefault(f"{n}/closed", min(joined, job.max_nodes))
@@ -221,9 +232,9 @@ class Workers:
     """This node's worker processes of one round, with their output pumped to logs and console.
 
     Output reaches the console a whole line at a time (a progress bar's carriage returns
-    too), so workers' lines never interleave, each led by ``[<role><local rank>]:`` as torchrun's --tee. Where the console is a
-    terminal, a worker writes to a terminal of its own (a pty), so it sees one as under
-    torchrun. Workers share the agent's stdin, so breakpoint() and input() work.
+    too), so workers' lines never interleave, each led by ``[<role><local rank>]:`` as
+    torchrun's --tee. Where the console is a terminal, a worker writes to a terminal of its
+    own (a pty), so it sees one as under torchrun. Workers share the agent's stdin, so breakpoint() and input() work.
     """
 
     def __init__(self, job: Job, world: World, restarts: int, log_dir: str):
@@ -246,12 +257,21 @@ class Workers:
         host, port = world.coordinator.rsplit(":", 1)
         env = dict(os.environ)
         env.update(
-            RANK=self.ranks[local], LOCAL_RANK=local, WORLD_SIZE=world.world_size, LOCAL_WORLD_SIZE=job.nproc,
-            GROUP_RANK=world.node, GROUP_WORLD_SIZE=len(world.members),
-            ROLE_RANK=role_first + local, ROLE_WORLD_SIZE=sum(world.members[i]["nproc"] for i in same_role),
-            ROLE_NAME=job.role, MASTER_ADDR=host, MASTER_PORT=port,
-            TORCHELASTIC_RESTART_COUNT=restarts, TORCHELASTIC_MAX_RESTARTS=job.max_restarts,
-            TORCHELASTIC_RUN_ID=job.run_id, TORCHELASTIC_ERROR_FILE=self.error_file(local),
+            RANK=self.ranks[local],
+            LOCAL_RANK=local,
+            WORLD_SIZE=world.world_size,
+            LOCAL_WORLD_SIZE=job.nproc,
+            GROUP_RANK=world.node,
+            GROUP_WORLD_SIZE=len(world.members),
+            ROLE_RANK=role_first + local,
+            ROLE_WORLD_SIZE=sum(world.members[i]["nproc"] for i in same_role),
+            ROLE_NAME=job.role,
+            MASTER_ADDR=host,
+            MASTER_PORT=port,
+            TORCHELASTIC_RESTART_COUNT=restarts,
+            TORCHELASTIC_MAX_RESTARTS=job.max_restarts,
+            TORCHELASTIC_RUN_ID=job.run_id,
+            TORCHELASTIC_ERROR_FILE=self.error_file(local),
         )
         if "OMP_NUM_THREADS" not in os.environ and job.nproc > 1:
             env["OMP_NUM_THREADS"] = 1
@@ -271,8 +291,14 @@ class Workers:
         command = [a.replace("${local_rank}", str(local)) for a in job.command]  # torchrun's macro
         # Each worker leads its own session (a Ctrl-C at the terminal reaches the agent alone,
         # which forwards it once), and dies with the agent.
-        proc = subprocess.Popen(command, env=self._env(local, restarts), stdout=streams[0][1], stderr=streams[1][1],
-                                start_new_session=True, preexec_fn=_parent_death_signal())
+        proc = subprocess.Popen(
+            command,
+            env=self._env(local, restarts),
+            stdout=streams[0][1],
+            stderr=streams[1][1],
+            start_new_session=True,
+            preexec_fn=_parent_death_signal(),
+        )
         log(f"started rank {rank} (local rank {local}, pid {proc.pid}, round {self.world.round})")
         for read_fd, write_fd, path, console in streams:
             os.close(write_fd)
@@ -367,9 +393,17 @@ class Workers:
         rank = self.ranks[local]
         for pump in self.pumps[rank]:  # its last lines (a child it left may hold the pipe open)
             pump.join(timeout=1.0)
-        return {"rank": rank, "local_rank": local, "node": self.world.node, "host": socket.gethostname(),
-                "exit": code, "time": time.time(), "tail": list(self.tails[rank]), "log_dir": self.log_dir,
-                "error": _error_message(self.error_file(local))}
+        return {
+            "rank": rank,
+            "local_rank": local,
+            "node": self.world.node,
+            "host": socket.gethostname(),
+            "exit": code,
+            "time": time.time(),
+            "tail": list(self.tails[rank]),
+            "log_dir": self.log_dir,
+            "error": _error_message(self.error_file(local)),
+        }
 
 
 def _terminal():
@@ -488,8 +522,10 @@ class Agent:
                 last_liveness = time.monotonic()
                 for name in store.silent(names, KEEP_ALIVE_S):
                     node = names.index(name)
-                    store.append(f"{n}/failures", {"node": node, "host": world.members[node]["host"],
-                                                   "lost": KEEP_ALIVE_S, "time": time.time()})
+                    store.append(
+                        f"{n}/failures",
+                        {"node": node, "host": world.members[node]["host"], "lost": KEEP_ALIVE_S, "time": time.time()},
+                    )
             time.sleep(job.monitor_interval)
 
     def _shut_down(self, signum: int, forward: bool) -> int:
@@ -516,12 +552,16 @@ class Agent:
 def _failed(f: dict) -> str:
     if "lost" in f:
         return f"node {f['node']} ({f['host']}) stopped answering for {f['lost']:.0f} s"
-    return f"rank {f['rank']} (local rank {f['local_rank']} on node {f['node']}, {f['host']}) {describe_exit(f['exit'])}"
+    return (
+        f"rank {f['rank']} (local rank {f['local_rank']} on node {f['node']}, {f['host']}) {describe_exit(f['exit'])}"
+    )
 
 
 def failure_summary(first: dict, max_restarts: int) -> str:
-    lines = [f"the worker group failed and no restarts are left (--max_restarts={max_restarts})",
-             f"first failure: {_failed(first)}"]
+    lines = [
+        f"the worker group failed and no restarts are left (--max_restarts={max_restarts})",
+        f"first failure: {_failed(first)}",
+    ]
     if first.get("error"):
         lines.append(f"error (from its TORCHELASTIC_ERROR_FILE): {first['error']}")
     if first.get("log_dir"):
@@ -530,4 +570,3 @@ def failure_summary(first: dict, max_restarts: int) -> str:
         lines.append(f"last {len(first['tail'])} lines of rank {first['rank']}'s output:")
         lines += ["    " + line for line in first["tail"]]
     return "\n".join(lines)
-

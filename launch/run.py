@@ -24,6 +24,7 @@ into `jax.distributed.initialize`. Where this differs from torchrun:
 - --logs_specs (a torch class) is refused; --rdzv_conf keys that only torch's stores
   use are accepted and said to have no effect.
 """
+
 import argparse
 import os
 import signal
@@ -71,19 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     _dual(p, "no_python", action="store_true", help="run the script as an executable, without python")
     _dual(p, "run_path", action="store_true", help="run the script with runpy.run_path")
     _dual(p, "log_dir", default=None, help="directory for the per-rank logs")
-    p.add_argument("-r", "--redirects", default=os.environ.get("PET_REDIRECTS", "0"),
-                   help="streams to the log files only: 0-3, or LOCAL_RANK:STD,...")
-    p.add_argument("-t", "--tee", default=os.environ.get("PET_TEE", "0"),
-                   help="streams to the log files and the console (as --redirects)")
+    p.add_argument(
+        "-r",
+        "--redirects",
+        default=os.environ.get("PET_REDIRECTS", "0"),
+        help="streams to the log files only: 0-3, or LOCAL_RANK:STD,...",
+    )
+    p.add_argument(
+        "-t",
+        "--tee",
+        default=os.environ.get("PET_TEE", "0"),
+        help="streams to the log files and the console (as --redirects)",
+    )
     _dual(p, "local_ranks_filter", default="", help="local ranks shown on the console, e.g. 0,1")
     _dual(p, "node_rank", type=int, default=0, help="this node's rank (static backend)")
     _dual(p, "master_addr", default="127.0.0.1", help="host of node 0 (static backend)")
     _dual(p, "master_port", type=int, default=None, help="port of the agents' store on node 0 (default 29500)")
     _dual(p, "local_addr", default=None, help="this node's address as the others should reach it")
-    _dual(p, "shutdown_timeout", type=float, default=None,
-          help="seconds the workers get to exit after a signal before they are killed (default 30)")
-    _dual(p, "signals_to_handle", default="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
-          help="signals passed on to the workers (any other that ends jaxrun kills them)")
+    _dual(
+        p,
+        "shutdown_timeout",
+        type=float,
+        default=None,
+        help="seconds the workers get to exit after a signal before they are killed (default 30)",
+    )
+    _dual(
+        p,
+        "signals_to_handle",
+        default="SIGTERM,SIGINT,SIGHUP,SIGQUIT",
+        help="signals passed on to the workers (any other that ends jaxrun kills them)",
+    )
     _dual(p, "logs_specs", default=None, help="torch's LogsSpecs plug-in: not available (see --log_dir)")
     p.add_argument("training_script", help="the script, module (-m) or executable (--no_python) to run")
     p.add_argument("training_script_args", nargs=argparse.REMAINDER)
@@ -179,13 +197,17 @@ def job_from_args(args) -> Job:
     conf = parse_conf(args.rdzv_conf)
     unknown = set(conf) - set(RDZV_CONF_HONOURED) - set(RDZV_CONF_IGNORED)
     if unknown:
-        raise ValueError(f"--rdzv_conf: unknown keys {sorted(unknown)}; "
-                         f"known: {', '.join(RDZV_CONF_HONOURED + list(RDZV_CONF_IGNORED))}")
+        raise ValueError(
+            f"--rdzv_conf: unknown keys {sorted(unknown)}; "
+            f"known: {', '.join(RDZV_CONF_HONOURED + list(RDZV_CONF_IGNORED))}"
+        )
     for key in sorted(set(conf) & set(RDZV_CONF_IGNORED)):
         log(f"--rdzv_conf {key}: accepted, no effect ({RDZV_CONF_IGNORED[key]})")
     if args.logs_specs:
-        raise ValueError(f"--logs_specs={args.logs_specs}: torch's LogsSpecs plug-ins are torch classes that jaxrun "
-                         "cannot load; it writes torchrun's default layout under --log_dir")
+        raise ValueError(
+            f"--logs_specs={args.logs_specs}: torch's LogsSpecs plug-ins are torch classes that jaxrun "
+            "cannot load; it writes torchrun's default layout under --log_dir"
+        )
     backend, run_id = args.rdzv_backend, args.rdzv_id
     if args.standalone:
         backend, min_nodes, max_nodes, run_id = "c10d", 1, 1, str(uuid.uuid4())

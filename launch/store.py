@@ -6,6 +6,7 @@ inside the workers, which come and go with every restart. Requests are JSON line
 the server also notes when it last heard from each agent, which is how a lost node
 is noticed.
 """
+
 import json
 import socket
 import socketserver

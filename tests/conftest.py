@@ -18,8 +18,9 @@ def run(args, env=None):
     the test fails with the end of what it printed (a CalledProcessError shows none of it)."""
     out = subprocess.run([str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        pytest.fail(f"{' '.join(map(str, args))} exited with {out.returncode}:\n{out.stdout[-3000:]}\n"
-                    f"{out.stderr[-6000:]}")
+        pytest.fail(
+            f"{' '.join(map(str, args))} exited with {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
+        )
     return out
 
 
@@ -97,10 +98,16 @@ def tone_corpus(tmp_path_factory):
             key = f"{split}{i}"
             speech.write_wav(str(root / "wav" / f"{key}.wav"), audio.astype(np.float32))
             words = rng.choice(["one", "two", "three"], int(rng.integers(1, 3)))
-            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": " ".join(words),
-                                     "speaker": f"s{speaker}",
-                                     "word_starts": [k * length / 16000 / len(words) for k in range(len(words))]}))
+            lines.append(
+                json.dumps(
+                    {
+                        "key": key,
+                        "source": f"wav/{key}.wav",
+                        "target": " ".join(words),
+                        "speaker": f"s{speaker}",
+                        "word_starts": [k * length / 16000 / len(words) for k in range(len(words))],
+                    }
+                )
+            )
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
-
-

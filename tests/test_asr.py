@@ -1,4 +1,5 @@
 """Speech front end, SenseVoice model, corpus and data errors, and the ctc task's pieces."""
+
 import json
 import math
 import sys
@@ -171,8 +172,14 @@ def test_librispeech_layout(tmp_path):
     speech.write_wav(str(chapter / "84-121123-0000.wav"), np.zeros(1600, np.float32))
     (chapter / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n")
     records = speech.read_librispeech(str(tmp_path / "dev-clean"))
-    assert records == [{"key": "84-121123-0000", "source": str(chapter / "84-121123-0000.wav"),
-                        "target": "go do you hear", "speaker": "84"}]
+    assert records == [
+        {
+            "key": "84-121123-0000",
+            "source": str(chapter / "84-121123-0000.wav"),
+            "target": "go do you hear",
+            "speaker": "84",
+        }
+    ]
     (chapter / "84-121123.trans.txt").write_text("84-121123-0001 MISSING AUDIO\n")
     with pytest.raises(FileNotFoundError, match="no audio for 84-121123-0001"):
         speech.read_librispeech(str(tmp_path / "dev-clean"))
@@ -186,10 +193,11 @@ def test_reproduces_the_official_sensevoice_model():
 
     with np.load(ROOT / "tests" / "data" / "sensevoice_tiny.npz") as f:
         ref = {k: f[k] for k in f.files}
-    state = {k[len("state/"):]: v for k, v in ref.items() if k.startswith("state/")}
+    state = {k[len("state/") :]: v for k, v in ref.items() if k.startswith("state/")}
     config = convert.infer_config(state)
-    assert config["encoder_conf"] == dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3,
-                                          tp_blocks=2, kernel_size=11)
+    assert config["encoder_conf"] == dict(
+        output_size=32, attention_heads=4, linear_units=64, num_blocks=3, tp_blocks=2, kernel_size=11
+    )
     model = asr.SenseVoiceSmall(**{**config, "encoder_conf": {**config["encoder_conf"], "dropout_rate": 0.0}})
     variables = convert.from_torch(state, model)
     logits, lengths = model.apply(variables, ref["x"], ref["lengths"], ref["language"], ref["textnorm"])
@@ -198,7 +206,9 @@ def test_reproduces_the_official_sensevoice_model():
     broken = dict(state)
     del broken["encoder.tp_norm.weight"]
     broken["encoder.extra.weight"] = np.zeros(3)
-    with pytest.raises(ValueError, match="(?s)unexpected keys: encoder.extra.weight.*missing parameters: encoder/tp_norm/scale"):
+    with pytest.raises(
+        ValueError, match="(?s)unexpected keys: encoder.extra.weight.*missing parameters: encoder/tp_norm/scale"
+    ):
         convert.from_torch(broken, model)
 
 
@@ -221,8 +231,12 @@ def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):
     good = tmp_path / "good.wav"
     speech.write_wav(str(good), np.full(8000, 0.1, np.float32))
     record = lenient({"source": str(good), "target": "two one"}, None)
-    assert record["mask"] == 1 and record["audio_length"] == 8000 and list(record["labels"][:2]) == [
-        tokenizer.index["two"], tokenizer.index["one"]] and record["label_length"] == 2
+    assert (
+        record["mask"] == 1
+        and record["audio_length"] == 8000
+        and list(record["labels"][:2]) == [tokenizer.index["two"], tokenizer.index["one"]]
+        and record["label_length"] == 2
+    )
 
 
 def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
@@ -231,22 +245,52 @@ def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
     from trainers import config as config_lib
     from trainers.loop import Trainer
 
-    cfg = config_lib.from_dict(config_lib.Config, {
-        "task": "ctc",
-        "model": {"name": "sensevoice_small", "args": {"encoder_conf": {
-            "output_size": 32, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "tp_blocks": 1}}},
-        "data": {"source": "manifest", "path": str(tone_corpus), "train_split": "train", "eval_split": "test",
-                 "batch_size": 8, "eval_batch_size": 8, "max_seconds": 0.1, "on_bad_audio": "skip"},
-        "speech": {"tokens": "words", "cmvn_utterances": 8, "dither": 0.0, "num_freq_masks": 0, "num_time_masks": 0},
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
-    })
+    cfg = config_lib.from_dict(
+        config_lib.Config,
+        {
+            "task": "ctc",
+            "model": {
+                "name": "sensevoice_small",
+                "args": {
+                    "encoder_conf": {
+                        "output_size": 32,
+                        "attention_heads": 2,
+                        "linear_units": 32,
+                        "num_blocks": 2,
+                        "tp_blocks": 1,
+                    }
+                },
+            },
+            "data": {
+                "source": "manifest",
+                "path": str(tone_corpus),
+                "train_split": "train",
+                "eval_split": "test",
+                "batch_size": 8,
+                "eval_batch_size": 8,
+                "max_seconds": 0.1,
+                "on_bad_audio": "skip",
+            },
+            "speech": {
+                "tokens": "words",
+                "cmvn_utterances": 8,
+                "dither": 0.0,
+                "num_freq_masks": 0,
+                "num_time_masks": 0,
+            },
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+        },
+    )
     trainer = Trainer(cfg, jax.devices()[:1])
     task, source = trainer.task, trainer.task.train_source()
     good = [task.train_transform(source[i], None) for i in range(7)]
     skipped = task.train_transform({**source[0], "source": str(tone_corpus / "missing.wav")}, None)
     assert skipped["mask"] == 0 and skipped["audio_length"] == 0
-    garbage = {**good[0], "audio": np.random.default_rng(0).standard_normal(good[0]["audio"].shape).astype(np.float32),
-               "mask": np.float32(0.0)}
+    garbage = {
+        **good[0],
+        "audio": np.random.default_rng(0).standard_normal(good[0]["audio"].shape).astype(np.float32),
+        "mask": np.float32(0.0),
+    }
 
     def step(rows):
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}

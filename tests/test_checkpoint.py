@@ -97,11 +97,11 @@ def test_train_writes_metrics_config_and_pictures(trained):
     cfg, workdir = trained
     import json
 
-    lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-    train_line = next(l for l in lines if "train/loss" in l)
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    train_line = next(row for row in lines if "train/loss" in row)
     for key in ("step", "train/loss", "train/lr", "train/grad_norm", "train/examples_per_sec", "train/step_time"):
         assert key in train_line
-    assert any("eval/accuracy" in l for l in lines)
+    assert any("eval/accuracy" in row for row in lines)
     assert os.listdir(workdir / "tensorboard")
     assert config_lib.from_dict(config_lib.Config, yaml.safe_load(open(workdir / "config.yaml"))) == cfg
     for picture in ("confusion_matrix.png", "predictions.png"):

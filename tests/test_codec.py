@@ -1,5 +1,6 @@
 """EnCodec against the official encodec package's outputs in ../shared/fixtures/encodec;
 streaming, the RVQ's training updates, and bad input."""
+
 import json
 
 import jax
@@ -75,16 +76,22 @@ def test_official_configs_have_the_published_counts_and_rates():
     for name, ref in official.items():
         cfg = codec_lib.config(name)
         assert (cfg.sample_rate, cfg.channels, cfg.frame_rate, cfg.n_q, cfg.bins) == (
-            ref["sample_rate"], ref["channels"], ref["frame_rate"], ref["n_q"], ref["bins"])
+            ref["sample_rate"],
+            ref["channels"],
+            ref["frame_rate"],
+            ref["n_q"],
+            ref["bins"],
+        )
         assert list(cfg.target_bandwidths) == ref["bandwidths"]
         assert (cfg.segment, cfg.overlap, cfg.normalize) == (ref["segment"], ref["overlap"], ref["normalize"])
-        shapes = jax.eval_shape(Encodec(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, cfg.hop_length * 8,
-                                                                                     cfg.channels)))["params"]
+        shapes = jax.eval_shape(
+            Encodec(cfg).init, jax.random.PRNGKey(0), jnp.zeros((1, cfg.hop_length * 8, cfg.channels))
+        )["params"]
         abstract = codec_lib.Codec(cfg, {"params": shapes, "codebooks": {"embed": None}})
         assert abstract.param_count() == ref["params"]
     small = codec_lib.create("encodec_24khz", n_filters=2, dimension=4, ratios=(2, 2), lstm=1, n_q=4)  # narrowed
     assert small.codebooks["embed"].shape == (4, 1024, 4) and not bool(small.codebooks["inited"].any())
-    (codes, scale), = small.encode(np.zeros((1, 960, 1), np.float32), 1.5)
+    ((codes, scale),) = small.encode(np.zeros((1, 960, 1), np.float32), 1.5)
     assert codes.shape == (1, 1, 240) and scale is None  # hop 4: 6000 frames/s of 10 bits, one codebook
     cfg = codec_lib.config("encodec_24khz")
     # codebooks = bandwidth / (log2(bins) x frame rate): 1.5 kbps = 2 codebooks of 10 bits at 75 Hz.
@@ -97,7 +104,7 @@ def test_streaming_equals_whole_signal():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, hop * 30 + 5, 1)).astype(np.float32)
     bw = config["target_bandwidths"][-1]
-    (whole, _), = codec.encode(x, bw)
+    ((whole, _),) = codec.encode(x, bw)
     enc = codec.streaming_encoder(bw)
     cuts = [0, enc.min_first_chunk, enc.min_first_chunk + hop, hop * 20, x.shape[1]]
     streamed = np.concatenate([np.asarray(enc(x[:, a:b])) for a, b in zip(cuts[:-1], cuts[1:])], axis=2)
@@ -144,7 +151,7 @@ def test_bad_input_is_named():
 
 def _upstream_codebook_step(embed, embed_avg, cluster_size, x, decay=0.99, eps=1e-5):
     """EuclideanCodebook.forward's training update in numpy (encodec/quantization/core_vq.py)."""
-    dist = -((x ** 2).sum(1, keepdims=True) - 2 * x @ embed.T + (embed ** 2).sum(1))
+    dist = -((x**2).sum(1, keepdims=True) - 2 * x @ embed.T + (embed**2).sum(1))
     ind = dist.argmax(-1)
     onehot = np.eye(embed.shape[0])[ind]
     cluster_size = decay * cluster_size + (1 - decay) * onehot.sum(0)

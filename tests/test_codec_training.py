@@ -1,5 +1,6 @@
 """The codec task: adversarial training sharded as on one device, the losses and balancer
 as AudioCraft's, a short run end to end with its artefacts, and the compress command."""
+
 import json
 import os
 import wave
@@ -20,14 +21,39 @@ def codec_config(corpus="", **sections):
     """A tiny codec at 8 kHz (hop 4, 3 codebooks of 8 at 6 kbps each) with a one-scale discriminator."""
     base = {
         "task": "codec",
-        "model": {"name": "encodec_24khz", "args": {
-            "sample_rate": 8000, "n_filters": 2, "dimension": 8, "ratios": [2, 2], "lstm": 1, "n_q": 3, "bins": 8,
-            "target_bandwidths": [6.0, 18.0]}},
-        "data": {"source": "speech", "path": corpus, "eval_split": "test", "batch_size": 8, "eval_batch_size": 8,
-                 "max_seconds": 2.5, "resample": True},
+        "model": {
+            "name": "encodec_24khz",
+            "args": {
+                "sample_rate": 8000,
+                "n_filters": 2,
+                "dimension": 8,
+                "ratios": [2, 2],
+                "lstm": 1,
+                "n_q": 3,
+                "bins": 8,
+                "target_bandwidths": [6.0, 18.0],
+            },
+        },
+        "data": {
+            "source": "speech",
+            "path": corpus,
+            "eval_split": "test",
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "max_seconds": 2.5,
+            "resample": True,
+        },
         "speech": {"corpus_train_size": 8, "corpus_test_size": 8},
-        "codec": {"segment_seconds": 0.05, "disc_filters": 2, "disc_n_ffts": [64], "disc_hop_lengths": [16],
-                  "disc_win_lengths": [64], "msspec_range": [5, 7], "n_mels": 8, "eval_examples": 2},
+        "codec": {
+            "segment_seconds": 0.05,
+            "disc_filters": 2,
+            "disc_n_ffts": [64],
+            "disc_hop_lengths": [16],
+            "disc_win_lengths": [64],
+            "msspec_range": [5, 7],
+            "n_mels": 8,
+            "eval_examples": 2,
+        },
         "optimizer": {"name": "adam", "lr": 1e-3, "b1": 0.5, "b2": 0.9, "weight_decay": 0.0, "schedule": "constant"},
         "train": {"steps": 4, "log_every": 2, "eval_every": 4, "checkpoint_every": 4, "async_checkpointing": False},
     }
@@ -60,12 +86,20 @@ def test_adversarial_step_sharded_matches_one_device():
     args = {**codec_config().model.args, "kmeans_init": False}
     sgd = {"name": "sgd", "lr": 0.1, "momentum": 0.0}
     ref_history, before, ref_params = run_steps(
-        codec_config(mesh={"data": 1}, model={"args": args}, optimizer=sgd), devices=jax.devices()[:1])
+        codec_config(mesh={"data": 1}, model={"args": args}, optimizer=sgd), devices=jax.devices()[:1]
+    )
     history, before_sharded, params = run_steps(codec_config(mesh={"data": 8}, model={"args": args}, optimizer=sgd))
     jax.tree.map(np.testing.assert_array_equal, before_sharded, before)
     for a, b in zip(history, ref_history):
-        for k in ("train/loss", "train/d_loss", "train/commitment", "train/msspec", "train/adv", "train/grad_norm",
-                  "train/d_grad_norm"):
+        for k in (
+            "train/loss",
+            "train/d_loss",
+            "train/commitment",
+            "train/msspec",
+            "train/adv",
+            "train/grad_norm",
+            "train/d_grad_norm",
+        ):
             np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-6, err_msg=k)
     assert_same_updates(before, params, ref_params)
     assert ref_history[0]["train/skipped"] == 1.0
@@ -76,7 +110,9 @@ def test_adversarial_start_holds_the_discriminator_losses_back():
     # Before codec.adversarial_start the codec learns as with only its reconstruction
     # losses (the discriminator trains meanwhile); from then on adv and feat count.
     delayed, _, _ = run_steps(codec_config(codec={"adversarial_start": 1}), devices=jax.devices()[:1])
-    plain, _, _ = run_steps(codec_config(codec={"loss_weights": {"l1": 0.1, "msspec": 2.0}}), devices=jax.devices()[:1])
+    plain, _, _ = run_steps(
+        codec_config(codec={"loss_weights": {"l1": 0.1, "msspec": 2.0}}), devices=jax.devices()[:1]
+    )
     for k in ("train/loss", "train/grad_norm", "train/l1", "train/msspec"):
         np.testing.assert_allclose(delayed[0][k], plain[0][k], rtol=1e-5, err_msg=k)
     for k in ("train/l1", "train/msspec"):  # the same codec after the first step
@@ -99,8 +135,9 @@ def test_balancer_gives_each_loss_its_share():
     np.testing.assert_allclose(float(effective), 0.75 / norm_a * 1.0 + 0.25 / norm_b * 2.0, rtol=1e-5)
     np.testing.assert_allclose(shares["a"], norm_a / (norm_a + norm_b), rtol=1e-5)
     # Unbalanced: a plain weighted sum.
-    out, _, _, _ = losses.balance(grads, values, {"a": 3.0, "b": 1.0}, losses.balancer_init(["a", "b"]),
-                                  balance_grads=False)
+    out, _, _, _ = losses.balance(
+        grads, values, {"a": 3.0, "b": 1.0}, losses.balancer_init(["a", "b"]), balance_grads=False
+    )
     np.testing.assert_allclose(float(out[0, 0, 0]), 3 * 0.01 - 1.0, rtol=1e-6)
 
 
@@ -108,8 +145,11 @@ def test_stft_and_si_snr():
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
     ours = np.asarray(losses.stft(jnp.asarray(x), 256, 64, 256, normalized=False))
-    ref = torch.stft(torch.from_numpy(x), 256, 64, 256, torch.hann_window(256), center=False,
-                     return_complex=True).numpy().transpose(0, 2, 1)
+    ref = (
+        torch.stft(torch.from_numpy(x), 256, 64, 256, torch.hann_window(256), center=False, return_complex=True)
+        .numpy()
+        .transpose(0, 2, 1)
+    )
     np.testing.assert_allclose(ours, ref, atol=1e-3)
     clean = jnp.asarray(x[:, :, None])
     noise = jnp.asarray(np.random.default_rng(1).standard_normal(clean.shape).astype(np.float32))

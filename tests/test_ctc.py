@@ -1,5 +1,6 @@
 """CTC loss, alignment and decoding against ../shared/fixtures/ctc (torch's ctc_loss in
 float64; exact decoding by enumerating every alignment) and against brute force."""
+
 import itertools
 import math
 
@@ -124,7 +125,9 @@ def test_greedy_decode_merges_repeats_and_drops_blanks():
 def bruteforce_cases():
     with np.load(CTC / "decode_bruteforce.npz") as f:
         names = sorted({k.split("/")[0] for k in f.files})
-        return [{k: f[f"{n}/{k}"] for k in ("logits", "blank_id", "top5_labels", "top5_logprob", "greedy")} for n in names]
+        return [
+            {k: f[f"{n}/{k}"] for k in ("logits", "blank_id", "top5_labels", "top5_logprob", "greedy")} for n in names
+        ]
 
 
 def test_prefix_beam_search_finds_the_exact_n_best():

@@ -2,6 +2,7 @@
 MambaOut digits (>= 97% held-out accuracy), and, marked slow (CI runs them), DiT digits
 (guided samples the MambaOut classifier recognises >= 80% of the time) and the codec
 (it learns to reconstruct held-out voices; the compress command round-trips a file)."""
+
 import json
 import os
 import subprocess
@@ -30,24 +31,42 @@ def digits_run(tmp_path_factory):
 
 def test_digits_demo_and_evaluate_cli(digits_run):
     env, workdir = ENV, digits_run
-    lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-    final = [l for l in lines if "eval/accuracy" in l][-1]
+    lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    final = [row for row in lines if "eval/accuracy" in row][-1]
     assert final["step"] == 400 and final["eval/accuracy"] >= 0.97, final
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert (workdir / picture).stat().st_size > 1000
 
     out = run(
-        [sys.executable, "-m", "trainers.evaluate", "configs/mambaout_digits.yaml", "--workdir", str(workdir),
-         "--checkpoint", "400"],
+        [
+            sys.executable,
+            "-m",
+            "trainers.evaluate",
+            "configs/mambaout_digits.yaml",
+            "--workdir",
+            str(workdir),
+            "--checkpoint",
+            "400",
+        ],
         env,
     )
     assert json.loads((workdir / "eval_400.json").read_text())["accuracy"] == final["eval/accuracy"]
     assert "step 400: accuracy=" in out.stdout
 
     bad = subprocess.run(
-        [sys.executable, "-m", "trainers.train", "configs/mambaout_digits.yaml", "--workdir", str(workdir),
-         "optimizer.learning_rate=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "configs/mambaout_digits.yaml",
+            "--workdir",
+            str(workdir),
+            "optimizer.learning_rate=1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode != 0 and "unknown config key optimizer.learning_rate" in bad.stderr
 
@@ -56,8 +75,15 @@ def test_digits_demo_and_evaluate_cli(digits_run):
 def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     workdir = tmp_path / "dit"
     run(
-        [sys.executable, "-m", "trainers.train", "configs/dit_digits.yaml", "--workdir", str(workdir),
-         f"diffusion.classifier_workdir={digits_run}"],
+        [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "configs/dit_digits.yaml",
+            "--workdir",
+            str(workdir),
+            f"diffusion.classifier_workdir={digits_run}",
+        ],
         ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
@@ -65,9 +91,25 @@ def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     assert (workdir / "samples.png").stat().st_size > 1000
 
     out = run(
-        [sys.executable, "-m", "trainers.sample", "configs/dit_digits.yaml", "--workdir", str(workdir),
-         "--labels", "3,7", "--per_label", "4", "--sampler", "ddim", "--steps", "20", "--out", str(tmp_path / "s"),
-         "diffusion.classifier_config="],
+        [
+            sys.executable,
+            "-m",
+            "trainers.sample",
+            "configs/dit_digits.yaml",
+            "--workdir",
+            str(workdir),
+            "--labels",
+            "3,7",
+            "--per_label",
+            "4",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "20",
+            "--out",
+            str(tmp_path / "s"),
+            "diffusion.classifier_config=",
+        ],
         ENV,
     )
     assert "wrote" in out.stdout
@@ -80,8 +122,15 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
     workdir = tmp_path_factory.mktemp("speech") / "run"
     corpus = workdir.parent / "corpus"
     run(
-        [sys.executable, "-m", "trainers.train", "configs/ctc_speech.yaml", "--workdir", str(workdir),
-         f"data.path={corpus}"],
+        [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "configs/ctc_speech.yaml",
+            "--workdir",
+            str(workdir),
+            f"data.path={corpus}",
+        ],
         ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
@@ -90,8 +139,17 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
 
     test = [json.loads(line) for line in open(corpus / "test.jsonl")][:4]
     out = run(
-        [sys.executable, "-m", "trainers.transcribe", "configs/ctc_speech.yaml", "--workdir", str(workdir),
-         "--json", "--audio", *[str(corpus / r["source"]) for r in test]],
+        [
+            sys.executable,
+            "-m",
+            "trainers.transcribe",
+            "configs/ctc_speech.yaml",
+            "--workdir",
+            str(workdir),
+            "--json",
+            "--audio",
+            *[str(corpus / r["source"]) for r in test],
+        ],
         ENV,
     )
     results = [json.loads(line) for line in out.stdout.splitlines()]
@@ -108,8 +166,15 @@ def test_codec_demo_learns_and_compresses(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("codec") / "run"
     corpus = workdir.parent / "corpus"
     run(
-        [sys.executable, "-m", "trainers.train", "configs/codec_speech.yaml", "--workdir", str(workdir),
-         f"data.path={corpus}"],
+        [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "configs/codec_speech.yaml",
+            "--workdir",
+            str(workdir),
+            f"data.path={corpus}",
+        ],
         ENV,
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
@@ -122,8 +187,21 @@ def test_codec_demo_learns_and_compresses(tmp_path_factory):
     assert len(list((workdir / "audio").glob("*.wav"))) == 3 * 4
 
     source = str(corpus / json.loads(open(corpus / "test.jsonl").readline())["source"])
-    for args in (["encode", source, str(workdir / "codes.npz"), "--bandwidth", "8"],
-                 ["decode", str(workdir / "codes.npz"), str(workdir / "back.wav")]):
-        run([sys.executable, "-m", "trainers.compress", *args, "--config", "configs/codec_speech.yaml",
-             "--workdir", str(workdir)], ENV)
+    for args in (
+        ["encode", source, str(workdir / "codes.npz"), "--bandwidth", "8"],
+        ["decode", str(workdir / "codes.npz"), str(workdir / "back.wav")],
+    ):
+        run(
+            [
+                sys.executable,
+                "-m",
+                "trainers.compress",
+                *args,
+                "--config",
+                "configs/codec_speech.yaml",
+                "--workdir",
+                str(workdir),
+            ],
+            ENV,
+        )
     assert (workdir / "back.wav").stat().st_size > 1000

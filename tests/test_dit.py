@@ -1,4 +1,5 @@
 """DiT and its Gaussian diffusion against the official PyTorch outputs in ../shared/fixtures/dit."""
+
 import json
 
 import flax.linen as nn
@@ -50,8 +51,14 @@ def test_forward_and_intermediates(case):
 @pytest.mark.parametrize("prefix", ["cfg", "cfg2"])
 def test_guided_forward(case, prefix):
     model, variables, io, _ = case
-    out = model.apply(variables, nhwc(io[f"{prefix}_x_nchw"]), io[f"{prefix}_t"], io[f"{prefix}_y"],
-                      float(io[f"{prefix}_scale"]), method=DiT.forward_with_cfg)
+    out = model.apply(
+        variables,
+        nhwc(io[f"{prefix}_x_nchw"]),
+        io[f"{prefix}_t"],
+        io[f"{prefix}_y"],
+        float(io[f"{prefix}_scale"]),
+        method=DiT.forward_with_cfg,
+    )
     assert rel_err(out, nhwc(io[f"{prefix}_out_nchw"])) < 1e-4
 
 
@@ -72,10 +79,21 @@ def test_schedules_equal_upstream_in_float64(case):
         ours = make_schedule(spec)
         spec = spec or "full"
         np.testing.assert_array_equal(ours.timestep_map, diff[f"schedule/{spec}/timestep_map"])
-        for name in ["betas", "alphas_cumprod", "alphas_cumprod_prev", "alphas_cumprod_next", "sqrt_alphas_cumprod",
-                     "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                     "posterior_mean_coef1", "posterior_mean_coef2"]:
+        for name in [
+            "betas",
+            "alphas_cumprod",
+            "alphas_cumprod_prev",
+            "alphas_cumprod_next",
+            "sqrt_alphas_cumprod",
+            "sqrt_one_minus_alphas_cumprod",
+            "log_one_minus_alphas_cumprod",
+            "sqrt_recip_alphas_cumprod",
+            "sqrt_recipm1_alphas_cumprod",
+            "posterior_variance",
+            "posterior_log_variance_clipped",
+            "posterior_mean_coef1",
+            "posterior_mean_coef2",
+        ]:
             np.testing.assert_allclose(getattr(ours, name), diff[f"schedule/{spec}/{name}"], rtol=1e-12, err_msg=name)
 
 
@@ -93,7 +111,9 @@ def test_training_losses(case):
     model, variables, _, diff = case
     diffusion = create_diffusion("", learn_sigma=bool(diff["learn_sigma"]))
     x, t, y = nhwc(diff["train/x_start_nchw"]), diff["train/t"], diff["train/y"]
-    terms = diffusion.training_losses(lambda xt, ts: model.apply(variables, xt, ts, y), x, t, nhwc(diff["train/noise_nchw"]))
+    terms = diffusion.training_losses(
+        lambda xt, ts: model.apply(variables, xt, ts, y), x, t, nhwc(diff["train/noise_nchw"])
+    )
     _check_losses(terms, diff, "train", t)
 
 
@@ -107,7 +127,9 @@ def test_training_losses_with_label_dropout(case):
     def model_fn(xt, ts):
         return model.apply(variables, xt, ts, y, train=True, force_drop_ids=drop)
 
-    _check_losses(diffusion.training_losses(model_fn, x, t, nhwc(diff["train/noise_nchw"])), diff, "train_labeldrop", t)
+    _check_losses(
+        diffusion.training_losses(model_fn, x, t, nhwc(diff["train/noise_nchw"])), diff, "train_labeldrop", t
+    )
 
 
 @pytest.mark.parametrize("group", ["ddpm_plain", "ddpm_cfg", "ddim_plain", "ddim_cfg"])
@@ -121,14 +143,17 @@ def test_sampling_loops_replay_the_reference(case, group):
         def model_fn(x, ts):
             return model.apply(variables, x, ts, y, scale, method=DiT.forward_with_cfg)
     else:
+
         def model_fn(x, ts):
             return model.apply(variables, x, ts, y)
 
-    run = jax.jit(lambda x_T, noise: diffusion.sample(
-        model_fn, x_T, sampler=group[:4], step_noise=noise, trajectory=True))
+    run = jax.jit(
+        lambda x_T, noise: diffusion.sample(model_fn, x_T, sampler=group[:4], step_noise=noise, trajectory=True)
+    )
     sample, xs, x0s = run(nhwc(diff[f"{group}/initial_noise_nchw"]), nhwc(diff[f"{group}/step_noise_nchw"]))
-    np.testing.assert_array_equal(diffusion.model_timesteps(jnp.asarray(diff[f"{group}/step_index"])),
-                                  diff[f"{group}/model_timestep"])
+    np.testing.assert_array_equal(
+        diffusion.model_timesteps(jnp.asarray(diff[f"{group}/step_index"])), diff[f"{group}/model_timestep"]
+    )
     ref_xs, ref_x0s = nhwc(diff[f"{group}/xt_nchw"]), nhwc(diff[f"{group}/pred_xstart_nchw"])
     for k in range(len(ref_xs)):
         assert rel_err(xs[k], ref_xs[k]) < 1e-4, (group, k)
@@ -157,7 +182,8 @@ def test_a_wrong_checkpoint_is_named(fixtures_dir):
     assert variables["params"]["blocks_1"]["attn"]["qkv"]["kernel"].shape == (64, 3, 4, 16)
     with pytest.raises(ValueError, match="DiT expects"):
         DiT(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10).init(
-            jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+            jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
+        )
 
 
 def test_fresh_model_is_adaln_zero():
@@ -171,7 +197,8 @@ def test_fresh_model_is_adaln_zero():
 
 
 def test_sampling_sharded_over_devices_equals_one_device():
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     model = create("DiT-S/4", input_size=8, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)
     x_T = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 8, 4))
@@ -180,8 +207,9 @@ def test_sampling_sharded_over_devices_equals_one_device():
     diffusion = create_diffusion("ddim10")
 
     def run(x_T, y):
-        return diffusion.sample(lambda x, t: model.apply(variables, x, t, y), x_T, sampler="ddpm",
-                                key=jax.random.PRNGKey(2))
+        return diffusion.sample(
+            lambda x, t: model.apply(variables, x, t, y), x_T, sampler="ddpm", key=jax.random.PRNGKey(2)
+        )
 
     mesh = jax.make_mesh((8,), ("data",))
     rows = NamedSharding(mesh, P("data"))
@@ -197,16 +225,37 @@ def test_latent_training_reads_npz_and_names_bad_files(tmp_path):
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 32), ("val", 16)):
-        np.savez(tmp_path / f"{split}.npz", latents=rng.standard_normal((n, 8, 8, 4)).astype(np.float16),
-                 labels=rng.integers(0, 5, n))
-    cfg = config_lib.from_dict(config_lib.Config, {
-        "task": "diffusion",
-        "model": {"name": "DiT-S/4", "args": {"input_size": 8, "in_channels": 4, "hidden_size": 32, "depth": 1,
-                                               "num_heads": 2, "num_classes": 5}},
-        "data": {"source": "latents", "path": str(tmp_path), "batch_size": 16, "eval_batch_size": 16},
-        "train": {"steps": 2, "log_every": 1, "eval_every": 100, "checkpoint_every": 100, "async_checkpointing": False},
-        "diffusion": {"sample_respacing": "ddim5", "sampler": "ddim", "samples_per_class": 2},
-    })
+        np.savez(
+            tmp_path / f"{split}.npz",
+            latents=rng.standard_normal((n, 8, 8, 4)).astype(np.float16),
+            labels=rng.integers(0, 5, n),
+        )
+    cfg = config_lib.from_dict(
+        config_lib.Config,
+        {
+            "task": "diffusion",
+            "model": {
+                "name": "DiT-S/4",
+                "args": {
+                    "input_size": 8,
+                    "in_channels": 4,
+                    "hidden_size": 32,
+                    "depth": 1,
+                    "num_heads": 2,
+                    "num_classes": 5,
+                },
+            },
+            "data": {"source": "latents", "path": str(tmp_path), "batch_size": 16, "eval_batch_size": 16},
+            "train": {
+                "steps": 2,
+                "log_every": 1,
+                "eval_every": 100,
+                "checkpoint_every": 100,
+                "async_checkpointing": False,
+            },
+            "diffusion": {"sample_respacing": "ddim5", "sampler": "ddim", "samples_per_class": 2},
+        },
+    )
     metrics = train(cfg, str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/loss"]) and (tmp_path / "run" / "samples.png").is_file()
 

@@ -1,4 +1,5 @@
 """Mistakes a person makes get one line naming the file, key or value, and a non-zero exit."""
+
 import re
 
 import numpy as np
@@ -25,14 +26,17 @@ def one_line_exit(main, argv, match):
     assert re.search(match, message), message
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["optimizer.lr=[1,"], r"override 'optimizer.lr=\[1,': the value is not valid YAML"),
-    (["data.batch_size=0"], "data.batch_size must be at least 1, not 0"),
-    (["task=segmentation"], "unknown task 'segmentation'"),
-    (["model.name=mambaout_huge"], "mambaout_huge"),
-    (["model.args.bogus=1"], "bogus"),
-    (["mesh.data=3"], "does not fit 8 devices"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["optimizer.lr=[1,"], r"override 'optimizer.lr=\[1,': the value is not valid YAML"),
+        (["data.batch_size=0"], "data.batch_size must be at least 1, not 0"),
+        (["task=segmentation"], "unknown task 'segmentation'"),
+        (["model.name=mambaout_huge"], "mambaout_huge"),
+        (["model.args.bogus=1"], "bogus"),
+        (["mesh.data=3"], "does not fit 8 devices"),
+    ],
+)
 def test_config_mistakes(config_file, tmp_path, overrides, match):
     one_line_exit(train.main, [str(config_file), "--workdir", str(tmp_path / "w"), *overrides], match)
 
@@ -56,8 +60,9 @@ def test_unreadable_image_in_error_mode(tmp_path):
 
             Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "images" / split / c / "ok.png")
     (tmp_path / "images" / "train" / "a" / "broken.png").write_bytes(b"not a png")
-    cfg = tiny_config(data={"source": "imagefolder", "path": str(tmp_path / "images"), "batch_size": 8,
-                            "eval_batch_size": 8})
+    cfg = tiny_config(
+        data={"source": "imagefolder", "path": str(tmp_path / "images"), "batch_size": 8, "eval_batch_size": 8}
+    )
     path = tmp_path / "c.yaml"
     path.write_text(config_lib.dump(cfg))
     one_line_exit(train.main, [str(path), "--workdir", str(tmp_path / "w")], r"cannot read image .*broken.png")
@@ -66,10 +71,16 @@ def test_unreadable_image_in_error_mode(tmp_path):
 def test_evaluate_a_missing_step_and_mismatched_weights(config_file, tmp_path):
     workdir = tmp_path / "run"
     train.main([str(config_file), "--workdir", str(workdir)])
-    one_line_exit(evaluate.main, [str(config_file), "--workdir", str(workdir), "--checkpoint", "99"],
-                  r"no checkpoint for step 99 .* there are \[2, 4\]")
-    one_line_exit(evaluate.main, [str(config_file), "--workdir", str(workdir), "model.args.dims=[8,16,16,64]"],
-                  r"does not fit this config's state: .*in the checkpoint, float32\[64\] here")
+    one_line_exit(
+        evaluate.main,
+        [str(config_file), "--workdir", str(workdir), "--checkpoint", "99"],
+        r"no checkpoint for step 99 .* there are \[2, 4\]",
+    )
+    one_line_exit(
+        evaluate.main,
+        [str(config_file), "--workdir", str(workdir), "model.args.dims=[8,16,16,64]"],
+        r"does not fit this config's state: .*in the checkpoint, float32\[64\] here",
+    )
     # Rerunning the finished run says where it ended, not an empty line.
     with pytest.raises(SystemExit, match="holds a run trained with another config"):
         train.main([str(config_file), "--workdir", str(workdir), "train.steps=2"])
@@ -82,9 +93,12 @@ def test_compress_weights_and_files(tmp_path):
 
     speech.write_wav(str(wav), np.zeros(2400, np.float32), 24000)
     one_line_exit(compress.main, ["encode", str(wav), str(tmp_path / "c.npz"), *args], "absent.safetensors")
-    (tmp_path / "damaged.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":")
-    one_line_exit(compress.main, ["encode", str(wav), str(tmp_path / "c.npz"), "--weights",
-                                  str(tmp_path / "damaged.safetensors")], "cannot load codec weights .*damaged")
+    (tmp_path / "damaged.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a":')
+    one_line_exit(
+        compress.main,
+        ["encode", str(wav), str(tmp_path / "c.npz"), "--weights", str(tmp_path / "damaged.safetensors")],
+        "cannot load codec weights .*damaged",
+    )
 
 
 def test_truncated_latents_are_named(tmp_path):
@@ -105,11 +119,27 @@ def test_bad_audio_in_the_eval_split_stops_before_training(tone_corpus, tmp_path
     shutil.copytree(tone_corpus, corpus)
     (corpus / "wav" / "test3.wav").write_bytes(b"")
     cfg = yaml.safe_load(config_lib.dump(tiny_config()))
-    cfg.update(task="codec", model={"name": "encodec_24khz", "args": {
-        "sample_rate": 8000, "n_filters": 2, "dimension": 8, "ratios": [2, 2], "lstm": 1, "n_q": 3, "bins": 8,
-        "target_bandwidths": [6.0]}})
+    cfg.update(
+        task="codec",
+        model={
+            "name": "encodec_24khz",
+            "args": {
+                "sample_rate": 8000,
+                "n_filters": 2,
+                "dimension": 8,
+                "ratios": [2, 2],
+                "lstm": 1,
+                "n_q": 3,
+                "bins": 8,
+                "target_bandwidths": [6.0],
+            },
+        },
+    )
     cfg["data"].update(source="manifest", path=str(corpus), train_split="train", eval_split="test", resample=True)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    one_line_exit(train.main, [str(path), "--workdir", str(tmp_path / "w")],
-                  r"split 'test': 1 of 6 audio files cannot be used: empty audio file .*test3.wav \(0 bytes\)")
+    one_line_exit(
+        train.main,
+        [str(path), "--workdir", str(tmp_path / "w")],
+        r"split 'test': 1 of 6 audio files cannot be used: empty audio file .*test3.wav \(0 bytes\)",
+    )

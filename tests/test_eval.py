@@ -1,4 +1,5 @@
 """Sharded evaluation over a split that is not a multiple of the global batch equals one device."""
+
 import jax
 import numpy as np
 from conftest import tiny_config

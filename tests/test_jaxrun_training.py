@@ -3,6 +3,7 @@
 One process per worker, each with its own simulated CPU devices; the results are
 compared with the in-process run on 8 devices and with each other.
 """
+
 import json
 import os
 import re
@@ -39,13 +40,28 @@ def compile_cache(tmp_path_factory):
 
 
 def worker_env(devices_per_process, cache):
-    return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
-            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
 
 
 def jaxrun_cmd(config_path, workdir, *flags):
-    return [sys.executable, "-m", "launch", *flags, "-m", "trainers.train", str(config_path), "--workdir", str(workdir)]
+    return [
+        sys.executable,
+        "-m",
+        "launch",
+        *flags,
+        "-m",
+        "trainers.train",
+        str(config_path),
+        "--workdir",
+        str(workdir),
+    ]
 
 
 def losses(workdir):
@@ -75,8 +91,13 @@ def config_path(tmp_path_factory):
 def standalone_run(config_path, compile_cache, tmp_path_factory):
     """jaxrun --standalone --nproc_per_node=2: two processes of four devices each."""
     workdir = tmp_path_factory.mktemp("standalone")
-    proc = subprocess.run(jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2"),
-                          env=worker_env(4, compile_cache), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2"),
+        env=worker_env(4, compile_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return workdir, proc
 
 
@@ -96,9 +117,19 @@ def test_two_nodes_of_two_processes_match_one_process_of_eight_devices(config_pa
     workdir, port = tmp_path / "two_nodes", free_port()
     nodes = [
         subprocess.Popen(
-            jaxrun_cmd(config_path, workdir, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=2",
-                       "--master_addr=127.0.0.1", f"--master_port={port}"),
-            env=worker_env(2, compile_cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            jaxrun_cmd(
+                config_path,
+                workdir,
+                "--nnodes=2",
+                f"--node_rank={rank}",
+                "--nproc_per_node=2",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+            ),
+            env=worker_env(2, compile_cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -126,7 +157,9 @@ def test_sigkilled_worker_restarts_the_group_and_resumes(config_path, compile_ca
     workdir, log = tmp_path / "killed", tmp_path / "jaxrun.log"
     proc = subprocess.Popen(
         jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2", "--max_restarts=1"),
-        env=worker_env(4, compile_cache), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env=worker_env(4, compile_cache),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
     )
     started = re.compile(r"started rank 1 \(local rank 1, pid (\d+), round 0\)")
     wait_for(lambda: started.search(log.read_text()), proc, "rank 1 started")
@@ -135,7 +168,10 @@ def test_sigkilled_worker_restarts_the_group_and_resumes(config_path, compile_ca
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
 
     out = log.read_text()
-    assert "rank 1 (local rank 1 on node 0" in out and "was killed by signal 9 (SIGKILL); restarting the group (1/1)" in out
+    assert (
+        "rank 1 (local rank 1 on node 0" in out
+        and "was killed by signal 9 (SIGKILL); restarting the group (1/1)" in out
+    )
     resumed = re.findall(r"\[default0\]:resumed from .*/checkpoints/(\d+)", out)
     assert resumed and 2 <= int(resumed[0]) < STEPS
     (step_a, a), (step_b, b) = final_params(standalone_run[0]), final_params(workdir)
@@ -147,7 +183,9 @@ def test_sigterm_to_jaxrun_checkpoints_every_worker_at_one_step(config_path, com
     workdir, log = tmp_path / "preempted", tmp_path / "jaxrun.log"
     proc = subprocess.Popen(
         jaxrun_cmd(config_path, workdir, "--standalone", "--nproc_per_node=2"),
-        env=worker_env(4, compile_cache), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        env=worker_env(4, compile_cache),
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
     )
     wait_for(lambda: "[default0]:step 1:" in log.read_text(), proc, "the first step")
     proc.send_signal(signal.SIGTERM)
@@ -160,21 +198,33 @@ def test_sigterm_to_jaxrun_checkpoints_every_worker_at_one_step(config_path, com
 
 
 @pytest.mark.slow  # two minutes; CI runs it (.ci/run)
-def test_tts_trains_and_speaks_with_params_sharded_over_two_processes(tone_corpus, fixtures_dir, compile_cache,
-                                                                      tmp_path):
+def test_tts_trains_and_speaks_with_params_sharded_over_two_processes(
+    tone_corpus, fixtures_dir, compile_cache, tmp_path
+):
     """Generation at eval needs the whole params on each process: with FSDP over both
     processes each holds only half of every sharded weight."""
     from test_tts import tts_config
 
     # SGD, as CFG: the eval losses of the trained params compare at float32 tolerance.
-    cfg = tts_config(tone_corpus, fixtures_dir, tmp_path, mesh={"fsdp": 8}, tts={"speaker_steps": 5},
-                     optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0})
+    cfg = tts_config(
+        tone_corpus,
+        fixtures_dir,
+        tmp_path,
+        mesh={"fsdp": 8},
+        tts={"speaker_steps": 5},
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0},
+    )
     path = tmp_path / "tts.yaml"
     path.write_text(config_lib.dump(cfg))
     reference = train(cfg, str(tmp_path / "one_process"))
     workdir = tmp_path / "two_processes"
-    proc = subprocess.run(jaxrun_cmd(path, workdir, "--standalone", "--nproc_per_node=2"),
-                          env=worker_env(4, compile_cache), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        jaxrun_cmd(path, workdir, "--standalone", "--nproc_per_node=2"),
+        env=worker_env(4, compile_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     final = {k: v for r in rows if r["step"] == 2 for k, v in r.items()}

@@ -44,7 +44,11 @@ def test_torch_pickle_checkpoint(fixtures_dir, tmp_path):
 def test_wrong_checkpoint_names_the_problem(fixtures_dir):
     state = load_state_dict(fixtures_dir / "mambaout" / "m1" / "weights.safetensors")
     model = MambaOut(**json.loads((fixtures_dir / "mambaout" / "m2" / "config.json").read_text()))
-    with pytest.raises(ValueError, match=r"(?s)missing parameters: stages_0_1.*shape mismatches: downsample_layers.0.conv1.bias: checkpoint \(8,\) vs model \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)missing parameters: stages_0_1.*shape mismatches: "
+        r"downsample_layers.0.conv1.bias: checkpoint \(8,\) vs model \(4,\)",
+    ):
         from_torch(state, model)
     del state["head.fc2.bias"]
     state["head.extra.weight"] = np.zeros((2, 2), np.float32)
@@ -107,7 +111,8 @@ def test_depthwise_kernel_gradient_is_one_all_reduce():
     per tap: each collective operand costs a round of gloo between processes."""
     import re
 
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from jaxmodels.nn import depthwise_conv
 

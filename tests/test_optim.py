@@ -4,6 +4,7 @@ The sharded-equivalence tests compare steps under SGD, whose update is proportio
 the gradient; these tests check the other half: each optimizer, given the gradients,
 moves the params as torch does.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,10 @@ def run_both(cfg: OptimizerConfig, torch_optimizer, steps=3):
     sensitive to rounding.
     """
     rng = np.random.default_rng(0)
-    params = {"kernel": rng.standard_normal((3, 4)).astype(np.float32), "bias": rng.standard_normal(4).astype(np.float32)}
+    params = {
+        "kernel": rng.standard_normal((3, 4)).astype(np.float32),
+        "bias": rng.standard_normal(4).astype(np.float32),
+    }
     grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(steps)]
     for g in grads:
         g["bias"][0] = 1e-7
@@ -47,13 +51,17 @@ def run_both(cfg: OptimizerConfig, torch_optimizer, steps=3):
 
 
 def groups(params, weight_decay):
-    return [{"params": [params["kernel"]], "weight_decay": weight_decay}, {"params": [params["bias"]], "weight_decay": 0.0}]
+    return [
+        {"params": [params["kernel"]], "weight_decay": weight_decay},
+        {"params": [params["bias"]], "weight_decay": 0.0},
+    ]
 
 
 @pytest.mark.parametrize("clip", [0.0, 0.5])
 def test_adamw_steps_as_torch(clip):
-    cfg = OptimizerConfig(name="adamw", lr=1e-2, weight_decay=0.05, b1=0.8, b2=0.95, schedule="constant",
-                          clip_grad_norm=clip)
+    cfg = OptimizerConfig(
+        name="adamw", lr=1e-2, weight_decay=0.05, b1=0.8, b2=0.95, schedule="constant", clip_grad_norm=clip
+    )
     ours, theirs = run_both(cfg, lambda p: torch.optim.AdamW(groups(p, 0.05), lr=1e-2, betas=(0.8, 0.95), eps=1e-8))
     for k in ours:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7, err_msg=k)
@@ -69,8 +77,7 @@ def test_adam_steps_as_torch():
 
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_steps_as_torch(nesterov):
-    cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=1e-2,
-                          schedule="constant")
+    cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=1e-2, schedule="constant")
     ours, theirs = run_both(cfg, lambda p: torch.optim.SGD(groups(p, 1e-2), lr=0.1, momentum=0.9, nesterov=nesterov))
     for k in ours:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7, err_msg=k)

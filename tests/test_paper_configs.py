@@ -1,4 +1,5 @@
 """The paper-scale configs build their real models and compile sharded (reduced batch)."""
+
 import json
 
 import jax
@@ -54,14 +55,27 @@ def _sensevoice_trainer(tmp_path, overrides=()):
     from trainers import speech
 
     speech.build_corpus(str(tmp_path / "corpus"), seed=0, train_size=8, test_size=2)
-    pieces = ["<blank>", "<unk>"] + [f"\u2581{w}" for w in speech.NUMBERS + speech.NAMES + speech.COLOURS + speech.THINGS]
+    pieces = ["<blank>", "<unk>"] + [
+        f"\u2581{w}" for w in speech.NUMBERS + speech.NAMES + speech.COLOURS + speech.THINGS
+    ]
     pieces += ["\u2581has"] + [f"filler{i}" for i in range(25055 - len(pieces) - 1)]
     (tmp_path / "tokens.json").write_text(json.dumps(pieces))
-    cfg = config_lib.load("configs/sensevoice_small.yaml", [
-        "data.source=speech", f"data.path={tmp_path / 'corpus'}", "data.eval_split=test", "data.batch_size=8",
-        "data.max_seconds=4", "data.num_workers=0", f"speech.token_list={tmp_path / 'tokens.json'}",
-        "speech.cmvn_utterances=4", "mesh.data=1", "mesh.fsdp=8", *overrides,
-    ])
+    cfg = config_lib.load(
+        "configs/sensevoice_small.yaml",
+        [
+            "data.source=speech",
+            f"data.path={tmp_path / 'corpus'}",
+            "data.eval_split=test",
+            "data.batch_size=8",
+            "data.max_seconds=4",
+            "data.num_workers=0",
+            f"speech.token_list={tmp_path / 'tokens.json'}",
+            "speech.cmvn_utterances=4",
+            "mesh.data=1",
+            "mesh.fsdp=8",
+            *overrides,
+        ],
+    )
     return Trainer(cfg)
 
 
@@ -115,8 +129,14 @@ def test_encodec_24khz_compiles_data_parallel_sharded():
 def test_valle_compiles_fsdp_tensor_sharded():
     # The published AR and NAR (12 x 1024, 16 heads, 8 codebooks of 1024), compiled with two
     # of the twelve layers; the codec is only loaded for data, so no weights are needed.
-    overrides = ["data.batch_size=8", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2", "tts.max_frames=300",
-                 "tts.max_text_length=64"]
+    overrides = [
+        "data.batch_size=8",
+        "mesh.data=1",
+        "mesh.fsdp=4",
+        "mesh.tensor=2",
+        "tts.max_frames=300",
+        "tts.max_text_length=64",
+    ]
     params = Trainer(config_lib.load("configs/valle.yaml", overrides)).abstract_state.params
     assert sum(p.size for p in jax.tree.leaves(params["ar"])) == 153_781_248
     assert sum(p.size for p in jax.tree.leaves(params["nar"])) == 219_896_832

@@ -1,5 +1,6 @@
 """A run directory survives what users do to it: reruns with another config, damaged
 checkpoints, a second trainer, unwritable folders, errors mid-run, a finished run rerun."""
+
 import json
 import os
 import shutil
@@ -12,8 +13,9 @@ from conftest import tiny_config
 from trainers import checkpoint, rundir
 from trainers.loop import train
 
-CFG = tiny_config(train={"steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2,
-                         "async_checkpointing": True})
+CFG = tiny_config(
+    train={"steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2, "async_checkpointing": True}
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,9 @@ def test_allowed_config_change_resumes_and_keeps_the_old_config(run):
 
 def test_damaged_newest_checkpoint_is_moved_aside_and_the_run_goes_on(run, base_run):
     damage(run / "checkpoints" / "4")
-    with pytest.warns(UserWarning, match="unreadable checkpoint .*checkpoints/4 .* moved to .*checkpoints-unreadable/4-"):
+    with pytest.warns(
+        UserWarning, match="unreadable checkpoint .*checkpoints/4 .* moved to .*checkpoints-unreadable/4-"
+    ):
         metrics = train(CFG, str(run))
     assert sorted(os.listdir(run / "checkpoints")) == ["2", "4"]
     (aside,) = os.listdir(run / "checkpoints-unreadable")
@@ -138,7 +142,8 @@ def test_a_nonfinite_step_is_never_applied(tmp_path):
     with pytest.raises(FloatingPointError, match="step 2: the loss or a gradient norm is not finite"):
         train(huge, str(tmp_path / "error"))
     step, state, _, _ = checkpoint.Checkpointer(str(tmp_path / "error" / "checkpoints")).restore(
-        __import__("trainers.loop").loop.Trainer(huge).abstract_state)
+        __import__("trainers.loop").loop.Trainer(huge).abstract_state
+    )
     assert step == 2 and all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state.params)))
 
     skip = tiny_config(optimizer=huge.optimizer.__dict__, train={**CFG.train.__dict__, "on_nonfinite": "skip"})

@@ -1,4 +1,5 @@
 """Semantic tokenizer: log-mel or recogniser-encoder frames, k-means, de-duplication, save/load."""
+
 import numpy as np
 import pytest
 import yaml
@@ -21,7 +22,10 @@ def test_logmel_tokens_follow_the_sound_and_round_trip(tmp_path):
     first = tokens[2]
     assert tokens[2:8] == [first] * 6 and tokens[12:18] == [1 - first] * 6 and tokens[22:28] == [first] * 6
     dedup = SemanticTokenizer(tokenizer.centroids, "logmel", frame_rate=25, deduplicate=True)
-    assert dedup([np.concatenate([low, high, low])])[0][:3] in ([first, 1 - first, first], [1 - first, first, 1 - first])
+    assert dedup([np.concatenate([low, high, low])])[0][:3] in (
+        [first, 1 - first, first],
+        [1 - first, first, 1 - first],
+    )
     path = str(tmp_path / "semantic.npz")
     dedup.save(path)
     loaded = SemanticTokenizer.load(path)
@@ -38,23 +42,42 @@ def test_recognizer_features(tone_corpus, tmp_path):
     """A CTC run (trained first: one step of a small SenseVoice) gives encoder states at 100 / lfr_n Hz."""
     config = {
         "task": "ctc",
-        "model": {"name": "sensevoice_small", "args": {"encoder_conf": {
-            "output_size": 32, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "tp_blocks": 1}}},
-        "data": {"source": "manifest", "path": str(tone_corpus), "train_split": "train", "eval_split": "test",
-                 "batch_size": 8, "eval_batch_size": 8, "max_seconds": 0.1},
+        "model": {
+            "name": "sensevoice_small",
+            "args": {
+                "encoder_conf": {
+                    "output_size": 32,
+                    "attention_heads": 2,
+                    "linear_units": 32,
+                    "num_blocks": 2,
+                    "tp_blocks": 1,
+                }
+            },
+        },
+        "data": {
+            "source": "manifest",
+            "path": str(tone_corpus),
+            "train_split": "train",
+            "eval_split": "test",
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "max_seconds": 0.1,
+        },
         "speech": {"tokens": "words", "cmvn_utterances": 8, "num_freq_masks": 0, "num_time_masks": 0},
         "train": {"steps": 1, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "async_checkpointing": False},
     }
     path = tmp_path / "ctc.yaml"
     path.write_text(yaml.safe_dump(config))
     waves = [speech.read_audio(str(tone_corpus / "wav" / f"train{i}.wav")) for i in range(8)]
-    tokenizer = SemanticTokenizer(None, "recognizer", frame_rate=16, recognizer_config=str(path),
-                                  recognizer_workdir=str(tmp_path / "ctc"))
+    tokenizer = SemanticTokenizer(
+        None, "recognizer", frame_rate=16, recognizer_config=str(path), recognizer_workdir=str(tmp_path / "ctc")
+    )
     feats, valid = tokenizer.frames(waves)
     assert feats.shape[2] == 32
     np.testing.assert_array_equal(np.asarray(valid).sum(1), [(len(w) // 160 - 1) // 6 + 1 for w in waves])
     tokens = tokenizer.fit(waves, k=3, steps=5, batch_size=32)(waves)
     assert all(0 <= t < 3 for row in tokens for t in row)
     with pytest.raises(ValueError, match="come at 16 Hz"):
-        SemanticTokenizer(None, "recognizer", frame_rate=50, recognizer_config=str(path),
-                          recognizer_workdir=str(tmp_path / "ctc")).frames(waves)
+        SemanticTokenizer(
+            None, "recognizer", frame_rate=50, recognizer_config=str(path), recognizer_workdir=str(tmp_path / "ctc")
+        ).frames(waves)

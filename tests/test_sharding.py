@@ -4,6 +4,7 @@ The steps are SGD's (with momentum), whose update is proportional to the gradien
 updates compare at float32 reduction-order tolerance (conftest.assert_same_updates);
 test_optim checks that each optimizer steps as torch's.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -11,7 +12,6 @@ from conftest import assert_same_updates, tiny_config
 
 from trainers import sharding
 from trainers.loop import Trainer
-
 
 SGD = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "warmup_steps": 0}
 

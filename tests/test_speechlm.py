@@ -1,4 +1,5 @@
 """Speech token LMs: cached decoding equals the full forward pass, sampling, delay pattern, k-means."""
+
 import functools
 
 import jax
@@ -14,8 +15,14 @@ TINY = dict(d_model=32, nhead=4, num_layers=2, dim_feedforward=64, dropout=0.0)
 
 
 def ar_model(positions="sin", audio_position_scale=1.0, group_size=1):
-    return VALLEAR(text_vocab_size=20, codebook_size=16, positions=positions,
-                   audio_position_scale=audio_position_scale, group_size=group_size, **TINY)
+    return VALLEAR(
+        text_vocab_size=20,
+        codebook_size=16,
+        positions=positions,
+        audio_position_scale=audio_position_scale,
+        group_size=group_size,
+        **TINY,
+    )
 
 
 def init(model, rng=0):
@@ -28,8 +35,14 @@ def ar_full_logits(model, params, text, codes):
     audio = jnp.asarray([[model.bos] * model.group_size + list(codes)], jnp.int32)
     text = jnp.asarray([text], jnp.int32)
     groups = audio.shape[1] // model.group_size
-    return model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
-                       text=text, text_valid=jnp.ones(text.shape, bool))[0]
+    return model.apply(
+        {"params": params},
+        audio,
+        jnp.arange(groups)[None],
+        jnp.ones((1, groups), bool),
+        text=text,
+        text_valid=jnp.ones(text.shape, bool),
+    )[0]
 
 
 @pytest.mark.parametrize("positions,scale", [("sin", 1.0), ("rope", 1.0), ("sin", 0.2)])
@@ -47,22 +60,38 @@ def test_ar_cached_logits_equal_full_forward(positions, scale):
     whole = jnp.zeros((2, 4 + 4), jnp.int32)
     text_valid = transformer.lengths_mask(text_len, 5)
     cache = transformer.empty_cache(model, whole, whole, jnp.ones(whole.shape, bool), text=text, text_valid=text_valid)
-    logits, v = model.apply({"params": params, "cache": cache}, audio, positions_, positions_ <= prompt_len[:, None],
-                            text=text, text_valid=text_valid, decode=True, mutable=["cache"])
+    logits, v = model.apply(
+        {"params": params, "cache": cache},
+        audio,
+        positions_,
+        positions_ <= prompt_len[:, None],
+        text=text,
+        text_valid=text_valid,
+        decode=True,
+        mutable=["cache"],
+    )
     cache = v["cache"]
     cached = [[logits[b, int(prompt_len[b])]] for b in range(2)]
     for i in range(4):
         token = jnp.asarray([c[i] for c in continuation])[:, None]
-        logits, v = model.apply({"params": params, "cache": cache}, token, (prompt_len + 1 + i)[:, None],
-                                jnp.ones((2, 1), bool), decode=True, mutable=["cache"])
+        logits, v = model.apply(
+            {"params": params, "cache": cache},
+            token,
+            (prompt_len + 1 + i)[:, None],
+            jnp.ones((2, 1), bool),
+            decode=True,
+            mutable=["cache"],
+        )
         cache = v["cache"]
         for b in range(2):
             cached[b].append(logits[b, 0])
     for b in range(2):
-        full = ar_full_logits(model, params, texts[b], prompts[b] + continuation[b])[len(prompts[b]):]
+        full = ar_full_logits(model, params, texts[b], prompts[b] + continuation[b])[len(prompts[b]) :]
         np.testing.assert_allclose(np.stack(cached[b]), full, atol=2e-5)
     if scale != 1.0:  # audio positions in text units: another function of the same weights
-        assert not np.allclose(full, ar_full_logits(ar_model(positions), params, texts[1], prompts[1] + continuation[1]))
+        assert not np.allclose(
+            full, ar_full_logits(ar_model(positions), params, texts[1], prompts[1] + continuation[1])
+        )
 
 
 @pytest.mark.parametrize("group_size", [1, 2])
@@ -72,8 +101,9 @@ def test_generate_ar_greedy_equals_full_forward_greedy(group_size):
     params = init(model, 1)
     text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
     prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 2 - group_size])
-    codes, lengths = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
-                                          max_new_tokens=6, temperature=0.0)
+    codes, lengths = speechlm.generate_ar(
+        model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0), max_new_tokens=6, temperature=0.0
+    )
     for b in range(2):
         seq = [int(c) for c in prompt[b, : int(prompt_len[b])]]
         expected = []
@@ -103,8 +133,18 @@ def test_generate_ar_holds_eos_back_per_row(group_size):
     params["predict"]["kernel"] = jnp.zeros_like(params["predict"]["kernel"]).at[0, eos_columns].set(10.0)
     text, text_len = jnp.asarray([[3, 4, 5], [6, 7, 0]]), jnp.asarray([3, 2])
     prompt, prompt_len = jnp.asarray([[1, 2], [5, 0]]), jnp.asarray([2, 0])
-    generate = functools.partial(speechlm.generate_ar, model, params, text, text_len, prompt, prompt_len,
-                                 jax.random.PRNGKey(0), max_new_tokens=6, temperature=0.0)
+    generate = functools.partial(
+        speechlm.generate_ar,
+        model,
+        params,
+        text,
+        text_len,
+        prompt,
+        prompt_len,
+        jax.random.PRNGKey(0),
+        max_new_tokens=6,
+        temperature=0.0,
+    )
     assert list(np.asarray(generate()[1])) == [0, 0]
     codes, lengths = generate(min_new_tokens=jnp.asarray([3, 0]))
     assert list(np.asarray(lengths)) == [3, 0]
@@ -120,9 +160,17 @@ def pointer_words(model, params, audio, prompt_groups, first_word, text, text_wo
     words = np.full(groups, -1)
     words[prompt_groups] = first_word
     for j in range(prompt_groups, groups - 1):
-        _, advance = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
-                                 text, jnp.ones(text.shape, bool), text_words, jnp.asarray(words)[None],
-                                 speechlm.word_progress(jnp.asarray(words)[None]))
+        _, advance = model.apply(
+            {"params": params},
+            audio,
+            jnp.arange(groups)[None],
+            jnp.ones((1, groups), bool),
+            text,
+            jnp.ones(text.shape, bool),
+            text_words,
+            jnp.asarray(words)[None],
+            speechlm.word_progress(jnp.asarray(words)[None]),
+        )
         words[j + 1] = words[j] + int(advance[0, j] > 0)
     return jnp.asarray(words)[None]
 
@@ -139,21 +187,40 @@ def test_generate_ar_with_word_alignment_equals_full_forward():
     text_words = jnp.asarray([[0, 0, -1, 1, 1, 1], [0, -1, 1, 1, -1, 2]])
     prompt, prompt_len = jnp.asarray([[1, 2, 3, 4], [5, 6, 0, 0]]), jnp.asarray([4, 2])
     first_word, num_words = jnp.asarray([1, 1]), jnp.asarray([2, 3])
-    codes, lengths = speechlm.generate_ar(model, params, text, jnp.asarray([6, 6]), prompt, prompt_len,
-                                          jax.random.PRNGKey(0), max_new_tokens=20, temperature=0.0,
-                                          text_words=text_words, first_word=first_word, num_words=num_words)
+    codes, lengths = speechlm.generate_ar(
+        model,
+        params,
+        text,
+        jnp.asarray([6, 6]),
+        prompt,
+        prompt_len,
+        jax.random.PRNGKey(0),
+        max_new_tokens=20,
+        temperature=0.0,
+        text_words=text_words,
+        first_word=first_word,
+        num_words=num_words,
+    )
     for b in range(2):
         p, n = int(prompt_len[b]) // 2, int(lengths[b])
         assert 0 < n < 20 and n % 2 == 0 and np.all(np.asarray(codes[b, n:]) == model.eos)
         audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
         groups = audio.shape[1] // 2
-        words = pointer_words(model, params, audio, p, int(first_word[b]), text[b: b + 1], text_words[b: b + 1])
-        logits, _ = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
-                                text[b: b + 1], jnp.ones((1, 6), bool), text_words[b: b + 1], words,
-                                speechlm.word_progress(words))
+        words = pointer_words(model, params, audio, p, int(first_word[b]), text[b : b + 1], text_words[b : b + 1])
+        logits, _ = model.apply(
+            {"params": params},
+            audio,
+            jnp.arange(groups)[None],
+            jnp.ones((1, groups), bool),
+            text[b : b + 1],
+            jnp.ones((1, 6), bool),
+            text_words[b : b + 1],
+            words,
+            speechlm.word_progress(words),
+        )
         # the position that drew the last group moved the pointer past the last word: the row ended
         assert list(np.asarray(words[0, -2:])) == [int(num_words[b]) - 1, int(num_words[b])]
-        greedy = np.argmax(np.asarray(logits[0, 2 * p: 2 * p + n]), -1)
+        greedy = np.argmax(np.asarray(logits[0, 2 * p : 2 * p + n]), -1)
         np.testing.assert_array_equal(greedy, np.asarray(codes[b, :n]))
 
 
@@ -169,30 +236,62 @@ def test_generate_ar_with_guidance_equals_full_forward(word_alignment):
     words = {}
     if word_alignment:
         params["advance"]["bias"] = jnp.full((1,), -1.0)  # a few groups per word
-        words = dict(text_words=jnp.asarray([[0, 0, -1, 1, 1, 1], [0, -1, 1, 1, -1, -1]]),
-                     first_word=jnp.asarray([1, 1]), num_words=jnp.asarray([2, 2]))
+        words = dict(
+            text_words=jnp.asarray([[0, 0, -1, 1, 1, 1], [0, -1, 1, 1, -1, -1]]),
+            first_word=jnp.asarray([1, 1]),
+            num_words=jnp.asarray([2, 2]),
+        )
     scale = 3.0
-    codes, lengths = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
-                                          max_new_tokens=8, temperature=0.0, guidance_scale=scale, **words)
-    unguided = speechlm.generate_ar(model, params, text, text_len, prompt, prompt_len, jax.random.PRNGKey(0),
-                                    max_new_tokens=8, temperature=0.0, **words)[0]
+    codes, lengths = speechlm.generate_ar(
+        model,
+        params,
+        text,
+        text_len,
+        prompt,
+        prompt_len,
+        jax.random.PRNGKey(0),
+        max_new_tokens=8,
+        temperature=0.0,
+        guidance_scale=scale,
+        **words,
+    )
+    unguided = speechlm.generate_ar(
+        model,
+        params,
+        text,
+        text_len,
+        prompt,
+        prompt_len,
+        jax.random.PRNGKey(0),
+        max_new_tokens=8,
+        temperature=0.0,
+        **words,
+    )[0]
     assert not np.array_equal(np.asarray(codes), np.asarray(unguided))
     for b in range(2):
         p, n, t = int(prompt_len[b]) // 2, int(lengths[b]), int(text_len[b])
         audio = jnp.concatenate([jnp.full((2,), model.bos), prompt[b, : 2 * p], codes[b, :n]])[None]
         groups = audio.shape[1] // 2
-        row = dict(text=text[b: b + 1, :t])
+        row = dict(text=text[b : b + 1, :t])
         aligned = told = untold = {}
         if word_alignment:
-            aligned = dict(text_words=words["text_words"][b: b + 1, :t])
+            aligned = dict(text_words=words["text_words"][b : b + 1, :t])
             audio_words = pointer_words(model, params, audio, p, 1, row["text"], aligned["text_words"])
             told = dict(audio_words=audio_words, word_progress=speechlm.word_progress(audio_words))
             untold = dict(audio_words=jnp.full((1, groups), -1), word_progress=told["word_progress"])
 
         def full(text_valid, words):
-            out = model.apply({"params": params}, audio, jnp.arange(groups)[None], jnp.ones((1, groups), bool),
-                              text_valid=jnp.full((1, t), text_valid), **row, **aligned, **words)
-            return (out[0] if word_alignment else out)[0, 2 * p: 2 * p + n]
+            out = model.apply(
+                {"params": params},
+                audio,
+                jnp.arange(groups)[None],
+                jnp.ones((1, groups), bool),
+                text_valid=jnp.full((1, t), text_valid),
+                **row,
+                **aligned,
+                **words,
+            )
+            return (out[0] if word_alignment else out)[0, 2 * p : 2 * p + n]
 
         conditional, unconditional = full(True, told), full(False, untold)
         guided = np.array(unconditional + scale * (conditional - unconditional))
@@ -210,8 +309,9 @@ def test_word_progress_and_advance_targets():
 
 
 def test_ar_training_inputs():
-    inputs, targets, valid = speechlm.ar_training_inputs(jnp.asarray([[5, 6, 7], [8, 9, 0]]), jnp.asarray([3, 2]),
-                                                         bos=17, eos=16)
+    inputs, targets, valid = speechlm.ar_training_inputs(
+        jnp.asarray([[5, 6, 7], [8, 9, 0]]), jnp.asarray([3, 2]), bos=17, eos=16
+    )
     np.testing.assert_array_equal(inputs, [[17, 5, 6, 7], [17, 8, 9, 0]])
     np.testing.assert_array_equal(targets[0], [5, 6, 7, 16])
     np.testing.assert_array_equal(targets[1, :3], [8, 9, 16])
@@ -238,21 +338,25 @@ def test_nar_stage_reads_only_lower_codebooks_and_generates():
     again = model.apply({"params": params}, text, ones(2, 5), changed, ones(2, 9), prompt_lengths, stage)
     np.testing.assert_allclose(logits, again, atol=1e-6)
     for read in (codes.at[1, 5, 1].add(1) % 16, codes.at[1, 1, 3].add(1) % 16):  # below the stage; the prompt
-        assert not np.allclose(logits[1], model.apply({"params": params}, text, ones(2, 5), read, ones(2, 9),
-                                                      prompt_lengths, stage)[1])
+        assert not np.allclose(
+            logits[1], model.apply({"params": params}, text, ones(2, 5), read, ones(2, 9), prompt_lengths, stage)[1]
+        )
     prompt, first = codes[:, :3], codes[:, 3:, 0]
-    out = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt, prompt_lengths, first,
-                                jnp.asarray([6, 4]))
+    out = speechlm.generate_nar(
+        model, params, text, jnp.asarray([5, 3]), prompt, prompt_lengths, first, jnp.asarray([6, 4])
+    )
     assert out.shape == (2, 6, 4)
     np.testing.assert_array_equal(out[..., 0], first)
     np.testing.assert_array_equal(out[1, 4:, 1:], 0)  # past the length
     # Row 1's prompt is 2 frames: its padded third frame is not read, the target follows at once.
-    padded = speechlm.generate_nar(model, params, text, jnp.asarray([5, 3]), prompt.at[1, 2].set(7),
-                                   prompt_lengths, first, jnp.asarray([6, 4]))
+    padded = speechlm.generate_nar(
+        model, params, text, jnp.asarray([5, 3]), prompt.at[1, 2].set(7), prompt_lengths, first, jnp.asarray([6, 4])
+    )
     np.testing.assert_array_equal(out, padded)
     whole = jnp.concatenate([prompt[1:, :2], out[1:, :4]], axis=1)
-    stage2 = model.apply({"params": params}, text[1:, :3], ones(1, 3), whole, ones(1, 6), prompt_lengths[1:],
-                         jnp.asarray([2]))
+    stage2 = model.apply(
+        {"params": params}, text[1:, :3], ones(1, 3), whole, ones(1, 6), prompt_lengths[1:], jnp.asarray([2])
+    )
     np.testing.assert_array_equal(out[1, :4, 2], np.argmax(stage2[0, 2:], -1))
 
 
@@ -269,8 +373,9 @@ def test_delay_pattern_round_trip():
 
 
 def delayed_model(positions="sin"):
-    return speechlm.DelayedLM(num_codebooks=3, codebook_size=8, cond_vocab_size=10, dim=32, num_heads=4,
-                              num_layers=2, positions=positions)
+    return speechlm.DelayedLM(
+        num_codebooks=3, codebook_size=8, cond_vocab_size=10, dim=32, num_heads=4, num_layers=2, positions=positions
+    )
 
 
 @pytest.mark.parametrize("positions", ["sin", "rope"])
@@ -281,8 +386,18 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
     prompt = jnp.asarray(np.random.default_rng(0).integers(0, 8, (2, 2, 3)))
     frames = 5
     prompt_len, lengths = jnp.asarray([2, 1]), jnp.asarray([5, 4])
-    out = speechlm.generate_delayed(model, params, cond, cond_len, prompt, prompt_len, lengths, jax.random.PRNGKey(0),
-                                    frames=frames, temperature=0.0)
+    out = speechlm.generate_delayed(
+        model,
+        params,
+        cond,
+        cond_len,
+        prompt,
+        prompt_len,
+        lengths,
+        jax.random.PRNGKey(0),
+        frames=frames,
+        temperature=0.0,
+    )
     assert out.shape == (2, frames, 3)
     np.testing.assert_array_equal(out[0, :2], prompt[0])
     np.testing.assert_array_equal(out[1, :1], prompt[1, :1])
@@ -293,8 +408,14 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
         seq = [[8, 8, 8]]  # the start row
         for s in range(frames + 2):
             x = jnp.asarray([seq], jnp.int32)
-            logits = model.apply({"params": params}, x, jnp.arange(len(seq))[None], jnp.ones((1, len(seq)), bool),
-                                 c, jnp.ones(c.shape, bool))[0, -1]
+            logits = model.apply(
+                {"params": params},
+                x,
+                jnp.arange(len(seq))[None],
+                jnp.ones((1, len(seq)), bool),
+                c,
+                jnp.ones(c.shape, bool),
+            )[0, -1]
             row = []
             for k in range(3):
                 frame = s - k
@@ -342,7 +463,8 @@ def test_kmeans_recovers_blobs():
 
 
 def test_kmeans_update_sharded_equals_single_device():
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     x, _, _ = blobs(n_per=64, k=4)
     centroids = speechlm.kmeans_plus_plus(jax.random.PRNGKey(1), jnp.asarray(x), 4)

@@ -1,4 +1,5 @@
 """The tts task: codec tokens of a corpus, VALL-E / delayed-LM training, sharding, zero-shot TTS eval."""
+
 import json
 import os
 import shutil
@@ -11,10 +12,17 @@ from trainers import config as config_lib
 from trainers import speech
 from trainers.loop import Trainer, train
 
-TINY_VALLE = {"d_model": 32, "nhead": 4, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0,
-              "codebook_size": 16, "num_quantizers": 4, "text_vocab_size": 256}
-TINY_DELAYED = {"dim": 32, "num_heads": 4, "num_layers": 1, "hidden_scale": 2, "codebook_size": 16,
-                "num_codebooks": 4}
+TINY_VALLE = {
+    "d_model": 32,
+    "nhead": 4,
+    "num_layers": 1,
+    "dim_feedforward": 64,
+    "dropout": 0.0,
+    "codebook_size": 16,
+    "num_quantizers": 4,
+    "text_vocab_size": 256,
+}
+TINY_DELAYED = {"dim": 32, "num_heads": 4, "num_layers": 1, "hidden_scale": 2, "codebook_size": 16, "num_codebooks": 4}
 
 
 def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VALLE, **sections):
@@ -22,11 +30,24 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
     base = {
         "task": "tts",
         "model": {"name": model, "args": args},
-        "data": {"source": "manifest", "path": str(tone_corpus), "train_split": "train", "eval_split": "test",
-                 "batch_size": 8, "eval_batch_size": 8},
-        "tts": {"codec_weights": str(codec / "weights.safetensors"), "codec_model": str(codec / "config.json"),
-                "tokens_dir": str(tmp_path / "tokens"), "max_frames": 64, "max_text_length": 32,
-                "eval_examples": 2, "speaker_steps": 0, "top_k": 4},
+        "data": {
+            "source": "manifest",
+            "path": str(tone_corpus),
+            "train_split": "train",
+            "eval_split": "test",
+            "batch_size": 8,
+            "eval_batch_size": 8,
+        },
+        "tts": {
+            "codec_weights": str(codec / "weights.safetensors"),
+            "codec_model": str(codec / "config.json"),
+            "tokens_dir": str(tmp_path / "tokens"),
+            "max_frames": 64,
+            "max_text_length": 32,
+            "eval_examples": 2,
+            "speaker_steps": 0,
+            "top_k": 4,
+        },
         "optimizer": {"lr": 1e-3, "warmup_steps": 0},
         "train": {"steps": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "async_checkpointing": False},
     }
@@ -60,8 +81,19 @@ def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, 
     from trainers import tts
 
     out = tmp_path / "said.wav"
-    command = [str(workdir / "config.yaml"), "--workdir", str(workdir), "--text", "two three",
-               "--prompt", str(tone_corpus / "wav" / "test0.wav"), "--prompt-text", "one", "--out", str(out)]
+    command = [
+        str(workdir / "config.yaml"),
+        "--workdir",
+        str(workdir),
+        "--text",
+        "two three",
+        "--prompt",
+        str(tone_corpus / "wav" / "test0.wav"),
+        "--prompt-text",
+        "one",
+        "--out",
+        str(out),
+    ]
     tts.main(command)
     assert 0 < len(speech.read_audio(str(out))) <= 64 * 2 * 8  # at most max_frames of the 8 kHz codec's hop
     with pytest.raises(SystemExit, match="missing.wav"):
@@ -77,10 +109,13 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     sgd = {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "warmup_steps": 0}
     args = {**TINY_VALLE, "group_size": 2, "word_alignment": word_alignment}  # VALL-E 2's grouped codes
     tts = {"guidance_dropout": 0.5} if word_alignment else {}  # rows drawn without their text alike
-    single = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd,
-                                tts=tts), devices=jax.devices()[:1])
-    sharded = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2},
-                                 optimizer=sgd, tts=tts))
+    single = Trainer(
+        tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 1}, optimizer=sgd, tts=tts),
+        devices=jax.devices()[:1],
+    )
+    sharded = Trainer(
+        tts_config(tone_corpus, fixtures_dir, tmp_path, args=args, mesh={"data": 4, "fsdp": 2}, optimizer=sgd, tts=tts)
+    )
     source = single.task.train_source()
     rows = [single.task.train_transform(source[i], None) for i in range(8)]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -88,8 +123,9 @@ def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_
     for trainer in (single, sharded):
         state = trainer.init(0)
         with trainer.context():
-            state, metrics = trainer.train_step(state, {k: jax.device_put(v, trainer.batch_shardings[k])
-                                                        for k, v in batch.items()})
+            state, metrics = trainer.train_step(
+                state, {k: jax.device_put(v, trainer.batch_shardings[k]) for k, v in batch.items()}
+            )
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
     np.testing.assert_allclose(results[0][0]["train/loss"], results[1][0]["train/loss"], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), results[0][1], results[1][1])
@@ -114,8 +150,11 @@ def test_guidance_dropout_takes_the_text_from_some_rows(tone_corpus, fixtures_di
     with pytest.raises(config_lib.ConfigError, match="tts.guidance_dropout must be in"):
         tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"guidance_dropout": 1.0})
     with pytest.raises(ValueError, match="guide VALL-E's AR"):
-        Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED,
-                           tts={"guidance_scale": 2.0}))
+        Trainer(
+            tts_config(
+                tone_corpus, fixtures_dir, tmp_path, model="delayed", args=TINY_DELAYED, tts={"guidance_scale": 2.0}
+            )
+        )
 
 
 def test_eval_offset_speaks_later_pairs(tone_corpus, fixtures_dir, tmp_path):
@@ -129,18 +168,28 @@ def test_eval_offset_speaks_later_pairs(tone_corpus, fixtures_dir, tmp_path):
 
 
 def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_path):
-    task = Trainer(tts_config(tone_corpus, fixtures_dir, tmp_path, tts={"pair_prob": 1.0, "max_frames": 256,
-                                                                          "max_text_length": 64})).task
+    task = Trainer(
+        tts_config(
+            tone_corpus, fixtures_dir, tmp_path, tts={"pair_prob": 1.0, "max_frames": 256, "max_text_length": 64}
+        )
+    ).task
     source, rng = task.train_source(), np.random.default_rng(0)
     for record in source[:4]:
         example = task.train_transform(record, rng)
         n, f = int(example["text_length"]), int(example["frames"])
-        first = [r for r in source if r is not record and r["speaker"] == record["speaker"]
-                 and len(r["codes"]) == f - len(record["codes"])
-                 and np.array_equal(example["codes"][: len(r["codes"])], r["codes"])]
+        first = [
+            r
+            for r in source
+            if r is not record
+            and r["speaker"] == record["speaker"]
+            and len(r["codes"]) == f - len(record["codes"])
+            and np.array_equal(example["codes"][: len(r["codes"])], r["codes"])
+        ]
         assert first, "the example does not start with another utterance of the voice"
-        np.testing.assert_array_equal(example["text"][:n], np.concatenate([first[0]["text_ids"], [32], record["text_ids"]]))
-        np.testing.assert_array_equal(example["codes"][f - len(record["codes"]): f], record["codes"])
+        np.testing.assert_array_equal(
+            example["text"][:n], np.concatenate([first[0]["text_ids"], [32], record["text_ids"]])
+        )
+        np.testing.assert_array_equal(example["codes"][f - len(record["codes"]) : f], record["codes"])
     single = task.eval_transform(source[0], rng)  # eval examples are never paired
     assert int(single["frames"]) == len(source[0]["codes"])
 

@@ -14,6 +14,7 @@ cannot be read (truncated, half-deleted) is damaged: reading walks back to an ol
 step, and a resumed training moves the damaged step aside (``Checkpointer.resume``),
 so that a corrupt newest checkpoint costs one interval, not the run.
 """
+
 import os
 import time
 import warnings
@@ -87,8 +88,15 @@ def check_writable(directory: str):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int = 3, best_metric: str = "", best_mode: str = "max",
-                 async_save=True, read_only=False):
+    def __init__(
+        self,
+        directory: str,
+        keep: int = 3,
+        best_metric: str = "",
+        best_mode: str = "max",
+        async_save=True,
+        read_only=False,
+    ):
         keep_policy = policies.LatestN(n=keep)
         if best_metric:
             key = f"eval/{best_metric}"
@@ -104,8 +112,11 @@ class Checkpointer:
         # temporary directories: that would abandon the save in flight.
         self.manager = ocp.CheckpointManager(
             self.directory,
-            item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
-                           "assets": ocp.StandardCheckpointHandler()},
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+                "assets": ocp.StandardCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=keep_policy,
                 enable_async_checkpointing=async_save,
@@ -134,7 +145,9 @@ class Checkpointer:
             raise _Damaged(f"its metadata cannot be read ({type(e).__name__}: {e})") from None
         difference = tree_difference(saved, _leaves(abstract_state))
         if difference:
-            raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not fit this config's state: {difference}")
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory}/{step} does not fit this config's state: {difference}"
+            )
         try:
             items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
             if os.path.isdir(os.path.join(self.directory, str(step), "assets")):
@@ -161,7 +174,7 @@ class Checkpointer:
             try:
                 return self._read(s, abstract_state)
             except _Damaged as e:
-                warnings.warn(f"skipping unreadable checkpoint {self.directory}/{s}: {e}")
+                warnings.warn(f"skipping unreadable checkpoint {self.directory}/{s}: {e}", stacklevel=2)
         return None
 
     def resume(self, abstract_state, start_fresh=False):
@@ -180,10 +193,11 @@ class Checkpointer:
             reasons = "; ".join(f"{s}: {reason}" for s, reason in damaged)
             raise NoReadableCheckpoint(
                 f"no checkpoint in {self.directory} can be read ({reasons}). Nothing was changed; to move them "
-                f"aside to {self.aside_directory()} and train from step 0, pass --start-fresh")
+                f"aside to {self.aside_directory()} and train from step 0, pass --start-fresh"
+            )
         for s, reason in damaged:
             moved = self._move_aside(s)
-            warnings.warn(f"unreadable checkpoint {self.directory}/{s} ({reason}) moved to {moved}")
+            warnings.warn(f"unreadable checkpoint {self.directory}/{s} ({reason}) moved to {moved}", stacklevel=2)
         if damaged:
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices("checkpoints moved aside")
@@ -213,7 +227,9 @@ class Checkpointer:
         try:
             self.manager.close()
         except Exception as e:
-            warnings.warn(f"the last checkpoint save in {self.directory} failed too: {type(e).__name__}: {e}")
+            warnings.warn(
+                f"the last checkpoint save in {self.directory} failed too: {type(e).__name__}: {e}", stacklevel=2
+            )
 
 
 def restore_run(trainer, workdir: str, step=None):

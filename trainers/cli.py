@@ -5,6 +5,7 @@ written (OSError), and a run directory that cannot be trained in as asked are re
 as ``error: <message>`` naming the file, key or value. Anything else is a bug and keeps
 its traceback.
 """
+
 import functools
 import sys
 
@@ -20,8 +21,17 @@ def _user_errors():
     from trainers.config import ConfigError
     from trainers.loop import NonFiniteLoss
 
-    return (ConfigError, InputError, OSError, CheckpointMismatch, NoReadableCheckpoint, rundir.ConfigChanged,
-            rundir.WorkdirBusy, NonFiniteLoss, LaunchError)
+    return (
+        ConfigError,
+        InputError,
+        OSError,
+        CheckpointMismatch,
+        NoReadableCheckpoint,
+        rundir.ConfigChanged,
+        rundir.WorkdirBusy,
+        NonFiniteLoss,
+        LaunchError,
+    )
 
 
 def command(main):

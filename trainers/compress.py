@@ -12,6 +12,7 @@ does (averaged to mono, or mono repeated). The .npz holds each segment's codes
 (``codes_<i>``, (1, K, frames)) and scale (``scale_<i>``, normalising models), plus the
 sample rate, channel count, length and bandwidth; decoding checks that they fit the model.
 """
+
 import argparse
 import json
 import sys
@@ -22,8 +23,9 @@ from trainers.cli import InputError, command
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m trainers.compress", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m trainers.compress", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("direction", choices=["encode", "decode"])
     p.add_argument("input")
     p.add_argument("output")
@@ -32,8 +34,11 @@ def _parser():
     p.add_argument("--workdir", help="the codec run's directory")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
     p.add_argument("--weights", help="official EnCodec weights")
-    p.add_argument("--model", default="encodec_24khz",
-                   help="the weights' config: encodec_24khz, encodec_48khz, or a JSON file of EncodecConfig fields")
+    p.add_argument(
+        "--model",
+        default="encodec_24khz",
+        help="the weights' config: encodec_24khz, encodec_48khz, or a JSON file of EncodecConfig fields",
+    )
     return p
 
 
@@ -97,16 +102,23 @@ def encode(codec, wav_path, npz_path, bandwidth):
     audio = speech.read_audio(wav_path, c.sample_rate, resample=True, mono=False)
     audio = convert_channels(audio, c.channels)
     frames = codec.encode(audio[None], bandwidth)
-    arrays = {"sample_rate": c.sample_rate, "channels": c.channels, "length": len(audio),
-              "bandwidth": bandwidth or 0.0, "segments": len(frames)}
+    arrays = {
+        "sample_rate": c.sample_rate,
+        "channels": c.channels,
+        "length": len(audio),
+        "bandwidth": bandwidth or 0.0,
+        "segments": len(frames),
+    }
     for i, (codes, scale) in enumerate(frames):
         arrays[f"codes_{i}"] = np.asarray(codes).astype(np.int16 if c.bins <= 2**15 else np.int32)
         if scale is not None:
             arrays[f"scale_{i}"] = np.asarray(scale)
     speech.write_npz(npz_path, compressed=True, **arrays)
     k = frames[0][0].shape[1]
-    print(f"{wav_path}: {len(audio) / c.sample_rate:.2f} s -> {npz_path}: {len(frames)} segment(s) of {k} codebooks "
-          f"({k * np.log2(c.bins) * c.frame_rate / 1000:g} kbps)")
+    print(
+        f"{wav_path}: {len(audio) / c.sample_rate:.2f} s -> {npz_path}: {len(frames)} segment(s) of {k} codebooks "
+        f"({k * np.log2(c.bins) * c.frame_rate / 1000:g} kbps)"
+    )
 
 
 def decode(codec, npz_path, wav_path):
@@ -116,17 +128,23 @@ def decode(codec, npz_path, wav_path):
     try:
         data = np.load(npz_path)
         meta = {k: data[k].item() for k in ("sample_rate", "channels", "length", "segments")}
-        frames = [(data[f"codes_{i}"].astype(np.int32), data[f"scale_{i}"] if f"scale_{i}" in data else None)
-                  for i in range(meta["segments"])]
+        frames = [
+            (data[f"codes_{i}"].astype(np.int32), data[f"scale_{i}"] if f"scale_{i}" in data else None)
+            for i in range(meta["segments"])
+        ]
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{npz_path} is not a codes file written by `compress encode`: {e}") from e
     if (meta["sample_rate"], meta["channels"]) != (c.sample_rate, c.channels):
-        raise InputError(f"{npz_path} holds {meta['sample_rate']} Hz, {meta['channels']}-channel codes; "
-                         f"the model is {c.sample_rate} Hz, {c.channels}-channel")
+        raise InputError(
+            f"{npz_path} holds {meta['sample_rate']} Hz, {meta['channels']}-channel codes; "
+            f"the model is {c.sample_rate} Hz, {c.channels}-channel"
+        )
     for codes, _ in frames:
         if codes.shape[1] > c.n_q or codes.max(initial=0) >= c.bins:
-            raise InputError(f"{npz_path}: codes of shape {codes.shape} (max {codes.max()}) do not fit "
-                             f"{c.n_q} codebooks of {c.bins}")
+            raise InputError(
+                f"{npz_path}: codes of shape {codes.shape} (max {codes.max()}) do not fit "
+                f"{c.n_q} codebooks of {c.bins}"
+            )
     audio = np.asarray(codec.decode(frames))[0, : meta["length"]]
     speech.write_wav(wav_path, audio[:, 0] if c.channels == 1 else audio, c.sample_rate)
     print(f"{npz_path} -> {wav_path}: {meta['length'] / c.sample_rate:.2f} s")

@@ -4,12 +4,13 @@ An unknown key or a value of the wrong type is an error that names the dotted ke
 lists the valid ones. Command-line overrides are ``dotted.key=value`` with the value
 parsed as YAML (``optimizer.lr=1e-3``, ``mesh.fsdp=-1``, ``model.args.dims=[8,16]``).
 """
+
 import argparse
 import dataclasses
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Tuple
+from typing import Any, Literal
 
 import yaml
 
@@ -21,7 +22,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = "mambaout_femto"  # a named variant of the task's family
-    args: Dict[str, Any] = field(default_factory=dict)  # constructor overrides, upstream names
+    args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, upstream names
 
 
 @dataclass
@@ -44,11 +45,11 @@ class DataConfig:
     max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
     resample: bool = False  # audio at another sample rate: resample to 16 kHz instead of an error
     random_resized_crop: bool = True
-    crop_scale: Tuple[float, float] = (0.08, 1.0)
-    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
-    mean: Tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: Tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
@@ -105,8 +106,10 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1, not {getattr(self, name)} "
-                                  "(logs, evaluations and checkpoints also come at the last step)")
+                raise ConfigError(
+                    f"train.{name} must be at least 1, not {getattr(self, name)} "
+                    "(logs, evaluations and checkpoints also come at the last step)"
+                )
 
 
 @dataclass
@@ -148,14 +151,16 @@ class SpeechConfig:
     # Training only: each utterance low-passed (cutoff uniform in lowpass_hz) with this
     # probability and, apart, given white noise (SNR uniform in noise_snr_db); 0: off.
     degrade_prob: float = 0.0
-    lowpass_hz: Tuple[float, float] = (2000.0, 8000.0)
-    noise_snr_db: Tuple[float, float] = (5.0, 40.0)
+    lowpass_hz: tuple[float, float] = (2000.0, 8000.0)
+    noise_snr_db: tuple[float, float] = (5.0, 40.0)
     max_label_length: int = 64
     prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
     beam_size: int = 8  # eval: greedy and prefix beam search WER
     lm_order: int = 0  # > 0: an n-gram trained on the training transcripts, fused in the beam
     lm_path: str = ""  # or an ARPA file
-    lm_words: bool = False  # the n-gram is over words, scored as each is spelt (chars/pieces); else over the CTC tokens
+    lm_words: bool = (
+        False  # the n-gram is over words, scored as each is spelt (chars/pieces); else over the CTC tokens
+    )
     lm_weight: float = 0.5
     length_bonus: float = 0.0
     # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace
@@ -179,8 +184,9 @@ class CodecConfig:
     segment_seconds: float = 1.0  # random training crops
     # Weights of the balanced losses (adv, feat: hinge and feature matching of the MS-STFT
     # discriminator; l1: waveform; mel: log-mel L1; msspec: multi-scale mel).
-    loss_weights: Dict[str, float] = field(
-        default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0})
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0}
+    )
     balance_grads: bool = True  # False: a plain weighted sum of the losses
     # Steps before adv and feat reach the codec (VQGAN's disc_start; AudioCraft: 0). The
     # discriminator trains from the start, so its gradients mean something when they do.
@@ -190,11 +196,11 @@ class CodecConfig:
     commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer
     quantizer_dropout: bool = True  # train each batch with a random number of codebooks
     disc_filters: int = 32
-    disc_n_ffts: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
-    disc_hop_lengths: List[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
-    disc_win_lengths: List[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_hop_lengths: list[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
+    disc_win_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
     disc_negative_slope: float = 0.3
-    msspec_range: Tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
+    msspec_range: tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
     n_mels: int = 64
     f_min: float = 64.0
     eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
@@ -295,14 +301,14 @@ def _check(value, tp, key):
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
-    if origin in (tuple, list, Tuple, List):
+    if origin in (tuple, list, tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
         item = args[0] if args else Any
         return origin(_check(v, item, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, Dict):
+    if origin in (dict, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -324,7 +330,9 @@ def from_dict(cls, data: dict, prefix: str = ""):
     unknown = [k for k in data if k not in names]
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys of {prefix or 'the config'}: {', '.join(names)}")
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]}; valid keys of {prefix or 'the config'}: {', '.join(names)}"
+        )
     kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
 

@@ -7,6 +7,7 @@ the global array with jax.make_array_from_process_local_data. So a run gives the
 batches on one process or many, and resuming restores the iterator's position from
 the checkpoint.
 """
+
 import math
 
 import numpy as np

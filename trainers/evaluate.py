@@ -3,6 +3,7 @@
 Evaluates the newest checkpoint in DIR (or STEP) on the config's eval split, prints the
 metrics, writes them to DIR/eval_<step>.json, and redraws the task's pictures.
 """
+
 import json
 import os
 

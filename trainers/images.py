@@ -2,6 +2,7 @@
 
 Images travel as uint8 NHWC; normalisation happens on the device (cheaper transfers).
 """
+
 import os
 import warnings
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def decode(path: str, on_bad_image: str):
             return np.asarray(im.convert("RGB"))
     except Exception as e:  # PIL raises many types for a broken file
         if on_bad_image == "skip":
-            warnings.warn(f"skipping unreadable image {path}: {e}")
+            warnings.warn(f"skipping unreadable image {path}: {e}", stacklevel=2)
             return None
         raise InputError(f"cannot read image {path}: {e}") from e
 
@@ -152,6 +153,8 @@ class ImageTransform:
                 img = img[:, ::-1]
         elif img.shape[:2] != (self.image_size, self.image_size):
             img = resize_center_crop(img, self.image_size, self.crop_pct)
-        return {"image": np.ascontiguousarray(img), "label": record["label"], "mask": np.float32(record.get("mask", 1.0))}
-
-
+        return {
+            "image": np.ascontiguousarray(img),
+            "label": record["label"],
+            "mask": np.float32(record.get("mask", 1.0)),
+        }

@@ -1,4 +1,5 @@
 """The training loop: one for every family; the task module says what is family-specific."""
+
 import collections
 import contextlib
 import os
@@ -16,8 +17,8 @@ from jax.experimental import multihost_utils
 
 from trainers import config as config_lib
 from trainers import data, rundir, sharding
+from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_shardings, check_writable
 from trainers.cli import InputError
-from trainers.checkpoint import CheckpointMismatch, Checkpointer, abstract_with_shardings, check_writable
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.tasks import get_task
@@ -70,7 +71,9 @@ class Trainer:
         opt_shape = jax.eval_shape(self._init_optimizer, sharding.unbox_abstract(boxed))
 
         def opt_shardings_of(shape, param_shardings):
-            return optax.tree_map_params(self.tx, lambda _, s: s, shape, param_shardings, transform_non_params=lambda _: rep)
+            return optax.tree_map_params(
+                self.tx, lambda _, s: s, shape, param_shardings, transform_non_params=lambda _: rep
+            )
 
         if self.groups:
             opt_shardings = {g: opt_shardings_of(opt_shape[g], self.param_shardings[g]) for g in self.groups}
@@ -95,9 +98,7 @@ class Trainer:
             out_shardings=(self.state_shardings, rep),
             donate_argnums=(0,),
         )
-        self._eval_step = jax.jit(
-            self._eval_outputs, in_shardings=(self.param_shardings, self.batch_shardings)
-        )
+        self._eval_step = jax.jit(self._eval_outputs, in_shardings=(self.param_shardings, self.batch_shardings))
 
     def context(self):
         """Mesh and logical-axis rules, active while tracing so activation constraints bind."""
@@ -130,7 +131,8 @@ class Trainer:
         rng = jax.random.fold_in(state.rng, state.step)
         if self.groups:
             params, opt_state, metrics = self.task.train_update(
-                self.tx, state.params, state.opt_state, batch, rng, state.step)
+                self.tx, state.params, state.opt_state, batch, rng, state.step
+            )
         else:
             params, opt_state, metrics = self._gradient_update(state, batch, rng)
         ema_params = state.ema_params
@@ -139,11 +141,14 @@ class Trainer:
             ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
         # A step whose loss or gradient norm is not finite is not applied: the state (and
         # so every checkpoint) never holds NaN; the loop stops or skips on train/nonfinite.
-        finite = jnp.all(jnp.stack([jnp.isfinite(v) for k, v in metrics.items()
-                                    if k == "train/loss" or k.endswith("grad_norm")]))
+        finite = jnp.all(
+            jnp.stack([jnp.isfinite(v) for k, v in metrics.items() if k == "train/loss" or k.endswith("grad_norm")])
+        )
         params, opt_state, ema_params = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
-            (params, opt_state, ema_params), (state.params, state.opt_state, state.ema_params))
+            (params, opt_state, ema_params),
+            (state.params, state.opt_state, state.ema_params),
+        )
         metrics["train/lr"] = self.lr_fn(state.step)
         metrics["train/nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
@@ -265,11 +270,15 @@ def _check_finite(step: int, metrics: dict, on_nonfinite: str):
     """Stops the run (or, with train.on_nonfinite=skip, says so) after a step that was not applied."""
     if not float(metrics["train/nonfinite"]):
         return
-    values = ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k == "train/loss" or k.endswith("grad_norm"))
+    values = ", ".join(
+        f"{k}={float(v):.4g}" for k, v in metrics.items() if k == "train/loss" or k.endswith("grad_norm")
+    )
     message = f"step {step}: the loss or a gradient norm is not finite ({values}); the update was not applied"
     if on_nonfinite == "error":
-        raise NonFiniteLoss(f"{message}. The run stops here with its checkpoints intact (train.on_nonfinite=skip "
-                            "would skip such steps)")
+        raise NonFiniteLoss(
+            f"{message}. The run stops here with its checkpoints intact (train.on_nonfinite=skip "
+            "would skip such steps)"
+        )
     print(f"warning: {message}: step skipped", flush=True)
 
 
@@ -361,8 +370,9 @@ def _loop(trainer, ckpt, restored, workdir):
                     trainer.task.write_artifacts(workdir, outputs, step)
             stop_signal = preempt.agreed_signal()
             if step % t.checkpoint_every == 0 or save_metrics or final or stop_signal:
-                ckpt.save(step, state, iterator.get_state(), assets, metrics=save_metrics,
-                          force=final or bool(stop_signal))
+                ckpt.save(
+                    step, state, iterator.get_state(), assets, metrics=save_metrics, force=final or bool(stop_signal)
+                )
             if stop_signal:
                 print(f"signal {stop_signal}: checkpoint written at step {step}, stopping", flush=True)
                 break

@@ -1,4 +1,5 @@
 """Metrics on process 0: metrics.jsonl, TensorBoard event files, and a progress display."""
+
 import json
 import os
 import sys

@@ -1,4 +1,5 @@
 """Optimizer and learning-rate schedule from config (optax)."""
+
 import jax
 import optax
 

@@ -1,4 +1,5 @@
 """Pictures a person can look at (PIL only): confusion matrices, prediction and sample grids, spectrograms."""
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -39,7 +40,9 @@ def prediction_grid_png(path, images, labels, predictions, columns=8, scale=4):
         x0, y0 = c * cw, r * ch
         color = (0, 160, 0) if y == p else (220, 0, 0)
         draw.rectangle([x0, y0, x0 + cw - 1, y0 + h * scale + 5], fill=color)
-        grid.paste(Image.fromarray(np.asarray(im, np.uint8)).resize((w * scale, h * scale), Image.NEAREST), (x0 + 3, y0 + 3))
+        grid.paste(
+            Image.fromarray(np.asarray(im, np.uint8)).resize((w * scale, h * scale), Image.NEAREST), (x0 + 3, y0 + 3)
+        )
         draw.text((x0 + 3, y0 + h * scale + 6), f"{int(y)}/{int(p)}", fill=color)
     grid.save(path)
 
@@ -86,7 +89,9 @@ def alignment_png(path, log_mel, spans, title="", ms_per_frame=10, scale=3):
     frames, bins = log_mel.shape
     top, bottom = 18, 34
     img = Image.new("RGB", (frames * scale, top + bins * 2 + bottom), "white")
-    img.paste(Image.fromarray(np.ascontiguousarray(picture)).resize((frames * scale, bins * 2), Image.NEAREST), (0, top))
+    img.paste(
+        Image.fromarray(np.ascontiguousarray(picture)).resize((frames * scale, bins * 2), Image.NEAREST), (0, top)
+    )
     draw = ImageDraw.Draw(img)
     draw.text((2, 2), title, fill="black")
     for k, (token, start, end) in enumerate(spans):
@@ -114,8 +119,9 @@ def spectrograms_png(path, rows, title="", scale=2):
         draw.text((2, y), name, fill="black")
         y += label
         picture = _heat((np.asarray(m, np.float64) - low) / max(high - low, 1e-6)).transpose(1, 0, 2)[::-1]
-        tile = Image.fromarray(np.ascontiguousarray(picture)).resize((m.shape[0] * scale, m.shape[1] * scale),
-                                                                     Image.NEAREST)
+        tile = Image.fromarray(np.ascontiguousarray(picture)).resize(
+            (m.shape[0] * scale, m.shape[1] * scale), Image.NEAREST
+        )
         img.paste(tile, (0, y))
         y += m.shape[1] * scale
     img.save(path)

@@ -4,6 +4,7 @@ The lock is an advisory ``flock`` on ``<workdir>/.lock`` held by process 0 while
 trains: the kernel drops it when the process ends, however it ends, so a killed run
 never leaves a stale lock. The file names the holder for the error a second trainer gets.
 """
+
 import fcntl
 import os
 import socket
@@ -34,10 +35,14 @@ class WorkdirLock:
         except BlockingIOError:
             holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise WorkdirBusy(f"{os.path.dirname(self.path)} is in use by {holder}; "
-                              "two trainers in one workdir would overwrite each other's checkpoints") from None
+            raise WorkdirBusy(
+                f"{os.path.dirname(self.path)} is in use by {holder}; "
+                "two trainers in one workdir would overwrite each other's checkpoints"
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        os.write(
+            fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
+        )
         self.fd = fd
         return self
 
@@ -66,8 +71,11 @@ def config_changes(saved: dict, cfg: config_lib.Config) -> list:
         pass
     old, new = _flatten(saved), _flatten(config_lib.to_dict(cfg))
     missing = object()
-    return [f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in sorted(set(old) | set(new))
-            if old.get(k, missing) != new.get(k, missing)]
+    return [
+        f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, missing) != new.get(k, missing)
+    ]
 
 
 def saved_config(workdir: str):
@@ -86,7 +94,8 @@ def check_config(workdir: str, cfg: config_lib.Config, allow_change: bool) -> li
     if changes and not allow_change:
         raise ConfigChanged(
             f"{workdir} holds a run trained with another config ({'; '.join(changes)}). Nothing was changed; "
-            "to resume it with the new values pass --allow-config-change, or train into a new --workdir")
+            "to resume it with the new values pass --allow-config-change, or train into a new --workdir"
+        )
     return changes
 
 

@@ -4,6 +4,7 @@ Draws class-conditional samples from a diffusion run's checkpoint (the EMA weigh
 when it has them), batch-sharded over all devices, and writes OUT.png (a grid, one row
 per label) and OUT.npz (`samples` (N, H, W, C) in the model's [-1, 1] space, `labels`).
 """
+
 import dataclasses
 import os
 import sys
@@ -37,10 +38,14 @@ def main(argv=None):
         sys.exit(f"--labels {args.labels!r}: expected comma-separated integers")
     df = cfg.diffusion
     sampler = args.sampler or df.sampler
-    respacing = df.sample_respacing if args.steps is None else (
-        f"ddim{args.steps}" if sampler == "ddim" else str(args.steps))
+    respacing = (
+        df.sample_respacing if args.steps is None else (f"ddim{args.steps}" if sampler == "ddim" else str(args.steps))
+    )
     df = dataclasses.replace(
-        df, sampler=sampler, sample_respacing=respacing, classifier_config="",
+        df,
+        sampler=sampler,
+        sample_respacing=respacing,
+        classifier_config="",
         cfg_scale=df.cfg_scale if args.cfg_scale is None else args.cfg_scale,
         eta=df.eta if args.eta is None else args.eta,
     )
@@ -64,14 +69,20 @@ def main(argv=None):
     y = np.repeat(np.asarray(labels, np.int32), args.per_label)
     pad = -len(y) % sharding.batch_divisor(trainer.mesh)
     with trainer.context():
-        samples = task.sample(params, np.concatenate([y, np.zeros(pad, np.int32)]), jax.random.PRNGKey(args.seed),
-                              trainer.mesh)[: len(y)]
+        samples = task.sample(
+            params, np.concatenate([y, np.zeros(pad, np.int32)]), jax.random.PRNGKey(args.seed), trainer.mesh
+        )[: len(y)]
     out = args.out or os.path.join(args.workdir, f"samples_{step}")
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         np.savez(out + ".npz", samples=samples, labels=y)
-        sample_grid_png(out + ".png", samples, args.per_label, row_labels=labels,
-                        title=f"step {step}: {sampler} {respacing}, guidance {df.cfg_scale}")
+        sample_grid_png(
+            out + ".png",
+            samples,
+            args.per_label,
+            row_labels=labels,
+            title=f"step {step}: {sampler} {respacing}, guidance {df.cfg_scale}",
+        )
     print(f"wrote {out}.png and {out}.npz ({len(y)} samples, step {step})", flush=True)
 
 

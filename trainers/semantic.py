@@ -9,6 +9,7 @@ the given utterances; tokens optionally de-duplicated (runs collapsed). A tokeni
 saved to and loaded from one .npz (centroids and settings); a tts run also keeps the
 centroids in each of its checkpoints (TTSTask.assets).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,22 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.asr import apply_cmvn, fbank
-from trainers.cli import InputError
 from trainers import speech
+from trainers.cli import InputError
 
 MEL_RATE = 100  # fbank frames per second (10 ms shift)
 
 
 class SemanticTokenizer:
-    def __init__(self, centroids, features: str = "logmel", frame_rate: int = 50, deduplicate: bool = False,
-                 recognizer_config: str = "", recognizer_workdir: str = ""):
+    def __init__(
+        self,
+        centroids,
+        features: str = "logmel",
+        frame_rate: int = 50,
+        deduplicate: bool = False,
+        recognizer_config: str = "",
+        recognizer_workdir: str = "",
+    ):
         if features not in ("logmel", "recognizer"):
             raise ValueError(f"semantic features must be logmel or recognizer, not {features!r}")
         if features == "logmel" and MEL_RATE % frame_rate:
@@ -42,7 +50,7 @@ class SemanticTokenizer:
         """(features (N, T, D), valid (N, T)) of 16 kHz waveforms."""
         audio, lengths = speech.pad_waveforms(waveforms)
         encode = self._logmel if self.features == "logmel" else self._recognizer_encoder()
-        parts = [encode(audio[i: i + 64], lengths[i: i + 64]) for i in range(0, len(audio), 64)]
+        parts = [encode(audio[i : i + 64], lengths[i : i + 64]) for i in range(0, len(audio), 64)]
         return jnp.concatenate([f for f, _ in parts]), jnp.concatenate([v for _, v in parts])
 
     def _logmel(self, audio, lengths):
@@ -62,17 +70,24 @@ class SemanticTokenizer:
 
             task, params = load_recognizer_state(self.recognizer_config, self.recognizer_workdir)
             if 100 // task.cfg.speech.lfr_n != self.frame_rate:
-                raise ValueError(f"the recogniser's frames come at {100 // task.cfg.speech.lfr_n} Hz; "
-                                 f"frame_rate is {self.frame_rate}")
+                raise ValueError(
+                    f"the recogniser's frames come at {100 // task.cfg.speech.lfr_n} Hz; "
+                    f"frame_rate is {self.frame_rate}"
+                )
 
             @jax.jit
             def encode(audio, lengths):
                 feats, frames = task._features(audio, lengths, None)
                 feats = apply_cmvn(feats, frames, *task.cmvn)
-                _, state = task.model.apply({"params": params}, feats, frames, mutable=["intermediates"],
-                                            capture_intermediates=lambda m, _: isinstance(m, SenseVoiceEncoderSmall))
+                _, state = task.model.apply(
+                    {"params": params},
+                    feats,
+                    frames,
+                    mutable=["intermediates"],
+                    capture_intermediates=lambda m, _: isinstance(m, SenseVoiceEncoderSmall),
+                )
                 states = state["intermediates"]["encoder"]["__call__"][0]
-                states = states[:, states.shape[1] - feats.shape[1]:]  # without the prompt rows, if any
+                states = states[:, states.shape[1] - feats.shape[1] :]  # without the prompt rows, if any
                 return states, jnp.arange(states.shape[1])[None] < frames[:, None]
 
             self._encoder = encode
@@ -95,12 +110,17 @@ class SemanticTokenizer:
         return [list(map(int, row[:n])) for row, n in zip(np.asarray(tokens), np.asarray(lengths))]
 
     def save(self, path: str):
-        settings = {"features": self.features, "frame_rate": self.frame_rate, "deduplicate": self.deduplicate,
-                    "recognizer_config": self.recognizer_config, "recognizer_workdir": self.recognizer_workdir}
+        settings = {
+            "features": self.features,
+            "frame_rate": self.frame_rate,
+            "deduplicate": self.deduplicate,
+            "recognizer_config": self.recognizer_config,
+            "recognizer_workdir": self.recognizer_workdir,
+        }
         speech.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
 
     @classmethod
-    def load(cls, path: str) -> "SemanticTokenizer":
+    def load(cls, path: str) -> SemanticTokenizer:
         try:
             with np.load(path) as f:
                 return cls(f["centroids"], **json.loads(str(f["settings"])))

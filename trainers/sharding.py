@@ -4,12 +4,14 @@ Models name their axes ("embed", "mlp", ...); only this table knows the mesh. Ch
 the parallelism is a config change (mesh.data / mesh.fsdp / mesh.tensor), never a
 model change.
 """
+
 import math
 
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")  # the mesh axes the batch is split over
@@ -49,7 +51,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
         raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not fit {len(devices)} devices")
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, there are {len(devices)}")
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, there are {len(devices)}"
+        )
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
@@ -68,8 +72,11 @@ def unbox_abstract(boxed_abstract):
     """The shapes of a boxed abstract tree, without the sharding constraint flax's unbox
     applies under active axis rules (which fails on abstract values, e.g. when a helper
     run is built inside another trainer's context)."""
-    return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
-                        boxed_abstract, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        boxed_abstract,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
 
 
 def param_shardings(boxed_abstract_params, mesh: Mesh):
@@ -107,7 +114,9 @@ def batch_divisor(mesh: Mesh) -> int:
 def local_batch_rows(mesh: Mesh, global_batch: int):
     """(start, stop): the contiguous block of a global batch this process's devices hold."""
     index_map = batch_sharding(mesh).addressable_devices_indices_map((global_batch,))
-    blocks = sorted({(idx[0].start or 0, global_batch if idx[0].stop is None else idx[0].stop) for idx in index_map.values()})
+    blocks = sorted(
+        {(idx[0].start or 0, global_batch if idx[0].stop is None else idx[0].stop) for idx in index_map.values()}
+    )
     for (_, stop), (start, _) in zip(blocks, blocks[1:]):
         if stop != start:
             raise ValueError(f"this process's devices hold rows {blocks} of the batch, not one contiguous block")
@@ -117,8 +126,6 @@ def local_batch_rows(mesh: Mesh, global_batch: int):
 def to_global(mesh: Mesh, local_batch: dict, global_batch: int) -> dict:
     """Assembles the global batch from each process's rows."""
     return {
-        k: jax.make_array_from_process_local_data(
-            batch_sharding(mesh, v.ndim), v, (global_batch,) + v.shape[1:]
-        )
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, (global_batch,) + v.shape[1:])
         for k, v in local_batch.items()
     }

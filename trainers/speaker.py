@@ -7,6 +7,7 @@ is a small x-vector-style classifier trained on the training voices in seconds: 
 utterance, a 128-wide embedding layer, and a softmax over the voices. The embedding
 layer's output is what is compared, so voices held out of training can be scored.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def _fbank(audio, lengths):
 def _features(waveforms, chunk: int = 256):
     """Log-mel frames (N, T, mels) and their valid mask of 16 kHz waveforms, computed `chunk` at a time."""
     audio, lengths = speech.pad_waveforms(waveforms)
-    parts = [_fbank(audio[i: i + chunk], lengths[i: i + chunk]) for i in range(0, len(audio), chunk)]
+    parts = [_fbank(audio[i : i + chunk], lengths[i : i + chunk]) for i in range(0, len(audio), chunk)]
     feats, frames = jnp.concatenate([f for f, _ in parts]), jnp.concatenate([n for _, n in parts])
     return feats, jnp.arange(feats.shape[1])[None] < frames[:, None]
 
@@ -77,8 +78,12 @@ def train_speaker_embedder(waveforms, speakers, steps: int, seed: int = 0, batch
     for _ in range(steps):
         params, opt_state = step(params, opt_state, rng.integers(0, len(waveforms), batch_size))
     apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, v))
-    predicted = np.concatenate([np.asarray(apply(params, feats[i: i + 256], valid[i: i + 256])[1].argmax(-1))
-                                for i in range(0, len(waveforms), 256)])
+    predicted = np.concatenate(
+        [
+            np.asarray(apply(params, feats[i : i + 256], valid[i : i + 256])[1].argmax(-1))
+            for i in range(0, len(waveforms), 256)
+        ]
+    )
     accuracy = float(np.mean(predicted == np.asarray(labels)))
 
     def embed(waveforms):

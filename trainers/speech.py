@@ -21,6 +21,7 @@ User data: JSON-lines manifests in the same form (FunASR / SenseVoice style; `so
 relative to the manifest's folder or absolute), or a LibriSpeech folder
 (<split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt with .flac or .wav beside).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -53,9 +54,16 @@ def corpus_sentence(rng: random.Random) -> str:
 class _Event(ctypes.Structure):
     """speak_lib.h's espeak_EVENT (its id union as 8 bytes)."""
 
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
 
 
 _EVENT_LIST_END, _EVENT_WORD = 0, 1
@@ -75,8 +83,9 @@ class _ESpeak:
         if self.sample_rate <= 0:
             raise RuntimeError(f"eSpeak NG failed to initialise with data in {data_parent}")
         self._chunks, self._word_samples = [], []
-        callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                         ctypes.POINTER(_Event))
+        callback_type = ctypes.CFUNCTYPE(
+            ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+        )
         self._callback = callback_type(self._collect)  # kept alive as long as self
         self.lib.espeak_SetSynthCallback(self._callback)
 
@@ -149,9 +158,18 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
             audio, word_starts = engine.say_16k(text, voice, pitch, rate)
             key = f"{split}_{i:05d}"
             write_wav(os.path.join(path, "wav", f"{key}.wav"), audio)
-            lines.append(json.dumps({"key": key, "source": f"wav/{key}.wav", "target": text,
-                                     "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice,
-                                     "word_starts": word_starts}))
+            lines.append(
+                json.dumps(
+                    {
+                        "key": key,
+                        "source": f"wav/{key}.wav",
+                        "target": text,
+                        "speaker": f"{voice}/p{pitch}/r{rate}",
+                        "voice": voice,
+                        "word_starts": word_starts,
+                    }
+                )
+            )
         tmp = os.path.join(path, f"{split}.jsonl.tmp")
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -243,8 +261,9 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
         raise InputError(f"empty audio file {path}")
     if rate != sample_rate:
         if not resample:
-            raise InputError(f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz "
-                             "(set data.resample: true to resample)")
+            raise InputError(
+                f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (set data.resample: true to resample)"
+            )
         from scipy.signal import resample_poly
 
         g = np.gcd(rate, sample_rate)
@@ -298,8 +317,14 @@ def read_librispeech(path: str) -> list[dict]:
                 raise FileNotFoundError(f"LibriSpeech chapter without transcript: {transcript}")
             for line in open(transcript):
                 key, _, text = line.strip().partition(" ")
-                audio = next((os.path.join(folder, key + ext) for ext in (".flac", ".wav")
-                              if os.path.isfile(os.path.join(folder, key + ext))), None)
+                audio = next(
+                    (
+                        os.path.join(folder, key + ext)
+                        for ext in (".flac", ".wav")
+                        if os.path.isfile(os.path.join(folder, key + ext))
+                    ),
+                    None,
+                )
                 if audio is None:
                     raise FileNotFoundError(f"{transcript}: no audio for {key} (.flac or .wav)")
                 records.append({"key": key, "source": audio, "target": text.lower(), "speaker": speaker})
@@ -358,8 +383,10 @@ class SpeechSource:
             problems = [p for p in (audio_problem(r["source"], SAMPLE_RATE, d.resample) for r in self.records) if p]
             if problems:
                 more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                raise InputError(f"split {split!r}: {len(problems)} of {len(self.records)} audio files cannot be used: "
-                                 f"{'; '.join(problems[:3])}{more}. Fix them, or set data.on_bad_audio: skip")
+                raise InputError(
+                    f"split {split!r}: {len(problems)} of {len(self.records)} audio files cannot be used: "
+                    f"{'; '.join(problems[:3])}{more}. Fix them, or set data.on_bad_audio: skip"
+                )
 
     def __len__(self):
         return len(self.records)

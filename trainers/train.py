@@ -1,12 +1,19 @@
 """python -m trainers.train CONFIG.yaml --workdir DIR [--allow-config-change] [--start-fresh] [dotted.key=value ...]"""
+
 from trainers.cli import command
 
 
 def add_arguments(parser):
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="resume a run whose config.yaml differs (kept as config.step<N>.yaml)")
-    parser.add_argument("--start-fresh", action="store_true",
-                        help="where no checkpoint can be read, move them aside and train from step 0")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a run whose config.yaml differs (kept as config.step<N>.yaml)",
+    )
+    parser.add_argument(
+        "--start-fresh",
+        action="store_true",
+        help="where no checkpoint can be read, move them aside and train from step 0",
+    )
 
 
 @command

@@ -10,6 +10,7 @@ the decoded text:
       three  0.30-0.66 s
       ...
 """
+
 import dataclasses
 import json
 import os
@@ -65,8 +66,9 @@ def main(argv=None):
         logits, lengths = task.forward(params, batch, None, train=False)
         _, logits, paddings = task.split_outputs(logits, lengths)
         if args.decoder == "beam":
-            best = beam_search(logits, paddings, s.beam_size, lm=task.lm, lm_weight=s.lm_weight,
-                               length_bonus=s.length_bonus)
+            best = beam_search(
+                logits, paddings, s.beam_size, lm=task.lm, lm_weight=s.lm_weight, length_bonus=s.length_bonus
+            )
             labels, count = best.labels[:, 0], best.lengths[:, 0]
         else:
             labels, label_paddings = greedy_decode(logits, paddings)
@@ -83,12 +85,22 @@ def main(argv=None):
     seconds_per_frame = s.lfr_n * 0.01
     for i, path in enumerate(args.audio):
         ids = labels[i, : count[i]]
-        spans = [(task.tokenizer.tokens[t], round(float(a) * seconds_per_frame, 2), round(float(b) * seconds_per_frame, 2))
-                 for t, a, b in zip(ids, alignment.token_starts[i], alignment.token_ends[i])]
+        spans = [
+            (task.tokenizer.tokens[t], round(float(a) * seconds_per_frame, 2), round(float(b) * seconds_per_frame, 2))
+            for t, a, b in zip(ids, alignment.token_starts[i], alignment.token_ends[i])
+        ]
         text = task.tokenizer.decode(ids)
         if args.json:
-            print(json.dumps({"file": path, "text": text, "step": int(step),
-                              "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
+            print(
+                json.dumps(
+                    {
+                        "file": path,
+                        "text": text,
+                        "step": int(step),
+                        "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans],
+                    }
+                )
+            )
         else:
             print(f"{path}\t{text}")
             for t, a, b in spans:

@@ -7,6 +7,7 @@ prompt, so it needs the prompt's transcript: --prompt-text, or, when omitted, th
 transcript of the run's recogniser (tts.recognizer_config). Sampling follows the config's
 tts.temperature / top_k / top_p / guidance_scale (override them as dotted keys) with --seed.
 """
+
 import sys
 
 from trainers.cli import command
@@ -53,8 +54,13 @@ def main(argv=None):
         prompt_text = load_recognizer(cfg.tts.recognizer_config, cfg.tts.recognizer_workdir)([prompt])[0]
         print(f"prompt transcript: {prompt_text}")
     step, state = restore_run(trainer, args.workdir, args.checkpoint)
-    (audio,) = task.synthesise(state.inference_params, task.text_ids([prompt_text]), task.text_ids([args.text]),
-                               [prompt], jax.random.PRNGKey(args.seed))
+    (audio,) = task.synthesise(
+        state.inference_params,
+        task.text_ids([prompt_text]),
+        task.text_ids([args.text]),
+        [prompt],
+        jax.random.PRNGKey(args.seed),
+    )
     speech.write_wav(args.out, audio)
     print(f"{args.out}: {len(audio) / speech.SAMPLE_RATE:.2f} s (checkpoint {step})")
 

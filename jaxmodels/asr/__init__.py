@@ -1,5 +1,6 @@
 """Speech recognition: the front end (filterbank, low frame rate, CMVN, SpecAugment) and
 SenseVoice-Small's SAN-M + CTC recogniser, with named configs."""
+
 from jaxmodels.asr.convert import from_torch, infer_config
 from jaxmodels.asr.frontend import apply_cmvn, degrade, fbank, low_frame_rate, mel_banks, spec_augment
 from jaxmodels.asr.model import (
@@ -20,8 +21,17 @@ VARIANTS = {
     "sensevoice_small": dict(
         vocab_size=25055,
         input_size=560,
-        encoder_conf=dict(output_size=512, attention_heads=4, linear_units=2048, num_blocks=50, tp_blocks=20,
-                          kernel_size=11, sanm_shift=0, dropout_rate=0.1, attention_dropout_rate=0.1),
+        encoder_conf=dict(
+            output_size=512,
+            attention_heads=4,
+            linear_units=2048,
+            num_blocks=50,
+            tp_blocks=20,
+            kernel_size=11,
+            sanm_shift=0,
+            dropout_rate=0.1,
+            attention_dropout_rate=0.1,
+        ),
     ),
 }
 
@@ -56,8 +66,23 @@ def param_count(model: SenseVoiceSmall) -> int:
 
 
 __all__ = [
-    "LANGUAGE_QUERY", "NUM_PROMPTS", "TEXTNORM_QUERY", "VARIANTS", "EncoderLayerSANM", "MultiHeadedAttentionSANM",
-    "SenseVoiceEncoderSmall", "SenseVoiceSmall", "apply_cmvn", "create", "degrade", "fbank", "from_torch", "infer_config",
-    "low_frame_rate", "mel_banks",
-    "param_count", "sinusoidal_positions", "spec_augment",
+    "LANGUAGE_QUERY",
+    "NUM_PROMPTS",
+    "TEXTNORM_QUERY",
+    "VARIANTS",
+    "EncoderLayerSANM",
+    "MultiHeadedAttentionSANM",
+    "SenseVoiceEncoderSmall",
+    "SenseVoiceSmall",
+    "apply_cmvn",
+    "create",
+    "degrade",
+    "fbank",
+    "from_torch",
+    "infer_config",
+    "low_frame_rate",
+    "mel_banks",
+    "param_count",
+    "sinusoidal_positions",
+    "spec_augment",
 ]

@@ -1,5 +1,6 @@
 """Official SenseVoice-Small weights (FunASR's model.pt state_dict, upstream key names) ->
 Flax variables for SenseVoiceSmall."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,9 @@ def from_torch(state_dict, model: SenseVoiceSmall | None = None):
     mismatch is named."""
     if isinstance(state_dict, str):
         state_dict = load_state_dict(state_dict)
-    state_dict = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+    state_dict = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()
+    }
     model = model or SenseVoiceSmall(**infer_config(state_dict))
     feats = jnp.zeros((1, 8, model.input_size))
     shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), feats, jnp.full((1,), 8))))

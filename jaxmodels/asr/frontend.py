@@ -9,6 +9,7 @@ pre-emphasis 0.97, a 512-point power spectrum, triangular filters on Kaldi's mel
 from 20 Hz to Nyquist, log with float32 epsilon as the floor. FunASR scales the waveform
 to 16-bit range first, and so does `fbank`.
 """
+
 from __future__ import annotations
 
 import math
@@ -133,8 +134,9 @@ def spec_augment(
     return jnp.where(keep, feats, 0.0)
 
 
-def degrade(key, waveform, lengths, prob: float, lowpass_hz=(2000.0, 8000.0), snr_db=(5.0, 40.0),
-            sample_rate: int = 16000):
+def degrade(
+    key, waveform, lengths, prob: float, lowpass_hz=(2000.0, 8000.0), snr_db=(5.0, 40.0), sample_rate: int = 16000
+):
     """Channel augmentation of a training batch: each utterance, with probability `prob`, is
     low-passed at a cutoff uniform in `lowpass_hz` (a brick wall on its spectrum), and,
     independently with probability `prob`, gets white noise at an SNR uniform in `snr_db`

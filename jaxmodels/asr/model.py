@@ -12,6 +12,7 @@ checkpoint's keys map one to one:
 Features are (B, T, D) with lengths (B,); padded frames are masked in attention and
 zeroed around the FSMN convolution, as upstream.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -53,14 +54,18 @@ class MultiHeadedAttentionSANM(nn.Module):
         head_dim = self.n_feat // self.n_head
         qkv = Dense(3 * self.n_feat, ("embed", "qkv"), dtype=self.dtype, name="linear_q_k_v")(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
-        heads = lambda t: constrain(t.reshape(batch, length, self.n_head, head_dim), ("batch", "length", "heads", "kv"))
+        heads = lambda t: constrain(
+            t.reshape(batch, length, self.n_head, head_dim), ("batch", "length", "heads", "kv")
+        )
 
         # FSMN memory: a depthwise convolution over time of the (masked) values.
         frame_mask = mask[:, :, None].astype(v.dtype)
         memory_in = v * frame_mask
         kernel = self.param(
-            "fsmn_block", nn.with_logical_partitioning(default_kernel_init, (None, "heads_flat")),
-            (self.kernel_size, self.n_feat), jnp.float32,
+            "fsmn_block",
+            nn.with_logical_partitioning(default_kernel_init, (None, "heads_flat")),
+            (self.kernel_size, self.n_feat),
+            jnp.float32,
         ).astype(self.dtype)
         left = (self.kernel_size - 1) // 2 + self.sanm_shift
         padded = jnp.pad(memory_in, ((0, 0), (left, self.kernel_size - 1 - left), (0, 0)))
@@ -106,13 +111,20 @@ class EncoderLayerSANM(nn.Module):
         in_size = x.shape[-1]
         h = LayerNorm(1e-5, "embed" if in_size == self.size else "features", self.dtype, name="norm1")(x)
         h = MultiHeadedAttentionSANM(
-            self.attention_heads, self.size, self.kernel_size, self.sanm_shift, self.attention_dropout_rate,
-            self.dtype, name="self_attn",
+            self.attention_heads,
+            self.size,
+            self.kernel_size,
+            self.sanm_shift,
+            self.attention_dropout_rate,
+            self.dtype,
+            name="self_attn",
         )(h, mask, deterministic)
         h = nn.Dropout(self.dropout_rate)(h, deterministic)
         x = x + h if in_size == self.size else h  # the first layer changes width: no residual
         h = LayerNorm(1e-5, "embed", self.dtype, name="norm2")(x)
-        h = PositionwiseFeedForward(self.linear_units, self.dropout_rate, self.dtype, name="feed_forward")(h, deterministic)
+        h = PositionwiseFeedForward(self.linear_units, self.dropout_rate, self.dtype, name="feed_forward")(
+            h, deterministic
+        )
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic)
         return constrain(x, ("batch", "length", "act_embed"))
 
@@ -136,8 +148,16 @@ class SenseVoiceEncoderSmall(nn.Module):
         x = x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])
         x = x.astype(self.dtype)
         layer = nn.remat(EncoderLayerSANM, static_argnums=(3,)) if self.remat else EncoderLayerSANM
-        args = (self.output_size, self.attention_heads, self.linear_units, self.kernel_size, self.sanm_shift,
-                self.dropout_rate, self.attention_dropout_rate, self.dtype)
+        args = (
+            self.output_size,
+            self.attention_heads,
+            self.linear_units,
+            self.kernel_size,
+            self.sanm_shift,
+            self.dropout_rate,
+            self.attention_dropout_rate,
+            self.dtype,
+        )
         x = layer(*args, name="encoders0_0")(x, mask, deterministic)
         for i in range(self.num_blocks - 1):
             x = layer(*args, name=f"encoders_{i}")(x, mask, deterministic)
@@ -164,10 +184,16 @@ class SenseVoiceSmall(nn.Module):
     remat: bool = False
 
     def setup(self):
-        self.embed = nn.Embed(
-            NUM_QUERY_ROWS, self.input_size, param_dtype=jnp.float32,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "features")),
-        ) if self.use_prompts else None
+        self.embed = (
+            nn.Embed(
+                NUM_QUERY_ROWS,
+                self.input_size,
+                param_dtype=jnp.float32,
+                embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "features")),
+            )
+            if self.use_prompts
+            else None
+        )
         self.encoder = SenseVoiceEncoderSmall(**(self.encoder_conf or {}), dtype=self.dtype, remat=self.remat)
         self.ctc_lo = Dense(self.vocab_size, ("embed", "vocab"), dtype=self.dtype)
 
@@ -178,7 +204,9 @@ class SenseVoiceSmall(nn.Module):
             batch = feats.shape[0]
             language = jnp.zeros((batch,), jnp.int32) if language is None else language
             textnorm = jnp.full((batch,), TEXTNORM_QUERY["woitn"], jnp.int32) if textnorm is None else textnorm
-            rows = jnp.stack([language, jnp.full_like(language, EVENT_QUERY), jnp.full_like(language, EMOTION_QUERY), textnorm], 1)
+            rows = jnp.stack(
+                [language, jnp.full_like(language, EVENT_QUERY), jnp.full_like(language, EMOTION_QUERY), textnorm], 1
+            )
             feats = jnp.concatenate([self.embed(rows).astype(feats.dtype), feats], axis=1)
             lengths = lengths + NUM_PROMPTS
         hidden = self.encoder(feats, lengths, deterministic)

@@ -1,5 +1,6 @@
 """Speech codec: EnCodec (SEANet encoder/decoder around a residual vector quantizer),
 its official configs, converter, streaming, and the MS-STFT discriminator and losses it trains with."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,15 +8,33 @@ import jax.numpy as jnp
 from jaxmodels.codec import quantization
 from jaxmodels.codec.convert import from_torch
 from jaxmodels.codec.model import Codec, Encodec, EncodecConfig, StreamingDecoder, StreamingEncoder, linear_overlap_add
-from jaxmodels.codec.seanet import SConv1d, SConvTranspose1d, SEANetDecoder, SEANetEncoder, SEANetResnetBlock, SLSTM
+from jaxmodels.codec.seanet import SLSTM, SConv1d, SConvTranspose1d, SEANetDecoder, SEANetEncoder, SEANetResnetBlock
 
 # The published models (encodec/model.py: encodec_model_24khz, encodec_model_48khz):
 # 14,851,810 and 14,856,294 parameters; n_q = 1000 x max bandwidth // (frame rate x 10).
 VARIANTS = {
-    "encodec_24khz": dict(sample_rate=24000, channels=1, causal=True, norm="weight_norm", normalize=False,
-                          segment=None, n_q=32, bins=1024, target_bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0)),
-    "encodec_48khz": dict(sample_rate=48000, channels=2, causal=False, norm="time_group_norm", normalize=True,
-                          segment=1.0, n_q=16, bins=1024, target_bandwidths=(3.0, 6.0, 12.0, 24.0)),
+    "encodec_24khz": dict(
+        sample_rate=24000,
+        channels=1,
+        causal=True,
+        norm="weight_norm",
+        normalize=False,
+        segment=None,
+        n_q=32,
+        bins=1024,
+        target_bandwidths=(1.5, 3.0, 6.0, 12.0, 24.0),
+    ),
+    "encodec_48khz": dict(
+        sample_rate=48000,
+        channels=2,
+        causal=False,
+        norm="time_group_norm",
+        normalize=True,
+        segment=1.0,
+        n_q=16,
+        bins=1024,
+        target_bandwidths=(3.0, 6.0, 12.0, 24.0),
+    ),
 }
 
 
@@ -38,7 +57,21 @@ def create(name: str, seed: int = 0, **overrides) -> Codec:
 
 
 __all__ = [
-    "VARIANTS", "Codec", "Encodec", "EncodecConfig", "SConv1d", "SConvTranspose1d", "SEANetDecoder", "SEANetEncoder",
-    "SEANetResnetBlock", "SLSTM", "StreamingDecoder", "StreamingEncoder", "config", "create", "from_torch",
-    "linear_overlap_add", "quantization",
+    "VARIANTS",
+    "Codec",
+    "Encodec",
+    "EncodecConfig",
+    "SConv1d",
+    "SConvTranspose1d",
+    "SEANetDecoder",
+    "SEANetEncoder",
+    "SEANetResnetBlock",
+    "SLSTM",
+    "StreamingDecoder",
+    "StreamingEncoder",
+    "config",
+    "create",
+    "from_torch",
+    "linear_overlap_add",
+    "quantization",
 ]

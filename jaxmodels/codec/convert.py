@@ -1,4 +1,5 @@
 """Official EnCodec state_dicts (encodec package, upstream key names) -> a ready Codec."""
+
 import re
 
 import flax.linen as nn
@@ -33,11 +34,15 @@ def from_torch(state_dict, config) -> Codec:
     with upstream's argument names such as the fixtures' config.json)."""
     config = config if isinstance(config, EncodecConfig) else EncodecConfig.from_dict(config)
     model = Encodec(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, config.hop_length * 8,
-                                                                                 config.channels))))
-    params = assign_state_dict(state_dict, {"params": nn.meta.unbox(shapes["params"])},
-                               lambda k, v: (("params",) + _param(k, v)[0], _param(k, v)[1]),
-                               ignore=lambda k: k.startswith("quantizer."))["params"]
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, config.hop_length * 8, config.channels)))
+    )
+    params = assign_state_dict(
+        state_dict,
+        {"params": nn.meta.unbox(shapes["params"])},
+        lambda k, v: (("params",) + _param(k, v)[0], _param(k, v)[1]),
+        ignore=lambda k: k.startswith("quantizer."),
+    )["params"]
     layers = {}
     for key, value in state_dict.items():
         m = _CODEBOOK.match(key)
@@ -48,8 +53,12 @@ def from_torch(state_dict, config) -> Codec:
     if sorted(layers) != list(range(config.n_q)):
         raise ValueError(f"the state_dict has codebooks {sorted(layers)}; the config says n_q={config.n_q}")
     codebooks = {}
-    for name, shape in (("embed", (config.bins, config.dimension)), ("embed_avg", (config.bins, config.dimension)),
-                        ("cluster_size", (config.bins,)), ("inited", (1,))):
+    for name, shape in (
+        ("embed", (config.bins, config.dimension)),
+        ("embed_avg", (config.bins, config.dimension)),
+        ("cluster_size", (config.bins,)),
+        ("inited", (1,)),
+    ):
         stacked = []
         for k in range(config.n_q):
             if name not in layers[k]:
@@ -60,5 +69,6 @@ def from_torch(state_dict, config) -> Codec:
             stacked.append(value)
         codebooks[name] = np.stack(stacked).astype(np.float32)
     codebooks["inited"] = codebooks["inited"].reshape(-1) > 0
-    return Codec(config, {"params": jax.tree.map(jnp.asarray, params), "codebooks": jax.tree.map(jnp.asarray,
-                                                                                                codebooks)})
+    return Codec(
+        config, {"params": jax.tree.map(jnp.asarray, params), "codebooks": jax.tree.map(jnp.asarray, codebooks)}
+    )

@@ -5,7 +5,8 @@ Each scale takes the complex STFT of the waveform (real and imaginary parts as c
 time x frequency as the image), runs 2-D convolutions strided over frequency and dilated
 over time, and returns its logits and every layer's feature map (for feature matching).
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -27,11 +28,11 @@ def stft(x, n_fft: int, hop_length: int, win_length: int, normalized: bool):
     """
     window = np.zeros(n_fft, np.float32)
     left = (n_fft - win_length) // 2
-    window[left: left + win_length] = hann_window(win_length)
+    window[left : left + win_length] = hann_window(win_length)
     frames = 1 + (x.shape[-1] - n_fft) // hop_length
     index = np.arange(frames)[:, None] * hop_length + np.arange(n_fft)[None]
     spec = jnp.fft.rfft(x[..., index].astype(jnp.float32) * window, axis=-1)
-    return spec / np.sqrt(np.sum(window ** 2)) if normalized else spec
+    return spec / np.sqrt(np.sum(window**2)) if normalized else spec
 
 
 class NormConv2d(nn.Module):
@@ -51,10 +52,17 @@ class NormConv2d(nn.Module):
         fan_in = kh * kw * x.shape[-1]
         w = _weight_normed(self, shape, (0, 1, 2), 3, (None, None, "conv_in", "embed"), fan_in, self.dtype)
         pad = (((kh - 1) * dh // 2,) * 2, ((kw - 1) * dw // 2,) * 2)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), w, tuple(self.stride), pad, rhs_dilation=(dh, dw),
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y + self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)),
-                              (self.features,)).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            w,
+            tuple(self.stride),
+            pad,
+            rhs_dilation=(dh, dw),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + self.param(
+            "bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.features,)
+        ).astype(self.dtype)
 
 
 class DiscriminatorSTFT(nn.Module):
@@ -87,11 +95,14 @@ class DiscriminatorSTFT(nn.Module):
         fmaps.append(z)
         for i, d in enumerate(self.dilations):
             out = min(self.filters_scale ** (i + 1) * self.filters, self.max_filters)
-            z = act(NormConv2d(out, self.kernel_size, self.stride, (d, 1), self.norm, self.dtype,
-                               name=f"convs_{i + 1}")(z))
+            z = act(
+                NormConv2d(out, self.kernel_size, self.stride, (d, 1), self.norm, self.dtype, name=f"convs_{i + 1}")(z)
+            )
             fmaps.append(z)
         out = min(self.filters_scale ** (len(self.dilations) + 1) * self.filters, self.max_filters)
-        z = act(NormConv2d(out, (k0, k0), norm=self.norm, dtype=self.dtype, name=f"convs_{len(self.dilations) + 1}")(z))
+        z = act(
+            NormConv2d(out, (k0, k0), norm=self.norm, dtype=self.dtype, name=f"convs_{len(self.dilations) + 1}")(z)
+        )
         fmaps.append(z)
         logits = NormConv2d(self.out_channels, (k0, k0), norm=self.norm, dtype=self.dtype, name="conv_post")(z)
         return logits, fmaps
@@ -115,9 +126,17 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             raise ValueError("n_ffts, hop_lengths and win_lengths need one entry per scale")
         logits, fmaps = [], []
         for i, (n_fft, hop, win) in enumerate(zip(self.n_ffts, self.hop_lengths, self.win_lengths)):
-            logit, fmap = DiscriminatorSTFT(self.filters, self.out_channels, n_fft, hop, win, norm=self.norm,
-                                            negative_slope=self.negative_slope, dtype=self.dtype,
-                                            name=f"discriminators_{i}")(x)
+            logit, fmap = DiscriminatorSTFT(
+                self.filters,
+                self.out_channels,
+                n_fft,
+                hop,
+                win,
+                norm=self.norm,
+                negative_slope=self.negative_slope,
+                dtype=self.dtype,
+                name=f"discriminators_{i}",
+            )(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
         return logits, fmaps

@@ -4,6 +4,7 @@ audiocraft/adversarial/losses.py). Waveforms are channels-last (B, T, C).
 Every loss is returned per example, shape (B,): upstream's batch means are their means,
 and a trainer can leave padding rows out.
 """
+
 import math
 
 import jax
@@ -30,9 +31,19 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     return np.maximum(0.0, np.minimum(down, up)).astype(np.float32)
 
 
-def mel_spectrogram(x, sample_rate: int, n_fft: int, hop_length: int, win_length: int, n_mels: int,
-                    f_min: float = 0.0, f_max=None, log: bool = True, normalized: bool = False,
-                    floor_level: float = 1e-5):
+def mel_spectrogram(
+    x,
+    sample_rate: int,
+    n_fft: int,
+    hop_length: int,
+    win_length: int,
+    n_mels: int,
+    f_min: float = 0.0,
+    f_max=None,
+    log: bool = True,
+    normalized: bool = False,
+    floor_level: float = 1e-5,
+):
     """AudioCraft's MelSpectrogramWrapper: (B, T, C) -> (B, C, frames, n_mels), ceil(T / hop) frames.
 
     Reflect padding of (n_fft - hop) / 2 on both sides, zeros so the last window is full,
@@ -49,25 +60,64 @@ def mel_spectrogram(x, sample_rate: int, n_fft: int, hop_length: int, win_length
     return jnp.log10(floor_level + mel) if log else mel
 
 
-def mel_l1_loss(x, y, sample_rate: int, n_fft: int = 1024, hop_length: int = 256, win_length: int = 1024,
-                n_mels: int = 64, f_min: float = 64.0, f_max=None, floor_level: float = 1e-5):
+def mel_l1_loss(
+    x,
+    y,
+    sample_rate: int,
+    n_fft: int = 1024,
+    hop_length: int = 256,
+    win_length: int = 1024,
+    n_mels: int = 64,
+    f_min: float = 64.0,
+    f_max=None,
+    floor_level: float = 1e-5,
+):
     """MelSpectrogramL1Loss: mean |log-mel(x) - log-mel(y)| (AudioCraft's `mel` loss and metric)."""
-    spec = lambda a: mel_spectrogram(a, sample_rate, n_fft, hop_length, win_length, n_mels, f_min, f_max,  # noqa: E731
-                                     log=True, floor_level=floor_level)
+    spec = lambda a: mel_spectrogram(
+        a,
+        sample_rate,
+        n_fft,
+        hop_length,
+        win_length,
+        n_mels,
+        f_min,
+        f_max,  # noqa: E731
+        log=True,
+        floor_level=floor_level,
+    )
     return per_example(jnp.abs(spec(x) - spec(y)))
 
 
-def multi_scale_mel_loss(x, y, sample_rate: int, range_start: int = 6, range_end: int = 11, n_mels: int = 64,
-                         f_min: float = 64.0, f_max=None, normalized: bool = True, alphas: bool = False,
-                         floor_level: float = 1e-5):
+def multi_scale_mel_loss(
+    x,
+    y,
+    sample_rate: int,
+    range_start: int = 6,
+    range_end: int = 11,
+    n_mels: int = 64,
+    f_min: float = 64.0,
+    f_max=None,
+    normalized: bool = True,
+    alphas: bool = False,
+    floor_level: float = 1e-5,
+):
     """MultiScaleMelSpectrogramLoss (`msspec`): at n_fft = 2^6 .. 2^10 (hop n_fft / 4), L1 of the
     mel spectrograms plus alpha x MSE of the log ones; with ``normalized``, divided by sum(alpha + 1)."""
     loss, total = 0.0, 0.0
     for i in range(range_start, range_end):
-        n_fft = 2 ** i
+        n_fft = 2**i
         alpha = math.sqrt(n_fft - 1) if alphas else 1.0
-        kw = dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=n_fft // 4, win_length=n_fft, n_mels=n_mels,  # noqa: C408
-                  f_min=f_min, f_max=f_max, normalized=normalized, floor_level=floor_level)
+        kw = dict(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=n_fft // 4,
+            win_length=n_fft,
+            n_mels=n_mels,  # noqa: C408
+            f_min=f_min,
+            f_max=f_max,
+            normalized=normalized,
+            floor_level=floor_level,
+        )
         lin_x, lin_y = mel_spectrogram(x, log=False, **kw), mel_spectrogram(y, log=False, **kw)
         log_x, log_y = jnp.log10(floor_level + lin_x), jnp.log10(floor_level + lin_y)
         loss = loss + per_example(jnp.abs(lin_x - lin_y)) + alpha * per_example(jnp.square(log_x - log_y))
@@ -118,8 +168,10 @@ def generator_losses(logits_fake, fmaps_fake, fmaps_real):
     """AdversarialLoss.forward: (adversarial hinge loss, L1 feature matching), each a mean over
     sub-discriminators; feature matching averages the layers of each."""
     adv = sum(hinge_generator_loss(f) for f in logits_fake) / len(logits_fake)
-    feat = sum(sum(per_example(jnp.abs(a - b)) for a, b in zip(fake, real)) / len(fake)
-               for fake, real in zip(fmaps_fake, fmaps_real))
+    feat = sum(
+        sum(per_example(jnp.abs(a - b)) for a, b in zip(fake, real)) / len(fake)
+        for fake, real in zip(fmaps_fake, fmaps_real)
+    )
     return adv, feat / len(fmaps_fake)
 
 
@@ -128,8 +180,18 @@ def balancer_init(names):
     return {name: {"total": jnp.zeros(()), "weight": jnp.zeros(())} for name in names}
 
 
-def balance(grads, losses, weights, state, mask=None, total_norm: float = 1.0, ema_decay: float = 0.999,
-            per_batch_item: bool = True, balance_grads: bool = True, epsilon: float = 1e-12):
+def balance(
+    grads,
+    losses,
+    weights,
+    state,
+    mask=None,
+    total_norm: float = 1.0,
+    ema_decay: float = 0.999,
+    per_batch_item: bool = True,
+    balance_grads: bool = True,
+    epsilon: float = 1e-12,
+):
     """AudioCraft's Balancer.backward without the backward: each loss's gradient with respect
     to the model output is rescaled so that it makes up weight / sum(weights) of a total of
     ``total_norm``, measured by an EMA of its norm (per batch item, averaged over the rows
@@ -154,8 +216,9 @@ def balance(grads, losses, weights, state, mask=None, total_norm: float = 1.0, e
     total_weight = sum(weights[k] for k in grads)
     out, effective = 0.0, 0.0
     for name, g in grads.items():
-        scale = weights[name] / total_weight * total_norm / (epsilon + avg_norms[name]) if balance_grads \
-            else weights[name]
+        scale = (
+            weights[name] / total_weight * total_norm / (epsilon + avg_norms[name]) if balance_grads else weights[name]
+        )
         out = out + scale * g
         effective = effective + scale * jax.lax.stop_gradient(losses[name])
     shares = {name: avg / total for name, avg in avg_norms.items()}

@@ -1,8 +1,9 @@
 """The EnCodec model (facebookresearch/encodec, encodec/model.py): SEANet encoder, RVQ,
 SEANet decoder; the config with upstream's argument names; a ready-to-use codec object."""
+
 import dataclasses
 import math
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -24,7 +25,7 @@ class EncodecConfig:
     dimension: int = 128
     n_filters: int = 32
     n_residual_layers: int = 1
-    ratios: Tuple[int, ...] = (8, 5, 4, 2)
+    ratios: tuple[int, ...] = (8, 5, 4, 2)
     norm: str = "weight_norm"
     kernel_size: int = 7
     last_kernel_size: int = 7
@@ -38,9 +39,9 @@ class EncodecConfig:
     trim_right_ratio: float = 1.0
     n_q: int = 32
     bins: int = 1024
-    target_bandwidths: Tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
+    target_bandwidths: tuple[float, ...] = (1.5, 3.0, 6.0, 12.0, 24.0)
     normalize: bool = False
-    segment: Optional[float] = None
+    segment: float | None = None
     overlap: float = 0.01
     # Codebook training (ResidualVectorQuantizer's arguments).
     decay: float = 0.99
@@ -70,14 +71,14 @@ class EncodecConfig:
         return math.ceil(self.sample_rate / self.hop_length)
 
     @property
-    def segment_length(self) -> Optional[int]:
+    def segment_length(self) -> int | None:
         return None if self.segment is None else int(self.segment * self.sample_rate)
 
     @property
-    def segment_stride(self) -> Optional[int]:
+    def segment_stride(self) -> int | None:
         return None if self.segment is None else max(1, int((1 - self.overlap) * self.segment_length))
 
-    def num_quantizers(self, bandwidth: Optional[float]) -> int:
+    def num_quantizers(self, bandwidth: float | None) -> int:
         return quantization.num_quantizers(bandwidth, self.n_q, self.bins, self.frame_rate)
 
     def seanet_kwargs(self) -> dict:
@@ -109,7 +110,7 @@ class Encodec(nn.Module):
         return self.decode_latent(self.encode_latent(x))
 
 
-EncodedFrame = Tuple[jax.Array, Optional[jax.Array]]
+EncodedFrame = tuple[jax.Array, jax.Array | None]
 
 
 class Codec:
@@ -134,12 +135,16 @@ class Codec:
 
     def _check(self, wav):
         if wav.ndim != 3 or wav.shape[-1] != self.config.channels:
-            raise ValueError(f"expected a waveform of shape (batch, time, {self.config.channels}) "
-                             f"(channels last), got {tuple(wav.shape)}")
+            raise ValueError(
+                f"expected a waveform of shape (batch, time, {self.config.channels}) "
+                f"(channels last), got {tuple(wav.shape)}"
+            )
 
     def _bandwidth(self, bandwidth):
         if bandwidth is not None and bandwidth not in self.config.target_bandwidths:
-            raise ValueError(f"bandwidth {bandwidth} kbps is not one of this model's: {list(self.config.target_bandwidths)}")
+            raise ValueError(
+                f"bandwidth {bandwidth} kbps is not one of this model's: {list(self.config.target_bandwidths)}"
+            )
         return self.config.num_quantizers(bandwidth)
 
     def _encode_frame(self, params, x, n_q):
@@ -157,7 +162,7 @@ class Codec:
         out = self.model.apply({"params": params}, emb, method=Encodec.decode_latent)
         return out if scale is None else out * scale[:, :, None]
 
-    def encode(self, wav, bandwidth: Optional[float] = None) -> List[EncodedFrame]:
+    def encode(self, wav, bandwidth: float | None = None) -> list[EncodedFrame]:
         """Codes of each segment (one for models without segments) at ``bandwidth`` kbps
         (None: all codebooks), with its normalisation scale (B, 1) or None."""
         self._check(wav)
@@ -166,8 +171,10 @@ class Codec:
         seg, stride = self.config.segment_length, self.config.segment_stride
         if seg is None:
             seg = stride = length
-        return [self._encode(self.params, jnp.asarray(wav[:, offset: offset + seg]), n_q)
-                for offset in range(0, length, stride)]
+        return [
+            self._encode(self.params, jnp.asarray(wav[:, offset : offset + seg]), n_q)
+            for offset in range(0, length, stride)
+        ]
 
     def decode(self, frames: Sequence[EncodedFrame]):
         """Waveform (B, T', channels) from encode's frames; T' may exceed the input's length
@@ -179,7 +186,7 @@ class Codec:
             return decoded[0]
         return linear_overlap_add(decoded, self.config.segment_stride)
 
-    def streaming_encoder(self, bandwidth: Optional[float] = None) -> "StreamingEncoder":
+    def streaming_encoder(self, bandwidth: float | None = None) -> "StreamingEncoder":
         return StreamingEncoder(self, self._bandwidth(bandwidth))
 
     def streaming_decoder(self) -> "StreamingDecoder":
@@ -196,8 +203,8 @@ def linear_overlap_add(frames, stride: int):
     weights = np.zeros((total,), np.float32)
     for i, frame in enumerate(frames):
         n, offset = frame.shape[1], i * stride
-        out = out.at[:, offset: offset + n].add(weight[:n, None] * frame)
-        weights[offset: offset + n] += weight[:n]
+        out = out.at[:, offset : offset + n].add(weight[:n, None] * frame)
+        weights[offset : offset + n] += weight[:n]
     return out / weights[:, None]
 
 
@@ -237,8 +244,10 @@ class StreamingEncoder(_Stream):
         c = self.codec.config
         self.codec._check(chunk)
         if self.finished:
-            raise ValueError("the stream has ended: a chunk that is not a multiple of the hop length "
-                             f"({c.hop_length}) must be the last")
+            raise ValueError(
+                "the stream has ended: a chunk that is not a multiple of the hop length "
+                f"({c.hop_length}) must be the last"
+            )
         if self.cache is None and chunk.shape[1] < self.min_first_chunk:
             raise ValueError(f"the first chunk has {chunk.shape[1]} samples; it needs at least {self.min_first_chunk}")
         self.finished = chunk.shape[1] % c.hop_length != 0

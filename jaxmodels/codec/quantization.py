@@ -7,6 +7,7 @@ n_q quantizers (upstream's buffers of ``quantizer.vq.layers.<k>._codebook``):
   embed (n_q, bins, dim), embed_avg (n_q, bins, dim), cluster_size (n_q, bins), inited (n_q,)
 and every function here is pure: training returns the new state.
 """
+
 import math
 
 import jax
@@ -32,21 +33,29 @@ def init_state(key, n_q: int, bins: int, dim: int, kmeans_init: bool = True):
     else:
         bound = math.sqrt(6 / dim)  # kaiming_uniform_ on a (bins, dim) tensor: fan_in = dim
         embed = jax.random.uniform(key, (n_q, bins, dim), jnp.float32, -bound, bound)
-    return {"embed": embed, "embed_avg": embed, "cluster_size": jnp.zeros((n_q, bins), jnp.float32),
-            "inited": jnp.full((n_q,), not kmeans_init)}
+    return {
+        "embed": embed,
+        "embed_avg": embed,
+        "cluster_size": jnp.zeros((n_q, bins), jnp.float32),
+        "inited": jnp.full((n_q,), not kmeans_init),
+    }
 
 
 def nearest_code(embed, x):
     """Index of the nearest code of (bins, dim) for each row of x (..., dim), with upstream's distance."""
     x = x.astype(jnp.float32)
     hi = jax.lax.Precision.HIGHEST  # codes must equal upstream's float32 argmax, also on TPU/GPU
-    dist = -(jnp.sum(x * x, -1, keepdims=True) - 2 * jnp.einsum("...d,kd->...k", x, embed, precision=hi)
-             + jnp.sum(embed * embed, -1))
+    dist = -(
+        jnp.sum(x * x, -1, keepdims=True)
+        - 2 * jnp.einsum("...d,kd->...k", x, embed, precision=hi)
+        + jnp.sum(embed * embed, -1)
+    )
     return jnp.argmax(dist, axis=-1)
 
 
 def encode(embed, x, n_q: int):
     """Codes (n_q, ...) of x (..., dim): each codebook quantizes what the ones before left over."""
+
     def layer(residual, codebook):
         codes = nearest_code(codebook, residual)
         return residual - codebook[codes], codes
@@ -80,8 +89,16 @@ def kmeans(key, samples, num_clusters: int, num_iters: int):
     return means, counts[-1]
 
 
-def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float = 1e-5, kmeans_iters: int = 50,
-                   threshold_ema_dead_code: float = 2.0):
+def quantize_train(
+    state,
+    x,
+    n_active,
+    key,
+    decay: float = 0.99,
+    epsilon: float = 1e-5,
+    kmeans_iters: int = 50,
+    threshold_ema_dead_code: float = 2.0,
+):
     """One training pass of the RVQ over x (B, T, dim), the first ``n_active`` codebooks in use.
 
     Returns (quantized, codes (n_q, B, T), commitment loss, new state). Per active codebook,
@@ -108,8 +125,12 @@ def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float 
             # embed_avg holds sums (embed = embed_avg / cluster_size); upstream stores the means
             # there, which shrinks every code about 60-fold at the first EMA update.
             means, counts = kmeans(k_init, samples, bins, kmeans_iters)
-            fitted = {"embed": means, "embed_avg": means * counts[:, None], "cluster_size": counts,
-                      "inited": jnp.ones((), bool)}
+            fitted = {
+                "embed": means,
+                "embed_avg": means * counts[:, None],
+                "cluster_size": counts,
+                "inited": jnp.ones((), bool),
+            }
             return jax.tree.map(lambda new, old: new.astype(old.dtype), fitted, s)  # the state's dtypes, x64 too
 
         s = jax.lax.cond(active & ~s["inited"], run_kmeans, lambda s: s, s)
@@ -133,8 +154,12 @@ def quantize_train(state, x, n_active, key, decay: float = 0.99, epsilon: float 
         new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
         commit = jnp.mean(jnp.square(residual.astype(jnp.float32) - jax.lax.stop_gradient(q)))
         q = jnp.where(active, q, 0.0)
-        return residual - jax.lax.stop_gradient(q).astype(residual.dtype), (q, codes.reshape(residual.shape[:-1]),
-                                                                            commit * active, new)
+        return residual - jax.lax.stop_gradient(q).astype(residual.dtype), (
+            q,
+            codes.reshape(residual.shape[:-1]),
+            commit * active,
+            new,
+        )
 
     keys = jax.random.split(key, n_q)
     _, (qs, codes, commits, new_state) = jax.lax.scan(layer, x, (jnp.arange(n_q), state, keys))

@@ -9,8 +9,9 @@ every encoder chunk but the last is a multiple of the hop length and the first c
 is long enough for the reflect padding (upstream pads the start of the signal by
 reflection, so the first chunk must hold the samples that reflection reads).
 """
+
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -32,8 +33,11 @@ def _weight_normed(module, shape, norm_axes, g_axis, axes, fan_in, dtype):
         return module.param("weight", init, shape).astype(dtype)
     v = module.param("weight_v", init, shape)
     # torch initialises g to ||v||, so a fresh layer's weight is v itself.
-    g = module.param("weight_g", nn.with_logical_partitioning(
-        lambda key, s: jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes)), (axes[g_axis],)), (shape[g_axis],))
+    g = module.param(
+        "weight_g",
+        nn.with_logical_partitioning(lambda key, s: jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes)), (axes[g_axis],)),
+        (shape[g_axis],),
+    )
     v = jnp.asarray(v, jnp.float32)
     norm = jnp.sqrt(jnp.sum(jnp.square(v), axis=norm_axes, keepdims=True))
     return (jnp.expand_dims(g, norm_axes) * v / norm).astype(dtype)
@@ -87,10 +91,12 @@ class SConv1d(nn.Module):
         started = self.variable("cache", "started", lambda: jnp.zeros((), bool))
         buffer = self.variable("cache", "buffer", lambda: jnp.zeros((x.shape[0], total, x.shape[2]), x.dtype))
         if total:
-            start = _pad_reflect(x, total, 0) if self.pad_mode == "reflect" else jnp.pad(x, ((0, 0), (total, 0), (0, 0)))
+            start = (
+                _pad_reflect(x, total, 0) if self.pad_mode == "reflect" else jnp.pad(x, ((0, 0), (total, 0), (0, 0)))
+            )
             x = jnp.where(started.value, jnp.concatenate([buffer.value, x], axis=1), start)
             if not self.is_initializing():
-                buffer.value = x[:, x.shape[1] - total:]
+                buffer.value = x[:, x.shape[1] - total :]
                 started.value = jnp.ones((), bool)
         return jnp.pad(x, ((0, 0), (0, extra), (0, 0)))
 
@@ -103,10 +109,17 @@ class SConv1d(nn.Module):
         shape = (self.kernel_size, x.shape[-1], self.out_channels)
         fan_in = self.kernel_size * x.shape[-1]
         w = _weight_normed(self, shape, (0, 1), 2, (None, "conv_in", "embed"), fan_in, self.dtype)
-        y = jax.lax.conv_general_dilated(x.astype(self.dtype), w, (self.stride,), [(0, 0)],
-                                         rhs_dilation=(self.dilation,), dimension_numbers=("NWC", "WIO", "NWC"))
-        y = y + self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)),
-                           (self.out_channels,)).astype(self.dtype)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            w,
+            (self.stride,),
+            [(0, 0)],
+            rhs_dilation=(self.dilation,),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        y = y + self.param(
+            "bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.out_channels,)
+        ).astype(self.dtype)
         return _group_norm(self, y) if self.norm == "time_group_norm" else y
 
 
@@ -154,11 +167,13 @@ class SConvTranspose1d(nn.Module):
         k, s = self.kernel_size, self.stride
         # torch's (in, out, k) weight as (k, in, out); its weight norm is over all but `in`.
         fan_in = k * self.out_channels  # torch computes it from the (in, out, k) weight's dim 1
-        w = _weight_normed(self, (k, x.shape[-1], self.out_channels), (0, 2), 1, (None, "conv_in", "embed"), fan_in,
-                           self.dtype)
+        w = _weight_normed(
+            self, (k, x.shape[-1], self.out_channels), (0, 2), 1, (None, "conv_in", "embed"), fan_in, self.dtype
+        )
         y = _conv_transpose(x.astype(self.dtype), w, s)
-        bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)),
-                          (self.out_channels,)).astype(self.dtype)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.out_channels,)
+        ).astype(self.dtype)
         total = k - s
         if streaming:
             if not self.causal:
@@ -168,13 +183,13 @@ class SConvTranspose1d(nn.Module):
             tail = self.variable("cache", "tail", lambda: jnp.zeros((x.shape[0], total, self.out_channels), y.dtype))
             y = y.at[:, :total].add(tail.value)
             if not self.is_initializing():
-                tail.value = y[:, y.shape[1] - total:]
+                tail.value = y[:, y.shape[1] - total :]
             return y[:, : y.shape[1] - total] + bias
         y = y + bias
         if self.norm == "time_group_norm":  # upstream normalises before trimming
             y = _group_norm(self, y)
         right = math.ceil(total * self.trim_right_ratio) if self.causal else total // 2
-        return y[:, total - right: y.shape[1] - right]
+        return y[:, total - right : y.shape[1] - right]
 
 
 class SLSTM(nn.Module):
@@ -199,8 +214,11 @@ class SLSTM(nn.Module):
             b_hh = self.param(f"bias_hh_l{layer}", nn.with_logical_partitioning(init, ("mlp",)), (4 * d,))
             # The input projection of all steps at once; the scan does only h @ W_hh.
             xw = jnp.einsum("btd,gd->tbg", y.astype(self.dtype), w_ih.astype(self.dtype)) + (b_ih + b_hh)
-            state = self.variable("cache", f"state_l{layer}", lambda: jnp.zeros((2, b, d), jnp.float32)) \
-                if streaming else None
+            state = (
+                self.variable("cache", f"state_l{layer}", lambda: jnp.zeros((2, b, d), jnp.float32))
+                if streaming
+                else None
+            )
             carry = state.value if streaming else jnp.zeros((2, b, d), jnp.float32)
 
             def step(carry, xw_t):
@@ -237,12 +255,21 @@ class SEANetResnetBlock(nn.Module):
         y = x
         last = len(self.kernel_sizes) - 1
         for i, (k, d) in enumerate(zip(self.kernel_sizes, self.dilations)):
-            y = SConv1d(self.dim if i == last else hidden, k, dilation=d, causal=self.causal, norm=self.norm,
-                        pad_mode=self.pad_mode, dtype=self.dtype, name=f"block_{2 * i + 1}")(nn.elu(y), streaming)
+            y = SConv1d(
+                self.dim if i == last else hidden,
+                k,
+                dilation=d,
+                causal=self.causal,
+                norm=self.norm,
+                pad_mode=self.pad_mode,
+                dtype=self.dtype,
+                name=f"block_{2 * i + 1}",
+            )(nn.elu(y), streaming)
         if self.true_skip:
             return x + y
-        shortcut = SConv1d(self.dim, 1, causal=self.causal, norm=self.norm, pad_mode=self.pad_mode, dtype=self.dtype,
-                           name="shortcut")
+        shortcut = SConv1d(
+            self.dim, 1, causal=self.causal, norm=self.norm, pad_mode=self.pad_mode, dtype=self.dtype, name="shortcut"
+        )
         return shortcut(x, streaming) + y
 
 
@@ -284,12 +311,19 @@ class SEANetEncoder(SEANet):
         for ratio in reversed(self.ratios):
             for j in range(self.n_residual_layers):
                 i += 1
-                x = SEANetResnetBlock(mult * self.n_filters, (self.residual_kernel_size, 1), (self.dilation_base ** j, 1),
-                                      compress=self.compress, true_skip=self.true_skip, name=f"model_{i}",
-                                      **conv)(x, streaming)
+                x = SEANetResnetBlock(
+                    mult * self.n_filters,
+                    (self.residual_kernel_size, 1),
+                    (self.dilation_base**j, 1),
+                    compress=self.compress,
+                    true_skip=self.true_skip,
+                    name=f"model_{i}",
+                    **conv,
+                )(x, streaming)
             i += 2  # ELU, then the downsampling conv
-            x = SConv1d(mult * self.n_filters * 2, 2 * ratio, stride=ratio, name=f"model_{i}", **conv)(nn.elu(x),
-                                                                                                        streaming)
+            x = SConv1d(mult * self.n_filters * 2, 2 * ratio, stride=ratio, name=f"model_{i}", **conv)(
+                nn.elu(x), streaming
+            )
             mult *= 2
         if self.lstm:
             i += 1
@@ -314,14 +348,27 @@ class SEANetDecoder(SEANet):
             x = SLSTM(self.lstm, dtype=self.dtype, name=f"model_{i}")(x, streaming)
         for ratio in self.ratios:
             i += 2  # ELU, then the upsampling transposed conv
-            x = SConvTranspose1d(mult * self.n_filters // 2, 2 * ratio, stride=ratio, causal=self.causal,
-                                 norm=self.norm, trim_right_ratio=self.trim_right_ratio, dtype=self.dtype,
-                                 name=f"model_{i}")(nn.elu(x), streaming)
+            x = SConvTranspose1d(
+                mult * self.n_filters // 2,
+                2 * ratio,
+                stride=ratio,
+                causal=self.causal,
+                norm=self.norm,
+                trim_right_ratio=self.trim_right_ratio,
+                dtype=self.dtype,
+                name=f"model_{i}",
+            )(nn.elu(x), streaming)
             for j in range(self.n_residual_layers):
                 i += 1
-                x = SEANetResnetBlock(mult * self.n_filters // 2, (self.residual_kernel_size, 1),
-                                      (self.dilation_base ** j, 1), compress=self.compress, true_skip=self.true_skip,
-                                      name=f"model_{i}", **conv)(x, streaming)
+                x = SEANetResnetBlock(
+                    mult * self.n_filters // 2,
+                    (self.residual_kernel_size, 1),
+                    (self.dilation_base**j, 1),
+                    compress=self.compress,
+                    true_skip=self.true_skip,
+                    name=f"model_{i}",
+                    **conv,
+                )(x, streaming)
             mult //= 2
         i += 2
         return SConv1d(self.channels, self.last_kernel_size, name=f"model_{i}", **conv)(nn.elu(x), streaming)

@@ -1,5 +1,6 @@
 """CTC: loss, forced alignment, greedy and prefix beam-search decoding, n-gram LMs for
 shallow fusion."""
+
 from jaxmodels.ctc.align import Alignment, forced_align, greedy_decode, paddings_from_lengths
 from jaxmodels.ctc.beam import BeamSearchResult, beam_search, prefix_beam_search
 from jaxmodels.ctc.lm import NGramLM, WordNGramLM, read_arpa, train_ngram, write_arpa

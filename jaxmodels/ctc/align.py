@@ -1,5 +1,6 @@
 """Best paths through the CTC graph: forced alignment of known labels (Viterbi, as
 torchaudio.functional.forced_align, batched) and greedy (best-path) decoding."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -15,6 +15,7 @@ Shallow fusion: an optional n-gram over the CTC tokens (jaxmodels.ctc.lm; a word
 when the tokens are words) adds `lm_weight * log P_lm(token | history) + length_bonus`
 per emitted token and `lm_weight * log P_lm(</s> | history)` at the end.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -125,7 +126,9 @@ def beam_search(
         ext_index = jnp.maximum(chosen - k, 0)
 
         def pick(stay, ext):
-            return jnp.where(is_ext, jnp.take_along_axis(ext.reshape(batch, -1), ext_index, axis=1), stay[rows, parent])
+            return jnp.where(
+                is_ext, jnp.take_along_axis(ext.reshape(batch, -1), ext_index, axis=1), stay[rows, parent]
+            )
 
         parent_hash = beam.hash[rows, parent]
         new = _Beam(
@@ -162,8 +165,10 @@ def beam_search(
     position = jnp.where(keep, jnp.cumsum(keep, axis=2) - 1, frames)
     b_idx, k_idx = jnp.arange(batch)[:, None, None], jnp.arange(k)[None, :, None]
     labels = jnp.zeros_like(emitted).at[b_idx, k_idx, position].set(emitted, mode="drop")
-    at_frame = jnp.zeros_like(emitted).at[b_idx, k_idx, position].set(
-        jnp.broadcast_to(jnp.arange(frames, dtype=emitted.dtype), emitted.shape), mode="drop"
+    at_frame = (
+        jnp.zeros_like(emitted)
+        .at[b_idx, k_idx, position]
+        .set(jnp.broadcast_to(jnp.arange(frames, dtype=emitted.dtype), emitted.shape), mode="drop")
     )
     return BeamSearchResult(labels=labels, lengths=jnp.sum(keep, axis=2), scores=scores, frames=at_frame)
 

@@ -17,11 +17,12 @@ the tokens are words, a piece LM over sub-words), queried once per emitted token
 `WordNGramLM` fuses a word model over a character or sub-word vocabulary, scoring each
 word as it is completed. Probabilities are natural logs on device; ARPA files hold log10.
 """
+
 from __future__ import annotations
 
 import collections
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import flax.struct
 import jax.numpy as jnp
@@ -145,7 +146,7 @@ class NGramLM:
     search_steps: int = flax.struct.field(pytree_node=False)
 
     @classmethod
-    def create(cls, model: Model, tokens: Sequence[str]) -> "NGramLM":
+    def create(cls, model: Model, tokens: Sequence[str]) -> NGramLM:
         """`model` from train_ngram or read_arpa; `tokens[i]` is the string of CTC token i
         (the blank's entry is never scored)."""
         if (UNK,) not in model[1]:
@@ -161,10 +162,17 @@ class NGramLM:
             return node_id[history]
 
         arcs = []  # (node, symbol, logp, next)
-        for n, grams in model.items():
+        for grams in model.values():
             for gram, (logp, _) in grams.items():
                 if gram[:-1] in node_id:
-                    arcs.append((node_id[gram[:-1]], symbol_id[gram[-1]], logp * _LN10, node_of(gram[-len(model) + 1 :] if len(model) > 1 else ())))
+                    arcs.append(
+                        (
+                            node_id[gram[:-1]],
+                            symbol_id[gram[-1]],
+                            logp * _LN10,
+                            node_of(gram[-len(model) + 1 :] if len(model) > 1 else ()),
+                        )
+                    )
         arcs.sort()
         arc_node = np.array([a[0] for a in arcs], np.int64)
         arc_start = np.searchsorted(arc_node, np.arange(len(histories) + 1)).astype(np.int32)
@@ -265,7 +273,7 @@ class WordNGramLM:
         else:
             raise ValueError("no collision-free word hash for this vocabulary")
         order = np.argsort(np.array(hashes, np.uint64))
-        letters = [t[len(piece_start):] if t.startswith(piece_start) else t for t in tokens]
+        letters = [t[len(piece_start) :] if t.startswith(piece_start) else t for t in tokens]
         special = [t == separator or (t.startswith("<") and t.endswith(">")) for t in tokens]
         letters = ["" if s else text for s, text in zip(special, letters)]
         starts = [t == separator or t.startswith(piece_start) for t in tokens]
@@ -275,7 +283,9 @@ class WordNGramLM:
             word_symbol=jnp.asarray(np.array([symbol_id[w] for w in vocabulary], np.int32)[order]),
             token_starts_word=jnp.asarray(np.array(starts, bool)),
             token_has_letters=jnp.asarray(np.array([bool(x) for x in letters], bool)),
-            token_multiplier=jnp.asarray(np.array([pow(prime, len(x), 2**32) for x in letters], np.uint64).astype(np.uint32)),
+            token_multiplier=jnp.asarray(
+                np.array([pow(prime, len(x), 2**32) for x in letters], np.uint64).astype(np.uint32)
+            ),
             token_hash=jnp.asarray(np.array([_text_hash(x, prime) for x in letters], np.uint64).astype(np.uint32)),
             unk_symbol=symbol_id[UNK],
         )

@@ -7,6 +7,7 @@ computed by a scan over time, and the gradient by the matching backward scan (a 
 VJP), so backpropagation keeps one (T, B, S) array rather than every intermediate of
 an autodiffed scan.
 """
+
 from __future__ import annotations
 
 import functools

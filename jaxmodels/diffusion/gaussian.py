@@ -7,6 +7,7 @@ output has C channels, or 2C with learn_sigma (eps, then the variance interpolat
 A model function is `model_fn(x, timesteps) -> output`, called with the original
 timesteps (the schedule's timestep_map), as upstream's respaced diffusion does.
 """
+
 import dataclasses
 import math
 
@@ -127,8 +128,18 @@ class GaussianDiffusion:
             terms["loss"] = terms["mse"] + terms["vb"]
         return terms
 
-    def sample(self, model_fn, x_T, *, sampler: str = "ddpm", eta: float = 0.0, key=None, step_noise=None,
-               clip_denoised: bool = False, trajectory: bool = False):
+    def sample(
+        self,
+        model_fn,
+        x_T,
+        *,
+        sampler: str = "ddpm",
+        eta: float = 0.0,
+        key=None,
+        step_noise=None,
+        clip_denoised: bool = False,
+        trajectory: bool = False,
+    ):
         """Runs the reverse process from x_T as one lax.scan over the schedule's steps.
 
         sampler "ddpm" (ancestral, upstream's p_sample_loop) or "ddim" (eta, ddim_sample_loop).

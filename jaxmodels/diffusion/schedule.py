@@ -5,6 +5,7 @@ diffusion). A respaced schedule keeps a subset of the original steps, recomputes
 betas as 1 - abar_i / abar_prev, and calls the model with the original timestep
 (`timestep_map`).
 """
+
 import dataclasses
 import math
 
@@ -19,6 +20,7 @@ def linear_betas(num_steps: int) -> np.ndarray:
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
     """Nichol & Dhariwal's cosine schedule ("squaredcos_cap_v2")."""
+
     def alpha_bar(t):
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
@@ -32,7 +34,7 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
     if spec in ("", None):
         return list(range(num_steps))
     if spec.startswith("ddim"):
-        want = int(spec[len("ddim"):])
+        want = int(spec[len("ddim") :])
         for stride in range(1, num_steps):
             if len(range(0, num_steps, stride)) == want:
                 return list(range(0, num_steps, stride))

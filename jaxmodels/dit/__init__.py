@@ -1,4 +1,5 @@
 """DiT: the twelve named configs, `create`, parameter and FLOP counts, the checkpoint converter."""
+
 from jaxmodels.dit.convert import from_torch
 from jaxmodels.dit.model import DiT, DiTBlock, sincos_pos_embed_2d, timestep_embedding
 
@@ -42,5 +43,14 @@ def forward_macs(model: DiT) -> int:
     return t * d * c * p * p + 256 * d + d * d + model.depth * block + 2 * d * d + t * d * p * p * model.out_channels
 
 
-__all__ = ["DiT", "DiTBlock", "VARIANTS", "create", "forward_macs", "from_torch", "param_count",
-           "sincos_pos_embed_2d", "timestep_embedding"]
+__all__ = [
+    "DiT",
+    "DiTBlock",
+    "VARIANTS",
+    "create",
+    "forward_macs",
+    "from_torch",
+    "param_count",
+    "sincos_pos_embed_2d",
+    "timestep_embedding",
+]

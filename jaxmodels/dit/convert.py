@@ -1,4 +1,5 @@
 """Official DiT state_dict (upstream key names, e.g. DiT-XL-2-256x256.pt) -> Flax variables."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -57,14 +58,18 @@ def from_torch(state_dict, model: DiT | None = None, num_heads: int | None = Non
     """
     if isinstance(state_dict, str):
         state_dict = load_state_dict(state_dict)
-    state_dict = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+    state_dict = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()
+    }
     if model is None:
         if num_heads is None:
             raise ValueError("from_torch needs the model or num_heads: a DiT checkpoint does not record its heads")
         model = DiT(**infer_config(state_dict), num_heads=num_heads)
     if "pos_embed" in state_dict:
         stored = state_dict["pos_embed"].reshape(-1, model.hidden_size)
-        if stored.shape != (model.num_patches, model.hidden_size) or not np.allclose(stored, model.pos_embed(), atol=1e-6):
+        if stored.shape != (model.num_patches, model.hidden_size) or not np.allclose(
+            stored, model.pos_embed(), atol=1e-6
+        ):
             raise ValueError(f"pos_embed {state_dict['pos_embed'].shape} is not the fixed sin-cos table of this DiT")
     x = jnp.zeros((1, model.input_size, model.input_size, model.in_channels))
     t, y = jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)

@@ -6,6 +6,7 @@ that predicts noise (and, with learn_sigma, the variance interpolation). Channel
 x is (N, H, W, C) in and (N, H, W, C_out) out. Parameter names follow upstream's
 state_dict (`blocks.3.adaLN_modulation.1` is `blocks_3/adaLN_modulation_1`).
 """
+
 import math
 
 import flax.linen as nn
@@ -62,8 +63,9 @@ class PatchEmbed(nn.Module):
     def __call__(self, x):
         # Initialised as a Linear over the flattened patch, as upstream.
         init = nn.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3)
-        x = Conv(self.hidden_size, self.patch_size, stride=self.patch_size, dtype=self.dtype, kernel_init=init,
-                 name="proj")(x)
+        x = Conv(
+            self.hidden_size, self.patch_size, stride=self.patch_size, dtype=self.dtype, kernel_init=init, name="proj"
+        )(x)
         n, h, w, d = x.shape
         return x.reshape(n, h * w, d)  # token index = row * w + column
 
@@ -126,7 +128,9 @@ class DiTBlock(nn.Module):
     @nn.compact
     def __call__(self, x, c):
         d = self.hidden_size
-        mod = Dense(6 * d, ("embed", "mlp"), dtype=self.dtype, kernel_init=zeros, name="adaLN_modulation_1")(nn.silu(c))
+        mod = Dense(6 * d, ("embed", "mlp"), dtype=self.dtype, kernel_init=zeros, name="adaLN_modulation_1")(
+            nn.silu(c)
+        )
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(_layer_norm(self.dtype)(x), shift_msa, scale_msa)
         x = x + gate_msa[:, None] * Attention(self.num_heads, dtype=self.dtype, name="attn")(h)
@@ -143,12 +147,14 @@ class FinalLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, c):
-        mod = Dense(2 * self.hidden_size, ("embed", "mlp"), dtype=self.dtype, kernel_init=zeros,
-                    name="adaLN_modulation_1")(nn.silu(c))
+        mod = Dense(
+            2 * self.hidden_size, ("embed", "mlp"), dtype=self.dtype, kernel_init=zeros, name="adaLN_modulation_1"
+        )(nn.silu(c))
         shift, scale = jnp.split(mod, 2, axis=-1)
         x = modulate(_layer_norm(self.dtype)(x), shift, scale)
-        return Dense(self.patch_size**2 * self.out_channels, ("embed", None), dtype=self.dtype, kernel_init=zeros,
-                     name="linear")(x)
+        return Dense(
+            self.patch_size**2 * self.out_channels, ("embed", None), dtype=self.dtype, kernel_init=zeros, name="linear"
+        )(x)
 
 
 class DiT(nn.Module):

@@ -1,4 +1,5 @@
 """MambaOut: the named variants, `create`, and the official-checkpoint converter."""
+
 from jaxmodels.mambaout.convert import from_torch
 from jaxmodels.mambaout.model import GatedCNNBlock, MambaOut
 

@@ -1,4 +1,5 @@
 """Official MambaOut state_dict (upstream key names) -> Flax variables."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,9 @@ def from_torch(state_dict, model=None):
     """
     if isinstance(state_dict, str):
         state_dict = load_state_dict(state_dict)
-    state_dict = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+    state_dict = {
+        k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()
+    }
     if model is None:
         model = MambaOut(**infer_config(state_dict))
     dummy = jnp.zeros((1, 64, 64, model.in_chans))

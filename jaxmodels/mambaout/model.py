@@ -6,7 +6,9 @@ downsampling convolutions, global average pooling, LayerNorm, and an MLP head.
 Channels-last throughout (NHWC), as upstream's blocks already are.
 Module names follow upstream's state_dict keys so the converter is a renaming.
 """
-from typing import Any, Sequence
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,4 +1,5 @@
 """Blocks shared by the model families, every parameter annotated with logical axis names."""
+
 from jaxmodels.nn.layers import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, depthwise_conv
 from jaxmodels.nn.state_dict import (
     assign_state_dict,

@@ -4,8 +4,9 @@ The qkv kernel is (embed, 3, heads, head_dim) and the output kernel (heads, head
 embed), so tensor parallelism splits heads; converters reshape the (3D, D) and (D, D)
 PyTorch weights into them.
 """
+
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -16,6 +17,7 @@ from jaxmodels.nn.layers import constrain
 
 def xavier_uniform_flat(in_dims: int):
     """Xavier-uniform over the kernel seen as (prod(in dims), prod(out dims)), as for the torch Linear."""
+
     def init(key, shape, dtype=jnp.float32):
         fan_in, fan_out = math.prod(shape[:in_dims]), math.prod(shape[in_dims:])
         return nn.initializers.xavier_uniform()(key, (fan_in, fan_out), dtype).reshape(shape)
@@ -35,13 +37,18 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", nn.with_logical_partitioning(xavier_uniform_flat(self.in_dims), self.kernel_axes),
-                            tuple(self.kernel_shape), jnp.float32)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(xavier_uniform_flat(self.in_dims), self.kernel_axes),
+            tuple(self.kernel_shape),
+            jnp.float32,
+        )
         y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            out_shape, out_axes = self.kernel_shape[self.in_dims:], self.kernel_axes[self.in_dims:]
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
-                              tuple(out_shape), jnp.float32)
+            out_shape, out_axes = self.kernel_shape[self.in_dims :], self.kernel_axes[self.in_dims :]
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, out_axes), tuple(out_shape), jnp.float32
+            )
             y = y + bias.astype(self.dtype)
         return y
 
@@ -57,9 +64,17 @@ class Attention(nn.Module):
         if dim % self.num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
         h, hd = self.num_heads, dim // self.num_heads
-        qkv = Projection("bld,dkhe->blkhe", (dim, 3, h, hd), ("embed", None, "heads", "kv"), 1, self.qkv_bias,
-                         self.dtype, name="qkv")(x)
+        qkv = Projection(
+            "bld,dkhe->blkhe",
+            (dim, 3, h, hd),
+            ("embed", None, "heads", "kv"),
+            1,
+            self.qkv_bias,
+            self.dtype,
+            name="qkv",
+        )(x)
         q, k, v = (constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
         out = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
-        return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, True, self.dtype,
-                          name="proj")(out)
+        return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, True, self.dtype, name="proj")(
+            out
+        )

@@ -5,7 +5,9 @@ The names are the vocabulary the trainer's one table of rules maps onto mesh axe
 blocks), "conv_in" (input channels of a dense convolution), "classes" (classifier
 output), "batch"/"height"/"width" for activations. A model never names a mesh axis.
 """
-from typing import Any, Optional, Sequence
+
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,7 +20,7 @@ Dtype = Any
 default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
 
 
-def constrain(x, axes: Sequence[Optional[str]]):
+def constrain(x, axes: Sequence[str | None]):
     """Constrains an activation's sharding by logical axis names (no-op outside a mesh)."""
     return nn.with_logical_constraint(x, tuple(axes))
 
@@ -151,7 +153,11 @@ def depthwise_conv(x, kernel):
     if jax.default_backend() != "cpu":
         p = kernel.shape[0] // 2
         return jax.lax.conv_general_dilated(
-            x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            x,
+            kernel,
+            (1, 1),
+            ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1],
         )
     return _depthwise_cpu(x, kernel)
@@ -168,9 +174,13 @@ class DepthwiseConv(nn.Module):
     def __call__(self, x):
         c = x.shape[-1]
         kernel = self.param(
-            "kernel", nn.with_logical_partitioning(default_kernel_init, self.axes),
-            (self.kernel_size, self.kernel_size, 1, c), jnp.float32,
+            "kernel",
+            nn.with_logical_partitioning(default_kernel_init, self.axes),
+            (self.kernel_size, self.kernel_size, 1, c),
+            jnp.float32,
         )
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[-1:]), (c,), jnp.float32)
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[-1:]), (c,), jnp.float32
+        )
         x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
         return depthwise_conv(x, kernel) + bias

@@ -5,14 +5,15 @@ layout changes; `assign_state_dict` then checks the result against the model's o
 parameter tree, so a checkpoint of the wrong model fails with the keys and shapes
 at fault named, never with a silently half-filled model.
 """
+
 import os
-from typing import Callable, Dict, Mapping, Tuple
+from collections.abc import Callable, Mapping
 
 import flax
 import jax
 import numpy as np
 
-StateDict = Dict[str, np.ndarray]
+StateDict = dict[str, np.ndarray]
 
 
 def load_state_dict(path: str) -> StateDict:
@@ -45,7 +46,7 @@ def load_state_dict(path: str) -> StateDict:
 def assign_state_dict(
     state_dict: Mapping[str, np.ndarray],
     target_shapes,
-    key_map: Callable[[str, np.ndarray], Tuple[Tuple[str, ...], np.ndarray]],
+    key_map: Callable[[str, np.ndarray], tuple[tuple[str, ...], np.ndarray]],
     ignore: Callable[[str], bool] = lambda key: False,
 ):
     """Builds a variable tree shaped as ``target_shapes`` from ``state_dict``.
@@ -87,7 +88,7 @@ def _listing(items, sep=", ", limit=12):
     return sep.join(items[:limit]) + more
 
 
-def torch_to_flax_leaf(name: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+def torch_to_flax_leaf(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     """Renames and re-lays-out one leaf: Linear/Conv weights, norm weights, biases."""
     if name == "bias":
         return "bias", value
@@ -103,7 +104,7 @@ def torch_to_flax_leaf(name: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
     raise ValueError(f"no Flax equivalent for leaf {name!r} of shape {value.shape}")
 
 
-def module_path(torch_key: str) -> Tuple[Tuple[str, ...], str]:
+def module_path(torch_key: str) -> tuple[tuple[str, ...], str]:
     """'stages.0.1.fc1.weight' -> (('stages_0_1', 'fc1'), 'weight'): list indices join their parent."""
     parts = torch_key.split(".")
     path = []

@@ -15,6 +15,7 @@ The VALL-E paper publishes sizes, not counts. MusicGen's paper calls its small m
 code embeddings and heads) with cross-attention to T5 features in every block, which
 here is a bidirectional token prefix instead.
 """
+
 import flax.linen as nn
 import jax
 
@@ -22,16 +23,26 @@ from jaxmodels.speechlm.delay import DelayedLM, delay_codes, delayed_training_in
 from jaxmodels.speechlm.kmeans import assign, fit, kmeans_plus_plus, minibatch_update, tokenize
 from jaxmodels.speechlm.sampling import sample_logits
 from jaxmodels.speechlm.transformer import Transformer
-from jaxmodels.speechlm.valle import (VALLEAR, VALLENAR, advance_targets, ar_training_inputs, generate_ar, generate_nar,
-                                      word_progress)
+from jaxmodels.speechlm.valle import (
+    VALLEAR,
+    VALLENAR,
+    advance_targets,
+    ar_training_inputs,
+    generate_ar,
+    generate_nar,
+    word_progress,
+)
 
-_VALLE = dict(d_model=1024, nhead=16, num_layers=12, dim_feedforward=4096, dropout=0.1, codebook_size=1024,
-              text_vocab_size=512)
+_VALLE = dict(
+    d_model=1024, nhead=16, num_layers=12, dim_feedforward=4096, dropout=0.1, codebook_size=1024, text_vocab_size=512
+)
 VARIANTS = {
     "valle_ar": (VALLEAR, _VALLE),
     "valle_nar": (VALLENAR, {**_VALLE, "num_quantizers": 8}),
-    "musicgen_small": (DelayedLM, dict(dim=1024, num_heads=16, num_layers=24, hidden_scale=4, num_codebooks=4,
-                                       codebook_size=2048, bias=False)),
+    "musicgen_small": (
+        DelayedLM,
+        dict(dim=1024, num_heads=16, num_layers=24, hidden_scale=4, num_codebooks=4, codebook_size=2048, bias=False),
+    ),
 }
 
 
@@ -53,7 +64,27 @@ def param_count(model) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
 
 
-__all__ = ["DelayedLM", "Transformer", "VALLEAR", "VALLENAR", "VARIANTS", "advance_targets", "ar_training_inputs",
-           "assign", "create", "delay_codes", "delayed_training_inputs", "fit", "generate_ar", "generate_delayed",
-           "generate_nar", "kmeans_plus_plus", "minibatch_update", "param_count", "sample_logits", "tokenize",
-           "undelay_codes", "word_progress"]
+__all__ = [
+    "DelayedLM",
+    "Transformer",
+    "VALLEAR",
+    "VALLENAR",
+    "VARIANTS",
+    "advance_targets",
+    "ar_training_inputs",
+    "assign",
+    "create",
+    "delay_codes",
+    "delayed_training_inputs",
+    "fit",
+    "generate_ar",
+    "generate_delayed",
+    "generate_nar",
+    "kmeans_plus_plus",
+    "minibatch_update",
+    "param_count",
+    "sample_logits",
+    "tokenize",
+    "undelay_codes",
+    "word_progress",
+]

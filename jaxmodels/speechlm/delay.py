@@ -10,6 +10,7 @@ Conditioning is a token prefix seen bidirectionally (text, phonemes, or semantic
 as AudioLM's acoustic stage is conditioned); audiocraft's MusicGen cross-attends to T5
 text features instead, which adds a cross-attention per layer (see VARIANTS).
 """
+
 import functools
 
 import flax.linen as nn
@@ -22,7 +23,8 @@ from jaxmodels.speechlm.transformer import Embed, Transformer, empty_cache, leng
 
 
 def delay_codes(codes, lengths, special: int):
-    """(batch, T, K) codes of `lengths` frames -> (batch, T + K - 1, K): codebook k shifted by k, `special` elsewhere."""
+    """(batch, T, K) codes of `lengths` frames -> (batch, T + K - 1, K): codebook k shifted by k,
+    `special` elsewhere."""
     b, t, k = codes.shape
     steps = jnp.arange(t + k - 1)[:, None] - jnp.arange(k)[None, :]  # (steps, K): source frame
     inside = (steps >= 0) & (steps < lengths[:, None, None])
@@ -63,13 +65,24 @@ class DelayedLM(nn.Module):
             positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(cond.shape[1]), cond.shape), positions], axis=1)
             valid = jnp.concatenate([cond_valid, valid], axis=1)
             bidirectional = cond.shape[1]
-        h = Transformer(self.num_layers, self.num_heads, self.hidden_scale * self.dim, self.bias, self.positions,
-                        self.dropout, dtype=self.dtype, remat=self.remat, name="transformer")(
-            x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
-        h = h[:, h.shape[1] - codes.shape[1]:]
-        heads = self.param("linears", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "embed", "vocab")),
-            (self.num_codebooks, self.dim, self.codebook_size), jnp.float32)
+        h = Transformer(
+            self.num_layers,
+            self.num_heads,
+            self.hidden_scale * self.dim,
+            self.bias,
+            self.positions,
+            self.dropout,
+            dtype=self.dtype,
+            remat=self.remat,
+            name="transformer",
+        )(x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
+        h = h[:, h.shape[1] - codes.shape[1] :]
+        heads = self.param(
+            "linears",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed", "vocab")),
+            (self.num_codebooks, self.dim, self.codebook_size),
+            jnp.float32,
+        )
         logits = jnp.einsum("bld,kdv->blkv", h, heads.astype(self.dtype))
         return constrain(logits, ("batch", "length", None, "vocab")).astype(jnp.float32)
 
@@ -77,7 +90,8 @@ class DelayedLM(nn.Module):
         codes = jnp.zeros((batch, length, self.num_codebooks), jnp.int32)
         cond = jnp.zeros((batch, cond_length), jnp.int32)
         return (codes, jnp.zeros(codes.shape[:2], jnp.int32), jnp.ones(codes.shape[:2], bool)), dict(
-            cond=cond, cond_valid=jnp.ones(cond.shape, bool))
+            cond=cond, cond_valid=jnp.ones(cond.shape, bool)
+        )
 
 
 def delayed_training_inputs(codes, lengths, special: int):
@@ -88,8 +102,21 @@ def delayed_training_inputs(codes, lengths, special: int):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "frames", "temperature", "top_k", "top_p"))
-def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, prompt_lengths, lengths, rng, *,
-                     frames: int, temperature: float = 1.0, top_k: int = 250, top_p: float = 1.0):
+def generate_delayed(
+    model: DelayedLM,
+    params,
+    cond,
+    cond_lengths,
+    prompt,
+    prompt_lengths,
+    lengths,
+    rng,
+    *,
+    frames: int,
+    temperature: float = 1.0,
+    top_k: int = 250,
+    top_p: float = 1.0,
+):
     """(batch, frames, K) codes: a row's first prompt_lengths frames are its prompt's (batch, P, K),
     then drawn up to its `lengths` (batch,) frames; `special` past them.
 
@@ -103,15 +130,22 @@ def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, promp
     steps = frames + k - 1
     cond_valid = None if cond is None else lengths_mask(cond_lengths, cond.shape[1])
     whole = jnp.zeros((b, steps + 1, k), jnp.int32)  # the start row, then one slot per step
-    cache = empty_cache(model, whole, whole[..., 0], jnp.ones(whole.shape[:2], bool), cond=cond,
-                        cond_valid=cond_valid)
+    cache = empty_cache(model, whole, whole[..., 0], jnp.ones(whole.shape[:2], bool), cond=cond, cond_valid=cond_valid)
     forced = delay_codes(prompt.astype(jnp.int32), prompt_lengths, special)  # (b, p + k - 1, k)
     forced = jnp.pad(forced, ((0, 0), (0, steps), (0, 0)), constant_values=special)
     frame_of = jnp.arange(steps)[:, None] - jnp.arange(k)[None, :]  # (steps, k)
 
     start = jnp.full((b, 1, k), special, jnp.int32)
-    logits, variables = model.apply({"params": params, "cache": cache}, start, jnp.zeros((b, 1), jnp.int32),
-                                    jnp.ones((b, 1), bool), cond, cond_valid, decode=True, mutable=["cache"])
+    logits, variables = model.apply(
+        {"params": params, "cache": cache},
+        start,
+        jnp.zeros((b, 1), jnp.int32),
+        jnp.ones((b, 1), bool),
+        cond,
+        cond_valid,
+        decode=True,
+        mutable=["cache"],
+    )
 
     def body(s, state):
         cache, last, out, rng = state
@@ -121,9 +155,14 @@ def generate_delayed(model: DelayedLM, params, cond, cond_lengths, prompt, promp
         token = jnp.where(frame < prompt_lengths[:, None], forced[:, s], drawn)
         token = jnp.where((frame < 0) | (frame >= lengths[:, None]), special, token)
         out = out.at[:, s].set(token)
-        logits, variables = model.apply({"params": params, "cache": cache}, token[:, None],
-                                        jnp.full((b, 1), s + 1), jnp.ones((b, 1), bool), decode=True,
-                                        mutable=["cache"])
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            token[:, None],
+            jnp.full((b, 1), s + 1),
+            jnp.ones((b, 1), bool),
+            decode=True,
+            mutable=["cache"],
+        )
         return variables["cache"], logits[:, 0], out, rng
 
     out = jnp.full((b, steps, k), special, jnp.int32)

@@ -7,6 +7,7 @@ split) needs nothing else: the per-centroid sums are reductions XLA splits acros
 Frames become tokens with `tokenize`, optionally with repeats collapsed (the
 "deduplicated" units of GSLM / AudioLM).
 """
+
 import functools
 
 import jax

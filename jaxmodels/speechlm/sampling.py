@@ -1,4 +1,5 @@
 """Drawing the next token from logits: temperature, top-k and nucleus (top-p) sampling."""
+
 import jax
 import jax.numpy as jnp
 

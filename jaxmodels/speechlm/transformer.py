@@ -15,6 +15,7 @@ Decoding (`decode=True`): the first call on a model with an empty cache creates 
 appends its tokens' keys and values at the cache's index and attends over the cache.
 A prefill of many tokens and steps of one token give the logits of the full forward pass.
 """
+
 import functools
 import math
 
@@ -56,8 +57,12 @@ def attention_mask(q_slots, k_slots, k_valid, causal: bool, bidirectional):
 
 def Embed(num: int, dim: int, name: str):
     """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
-    return nn.Embed(num, dim, embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                          ("vocab", "embed")), name=name)
+    return nn.Embed(
+        num,
+        dim,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+        name=name,
+    )
 
 
 def lengths_mask(lengths, size: int):
@@ -82,8 +87,15 @@ class SelfAttention(nn.Module):
         if dim % self.num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
         h, hd = self.num_heads, dim // self.num_heads
-        qkv = Projection("bld,dkhe->blkhe", (dim, 3, h, hd), ("embed", None, "heads", "kv"), 1, self.use_bias,
-                         self.dtype, name="qkv")(x)
+        qkv = Projection(
+            "bld,dkhe->blkhe",
+            (dim, 3, h, hd),
+            ("embed", None, "heads", "kv"),
+            1,
+            self.use_bias,
+            self.dtype,
+            name="qkv",
+        )(x)
         q, k, v = (constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
         if self.positions == "rope":
             q, k = rope(q, positions), rope(k, positions)
@@ -105,8 +117,9 @@ class SelfAttention(nn.Module):
                 q_slots = i + q_slots
         mask = attention_mask(q_slots, jnp.arange(k.shape[1]), valid, causal, bidirectional)
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
-        return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, self.use_bias, self.dtype,
-                          name="out")(out)
+        return Projection(
+            "blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, self.use_bias, self.dtype, name="out"
+        )(out)
 
 
 class Norm(nn.Module):
@@ -122,8 +135,9 @@ class Norm(nn.Module):
         if not self.adaptive:
             return y
         dim = x.shape[-1]
-        scale_shift = Dense(2 * dim, ("embed", "mlp"), dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                            name="modulation")(cond)
+        scale_shift = Dense(
+            2 * dim, ("embed", "mlp"), dtype=self.dtype, kernel_init=nn.initializers.zeros, name="modulation"
+        )(cond)
         scale, shift = jnp.split(scale_shift[:, None, :], 2, axis=-1)
         return y * (1 + scale) + shift
 
@@ -143,7 +157,8 @@ class Block(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=deterministic)
         h = Norm(self.adaptive, self.dtype, name="norm1")(x, cond)
         h = SelfAttention(self.num_heads, self.use_bias, self.positions, self.dtype, name="attn")(
-            h, positions, valid, causal, bidirectional, decode)
+            h, positions, valid, causal, bidirectional, decode
+        )
         x = x + drop(h)
         h = Norm(self.adaptive, self.dtype, name="norm2")(x, cond)
         h = Dense(self.ffn_dim, ("embed", "mlp"), self.use_bias, self.dtype, name="fc1")(h)
@@ -166,8 +181,9 @@ class Transformer(nn.Module):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, positions, valid, *, cond=None, causal=True, bidirectional=0, decode=False,
-                 deterministic=True):
+    def __call__(
+        self, x, positions, valid, *, cond=None, causal=True, bidirectional=0, decode=False, deterministic=True
+    ):
         if self.positions not in ("sin", "rope"):
             raise ValueError(f"positions must be 'sin' or 'rope', not {self.positions!r}")
         if self.positions == "sin":
@@ -176,7 +192,14 @@ class Transformer(nn.Module):
         # causal, decode, deterministic (args 6-8 counting the module) steer Python control flow
         block = nn.remat(Block, static_argnums=(6, 7, 8)) if self.remat else Block
         for i in range(self.num_layers):
-            x = block(self.num_heads, self.ffn_dim, self.use_bias, self.positions, self.dropout, self.adaptive,
-                      self.dtype, name=f"layers_{i}")(x, cond, positions, valid, bidirectional, causal, decode,
-                                                      deterministic)
+            x = block(
+                self.num_heads,
+                self.ffn_dim,
+                self.use_bias,
+                self.positions,
+                self.dropout,
+                self.adaptive,
+                self.dtype,
+                name=f"layers_{i}",
+            )(x, cond, positions, valid, bidirectional, causal, decode, deterministic)
         return Norm(self.adaptive, self.dtype, name="out_norm")(x, cond)

@@ -22,6 +22,7 @@ word. The paper's sizes are 12 layers, width 1024, 16 heads, FFN 4096, dropout 0
 both models. The paper gives no parameter count; ours are in jaxmodels.speechlm.VARIANTS'
 docstring.
 """
+
 import functools
 
 import flax.linen as nn
@@ -83,8 +84,20 @@ class VALLEAR(_VALLE):
         return self.codebook_size + 1
 
     @nn.compact
-    def __call__(self, audio, audio_positions, audio_valid, text=None, text_valid=None, text_words=None,
-                 audio_words=None, word_progress=None, *, decode=False, deterministic=True):
+    def __call__(
+        self,
+        audio,
+        audio_positions,
+        audio_valid,
+        text=None,
+        text_valid=None,
+        text_words=None,
+        audio_words=None,
+        word_progress=None,
+        *,
+        decode=False,
+        deterministic=True,
+    ):
         """Logits (batch, A * G, codebook_size + 1) of the next first-codebook code at each place;
         with word_alignment, also the logits (batch, A) of `advance` at each position.
 
@@ -109,12 +122,21 @@ class VALLEAR(_VALLE):
             positions = jnp.concatenate([text_positions, positions], axis=1)
             valid = jnp.concatenate([text_valid, audio_valid], axis=1)
             bidirectional = text.shape[1]
-        h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
-                        dtype=self.dtype, remat=self.remat, name="decoder")(
-            x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
-        h = h[:, h.shape[1] - audio.shape[1] // g:]
-        logits = Dense(g * (self.codebook_size + 1), ("embed", "vocab"), use_bias=False, dtype=self.dtype,
-                       name="predict")(h)
+        h = Transformer(
+            self.num_layers,
+            self.nhead,
+            self.dim_feedforward,
+            True,
+            self.positions,
+            self.dropout,
+            dtype=self.dtype,
+            remat=self.remat,
+            name="decoder",
+        )(x, positions, valid, causal=True, bidirectional=bidirectional, decode=decode, deterministic=deterministic)
+        h = h[:, h.shape[1] - audio.shape[1] // g :]
+        logits = Dense(
+            g * (self.codebook_size + 1), ("embed", "vocab"), use_bias=False, dtype=self.dtype, name="predict"
+        )(h)
         logits = logits.reshape(b, -1, self.codebook_size + 1)
         logits = constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
         if not self.word_alignment:
@@ -132,8 +154,12 @@ class VALLEAR(_VALLE):
             member = text_words[:, :, None] == jnp.arange(t)  # (batch, token, word); a text holds <= t words
             first = jnp.argmax(member, axis=1)  # each word's first token
             place = jnp.arange(t) - jnp.take_along_axis(first, jnp.maximum(text_words, 0), axis=1)
-            place_scale = self.param("word_place_scale", nn.with_logical_partitioning(
-                nn.initializers.ones, (None, "embed")), (MAX_WORD_TOKENS, d), jnp.float32)
+            place_scale = self.param(
+                "word_place_scale",
+                nn.with_logical_partitioning(nn.initializers.ones, (None, "embed")),
+                (MAX_WORD_TOKENS, d),
+                jnp.float32,
+            )
             tokens = text_embedded * place_scale[jnp.clip(place, 0, MAX_WORD_TOKENS - 1)].astype(self.dtype)
             table = jnp.einsum("btw,btd->bwd", member.astype(tokens.dtype), tokens)
         if decode:
@@ -143,7 +169,8 @@ class VALLEAR(_VALLE):
             table = cached.value
         word = jnp.take_along_axis(table, jnp.maximum(audio_words, 0)[..., None], axis=1)
         progress = Embed(MAX_WORD_PROGRESS, d, "word_progress_embedding")(
-            jnp.clip(word_progress, 0, MAX_WORD_PROGRESS - 1))
+            jnp.clip(word_progress, 0, MAX_WORD_PROGRESS - 1)
+        )
         return (word + progress) * (audio_words >= 0)[..., None]
 
     def example(self, batch: int = 1, text_length: int = 4, audio_length: int = 4):
@@ -151,10 +178,18 @@ class VALLEAR(_VALLE):
         audio = jnp.zeros((batch, audio_length * self.group_size), jnp.int32)
         positions = jnp.zeros((batch, audio_length), jnp.int32)
         text = jnp.zeros((batch, text_length), jnp.int32)
-        words = dict(text_words=jnp.zeros(text.shape, jnp.int32), audio_words=jnp.zeros(positions.shape, jnp.int32),
-                     word_progress=positions) if self.word_alignment else {}
+        words = (
+            dict(
+                text_words=jnp.zeros(text.shape, jnp.int32),
+                audio_words=jnp.zeros(positions.shape, jnp.int32),
+                word_progress=positions,
+            )
+            if self.word_alignment
+            else {}
+        )
         return (audio, positions, jnp.ones(positions.shape, bool)), dict(
-            text=text, text_valid=jnp.ones(text.shape, bool), **words)
+            text=text, text_valid=jnp.ones(text.shape, bool), **words
+        )
 
 
 def ar_training_inputs(codes, lengths, bos: int, eos: int, group_size: int = 1):
@@ -187,11 +222,28 @@ def advance_targets(audio_words, groups):
     return (following > audio_words).astype(jnp.float32), scored
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "guidance_scale"))
-def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengths, rng, *, max_new_tokens: int,
-                min_new_tokens=0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                guidance_scale: float = 1.0, text_words=None, first_word=None, num_words=None):
+@functools.partial(
+    jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "guidance_scale")
+)
+def generate_ar(
+    model: VALLEAR,
+    params,
+    text,
+    text_lengths,
+    prompt,
+    prompt_lengths,
+    rng,
+    *,
+    max_new_tokens: int,
+    min_new_tokens=0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    guidance_scale: float = 1.0,
+    text_words=None,
+    first_word=None,
+    num_words=None,
+):
     """First-codebook codes after the prompt: (codes (batch, max_new_tokens), lengths (batch,)).
 
     text (batch, T) with text_lengths; prompt (batch, P) first-codebook codes with
@@ -224,27 +276,42 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
     whole = jnp.zeros((b, prefill + steps), jnp.int32)
     words = whole_words = {}
     if aligned:  # the prompt's positions have no word; the one after it predicts the first target word's group
-        words = dict(text_words=text_words, audio_words=jnp.where(positions == prompt_groups[:, None],
-                                                                  first_word[:, None], -1),
-                     word_progress=jnp.zeros_like(positions))
+        words = dict(
+            text_words=text_words,
+            audio_words=jnp.where(positions == prompt_groups[:, None], first_word[:, None], -1),
+            word_progress=jnp.zeros_like(positions),
+        )
         whole_words = dict(text_words=text_words, audio_words=whole, word_progress=whole)
     guided = guidance_scale != 1.0
     # guided: the model runs the rows with their text, then the same rows without
     twice = (lambda x: jnp.concatenate([x, x])) if guided else (lambda x: x)
     if guided:
         text_valid = jnp.concatenate([text_valid, jnp.zeros_like(text_valid)])
-    cache = empty_cache(model, twice(jnp.zeros((b, (prefill + steps) * g), jnp.int32)), twice(whole),
-                        twice(jnp.ones(whole.shape, bool)), text=twice(text), text_valid=text_valid,
-                        **{k: twice(v) for k, v in whole_words.items()})
+    cache = empty_cache(
+        model,
+        twice(jnp.zeros((b, (prefill + steps) * g), jnp.int32)),
+        twice(whole),
+        twice(jnp.ones(whole.shape, bool)),
+        text=twice(text),
+        text_valid=text_valid,
+        **{k: twice(v) for k, v in whole_words.items()},
+    )
 
     def step(cache, tokens, token_positions, valid, text=None, **words):
         words = {k: twice(v) for k, v in words.items()}
         if guided and "audio_words" in words:  # the text-free rows are told no word
             words["audio_words"] = words["audio_words"].at[b:].set(-1)
-        out, variables = model.apply({"params": params, "cache": cache}, twice(tokens), twice(token_positions),
-                                     twice(valid), text=None if text is None else twice(text),
-                                     text_valid=text_valid if text is not None else None,
-                                     decode=True, mutable=["cache"], **words)
+        out, variables = model.apply(
+            {"params": params, "cache": cache},
+            twice(tokens),
+            twice(token_positions),
+            twice(valid),
+            text=None if text is None else twice(text),
+            text_valid=text_valid if text is not None else None,
+            decode=True,
+            mutable=["cache"],
+            **words,
+        )
         logits, advance = out if aligned else (out, jnp.zeros(out.shape[:2]))
         if guided:
             unconditional = logits[b:]
@@ -267,13 +334,21 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
             rng, key = jax.random.split(rng)
         places = i * g + jnp.arange(g)
         early = aligned | (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])
-        tokens = sample_logits(key, jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, last),
-                               temperature, top_k, top_p)
+        tokens = sample_logits(
+            key,
+            jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, last),
+            temperature,
+            top_k,
+            top_p,
+        )
         eos = tokens == model.eos
         tokens = jnp.where(done[:, None] | (jnp.cumsum(eos, axis=1) > 0), model.eos, tokens)  # EOS from the first on
         if aligned:
-            moves = (jax.random.bernoulli(key_advance, jax.nn.sigmoid(last_advance / temperature))
-                     if temperature > 0 else last_advance > 0)
+            moves = (
+                jax.random.bernoulli(key_advance, jax.nn.sigmoid(last_advance / temperature))
+                if temperature > 0
+                else last_advance > 0
+            )
             word, progress = word + moves, jnp.where(moves, 0, progress + 1)
             ended = ~done & (word >= num_words)  # this group is the row's last
             lengths = jnp.where(ended, (i + 1) * g, lengths)
@@ -282,14 +357,26 @@ def generate_ar(model: VALLEAR, params, text, text_lengths, prompt, prompt_lengt
             lengths = jnp.where(ended, i * g + jnp.argmax(eos, axis=1), lengths)
         done = done | ended
         codes = jax.lax.dynamic_update_slice_in_dim(codes, tokens.astype(codes.dtype), i * g, axis=1)
-        words = dict(audio_words=jnp.where(done, -1, word)[:, None], word_progress=progress[:, None]) if aligned else {}
+        words = (
+            dict(audio_words=jnp.where(done, -1, word)[:, None], word_progress=progress[:, None]) if aligned else {}
+        )
         logits, advance, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool), **words)
         return i + 1, cache, logits[:, 0], advance[:, 0], codes, done, lengths, word, progress, rng
 
     codes = jnp.full((b, steps * g), model.eos, jnp.int32)
     start = first_word if aligned else jnp.zeros(b, jnp.int32)
-    state = (0, cache, last, last_advance, codes, jnp.zeros(b, bool), jnp.full(b, max_new_tokens), start,
-             jnp.zeros(b, jnp.int32), rng)
+    state = (
+        0,
+        cache,
+        last,
+        last_advance,
+        codes,
+        jnp.zeros(b, bool),
+        jnp.full(b, max_new_tokens),
+        start,
+        jnp.zeros(b, jnp.int32),
+        rng,
+    )
     _, _, _, _, codes, _, lengths, _, _, _ = jax.lax.while_loop(cond, body, state)
     return codes[:, :max_new_tokens], jnp.minimum(lengths, max_new_tokens)
 
@@ -314,18 +401,39 @@ class VALLENAR(_VALLE):
         upto = jnp.where(slots < prompt_lengths[:, None], k, stage[:, None])  # codebooks read at each frame
         audio = sum(tables[i](codes[..., i]) * (i < upto)[..., None] for i in range(k))
         x = jnp.concatenate([Embed(self.text_vocab_size, self.d_model, "text_embedding")(text), audio], axis=1)
-        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
-                                     jnp.broadcast_to(slots * self.audio_position_scale, (b, a))], axis=1)
+        positions = jnp.concatenate(
+            [
+                jnp.broadcast_to(jnp.arange(text.shape[1]), text.shape),
+                jnp.broadcast_to(slots * self.audio_position_scale, (b, a)),
+            ],
+            axis=1,
+        )
         valid = jnp.concatenate([text_valid, codes_valid], axis=1)
-        stage_embedding = self.param("stage_embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(1.0), (None, "embed")), (k - 1, self.d_model), jnp.float32)
+        stage_embedding = self.param(
+            "stage_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+            (k - 1, self.d_model),
+            jnp.float32,
+        )
         cond = stage_embedding[stage - 1].astype(self.dtype)
-        h = Transformer(self.num_layers, self.nhead, self.dim_feedforward, True, self.positions, self.dropout,
-                        adaptive=True, dtype=self.dtype, remat=self.remat, name="decoder")(
-            x, positions, valid, cond=cond, causal=False, deterministic=deterministic)[:, -a:]
-        heads = self.param("predict", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), (None, "embed", "vocab")), (k - 1, self.d_model, self.codebook_size),
-            jnp.float32)
+        h = Transformer(
+            self.num_layers,
+            self.nhead,
+            self.dim_feedforward,
+            True,
+            self.positions,
+            self.dropout,
+            adaptive=True,
+            dtype=self.dtype,
+            remat=self.remat,
+            name="decoder",
+        )(x, positions, valid, cond=cond, causal=False, deterministic=deterministic)[:, -a:]
+        heads = self.param(
+            "predict",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed", "vocab")),
+            (k - 1, self.d_model, self.codebook_size),
+            jnp.float32,
+        )
         logits = jnp.einsum("bld,bdv->blv", h, heads[stage - 1].astype(self.dtype))
         return constrain(logits, ("batch", "length", "vocab")).astype(jnp.float32)
 
@@ -333,8 +441,14 @@ class VALLENAR(_VALLE):
         text = jnp.zeros((batch, text_length), jnp.int32)
         codes = jnp.zeros((batch, audio_length, self.num_quantizers), jnp.int32)
         ones = functools.partial(jnp.ones, dtype=bool)
-        return (text, ones(text.shape), codes, ones(codes.shape[:2]), jnp.full((batch,), audio_length // 2),
-                jnp.ones((batch,), jnp.int32)), {}
+        return (
+            text,
+            ones(text.shape),
+            codes,
+            ones(codes.shape[:2]),
+            jnp.full((batch,), audio_length // 2),
+            jnp.ones((batch,), jnp.int32),
+        ), {}
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -4,6 +4,7 @@ on random weights, a padded batch and the four prompt queries, for tests/test_as
 
     python tests/data/make_sensevoice_reference.py --reference <clone of FunAudioLLM/SenseVoice>
 """
+
 import argparse
 import os
 import sys
@@ -38,14 +39,24 @@ class _Loss(torch.nn.Module):
 
 def _stub_funasr():
     stubs = {
-        "funasr": {}, "funasr.register": {"tables": _Tables()}, "funasr.models": {}, "funasr.models.ctc": {},
-        "funasr.models.ctc.ctc": {"CTC": _CTC}, "funasr.utils": {}, "funasr.utils.datadir_writer": {"DatadirWriter": None},
-        "funasr.models.paraformer": {}, "funasr.models.paraformer.search": {"Hypothesis": None},
-        "funasr.train_utils": {}, "funasr.train_utils.device_funcs": {"force_gatherable": None},
-        "funasr.losses": {}, "funasr.losses.label_smoothing_loss": {"LabelSmoothingLoss": _Loss},
-        "funasr.metrics": {}, "funasr.metrics.compute_acc": {"compute_accuracy": None, "th_accuracy": None},
+        "funasr": {},
+        "funasr.register": {"tables": _Tables()},
+        "funasr.models": {},
+        "funasr.models.ctc": {},
+        "funasr.models.ctc.ctc": {"CTC": _CTC},
+        "funasr.utils": {},
+        "funasr.utils.datadir_writer": {"DatadirWriter": None},
+        "funasr.models.paraformer": {},
+        "funasr.models.paraformer.search": {"Hypothesis": None},
+        "funasr.train_utils": {},
+        "funasr.train_utils.device_funcs": {"force_gatherable": None},
+        "funasr.losses": {},
+        "funasr.losses.label_smoothing_loss": {"LabelSmoothingLoss": _Loss},
+        "funasr.metrics": {},
+        "funasr.metrics.compute_acc": {"compute_accuracy": None, "th_accuracy": None},
         "funasr.utils.load_utils": {"load_audio_text_image_video": None, "extract_fbank": None},
-        "utils": {}, "utils.ctc_alignment": {"ctc_forced_align": None},
+        "utils": {},
+        "utils.ctc_alignment": {"ctc_forced_align": None},
     }
     for name, attrs in stubs.items():
         module = types.ModuleType(name)
@@ -62,8 +73,18 @@ def main():
     import model as reference
 
     torch.manual_seed(0)
-    conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3, tp_blocks=2, kernel_size=11,
-                sanm_shfit=0, dropout_rate=0.0, attention_dropout_rate=0.0, positional_dropout_rate=0.0)
+    conf = dict(
+        output_size=32,
+        attention_heads=4,
+        linear_units=64,
+        num_blocks=3,
+        tp_blocks=2,
+        kernel_size=11,
+        sanm_shfit=0,
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        positional_dropout_rate=0.0,
+    )
     net = reference.SenseVoiceSmall(encoder="SenseVoiceEncoderSmall", encoder_conf=conf, input_size=40, vocab_size=30)
     torch.nn.Module.__init__(net.encoder.embed)  # upstream's position encoder skips it (it has no state)
     net = net.eval()
@@ -74,12 +95,19 @@ def main():
     lengths = torch.tensor([17, 11])
     language, textnorm = torch.tensor([3, 0]), torch.tensor([14, 15])  # <|en|>/auto, withitn/woitn rows
     with torch.no_grad():  # upstream's encode() with the queries given (it draws "auto" 20% of the time)
-        rows = torch.stack([language, torch.ones(2, dtype=torch.long), 2 * torch.ones(2, dtype=torch.long), textnorm], 1)
+        rows = torch.stack(
+            [language, torch.ones(2, dtype=torch.long), 2 * torch.ones(2, dtype=torch.long), textnorm], 1
+        )
         encoded, _ = net.encoder(torch.cat([net.embed(rows), x], 1), lengths + 4)
         logits = net.ctc.ctc_lo(encoded)
     out = {f"state/{k}": v.numpy() for k, v in net.state_dict().items()}
-    out.update(x=x.numpy(), lengths=lengths.numpy(), language=language.numpy(), textnorm=textnorm.numpy(),
-               logits=logits.numpy())
+    out.update(
+        x=x.numpy(),
+        lengths=lengths.numpy(),
+        language=language.numpy(),
+        textnorm=textnorm.numpy(),
+        logits=logits.numpy(),
+    )
     np.savez_compressed(os.path.join(os.path.dirname(__file__), "sensevoice_tiny.npz"), **out)
 
 

@@ -19,6 +19,7 @@ and, for tasks with arrays fixed before training that the params depend on (a to
   assets()                      a dict of numpy arrays saved in every checkpoint, or None
   set_assets(assets)            takes them back from a checkpoint, before any source is made
 """
+
 import importlib
 
 from trainers.config import ConfigError

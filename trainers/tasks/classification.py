@@ -1,4 +1,5 @@
 """Image classification (MambaOut): softmax cross-entropy with label smoothing, mixup/cutmix."""
+
 import os
 
 import jax
@@ -8,6 +9,7 @@ import optax
 
 from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
+
 
 # Image-classifier families by model-name prefix: name -> create(name, **overrides).
 def _mambaout(name, **kw):
@@ -106,8 +108,10 @@ class ClassificationTask(SplitSources):
         k_mix, k_drop = jax.random.split(rng)
         x = self.normalise(batch["image"])
         s = self.cfg.data.label_smoothing
-        y = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), s) if s else jax.nn.one_hot(
-            batch["label"], self.num_classes
+        y = (
+            optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), s)
+            if s
+            else jax.nn.one_hot(batch["label"], self.num_classes)
         )
         x, y = self._mix(k_mix, x, y)
         logits = self.model.apply({"params": params}, x, deterministic=False, rngs={"dropout": k_drop})
@@ -140,7 +144,8 @@ class ClassificationTask(SplitSources):
             outputs["label"],
             outputs["prediction"],
             self.num_classes,
-            title=f"{self.cfg.model.name}, step {step}: accuracy {np.mean(outputs['prediction'] == outputs['label']):.2%}",
+            title=f"{self.cfg.model.name}, step {step}: "
+            f"accuracy {np.mean(outputs['prediction'] == outputs['label']):.2%}",
         )
         n = min(64, len(outputs["label"]))
         images = [self.eval_transform(source[i], np.random.default_rng(0))["image"] for i in range(n)]

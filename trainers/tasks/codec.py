@@ -13,10 +13,11 @@ codec.adversarial_start the codec's balanced losses are only the reconstruction 
 The task's params are {"generator", "discriminator", "codebooks", "balancer"}; the first
 two have optimizer states of their own (optimizer_groups), the last two are EMA
 statistics. train/loss is the balancer's effective loss (sum of each loss times its
-scale; the hinge term makes it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the eval
-split and the codes' entropy (the bitrate an entropy coder would approach), and writes
+scale; the hinge term makes it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the
+eval split and the codes' entropy (the bitrate an entropy coder would approach), and writes
 original and decoded WAVs and spectrograms of a few utterances.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,10 @@ class AudioCrop:
             if self.on_bad_audio == "skip":
                 return out
             raise
-        start = int(rng.integers(0, len(samples) - self.length + 1)) if self.train and len(samples) > self.length else 0
-        piece = samples[start: start + self.length]
+        start = (
+            int(rng.integers(0, len(samples) - self.length + 1)) if self.train and len(samples) > self.length else 0
+        )
+        piece = samples[start : start + self.length]
         audio[: len(piece)] = piece
         out.update(audio_length=np.int32(len(piece)), mask=np.float32(1.0))
         return out
@@ -70,15 +73,22 @@ class CodecTask(SplitSources):
         c = cfg.codec
         self.config = codec_lib.config(cfg.model.name, **cfg.model.args)
         if self.config.channels != 1:
-            raise ValueError(f"task codec reads mono audio; model {cfg.model.name} has channels={self.config.channels}")
+            raise ValueError(
+                f"task codec reads mono audio; model {cfg.model.name} has channels={self.config.channels}"
+            )
         self.weights = {k: v for k, v in c.loss_weights.items() if v > 0}
         if not self.weights:
             raise ValueError("codec.loss_weights: at least one loss needs a positive weight")
         dtype = jnp.dtype(cfg.train.compute_dtype)
         self.model = Encodec(self.config, dtype)
         self.discriminator = MultiScaleSTFTDiscriminator(
-            c.disc_filters, n_ffts=tuple(c.disc_n_ffts), hop_lengths=tuple(c.disc_hop_lengths),
-            win_lengths=tuple(c.disc_win_lengths), negative_slope=c.disc_negative_slope, dtype=dtype)
+            c.disc_filters,
+            n_ffts=tuple(c.disc_n_ffts),
+            hop_lengths=tuple(c.disc_hop_lengths),
+            win_lengths=tuple(c.disc_win_lengths),
+            negative_slope=c.disc_negative_slope,
+            dtype=dtype,
+        )
         sr = self.config.sample_rate
         self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), train=True)
         self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), train=False)
@@ -90,20 +100,25 @@ class CodecTask(SplitSources):
 
     def example_batch(self, n):
         length = self.train_transform.length
-        return {"audio": np.zeros((n, length), np.float32), "audio_length": np.full((n,), length, np.int32),
-                "mask": np.ones((n,), np.float32)}
+        return {
+            "audio": np.zeros((n, length), np.float32),
+            "audio_length": np.full((n,), length, np.int32),
+            "mask": np.ones((n,), np.float32),
+        }
 
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
         c = self.config
         k_gen, k_disc, k_codes = jax.random.split(rng, 3)
         x = jnp.asarray(batch["audio"])[..., None]
-        return {"params": {
-            "generator": self.model.init(k_gen, x)["params"],
-            "discriminator": self.discriminator.init(k_disc, x)["params"],
-            "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
-            "balancer": losses.balancer_init(self.weights),
-        }}
+        return {
+            "params": {
+                "generator": self.model.init(k_gen, x)["params"],
+                "discriminator": self.discriminator.init(k_disc, x)["params"],
+                "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
+                "balancer": losses.balancer_init(self.weights),
+            }
+        }
 
     def _reconstruction_losses(self):
         """The balanced losses that compare y with x directly, each per example."""
@@ -111,8 +126,9 @@ class CodecTask(SplitSources):
         candidates = {
             "l1": lambda y, x: losses.per_example(jnp.abs(y - x)),
             "mel": lambda y, x: losses.mel_l1_loss(y, x, sr, n_mels=c.n_mels, f_min=c.f_min),
-            "msspec": lambda y, x: losses.multi_scale_mel_loss(y, x, sr, *c.msspec_range, n_mels=c.n_mels,
-                                                               f_min=c.f_min),
+            "msspec": lambda y, x: losses.multi_scale_mel_loss(
+                y, x, sr, *c.msspec_range, n_mels=c.n_mels, f_min=c.f_min
+            ),
         }
         return {k: f for k, f in candidates.items() if k in self.weights}
 
@@ -126,8 +142,14 @@ class CodecTask(SplitSources):
         def generate(generator):
             emb = self.model.apply({"params": generator}, x, method=Encodec.encode_latent)
             q, _, commit, codebooks = quantization.quantize_train(
-                params["codebooks"], emb, n_active, k_quant, cfg.decay, kmeans_iters=cfg.kmeans_iters,
-                threshold_ema_dead_code=cfg.threshold_ema_dead_code)
+                params["codebooks"],
+                emb,
+                n_active,
+                k_quant,
+                cfg.decay,
+                kmeans_iters=cfg.kmeans_iters,
+                threshold_ema_dead_code=cfg.threshold_ema_dead_code,
+            )
             y = self.model.apply({"params": generator}, q, method=Encodec.decode_latent)[:, : x.shape[1]]
             return (y, commit), codebooks
 
@@ -168,20 +190,36 @@ class CodecTask(SplitSources):
         on = step >= c.adversarial_start
         weights = {k: jnp.where(on, w, 0.0) if k in adversarial else w for k, w in self.weights.items()}
         out_grad, effective, balancer, shares = losses.balance(
-            grads, values, weights, params["balancer"], mask, c.balancer_total_norm, c.balancer_ema_decay,
-            balance_grads=c.balance_grads)
+            grads,
+            values,
+            weights,
+            params["balancer"],
+            mask,
+            c.balancer_total_norm,
+            c.balancer_ema_decay,
+            balance_grads=c.balance_grads,
+        )
         (g_grads,) = generator_vjp((out_grad.astype(y.dtype), jnp.asarray(c.commitment_weight, commit.dtype)))
         g_updates, g_opt = tx.update(g_grads, opt_state["generator"], params["generator"])
         generator = optax.apply_updates(params["generator"], g_updates)
 
-        metrics = {"train/loss": effective, "train/d_loss": d_loss, "train/commitment": commit,
-                   "train/grad_norm": optax.tree.norm(g_grads), "train/d_grad_norm": optax.tree.norm(d_grads),
-                   "train/bitrate_kbps": n_active * quantization.bandwidth_per_quantizer(cfg.bins, cfg.frame_rate) / 1000,
-                   "train/skipped": jnp.sum(1.0 - mask)}
+        metrics = {
+            "train/loss": effective,
+            "train/d_loss": d_loss,
+            "train/commitment": commit,
+            "train/grad_norm": optax.tree.norm(g_grads),
+            "train/d_grad_norm": optax.tree.norm(d_grads),
+            "train/bitrate_kbps": n_active * quantization.bandwidth_per_quantizer(cfg.bins, cfg.frame_rate) / 1000,
+            "train/skipped": jnp.sum(1.0 - mask),
+        }
         metrics.update({f"train/{k}": v for k, v in values.items()})
         metrics.update({f"train/share_{k}": v for k, v in shares.items()})
-        new_params = {"generator": generator, "discriminator": discriminator, "codebooks": codebooks,
-                      "balancer": balancer}
+        new_params = {
+            "generator": generator,
+            "discriminator": discriminator,
+            "codebooks": codebooks,
+            "balancer": balancer,
+        }
         return new_params, {"generator": g_opt, "discriminator": d_opt}, metrics
 
     # -- evaluation ---------------------------------------------------------------------
@@ -196,7 +234,8 @@ class CodecTask(SplitSources):
         for bw in cfg.target_bandwidths:
             q = quantization.decode(embed, codes[: cfg.num_quantizers(bw)])
             out[bw] = self.model.apply({"params": params["generator"]}, q, method=Encodec.decode_latent)[
-                :, : audio.shape[1], 0]
+                :, : audio.shape[1], 0
+            ]
         return codes.transpose(1, 0, 2), out
 
     def eval_outputs(self, params, batch):
@@ -207,8 +246,15 @@ class CodecTask(SplitSources):
         # Mel distance: AudioCraft's `mel` loss (log10 mel, n_fft 1024, hop 256) over the
         # ceil(length / hop) frames that cover real audio.
         hop = 256
-        mel = lambda a: losses.mel_spectrogram((a * valid)[..., None], cfg.sample_rate, 1024, hop, 1024,  # noqa: E731
-                                               c.n_mels, c.f_min)[:, 0]
+        mel = lambda a: losses.mel_spectrogram(
+            (a * valid)[..., None],
+            cfg.sample_rate,
+            1024,
+            hop,
+            1024,  # noqa: E731
+            c.n_mels,
+            c.f_min,
+        )[:, 0]
         reference = mel(audio)
         frames = (jnp.arange(reference.shape[1])[None] < -(-lengths[:, None] // hop)).astype(jnp.float32)
         out = {"codes": codes, "code_frames": -(-lengths // cfg.hop_length)}
@@ -243,8 +289,11 @@ class CodecTask(SplitSources):
         audio = np.stack([r["audio"] for r in records])
         _, decoded = self._reconstruct(sharding.host_copy(params), audio)
         lengths = np.array([r["audio_length"] for r in records])
-        return {}, {"examples_original": audio, "examples_length": lengths,
-                    **{f"examples_{bw:g}kbps": np.asarray(y) for bw, y in decoded.items()}}
+        return {}, {
+            "examples_original": audio,
+            "examples_length": lengths,
+            **{f"examples_{bw:g}kbps": np.asarray(y) for bw, y in decoded.items()},
+        }
 
     def write_artifacts(self, workdir, outputs, step):
         from trainers.pictures import spectrograms_png

@@ -14,6 +14,7 @@ SenseVoice query outputs are trained against <|lang|>, <|event|>, <|emotion|> an
 <|textnorm|> tokens from the manifest fields language / event / emotion / textnorm
 (defaults en, Speech, NEUTRAL, woitn), which join the vocabulary.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -120,19 +121,27 @@ class AudioTransform:
     def __call__(self, record, rng):
         audio = np.zeros(self.max_samples, np.float32)
         labels = np.zeros(self.max_labels, np.int32)
-        out = {"audio": audio, "audio_length": np.int32(0), "labels": labels, "label_length": np.int32(0),
-               "mask": np.float32(0.0)}
+        out = {
+            "audio": audio,
+            "audio_length": np.int32(0),
+            "labels": labels,
+            "label_length": np.int32(0),
+            "mask": np.float32(0.0),
+        }
         if self.prompt_ids is not None:
             out["prompts"] = np.array(self.prompt_ids(record), np.int32)
         try:
             samples = speech.read_audio(record["source"], speech.SAMPLE_RATE, self.resample)
             if len(samples) > self.max_samples:
-                raise ValueError(f"{record['source']}: {len(samples) / speech.SAMPLE_RATE:.2f} s is longer than "
-                                 f"data.max_seconds={self.max_samples / speech.SAMPLE_RATE}")
+                raise ValueError(
+                    f"{record['source']}: {len(samples) / speech.SAMPLE_RATE:.2f} s is longer than "
+                    f"data.max_seconds={self.max_samples / speech.SAMPLE_RATE}"
+                )
             ids = self.tokenizer.encode(record["target"])
             if len(ids) > self.max_labels:
-                raise ValueError(f"{record['source']}: {len(ids)} tokens, more than speech.max_label_length="
-                                 f"{self.max_labels}")
+                raise ValueError(
+                    f"{record['source']}: {len(ids)} tokens, more than speech.max_label_length={self.max_labels}"
+                )
         except ValueError:
             if self.on_bad_audio == "skip":
                 return out  # mask 0: counted as skipped, never trained on
@@ -156,7 +165,9 @@ class CTCTask(SplitSources):
             transcripts = [r["target"] for r in train.records]
             if s.tokens == "pieces":
                 if not s.token_list:
-                    raise ValueError("speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)")
+                    raise ValueError(
+                        "speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)"
+                    )
                 self.tokenizer = Tokenizer.from_list(s.token_list)
             else:
                 extra = [f"<|{r.get(k, d)}|>" for r in train.records for k, d in PROMPT_FIELDS] if s.prompts else ()
@@ -173,9 +184,15 @@ class CTCTask(SplitSources):
         self.train_transform = AudioTransform(cfg, self.tokenizer, prompt_ids)
         self.eval_transform = self.train_transform
         self.model = asr.create(
-            cfg.model.name, **{**cfg.model.args, "vocab_size": len(self.tokenizer.tokens),
-                               "input_size": s.num_mel_bins * s.lfr_m, "use_prompts": s.prompts},
-            dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat,
+            cfg.model.name,
+            **{
+                **cfg.model.args,
+                "vocab_size": len(self.tokenizer.tokens),
+                "input_size": s.num_mel_bins * s.lfr_m,
+                "use_prompts": s.prompts,
+            },
+            dtype=jnp.dtype(cfg.train.compute_dtype),
+            remat=cfg.train.remat,
         )
         if s.assets:
             with np.load(os.path.join(s.assets, "cmvn.npz")) as f:
@@ -197,9 +214,13 @@ class CTCTask(SplitSources):
 
     def example_batch(self, n):
         t = self.train_transform
-        batch = {"audio": np.zeros((n, t.max_samples), np.float32), "audio_length": np.full((n,), t.max_samples, np.int32),
-                 "labels": np.zeros((n, t.max_labels), np.int32), "label_length": np.ones((n,), np.int32),
-                 "mask": np.ones((n,), np.float32)}
+        batch = {
+            "audio": np.zeros((n, t.max_samples), np.float32),
+            "audio_length": np.full((n,), t.max_samples, np.int32),
+            "labels": np.zeros((n, t.max_labels), np.int32),
+            "label_length": np.ones((n,), np.int32),
+            "mask": np.ones((n,), np.float32),
+        }
         if self.cfg.speech.prompts:
             batch["prompts"] = np.zeros((n, 4), np.int32)
         return batch
@@ -254,13 +275,28 @@ class CTCTask(SplitSources):
         feats, lengths = self._features(audio, batch["audio_length"], k_feat)
         feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
         if train and (s.num_freq_masks or s.num_time_masks):
-            feats = asr.spec_augment(k_mask, feats, lengths, s.num_freq_masks, s.freq_mask_width, s.num_time_masks,
-                                     s.time_mask_width, s.lfr_m)
+            feats = asr.spec_augment(
+                k_mask,
+                feats,
+                lengths,
+                s.num_freq_masks,
+                s.freq_mask_width,
+                s.num_time_masks,
+                s.time_mask_width,
+                s.lfr_m,
+            )
         language = textnorm = None
         if s.prompts:
             language, textnorm = self._query_rows(batch["prompts"][:, 0]), self._query_rows(batch["prompts"][:, 3])
-        logits, lengths = self.model.apply({"params": params}, feats, lengths, language, textnorm,
-                                           deterministic=not train, rngs={"dropout": k_drop} if train else {})
+        logits, lengths = self.model.apply(
+            {"params": params},
+            feats,
+            lengths,
+            language,
+            textnorm,
+            deterministic=not train,
+            rngs={"dropout": k_drop} if train else {},
+        )
         return logits, lengths
 
     def _query_rows(self, token_ids):
@@ -270,7 +306,11 @@ class CTCTask(SplitSources):
         """forward's outputs -> (prompt logits or None, CTC logits, CTC frame paddings)."""
         prompt_logits = None
         if self.cfg.speech.prompts:
-            prompt_logits, logits, lengths = logits[:, : asr.NUM_PROMPTS], logits[:, asr.NUM_PROMPTS :], lengths - asr.NUM_PROMPTS
+            prompt_logits, logits, lengths = (
+                logits[:, : asr.NUM_PROMPTS],
+                logits[:, asr.NUM_PROMPTS :],
+                lengths - asr.NUM_PROMPTS,
+            )
         paddings = paddings_from_lengths(lengths, logits.shape[1])
         return prompt_logits, logits, paddings
 
@@ -307,7 +347,9 @@ class CTCTask(SplitSources):
         per_utt = ctc_loss(logits, paddings, batch["labels"], label_paddings, zero_infinity=True)
         greedy, greedy_paddings = greedy_decode(logits, paddings)
         s = self.cfg.speech
-        beams = beam_search(logits, paddings, s.beam_size, lm=self.lm, lm_weight=s.lm_weight, length_bonus=s.length_bonus)
+        beams = beam_search(
+            logits, paddings, s.beam_size, lm=self.lm, lm_weight=s.lm_weight, length_bonus=s.length_bonus
+        )
         alignment = forced_align(logits, paddings, batch["labels"], label_paddings)
         return {
             "ctc": per_utt,
@@ -322,7 +364,9 @@ class CTCTask(SplitSources):
         metrics = {"ctc": float(np.mean(outputs["ctc"]))}
         references = [self.tokenizer.decode(row[row >= 0]) for row in outputs["labels"]]
         for name in ("greedy", "beam"):
-            errors = [word_errors(ref, self.tokenizer.decode(row[row >= 0])) for ref, row in zip(references, outputs[name])]
+            errors = [
+                word_errors(ref, self.tokenizer.decode(row[row >= 0])) for ref, row in zip(references, outputs[name])
+            ]
             metrics[f"wer_{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
         return metrics
 
@@ -335,15 +379,24 @@ class CTCTask(SplitSources):
         if self.lm_model:
             write_arpa(self.lm_model, os.path.join(workdir, "lm.arpa"))
         record = self.eval_transform(self.eval_source()[0], None)
-        feats, length = asr.fbank(record["audio"][None], record["audio_length"][None], num_mel_bins=self.cfg.speech.num_mel_bins)
+        feats, length = asr.fbank(
+            record["audio"][None], record["audio_length"][None], num_mel_bins=self.cfg.speech.num_mel_bins
+        )
         labels = outputs["labels"][0]
         count = int((labels >= 0).sum())
         frame_ms = 10 * self.cfg.speech.lfr_n
-        spans = [(self.tokenizer.tokens[t], int(a) * frame_ms, int(b) * frame_ms)
-                 for t, a, b in zip(labels[:count], outputs["token_starts"][0][:count], outputs["token_ends"][0][:count])]
+        spans = [
+            (self.tokenizer.tokens[t], int(a) * frame_ms, int(b) * frame_ms)
+            for t, a, b in zip(labels[:count], outputs["token_starts"][0][:count], outputs["token_ends"][0][:count])
+        ]
         hypothesis = self.tokenizer.decode(outputs["beam"][0][outputs["beam"][0] >= 0])
-        alignment_png(os.path.join(workdir, "alignment.png"), np.asarray(feats[0, : int(length[0])]), spans,
-                      title=f"step {step}: heard \"{hypothesis}\"", ms_per_frame=10)
+        alignment_png(
+            os.path.join(workdir, "alignment.png"),
+            np.asarray(feats[0, : int(length[0])]),
+            spans,
+            title=f'step {step}: heard "{hypothesis}"',
+            ms_per_frame=10,
+        )
         print(f"wrote {os.path.join(workdir, 'alignment.png')}")
 
 
@@ -352,8 +405,9 @@ def load_recognizer_state(config_path: str, workdir: str):
     `config_path` if it holds no checkpoint), with the run's vocabulary and statistics."""
     from trainers.loop import trained_run
 
-    trainer, params = trained_run(config_path, workdir, "ctc", "recogniser",
-                                  speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir))
+    trainer, params = trained_run(
+        config_path, workdir, "ctc", "recogniser", speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir)
+    )
     return trainer.task, params
 
 

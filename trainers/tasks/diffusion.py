@@ -10,6 +10,7 @@ Eval reports the loss terms on the eval split (fixed timesteps and noise), then 
 class), and, with a classifier configured, the share of samples it assigns to their
 conditioning class.
 """
+
 import os
 import zipfile
 
@@ -41,8 +42,9 @@ class LatentSource:
                 raise
             raise InputError(f"{file} cannot be read as .npz: {e or type(e).__name__}") from e
         if self.latents.ndim != 4 or len(self.labels) != len(self.latents):
-            raise InputError(f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels "
-                             f"(got {self.labels.shape})")
+            raise InputError(
+                f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels (got {self.labels.shape})"
+            )
         self.num_classes = int(self.labels.max()) + 1
 
     def __len__(self):
@@ -79,14 +81,19 @@ class DiffusionTask(SplitSources):
         self.cfg = cfg
         d, df = cfg.data, cfg.diffusion
         num_classes = cfg.model.args.get("num_classes") or self.train_source().num_classes
-        self.model = create(cfg.model.name, **{**cfg.model.args, "num_classes": num_classes},
-                            dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat)
+        self.model = create(
+            cfg.model.name,
+            **{**cfg.model.args, "num_classes": num_classes},
+            dtype=jnp.dtype(cfg.train.compute_dtype),
+            remat=cfg.train.remat,
+        )
         if d.source != "latents" and self.model.input_size != d.image_size:
             raise ValueError(f"model input_size {self.model.input_size} != data.image_size {d.image_size}")
         self.num_classes = num_classes
         self.diffusion = create_diffusion("", df.noise_schedule, self.model.learn_sigma, df.diffusion_steps)
-        self.sampling = create_diffusion(df.sample_respacing, df.noise_schedule, self.model.learn_sigma,
-                                         df.diffusion_steps)
+        self.sampling = create_diffusion(
+            df.sample_respacing, df.noise_schedule, self.model.learn_sigma, df.diffusion_steps
+        )
         if d.source == "latents":
             self.train_transform = self.eval_transform = _latent_identity
         else:
@@ -127,8 +134,9 @@ class DiffusionTask(SplitSources):
         noise = jax.random.normal(k_noise, x.shape, x.dtype)
 
         def model_fn(x_t, timesteps):
-            out = self.model.apply({"params": params}, x_t, timesteps, batch["label"], train=train,
-                                   rngs={"dropout": k_drop})
+            out = self.model.apply(
+                {"params": params}, x_t, timesteps, batch["label"], train=train, rngs={"dropout": k_drop}
+            )
             return out.astype(jnp.float32)
 
         return self.diffusion.training_losses(model_fn, x, t, noise)
@@ -179,9 +187,17 @@ class DiffusionTask(SplitSources):
                 y = jnp.concatenate([y, jnp.full_like(y, self.num_classes)])
 
                 def model_fn(x, ts):
-                    return m.apply({"params": params}, x, ts, y, df.cfg_scale, df.guide_all_channels,
-                                   method=type(m).forward_with_cfg).astype(jnp.float32)
+                    return m.apply(
+                        {"params": params},
+                        x,
+                        ts,
+                        y,
+                        df.cfg_scale,
+                        df.guide_all_channels,
+                        method=type(m).forward_with_cfg,
+                    ).astype(jnp.float32)
             else:
+
                 def model_fn(x, ts):
                     return m.apply({"params": params}, x, ts, y).astype(jnp.float32)
 
@@ -193,8 +209,11 @@ class DiffusionTask(SplitSources):
         from trainers import sharding
 
         with jax.set_mesh(mesh):
-            out = jax.jit(run, in_shardings=(None, sharding.batch_sharding(mesh, 1), None, None),
-                          out_shardings=sharding.batch_sharding(mesh, 4))(params, labels, k_init, k_steps)
+            out = jax.jit(
+                run,
+                in_shardings=(None, sharding.batch_sharding(mesh, 1), None, None),
+                out_shardings=sharding.batch_sharding(mesh, 4),
+            )(params, labels, k_init, k_steps)
         from jax.experimental import multihost_utils
 
         return np.asarray(multihost_utils.process_allgather(out, tiled=True))
@@ -207,11 +226,15 @@ class DiffusionTask(SplitSources):
         df = self.cfg.diffusion
         agreement = ""
         if "sample_predictions" in outputs:
-            agreement = f", classifier agrees on {np.mean(outputs['sample_predictions'] == outputs['sample_labels']):.0%}"
+            agreement = (
+                f", classifier agrees on {np.mean(outputs['sample_predictions'] == outputs['sample_labels']):.0%}"
+            )
         sample_grid_png(
-            os.path.join(workdir, "samples.png"), outputs["samples"], columns=df.samples_per_class,
+            os.path.join(workdir, "samples.png"),
+            outputs["samples"],
+            columns=df.samples_per_class,
             title=f"{self.cfg.model.name}, step {step}: {df.sampler} {df.sample_respacing}, guidance {df.cfg_scale}"
-                  f"{agreement}",
+            f"{agreement}",
         )
 
 

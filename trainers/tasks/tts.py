@@ -37,6 +37,7 @@ spectrograms of prompt, reference and generated speech go into the workdir. With
 semantic conditioning the sentence's tokens (and length) come from its real recording:
 a resynthesis in the prompt's voice.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,7 @@ import numpy as np
 import optax
 
 from jaxmodels import speechlm
-from jaxmodels.speechlm import DelayedLM, VALLEAR, VALLENAR
+from jaxmodels.speechlm import VALLEAR, VALLENAR, DelayedLM
 from jaxmodels.speechlm.transformer import lengths_mask
 from trainers import sharding, speech
 from trainers.tasks import SplitSources
@@ -100,30 +101,43 @@ def build_models(cfg):
     elif cfg.model.name == "delayed" or speechlm.VARIANTS.get(cfg.model.name, (None,))[0] is DelayedLM:
         classes = {"lm": DelayedLM}
     else:
-        raise ValueError(f"task tts: model.name must be valle, delayed or a DelayedLM config "
-                         f"({', '.join(n for n, (c, _) in speechlm.VARIANTS.items() if c is DelayedLM)}), "
-                         f"not {cfg.model.name!r}")
+        raise ValueError(
+            f"task tts: model.name must be valle, delayed or a DelayedLM config "
+            f"({', '.join(n for n, (c, _) in speechlm.VARIANTS.items() if c is DelayedLM)}), "
+            f"not {cfg.model.name!r}"
+        )
     fields = {k: set(c.__dataclass_fields__) - {"parent", "name"} for k, c in classes.items()}
     unknown = set(args) - set().union(*fields.values())
     if unknown:
-        raise ValueError(f"model.args: unknown argument(s) {sorted(unknown)}; valid: {sorted(set().union(*fields.values()))}")
+        raise ValueError(
+            f"model.args: unknown argument(s) {sorted(unknown)}; valid: {sorted(set().union(*fields.values()))}"
+        )
     base = speechlm.VARIANTS[cfg.model.name][1] if cfg.model.name in speechlm.VARIANTS else {}
-    models = {k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
-              for k, c in classes.items()}
+    models = {
+        k: c(**{**base, **{a: v for a, v in args.items() if a in fields[k]}, "dtype": dtype, "remat": remat})
+        for k, c in classes.items()
+    }
     t = cfg.tts
     if "ar" in models and t.max_frames % models["ar"].group_size:
-        raise ValueError(f"tts.max_frames={t.max_frames} must be a multiple of the AR's group_size "
-                         f"{models['ar'].group_size}")
+        raise ValueError(
+            f"tts.max_frames={t.max_frames} must be a multiple of the AR's group_size {models['ar'].group_size}"
+        )
     if "ar" not in models and (t.guidance_dropout or t.guidance_scale != 1.0):
-        raise ValueError("tts.guidance_dropout and tts.guidance_scale guide VALL-E's AR on its text (model.name valle)")
+        raise ValueError(
+            "tts.guidance_dropout and tts.guidance_scale guide VALL-E's AR on its text (model.name valle)"
+        )
     if t.condition == "semantic" and "lm" not in models:
-        raise ValueError("tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text")
+        raise ValueError(
+            "tts.condition semantic conditions a delayed LM (AudioLM's acoustic stage); VALL-E reads text"
+        )
     needed = t.semantic_clusters if t.condition == "semantic" else TEXT_VOCAB
     for m in models.values():
         vocab = getattr(m, "text_vocab_size", None) or m.cond_vocab_size
         if vocab < needed:
-            raise ValueError(f"model.args: the conditioning vocabulary must hold {needed} "
-                             f"{'semantic tokens' if t.condition == 'semantic' else 'byte values'}, not {vocab}")
+            raise ValueError(
+                f"model.args: the conditioning vocabulary must hold {needed} "
+                f"{'semantic tokens' if t.condition == 'semantic' else 'byte values'}, not {vocab}"
+            )
     return models
 
 
@@ -156,14 +170,18 @@ class TTSTask(SplitSources):
                 trainer, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
                 codec = run_codec(trainer, params)
             else:
-                raise ValueError("task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights")
+                raise ValueError(
+                    "task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights"
+                )
             c = codec.config
             if c.segment_length is not None or c.channels != 1:
                 raise ValueError("task tts models a mono codec without segments (as encodec_24khz)")
             n_q = c.num_quantizers(self.cfg.tts.bandwidth or None)
             if (n_q, c.bins) != (self.num_codebooks, self.codebook_size):
-                raise ValueError(f"the codec gives {n_q} codebooks of {c.bins} at {self.cfg.tts.bandwidth or 'full'} "
-                                 f"kbps; the model expects {self.num_codebooks} of {self.codebook_size}")
+                raise ValueError(
+                    f"the codec gives {n_q} codebooks of {c.bins} at {self.cfg.tts.bandwidth or 'full'} "
+                    f"kbps; the model expects {self.num_codebooks} of {self.codebook_size}"
+                )
             # The weights' digest names the codec: retrained into the same workdir, or other
             # weights in the same file, it makes other tokens; a workdir moved elsewhere not.
             self.codec_version = fingerprint([codec.params, codec.codebooks])
@@ -187,8 +205,13 @@ class TTSTask(SplitSources):
 
     def _semantic_settings(self):
         t = self.cfg.tts
-        return dict(features=t.semantic_features, frame_rate=t.semantic_frame_rate, deduplicate=t.semantic_deduplicate,
-                    recognizer_config=t.recognizer_config, recognizer_workdir=t.recognizer_workdir)
+        return dict(
+            features=t.semantic_features,
+            frame_rate=t.semantic_frame_rate,
+            deduplicate=t.semantic_deduplicate,
+            recognizer_config=t.recognizer_config,
+            recognizer_workdir=t.recognizer_workdir,
+        )
 
     @property
     def semantic(self):
@@ -202,13 +225,16 @@ class TTSTask(SplitSources):
             settings = self._semantic_settings()
             if os.path.isfile(path):
                 saved = SemanticTokenizer.load(path)
-                if {k: getattr(saved, k) for k in settings} == settings and len(saved.centroids) == t.semantic_clusters:
+                if {k: getattr(saved, k) for k in settings} == settings and len(
+                    saved.centroids
+                ) == t.semantic_clusters:
                     self._semantic = saved
                     return saved
             records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
             print(f"fitting {t.semantic_clusters} semantic clusters on {len(records)} training utterances", flush=True)
-            tokenizer = SemanticTokenizer(None, **settings).fit([self.read(r["source"]) for r in records],
-                                                                t.semantic_clusters, self.cfg.seed)
+            tokenizer = SemanticTokenizer(None, **settings).fit(
+                [self.read(r["source"]) for r in records], t.semantic_clusters, self.cfg.seed
+            )
             os.makedirs(self.tokens_dir, exist_ok=True)
             tokenizer.save(path)
             self._semantic = tokenizer
@@ -216,7 +242,11 @@ class TTSTask(SplitSources):
 
     def assets(self):
         """The semantic tokenizer's centroids (the conditioning vocabulary), kept in each checkpoint."""
-        return {"semantic_centroids": np.asarray(self.semantic.centroids)} if self.cfg.tts.condition == "semantic" else None
+        return (
+            {"semantic_centroids": np.asarray(self.semantic.centroids)}
+            if self.cfg.tts.condition == "semantic"
+            else None
+        )
 
     def set_assets(self, assets):
         from trainers.semantic import SemanticTokenizer
@@ -247,8 +277,12 @@ class TTSTask(SplitSources):
         audio = np.zeros((-(-len(waveforms) // batch) * batch, longest, 1), np.float32)  # one shape: one compilation
         for i, w in enumerate(waveforms):
             audio[i, : len(w), 0] = w
-        codes = np.concatenate([np.asarray(self.codec.encode(audio[i: i + batch], self.cfg.tts.bandwidth or None)[0][0])
-                                for i in range(0, len(audio), batch)])[: len(waveforms)]
+        codes = np.concatenate(
+            [
+                np.asarray(self.codec.encode(audio[i : i + batch], self.cfg.tts.bandwidth or None)[0][0])
+                for i in range(0, len(audio), batch)
+            ]
+        )[: len(waveforms)]
         return codes.transpose(0, 2, 1), np.array([-(-len(w) // c.hop_length) for w in waveforms])
 
     def decode_codes(self, codes, frames):
@@ -267,14 +301,24 @@ class TTSTask(SplitSources):
     def _tokens(self, split, records):
         """The split's text ids and codes, from the cache or encoded (and cached) now."""
         t, c = self.cfg.tts, self.codec.config
-        meta = {"text": t.text, "bandwidth": t.bandwidth, "codec": dataclasses.asdict(c),
-                "codec_version": self.codec_version, "condition": t.condition,
-                "records": self._records_digest(records)}
+        meta = {
+            "text": t.text,
+            "bandwidth": t.bandwidth,
+            "codec": dataclasses.asdict(c),
+            "codec_version": self.codec_version,
+            "condition": t.condition,
+            "records": self._records_digest(records),
+        }
         if self.aligned:
             meta["text_by_word"] = True
         if t.condition == "semantic":
-            meta["semantic"] = [t.semantic_features, t.semantic_frame_rate, t.semantic_deduplicate,
-                                t.recognizer_workdir, fingerprint(np.asarray(self.semantic.centroids))]
+            meta["semantic"] = [
+                t.semantic_features,
+                t.semantic_frame_rate,
+                t.semantic_deduplicate,
+                t.recognizer_workdir,
+                fingerprint(np.asarray(self.semantic.centroids)),
+            ]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
@@ -290,9 +334,14 @@ class TTSTask(SplitSources):
         codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
-        speech.write_npz(path, meta=json.dumps(meta), text=np.concatenate(texts), text_offsets=offsets(texts),
-                         codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
-                         code_offsets=offsets(codes))
+        speech.write_npz(
+            path,
+            meta=json.dumps(meta),
+            text=np.concatenate(texts),
+            text_offsets=offsets(texts),
+            codes=np.concatenate(codes).astype(np.int16 if c.bins <= 2**15 else np.int32),
+            code_offsets=offsets(codes),
+        )
         return texts, codes
 
     def _records_digest(self, records):
@@ -311,10 +360,15 @@ class TTSTask(SplitSources):
             g = self.models["ar"].group_size
             codes = [c[: len(c) - len(c) % g] for c in codes]  # whole groups: a row ends when its last word does
             word_groups = [self._word_groups(r, len(c) // g) for r, c in zip(records, codes)]
-        keep = [i for i in range(len(records)) if len(texts[i]) <= t.max_text_length and 1 < len(codes[i]) <= t.max_frames]
+        keep = [
+            i for i in range(len(records)) if len(texts[i]) <= t.max_text_length and 1 < len(codes[i]) <= t.max_frames
+        ]
         if len(keep) < len(records):
-            print(f"{split}: skipping {len(records) - len(keep)} of {len(records)} utterances longer than "
-                  f"tts.max_text_length={t.max_text_length} bytes or tts.max_frames={t.max_frames} frames", flush=True)
+            print(
+                f"{split}: skipping {len(records) - len(keep)} of {len(records)} utterances longer than "
+                f"tts.max_text_length={t.max_text_length} bytes or tts.max_frames={t.max_frames} frames",
+                flush=True,
+            )
         if not keep:
             raise ValueError(f"{split}: no utterance fits tts.max_text_length and tts.max_frames")
         kept = [{**records[i], "text_ids": texts[i], "codes": codes[i]} for i in keep]
@@ -333,10 +387,16 @@ class TTSTask(SplitSources):
         at 0, each after the one before), from its word_starts."""
         starts = record.get("word_starts")
         if starts is None or len(starts) != len(record["target"].split()):
-            raise ValueError(f"record {record.get('key', record['source'])}: the AR's word_alignment needs "
-                             f"word_starts, the time (s) each word of the transcript begins"
-                             + (" (a built-in corpus made before they were written has none: delete its folder "
-                                "to synthesise it again)" if starts is None else f", one per word, not {len(starts)}"))
+            raise ValueError(
+                f"record {record.get('key', record['source'])}: the AR's word_alignment needs "
+                f"word_starts, the time (s) each word of the transcript begins"
+                + (
+                    " (a built-in corpus made before they were written has none: delete its folder "
+                    "to synthesise it again)"
+                    if starts is None
+                    else f", one per word, not {len(starts)}"
+                )
+            )
         c = self.codec.config
         rate = c.sample_rate / c.hop_length / self.models["ar"].group_size
         out = np.round(np.asarray(starts, np.float64) * rate).astype(np.int32)
@@ -354,8 +414,11 @@ class TTSTask(SplitSources):
             if len(text) <= t.max_text_length and len(codes) <= t.max_frames:
                 pair = {"text_ids": text, "codes": codes}
                 if self.aligned:  # the first is a prompt: unaligned, its words counted before the record's
-                    pair.update(word_groups=record["word_groups"], prompt_frames=len(first["codes"]),
-                                prompt_words=text_words(first["text_ids"]).max() + 1)
+                    pair.update(
+                        word_groups=record["word_groups"],
+                        prompt_frames=len(first["codes"]),
+                        prompt_words=text_words(first["text_ids"]).max() + 1,
+                    )
                 record = pair
         return self._transform(record, rng)
 
@@ -365,8 +428,13 @@ class TTSTask(SplitSources):
         text[: len(record["text_ids"])] = record["text_ids"]
         codes = np.zeros((t.max_frames, self.num_codebooks), np.int32)
         codes[: len(record["codes"])] = record["codes"]
-        example = {"text": text, "text_length": np.int32(len(record["text_ids"])), "codes": codes,
-                   "frames": np.int32(len(record["codes"])), "mask": np.float32(1.0)}
+        example = {
+            "text": text,
+            "text_length": np.int32(len(record["text_ids"])),
+            "codes": codes,
+            "frames": np.int32(len(record["codes"])),
+            "mask": np.float32(1.0),
+        }
         if self.aligned:
             example.update(self._words(record))
         return example
@@ -381,25 +449,35 @@ class TTSTask(SplitSources):
         target = len(record["codes"]) // g - prompt
         starts, offset = record["word_groups"], record.get("prompt_words", 0)
         audio = np.full(t.max_frames // g + 1, -1, np.int32)
-        audio[prompt: prompt + target] = offset + np.searchsorted(starts, np.arange(target), side="right") - 1
+        audio[prompt : prompt + target] = offset + np.searchsorted(starts, np.arange(target), side="right") - 1
         audio[prompt + target] = offset + len(starts)
         return {"text_words": words, "audio_words": audio}
 
     def example_batch(self, n):
         t = self.cfg.tts
-        batch = {"text": np.zeros((n, t.max_text_length), np.int32), "text_length": np.ones(n, np.int32),
-                 "codes": np.zeros((n, t.max_frames, self.num_codebooks), np.int32),
-                 "frames": np.full(n, t.max_frames, np.int32), "mask": np.ones(n, np.float32)}
+        batch = {
+            "text": np.zeros((n, t.max_text_length), np.int32),
+            "text_length": np.ones(n, np.int32),
+            "codes": np.zeros((n, t.max_frames, self.num_codebooks), np.int32),
+            "frames": np.full(n, t.max_frames, np.int32),
+            "mask": np.ones(n, np.float32),
+        }
         if self.aligned:
-            batch.update(text_words=np.zeros((n, t.max_text_length), np.int32),
-                         audio_words=np.zeros((n, t.max_frames // self.models["ar"].group_size + 1), np.int32))
+            batch.update(
+                text_words=np.zeros((n, t.max_text_length), np.int32),
+                audio_words=np.zeros((n, t.max_frames // self.models["ar"].group_size + 1), np.int32),
+            )
         return batch
 
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
         keys = jax.random.split(rng, len(self.models))
-        return {"params": {name: model.init(key, *self._example(name, batch, key)[0])["params"]
-                           for (name, model), key in zip(self.models.items(), keys)}}
+        return {
+            "params": {
+                name: model.init(key, *self._example(name, batch, key)[0])["params"]
+                for (name, model), key in zip(self.models.items(), keys)
+            }
+        }
 
     def _example(self, name, batch, rng):
         """(positional inputs of model `name`, its targets, where they are scored) for a batch
@@ -423,8 +501,20 @@ class TTSTask(SplitSources):
         if name == "ar" and self.aligned:  # no EOS to learn: a row ends when its last word does
             scored = scored & (jnp.arange(scored.shape[1])[None] < frames[:, None])
             words = batch["audio_words"]
-            return (inputs, positions, valid, text, text_valid, batch["text_words"], words,
-                    speechlm.word_progress(words)), targets, scored
+            return (
+                (
+                    inputs,
+                    positions,
+                    valid,
+                    text,
+                    text_valid,
+                    batch["text_words"],
+                    words,
+                    speechlm.word_progress(words),
+                ),
+                targets,
+                scored,
+            )
         return (inputs, positions, valid, text, text_valid), targets, scored
 
     def _nar_split(self, frames, rng):
@@ -445,8 +535,9 @@ class TTSTask(SplitSources):
             if name == "ar" and train and self.cfg.tts.guidance_dropout:  # the AR's example draws nothing from k_split
                 rows = self._without_text(batch, k_split)
             args, targets, scored = self._example(name, rows, k_split)
-            logits = model.apply({"params": params[name]}, *args, deterministic=not train,
-                                 rngs={"dropout": k_drop} if train else {})
+            logits = model.apply(
+                {"params": params[name]}, *args, deterministic=not train, rngs={"dropout": k_drop} if train else {}
+            )
             mask = batch["mask"].reshape((-1,) + (1,) * (scored.ndim - 1))
             if name == "ar" and self.aligned:
                 logits, advance = logits
@@ -490,8 +581,10 @@ class TTSTask(SplitSources):
         when it has one (the built-in corpus's tts_test), else another utterance of its speaker."""
         records = speech.SpeechSource(self.cfg, self.cfg.data.eval_split).records
         if "prompt_source" in records[0]:
-            return [({"source": r["prompt_source"], "target": r["prompt_target"], "speaker": r.get("speaker")}, r)
-                    for r in records]
+            return [
+                ({"source": r["prompt_source"], "target": r["prompt_target"], "speaker": r.get("speaker")}, r)
+                for r in records
+            ]
         by_speaker = {}
         for r in records:
             by_speaker.setdefault(r.get("speaker"), []).append(r)
@@ -516,36 +609,62 @@ class TTSTask(SplitSources):
             prompt_frames = prompt_frames - prompt_frames % self.models["ar"].group_size
             words = {}
             if self.aligned:
-                words = {"text_words": np.full(text.shape, -1, np.int32),
-                         "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions])}
+                words = {
+                    "text_words": np.full(text.shape, -1, np.int32),
+                    "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions]),
+                }
                 for i, row in enumerate(ids):
                     words["text_words"][i, : len(row)] = text_words(row)
                 words["num_words"] = words["text_words"].max(axis=1) + 1
-            first, frames = speechlm.generate_ar(self.models["ar"], params["ar"], text, text_lengths, prompt[..., 0],
-                                                 prompt_frames, rng, max_new_tokens=t.max_frames,
-                                                 temperature=t.temperature, top_k=t.top_k, top_p=t.top_p,
-                                                 guidance_scale=t.guidance_scale, **words)
+            first, frames = speechlm.generate_ar(
+                self.models["ar"],
+                params["ar"],
+                text,
+                text_lengths,
+                prompt[..., 0],
+                prompt_frames,
+                rng,
+                max_new_tokens=t.max_frames,
+                temperature=t.temperature,
+                top_k=t.top_k,
+                top_p=t.top_p,
+                guidance_scale=t.guidance_scale,
+                **words,
+            )
             frames = np.maximum(np.asarray(frames), 1)
-            codes = speechlm.generate_nar(self.models["nar"], params["nar"], text, text_lengths, prompt,
-                                          prompt_frames, first, frames)
+            codes = speechlm.generate_nar(
+                self.models["nar"], params["nar"], text, text_lengths, prompt, prompt_frames, first, frames
+            )
         else:
             if frames is None:
                 rate = prompt_frames / np.maximum([len(p) for p in prompt_conditions], 1)
                 frames = np.round(rate * [len(x) for x in conditions]).astype(int)
             frames = np.clip(frames, 1, t.max_frames)
             total = prompt_frames + frames
-            out = speechlm.generate_delayed(self.models["lm"], params["lm"], text, text_lengths, prompt,
-                                            prompt_frames, total, rng, frames=int(total.max()),
-                                            temperature=t.temperature, top_k=t.top_k, top_p=t.top_p)
+            out = speechlm.generate_delayed(
+                self.models["lm"],
+                params["lm"],
+                text,
+                text_lengths,
+                prompt,
+                prompt_frames,
+                total,
+                rng,
+                frames=int(total.max()),
+                temperature=t.temperature,
+                top_k=t.top_k,
+                top_p=t.top_p,
+            )
             out = np.asarray(out)
-            codes = np.stack([np.pad(o[p: p + n], ((0, t.max_frames - n), (0, 0)))
-                              for o, p, n in zip(out, prompt_frames, frames)])
+            codes = np.stack(
+                [np.pad(o[p : p + n], ((0, t.max_frames - n), (0, 0))) for o, p, n in zip(out, prompt_frames, frames)]
+            )
         codes = np.minimum(np.asarray(codes), self.codebook_size - 1)  # EOS past a row's end
         return self.decode_codes(codes, frames)
 
     def generate(self, params, mesh):
         t = self.cfg.tts
-        pairs = self.prompt_pairs()[t.eval_offset: t.eval_offset + t.eval_examples]
+        pairs = self.prompt_pairs()[t.eval_offset : t.eval_offset + t.eval_examples]
         if not pairs:
             return {}, {}
         prompts, targets = [p for p, _ in pairs], [r for _, r in pairs]
@@ -554,11 +673,24 @@ class TTSTask(SplitSources):
         # With semantic conditioning the tokens (and the length) come from the real recording:
         # a resynthesis in the prompt's voice, AudioLM's acoustic stage.
         semantic = t.condition == "semantic"
-        frames = np.array([-(-len(a) * self.codec.config.sample_rate // speech.SAMPLE_RATE // self.codec.config.hop_length)
-                           for a in reference]) if semantic else None
-        generated = self.synthesise(params, self.conditions([p["target"] for p in prompts], prompt_audio),
-                                    self.conditions([r["target"] for r in targets], reference), prompt_audio,
-                                    jax.random.PRNGKey(self.cfg.seed), frames)
+        frames = (
+            np.array(
+                [
+                    -(-len(a) * self.codec.config.sample_rate // speech.SAMPLE_RATE // self.codec.config.hop_length)
+                    for a in reference
+                ]
+            )
+            if semantic
+            else None
+        )
+        generated = self.synthesise(
+            params,
+            self.conditions([p["target"] for p in prompts], prompt_audio),
+            self.conditions([r["target"] for r in targets], reference),
+            prompt_audio,
+            jax.random.PRNGKey(self.cfg.seed),
+            frames,
+        )
         metrics = {}
         if t.recognizer_config:
             from trainers.tasks.ctc import load_recognizer, word_errors
@@ -575,8 +707,12 @@ class TTSTask(SplitSources):
             p = embed(prompt_audio)
             metrics["speaker_similarity"] = float(np.mean((embed(generated) * p).sum(-1)))
             metrics["speaker_similarity_reference"] = float(np.mean((embed(reference) * p).sum(-1)))
-        return metrics, {"tts_prompt": prompt_audio, "tts_reference": reference, "tts_generated": generated,
-                         "tts_text": [r["target"] for r in targets]}
+        return metrics, {
+            "tts_prompt": prompt_audio,
+            "tts_reference": reference,
+            "tts_generated": generated,
+            "tts_text": [r["target"] for r in targets],
+        }
 
     def _speaker_embedder(self):
         if self._speaker is None:
@@ -584,10 +720,13 @@ class TTSTask(SplitSources):
 
             records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
             speakers = [voice(r) for r in records]
-            self._speaker, accuracy = train_speaker_embedder([self.read(r["source"]) for r in records],
-                                                             speakers, self.cfg.tts.speaker_steps, self.cfg.seed)
-            print(f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
-                  flush=True)
+            self._speaker, accuracy = train_speaker_embedder(
+                [self.read(r["source"]) for r in records], speakers, self.cfg.tts.speaker_steps, self.cfg.seed
+            )
+            print(
+                f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
+                flush=True,
+            )
         return self._speaker
 
     def write_artifacts(self, workdir, outputs, step):
@@ -603,7 +742,9 @@ class TTSTask(SplitSources):
             for name in ("prompt", "reference", "generated"):
                 wav = np.asarray(outputs[f"tts_{name}"][i], np.float32)
                 speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1))
-                log_mel = losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], speech.SAMPLE_RATE, 512, 160, 400, 64)
+                log_mel = losses.mel_spectrogram(
+                    jnp.asarray(wav)[None, :, None], speech.SAMPLE_RATE, 512, 160, 400, 64
+                )
                 rows.append((f"{i} {name}" + (f": {text}" if name != "prompt" else ""), np.asarray(log_mel[0, 0])))
         with open(os.path.join(folder, "texts.json"), "w") as f:
             json.dump(outputs["tts_text"], f, indent=1)
