@@ -58,6 +58,7 @@ def tiny_config(**sections):
     from trainers import config as config_lib
 
     base = {
+        "task": "classification",
         "model": {"name": "mambaout_femto", "args": {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 32]}},
         "data": {
             "source": "digits",
@@ -72,7 +73,7 @@ def tiny_config(**sections):
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    return config_lib.from_dict(config_lib.Config, base)
+    return config_lib.parse(base)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from conftest import ROOT, run
 
 from jaxmodels import asr
 from trainers import speech
-from trainers.tasks.ctc import Tokenizer, word_errors
+from trainers.evaluators.text import char_errors, error_rates, word_errors
+from trainers.tasks.ctc import Tokenizer
 
 
 def test_fbank_peaks_at_a_tones_mel_bin_and_ignores_padding():
@@ -128,6 +129,8 @@ def test_tokenizers_round_trip():
     assert pieces.encode("three one") == [2, 4, 7] and pieces.decode([2, 4, 7]) == "three one"
     assert pieces.encode("tx") == [3, 1]
     assert word_errors("a b c d", "a x c") == (2, 4)
+    assert char_errors("今天 天气", "今天天汽") == (1, 4)
+    assert error_rates(["a b", "c"], ["a", "c d"]) == {"wer": 2 / 3, "cer": 2 / 3}
 
 
 def test_corpus_is_deterministic_with_held_out_voices(tmp_path):

@@ -103,6 +103,6 @@ def test_train_writes_metrics_config_and_pictures(trained):
         assert key in train_line
     assert any("eval/accuracy" in row for row in lines)
     assert os.listdir(workdir / "tensorboard")
-    assert config_lib.from_dict(config_lib.Config, yaml.safe_load(open(workdir / "config.yaml"))) == cfg
+    assert config_lib.parse(yaml.safe_load(open(workdir / "config.yaml"))) == cfg
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert os.path.getsize(workdir / picture) > 0

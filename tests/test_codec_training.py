@@ -42,8 +42,9 @@ def codec_config(corpus="", **sections):
             "eval_batch_size": 8,
             "max_seconds": 2.5,
             "resample": True,
+            "corpus_train_size": 8,
+            "corpus_test_size": 8,
         },
-        "speech": {"corpus_train_size": 8, "corpus_test_size": 8},
         "codec": {
             "segment_seconds": 0.05,
             "disc_filters": 2,
@@ -59,7 +60,7 @@ def codec_config(corpus="", **sections):
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
-    return config_lib.from_dict(config_lib.Config, base)
+    return config_lib.parse(base)
 
 
 def run_steps(cfg, devices=None, steps=2):

@@ -6,7 +6,7 @@ from trainers import config as config_lib
 
 def write(tmp_path, data):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump({"task": "classification", **data}))
     return str(path)
 
 
@@ -23,6 +23,22 @@ def test_unknown_key_names_it_and_lists_valid(tmp_path):
         config_lib.load(path)
     with pytest.raises(config_lib.ConfigError, match="unknown config key trainer; valid keys of the config: task"):
         config_lib.load(write(tmp_path, {"trainer": {}}))
+    # A family's section is its own: image keys are no audio family's.
+    with pytest.raises(config_lib.ConfigError, match=r"unknown config key data.image_size; valid keys of data: "):
+        config_lib.load(write(tmp_path, {"task": "ctc", "data": {"image_size": 8}}))
+
+
+def test_evals_are_checked_by_the_plugin_they_name(tmp_path):
+    evals = [{"name": "classifier_agreement", "run": "runs/digits", "every": 1000}]
+    cfg = config_lib.load(write(tmp_path, {"task": "diffusion", "evals": evals}))
+    assert (cfg.evals[0].run, cfg.evals[0].every) == ("runs/digits", 1000)
+    assert config_lib.parse(config_lib.to_dict(cfg)) == cfg
+    with pytest.raises(config_lib.ConfigError, match="unknown evaluator 'fid'; valid: classifier_agreement, "):
+        config_lib.load(write(tmp_path, {"evals": [{"name": "fid"}]}))
+    with pytest.raises(config_lib.ConfigError, match=r"unknown config key evals\[0\].runs; valid keys of evals\[0\]"):
+        config_lib.load(write(tmp_path, {"evals": [{"name": "classifier_agreement", "runs": "x"}]}))
+    with pytest.raises(config_lib.ConfigError, match="every must be at least 0"):
+        config_lib.load(write(tmp_path, {"evals": [{"name": "speech_wer", "every": -1}]}))
 
 
 def test_wrong_types_are_errors(tmp_path):

@@ -82,7 +82,7 @@ def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
             "configs/dit_digits.yaml",
             "--workdir",
             str(workdir),
-            f"diffusion.classifier_workdir={digits_run}",
+            f"evals=[{{name: classifier_agreement, run: {digits_run}}}]",
         ],
         ENV,
     )
@@ -108,7 +108,6 @@ def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
             "20",
             "--out",
             str(tmp_path / "s"),
-            "diffusion.classifier_config=",
         ],
         ENV,
     )

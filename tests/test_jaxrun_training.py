@@ -205,17 +205,20 @@ def test_tts_trains_and_speaks_with_params_sharded_over_two_processes(
     processes each holds only half of every sharded weight."""
     from test_tts import tts_config
 
+    from trainers.speaker import main as train_speaker_embedder
+
     # SGD, as CFG: the eval losses of the trained params compare at float32 tolerance.
     cfg = tts_config(
         tone_corpus,
         fixtures_dir,
         tmp_path,
         mesh={"fsdp": 8},
-        tts={"speaker_steps": 5},
+        evals=[{"name": "speaker_similarity", "weights": str(tmp_path / "speaker.npz")}],
         optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0},
     )
     path = tmp_path / "tts.yaml"
     path.write_text(config_lib.dump(cfg))
+    train_speaker_embedder([str(path), "--out", str(tmp_path / "speaker.npz"), "--steps", "5"])
     reference = train(cfg, str(tmp_path / "one_process"))
     workdir = tmp_path / "two_processes"
     proc = subprocess.run(

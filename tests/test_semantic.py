@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
-import yaml
 
+from trainers import config as config_lib
 from trainers import speech
+from trainers.config import ConfigError
+from trainers.loop import train
 from trainers.semantic import SemanticTokenizer
 
 
@@ -39,7 +41,8 @@ def test_logmel_tokens_follow_the_sound_and_round_trip(tmp_path):
 
 
 def test_recognizer_features(tone_corpus, tmp_path):
-    """A CTC run (trained first: one step of a small SenseVoice) gives encoder states at 100 / lfr_n Hz."""
+    """A CTC run (one step of a small SenseVoice) gives encoder states at 100 / lfr_n Hz; without one, an
+    error names the command that trains it."""
     config = {
         "task": "ctc",
         "model": {
@@ -66,18 +69,15 @@ def test_recognizer_features(tone_corpus, tmp_path):
         "speech": {"tokens": "words", "cmvn_utterances": 8, "num_freq_masks": 0, "num_time_masks": 0},
         "train": {"steps": 1, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "async_checkpointing": False},
     }
-    path = tmp_path / "ctc.yaml"
-    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="train it first: python -m trainers.train"):
+        SemanticTokenizer(None, "recognizer", frame_rate=16, recognizer_run=str(tmp_path / "ctc")).frames([tone(1, 1)])
+    train(config_lib.parse(config), str(tmp_path / "ctc"))
     waves = [speech.read_audio(str(tone_corpus / "wav" / f"train{i}.wav")) for i in range(8)]
-    tokenizer = SemanticTokenizer(
-        None, "recognizer", frame_rate=16, recognizer_config=str(path), recognizer_workdir=str(tmp_path / "ctc")
-    )
+    tokenizer = SemanticTokenizer(None, "recognizer", frame_rate=16, recognizer_run=str(tmp_path / "ctc"))
     feats, valid = tokenizer.frames(waves)
     assert feats.shape[2] == 32
     np.testing.assert_array_equal(np.asarray(valid).sum(1), [(len(w) // 160 - 1) // 6 + 1 for w in waves])
     tokens = tokenizer.fit(waves, k=3, steps=5, batch_size=32)(waves)
     assert all(0 <= t < 3 for row in tokens for t in row)
     with pytest.raises(ValueError, match="come at 16 Hz"):
-        SemanticTokenizer(
-            None, "recognizer", frame_rate=50, recognizer_config=str(path), recognizer_workdir=str(tmp_path / "ctc")
-        ).frames(waves)
+        SemanticTokenizer(None, "recognizer", frame_rate=50, recognizer_run=str(tmp_path / "ctc")).frames(waves)

@@ -45,15 +45,17 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
             "max_frames": 64,
             "max_text_length": 32,
             "eval_examples": 2,
-            "speaker_steps": 0,
             "top_k": 4,
         },
         "optimizer": {"lr": 1e-3, "warmup_steps": 0},
         "train": {"steps": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "async_checkpointing": False},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return config_lib.from_dict(config_lib.Config, base)
+        if isinstance(values, dict):
+            base.setdefault(name, {}).update(values)
+        else:
+            base[name] = values
+    return config_lib.parse(base)
 
 
 @pytest.mark.parametrize("group_size,word_alignment", [(1, False), (2, False), (2, True)])
@@ -216,7 +218,7 @@ def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condi
         saved.save(path)
         trainer = Trainer(cfg)
         _, state = restore_run(trainer, str(tmp_path / "run"))
-        np.testing.assert_array_equal(trainer.task.semantic.centroids, trained)
+        np.testing.assert_array_equal(trainer.task.semantic_tokenizer().centroids, trained)
         again, _ = trainer.evaluate_state(state)
         assert again["lm_loss"] == pytest.approx(metrics["eval/lm_loss"], rel=1e-5)
 

@@ -14,7 +14,6 @@ sample rate, channel count, length and bandwidth; decoding checks that they fit 
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -42,33 +41,11 @@ def _parser():
     return p
 
 
-def official_codec(weights: str, model: str):
-    """A Codec from official EnCodec weights; `model` names their config or is a JSON file of it."""
-    import jaxmodels.codec as codec_lib
-    from jaxmodels.nn import load_state_dict
-
-    if model.endswith(".json"):
-        with open(model) as f:
-            config = json.load(f)
-    else:
-        config = codec_lib.config(model)
-    try:
-        state_dict = load_state_dict(weights)
-    except Exception as e:  # missing, truncated or foreign: safetensors and torch raise their own types
-        raise InputError(f"cannot load codec weights {weights}: {e or type(e).__name__}") from e
-    return codec_lib.from_torch(state_dict, config)
-
-
-def run_codec(trainer, params):
-    """The Codec of a codec training run's inference params."""
-    import jaxmodels.codec as codec_lib
-
-    return codec_lib.Codec(trainer.task.config, {"params": params["generator"], "codebooks": params["codebooks"]})
-
-
 def load_codec(args):
     """The codec of a training run, or of official weights."""
     if args.weights:
+        from trainers.tasks.codec import official_codec
+
         return official_codec(args.weights, args.model)
     if not (args.config and args.workdir):
         sys.exit("give a codec run (--config and --workdir) or official weights (--weights)")
@@ -81,7 +58,7 @@ def load_codec(args):
         sys.exit(f"{args.config}: task is {cfg.task!r}; compression needs a codec config")
     trainer = Trainer(cfg)
     _, state = restore_run(trainer, args.workdir, args.checkpoint)
-    return run_codec(trainer, state.inference_params)
+    return trainer.task.codec(state.inference_params)
 
 
 def convert_channels(audio, channels: int):

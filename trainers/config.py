@@ -27,33 +27,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["digits", "imagefolder", "latents", "speech", "manifest", "librispeech"] = "digits"
-    # imagefolder: root with train/ and val/ of class subfolders; latents: dir of <split>.npz;
-    # speech: where the built-in corpus is (or will be) synthesised; manifest: dir of
-    # <split>.jsonl; librispeech: the LibriSpeech root (splits are its folders, e.g. train-clean-100)
+    """Where the data is and how it is batched; a family's data section adds its own keys."""
+
+    source: str = ""  # the family's kinds of data (its data section lists them)
     path: str = ""
     train_split: str = "train"
     eval_split: str = "val"
-    image_size: int = 32
-    eval_crop_pct: float = 1.0  # eval: shorter side to image_size/crop_pct, centre crop (MambaOut's cfg: 1.0)
-    holdout_fraction: float = 0.2  # digits: held-out share for evaluation
     batch_size: int = 64  # global, over all devices and processes
     eval_batch_size: int = 128
     num_workers: int = 0  # grain worker processes (0: read in the trainer process)
-    on_bad_image: Literal["error", "skip"] = "error"
-    on_bad_audio: Literal["error", "skip"] = "error"  # unreadable, empty, wrong rate, too long
-    max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
-    resample: bool = False  # audio at another sample rate: resample to 16 kHz instead of an error
-    random_resized_crop: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    hflip: float = 0.5
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
-    label_smoothing: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mixup_switch_prob: float = 0.5  # with both on: chance of cutmix over mixup per batch (timm's)
 
     def __post_init__(self):
         for name in ("batch_size", "eval_batch_size"):
@@ -113,180 +95,70 @@ class TrainConfig:
 
 
 @dataclass
-class DiffusionConfig:
-    """Gaussian diffusion (task: diffusion): training schedule, and how eval samples are drawn."""
+class EvalConfig:
+    """One entry of a config's ``evals:``: an evaluator plug-in (trainers/evaluators) and its interval."""
 
-    noise_schedule: Literal["linear", "cosine"] = "linear"
-    diffusion_steps: int = 1000
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    sample_respacing: str = "250"  # upstream's spec: "250", "ddim50", "10,15,20", ...
-    eta: float = 0.0  # ddim
-    cfg_scale: float = 4.0  # classifier-free guidance; 1.0 samples without it
-    guide_all_channels: bool = False  # upstream guides the first 3 output channels only
-    samples_per_class: int = 8  # eval grid: one row per class
-    # The eval agreement metric: a classification run (its config, and a workdir that
-    # holds or will hold its checkpoints) scores whether samples show their class.
-    classifier_config: str = ""
-    classifier_workdir: str = ""
-
-
-@dataclass
-class SpeechConfig:
-    """Speech recognition (task: ctc): front end, tokens, augmentation and decoding."""
-
-    # The CTC vocabulary: "words" or "chars" of the training transcripts, or "pieces": the
-    # sub-word list in token_list (a JSON list or one token per line, "▁" marking word
-    # starts, e.g. SenseVoice's tokens.json), text split by longest match.
-    tokens: Literal["words", "chars", "pieces"] = "chars"
-    token_list: str = ""
-    num_mel_bins: int = 80
-    lfr_m: int = 7  # low frame rate: stack lfr_m frames every lfr_n (SenseVoice: 7, 6)
-    lfr_n: int = 6
-    dither: float = 1.0  # training only, as FunASR's front end
-    cmvn_utterances: int = 500  # training utterances the global mean and variance come from
-    num_freq_masks: int = 1  # SpecAugment, training only (0 masks: off)
-    freq_mask_width: int = 30
-    num_time_masks: int = 1
-    time_mask_width: int = 12
-    # Training only: each utterance low-passed (cutoff uniform in lowpass_hz) with this
-    # probability and, apart, given white noise (SNR uniform in noise_snr_db); 0: off.
-    degrade_prob: float = 0.0
-    lowpass_hz: tuple[float, float] = (2000.0, 8000.0)
-    noise_snr_db: tuple[float, float] = (5.0, 40.0)
-    max_label_length: int = 64
-    prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
-    beam_size: int = 8  # eval: greedy and prefix beam search WER
-    lm_order: int = 0  # > 0: an n-gram trained on the training transcripts, fused in the beam
-    lm_path: str = ""  # or an ARPA file
-    lm_words: bool = (
-        False  # the n-gram is over words, scored as each is spelt (chars/pieces); else over the CTC tokens
-    )
-    lm_weight: float = 0.5
-    length_bonus: float = 0.0
-    # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace
-    # building them from the training data (transcription reads the run's own).
-    assets: str = ""
-    corpus_seed: int = 0  # the built-in corpus
-    corpus_train_size: int = 2000
-    corpus_test_size: int = 200
-
-
-CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec")
-
-
-@dataclass
-class CodecConfig:
-    """Neural audio codec (task: codec): training crops, losses and their balance, the discriminator.
-
-    Defaults are AudioCraft's compression solver (config/solver/compression/default.yaml).
-    """
-
-    segment_seconds: float = 1.0  # random training crops
-    # Weights of the balanced losses (adv, feat: hinge and feature matching of the MS-STFT
-    # discriminator; l1: waveform; mel: log-mel L1; msspec: multi-scale mel).
-    loss_weights: dict[str, float] = field(
-        default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0}
-    )
-    balance_grads: bool = True  # False: a plain weighted sum of the losses
-    # Steps before adv and feat reach the codec (VQGAN's disc_start; AudioCraft: 0). The
-    # discriminator trains from the start, so its gradients mean something when they do.
-    adversarial_start: int = 0
-    balancer_total_norm: float = 1.0
-    balancer_ema_decay: float = 0.999
-    commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer
-    quantizer_dropout: bool = True  # train each batch with a random number of codebooks
-    disc_filters: int = 32
-    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
-    disc_hop_lengths: list[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
-    disc_win_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
-    disc_negative_slope: float = 0.3
-    msspec_range: tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
-    n_mels: int = 64
-    f_min: float = 64.0
-    eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
+    name: str = ""  # a plug-in of trainers/evaluators, or a module path
+    every: int = 0  # steps between its runs; 0: at every evaluation (train.eval_every and the last step)
 
     def __post_init__(self):
-        unknown = sorted(set(self.loss_weights) - set(CODEC_LOSSES))
-        if unknown:
-            raise ConfigError(f"codec.loss_weights: unknown loss {unknown[0]!r}; valid: {', '.join(CODEC_LOSSES)}")
-
-
-@dataclass
-class TTSConfig:
-    """Zero-shot TTS over codec tokens (task: tts): the codec, text, prompts, sampling, evaluation."""
-
-    # The codec whose codes are modelled: a codec run (its config, and a workdir that holds
-    # or will hold its checkpoints: trained there first if it has none), or official
-    # EnCodec weights (codec_weights, with codec_model a name or a JSON file of its config).
-    codec_config: str = ""
-    codec_workdir: str = ""
-    codec_weights: str = ""
-    codec_model: str = "encodec_24khz"
-    bandwidth: float = 0.0  # kbps: how many of the codec's codebooks are modelled (0: all)
-    # Where the corpus's codes are cached (<dir>/<split>.npz); default <codec_workdir>/tokens.
-    tokens_dir: str = ""
-    text: Literal["chars", "phonemes"] = "chars"  # UTF-8 bytes of the text, or of eSpeak NG's phonemes
-    # What the LM is conditioned on: the text, or (a delayed LM) the semantic tokens of the
-    # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames or of a
-    # CTC run's encoder states (tts.recognizer_*), fitted on the training split and saved
-    # as <tokens_dir>/semantic.npz.
-    condition: Literal["text", "semantic"] = "text"
-    semantic_features: Literal["logmel", "recognizer"] = "logmel"
-    semantic_clusters: int = 100
-    semantic_frame_rate: int = 25
-    semantic_deduplicate: bool = False
-    max_text_length: int = 128  # text bytes or semantic tokens; longer utterances are skipped (and counted)
-    max_frames: int = 512  # codec frames; longer utterances are skipped (and counted)
-    # Training: with this probability an example is another utterance of the same voice (the
-    # manifest's "voice", else "speaker") followed by this one, texts joined by a space, codes
-    # end to end (when both fit): what zero-shot inference feeds the model (a prompt and its
-    # continuation), which a corpus of short utterances otherwise never shows it.
-    pair_prob: float = 0.0
-    # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    # Classifier-free guidance of the VALL-E AR on its text: the text (and word alignment) is
-    # dropped from this fraction of training examples, and codes are drawn at this scale
-    # (1.0: without guidance; speechlm.generate_ar).
-    guidance_dropout: float = 0.0
-    guidance_scale: float = 1.0
-    # Evaluation: eval_examples held-out sentences spoken in the voice of a prompt utterance
-    # of the same speaker, transcribed by a CTC run (its config and workdir; trained there
-    # first if it has none) for the word error rate.
-    eval_examples: int = 16
-    eval_offset: int = 0  # the prompt pairs evaluated: [eval_offset, eval_offset + eval_examples)
-    recognizer_config: str = ""
-    recognizer_workdir: str = ""
-    # A speaker classifier trained on the training voices gives the embeddings of the
-    # speaker-similarity score (0 steps: no score).
-    speaker_steps: int = 400
-
-    def __post_init__(self):
-        if self.eval_offset < 0:
-            raise ConfigError(f"tts.eval_offset must be at least 0, not {self.eval_offset}")
-        if not 0.0 <= self.guidance_dropout < 1.0:
-            raise ConfigError(f"tts.guidance_dropout must be in [0, 1), not {self.guidance_dropout}")
+        if self.every < 0:
+            raise ConfigError(f"evals: {self.name}: every must be at least 0, not {self.every}")
 
 
 @dataclass
 class Config:
-    task: str = "classification"
+    """The sections every family has. A family's config class (config_class) adds its own
+    sections, and may replace ``data`` with a subclass of DataConfig holding its keys."""
+
+    task: str = ""  # a family under trainers/tasks (ctc, tts, ...) or an importable module path
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    speech: SpeechConfig = field(default_factory=SpeechConfig)
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    tts: TTSConfig = field(default_factory=TTSConfig)
+    evals: list[EvalConfig] = field(default_factory=list)
+
+
+_CONFIG_CLASSES = {}
+
+
+def config_class(task: str) -> type:
+    """The config dataclass of a task: Config with the sections its family module declares
+    in SECTIONS (name -> dataclass), made once per task so that configs compare equal."""
+    if task not in _CONFIG_CLASSES:
+        from trainers.tasks import family
+
+        sections = getattr(family(task), "SECTIONS", {})
+        for name, cls in sections.items():
+            if name == "data" and not issubclass(cls, DataConfig):
+                raise ConfigError(f"task {task}: its data section {cls.__name__} must extend DataConfig")
+        fields = [(name, cls, field(default_factory=cls)) for name, cls in sections.items()]
+        title = "".join(part.title() for part in task.replace(".", "_").split("_"))
+        _CONFIG_CLASSES[task] = dataclasses.make_dataclass(f"{title}TaskConfig", fields, bases=(Config,))
+    return _CONFIG_CLASSES[task]
+
+
+def parse(data: dict) -> Config:
+    """A config from its YAML mapping: its task's config class, every key checked."""
+    task = data.get("task")
+    if not isinstance(task, str) or not task:
+        from trainers.tasks import families
+
+        raise ConfigError(f"task: every config names its task: one of {', '.join(families())} or a module path")
+    return from_dict(config_class(task), data)
 
 
 def _check(value, tp, key):
     """Returns ``value`` converted to ``tp`` or raises ConfigError naming ``key``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is EvalConfig:  # each entry has the keys of the plug-in it names
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            raise ConfigError(f"{key}: expected a mapping with the evaluator's name, got {value!r}")
+        from trainers.evaluators import plugin
+
+        return from_dict(plugin(value["name"]).CONFIG, value, key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -375,12 +247,12 @@ def load(path: str, overrides=()) -> Config:
     for o in overrides:
         apply_override(data, o)
     try:
-        return from_dict(Config, data)
+        return parse(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def to_dict(cfg: Config) -> dict:
+def to_dict(cfg) -> dict:
     def plain(x):
         if isinstance(x, tuple):
             return [plain(v) for v in x]
@@ -393,7 +265,7 @@ def to_dict(cfg: Config) -> dict:
     return plain(dataclasses.asdict(cfg))
 
 
-def dump(cfg: Config) -> str:
+def dump(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 

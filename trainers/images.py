@@ -6,14 +6,28 @@ Images travel as uint8 NHWC; normalisation happens on the device (cheaper transf
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from trainers.cli import InputError
-from trainers.config import ConfigError
+from trainers.config import ConfigError, DataConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff", ".gif")
+
+
+@dataclass
+class ImageDataConfig(DataConfig):
+    """The data section of the image families."""
+
+    # imagefolder: a root with one folder per split, each of class subfolders; latents: a folder
+    # of <split>.npz (task diffusion); digits: scikit-learn's 8x8 digits, built in
+    source: Literal["digits", "imagefolder", "latents"] = "digits"
+    image_size: int = 32
+    holdout_fraction: float = 0.2  # digits: held-out share for evaluation
+    on_bad_image: Literal["error", "skip"] = "error"
+    hflip: float = 0.5
 
 
 class DigitsSource:

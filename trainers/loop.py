@@ -16,12 +16,12 @@ import optax
 from jax.experimental import multihost_utils
 
 from trainers import config as config_lib
-from trainers import data, rundir, sharding
+from trainers import data, evaluators, rundir, sharding
 from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_shardings, check_writable
 from trainers.cli import InputError
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
-from trainers.tasks import get_task
+from trainers.tasks import Generates, HasAssets, PartsInTurn, get_task
 
 
 @flax.struct.dataclass
@@ -52,6 +52,7 @@ class Trainer:
     def _build(self, cfg, devices):
         self.cfg = cfg
         self.task = get_task(cfg)
+        self._evaluators = None
         self.mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
         self._check_batch_sizes()
         self.tx, self.lr_fn = make_optimizer(cfg.optimizer, cfg.train.steps)
@@ -65,7 +66,7 @@ class Trainer:
         # A task with optimizer_groups (a GAN: generator, discriminator) keeps one optimizer
         # state per named top-level subtree of its params and updates them in its own
         # train_update; the other subtrees (EMA statistics, say) have none.
-        self.groups = getattr(self.task, "optimizer_groups", None)
+        self.groups = self.task.optimizer_groups if isinstance(self.task, PartsInTurn) else None
         if self.groups and cfg.optimizer.grad_accum_steps > 1:
             raise ValueError(f"task {cfg.task} updates its parts in turn: optimizer.grad_accum_steps must be 1")
         opt_shape = jax.eval_shape(self._init_optimizer, sharding.unbox_abstract(boxed))
@@ -185,8 +186,15 @@ class Trainer:
     def _eval_outputs(self, params, batch):
         return {**self.task.eval_outputs(params, batch), "_mask": batch["mask"]}
 
-    def evaluate(self, params):
-        """Metrics over the whole eval split, sharded over all devices and processes.
+    def evaluators(self) -> list:
+        """The config's evals (plug-ins), built on first use: their helper runs are loaded then."""
+        if self._evaluators is None:
+            self._evaluators = evaluators.build(self.cfg, self.task)
+        return self._evaluators
+
+    def evaluate(self, params, step=None):
+        """Metrics over the whole eval split, sharded over all devices and processes, then
+        those of the task's samples (Generates) and of the evals due at ``step`` (all when None).
 
         Per-example outputs are gathered in split order and the padding rows dropped, so
         the result equals single-device evaluation.
@@ -204,22 +212,27 @@ class Trainer:
                     collected[k].append(np.asarray(v)[keep])
         outputs = {k: np.concatenate(v) for k, v in collected.items()}
         metrics = self.task.eval_metrics(outputs)
-        if hasattr(self.task, "generate"):
+        if isinstance(self.task, Generates):
             with self.context():
                 generated_metrics, generated = self.task.generate(params, self.mesh)
             metrics.update(generated_metrics)
             outputs.update(generated)
+        for c, evaluator in self.evaluators():
+            if step is None or evaluators.due(c, step, step == self.cfg.train.steps):
+                more_metrics, more_outputs = evaluator(outputs)
+                metrics.update(more_metrics)
+                outputs.update(more_outputs)
         return metrics, outputs
 
-    def evaluate_state(self, state: TrainState):
+    def evaluate_state(self, state: TrainState, step=None):
         """Metrics of the params and, with EMA on, of the EMA params as ``ema_<name>``.
 
         The outputs (what the pictures show) are the EMA params' when there are any:
         those are the weights one samples from or deploys.
         """
-        metrics, outputs = self.evaluate(state.params)
+        metrics, outputs = self.evaluate(state.params, step)
         if state.ema_params is not None:
-            ema_metrics, outputs = self.evaluate(state.ema_params)
+            ema_metrics, outputs = self.evaluate(state.ema_params, step)
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         return metrics, outputs
 
@@ -329,7 +342,8 @@ def _loop(trainer, ckpt, restored, workdir):
         trainer.task.train_source(), trainer.task.train_transform, d.batch_size, rows, cfg.seed, d.num_workers
     )
     trainer.task.eval_source()  # built (and its files checked) now, not at the first evaluation
-    assets = trainer.task.assets() if hasattr(trainer.task, "assets") else None
+    trainer.evaluators()  # and their helper runs loaded
+    assets = trainer.task.assets() if isinstance(trainer.task, HasAssets) else None
     if restored is None:
         state = trainer.init(cfg.seed)
     else:
@@ -363,7 +377,7 @@ def _loop(trainer, ckpt, restored, workdir):
             if step % t.eval_every == 0 or final:
                 _check_finite(*previous, t.on_nonfinite)
                 previous = None  # checked: not again at the next step
-                metrics, outputs = trainer.evaluate_state(state)
+                metrics, outputs = trainer.evaluate_state(state, step)
                 eval_metrics = save_metrics = {f"eval/{k}": v for k, v in metrics.items()}
                 writer.write(step, eval_metrics)
                 if jax.process_index() == 0:
@@ -382,27 +396,3 @@ def _loop(trainer, ckpt, restored, workdir):
     if stop_signal:
         raise SystemExit(128 + stop_signal)
     return eval_metrics
-
-
-def trained_run(config_path: str, workdir: str, task: str, purpose: str, **replace):
-    """(Trainer, params) of the `task` run at workdir, trained there first from config_path
-    if it holds no checkpoint: the helper runs a demo depends on (a classifier, a codec, a
-    recogniser). params are its inference params, whole on every process and placed once on
-    its first local device (the helper runs there; numpy params would be copied to the
-    device again at every call). `replace` swaps config sections (e.g. speech=... pointing
-    at the run's assets) after training."""
-    import dataclasses
-
-    from trainers.checkpoint import restore_run
-
-    cfg = config_lib.load(config_path)
-    if cfg.task != task:
-        raise ValueError(f"{purpose}: {config_path} is a {cfg.task!r} config, not {task}")
-    directory = os.path.join(workdir, "checkpoints")
-    if not (os.path.isdir(directory) and any(p.isdigit() for p in os.listdir(directory))):
-        print(f"training the {purpose}: {config_path} -> {workdir}", flush=True)
-        train(cfg, workdir)
-    cfg = dataclasses.replace(cfg, **{k: v(cfg) for k, v in replace.items()})
-    trainer = Trainer(cfg)
-    _, state = restore_run(trainer, workdir)
-    return trainer, jax.device_put(sharding.host_copy(state.inference_params), jax.local_devices()[0])

@@ -66,7 +66,7 @@ def config_changes(saved: dict, cfg: config_lib.Config) -> list:
     The saved config is read with today's defaults, so a key added since it was written
     is not a change; one that no longer exists is compared as written."""
     try:
-        saved = config_lib.to_dict(config_lib.from_dict(config_lib.Config, saved))
+        saved = config_lib.to_dict(config_lib.parse(saved))
     except config_lib.ConfigError:
         pass
     old, new = _flatten(saved), _flatten(config_lib.to_dict(cfg))

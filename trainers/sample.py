@@ -45,7 +45,6 @@ def main(argv=None):
         df,
         sampler=sampler,
         sample_respacing=respacing,
-        classifier_config="",
         cfg_scale=df.cfg_scale if args.cfg_scale is None else args.cfg_scale,
         eta=df.eta if args.eta is None else args.eta,
     )

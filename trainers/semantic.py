@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import speechlm
-from jaxmodels.asr import apply_cmvn, fbank
+from jaxmodels.asr import fbank
 from trainers import speech
 from trainers.cli import InputError
 
@@ -33,8 +33,7 @@ class SemanticTokenizer:
         features: str = "logmel",
         frame_rate: int = 50,
         deduplicate: bool = False,
-        recognizer_config: str = "",
-        recognizer_workdir: str = "",
+        recognizer_run: str = "",
     ):
         if features not in ("logmel", "recognizer"):
             raise ValueError(f"semantic features must be logmel or recognizer, not {features!r}")
@@ -42,7 +41,7 @@ class SemanticTokenizer:
             raise ValueError(f"logmel frame_rate must divide {MEL_RATE} Hz, not {frame_rate}")
         self.centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
         self.features, self.frame_rate, self.deduplicate = features, frame_rate, deduplicate
-        self.recognizer_config, self.recognizer_workdir = recognizer_config, recognizer_workdir
+        self.recognizer_run = recognizer_run
         self._encoder = None
 
     # -- features -----------------------------------------------------------------------
@@ -63,34 +62,16 @@ class SemanticTokenizer:
         return pooled, jnp.arange(t // group)[None] < (frames // group)[:, None]
 
     def _recognizer_encoder(self):
-        """The CTC run's front end, CMVN and encoder, jitted: (audio, lengths) -> (states, valid)."""
+        """The CTC run's encoder states: (audio, lengths) -> (states, valid)."""
         if self._encoder is None:
-            from jaxmodels.asr.model import SenseVoiceEncoderSmall
-            from trainers.tasks.ctc import load_recognizer_state
+            from trainers.tasks.ctc import Recognizer
 
-            task, params = load_recognizer_state(self.recognizer_config, self.recognizer_workdir)
-            if 100 // task.cfg.speech.lfr_n != self.frame_rate:
+            recognizer = Recognizer(self.recognizer_run)
+            if recognizer.frame_rate != self.frame_rate:
                 raise ValueError(
-                    f"the recogniser's frames come at {100 // task.cfg.speech.lfr_n} Hz; "
-                    f"frame_rate is {self.frame_rate}"
+                    f"the recogniser's frames come at {recognizer.frame_rate} Hz; frame_rate is {self.frame_rate}"
                 )
-
-            @jax.jit
-            def encode(audio, lengths):
-                feats, frames = task._features(audio, lengths, None)
-                feats = apply_cmvn(feats, frames, *task.cmvn)
-                _, state = task.model.apply(
-                    {"params": params},
-                    feats,
-                    frames,
-                    mutable=["intermediates"],
-                    capture_intermediates=lambda m, _: isinstance(m, SenseVoiceEncoderSmall),
-                )
-                states = state["intermediates"]["encoder"]["__call__"][0]
-                states = states[:, states.shape[1] - feats.shape[1] :]  # without the prompt rows, if any
-                return states, jnp.arange(states.shape[1])[None] < frames[:, None]
-
-            self._encoder = encode
+            self._encoder = recognizer.encoder_states
         return self._encoder
 
     # -- fitting and tokens -----------------------------------------------------------------
@@ -114,8 +95,7 @@ class SemanticTokenizer:
             "features": self.features,
             "frame_rate": self.frame_rate,
             "deduplicate": self.deduplicate,
-            "recognizer_config": self.recognizer_config,
-            "recognizer_workdir": self.recognizer_workdir,
+            "recognizer_run": self.recognizer_run,
         }
         speech.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
 
@@ -124,5 +104,5 @@ class SemanticTokenizer:
         try:
             with np.load(path) as f:
                 return cls(f["centroids"], **json.loads(str(f["settings"])))
-        except (OSError, KeyError, ValueError) as e:
+        except (OSError, KeyError, ValueError, TypeError) as e:
             raise InputError(f"{path} is not a semantic tokenizer saved by SemanticTokenizer.save: {e}") from e

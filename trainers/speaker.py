@@ -16,6 +16,7 @@ import optax
 
 from jaxmodels.asr import fbank
 from trainers import speech
+from trainers.cli import InputError, command
 
 NUM_MEL_BINS = 40
 
@@ -54,8 +55,48 @@ def _features(waveforms, chunk: int = 256):
     return feats, jnp.arange(feats.shape[1])[None] < frames[:, None]
 
 
+class SpeakerEmbedder:
+    """16 kHz waveforms -> unit-norm speaker embeddings, from a trained SpeakerNet."""
+
+    def __init__(self, params, num_speakers: int):
+        self.params, self.model = params, SpeakerNet(num_speakers)
+        self.apply = jax.jit(lambda p, f, v: self.model.apply({"params": p}, f, v))
+
+    def __call__(self, waveforms):
+        e = np.asarray(self.apply(self.params, *_features(waveforms))[0])
+        return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+    def save(self, path: str):
+        flat = {
+            "/".join(k.key for k in key): np.asarray(v)
+            for key, v in jax.tree_util.tree_flatten_with_path(self.params)[0]
+        }
+        speech.write_npz(path, num_speakers=self.model.num_speakers, **flat)
+
+    @classmethod
+    def load(cls, path: str):
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError) as e:
+            raise InputError(
+                f"cannot read speaker embedder {path}: {e} (python -m trainers.speaker CONFIG --out {path} makes one)"
+            ) from e
+        if "num_speakers" not in arrays:
+            raise InputError(f"{path} is not a speaker embedder saved by python -m trainers.speaker")
+        num_speakers = int(arrays.pop("num_speakers"))
+        params = {}
+        for key, value in arrays.items():
+            node = params
+            *parents, leaf = key.split("/")
+            for name in parents:
+                node = node.setdefault(name, {})
+            node[leaf] = jnp.asarray(value)
+        return cls(params, num_speakers)
+
+
 def train_speaker_embedder(waveforms, speakers, steps: int, seed: int = 0, batch_size: int = 64):
-    """A function from 16 kHz waveforms to unit-norm speaker embeddings, and the training accuracy."""
+    """(SpeakerEmbedder, training accuracy) of a SpeakerNet trained on waveforms labelled by speaker."""
     names = sorted(set(speakers))
     labels = jnp.asarray([names.index(s) for s in speakers])
     feats, valid = _features(waveforms)
@@ -77,17 +118,39 @@ def train_speaker_embedder(waveforms, speakers, steps: int, seed: int = 0, batch
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         params, opt_state = step(params, opt_state, rng.integers(0, len(waveforms), batch_size))
-    apply = jax.jit(lambda p, f, v: model.apply({"params": p}, f, v))
+    embedder = SpeakerEmbedder(params, len(names))
     predicted = np.concatenate(
         [
-            np.asarray(apply(params, feats[i : i + 256], valid[i : i + 256])[1].argmax(-1))
+            np.asarray(embedder.apply(params, feats[i : i + 256], valid[i : i + 256])[1].argmax(-1))
             for i in range(0, len(waveforms), 256)
         ]
     )
-    accuracy = float(np.mean(predicted == np.asarray(labels)))
+    return embedder, float(np.mean(predicted == np.asarray(labels)))
 
-    def embed(waveforms):
-        e = np.asarray(apply(params, *_features(waveforms))[0])
-        return e / np.linalg.norm(e, axis=-1, keepdims=True)
 
-    return embed, accuracy
+@command
+def main(argv=None):
+    """python -m trainers.speaker CONFIG.yaml --out SPEAKER.npz [--steps N]: a speaker embedder
+    for evals: speaker_similarity, trained on the voices of the config's training split."""
+    import argparse
+
+    from trainers.config import load
+
+    parser = argparse.ArgumentParser(prog="python -m trainers.speaker", description=main.__doc__)
+    parser.add_argument("config", help="a config of an audio family (its data section names the corpus)")
+    parser.add_argument("--out", required=True, help="the embedder's .npz")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
+    args = parser.parse_intermixed_args(argv)
+    cfg = load(args.config, args.overrides)
+    records = speech.SpeechSource(cfg, cfg.data.train_split).records
+    voices = [r.get("voice", r.get("speaker")) for r in records]
+    waveforms = [speech.read_audio(r["source"], speech.SAMPLE_RATE, cfg.data.resample) for r in records]
+    embedder, accuracy = train_speaker_embedder(waveforms, voices, args.steps, args.seed)
+    embedder.save(args.out)
+    print(f"{args.out}: {len(set(voices))} training voices, training accuracy {accuracy:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

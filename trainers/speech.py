@@ -29,13 +29,31 @@ import json
 import os
 import random
 import wave
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from trainers.cli import InputError
-from trainers.config import ConfigError
+from trainers.config import ConfigError, DataConfig
 
 SAMPLE_RATE = 16000
+
+
+@dataclass
+class AudioDataConfig(DataConfig):
+    """The data section of the audio families."""
+
+    # speech: the built-in corpus, synthesised into path on first use; manifest: a folder of
+    # <split>.jsonl; librispeech: the LibriSpeech root (splits are its folders, e.g. train-clean-100)
+    source: Literal["speech", "manifest", "librispeech"] = "speech"
+    on_bad_audio: Literal["error", "skip"] = "error"  # unreadable, empty, wrong rate, too long
+    max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
+    resample: bool = False  # audio at another sample rate: resample to 16 kHz instead of an error
+    corpus_seed: int = 0  # the built-in corpus
+    corpus_train_size: int = 2000
+    corpus_test_size: int = 200
+
 
 NAMES = ["anna", "ben", "carl", "dora", "emma", "frank"]
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -367,11 +385,11 @@ class SpeechSource:
     """
 
     def __init__(self, cfg, split: str):
-        d, s = cfg.data, cfg.speech
+        d = cfg.data
         if d.source == "speech":
-            build_corpus(d.path, s.corpus_seed, s.corpus_train_size, s.corpus_test_size)
+            build_corpus(d.path, d.corpus_seed, d.corpus_train_size, d.corpus_test_size)
             if split == "tts_test":
-                build_prompt_pairs(d.path, s.corpus_seed)
+                build_prompt_pairs(d.path, d.corpus_seed)
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
         elif d.source == "manifest":
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))

@@ -4,7 +4,7 @@ Zero-shot text-to-speech with a tts run's checkpoint (its EMA weights when it ha
 the text is spoken in the voice of the prompt recording (a few seconds; WAV, or FLAC with
 soundfile; resampled to 16 kHz), through the run's codec decoder. The model continues the
 prompt, so it needs the prompt's transcript: --prompt-text, or, when omitted, the
-transcript of the run's recogniser (tts.recognizer_config). Sampling follows the config's
+transcript of the recogniser run in tts.recognizer_run. Sampling follows the config's
 tts.temperature / top_k / top_p / guidance_scale (override them as dotted keys) with --seed.
 """
 
@@ -47,11 +47,11 @@ def main(argv=None):
         sys.exit("--text is empty")
     prompt_text = args.prompt_text
     if prompt_text is None:
-        if not cfg.tts.recognizer_config:
-            sys.exit("give --prompt-text (the config names no tts.recognizer_config to transcribe the prompt)")
-        from trainers.tasks.ctc import load_recognizer
+        if not cfg.tts.recognizer_run:
+            sys.exit("give --prompt-text (the config names no tts.recognizer_run to transcribe the prompt)")
+        from trainers.tasks.ctc import Recognizer
 
-        prompt_text = load_recognizer(cfg.tts.recognizer_config, cfg.tts.recognizer_workdir)([prompt])[0]
+        prompt_text = Recognizer(cfg.tts.recognizer_run).transcribe([prompt])[0]
         print(f"prompt transcript: {prompt_text}")
     step, state = restore_run(trainer, args.workdir, args.checkpoint)
     (audio,) = task.synthesise(

@@ -1,36 +1,94 @@
-"""Task modules: how a model family is initialised, trained and evaluated.
+"""The task contract: what a model family gives the trainer, and how a config finds it.
 
-A task is a class with:
-  model                         the flax module (compute dtype and remat from config)
-  train_source(), eval_source() random-access sources (len, getitem) of records
-                                (SplitSources provides them from a make_source(split))
-  train_transform, eval_transform   per-record host transforms (record, np Generator) -> record
-  init(rng, batch)              boxed variables (nn.with_logical_partitioning metadata kept)
-  loss(params, batch, rng)      (scalar loss, dict of scalar metrics); batch rows with mask 0 are padding
-  eval_outputs(params, batch)   dict of per-example arrays
-  eval_metrics(outputs)         host-side: outputs over the whole split (numpy) -> dict of scalars
-  write_artifacts(workdir, outputs, step)   pictures or files for a person to look at
-and, for generative tasks,
-  generate(params, mesh)        (metrics, outputs) of samples drawn at eval time
-and, for tasks that train parts in turn (a GAN), instead of loss:
-  optimizer_groups              names of the top-level params subtrees with an optimizer state each
-  train_update(tx, params, opt_state, batch, rng, step)   (params, opt_state, dict of scalar metrics)
-and, for tasks with arrays fixed before training that the params depend on (a tokenizer's centroids),
-  assets()                      a dict of numpy arrays saved in every checkpoint, or None
-  set_assets(assets)            takes them back from a checkpoint, before any source is made
+A family is a module: each module of this package (``task: ctc`` is trainers.tasks.ctc),
+or any importable module named by its path (``task: mypackage.mytask``). It defines
+
+  TASK       the task class: constructed with the config, it must satisfy Task and one
+             of GradientTask or PartsInTurn (get_task checks, and names what is missing)
+  SECTIONS   optional: the config sections it adds, name -> dataclass; "data" may be a
+             subclass of config.DataConfig holding the family's data keys
+
+so adding a family edits no shared module. Optional capabilities are protocols of their
+own (HasAssets, Generates), which the loop tests with isinstance.
 """
 
 import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from trainers.config import ConfigError
 
-TASKS = {
-    "classification": "trainers.tasks.classification:ClassificationTask",
-    "codec": "trainers.tasks.codec:CodecTask",
-    "ctc": "trainers.tasks.ctc:CTCTask",
-    "diffusion": "trainers.tasks.diffusion:DiffusionTask",
-    "tts": "trainers.tasks.tts:TTSTask",
-}
+Batch = Mapping[str, Any]  # name -> array with a leading batch axis; "mask" 0 marks padding rows
+Transform = Callable[[dict, np.random.Generator], dict]  # a record -> an example, on the host
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What every task has."""
+
+    cfg: Any
+    train_transform: Transform
+    eval_transform: Transform
+
+    def train_source(self) -> Any:
+        """A random-access source (len, getitem) of the training split's records."""
+
+    def eval_source(self) -> Any:
+        """The same for the evaluation split."""
+
+    def example_batch(self, n: int) -> dict:
+        """n rows of zeros shaped as a batch: shapes for init and for the batch shardings."""
+
+    def init(self, rng, batch: Batch) -> dict:
+        """Variables {"params": ...}, boxed with their logical axes (nn.with_logical_partitioning)."""
+
+    def eval_outputs(self, params, batch: Batch) -> dict:
+        """Per-example arrays of one evaluation batch (jitted, sharded like the batch)."""
+
+    def eval_metrics(self, outputs: dict) -> dict:
+        """Host side: outputs over the whole split (numpy, padding dropped) -> scalar metrics."""
+
+    def write_artifacts(self, workdir: str, outputs: dict, step: int) -> None:
+        """Pictures, audio or files for a person to look at (process 0 only)."""
+
+
+@runtime_checkable
+class GradientTask(Task, Protocol):
+    """A task trained by one optimizer on the gradient of its loss."""
+
+    def loss(self, params, batch: Batch, rng) -> tuple:
+        """(scalar loss, {name: scalar metric}); rows with mask 0 must contribute nothing."""
+
+
+@runtime_checkable
+class PartsInTurn(Task, Protocol):
+    """A task whose parts are updated in turn, each with its own optimizer state (a GAN)."""
+
+    optimizer_groups: tuple  # names of the top-level params subtrees that have an optimizer state
+
+    def train_update(self, tx, params, opt_state: dict, batch: Batch, rng, step) -> tuple:
+        """(params, opt_state, {name: scalar metric}) after one step of every part."""
+
+
+@runtime_checkable
+class HasAssets(Protocol):
+    """Arrays fixed before training that the params depend on (a tokenizer's centroids),
+    saved in every checkpoint and given back on restore, before any source is made."""
+
+    def assets(self) -> dict | None: ...
+
+    def set_assets(self, assets: dict) -> None: ...
+
+
+@runtime_checkable
+class Generates(Protocol):
+    """A generative task: samples drawn at each evaluation."""
+
+    def generate(self, params, mesh) -> tuple:
+        """(metrics, outputs) of samples drawn with params, sharded over mesh."""
 
 
 class SplitSources:
@@ -49,8 +107,59 @@ class SplitSources:
         return self._source(self.cfg.data.eval_split)
 
 
+def families() -> list:
+    """The families built in: the modules of this package."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__))
+
+
+def family(task: str):
+    """The module of a task name: trainers.tasks.<task>, or the module at that import path."""
+    name = task if "." in task else f"{__name__}.{task}"
+    if "." not in task and task not in families():
+        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(families())}, or an importable module path")
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and name.startswith(e.name):
+            raise ConfigError(f"task {task!r}: no module {name} (valid: {', '.join(families())})") from None
+        raise
+    if not hasattr(module, "TASK"):
+        raise ConfigError(f"task {task!r}: module {name} defines no TASK (the task class)")
+    return module
+
+
+def _members(protocol) -> list:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {k for k, v in vars(protocol).items() if callable(v) and not k.startswith("_")}
+    return sorted(names)
+
+
+def missing_members(task) -> list:
+    """What a task (or, methods only, a task class) lacks of the contract: Task's members,
+    a loss or a train_update, and each capability whole."""
+    is_class = isinstance(task, type)
+    wanted = lambda protocol: [n for n in _members(protocol) if not is_class or callable(getattr(protocol, n, None))]
+    missing = [name for name in wanted(Task) if not hasattr(task, name)]
+    if not any(all(hasattr(task, n) for n in wanted(p)) for p in (GradientTask, PartsInTurn)):
+        missing.append("loss (or optimizer_groups and train_update)")
+    for capability in (HasAssets,):
+        present = [name for name in _members(capability) if hasattr(task, name)]
+        if present and len(present) < len(_members(capability)):
+            missing += [f"{name} (with {', '.join(present)})" for name in _members(capability) if name not in present]
+    return missing
+
+
 def get_task(cfg):
-    if cfg.task not in TASKS:
-        raise ConfigError(f"unknown task {cfg.task!r}; valid: {', '.join(TASKS)}")
-    module, cls = TASKS[cfg.task].split(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    """The task of a config, checked against the contract."""
+    cls = family(cfg.task).TASK
+    _check(cfg.task, cls)  # before constructing it, which may take long
+    task = cls(cfg)
+    _check(cfg.task, task)
+    return task
+
+
+def _check(name: str, task):
+    missing = missing_members(task)
+    if missing:
+        cls = task if isinstance(task, type) else type(task)
+        raise ConfigError(f"task {name!r}: {cls.__name__} lacks {', '.join(missing)}")

@@ -1,14 +1,35 @@
 """Image classification (MambaOut): softmax cross-entropy with label smoothing, mixup/cutmix."""
 
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
+from trainers.evaluators import accuracy
+from trainers.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
+
+
+@dataclass
+class ClassificationDataConfig(ImageDataConfig):
+    source: Literal["digits", "imagefolder"] = "digits"
+    eval_crop_pct: float = 1.0  # eval: shorter side to image_size/crop_pct, centre crop (MambaOut's cfg: 1.0)
+    random_resized_crop: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5  # with both on: chance of cutmix over mixup per batch (timm's)
+
+
+SECTIONS = {"data": ClassificationDataConfig}
 
 
 # Image-classifier families by model-name prefix: name -> create(name, **overrides).
@@ -121,17 +142,23 @@ class ClassificationTask(SplitSources):
         accuracy = ((logits.argmax(-1) == batch["label"]) * mask).sum() / n
         return (per_example * mask).sum() / n, {"train/accuracy": accuracy, "train/skipped": (1.0 - mask).sum()}
 
+    def logits(self, params, images):
+        """Class logits of uint8 images (B, H, W, 3) at data.image_size."""
+        return self.model.apply({"params": params}, self.normalise(images))
+
     def eval_outputs(self, params, batch):
-        logits = self.model.apply({"params": params}, self.normalise(batch["image"]))
+        logits = self.logits(params, batch["image"])
+        top = accuracy.top_k(logits)
         return {
             "loss": optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]),
-            "prediction": logits.argmax(-1),
+            "prediction": top[:, 0],
+            "top5": top,
             "label": batch["label"],
         }
 
     def eval_metrics(self, outputs):
         return {
-            "accuracy": float(np.mean(outputs["prediction"] == outputs["label"])),
+            **accuracy.accuracies(outputs["top5"], outputs["label"]),
             "loss": float(np.mean(outputs["loss"].astype(np.float64))),
         }
 
@@ -152,3 +179,6 @@ class ClassificationTask(SplitSources):
         prediction_grid_png(
             os.path.join(workdir, "predictions.png"), images, outputs["label"][:n], outputs["prediction"][:n]
         )
+
+
+TASK = ClassificationTask

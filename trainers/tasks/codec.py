@@ -20,8 +20,10 @@ original and decoded WAVs and spectrograms of a few utterances.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +33,54 @@ import optax
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization
 from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
+from jaxmodels.nn import load_state_dict
 from trainers import sharding, speech
+from trainers.cli import InputError
+from trainers.config import ConfigError
+from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
+
+CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec")
+
+
+@dataclass
+class CodecConfig:
+    """Neural audio codec (task: codec): training crops, losses and their balance, the discriminator.
+
+    Defaults are AudioCraft's compression solver (config/solver/compression/default.yaml).
+    """
+
+    segment_seconds: float = 1.0  # random training crops
+    # Weights of the balanced losses (adv, feat: hinge and feature matching of the MS-STFT
+    # discriminator; l1: waveform; mel: log-mel L1; msspec: multi-scale mel).
+    loss_weights: dict[str, float] = field(
+        default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0}
+    )
+    balance_grads: bool = True  # False: a plain weighted sum of the losses
+    # Steps before adv and feat reach the codec (VQGAN's disc_start; AudioCraft: 0). The
+    # discriminator trains from the start, so its gradients mean something when they do.
+    adversarial_start: int = 0
+    balancer_total_norm: float = 1.0
+    balancer_ema_decay: float = 0.999
+    commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer
+    quantizer_dropout: bool = True  # train each batch with a random number of codebooks
+    disc_filters: int = 32
+    disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_hop_lengths: list[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
+    disc_win_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
+    disc_negative_slope: float = 0.3
+    msspec_range: tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
+    n_mels: int = 64
+    f_min: float = 64.0
+    eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
+
+    def __post_init__(self):
+        unknown = sorted(set(self.loss_weights) - set(CODEC_LOSSES))
+        if unknown:
+            raise ConfigError(f"codec.loss_weights: unknown loss {unknown[0]!r}; valid: {', '.join(CODEC_LOSSES)}")
+
+
+SECTIONS = {"data": AudioDataConfig, "codec": CodecConfig}
 
 
 class AudioCrop:
@@ -238,6 +286,10 @@ class CodecTask(SplitSources):
             ]
         return codes.transpose(1, 0, 2), out
 
+    def codec(self, params):
+        """The Codec (encode/decode) of this task's params."""
+        return codec_lib.Codec(self.config, {"params": params["generator"], "codebooks": params["codebooks"]})
+
     def eval_outputs(self, params, batch):
         c, cfg = self.cfg.codec, self.config
         audio, lengths = batch["audio"], batch["audio_length"]
@@ -311,3 +363,20 @@ class CodecTask(SplitSources):
                 rows.append((f"utterance {i}, {name}", np.asarray(log_mel[0, 0])))
         spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
         print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
+
+
+def official_codec(weights: str, model: str):
+    """A Codec from official EnCodec weights; `model` names their config or is a JSON file of it."""
+    if model.endswith(".json"):
+        with open(model) as f:
+            config = json.load(f)
+    else:
+        config = codec_lib.config(model)
+    try:
+        state_dict = load_state_dict(weights)
+    except Exception as e:  # missing, truncated or foreign: safetensors and torch raise their own types
+        raise InputError(f"cannot load codec weights {weights}: {e or type(e).__name__}") from e
+    return codec_lib.from_torch(state_dict, config)
+
+
+TASK = CodecTask

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +41,51 @@ from jaxmodels.ctc import (
     write_arpa,
 )
 from trainers import speech
+from trainers.evaluators.text import error_rates
+from trainers.runs import load_run
+from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
+
+
+@dataclass
+class SpeechConfig:
+    """Speech recognition (task: ctc): front end, tokens, augmentation and decoding."""
+
+    # The CTC vocabulary: "words" or "chars" of the training transcripts, or "pieces": the
+    # sub-word list in token_list (a JSON list or one token per line, "▁" marking word
+    # starts, e.g. SenseVoice's tokens.json), text split by longest match.
+    tokens: Literal["words", "chars", "pieces"] = "chars"
+    token_list: str = ""
+    num_mel_bins: int = 80
+    lfr_m: int = 7  # low frame rate: stack lfr_m frames every lfr_n (SenseVoice: 7, 6)
+    lfr_n: int = 6
+    dither: float = 1.0  # training only, as FunASR's front end
+    cmvn_utterances: int = 500  # training utterances the global mean and variance come from
+    num_freq_masks: int = 1  # SpecAugment, training only (0 masks: off)
+    freq_mask_width: int = 30
+    num_time_masks: int = 1
+    time_mask_width: int = 12
+    # Training only: each utterance low-passed (cutoff uniform in lowpass_hz) with this
+    # probability and, apart, given white noise (SNR uniform in noise_snr_db); 0: off.
+    degrade_prob: float = 0.0
+    lowpass_hz: tuple[float, float] = (2000.0, 8000.0)
+    noise_snr_db: tuple[float, float] = (5.0, 40.0)
+    max_label_length: int = 64
+    prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
+    beam_size: int = 8  # eval: greedy and prefix beam search WER
+    lm_order: int = 0  # > 0: an n-gram trained on the training transcripts, fused in the beam
+    lm_path: str = ""  # or an ARPA file
+    lm_words: bool = (
+        False  # the n-gram is over words, scored as each is spelt (chars/pieces); else over the CTC tokens
+    )
+    lm_weight: float = 0.5
+    length_bonus: float = 0.0
+    # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace
+    # building them from the training data (transcription reads the run's own).
+    assets: str = ""
+
+
+SECTIONS = {"data": AudioDataConfig, "speech": SpeechConfig}
 
 BLANK, UNK = "<blank>", "<unk>"
 PROMPT_FIELDS = (("language", "en"), ("event", "Speech"), ("emotion", "NEUTRAL"), ("textnorm", "woitn"))
@@ -95,17 +141,6 @@ class Tokenizer:
             return "".join(self.tokens[i] for i in ids if i > 0).replace("▁", " ").strip()
         symbols = [self.tokens[i] for i in ids if i > 1]
         return " ".join(symbols) if self.unit == "words" else "".join(symbols).replace("|", " ")
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, reference length)."""
-    ref, hyp = reference.split(), hypothesis.split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        previous, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (r != h))
-    return row[-1], len(ref)
 
 
 class AudioTransform:
@@ -299,6 +334,34 @@ class CTCTask(SplitSources):
         )
         return logits, lengths
 
+    def greedy_labels(self, params, audio, lengths):
+        """Greedy CTC labels (B, T') of padded audio, -1 past each row's end; the prompts are
+        automatic (language detected, no text normalisation asked)."""
+        batch = {"audio": audio, "audio_length": lengths}
+        if self.cfg.speech.prompts:
+            defaults = [self.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]
+            batch["prompts"] = jnp.tile(jnp.asarray([defaults], jnp.int32), (audio.shape[0], 1))
+        logits, frames = self.forward(params, batch, None, train=False)
+        _, logits, paddings = self.split_outputs(logits, frames)
+        labels, label_paddings = greedy_decode(logits, paddings)
+        return jnp.where(label_paddings > 0, -1, labels)
+
+    def encoder_states(self, params, audio, lengths):
+        """(states (B, T, D), valid (B, T)): the encoder's output of padded audio, before the
+        CTC head, without the prompt rows."""
+        feats, frames = self._features(audio, lengths, None)
+        feats = asr.apply_cmvn(feats, frames, *self.cmvn)
+        _, state = self.model.apply(
+            {"params": params},
+            feats,
+            frames,
+            mutable=["intermediates"],
+            capture_intermediates=lambda m, _: isinstance(m, asr.SenseVoiceEncoderSmall),
+        )
+        states = state["intermediates"]["encoder"]["__call__"][0]
+        states = states[:, states.shape[1] - feats.shape[1] :]
+        return states, jnp.arange(states.shape[1])[None] < frames[:, None]
+
     def _query_rows(self, token_ids):
         return jnp.asarray(self._query_table)[token_ids]
 
@@ -364,10 +427,8 @@ class CTCTask(SplitSources):
         metrics = {"ctc": float(np.mean(outputs["ctc"]))}
         references = [self.tokenizer.decode(row[row >= 0]) for row in outputs["labels"]]
         for name in ("greedy", "beam"):
-            errors = [
-                word_errors(ref, self.tokenizer.decode(row[row >= 0])) for ref, row in zip(references, outputs[name])
-            ]
-            metrics[f"wer_{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
+            hypotheses = [self.tokenizer.decode(row[row >= 0]) for row in outputs[name]]
+            metrics.update({f"{k}_{name}": v for k, v in error_rates(references, hypotheses).items()})
         return metrics
 
     def write_artifacts(self, workdir, outputs, step):
@@ -400,35 +461,27 @@ class CTCTask(SplitSources):
         print(f"wrote {os.path.join(workdir, 'alignment.png')}")
 
 
-def load_recognizer_state(config_path: str, workdir: str):
-    """(task, inference params) of the CTC run at `workdir` (trained there first from
-    `config_path` if it holds no checkpoint), with the run's vocabulary and statistics."""
-    from trainers.loop import trained_run
+class Recognizer:
+    """A trained CTC run as a helper of other families: greedy transcripts, and encoder
+    states at frame_rate Hz, of 16 kHz waveforms. The run's vocabulary and statistics are
+    its own files (tokens.json, cmvn.npz)."""
 
-    trainer, params = trained_run(
-        config_path, workdir, "ctc", "recogniser", speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir)
-    )
-    return trainer.task, params
+    def __init__(self, workdir: str):
+        trainer, self.params = load_run(
+            workdir, "ctc", "recogniser", speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir)
+        )
+        self.task = trainer.task
+        self.frame_rate = 100 // self.task.cfg.speech.lfr_n
+        self._labels = jax.jit(self.task.greedy_labels)
+        self._states = jax.jit(self.task.encoder_states)
+
+    def transcribe(self, waveforms) -> list:
+        labels = np.asarray(self._labels(self.params, *speech.pad_waveforms(waveforms)))
+        return [self.task.tokenizer.decode(row[row >= 0]) for row in labels]
+
+    def encoder_states(self, audio, lengths):
+        """(states (B, T, D), valid (B, T)) of padded audio (B, samples) with its lengths."""
+        return self._states(self.params, audio, lengths)
 
 
-def load_recognizer(config_path: str, workdir: str):
-    """Greedy transcription with a CTC run (see load_recognizer_state): a list of 16 kHz
-    waveforms -> their texts."""
-    task, params = load_recognizer_state(config_path, workdir)
-    defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]  # auto language etc.
-
-    @jax.jit
-    def decode(params, audio, lengths):
-        batch = {"audio": audio, "audio_length": lengths}
-        if task.cfg.speech.prompts:
-            batch["prompts"] = jnp.tile(jnp.asarray([defaults], jnp.int32), (audio.shape[0], 1))
-        logits, frames = task.forward(params, batch, None, train=False)
-        _, logits, paddings = task.split_outputs(logits, frames)
-        labels, label_paddings = greedy_decode(logits, paddings)
-        return jnp.where(label_paddings > 0, -1, labels)
-
-    def transcribe(waveforms):
-        labels = np.asarray(decode(params, *speech.pad_waveforms(waveforms)))
-        return [task.tokenizer.decode(row[row >= 0]) for row in labels]
-
-    return transcribe
+TASK = CTCTask

@@ -13,6 +13,8 @@ conditioning class.
 
 import os
 import zipfile
+from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +22,25 @@ import numpy as np
 
 from jaxmodels.diffusion import create_diffusion
 from trainers.cli import InputError
-from trainers.images import DigitsSource, ImageFolderSource, ImageTransform
+from trainers.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
+
+
+@dataclass
+class DiffusionConfig:
+    """Gaussian diffusion (task: diffusion): training schedule, and how eval samples are drawn."""
+
+    noise_schedule: Literal["linear", "cosine"] = "linear"
+    diffusion_steps: int = 1000
+    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sample_respacing: str = "250"  # upstream's spec: "250", "ddim50", "10,15,20", ...
+    eta: float = 0.0  # ddim
+    cfg_scale: float = 4.0  # classifier-free guidance; 1.0 samples without it
+    guide_all_channels: bool = False  # upstream guides the first 3 output channels only
+    samples_per_class: int = 8  # eval grid: one row per class (scored by evals: classifier_agreement)
+
+
+SECTIONS = {"data": ImageDataConfig, "diffusion": DiffusionConfig}
 
 
 class LatentSource:
@@ -103,9 +122,6 @@ class DiffusionTask(SplitSources):
                 ImageTransform(train=True, random_resized_crop=False, hflip=d.hflip, **common), c
             )
             self.eval_transform = _ToSignal(ImageTransform(train=False, **common), c)
-        self.classifier = None
-        if df.classifier_config:  # built here, outside any trainer's mesh context
-            self.classifier = load_classifier(df.classifier_config, df.classifier_workdir)
 
     def make_source(self, split):
         d = self.cfg.data
@@ -156,7 +172,7 @@ class DiffusionTask(SplitSources):
         return {k: float(np.mean(v.astype(np.float64))) for k, v in outputs.items()}
 
     def generate(self, params, mesh):
-        """Guided samples of every class: metrics (classifier agreement) and outputs for the picture."""
+        """Guided samples of every class, in the model's [-1, 1] space, and their labels."""
         from trainers import sharding
 
         df = self.cfg.diffusion
@@ -165,13 +181,7 @@ class DiffusionTask(SplitSources):
         pad = -n % sharding.batch_divisor(mesh)
         y = np.concatenate([labels, np.zeros(pad, np.int32)])
         samples = self.sample(params, y, jax.random.PRNGKey(self.cfg.seed), mesh)[:n]
-        outputs = {"samples": samples, "sample_labels": labels}
-        metrics = {}
-        if self.classifier is not None:
-            predicted = self.classifier(samples)
-            outputs["sample_predictions"] = predicted
-            metrics["classifier_agreement"] = float(np.mean(predicted == labels))
-        return metrics, outputs
+        return {}, {"samples": samples, "sample_labels": labels}
 
     def sample(self, params, labels, key, mesh=None):
         """Samples for `labels` with the configured sampler and guidance, batch-sharded over `mesh`."""
@@ -238,26 +248,4 @@ class DiffusionTask(SplitSources):
         )
 
 
-def to_uint8(samples):
-    return np.clip(np.round((np.asarray(samples) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def load_classifier(config_path: str, workdir: str):
-    """The classification run at `workdir` (trained there first from `config_path` if it holds no checkpoint)."""
-    from PIL import Image
-
-    from trainers.loop import trained_run
-
-    trainer, params = trained_run(config_path, workdir, "classification", "classifier for the agreement metric")
-    task, size = trainer.task, trainer.cfg.data.image_size
-    apply = jax.jit(lambda p, images: task.model.apply({"params": p}, task.normalise(images)).argmax(-1))
-
-    def classify(samples):
-        images = to_uint8(samples)
-        if images.shape[-1] == 1:
-            images = images.repeat(3, axis=-1)
-        # Resized as the classifier's training images were (DigitsSource: bilinear from 8x8).
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
-        return np.asarray(apply(params, images))
-
-    return classify
+TASK = DiffusionTask

@@ -1,10 +1,9 @@
 """Zero-shot text-to-speech over codec tokens (task: tts): VALL-E's AR + NAR, or one delayed LM.
 
 Data: a speech split (text + audio) becomes (text bytes, codec codes). The codec, a
-codec run (trained first if its workdir has no checkpoint) or official EnCodec weights,
-encodes each split once into tts.tokens_dir/<split>.npz; a cache made by another codec
-or text setting is rebuilt. Text is the UTF-8 bytes of the transcript or of its eSpeak NG
-phonemes (vocabulary 256).
+codec run (tts.codec_run) or official EnCodec weights, encodes each split once into
+tts.tokens_dir/<split>.npz; a cache made by another codec or text setting is rebuilt.
+Text is the UTF-8 bytes of the transcript or of its eSpeak NG phonemes (vocabulary 256).
 
 Training (model.name "valle"): the AR model's next-code loss over the first codebook
 (with EOS) plus the NAR model's loss on one random stage k in 2..K per utterance, given
@@ -29,10 +28,8 @@ as CosyVoice evaluates it: for tts.eval_examples held-out sentences (from pair
 tts.eval_offset on: pairs past the reported ones can serve to choose decoding settings),
 the text is the prompt's transcript and the sentence, the acoustic prompt is another
 utterance of the same speaker, and the generated speech (AR sampled, NAR greedy, codec
-decoder) is transcribed by a CTC run for the word error rate (also of the real
-recordings, and of them through the codec: the ceiling for the LM) and embedded by a
-speaker classifier trained on the training voices for the speaker similarity (cosine to
-the prompt; the real recording of the sentence scores the ceiling). WAVs and
+decoder), the real recordings and the recordings through the codec are the outputs that
+evals score (speech_wer: a recogniser's word error rate; speaker_similarity). WAVs and
 spectrograms of prompt, reference and generated speech go into the workdir. With
 semantic conditioning the sentence's tokens (and length) come from its real recording:
 a resynthesis in the prompt's voice.
@@ -44,6 +41,8 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +53,67 @@ from jaxmodels import speechlm
 from jaxmodels.speechlm import VALLEAR, VALLENAR, DelayedLM
 from jaxmodels.speechlm.transformer import lengths_mask
 from trainers import sharding, speech
+from trainers.config import ConfigError
+from trainers.runs import load_run
+from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
+from trainers.tasks.codec import official_codec
+
+
+@dataclass
+class TTSConfig:
+    """Zero-shot TTS over codec tokens (task: tts): the codec, text, prompts, sampling, evaluation."""
+
+    # The codec whose codes are modelled: a codec run's directory, or official EnCodec
+    # weights (codec_weights, with codec_model a name or a JSON file of its config).
+    codec_run: str = ""
+    codec_weights: str = ""
+    codec_model: str = "encodec_24khz"
+    bandwidth: float = 0.0  # kbps: how many of the codec's codebooks are modelled (0: all)
+    # Where the corpus's codes are cached (<dir>/<split>.npz); default <codec_run>/tokens.
+    tokens_dir: str = ""
+    text: Literal["chars", "phonemes"] = "chars"  # UTF-8 bytes of the text, or of eSpeak NG's phonemes
+    # What the LM is conditioned on: the text, or (a delayed LM) the semantic tokens of the
+    # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames or of a
+    # CTC run's encoder states (the run in recognizer_run), fitted on the training split and
+    # saved as <tokens_dir>/semantic.npz.
+    condition: Literal["text", "semantic"] = "text"
+    semantic_features: Literal["logmel", "recognizer"] = "logmel"
+    semantic_clusters: int = 100
+    semantic_frame_rate: int = 25
+    semantic_deduplicate: bool = False
+    max_text_length: int = 128  # text bytes or semantic tokens; longer utterances are skipped (and counted)
+    max_frames: int = 512  # codec frames; longer utterances are skipped (and counted)
+    # Training: with this probability an example is another utterance of the same voice (the
+    # manifest's "voice", else "speaker") followed by this one, texts joined by a space, codes
+    # end to end (when both fit): what zero-shot inference feeds the model (a prompt and its
+    # continuation), which a corpus of short utterances otherwise never shows it.
+    pair_prob: float = 0.0
+    # Sampling of the AR model (the NAR stages are greedy, as VALL-E's).
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # Classifier-free guidance of the VALL-E AR on its text: the text (and word alignment) is
+    # dropped from this fraction of training examples, and codes are drawn at this scale
+    # (1.0: without guidance; speechlm.generate_ar).
+    guidance_dropout: float = 0.0
+    guidance_scale: float = 1.0
+    # Evaluation: eval_examples held-out sentences spoken in the voice of a prompt utterance
+    # of the same speaker (scored by evals: speech_wer and speaker_similarity).
+    eval_examples: int = 16
+    eval_offset: int = 0  # the prompt pairs evaluated: [eval_offset, eval_offset + eval_examples)
+    # A ctc run: the encoder of semantic_features recognizer, and the prompt's transcript for
+    # python -m trainers.tts when --prompt-text is not given.
+    recognizer_run: str = ""
+
+    def __post_init__(self):
+        if self.eval_offset < 0:
+            raise ConfigError(f"tts.eval_offset must be at least 0, not {self.eval_offset}")
+        if not 0.0 <= self.guidance_dropout < 1.0:
+            raise ConfigError(f"tts.guidance_dropout must be in [0, 1), not {self.guidance_dropout}")
+
+
+SECTIONS = {"data": AudioDataConfig, "tts": TTSConfig}
 
 TEXT_VOCAB = 256  # bytes
 
@@ -152,27 +211,22 @@ class TTSTask(SplitSources):
         self.num_codebooks = self.models["nar"].num_quantizers if self.valle else first.num_codebooks
         t = cfg.tts
         self.train_transform, self.eval_transform = self._train_transform, self._transform
-        self._codec = self._recognizer = self._speaker = self._semantic = None
-        self.tokens_dir = t.tokens_dir or (os.path.join(t.codec_workdir, "tokens") if t.codec_workdir else "")
+        self._codec = self._semantic = None
+        self.tokens_dir = t.tokens_dir or (os.path.join(t.codec_run, "tokens") if t.codec_run else "")
 
     # -- the codec and text -------------------------------------------------------------
     @property
     def codec(self):
-        """The codec (loaded, and trained first if need be, on first use)."""
+        """The codec, loaded on first use."""
         if self._codec is None:
-            from trainers.compress import official_codec, run_codec
-            from trainers.loop import trained_run
-
             t = self.cfg.tts
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
-            elif t.codec_config and t.codec_workdir:
-                trainer, params = trained_run(t.codec_config, t.codec_workdir, "codec", "codec")
-                codec = run_codec(trainer, params)
+            elif t.codec_run:
+                trainer, params = load_run(t.codec_run, "codec", "codec of tts.codec_run")
+                codec = trainer.task.codec(params)
             else:
-                raise ValueError(
-                    "task tts needs a codec: tts.codec_config and tts.codec_workdir, or tts.codec_weights"
-                )
+                raise ValueError("task tts needs a codec: tts.codec_run (a codec run) or tts.codec_weights")
             c = codec.config
             if c.segment_length is not None or c.channels != 1:
                 raise ValueError("task tts models a mono codec without segments (as encodec_24khz)")
@@ -209,27 +263,26 @@ class TTSTask(SplitSources):
             features=t.semantic_features,
             frame_rate=t.semantic_frame_rate,
             deduplicate=t.semantic_deduplicate,
-            recognizer_config=t.recognizer_config,
-            recognizer_workdir=t.recognizer_workdir,
+            recognizer_run=t.recognizer_run,
         )
 
-    @property
-    def semantic(self):
+    def semantic_tokenizer(self):
         """The semantic tokenizer: the checkpoint's (set_assets), else <tokens_dir>/semantic.npz, else
-        fitted on the training split and saved there."""
+        fitted on the training split (as the corpus's tokens are prepared) and saved there."""
         if self._semantic is None:
             from trainers.semantic import SemanticTokenizer
 
             t = self.cfg.tts
             path = os.path.join(self.tokens_dir, "semantic.npz")
             settings = self._semantic_settings()
-            if os.path.isfile(path):
-                saved = SemanticTokenizer.load(path)
-                if {k: getattr(saved, k) for k in settings} == settings and len(
-                    saved.centroids
-                ) == t.semantic_clusters:
-                    self._semantic = saved
-                    return saved
+            saved = SemanticTokenizer.load(path) if os.path.isfile(path) else None
+            if (
+                saved
+                and {k: getattr(saved, k) for k in settings} == settings
+                and len(saved.centroids) == t.semantic_clusters
+            ):
+                self._semantic = saved
+                return saved
             records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
             print(f"fitting {t.semantic_clusters} semantic clusters on {len(records)} training utterances", flush=True)
             tokenizer = SemanticTokenizer(None, **settings).fit(
@@ -243,7 +296,7 @@ class TTSTask(SplitSources):
     def assets(self):
         """The semantic tokenizer's centroids (the conditioning vocabulary), kept in each checkpoint."""
         return (
-            {"semantic_centroids": np.asarray(self.semantic.centroids)}
+            {"semantic_centroids": np.asarray(self.semantic_tokenizer().centroids)}
             if self.cfg.tts.condition == "semantic"
             else None
         )
@@ -256,7 +309,7 @@ class TTSTask(SplitSources):
     def conditions(self, texts, waveforms):
         """The LM's conditioning tokens of utterances: their text's bytes, or their audio's semantic tokens."""
         if self.cfg.tts.condition == "semantic":
-            return [np.asarray(x, np.int32) for x in self.semantic(waveforms)]
+            return [np.asarray(x, np.int32) for x in self.semantic_tokenizer()(waveforms)]
         return self.text_ids(texts)
 
     def join(self, first, second):
@@ -316,8 +369,8 @@ class TTSTask(SplitSources):
                 t.semantic_features,
                 t.semantic_frame_rate,
                 t.semantic_deduplicate,
-                t.recognizer_workdir,
-                fingerprint(np.asarray(self.semantic.centroids)),
+                t.recognizer_run,
+                fingerprint(np.asarray(self.semantic_tokenizer().centroids)),
             ]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
         if os.path.isfile(path):
@@ -691,43 +744,14 @@ class TTSTask(SplitSources):
             jax.random.PRNGKey(self.cfg.seed),
             frames,
         )
-        metrics = {}
-        if t.recognizer_config:
-            from trainers.tasks.ctc import load_recognizer, word_errors
-
-            if self._recognizer is None:
-                self._recognizer = load_recognizer(t.recognizer_config, t.recognizer_workdir)
-            # The ceiling the LM can reach: the real recording through the codec and back.
-            resynthesised = self.decode_codes(*self.encode_audio(reference))
-            for name, audio in (("", generated), ("_reference", reference), ("_codec", resynthesised)):
-                errors = [word_errors(r["target"], h) for r, h in zip(targets, self._recognizer(audio))]
-                metrics[f"wer{name}"] = sum(e for e, _ in errors) / max(1, sum(n for _, n in errors))
-        if t.speaker_steps:
-            embed = self._speaker_embedder()
-            p = embed(prompt_audio)
-            metrics["speaker_similarity"] = float(np.mean((embed(generated) * p).sum(-1)))
-            metrics["speaker_similarity_reference"] = float(np.mean((embed(reference) * p).sum(-1)))
-        return metrics, {
+        return {}, {
             "tts_prompt": prompt_audio,
             "tts_reference": reference,
             "tts_generated": generated,
+            # The real recording through the codec and back: the ceiling the LM can reach.
+            "tts_codec": self.decode_codes(*self.encode_audio(reference)),
             "tts_text": [r["target"] for r in targets],
         }
-
-    def _speaker_embedder(self):
-        if self._speaker is None:
-            from trainers.speaker import train_speaker_embedder
-
-            records = speech.SpeechSource(self.cfg, self.cfg.data.train_split).records
-            speakers = [voice(r) for r in records]
-            self._speaker, accuracy = train_speaker_embedder(
-                [self.read(r["source"]) for r in records], speakers, self.cfg.tts.speaker_steps, self.cfg.seed
-            )
-            print(
-                f"speaker classifier: {len(set(speakers))} training voices, training accuracy {accuracy:.2f}",
-                flush=True,
-            )
-        return self._speaker
 
     def write_artifacts(self, workdir, outputs, step):
         from jaxmodels.codec import losses
@@ -750,3 +774,6 @@ class TTSTask(SplitSources):
             json.dump(outputs["tts_text"], f, indent=1)
         spectrograms_png(os.path.join(workdir, "tts_spectrograms.png"), rows, title=f"step {step}")
         print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'tts_spectrograms.png')}")
+
+
+TASK = TTSTask
