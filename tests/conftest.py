@@ -1,13 +1,22 @@
+import atexit
 import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
 
-# 8 simulated CPU devices, set before jax is imported anywhere.
+import pytest
+
+# 8 simulated CPU devices, set before jax is imported anywhere (nothing above imports it).
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-import pathlib  # noqa: E402
-import subprocess  # noqa: E402
-
-import pytest  # noqa: E402
+# Tests compile the same programs many times over (each Trainer jits its own steps, and the
+# commands run in fresh processes): a compilation cache for this run, shared with every
+# process it starts, compiles each once. It starts empty, so the suite's time is a fresh one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxmodels-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"

@@ -13,8 +13,13 @@ def write(tmp_path, data):
 def test_repo_configs_load():
     import pathlib
 
+    tasks = {}
     for path in sorted(pathlib.Path(__file__).parents[1].glob("configs/*.yaml")):
-        config_lib.load(str(path))
+        cfg = config_lib.load(str(path))
+        assert config_lib.parse(config_lib.to_dict(cfg)) == cfg, path
+        tasks[path.stem] = cfg.task
+    assert tasks["ctc_speech"] == tasks["sensevoice_small"] == "ctc" and tasks["valle"] == "tts", tasks
+    assert {t for name, t in tasks.items() if name.startswith("mambaout")} == {"classification"}
 
 
 def test_unknown_key_names_it_and_lists_valid(tmp_path):

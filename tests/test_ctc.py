@@ -13,13 +13,15 @@ from conftest import FIXTURES
 from jaxmodels.ctc import ctc_loss, forced_align, greedy_decode, prefix_beam_search
 from jaxmodels.ctc.lm import BOS, EOS, UNK, NGramLM, WordNGramLM, read_arpa, train_ngram, write_arpa
 
-CTC = FIXTURES / "ctc"
 CASES = ["small", "medium", "blank_last", "peaked", "infeasible"]
-pytestmark = pytest.mark.skipif(not CTC.is_dir(), reason=f"fixtures not found at {CTC}")
 
 
 def load(name):
-    with np.load(CTC / f"loss_{name}.npz") as f:
+    """The arrays of ../shared/fixtures/ctc/<name>.npz; the test skips without them."""
+    path = FIXTURES / "ctc" / f"{name}.npz"
+    if not path.is_file():
+        pytest.skip(f"CTC fixture not found at {path}")
+    with np.load(path) as f:
         return {k: f[k] for k in f.files}
 
 
@@ -31,7 +33,7 @@ def loss_fn(d, dtype, **kw):
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_loss_and_gradient_match_torch(name, precision):
-    d = load(name)
+    d = load(f"loss_{name}")
     rtol = 1e-6 if precision == "float64" else 1e-4
     feasible = np.isfinite(d["loss_plain"])
     with jax.enable_x64(precision == "float64"):
@@ -58,7 +60,7 @@ def test_loss_and_gradient_match_torch(name, precision):
 
 
 def test_bfloat16_logits_accumulate_in_float32():
-    d = load("medium")
+    d = load("loss_medium")
     logits = jnp.asarray(d["logits"], jnp.bfloat16)
     loss = loss_fn(d, jnp.bfloat16)(logits)
     assert loss.dtype == jnp.float32
@@ -69,7 +71,7 @@ def test_bfloat16_logits_accumulate_in_float32():
 
 
 def test_loss_rejects_bad_arguments():
-    d = load("small")
+    d = load("loss_small")
     with pytest.raises(ValueError, match="reduction"):
         loss_fn(d, jnp.float32, reduction="average")(jnp.asarray(d["logits"], jnp.float32))
     with pytest.raises(ValueError, match=r"logits \(B, T, V\) and labels \(B, U\)"):
@@ -123,11 +125,9 @@ def test_greedy_decode_merges_repeats_and_drops_blanks():
 
 
 def bruteforce_cases():
-    with np.load(CTC / "decode_bruteforce.npz") as f:
-        names = sorted({k.split("/")[0] for k in f.files})
-        return [
-            {k: f[f"{n}/{k}"] for k in ("logits", "blank_id", "top5_labels", "top5_logprob", "greedy")} for n in names
-        ]
+    f = load("decode_bruteforce")
+    names = sorted({k.split("/")[0] for k in f})
+    return [{k: f[f"{n}/{k}"] for k in ("logits", "blank_id", "top5_labels", "top5_logprob", "greedy")} for n in names]
 
 
 def test_prefix_beam_search_finds_the_exact_n_best():

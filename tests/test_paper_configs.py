@@ -23,9 +23,9 @@ def test_mambaout_tiny_imagenet_compiles_fsdp_sharded():
     assert batch["image"].shape == (8, 224, 224, 3)
     with trainer.context():
         compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
-    assert compiled is not None
+    # The step hands back every parameter in the layout it took it: nothing gathered or resharded.
     out_params = compiled.output_shardings[0].params
-    assert jax.tree.leaves(out_params)[0] == jax.tree.leaves(trainer.param_shardings)[0]
+    assert jax.tree.leaves(out_params) == jax.tree.leaves(trainer.param_shardings)
     np.testing.assert_equal(len(jax.tree.leaves(out_params)), len(params))
 
 

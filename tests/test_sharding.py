@@ -84,4 +84,6 @@ def test_a_trainer_builds_inside_another_trainers_context():
     outer = Trainer(tiny_config(mesh={"data": 8}))
     with outer.context():
         inner = Trainer(tiny_config(mesh={"data": 2, "fsdp": 4}))
-    assert inner.param_shardings is not None
+    assert dict(inner.mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    specs = [str(s.spec) for s in jax.tree.leaves(inner.param_shardings)]
+    assert any("fsdp" in spec for spec in specs), specs

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 
+from trainers import files
 from trainers.cli import InputError, command
 
 
@@ -90,7 +91,7 @@ def encode(codec, wav_path, npz_path, bandwidth):
         arrays[f"codes_{i}"] = np.asarray(codes).astype(np.int16 if c.bins <= 2**15 else np.int32)
         if scale is not None:
             arrays[f"scale_{i}"] = np.asarray(scale)
-    speech.write_npz(npz_path, compressed=True, **arrays)
+    files.write_npz(npz_path, compressed=True, **arrays)
     k = frames[0][0].shape[1]
     print(
         f"{wav_path}: {len(audio) / c.sample_rate:.2f} s -> {npz_path}: {len(frames)} segment(s) of {k} codebooks "

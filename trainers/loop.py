@@ -21,6 +21,7 @@ from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_
 from trainers.cli import InputError
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
+from trainers.progress import progress
 from trainers.tasks import Generates, HasAssets, PartsInTurn, get_task
 
 
@@ -204,7 +205,8 @@ class Trainer:
         rows = sharding.local_batch_rows(self.mesh, d.eval_batch_size)
         collected = collections.defaultdict(list)
         with self.context():
-            for local in data.eval_batches(source, self.task.eval_transform, d.eval_batch_size, rows, d.num_workers):
+            batches = data.eval_batches(source, self.task.eval_transform, d.eval_batch_size, rows, d.num_workers)
+            for local in progress(batches, -(-len(source) // d.eval_batch_size), "evaluation batches"):
                 out = self._eval_step(params, sharding.to_global(self.mesh, local, d.eval_batch_size))
                 out = multihost_utils.process_allgather(out, tiled=True)
                 keep = out.pop("_mask") > 0

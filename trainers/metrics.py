@@ -7,6 +7,8 @@ import time
 
 import jax
 
+from trainers import files
+
 
 def read_rows(path: str) -> list:
     """The rows of a metrics.jsonl; a last line cut short by a kill is left out."""
@@ -35,10 +37,7 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
-        os.replace(tmp, path)
+        files.write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.jsonl = open(path, "a")
         self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self.bar = None

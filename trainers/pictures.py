@@ -81,25 +81,38 @@ def _heat(values):
 
 
 def alignment_png(path, log_mel, spans, title="", ms_per_frame=10, scale=3):
-    """A log-mel spectrogram (frames, bins), low bins at the bottom, with each
-    (token, start_ms, end_ms) span marked and labelled underneath."""
+    """A log-mel spectrogram (frames, bins), low bins at the bottom, with each (token,
+    start_ms, end_ms) span marked and labelled underneath, over a time axis in seconds.
+    The picture is as wide as its last label needs."""
     log_mel = np.asarray(log_mel, np.float64)
     low, high = np.percentile(log_mel, 5), np.percentile(log_mel, 99.5)
     picture = _heat((log_mel - low) / max(high - low, 1e-6)).transpose(1, 0, 2)[::-1]
     frames, bins = log_mel.shape
-    top, bottom = 18, 34
-    img = Image.new("RGB", (frames * scale, top + bins * 2 + bottom), "white")
+    left, top, labels, axis = 34, 18, 32, 18
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    ends = [left + start / ms_per_frame * scale + 1 + measure.textlength(token) for token, start, _ in spans]
+    width = int(max([left + frames * scale, measure.textlength(title) + 4, *ends])) + 4
+    height = top + bins * 2 + labels + axis
+    img = Image.new("RGB", (width, height), "white")
     img.paste(
-        Image.fromarray(np.ascontiguousarray(picture)).resize((frames * scale, bins * 2), Image.NEAREST), (0, top)
+        Image.fromarray(np.ascontiguousarray(picture)).resize((frames * scale, bins * 2), Image.NEAREST), (left, top)
     )
     draw = ImageDraw.Draw(img)
     draw.text((2, 2), title, fill="black")
+    draw.text((2, top + bins - 6), "mel", fill="black")
     for k, (token, start, end) in enumerate(spans):
-        x0, x1 = start / ms_per_frame * scale, end / ms_per_frame * scale
+        x0, x1 = left + start / ms_per_frame * scale, left + end / ms_per_frame * scale
         draw.line([(x0, top), (x0, top + bins * 2)], fill="white")
         y = top + bins * 2 + 4 + 14 * (k % 2)  # alternate rows so neighbours do not overlap
         draw.line([(x0, y - 2), (max(x0, x1 - 1), y - 2)], fill=(0, 90, 200), width=2)
         draw.text((x0 + 1, y), token, fill="black")
+    y = top + bins * 2 + labels
+    draw.line([(left, y), (left + frames * scale, y)], fill="black")
+    seconds = frames * ms_per_frame / 1000
+    for tick in np.arange(0.0, seconds + 1e-9, 0.5):
+        x = left + tick * 1000 / ms_per_frame * scale
+        draw.line([(x, y), (x, y + 3)], fill="black")
+        draw.text((x + 1, y + 4), f"{tick:g} s", fill="black")
     img.save(path)
 
 

@@ -13,6 +13,7 @@ import time
 import yaml
 
 from trainers import config as config_lib
+from trainers import files
 
 
 class WorkdirBusy(RuntimeError):
@@ -104,7 +105,4 @@ def write_config(workdir: str, cfg: config_lib.Config, keep_previous_as: str = "
     path = os.path.join(workdir, "config.yaml")
     if keep_previous_as and os.path.isfile(path):
         os.replace(path, os.path.join(workdir, keep_previous_as))
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config_lib.dump(cfg))
-    os.replace(tmp, path)
+    files.write_text(path, config_lib.dump(cfg))

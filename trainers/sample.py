@@ -53,7 +53,7 @@ def main(argv=None):
     import jax
     import numpy as np
 
-    from trainers import sharding
+    from trainers import files, sharding
     from trainers.checkpoint import restore_run
     from trainers.loop import Trainer
     from trainers.pictures import sample_grid_png
@@ -74,7 +74,7 @@ def main(argv=None):
     out = args.out or os.path.join(args.workdir, f"samples_{step}")
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        np.savez(out + ".npz", samples=samples, labels=y)
+        files.write_npz(out + ".npz", samples=samples, labels=y)
         sample_grid_png(
             out + ".png",
             samples,

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.asr import fbank
-from trainers import speech
+from trainers import files, speech
 from trainers.cli import InputError
 
 MEL_RATE = 100  # fbank frames per second (10 ms shift)
@@ -97,7 +97,7 @@ class SemanticTokenizer:
             "deduplicate": self.deduplicate,
             "recognizer_run": self.recognizer_run,
         }
-        speech.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
+        files.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
 
     @classmethod
     def load(cls, path: str) -> SemanticTokenizer:

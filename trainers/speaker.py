@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from jaxmodels.asr import fbank
-from trainers import speech
+from trainers import files, speech
 from trainers.cli import InputError, command
 
 NUM_MEL_BINS = 40
@@ -71,7 +71,7 @@ class SpeakerEmbedder:
             "/".join(k.key for k in key): np.asarray(v)
             for key, v in jax.tree_util.tree_flatten_with_path(self.params)[0]
         }
-        speech.write_npz(path, num_speakers=self.model.num_speakers, **flat)
+        files.write_npz(path, num_speakers=self.model.num_speakers, **flat)
 
     @classmethod
     def load(cls, path: str):

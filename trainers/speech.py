@@ -34,8 +34,10 @@ from typing import Literal
 
 import numpy as np
 
+from trainers import files
 from trainers.cli import InputError
 from trainers.config import ConfigError, DataConfig
+from trainers.progress import progress
 
 SAMPLE_RATE = 16000
 
@@ -170,7 +172,7 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
     print(f"synthesising the speech corpus into {path} ({train_size} + {test_size} utterances)", flush=True)
     for split, size, voices in (("train", train_size, train_voices), ("test", test_size, test_voices)):
         lines = []
-        for i in range(size):
+        for i in progress(range(size), size, f"synthesising {split}"):
             text, voice = corpus_sentence(rng), rng.choice(voices)
             pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
             audio, word_starts = engine.say_16k(text, voice, pitch, rate)
@@ -188,10 +190,8 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
                     }
                 )
             )
-        tmp = os.path.join(path, f"{split}.jsonl.tmp")
-        with open(tmp, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, os.path.join(path, f"{split}.jsonl"))  # manifests last: a cut-off run starts over
+        # The manifests last: a run cut off before them starts over.
+        files.write_text(os.path.join(path, f"{split}.jsonl"), "\n".join(lines) + "\n")
 
 
 def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
@@ -218,9 +218,7 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
             else:
                 record.update(source=name, target=text, word_starts=word_starts)
         lines.append(json.dumps(record))
-    with open(manifest + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(manifest + ".tmp", manifest)
+    files.write_text(manifest, "\n".join(lines) + "\n")
 
 
 def phonemize(texts, voice: str = "en-us") -> list[str]:
@@ -233,21 +231,15 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> N
     """16-bit PCM WAV of (time,) or (time, channels) samples in [-1, 1], written atomically."""
     audio = np.asarray(audio)
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
-    tmp = path + ".tmp"
-    with wave.open(tmp, "wb") as w:
-        w.setnchannels(1 if audio.ndim == 1 else audio.shape[1])
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.tobytes())
-    os.replace(tmp, path)
 
+    def write(tmp):
+        with wave.open(tmp, "wb") as w:
+            w.setnchannels(1 if audio.ndim == 1 else audio.shape[1])
+            w.setsampwidth(2)
+            w.setframerate(sample_rate)
+            w.writeframes(pcm.tobytes())
 
-def write_npz(path: str, compressed: bool = False, **arrays) -> None:
-    """np.savez(_compressed) of arrays, atomically: a reader finds the old file or the new one.
-    The temporary name is the process's own: processes of one run may write one file at once."""
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
-    os.replace(tmp, path)
+    files.write_with(path, write)
 
 
 def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False, mono: bool = True) -> np.ndarray:

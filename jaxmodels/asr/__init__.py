@@ -13,6 +13,7 @@ from jaxmodels.asr.model import (
     SenseVoiceSmall,
     sinusoidal_positions,
 )
+from jaxmodels.nn import variants
 
 # SenseVoice-Small as published (the model's config.yaml: SAN-M encoder 50 + 20 layers,
 # 512 wide, 4 heads, FFN 2048, FSMN kernel 11; 80 mel bins x LFR 7 = 560 inputs;
@@ -40,29 +41,20 @@ def create(name: str, **overrides) -> SenseVoiceSmall:
     """A named config, with SenseVoiceSmall arguments (and encoder_conf entries) overridden."""
     if name not in VARIANTS:
         raise ValueError(f"unknown recogniser config {name!r}; valid: {', '.join(VARIANTS)}")
-    kwargs = {**VARIANTS[name], **overrides}
-    valid = set(SenseVoiceSmall.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(kwargs) - valid
-    if unknown:
-        raise ValueError(f"unknown SenseVoiceSmall argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    encoder_valid = set(SenseVoiceEncoderSmall.__dataclass_fields__) - {"parent", "name", "dtype", "remat"}
-    bad = set(kwargs.get("encoder_conf") or {}) - encoder_valid
-    if bad:
-        raise ValueError(f"unknown encoder_conf key(s) {sorted(bad)}; valid: {sorted(encoder_valid)}")
     if "encoder_conf" in overrides:
-        kwargs["encoder_conf"] = {**VARIANTS[name]["encoder_conf"], **overrides["encoder_conf"]}
-    return SenseVoiceSmall(**kwargs)
+        encoder_valid = set(SenseVoiceEncoderSmall.__dataclass_fields__) - {"parent", "name", "dtype", "remat"}
+        bad = set(overrides["encoder_conf"] or {}) - encoder_valid
+        if bad:
+            raise ValueError(f"unknown encoder_conf key(s) {sorted(bad)}; valid: {sorted(encoder_valid)}")
+        overrides = {**overrides, "encoder_conf": {**VARIANTS[name]["encoder_conf"], **overrides["encoder_conf"]}}
+    return variants.create(SenseVoiceSmall, VARIANTS, name, **overrides)
 
 
 def param_count(model: SenseVoiceSmall) -> int:
     """As upstream's sum(p.numel() for p in model.parameters())."""
-    import flax.linen as nn
-    import jax
     import jax.numpy as jnp
 
-    feats = jnp.zeros((1, 8, model.input_size))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), feats, jnp.full((1,), 8)))
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+    return variants.param_count(model, jnp.zeros((1, 8, model.input_size)), jnp.full((1,), 8))
 
 
 __all__ = [

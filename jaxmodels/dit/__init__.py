@@ -2,6 +2,7 @@
 
 from jaxmodels.dit.convert import from_torch
 from jaxmodels.dit.model import DiT, DiTBlock, sincos_pos_embed_2d, timestep_embedding
+from jaxmodels.nn import variants
 
 # Upstream's DiT_models (models.py): depth, width, heads by size; patch by suffix.
 _SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -14,24 +15,15 @@ VARIANTS = {
 
 def create(name: str, **overrides) -> DiT:
     """A named config (``DiT-XL/2`` ...), with constructor arguments overridden."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown DiT config {name!r}; valid: {', '.join(VARIANTS)}")
-    valid = set(DiT.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown DiT argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    return DiT(**{**VARIANTS[name], **overrides})
+    return variants.create(DiT, VARIANTS, name, **overrides)
 
 
 def param_count(model: DiT, trainable_only: bool = False) -> int:
     """Upstream's sum(p.numel() for p in model.parameters()): the fixed pos_embed counts unless trainable_only."""
-    import flax.linen as nn
-    import jax
     import jax.numpy as jnp
 
     x = jnp.zeros((1, model.input_size, model.input_size, model.in_channels))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)))
-    n = sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+    n = variants.param_count(model, x, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
     return n if trainable_only else n + model.num_patches * model.hidden_size
 
 

@@ -2,6 +2,7 @@
 
 from jaxmodels.mambaout.convert import from_torch
 from jaxmodels.mambaout.model import GatedCNNBlock, MambaOut
+from jaxmodels.nn import variants
 
 # Upstream's registered variants (models/mambaout.py) and the stochastic-depth rate of
 # each one's published ImageNet recipe (scripts/train_*.sh).
@@ -23,13 +24,7 @@ PAPER_DROP_PATH = {
 
 def create(name: str, **overrides) -> MambaOut:
     """A named variant (``mambaout_tiny`` ...), with constructor arguments overridden."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown MambaOut variant {name!r}; valid: {', '.join(VARIANTS)}")
-    valid = set(MambaOut.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown MambaOut argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    return MambaOut(**{**VARIANTS[name], **overrides})
+    return variants.create(MambaOut, VARIANTS, name, **overrides)
 
 
 __all__ = ["MambaOut", "GatedCNNBlock", "VARIANTS", "PAPER_DROP_PATH", "create", "from_torch"]

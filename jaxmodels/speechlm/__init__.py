@@ -16,9 +16,7 @@ code embeddings and heads) with cross-attention to T5 features in every block, w
 here is a bidirectional token prefix instead.
 """
 
-import flax.linen as nn
-import jax
-
+from jaxmodels.nn import variants
 from jaxmodels.speechlm.delay import DelayedLM, delay_codes, delayed_training_inputs, generate_delayed, undelay_codes
 from jaxmodels.speechlm.kmeans import assign, fit, kmeans_plus_plus, minibatch_update, tokenize
 from jaxmodels.speechlm.sampling import sample_logits
@@ -51,17 +49,12 @@ def create(name: str, **overrides):
     if name not in VARIANTS:
         raise ValueError(f"unknown speech LM {name!r}; valid: {', '.join(VARIANTS)}")
     cls, args = VARIANTS[name]
-    valid = set(cls.__dataclass_fields__) - {"parent", "name"}
-    unknown = set(overrides) - valid
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    return cls(**{**args, **overrides})
+    return variants.create(cls, {name: args}, name, **overrides)
 
 
 def param_count(model) -> int:
     args, kwargs = model.example()
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *args, **kwargs))
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
+    return variants.param_count(model, *args, **kwargs)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ from jaxmodels.ctc import (
     train_ngram,
     write_arpa,
 )
-from trainers import speech
+from trainers import files, speech
 from trainers.evaluators.text import error_rates
 from trainers.runs import load_run
 from trainers.speech import AudioDataConfig
@@ -436,7 +436,7 @@ class CTCTask(SplitSources):
 
         with open(os.path.join(workdir, "tokens.json"), "w") as f:
             json.dump({"unit": self.tokenizer.unit, "tokens": self.tokenizer.tokens}, f)
-        speech.write_npz(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
+        files.write_npz(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
         if self.lm_model:
             write_arpa(self.lm_model, os.path.join(workdir, "lm.arpa"))
         record = self.eval_transform(self.eval_source()[0], None)

@@ -52,8 +52,9 @@ import optax
 from jaxmodels import speechlm
 from jaxmodels.speechlm import VALLEAR, VALLENAR, DelayedLM
 from jaxmodels.speechlm.transformer import lengths_mask
-from trainers import sharding, speech
+from trainers import files, sharding, speech
 from trainers.config import ConfigError
+from trainers.progress import progress
 from trainers.runs import load_run
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
@@ -333,7 +334,7 @@ class TTSTask(SplitSources):
         codes = np.concatenate(
             [
                 np.asarray(self.codec.encode(audio[i : i + batch], self.cfg.tts.bandwidth or None)[0][0])
-                for i in range(0, len(audio), batch)
+                for i in progress(range(0, len(audio), batch), len(audio) // batch, "codec batches")
             ]
         )[: len(waveforms)]
         return codes.transpose(0, 2, 1), np.array([-(-len(w) // c.hop_length) for w in waveforms])
@@ -387,7 +388,7 @@ class TTSTask(SplitSources):
         codes = [x[:n] for x, n in zip(codes, frames)]
         os.makedirs(self.tokens_dir, exist_ok=True)
         offsets = lambda parts: np.cumsum([0] + [len(p) for p in parts])  # noqa: E731
-        speech.write_npz(
+        files.write_npz(
             path,
             meta=json.dumps(meta),
             text=np.concatenate(texts),
