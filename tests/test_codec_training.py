@@ -14,7 +14,7 @@ from conftest import assert_same_updates
 from jaxmodels.codec import losses
 from trainers import config as config_lib
 from trainers import sharding, speech
-from trainers.loop import Trainer
+from trainers.loop import Trainer, with_state
 
 
 def codec_config(corpus="", **sections):
@@ -64,10 +64,10 @@ def codec_config(corpus="", **sections):
 
 
 def run_steps(cfg, devices=None, steps=2):
-    """(metrics of each step, params before, params after)."""
+    """(metrics of each step, params and model state before, the same after)."""
     trainer = Trainer(cfg, devices)
     state = trainer.init(0)
-    before = jax.device_get(state.params)
+    before = jax.device_get(with_state(state.params, state.model_state))
     batch = trainer.task.example_batch(cfg.data.batch_size)
     batch["audio"] = (0.1 * np.random.default_rng(0).standard_normal(batch["audio"].shape)).astype(np.float32)
     batch["mask"][-1] = 0.0  # a skipped row must not count
@@ -76,7 +76,7 @@ def run_steps(cfg, devices=None, steps=2):
         for _ in range(steps):
             state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, cfg.data.batch_size))
             history.append({k: float(v) for k, v in metrics.items()})
-    return history, before, jax.device_get(state.params)
+    return history, before, jax.device_get(with_state(state.params, state.model_state))
 
 
 def test_adversarial_step_sharded_matches_one_device():
@@ -158,6 +158,25 @@ def test_stft_and_si_snr():
     np.testing.assert_allclose(losses.si_snr(3 * clean + 0.1 * noise, clean), 10 * np.log10(9 / 0.01), atol=0.3)
     fb = losses.mel_filterbank(129, 0.0, 4000.0, 16, 8000)
     assert fb.shape == (129, 16) and np.all(fb.max(axis=0) > 0.5) and fb.min() >= 0
+
+
+def test_codebooks_and_balancer_are_model_state_the_ema_averages_the_codebooks():
+    trainer = Trainer(codec_config(optimizer={"ema_decay": 0.9}), devices=jax.devices()[:1])
+    state = trainer.init(0)
+    assert set(state.params) == set(state.opt_state) == {"generator", "discriminator"}  # the optimizer's
+    assert set(state.model_state) == {"codebooks", "balancer"}
+    assert set(state.ema_params) == {"generator", "discriminator", "codebooks"}
+    batch = trainer.task.example_batch(8)
+    batch["audio"] = (0.1 * np.random.default_rng(0).standard_normal(batch["audio"].shape)).astype(np.float32)
+    with trainer.context():
+        new, _ = trainer.train_step(jax.device_get(state), sharding.to_global(trainer.mesh, batch, 8))
+    ema, codebooks = jax.device_get(new.ema_params["codebooks"]), jax.device_get(new.model_state["codebooks"])
+    old = jax.device_get(state.model_state["codebooks"])
+    np.testing.assert_allclose(ema["embed"], 0.9 * old["embed"] + 0.1 * codebooks["embed"], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(codebooks["embed"], old["embed"])  # moved by their own rule, not by the optimizer
+    # Inference reads the averaged codebooks and the current balancer.
+    assert new.inference_params["codebooks"] is new.ema_params["codebooks"]
+    assert new.inference_params["balancer"] is new.model_state["balancer"]
 
 
 def test_codec_config_errors():

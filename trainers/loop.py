@@ -22,21 +22,29 @@ from trainers.cli import InputError
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.progress import progress
-from trainers.tasks import Generates, HasAssets, PartsInTurn, get_task
+from trainers.tasks import Generates, HasAssets, HasState, PartsInTurn, get_task
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
     params: Any
+    model_state: Any  # non-trainable state (HasState; {} without): never seen by the optimizer
     opt_state: Any
-    ema_params: Any  # None without EMA
+    ema_params: Any  # None without EMA: the params' EMA, and of the model state's parts in the task's ema_state
     rng: jax.Array  # base key; step s draws from fold_in(rng, s), so resuming needs nothing else
 
     @property
     def inference_params(self):
-        """The weights one samples from or deploys: the EMA params when there are any."""
-        return self.ema_params if self.ema_params is not None else self.params
+        """The variables one samples from or deploys: the params (the EMA params when there
+        are any) with the model state."""
+        return with_state(self.ema_params if self.ema_params is not None else self.params, self.model_state)
+
+
+def with_state(params, model_state):
+    """Params and model state as one tree, as a task's evaluation and inference take them
+    (an averaged state part in EMA params wins over the state's own)."""
+    return {**model_state, **params} if model_state else params
 
 
 class Trainer:
@@ -61,12 +69,17 @@ class Trainer:
         example = self.task.example_batch(sharding.batch_divisor(self.mesh))
         self.batch_shardings = {k: sharding.batch_sharding(self.mesh, v.ndim) for k, v in example.items()}
         with self.context():
-            boxed = jax.eval_shape(self.task.init, jax.random.PRNGKey(0), example)["params"]
+            variables = jax.eval_shape(self.task.init, jax.random.PRNGKey(0), example)
+        boxed, boxed_state = variables["params"], variables.get("state", {})
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
+        self.model_state_shardings = sharding.param_shardings(boxed_state, self.mesh)
+        if boxed_state and not isinstance(self.task, PartsInTurn):
+            raise ValueError(f"task {cfg.task}: model state is updated by a train_update (PartsInTurn); it has none")
+        self.ema_state = self.task.ema_state if isinstance(self.task, HasState) else ()
         rep = sharding.replicated(self.mesh)
         # A task with optimizer_groups (a GAN: generator, discriminator) keeps one optimizer
         # state per named top-level subtree of its params and updates them in its own
-        # train_update; the other subtrees (EMA statistics, say) have none.
+        # train_update, with its model state.
         self.groups = self.task.optimizer_groups if isinstance(self.task, PartsInTurn) else None
         if self.groups and cfg.optimizer.grad_accum_steps > 1:
             raise ValueError(f"task {cfg.task} updates its parts in turn: optimizer.grad_accum_steps must be 1")
@@ -81,14 +94,20 @@ class Trainer:
             opt_shardings = {g: opt_shardings_of(opt_shape[g], self.param_shardings[g]) for g in self.groups}
         else:
             opt_shardings = opt_shardings_of(opt_shape, self.param_shardings)
-        ema = self.param_shardings if cfg.optimizer.ema_decay > 0 else None
-        self.state_shardings = TrainState(rep, self.param_shardings, opt_shardings, ema, rep)
+        ema = None
+        if cfg.optimizer.ema_decay > 0:
+            ema = self._averaged(self.param_shardings, self.model_state_shardings)
+        self.state_shardings = TrainState(
+            rep, self.param_shardings, self.model_state_shardings, opt_shardings, ema, rep
+        )
 
         def init_state(rng):
             k_init, k_train = jax.random.split(rng)
-            params = nn.meta.unbox(self.task.init(k_init, example))["params"]
-            ema_params = params if cfg.optimizer.ema_decay > 0 else None
-            return TrainState(jnp.zeros((), jnp.int32), params, self._init_optimizer(params), ema_params, k_train)
+            variables = nn.meta.unbox(self.task.init(k_init, example))
+            params, model_state = variables["params"], variables.get("state", {})
+            ema_params = self._averaged(params, model_state) if cfg.optimizer.ema_decay > 0 else None
+            opt_state = self._init_optimizer(params)
+            return TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state, ema_params, k_train)
 
         self._init = jax.jit(init_state, out_shardings=self.state_shardings)
         self.abstract_state = abstract_with_shardings(
@@ -100,7 +119,10 @@ class Trainer:
             out_shardings=(self.state_shardings, rep),
             donate_argnums=(0,),
         )
-        self._eval_step = jax.jit(self._eval_outputs, in_shardings=(self.param_shardings, self.batch_shardings))
+        self._eval_step = jax.jit(
+            self._eval_outputs,
+            in_shardings=(with_state(self.param_shardings, self.model_state_shardings), self.batch_shardings),
+        )
 
     def context(self):
         """Mesh and logical-axis rules, active while tracing so activation constraints bind."""
@@ -120,6 +142,10 @@ class Trainer:
         if d.eval_batch_size % div:
             raise ValueError(f"data.eval_batch_size={d.eval_batch_size} must divide by data x fsdp = {div}")
 
+    def _averaged(self, params, model_state):
+        """What the EMA averages: the params and the model state's parts in the task's ema_state."""
+        return {**params, **{k: model_state[k] for k in self.ema_state}}
+
     def _init_optimizer(self, params):
         if self.groups:
             return {g: self.tx.init(params[g]) for g in self.groups}
@@ -132,28 +158,34 @@ class Trainer:
     def _train_step(self, state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         if self.groups:
-            params, opt_state, metrics = self.task.train_update(
-                self.tx, state.params, state.opt_state, batch, rng, state.step
+            params, opt_state, model_state, metrics = self.task.train_update(
+                self.tx, state.params, state.opt_state, state.model_state, batch, rng, state.step
             )
         else:
             params, opt_state, metrics = self._gradient_update(state, batch, rng)
+            model_state = state.model_state
         ema_params = state.ema_params
         if ema_params is not None:
             decay = self.cfg.optimizer.ema_decay
-            ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+            ema_params = jax.tree.map(
+                lambda e, p: decay * e + (1.0 - decay) * p, ema_params, self._averaged(params, model_state)
+            )
         # A step whose loss or gradient norm is not finite is not applied: the state (and
         # so every checkpoint) never holds NaN; the loop stops or skips on train/nonfinite.
         finite = jnp.all(
             jnp.stack([jnp.isfinite(v) for k, v in metrics.items() if k == "train/loss" or k.endswith("grad_norm")])
         )
-        params, opt_state, ema_params = jax.tree.map(
+        params, model_state, opt_state, ema_params = jax.tree.map(
             lambda new, old: jnp.where(finite, new, old),
-            (params, opt_state, ema_params),
-            (state.params, state.opt_state, state.ema_params),
+            (params, model_state, opt_state, ema_params),
+            (state.params, state.model_state, state.opt_state, state.ema_params),
         )
         metrics["train/lr"] = self.lr_fn(state.step)
         metrics["train/nonfinite"] = 1.0 - finite.astype(jnp.float32)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params), metrics
+        new = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state, ema_params=ema_params
+        )
+        return new, metrics
 
     def _gradient_update(self, state: TrainState, batch, rng):
         """One optimizer step on the gradient of task.loss (averaged over micro-batches)."""
@@ -196,6 +228,7 @@ class Trainer:
     def evaluate(self, params, step=None):
         """Metrics over the whole eval split, sharded over all devices and processes, then
         those of the task's samples (Generates) and of the evals due at ``step`` (all when None).
+        ``params`` hold the model state too (with_state), where the task has one.
 
         Per-example outputs are gathered in split order and the padding rows dropped, so
         the result equals single-device evaluation.
@@ -232,9 +265,9 @@ class Trainer:
         The outputs (what the pictures show) are the EMA params' when there are any:
         those are the weights one samples from or deploys.
         """
-        metrics, outputs = self.evaluate(state.params, step)
+        metrics, outputs = self.evaluate(with_state(state.params, state.model_state), step)
         if state.ema_params is not None:
-            ema_metrics, outputs = self.evaluate(state.ema_params, step)
+            ema_metrics, outputs = self.evaluate(state.inference_params, step)
             metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
         return metrics, outputs
 

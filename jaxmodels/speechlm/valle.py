@@ -24,7 +24,9 @@ docstring.
 """
 
 import functools
+from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -222,6 +224,22 @@ def advance_targets(audio_words, groups):
     return (following > audio_words).astype(jnp.float32), scored
 
 
+@flax.struct.dataclass
+class _ARDecoding:
+    """generate_ar's loop state, one step per group of codes."""
+
+    step: jax.Array  # groups drawn so far
+    cache: Any  # the transformer's KV cache
+    logits: jax.Array  # (B, G, vocab) of the next group
+    advance: jax.Array  # (B,) the word pointer's logit of moving on (word alignment)
+    codes: jax.Array  # (B, steps * G) drawn, EOS beyond
+    done: jax.Array  # (B,) rows that have ended
+    lengths: jax.Array  # (B,) codes of each ended row
+    word: jax.Array  # (B,) the word each row is saying (word alignment)
+    progress: jax.Array  # (B,) groups spent on that word so far
+    rng: jax.Array
+
+
 @functools.partial(
     jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p", "guidance_scale")
 )
@@ -323,20 +341,19 @@ def generate_ar(
     last, last_advance = logits[rows, prompt_groups], advance[rows, prompt_groups]  # the first group after the prompt
 
     def cond(state):
-        i, done = state[0], state[5]
-        return (i < steps) & ~jnp.all(done)
+        return (state.step < steps) & ~jnp.all(state.done)
 
     def body(state):
-        i, cache, last, last_advance, codes, done, lengths, word, progress, rng = state
+        i, done, word, progress = state.step, state.done, state.word, state.progress
         if aligned:
-            rng, key, key_advance = jax.random.split(rng, 3)
-        else:  # the draws of the model without alignment as before it
-            rng, key = jax.random.split(rng)
+            rng, key, key_advance = jax.random.split(state.rng, 3)
+        else:  # no pointer to move: one draw per step
+            rng, key = jax.random.split(state.rng)
         places = i * g + jnp.arange(g)
         early = aligned | (places < jnp.broadcast_to(min_new_tokens, (b,))[:, None])
         tokens = sample_logits(
             key,
-            jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, last),
+            jnp.where(early[..., None] & (jnp.arange(vocab) == model.eos), -jnp.inf, state.logits),
             temperature,
             top_k,
             top_p,
@@ -345,40 +362,50 @@ def generate_ar(
         tokens = jnp.where(done[:, None] | (jnp.cumsum(eos, axis=1) > 0), model.eos, tokens)  # EOS from the first on
         if aligned:
             moves = (
-                jax.random.bernoulli(key_advance, jax.nn.sigmoid(last_advance / temperature))
+                jax.random.bernoulli(key_advance, jax.nn.sigmoid(state.advance / temperature))
                 if temperature > 0
-                else last_advance > 0
+                else state.advance > 0
             )
             word, progress = word + moves, jnp.where(moves, 0, progress + 1)
             ended = ~done & (word >= num_words)  # this group is the row's last
-            lengths = jnp.where(ended, (i + 1) * g, lengths)
+            lengths = jnp.where(ended, (i + 1) * g, state.lengths)
         else:
             ended = ~done & eos.any(1)
-            lengths = jnp.where(ended, i * g + jnp.argmax(eos, axis=1), lengths)
+            lengths = jnp.where(ended, i * g + jnp.argmax(eos, axis=1), state.lengths)
         done = done | ended
-        codes = jax.lax.dynamic_update_slice_in_dim(codes, tokens.astype(codes.dtype), i * g, axis=1)
+        codes = jax.lax.dynamic_update_slice_in_dim(state.codes, tokens.astype(state.codes.dtype), i * g, axis=1)
         words = (
             dict(audio_words=jnp.where(done, -1, word)[:, None], word_progress=progress[:, None]) if aligned else {}
         )
-        logits, advance, cache = step(cache, tokens, (prompt_groups + 1 + i)[:, None], jnp.ones((b, 1), bool), **words)
-        return i + 1, cache, logits[:, 0], advance[:, 0], codes, done, lengths, word, progress, rng
+        positions = (prompt_groups + 1 + i)[:, None]
+        logits, advance, cache = step(state.cache, tokens, positions, jnp.ones((b, 1), bool), **words)
+        return _ARDecoding(
+            step=i + 1,
+            cache=cache,
+            logits=logits[:, 0],
+            advance=advance[:, 0],
+            codes=codes,
+            done=done,
+            lengths=lengths,
+            word=word,
+            progress=progress,
+            rng=rng,
+        )
 
-    codes = jnp.full((b, steps * g), model.eos, jnp.int32)
-    start = first_word if aligned else jnp.zeros(b, jnp.int32)
-    state = (
-        0,
-        cache,
-        last,
-        last_advance,
-        codes,
-        jnp.zeros(b, bool),
-        jnp.full(b, max_new_tokens),
-        start,
-        jnp.zeros(b, jnp.int32),
-        rng,
+    state = _ARDecoding(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits=last,
+        advance=last_advance,
+        codes=jnp.full((b, steps * g), model.eos, jnp.int32),
+        done=jnp.zeros(b, bool),
+        lengths=jnp.full(b, max_new_tokens),
+        word=first_word if aligned else jnp.zeros(b, jnp.int32),
+        progress=jnp.zeros(b, jnp.int32),
+        rng=rng,
     )
-    _, _, _, _, codes, _, lengths, _, _, _ = jax.lax.while_loop(cond, body, state)
-    return codes[:, :max_new_tokens], jnp.minimum(lengths, max_new_tokens)
+    state = jax.lax.while_loop(cond, body, state)
+    return state.codes[:, :max_new_tokens], jnp.minimum(state.lengths, max_new_tokens)
 
 
 class VALLENAR(_VALLE):

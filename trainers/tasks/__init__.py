@@ -9,7 +9,7 @@ or any importable module named by its path (``task: mypackage.mytask``). It defi
              subclass of config.DataConfig holding the family's data keys
 
 so adding a family edits no shared module. Optional capabilities are protocols of their
-own (HasAssets, Generates), which the loop tests with isinstance.
+own (HasState, HasAssets, Generates), which the loop tests with isinstance.
 """
 
 import importlib
@@ -43,10 +43,12 @@ class Task(Protocol):
         """n rows of zeros shaped as a batch: shapes for init and for the batch shardings."""
 
     def init(self, rng, batch: Batch) -> dict:
-        """Variables {"params": ...}, boxed with their logical axes (nn.with_logical_partitioning)."""
+        """Variables {"params": ..., "state": ... (HasState only)}, boxed with their logical
+        axes (nn.with_logical_partitioning)."""
 
     def eval_outputs(self, params, batch: Batch) -> dict:
-        """Per-example arrays of one evaluation batch (jitted, sharded like the batch)."""
+        """Per-example arrays of one evaluation batch (jitted, sharded like the batch); params
+        hold the model state's parts too (HasState)."""
 
     def eval_metrics(self, outputs: dict) -> dict:
         """Host side: outputs over the whole split (numpy, padding dropped) -> scalar metrics."""
@@ -69,8 +71,19 @@ class PartsInTurn(Task, Protocol):
 
     optimizer_groups: tuple  # names of the top-level params subtrees that have an optimizer state
 
-    def train_update(self, tx, params, opt_state: dict, batch: Batch, rng, step) -> tuple:
-        """(params, opt_state, {name: scalar metric}) after one step of every part."""
+    def train_update(self, tx, params, opt_state: dict, model_state: dict, batch: Batch, rng, step) -> tuple:
+        """(params, opt_state, model_state, {name: scalar metric}) after one step of every part
+        (model_state: HasState's, {} without)."""
+
+
+@runtime_checkable
+class HasState(Protocol):
+    """Non-trainable state: the "state" collection of init's variables (codebooks moved by
+    their own rule, a loss balancer's statistics), updated by train_update (PartsInTurn),
+    never by the optimizer; saved and restored with the params, and merged into them for
+    evaluation and inference. The EMA averages only its top-level parts named in ema_state."""
+
+    ema_state: tuple
 
 
 @runtime_checkable

@@ -10,12 +10,13 @@ that gradient plus the RVQ's commitment loss is sent back through the codec for 
 own Adam step. The codebooks move by their EMA rule inside the same step. Before step
 codec.adversarial_start the codec's balanced losses are only the reconstruction ones.
 
-The task's params are {"generator", "discriminator", "codebooks", "balancer"}; the first
-two have optimizer states of their own (optimizer_groups), the last two are EMA
-statistics. train/loss is the balancer's effective loss (sum of each loss times its
-scale; the hinge term makes it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the
-eval split and the codes' entropy (the bitrate an entropy coder would approach), and writes
-original and decoded WAVs and spectrograms of a few utterances.
+The task's params are {"generator", "discriminator"}, each with an optimizer state of its
+own (optimizer_groups); its model state is {"codebooks", "balancer"}, statistics moved by
+their own rules, and the params' EMA averages the codebooks too (ema_state). train/loss
+is the balancer's effective loss (sum of each loss times its scale; the hinge term makes
+it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the
+eval split and the codes' entropy (the bitrate an entropy coder would approach), and
+writes original and decoded WAVs and spectrograms of a few utterances.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def masked_mean(values, mask):
 
 class CodecTask(SplitSources):
     optimizer_groups = ("generator", "discriminator")
+    ema_state = ("codebooks",)  # the codec's EMA holds its codebooks too, as AudioCraft's over the model's buffers
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -163,9 +165,11 @@ class CodecTask(SplitSources):
             "params": {
                 "generator": self.model.init(k_gen, x)["params"],
                 "discriminator": self.discriminator.init(k_disc, x)["params"],
+            },
+            "state": {
                 "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
                 "balancer": losses.balancer_init(self.weights),
-            }
+            },
         }
 
     def _reconstruction_losses(self):
@@ -180,7 +184,7 @@ class CodecTask(SplitSources):
         }
         return {k: f for k, f in candidates.items() if k in self.weights}
 
-    def train_update(self, tx, params, opt_state, batch, rng, step):
+    def train_update(self, tx, params, opt_state, model_state, batch, rng, step):
         c, cfg = self.cfg.codec, self.config
         x = batch["audio"][..., None]
         mask = batch["mask"]
@@ -190,7 +194,7 @@ class CodecTask(SplitSources):
         def generate(generator):
             emb = self.model.apply({"params": generator}, x, method=Encodec.encode_latent)
             q, _, commit, codebooks = quantization.quantize_train(
-                params["codebooks"],
+                model_state["codebooks"],
                 emb,
                 n_active,
                 k_quant,
@@ -241,7 +245,7 @@ class CodecTask(SplitSources):
             grads,
             values,
             weights,
-            params["balancer"],
+            model_state["balancer"],
             mask,
             c.balancer_total_norm,
             c.balancer_ema_decay,
@@ -262,13 +266,12 @@ class CodecTask(SplitSources):
         }
         metrics.update({f"train/{k}": v for k, v in values.items()})
         metrics.update({f"train/share_{k}": v for k, v in shares.items()})
-        new_params = {
-            "generator": generator,
-            "discriminator": discriminator,
-            "codebooks": codebooks,
-            "balancer": balancer,
-        }
-        return new_params, {"generator": g_opt, "discriminator": d_opt}, metrics
+        return (
+            {"generator": generator, "discriminator": discriminator},
+            {"generator": g_opt, "discriminator": d_opt},
+            {"codebooks": codebooks, "balancer": balancer},
+            metrics,
+        )
 
     # -- evaluation ---------------------------------------------------------------------
     def _reconstruct_all(self, params, audio):
