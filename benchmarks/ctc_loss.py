@@ -1,5 +1,5 @@
 """CTC loss + gradient: jaxmodels.ctc.ctc_loss against optax.ctc_loss and torch's ctc_loss
-on the same batch (the issue's shape: B=32, T=500, V=100, U=100), float32.
+on the same batch (B=32, T=500, V=100, U=100), float32.
 
     python benchmarks/ctc_loss.py [--batch 32 --frames 500 --vocab 100 --labels 100 --iters 20]
 """

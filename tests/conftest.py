@@ -81,7 +81,10 @@ def tiny_config(**sections):
         "train": {"steps": 4, "log_every": 2, "eval_every": 100, "checkpoint_every": 2, "async_checkpointing": False},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            base.setdefault(name, {}).update(values)
+        else:
+            base[name] = values
     return config_lib.parse(base)
 
 

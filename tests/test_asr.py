@@ -248,8 +248,7 @@ def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
     from trainers import config as config_lib
     from trainers.loop import Trainer
 
-    cfg = config_lib.from_dict(
-        config_lib.Config,
+    cfg = config_lib.parse(
         {
             "task": "ctc",
             "model": {

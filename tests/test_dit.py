@@ -230,8 +230,7 @@ def test_latent_training_reads_npz_and_names_bad_files(tmp_path):
             latents=rng.standard_normal((n, 8, 8, 4)).astype(np.float16),
             labels=rng.integers(0, 5, n),
         )
-    cfg = config_lib.from_dict(
-        config_lib.Config,
+    cfg = config_lib.parse(
         {
             "task": "diffusion",
             "model": {

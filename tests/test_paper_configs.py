@@ -116,7 +116,7 @@ def test_encodec_24khz_compiles_data_parallel_sharded():
     trainer = Trainer(cfg)
     params = trainer.abstract_state.params
     assert sum(p.size for p in jax.tree.leaves(params["generator"])) == 14_851_810
-    assert params["codebooks"]["embed"].shape == (32, 1024, 128)
+    assert trainer.abstract_state.model_state["codebooks"]["embed"].shape == (32, 1024, 128)
     assert set(trainer.abstract_state.opt_state) == {"generator", "discriminator"}
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])

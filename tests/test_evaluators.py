@@ -1,0 +1,66 @@
+"""Evaluator plug-ins: built from the config's evals, helpers loaded (never trained), due at
+their own interval; metric modules as the families use them."""
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from trainers import evaluators, speech
+from trainers.config import ConfigError, EvalConfig
+from trainers.evaluators.accuracy import accuracies
+from trainers.evaluators.speaker_similarity import SpeakerSimilarity, SpeakerSimilarityConfig
+from trainers.loop import Trainer, train
+from trainers.speaker import SpeakerEmbedder, train_speaker_embedder
+
+
+def test_top_k_accuracies():
+    top = np.array([[1, 2, 3, 4, 5], [0, 9, 8, 7, 6], [3, 1, 2, 0, 4]])
+    assert accuracies(top, np.array([1, 6, 9])) == {"accuracy": 1 / 3, "top5_accuracy": 2 / 3}
+
+
+def test_an_evaluator_is_due_at_its_interval_and_at_the_end():
+    every = EvalConfig(name="x", every=100)
+    assert [s for s in (50, 100, 150, 200) if evaluators.due(every, s, final=False)] == [100, 200]
+    assert evaluators.due(every, 150, final=True) and evaluators.due(EvalConfig(name="x"), 7, final=False)
+
+
+def test_a_missing_helper_run_names_the_command_that_makes_it(tmp_path):
+    cfg = tiny_config(evals=[{"name": "classifier_agreement", "run": str(tmp_path / "digits")}])
+    trainer = Trainer(cfg)  # builds without its evaluators
+    with pytest.raises(ConfigError, match=r"train it first: python -m trainers.train CONFIG.yaml --workdir .*digits"):
+        trainer.evaluators()
+    with pytest.raises(ConfigError, match="train it first"):
+        train(cfg, str(tmp_path / "run"))  # before any step
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_classifier_agreement_scores_a_trained_classifier(tmp_path):
+    """Held-out digits given as samples in [-1, 1]: the plug-in's predictions are the classifier's."""
+    classifier = tmp_path / "digits"
+    train(tiny_config(train={"steps": 30, "eval_every": 30, "checkpoint_every": 30}), str(classifier))
+    trainer = Trainer(tiny_config(evals=[{"name": "classifier_agreement", "run": str(classifier)}]))
+    ((_, agreement),) = trainer.evaluators()
+    source = trainer.task.eval_source()
+    rows = [trainer.task.eval_transform(source[i], np.random.default_rng(0)) for i in range(32)]
+    images, labels = np.stack([r["image"] for r in rows]), np.array([r["label"] for r in rows])
+    metrics, outputs = agreement({"samples": images / 127.5 - 1.0, "sample_labels": labels})
+    expected = np.asarray(agreement.predict(agreement.params, images))
+    np.testing.assert_array_equal(outputs["sample_predictions"], expected)
+    assert metrics["classifier_agreement"] == np.mean(expected == labels) > 0.2  # 10 classes
+
+
+def test_speaker_similarity_round_trips_its_embedder(tone_corpus, tmp_path):
+    records = speech.read_manifest(str(tone_corpus / "train.jsonl"))
+    waves = [speech.read_audio(r["source"]) for r in records]
+    embedder, accuracy = train_speaker_embedder(waves, [r["speaker"] for r in records], steps=20)
+    embedder.save(str(tmp_path / "speaker.npz"))
+    again = SpeakerEmbedder.load(str(tmp_path / "speaker.npz"))
+    np.testing.assert_allclose(again(waves[:4]), embedder(waves[:4]), rtol=1e-6)
+    plugin = SpeakerSimilarity(
+        SpeakerSimilarityConfig(name="speaker_similarity", weights=str(tmp_path / "speaker.npz")), None
+    )
+    metrics, _ = plugin({"tts_prompt": waves[:4], "tts_generated": waves[:4], "tts_reference": waves[4:8]})
+    assert metrics["speaker_similarity"] == pytest.approx(1.0, abs=1e-5)
+    assert -1.0 <= metrics["speaker_similarity_reference"] <= 1.0
+    with pytest.raises(Exception, match="python -m trainers.speaker"):
+        SpeakerEmbedder.load(str(tmp_path / "missing.npz"))
