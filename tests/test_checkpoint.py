@@ -22,6 +22,7 @@ def final_params(cfg, workdir, step=None):
     return restored[0], jax.device_get(restored[1].params)
 
 
+@pytest.mark.slow  # two full training processes
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     cfg = tiny_config(
         data={"image_size": 32, "batch_size": 64},

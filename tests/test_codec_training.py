@@ -107,6 +107,7 @@ def test_adversarial_step_sharded_matches_one_device():
     assert ref_history[1]["train/d_grad_norm"] > 0 and ref_history[1]["train/grad_norm"] > 0
 
 
+@pytest.mark.slow  # training runs of a minute
 def test_adversarial_start_holds_the_discriminator_losses_back():
     # Before codec.adversarial_start the codec learns as with only its reconstruction
     # losses (the discriminator trains meanwhile); from then on adv and feat count.
@@ -186,6 +187,7 @@ def test_codec_config_errors():
         Trainer(codec_config(model={"name": "encodec_48khz", "args": {}}))
 
 
+@pytest.mark.slow  # training runs of a minute
 def test_short_run_writes_audio_and_compresses(tmp_path):
     from trainers import compress
     from trainers.loop import train

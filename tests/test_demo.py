@@ -29,6 +29,7 @@ def digits_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # a demo: minutes
 def test_digits_demo_and_evaluate_cli(digits_run):
     env, workdir = ENV, digits_run
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
@@ -117,6 +118,7 @@ def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 500
 
 
+@pytest.mark.slow  # a demo: minutes
 def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("speech") / "run"
     corpus = workdir.parent / "corpus"

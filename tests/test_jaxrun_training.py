@@ -101,6 +101,7 @@ def standalone_run(config_path, compile_cache, tmp_path_factory):
     return workdir, proc
 
 
+@pytest.mark.slow  # multi-process training runs
 def test_standalone_training_runs_to_completion(standalone_run):
     workdir, proc = standalone_run
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -153,6 +154,7 @@ def wait_for(predicate, proc, what, timeout_s=300):
         time.sleep(0.02)
 
 
+@pytest.mark.slow  # multi-process training runs
 def test_sigkilled_worker_restarts_the_group_and_resumes(config_path, compile_cache, standalone_run, tmp_path):
     workdir, log = tmp_path / "killed", tmp_path / "jaxrun.log"
     proc = subprocess.Popen(
@@ -179,6 +181,7 @@ def test_sigkilled_worker_restarts_the_group_and_resumes(config_path, compile_ca
     assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
 
 
+@pytest.mark.slow  # multi-process training runs
 def test_sigterm_to_jaxrun_checkpoints_every_worker_at_one_step(config_path, compile_cache, tmp_path):
     workdir, log = tmp_path / "preempted", tmp_path / "jaxrun.log"
     proc = subprocess.Popen(

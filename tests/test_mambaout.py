@@ -77,6 +77,7 @@ def test_create_rejects_unknown_names():
         m.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)))
 
 
+@pytest.mark.slow  # compiles the train step twice
 def test_drop_path_and_remat_train_mode():
     model = create("mambaout_femto", depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), drop_path_rate=0.5, num_classes=3)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))

@@ -10,6 +10,7 @@ from trainers import config as config_lib
 from trainers.loop import Trainer
 
 
+@pytest.mark.slow  # published-scale compiles
 def test_mambaout_tiny_imagenet_compiles_fsdp_sharded():
     cfg = config_lib.load("configs/mambaout_tiny_imagenet.yaml", ["data.batch_size=8", "mesh.data=1", "mesh.fsdp=8"])
     trainer = Trainer(cfg)
@@ -90,6 +91,7 @@ def _compile_train_step(trainer):
     np.testing.assert_equal(len(jax.tree.leaves(compiled.output_shardings[0].params)), len(params))
 
 
+@pytest.mark.slow  # published-scale compiles
 def test_sensevoice_small_compiles_fsdp_sharded(tmp_path):
     """The published width (512, 4 heads, FFN 2048, 560 inputs, 25,055 tokens, prompt
     queries) with 3 of its 70 layers; all 70 in the slow test below."""
@@ -126,6 +128,7 @@ def test_encodec_24khz_compiles_data_parallel_sharded():
     _compile_train_step(trainer)
 
 
+@pytest.mark.slow  # published-scale compiles
 def test_valle_compiles_fsdp_tensor_sharded():
     # The published AR and NAR (12 x 1024, 16 heads, 8 codebooks of 1024), compiled with two
     # of the twelve layers; the codec is only loaded for data, so no weights are needed.

@@ -40,6 +40,7 @@ def test_logmel_tokens_follow_the_sound_and_round_trip(tmp_path):
         SemanticTokenizer(None, "logmel", frame_rate=30)
 
 
+@pytest.mark.slow  # trains a recogniser run first
 def test_recognizer_features(tone_corpus, tmp_path):
     """A CTC run (one step of a small SenseVoice) gives encoder states at 100 / lfr_n Hz; without one, an
     error names the command that trains it."""

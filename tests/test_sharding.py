@@ -41,8 +41,11 @@ def single_device_run():
 
 @pytest.mark.parametrize(
     "mesh",
-    [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 8, "tensor": 1}, {"data": 2, "fsdp": 2, "tensor": 2}],
-    ids=["data", "fsdp", "fsdp+tensor"],
+    [
+        pytest.param({"data": 8, "fsdp": 1, "tensor": 1}, id="data"),
+        pytest.param({"data": 1, "fsdp": 8, "tensor": 1}, id="fsdp", marks=pytest.mark.slow),
+        pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, id="fsdp+tensor"),
+    ],
 )
 def test_layouts_match_one_device(single_device_run, mesh):
     _, ref_losses, before, ref_params = single_device_run

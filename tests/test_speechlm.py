@@ -45,7 +45,9 @@ def ar_full_logits(model, params, text, codes):
     )[0]
 
 
-@pytest.mark.parametrize("positions,scale", [("sin", 1.0), ("rope", 1.0), ("sin", 0.2)])
+@pytest.mark.parametrize(
+    "positions,scale", [pytest.param("sin", 1.0, marks=pytest.mark.slow), ("rope", 1.0), ("sin", 0.2)]
+)
 def test_ar_cached_logits_equal_full_forward(positions, scale):
     """A ragged batch: padded text and prompts in one prefill, then one token per cached step."""
     model = ar_model(positions, scale)
@@ -94,7 +96,7 @@ def test_ar_cached_logits_equal_full_forward(positions, scale):
         )
 
 
-@pytest.mark.parametrize("group_size", [1, 2])
+@pytest.mark.parametrize("group_size", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_generate_ar_greedy_equals_full_forward_greedy(group_size):
     """Codes drawn a group at a time (VALL-E 2's grouped codes) from the cache, as from the full pass."""
     model = ar_model(group_size=group_size)
