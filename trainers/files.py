@@ -13,6 +13,8 @@ def write_with(path: str, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

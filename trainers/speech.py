@@ -233,7 +233,8 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> N
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
 
     def write(tmp):
-        with wave.open(tmp, "wb") as w:
+        # The file opened first: a wave.Wave_write that fails to open complains again when collected.
+        with open(tmp, "wb") as f, wave.open(f, "wb") as w:
             w.setnchannels(1 if audio.ndim == 1 else audio.shape[1])
             w.setsampwidth(2)
             w.setframerate(sample_rate)
