@@ -175,6 +175,7 @@ def test_codebooks_and_balancer_are_model_state_the_ema_averages_the_codebooks()
     old = jax.device_get(state.model_state["codebooks"])
     np.testing.assert_allclose(ema["embed"], 0.9 * old["embed"] + 0.1 * codebooks["embed"], rtol=1e-5, atol=1e-7)
     assert not np.allclose(codebooks["embed"], old["embed"])  # moved by their own rule, not by the optimizer
+    assert ema["inited"].dtype == bool and np.array_equal(ema["inited"], codebooks["inited"])  # flags: not averaged
     # Inference reads the averaged codebooks and the current balancer.
     assert new.inference_params["codebooks"] is new.ema_params["codebooks"]
     assert new.inference_params["balancer"] is new.model_state["balancer"]

@@ -167,8 +167,11 @@ class Trainer:
         ema_params = state.ema_params
         if ema_params is not None:
             decay = self.cfg.optimizer.ema_decay
+            # Flags and counters (a codebook's "inited") are not averaged: they take the new value.
             ema_params = jax.tree.map(
-                lambda e, p: decay * e + (1.0 - decay) * p, ema_params, self._averaged(params, model_state)
+                lambda e, p: decay * e + (1.0 - decay) * p if jnp.issubdtype(e.dtype, jnp.floating) else p,
+                ema_params,
+                self._averaged(params, model_state),
             )
         # A step whose loss or gradient norm is not finite is not applied: the state (and
         # so every checkpoint) never holds NaN; the loop stops or skips on train/nonfinite.
