@@ -8,7 +8,11 @@ import tempfile
 import pytest
 
 # 8 simulated CPU devices, set before jax is imported anywhere (nothing above imports it).
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+# LLVM's optimisation passes are most of XLA:CPU's compile time (a tiny model's train step:
+# 13 s at the default level, 8 s at 0), and test programs run a few steps each.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile the same programs many times over (each Trainer jits its own steps, and the
 # commands run in fresh processes): a compilation cache for this run, shared with every
@@ -20,6 +24,10 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures"
+# The demos run as a user runs them: on this machine's one CPU device with XLA's default
+# optimisation, not on the eight simulated devices set above (XLA:CPU's in-process
+# all-reduce across eight simulated devices on two cores has been seen to deadlock in long runs).
+DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": str(ROOT)}
 
 
 def run(args, env=None):
@@ -55,11 +63,57 @@ def assert_same_updates(before, after, reference_after, rtol=1e-4):
         np.testing.assert_allclose(d, r, rtol=rtol, atol=rtol * scale, err_msg=path)
 
 
+@pytest.fixture(params=[False, True], ids=["x32", "x64"])
+def x64(request):
+    """The test twice: as usual and with 64-bit types on (jax.enable_x64), for the decoding
+    loops and quantizers whose token ids, indices and state must keep their widths."""
+    import jax
+
+    with jax.enable_x64(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def fixtures_dir():
     if not FIXTURES.is_dir():
         pytest.skip(f"reference fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+# A SenseVoice-style recogniser and an 8 kHz EnCodec (hop 4, 3 codebooks of 8) small enough
+# to train a step in seconds, for the configs of the speech families' tests.
+TINY_SENSEVOICE = {
+    "name": "sensevoice_small",
+    "args": {
+        "encoder_conf": {"output_size": 32, "attention_heads": 2, "linear_units": 32, "num_blocks": 2, "tp_blocks": 1}
+    },
+}
+TINY_CODEC = {
+    "name": "encodec_24khz",
+    "args": {
+        "sample_rate": 8000,
+        "n_filters": 2,
+        "dimension": 8,
+        "ratios": [2, 2],
+        "lstm": 1,
+        "n_q": 3,
+        "bins": 8,
+        "target_bandwidths": [6.0, 18.0],
+    },
+}
+
+
+def manifest_data(corpus, **keys):
+    """A data section over a manifest corpus's train and test splits, batches of 8."""
+    return {
+        "source": "manifest",
+        "path": str(corpus),
+        "train_split": "train",
+        "eval_split": "test",
+        "batch_size": 8,
+        "eval_batch_size": 8,
+        **keys,
+    }
 
 
 def tiny_config(**sections):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, run
+from conftest import ROOT, TINY_SENSEVOICE, manifest_data, run
 
 from jaxmodels import asr
 from trainers import speech
@@ -251,28 +251,8 @@ def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
     cfg = config_lib.parse(
         {
             "task": "ctc",
-            "model": {
-                "name": "sensevoice_small",
-                "args": {
-                    "encoder_conf": {
-                        "output_size": 32,
-                        "attention_heads": 2,
-                        "linear_units": 32,
-                        "num_blocks": 2,
-                        "tp_blocks": 1,
-                    }
-                },
-            },
-            "data": {
-                "source": "manifest",
-                "path": str(tone_corpus),
-                "train_split": "train",
-                "eval_split": "test",
-                "batch_size": 8,
-                "eval_batch_size": 8,
-                "max_seconds": 0.1,
-                "on_bad_audio": "skip",
-            },
+            "model": TINY_SENSEVOICE,
+            "data": manifest_data(tone_corpus, max_seconds=0.1, on_bad_audio="skip"),
             "speech": {
                 "tokens": "words",
                 "cmvn_utterances": 8,

@@ -16,6 +16,32 @@ from trainers.checkpoint import Checkpointer
 from trainers.loop import Trainer, train
 
 
+def tensorboard_scalars(path) -> dict:
+    """{(step, tag): value} of an event file, read with tensorboardX's protocol buffers and CRC-32C."""
+    import struct
+
+    from tensorboardX.crc32c import crc32c
+    from tensorboardX.proto.event_pb2 import Event
+
+    def masked(data):
+        crc = crc32c(data)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    data, scalars, at = path.read_bytes(), {}, 0
+    while at < len(data):
+        header = data[at : at + 8]
+        (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[at + 8 : at + 12])
+        body = data[at + 12 : at + 12 + length]
+        (body_crc,) = struct.unpack("<I", data[at + 12 + length : at + 16 + length])
+        assert header_crc == masked(header) and body_crc == masked(body)
+        event = Event.FromString(body)
+        if at == 0:
+            assert event.file_version == "brain.Event:2"
+        scalars.update({(event.step, v.tag): v.simple_value for v in event.summary.value})
+        at += 16 + length
+    return scalars
+
+
 def final_params(cfg, workdir, step=None):
     trainer = Trainer(cfg)
     restored = Checkpointer(os.path.join(workdir, "checkpoints")).restore(trainer.abstract_state, step)
@@ -103,7 +129,10 @@ def test_train_writes_metrics_config_and_pictures(trained):
     for key in ("step", "train/loss", "train/lr", "train/grad_norm", "train/examples_per_sec", "train/step_time"):
         assert key in train_line
     assert any("eval/accuracy" in row for row in lines)
-    assert os.listdir(workdir / "tensorboard")
+    (events,) = os.listdir(workdir / "tensorboard")
+    assert tensorboard_scalars(workdir / "tensorboard" / events) == {
+        (row["step"], key): pytest.approx(value) for row in lines for key, value in row.items() if "/" in key
+    }
     assert config_lib.parse(yaml.safe_load(open(workdir / "config.yaml"))) == cfg
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert os.path.getsize(workdir / picture) > 0

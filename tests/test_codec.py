@@ -57,7 +57,7 @@ def test_codes_exact_and_audio_within_tolerance(case):
         assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_encoder_output_and_rvq_residuals():
+def test_encoder_output_and_rvq_residuals(x64):
     codec, config, io = load_case("causal_mono")
     emb = codec.model.apply({"params": codec.params}, channels_last(io["x"]), method=Encodec.encode_latent)
     ref = channels_last(io["encoder_out"])
@@ -161,7 +161,7 @@ def _upstream_codebook_step(embed, embed_avg, cluster_size, x, decay=0.99, eps=1
     return ind, embed_avg / smoothed[:, None], embed_avg, cluster_size
 
 
-def test_rvq_training_update_as_upstream():
+def test_rvq_training_update_as_upstream(x64):
     rng = np.random.default_rng(0)
     n_q, bins, dim = 3, 8, 4
     state = quantization.init_state(jax.random.PRNGKey(0), n_q, bins, dim, kmeans_init=False)
@@ -188,7 +188,7 @@ def test_rvq_training_update_as_upstream():
     assert float(commit) > 0
 
 
-def test_kmeans_init_and_dead_code_replacement():
+def test_kmeans_init_and_dead_code_replacement(x64):
     rng = np.random.default_rng(0)
     n_q, bins, dim = 2, 4, 2
     centres = np.array([[5, 5], [-5, 5], [5, -5], [-5, -5]], np.float32)

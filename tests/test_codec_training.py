@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_same_updates
+from conftest import TINY_CODEC, assert_same_updates
 
 from jaxmodels.codec import losses
 from trainers import config as config_lib
@@ -21,19 +21,7 @@ def codec_config(corpus="", **sections):
     """A tiny codec at 8 kHz (hop 4, 3 codebooks of 8 at 6 kbps each) with a one-scale discriminator."""
     base = {
         "task": "codec",
-        "model": {
-            "name": "encodec_24khz",
-            "args": {
-                "sample_rate": 8000,
-                "n_filters": 2,
-                "dimension": 8,
-                "ratios": [2, 2],
-                "lstm": 1,
-                "n_q": 3,
-                "bins": 8,
-                "target_bandwidths": [6.0, 18.0],
-            },
-        },
+        "model": TINY_CODEC,
         "data": {
             "source": "speech",
             "path": corpus,

@@ -87,7 +87,7 @@ def _collapse(path, blank):
     return out
 
 
-def test_forced_align_is_the_best_path_with_its_spans():
+def test_forced_align_is_the_best_path_with_its_spans(x64):
     rng = np.random.default_rng(0)
     batch, frames, vocab = 3, 7, 3
     logits = rng.normal(size=(batch, frames, vocab)) * 2
@@ -114,7 +114,7 @@ def test_forced_align_is_the_best_path_with_its_spans():
     assert infeasible.score[0] == -np.inf
 
 
-def test_greedy_decode_merges_repeats_and_drops_blanks():
+def test_greedy_decode_merges_repeats_and_drops_blanks(x64):
     best = np.array([[2, 2, 0, 2, 1, 1, 0, 0], [0, 0, 3, 3, 3, 1, 2, 2]])
     logits = jax.nn.one_hot(best, 4) * 5.0
     paddings = np.zeros((2, 8), np.float32)
@@ -130,7 +130,7 @@ def bruteforce_cases():
     return [{k: f[f"{n}/{k}"] for k in ("logits", "blank_id", "top5_labels", "top5_logprob", "greedy")} for n in names]
 
 
-def test_prefix_beam_search_finds_the_exact_n_best():
+def test_prefix_beam_search_finds_the_exact_n_best(x64):
     """All twelve problems, batched by vocabulary and blank, padded to the longest."""
     groups = {}
     for case in bruteforce_cases():
@@ -181,7 +181,7 @@ def test_ngram_is_normalised_and_survives_arpa(tmp_path):
         read_arpa(tmp_path / "broken.arpa")
 
 
-def test_device_lm_scores_as_the_arpa_rule():
+def test_device_lm_scores_as_the_arpa_rule(x64):
     model = train_ngram([s.replace(" ", "|") for s in SENTENCES], order=3)
     tokens = ["<blank>"] + sorted({c for s in SENTENCES for c in s.replace(" ", "|")}) + ["x"]  # x: unknown
     lm = NGramLM.create(model, tokens)
@@ -196,7 +196,7 @@ def test_device_lm_scores_as_the_arpa_rule():
     assert math.isclose(on_device, in_python, rel_tol=1e-5)
 
 
-def test_shallow_fusion_prefers_what_the_lm_knows():
+def test_shallow_fusion_prefers_what_the_lm_knows(x64):
     """The acoustics slightly prefer "aa", the LM (which has only seen "ab") prefers "ab"."""
     tokens = ["<blank>", "a", "b", "|"]
     model = train_ngram(["ab|ab", "ab", "ab|ab|ab"], order=3)

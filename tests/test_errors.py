@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import TINY_CODEC, tiny_config
 
 from trainers import compress, evaluate, train
 from trainers import config as config_lib
@@ -121,19 +121,7 @@ def test_bad_audio_in_the_eval_split_stops_before_training(tone_corpus, tmp_path
     cfg = yaml.safe_load(config_lib.dump(tiny_config()))
     cfg.update(
         task="codec",
-        model={
-            "name": "encodec_24khz",
-            "args": {
-                "sample_rate": 8000,
-                "n_filters": 2,
-                "dimension": 8,
-                "ratios": [2, 2],
-                "lstm": 1,
-                "n_q": 3,
-                "bins": 8,
-                "target_bandwidths": [6.0],
-            },
-        },
+        model=TINY_CODEC,
     )
     cfg["data"] = dict(source="manifest", path=str(corpus), eval_split="test", resample=True, batch_size=16)
     path = tmp_path / "c.yaml"

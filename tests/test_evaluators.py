@@ -7,6 +7,7 @@ from conftest import tiny_config
 
 from trainers import evaluators, speech
 from trainers.config import ConfigError, EvalConfig
+from trainers.evaluators import fidelity
 from trainers.evaluators.accuracy import accuracies
 from trainers.evaluators.speaker_similarity import SpeakerSimilarity, SpeakerSimilarityConfig
 from trainers.loop import Trainer, train
@@ -16,6 +17,24 @@ from trainers.speaker import SpeakerEmbedder, train_speaker_embedder
 def test_top_k_accuracies():
     top = np.array([[1, 2, 3, 4, 5], [0, 9, 8, 7, 6], [3, 1, 2, 0, 4]])
     assert accuracies(top, np.array([1, 6, 9])) == {"accuracy": 1 / 3, "top5_accuracy": 2 / 3}
+
+
+def test_codec_fidelity():
+    rng = np.random.default_rng(0)
+    audio = rng.normal(size=(2, 4000)).astype(np.float32)
+    lengths = np.array([4000, 2500])
+    noisy = audio + 0.1 * rng.normal(size=audio.shape).astype(np.float32)
+    noisy[1, 2500:] = 5.0  # padding: left out of both
+    np.testing.assert_allclose(fidelity.si_snr(noisy, audio, lengths), 20.0, atol=0.5)
+    assert np.all(np.asarray(fidelity.mel_distance(audio, audio, lengths, 16000, 40, 0.0)) == 0)
+    assert np.all(np.asarray(fidelity.mel_distance(noisy, audio, lengths, 16000, 40, 0.0)) > 0)
+
+    # Uniform over 4 of 16 bins: 2 bits a frame; a constant codebook: none. Frames past a row's length are left out.
+    codes = np.stack([np.tile([0, 1, 2, 3], 8), np.zeros(32, int)])[None].repeat(2, 0)
+    codes[1, :, 16:] = 9
+    entropies = fidelity.codebook_entropies(codes, np.array([32, 16]), bins=16)
+    np.testing.assert_allclose(entropies, [2.0, 0.0])
+    assert fidelity.bitrates(entropies, 1, 16, frame_rate=75) == {"bitrate": 0.3, "entropy_bitrate": 0.15}
 
 
 def test_an_evaluator_is_due_at_its_interval_and_at_the_end():

@@ -111,6 +111,7 @@ def test_sensevoice_small_full_depth_compiles_fsdp_sharded(tmp_path):
     _compile_train_step(trainer)
 
 
+@pytest.mark.slow  # published-scale compiles
 def test_encodec_24khz_compiles_data_parallel_sharded():
     """The published EnCodec 24 kHz with AudioCraft's recipe: real codec, discriminator and
     losses; batch 8 of 1 s over 8 devices."""

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import TINY_SENSEVOICE, manifest_data
 
 from trainers import config as config_lib
 from trainers import speech
@@ -46,27 +47,8 @@ def test_recognizer_features(tone_corpus, tmp_path):
     error names the command that trains it."""
     config = {
         "task": "ctc",
-        "model": {
-            "name": "sensevoice_small",
-            "args": {
-                "encoder_conf": {
-                    "output_size": 32,
-                    "attention_heads": 2,
-                    "linear_units": 32,
-                    "num_blocks": 2,
-                    "tp_blocks": 1,
-                }
-            },
-        },
-        "data": {
-            "source": "manifest",
-            "path": str(tone_corpus),
-            "train_split": "train",
-            "eval_split": "test",
-            "batch_size": 8,
-            "eval_batch_size": 8,
-            "max_seconds": 0.1,
-        },
+        "model": TINY_SENSEVOICE,
+        "data": manifest_data(tone_corpus, max_seconds=0.1),
         "speech": {"tokens": "words", "cmvn_utterances": 8, "num_freq_masks": 0, "num_time_masks": 0},
         "train": {"steps": 1, "log_every": 1, "eval_every": 1, "checkpoint_every": 1, "async_checkpointing": False},
     }

@@ -120,8 +120,10 @@ def test_generate_ar_greedy_equals_full_forward_greedy(group_size):
         assert np.all(np.asarray(codes[b, n:]) == model.eos)
 
 
-@pytest.mark.parametrize("group_size", [1, 2])
-def test_generate_ar_holds_eos_back_per_row(group_size):
+@pytest.mark.parametrize(
+    "group_size,x64", [(1, False), (2, False), pytest.param(2, True, id="2-x64")], indirect=["x64"]
+)
+def test_generate_ar_holds_eos_back_per_row(group_size, x64):
     """A model that says EOS at once: min_new_tokens, one per row, makes each row go on (and
     a row may end inside a group)."""
     import flax.linen as nn
@@ -362,7 +364,7 @@ def test_nar_stage_reads_only_lower_codebooks_and_generates():
     np.testing.assert_array_equal(out[1, :4, 2], np.argmax(stage2[0, 2:], -1))
 
 
-def test_delay_pattern_round_trip():
+def test_delay_pattern_round_trip(x64):
     codes = jnp.arange(2 * 5 * 3).reshape(2, 5, 3) % 7
     delayed = speechlm.delay_codes(codes, jnp.asarray([5, 3]), special=99)
     assert delayed.shape == (2, 7, 3)
@@ -380,8 +382,10 @@ def delayed_model(positions="sin"):
     )
 
 
-@pytest.mark.parametrize("positions", ["sin", "rope"])
-def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
+@pytest.mark.parametrize(
+    "positions,x64", [("sin", False), ("rope", False), pytest.param("rope", True, id="rope-x64")], indirect=["x64"]
+)
+def test_generate_delayed_greedy_equals_full_forward_greedy(positions, x64):
     model = delayed_model(positions)
     params = init(model)
     cond, cond_len = jnp.asarray([[1, 2, 3], [4, 5, 0]]), jnp.asarray([3, 2])
@@ -432,7 +436,7 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions):
         np.testing.assert_array_equal(out[b], expected)
 
 
-def test_sampling_filters():
+def test_sampling_filters(x64):
     logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
     keys = jax.random.split(jax.random.PRNGKey(0), 2000)
     assert int(speechlm.sample_logits(keys[0], logits, temperature=0.0)[0]) == 0
@@ -452,7 +456,7 @@ def blobs(n_per=200, k=5, dim=8, seed=0):
     return centres[labels] + rng.normal(0, 0.5, (k * n_per, dim)).astype(np.float32), labels, centres
 
 
-def test_kmeans_recovers_blobs():
+def test_kmeans_recovers_blobs(x64):
     x, labels, centres = blobs()
     centroids = speechlm.fit(jax.random.PRNGKey(0), x, 5, steps=30, batch_size=256)
     found, _ = speechlm.assign(jnp.asarray(x), centroids)
@@ -480,7 +484,7 @@ def test_kmeans_update_sharded_equals_single_device():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
 
 
-def test_tokenize_deduplicates_runs():
+def test_tokenize_deduplicates_runs(x64):
     centroids = jnp.asarray([[0.0], [10.0], [20.0]])
     feats = jnp.asarray([[[0.1], [0.2], [10.0], [10.1], [0.0], [20.0]], [[20.0], [20.0], [9.0], [0.0], [0.0], [0.0]]])
     valid = jnp.asarray([[True] * 6, [True] * 4 + [False] * 2])

@@ -7,6 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from conftest import manifest_data
 
 from trainers import config as config_lib
 from trainers import speech
@@ -30,14 +31,7 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
     base = {
         "task": "tts",
         "model": {"name": model, "args": args},
-        "data": {
-            "source": "manifest",
-            "path": str(tone_corpus),
-            "train_split": "train",
-            "eval_split": "test",
-            "batch_size": 8,
-            "eval_batch_size": 8,
-        },
+        "data": manifest_data(tone_corpus),
         "tts": {
             "codec_weights": str(codec / "weights.safetensors"),
             "codec_model": str(codec / "config.json"),

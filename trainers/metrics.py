@@ -8,6 +8,7 @@ import time
 import jax
 
 from trainers import files
+from trainers.tensorboard import EventWriter
 
 
 def read_rows(path: str) -> list:
@@ -35,11 +36,9 @@ class MetricsWriter:
         self.rows = [r for r in read_rows(path) if r.get("step", 0) <= start_step]
         if not self.active:
             return
-        from tensorboardX import SummaryWriter
-
         files.write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.jsonl = open(path, "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.tb = EventWriter(os.path.join(workdir, "tensorboard"))
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -52,8 +51,7 @@ class MetricsWriter:
         metrics = {k: float(v) for k, v in metrics.items()}
         self.jsonl.write(json.dumps({"step": step, **metrics, "time": time.time()}) + "\n")
         self.jsonl.flush()
-        for k, v in metrics.items():
-            self.tb.add_scalar(k, v, step)
+        self.tb.scalars(step, metrics)
         self.tb.flush()
         summary = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         if self.bar is not None:

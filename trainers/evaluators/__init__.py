@@ -1,7 +1,8 @@
 """Evaluators: how a metric is computed, apart from the tasks that report it.
 
-Two kinds of module live here. Metric modules (accuracy, text) hold the functions a
-task's eval_metrics uses, so that every family computes top-1/top-5 or WER/CER alike.
+Two kinds of module live here. Metric modules (accuracy, text, fidelity) hold the functions
+a task's eval step uses, so that every family computes top-1/top-5, WER/CER or a codec's
+SI-SNR, mel distance and bitrate alike.
 Plug-ins are listed in a config's ``evals:`` and run at an evaluation on what the task
 generated (samples, speech), each at its own interval:
 
@@ -22,7 +23,7 @@ import pkgutil
 
 from trainers.config import ConfigError, EvalConfig
 
-METRIC_MODULES = ("accuracy", "text")
+METRIC_MODULES = ("accuracy", "fidelity", "text")
 
 
 def plugins() -> list:

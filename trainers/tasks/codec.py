@@ -22,7 +22,6 @@ writes original and decoded WAVs and spectrograms of a few utterances.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -38,6 +37,7 @@ from jaxmodels.nn import load_state_dict
 from trainers import sharding, speech
 from trainers.cli import InputError
 from trainers.config import ConfigError
+from trainers.evaluators import fidelity
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 
@@ -296,45 +296,22 @@ class CodecTask(SplitSources):
     def eval_outputs(self, params, batch):
         c, cfg = self.cfg.codec, self.config
         audio, lengths = batch["audio"], batch["audio_length"]
-        valid = (jnp.arange(audio.shape[1])[None] < lengths[:, None]).astype(jnp.float32)
         codes, decoded = self._reconstruct_all(params, audio)
-        # Mel distance: AudioCraft's `mel` loss (log10 mel, n_fft 1024, hop 256) over the
-        # ceil(length / hop) frames that cover real audio.
-        hop = 256
-        mel = lambda a: losses.mel_spectrogram(
-            (a * valid)[..., None],
-            cfg.sample_rate,
-            1024,
-            hop,
-            1024,  # noqa: E731
-            c.n_mels,
-            c.f_min,
-        )[:, 0]
-        reference = mel(audio)
-        frames = (jnp.arange(reference.shape[1])[None] < -(-lengths[:, None] // hop)).astype(jnp.float32)
         out = {"codes": codes, "code_frames": -(-lengths // cfg.hop_length)}
         for bw, y in decoded.items():
-            out[f"si_snr_{bw:g}kbps"] = losses.si_snr(y[..., None], audio[..., None], valid)
-            distance = jnp.mean(jnp.abs(mel(y) - reference), axis=-1)
-            out[f"mel_distance_{bw:g}kbps"] = jnp.sum(distance * frames, 1) / jnp.maximum(jnp.sum(frames, 1), 1)
+            out[f"si_snr_{bw:g}kbps"] = fidelity.si_snr(y, audio, lengths)
+            out[f"mel_distance_{bw:g}kbps"] = fidelity.mel_distance(
+                y, audio, lengths, cfg.sample_rate, c.n_mels, c.f_min
+            )
         return out
 
     def eval_metrics(self, outputs):
         cfg = self.config
         metrics = {k: float(np.mean(v)) for k, v in outputs.items() if k.startswith(("si_snr", "mel_distance"))}
-        # Entropy of each codebook's code distribution over the split: the bits per frame an
-        # entropy coder would need (log2(bins) without one).
-        codes, frames = outputs["codes"], outputs["code_frames"]
-        keep = np.arange(codes.shape[2])[None] < frames[:, None]
-        entropies = []
-        for k in range(codes.shape[1]):
-            counts = np.bincount(codes[:, k][keep], minlength=cfg.bins).astype(np.float64)
-            p = counts[counts > 0] / counts.sum()
-            entropies.append(float(-(p * np.log2(p)).sum()))
+        entropies = fidelity.codebook_entropies(outputs["codes"], outputs["code_frames"], cfg.bins)
         for bw in cfg.target_bandwidths:
-            n = cfg.num_quantizers(bw)
-            metrics[f"bitrate_{bw:g}kbps"] = n * math.log2(cfg.bins) * cfg.frame_rate / 1000
-            metrics[f"entropy_bitrate_{bw:g}kbps"] = sum(entropies[:n]) * cfg.frame_rate / 1000
+            rates = fidelity.bitrates(entropies, cfg.num_quantizers(bw), cfg.bins, cfg.frame_rate)
+            metrics.update({f"{name}_{bw:g}kbps": value for name, value in rates.items()})
         return metrics
 
     def generate(self, params, mesh):

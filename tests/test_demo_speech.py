@@ -1,0 +1,52 @@
+"""The README's main job: speech recognition, <= 5% WER on held-out voices, and the transcribe command."""
+
+import json
+import sys
+
+import pytest
+from conftest import DEMO_ENV as ENV
+from conftest import run
+
+
+@pytest.mark.slow  # a demo: minutes
+def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("speech") / "run"
+    corpus = workdir.parent / "corpus"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.train",
+            "configs/ctc_speech.yaml",
+            "--workdir",
+            str(workdir),
+            f"data.path={corpus}",
+        ],
+        ENV,
+    )
+    final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
+    assert final["eval/wer_greedy"] <= 0.05 and final["eval/wer_beam"] <= 0.05, final
+    assert (workdir / "alignment.png").stat().st_size > 2000
+
+    test = [json.loads(line) for line in open(corpus / "test.jsonl")][:4]
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "trainers.transcribe",
+            "configs/ctc_speech.yaml",
+            "--workdir",
+            str(workdir),
+            "--json",
+            "--audio",
+            *[str(corpus / r["source"]) for r in test],
+        ],
+        ENV,
+    )
+    results = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["file"] for r in results] == [str(corpus / r["source"]) for r in test]
+    right = sum(r["text"] == t["target"] for r, t in zip(results, test))
+    assert right >= 3, (results, test)
+    for r in results:  # one span per word, in order, inside the audio
+        starts = [token["start"] for token in r["tokens"]]
+        assert len(r["tokens"]) == len(r["text"].split()) and starts == sorted(starts) and starts[-1] < 3.0
