@@ -24,7 +24,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-
 # Orbax splits the write of a replicated array among its replicas, slicing it on device: a
 # program compiled per array shape (a tiny model's first save: 7 s of 8 on CPU). Below
 # 1 MiB per replica the split costs more than it saves, so smaller arrays are written whole
