@@ -26,8 +26,8 @@ def test_codec_fidelity():
     noisy = audio + 0.1 * rng.normal(size=audio.shape).astype(np.float32)
     noisy[1, 2500:] = 5.0  # padding: left out of both
     np.testing.assert_allclose(fidelity.si_snr(noisy, audio, lengths), 20.0, atol=0.5)
-    assert np.all(np.asarray(fidelity.mel_distance(audio, audio, lengths, 16000, 40, 0.0)) == 0)
-    assert np.all(np.asarray(fidelity.mel_distance(noisy, audio, lengths, 16000, 40, 0.0)) > 0)
+    distances = fidelity.mel_distances({"same": audio, "noisy": noisy}, audio, lengths, 16000, 40, 0.0)
+    assert np.all(np.asarray(distances["same"]) == 0) and np.all(np.asarray(distances["noisy"]) > 0)
 
     # Uniform over 4 of 16 bins: 2 bits a frame; a constant codebook: none. Frames past a row's length are left out.
     codes = np.stack([np.tile([0, 1, 2, 3], 8), np.zeros(32, int)])[None].repeat(2, 0)

@@ -16,15 +16,20 @@ from jaxmodels.codec import losses
 MEL_N_FFT, MEL_HOP = 1024, 256
 
 
+def _within(lengths, size: int):
+    """(B, size) 1.0 where a position is before its row's length."""
+    return (jnp.arange(size)[None] < lengths[:, None]).astype(jnp.float32)
+
+
 def si_snr(decoded, audio, lengths):
     """(B,) SI-SNR of mono waveforms (B, T), padding past each length left out."""
-    valid = (jnp.arange(audio.shape[1])[None] < lengths[:, None]).astype(jnp.float32)
-    return losses.si_snr(decoded[..., None], audio[..., None], valid)
+    return losses.si_snr(decoded[..., None], audio[..., None], _within(lengths, audio.shape[1]))
 
 
-def mel_distance(decoded, audio, lengths, sample_rate: int, n_mels: int, f_min: float):
-    """(B,) mean |log10 mel(decoded) - log10 mel(audio)| over the ceil(length / hop) frames of each utterance."""
-    valid = (jnp.arange(audio.shape[1])[None] < lengths[:, None]).astype(jnp.float32)
+def mel_distances(decoded: dict, audio, lengths, sample_rate: int, n_mels: int, f_min: float) -> dict:
+    """{name: (B,) mean |log10 mel(decoded[name]) - log10 mel(audio)|} over the ceil(length / hop)
+    frames of each utterance; the original's spectrogram is computed once for every decoding."""
+    valid = _within(lengths, audio.shape[1])
 
     def mel(a):
         return losses.mel_spectrogram(
@@ -32,9 +37,12 @@ def mel_distance(decoded, audio, lengths, sample_rate: int, n_mels: int, f_min: 
         )[:, 0]
 
     reference = mel(audio)
-    frames = (jnp.arange(reference.shape[1])[None] < -(-lengths[:, None] // MEL_HOP)).astype(jnp.float32)
-    distance = jnp.mean(jnp.abs(mel(decoded) - reference), axis=-1)
-    return jnp.sum(distance * frames, 1) / jnp.maximum(jnp.sum(frames, 1), 1)
+    frames = _within(-(-lengths // MEL_HOP), reference.shape[1])
+    out = {}
+    for name, y in decoded.items():
+        distance = jnp.mean(jnp.abs(mel(y) - reference), axis=-1)
+        out[name] = jnp.sum(distance * frames, 1) / jnp.maximum(jnp.sum(frames, 1), 1)
+    return out
 
 
 def codebook_entropies(codes, frames, bins: int) -> list[float]:
