@@ -3,6 +3,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -39,6 +40,11 @@ def run(args, env=None):
             f"{' '.join(map(str, args))} exited with {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}"
         )
     return out
+
+
+def run_demo(module, *args):
+    """``python -m module args`` as a user runs it (DEMO_ENV), failing the test with its output."""
+    return run([sys.executable, "-m", module, *args], DEMO_ENV)
 
 
 def assert_same_updates(before, after, reference_after, rtol=1e-4):

@@ -1,29 +1,16 @@
 """The codec demo: it learns to reconstruct held-out voices; the compress command round-trips a file."""
 
 import json
-import sys
 
 import pytest
-from conftest import DEMO_ENV as ENV
-from conftest import run
+from conftest import run_demo
 
 
 @pytest.mark.slow
 def test_codec_demo_learns_and_compresses(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("codec") / "run"
     corpus = workdir.parent / "corpus"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.train",
-            "configs/codec_speech.yaml",
-            "--workdir",
-            str(workdir),
-            f"data.path={corpus}",
-        ],
-        ENV,
-    )
+    run_demo("trainers.train", "configs/codec_speech.yaml", "--workdir", workdir, f"data.path={corpus}")
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     # An untrained codec: SI-SNR about -40 dB, mel distance about 1.5, codes of one entry;
     # this config over three seeds and a fresh corpus: 1.5 to 3.1 dB, 0.92 to 1.04, 14.7 to 15.3 bits.
@@ -38,17 +25,5 @@ def test_codec_demo_learns_and_compresses(tmp_path_factory):
         ["encode", source, str(workdir / "codes.npz"), "--bandwidth", "8"],
         ["decode", str(workdir / "codes.npz"), str(workdir / "back.wav")],
     ):
-        run(
-            [
-                sys.executable,
-                "-m",
-                "trainers.compress",
-                *args,
-                "--config",
-                "configs/codec_speech.yaml",
-                "--workdir",
-                str(workdir),
-            ],
-            ENV,
-        )
+        run_demo("trainers.compress", *args, "--config", "configs/codec_speech.yaml", "--workdir", workdir)
     assert (workdir / "back.wav").stat().st_size > 1000

@@ -7,42 +7,26 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DEMO_ENV as ENV
-from conftest import ROOT, run
+from conftest import DEMO_ENV, ROOT, run_demo
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo") / "digits"
-    run(
-        [sys.executable, "-m", "trainers.train", "configs/mambaout_digits.yaml", "--workdir", str(workdir)],
-        ENV,
-    )
+    run_demo("trainers.train", "configs/mambaout_digits.yaml", "--workdir", workdir)
     return workdir
 
 
 @pytest.mark.slow  # a demo: minutes
 def test_digits_demo_and_evaluate_cli(digits_run):
-    env, workdir = ENV, digits_run
+    workdir = digits_run
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     final = [row for row in lines if "eval/accuracy" in row][-1]
     assert final["step"] == 400 and final["eval/accuracy"] >= 0.97, final
     for picture in ("confusion_matrix.png", "predictions.png"):
         assert (workdir / picture).stat().st_size > 1000
 
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.evaluate",
-            "configs/mambaout_digits.yaml",
-            "--workdir",
-            str(workdir),
-            "--checkpoint",
-            "400",
-        ],
-        env,
-    )
+    out = run_demo("trainers.evaluate", "configs/mambaout_digits.yaml", "--workdir", workdir, "--checkpoint", "400")
     assert json.loads((workdir / "eval_400.json").read_text())["accuracy"] == final["eval/accuracy"]
     assert "step 400: accuracy=" in out.stdout
 
@@ -57,7 +41,7 @@ def test_digits_demo_and_evaluate_cli(digits_run):
             "optimizer.learning_rate=1",
         ],
         cwd=ROOT,
-        env=env,
+        env=DEMO_ENV,
         capture_output=True,
         text=True,
     )
@@ -67,42 +51,32 @@ def test_digits_demo_and_evaluate_cli(digits_run):
 @pytest.mark.slow
 def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     workdir = tmp_path / "dit"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.train",
-            "configs/dit_digits.yaml",
-            "--workdir",
-            str(workdir),
-            f"evals=[{{name: classifier_agreement, run: {digits_run}}}]",
-        ],
-        ENV,
+    run_demo(
+        "trainers.train",
+        "configs/dit_digits.yaml",
+        "--workdir",
+        workdir,
+        f"evals=[{{name: classifier_agreement, run: {digits_run}}}]",
     )
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     assert final["eval/ema_classifier_agreement"] >= 0.8, final
     assert (workdir / "samples.png").stat().st_size > 1000
 
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.sample",
-            "configs/dit_digits.yaml",
-            "--workdir",
-            str(workdir),
-            "--labels",
-            "3,7",
-            "--per_label",
-            "4",
-            "--sampler",
-            "ddim",
-            "--steps",
-            "20",
-            "--out",
-            str(tmp_path / "s"),
-        ],
-        ENV,
+    out = run_demo(
+        "trainers.sample",
+        "configs/dit_digits.yaml",
+        "--workdir",
+        workdir,
+        "--labels",
+        "3,7",
+        "--per_label",
+        "4",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "20",
+        "--out",
+        tmp_path / "s",
     )
     assert "wrote" in out.stdout
     with np.load(tmp_path / "s.npz") as f:

@@ -1,47 +1,29 @@
 """The README's main job: speech recognition, <= 5% WER on held-out voices, and the transcribe command."""
 
 import json
-import sys
 
 import pytest
-from conftest import DEMO_ENV as ENV
-from conftest import run
+from conftest import run_demo
 
 
 @pytest.mark.slow  # a demo: minutes
 def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("speech") / "run"
     corpus = workdir.parent / "corpus"
-    run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.train",
-            "configs/ctc_speech.yaml",
-            "--workdir",
-            str(workdir),
-            f"data.path={corpus}",
-        ],
-        ENV,
-    )
+    run_demo("trainers.train", "configs/ctc_speech.yaml", "--workdir", workdir, f"data.path={corpus}")
     final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if "eval/" in line][-1]
     assert final["eval/wer_greedy"] <= 0.05 and final["eval/wer_beam"] <= 0.05, final
     assert (workdir / "alignment.png").stat().st_size > 2000
 
     test = [json.loads(line) for line in open(corpus / "test.jsonl")][:4]
-    out = run(
-        [
-            sys.executable,
-            "-m",
-            "trainers.transcribe",
-            "configs/ctc_speech.yaml",
-            "--workdir",
-            str(workdir),
-            "--json",
-            "--audio",
-            *[str(corpus / r["source"]) for r in test],
-        ],
-        ENV,
+    out = run_demo(
+        "trainers.transcribe",
+        "configs/ctc_speech.yaml",
+        "--workdir",
+        workdir,
+        "--json",
+        "--audio",
+        *[corpus / r["source"] for r in test],
     )
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["file"] for r in results] == [str(corpus / r["source"]) for r in test]
