@@ -90,14 +90,19 @@ def test_degrade_band_limits_and_adds_noise_at_the_asked_level():
     np.testing.assert_array_equal(asr.degrade(key, jnp.asarray(x), lengths, 0.0), x)
 
 
-def tiny_sensevoice(**overrides):
-    conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=2, tp_blocks=1)
+def tiny_sensevoice(num_blocks=2, **overrides):
+    conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=num_blocks, tp_blocks=1)
     return asr.create("sensevoice_small", vocab_size=30, input_size=40, encoder_conf=conf, **overrides)
 
 
 def test_sensevoice_small_has_the_published_size_and_names():
     model = asr.create("sensevoice_small")
     assert asr.param_count(model) == 233_999_167  # 70 SAN-M layers, 512 wide, 25,055 tokens
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 560)), jnp.array([8])))
+    encoder = shapes["params"]["encoder"]  # upstream's encoders.<i>.<name>: encoders/<name>[i]
+    assert encoder["encoders"]["feed_forward"]["w_1"]["kernel"].names == ("layers", "embed", "mlp")
+    assert encoder["encoders"]["feed_forward"]["w_1"]["kernel"].value.shape == (49, 512, 2048)
+    assert encoder["tp_encoders"]["norm1"]["scale"].value.shape == (20, 512)
     with pytest.raises(ValueError, match="unknown encoder_conf key"):
         asr.create("sensevoice_small", encoder_conf={"layers": 3})
     with pytest.raises(ValueError, match="unknown recogniser config"):
@@ -117,6 +122,25 @@ def test_padding_does_not_change_the_valid_frames(prompts):
     np.testing.assert_array_equal(noisy[1, : 12 + extra], out[1, : 12 + extra])
     alone, _ = model.apply(variables, x[1:, :12], lengths[1:])
     np.testing.assert_allclose(alone[0], out[1, : 12 + extra], atol=1e-5)
+
+
+@pytest.mark.slow  # compiles a remat backward pass: 15 s
+def test_remat_changes_memory_not_numbers():
+    model = tiny_sensevoice(num_blocks=4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 40))
+    lengths = jnp.array([10, 7])
+    params = model.init(jax.random.PRNGKey(1), x, lengths)["params"]
+
+    def loss(params, remat):
+        out, _ = model.clone(remat=remat).apply(
+            {"params": params}, x, lengths, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)}
+        )
+        return jnp.sum(out**2)
+
+    step = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (a, ga), (b, gb) = (step(params, remat) for remat in (False, True))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4), ga, gb)
 
 
 def test_tokenizers_round_trip():

@@ -26,6 +26,7 @@ LOGICAL_RULES = (
     ("qkv_out", "tensor"),
     ("heads_flat", "tensor"),  # per-channel weights over the attention width (FSMN)
     ("features", None),  # input feature width (e.g. stacked filterbanks)
+    ("layers", None),  # the stacking axis of scanned layers
     ("vocab", "tensor"),
     ("classes", "tensor"),
     ("conv_in", None),

@@ -1,6 +1,8 @@
 """Official SenseVoice-Small weights (FunASR's model.pt state_dict, upstream key names) ->
 Flax variables for SenseVoiceSmall."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,33 @@ import numpy as np
 from jaxmodels.asr.model import SenseVoiceSmall
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, torch_to_flax_leaf
 
+# The layers that SenseVoiceEncoderSmall scans over: encoder.encoders.<i>.<name> of every i
+# is one parameter, encoders/<name>, stacked in layer order.
+STACKED = re.compile(r"(encoder\.(?:tp_)?encoders)\.(\d+)\.(.+)")
+
+
+def _stack_layers(state_dict):
+    out, stacks = {}, {}
+    for key, value in state_dict.items():
+        if match := STACKED.fullmatch(key):
+            stacks.setdefault(f"{match[1]}.{match[3]}", {})[int(match[2])] = value
+        else:
+            out[key] = value
+    for key, layers in stacks.items():
+        if sorted(layers) != list(range(len(layers))):
+            raise ValueError(f"{key}: the state_dict has layers {sorted(layers)}, not 0..{len(layers) - 1}")
+        out[key] = np.stack([layers[i] for i in range(len(layers))])
+    return out
+
 
 def _key_map(key, value):
+    if key.startswith(("encoder.encoders.", "encoder.tp_encoders.")):  # stacked: each layer's slice as one
+        mapped = [_layer_key_map(key, v) for v in value]
+        return mapped[0][0], np.stack([v for _, v in mapped])
+    return _layer_key_map(key, value)
+
+
+def _layer_key_map(key, value):
     path, leaf = module_path(key)
     if path == ("embed",):  # nn.Embedding (rows, input_size) stays as it is
         return ("embed", "embedding"), value
@@ -54,4 +81,4 @@ def from_torch(state_dict, model: SenseVoiceSmall | None = None):
     model = model or SenseVoiceSmall(**infer_config(state_dict))
     feats = jnp.zeros((1, 8, model.input_size))
     shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), feats, jnp.full((1,), 8))))
-    return {"params": assign_state_dict(state_dict, shapes["params"], _key_map)}
+    return {"params": assign_state_dict(_stack_layers(state_dict), shapes["params"], _key_map)}

@@ -5,7 +5,9 @@ Structure and names follow the official model.py (FunAudioLLM/SenseVoice), so a
 checkpoint's keys map one to one:
   SenseVoiceSmall: embed (prompt-query table), encoder, ctc_lo (the CTC head)
   SenseVoiceEncoderSmall: encoders0 (one layer, input width -> output_size),
-    encoders (num_blocks - 1 layers), after_norm, tp_encoders (tp_blocks layers), tp_norm
+    encoders (num_blocks - 1 layers), after_norm, tp_encoders (tp_blocks layers), tp_norm;
+    encoders and tp_encoders are each one scanned module whose parameters stack the
+    layers' on a leading axis (upstream's encoders.<i>.<name> is encoders/<name>[i])
   EncoderLayerSANM: norm1, self_attn, norm2, feed_forward (pre-norm residual blocks)
   MultiHeadedAttentionSANM: linear_q_k_v, fsmn_block (depthwise 1-D conv over time on
     the values, "memory"), linear_out; output = attention + memory
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
 from jaxmodels.nn.layers import default_kernel_init
 
 # Prompt-query rows of `embed`, as upstream (lid_dict, textnorm_dict; 1, 2: event, emotion).
@@ -159,11 +161,11 @@ class SenseVoiceEncoderSmall(nn.Module):
             self.dtype,
         )
         x = layer(*args, name="encoders0_0")(x, mask, deterministic)
-        for i in range(self.num_blocks - 1):
-            x = layer(*args, name=f"encoders_{i}")(x, mask, deterministic)
+        if self.num_blocks > 1:
+            x, _ = repeated(layer, self.num_blocks - 1)(*args, name="encoders")(x, mask, deterministic)
         x = LayerNorm(1e-5, "embed", self.dtype, name="after_norm")(x)
-        for i in range(self.tp_blocks):
-            x = layer(*args, name=f"tp_encoders_{i}")(x, mask, deterministic)
+        if self.tp_blocks:
+            x, _ = repeated(layer, self.tp_blocks)(*args, name="tp_encoders")(x, mask, deterministic)
         return LayerNorm(1e-5, "embed", self.dtype, name="tp_norm")(x)
 
 

@@ -1,6 +1,6 @@
 """Blocks shared by the model families, every parameter annotated with logical axis names."""
 
-from jaxmodels.nn.layers import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, depthwise_conv
+from jaxmodels.nn.layers import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, depthwise_conv, repeated
 from jaxmodels.nn.state_dict import (
     assign_state_dict,
     load_state_dict,
@@ -16,4 +16,5 @@ __all__ = [
     "constrain",
     "depthwise_conv",
     "load_state_dict",
+    "repeated",
 ]

@@ -3,7 +3,8 @@
 The names are the vocabulary the trainer's one table of rules maps onto mesh axes
 (trainers/sharding.py): "embed" (model width), "mlp" (hidden width of MLPs and gated
 blocks), "conv_in" (input channels of a dense convolution), "classes" (classifier
-output), "batch"/"height"/"width" for activations. A model never names a mesh axis.
+output), "layers" (the stacking axis of repeated layers), "batch"/"height"/"width" for
+activations. A model never names a mesh axis.
 """
 
 from collections.abc import Sequence
@@ -23,6 +24,27 @@ default_kernel_init = nn.initializers.truncated_normal(stddev=0.02)
 def constrain(x, axes: Sequence[str | None]):
     """Constrains an activation's sharding by logical axis names (no-op outside a mesh)."""
     return nn.with_logical_constraint(x, tuple(axes))
+
+
+def repeated(layer: type[nn.Module], length: int):
+    """``length`` copies of ``layer`` applied in turn, as one module scanned over a stack of
+    their parameters (leading axis "layers"): XLA compiles the layer once, not ``length``
+    times. The module takes ``(x, *args)``, ``args`` the same for every layer, and returns
+    ``(x, None)``; ``layer(x, *args)`` returns x. ``layer`` may be an ``nn.remat`` of one."""
+
+    class Step(layer):
+        def __call__(self, x, *args):
+            return super().__call__(x, *args), None
+
+    Step.__name__ = layer.__name__
+    return nn.scan(
+        Step,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=nn.broadcast,
+        length=length,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
 
 
 def Dense(
