@@ -114,13 +114,14 @@ def test_padding_does_not_change_the_valid_frames(prompts):
     model = tiny_sensevoice(use_prompts=prompts)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 40))
     lengths = jnp.array([20, 12])
-    variables = model.init(jax.random.PRNGKey(1), x, lengths)
-    out, out_lengths = model.apply(variables, x, lengths)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(1), x, lengths)
+    apply = jax.jit(model.apply)
+    out, out_lengths = apply(variables, x, lengths)
     extra = 4 if prompts else 0
     assert out.shape == (2, 20 + extra, 30) and out_lengths.tolist() == [20 + extra, 12 + extra]
-    noisy, _ = model.apply(variables, x.at[1, 12:].set(100.0), lengths)
+    noisy, _ = apply(variables, x.at[1, 12:].set(100.0), lengths)
     np.testing.assert_array_equal(noisy[1, : 12 + extra], out[1, : 12 + extra])
-    alone, _ = model.apply(variables, x[1:, :12], lengths[1:])
+    alone, _ = apply(variables, x[1:, :12], lengths[1:])
     np.testing.assert_allclose(alone[0], out[1, : 12 + extra], atol=1e-5)
 
 
@@ -237,6 +238,47 @@ def test_reproduces_the_official_sensevoice_model():
         ValueError, match="(?s)unexpected keys: encoder.extra.weight.*missing parameters: encoder/tp_norm/scale"
     ):
         convert.from_torch(broken, model)
+
+
+def test_rich_output_equals_funasr_string_for_string(tmp_path):
+    """tests/data/sensevoice_rich.json: FunASR's SenseVoiceSmall.inference (upstream's model.py,
+    made by tests/data/make_sensevoice_rich_reference.py) on seeded random weights with the
+    published 25,055-token vocabulary: language auto, en and zh, use_itn, ban_emo_unk."""
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    from helpers import sensevoice_spm
+    from make_sensevoice_rich_reference import features
+
+    from trainers.tasks.ctc import SentencePieceTokenizer
+
+    ref = json.loads((ROOT / "tests" / "data" / "sensevoice_rich.json").read_text())
+    state = sensevoice_spm.random_weights(ref["shapes"], ref["center"])
+    model = asr.SenseVoiceSmall(**asr.infer_config(state))
+    variables = asr.from_torch(state, model)
+    sensevoice_spm.build(tmp_path / "sensevoice.model")
+    tokenizer = SentencePieceTokenizer(str(tmp_path / "sensevoice.model"))
+    feats, lengths = features()
+
+    @jax.jit
+    def decode(language, textnorm, banned):
+        rows = jnp.full((len(lengths),), language), jnp.full((len(lengths),), textnorm)
+        logits, frames = model.apply(variables, feats, lengths, *rows)
+        return asr.rich_greedy(logits, frames, banned)
+
+    for case, expected in ref["texts"].items():
+        language, use_itn, ban = case.split(",")
+        textnorm = asr.TEXTNORM_QUERY["withitn" if use_itn == "True" else "woitn"]
+        labels, paddings = decode(asr.LANGUAGE_QUERY[language], textnorm, 25009 if ban == "True" else 25054)
+        texts = [tokenizer.decode(row[pad < 0.5]) for row, pad in zip(np.asarray(labels), np.asarray(paddings))]
+        assert texts == expected, case
+    assert tokenizer.index["<|EMO_UNKNOWN|>"] == 25009
+
+
+def test_rich_output_is_parsed_into_its_fields():
+    fields = asr.parse_rich("<|en|><|HAPPY|><|Laughter|><|woitn|>three seven")
+    assert fields == dict(language="en", emotion="HAPPY", event="Laughter", textnorm="woitn", text="three seven")
+    # a tag the model did not emit is empty; one of a kind already seen ends the tags
+    fields = asr.parse_rich("<|zh|><|Speech|><|Speech|> one")
+    assert fields == dict(language="zh", emotion="", event="Speech", textnorm="", text="<|Speech|> one")
 
 
 def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):

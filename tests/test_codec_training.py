@@ -47,7 +47,7 @@ def codec_config(corpus="", **sections):
         "train": {"steps": 4, "log_every": 2, "eval_every": 4, "checkpoint_every": 4, "async_checkpointing": False},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        base[name] = {**base.get(name, {}), **values}  # a new dict: TINY_CODEC is shared
     return config_lib.parse(base)
 
 

@@ -409,19 +409,20 @@ def test_generate_delayed_greedy_equals_full_forward_greedy(positions, x64):
     np.testing.assert_array_equal(out[1, :1], prompt[1, :1])
     np.testing.assert_array_equal(out[1, 4:], 8)  # past the row's length
     # the same, step by step with the full forward pass over each row's unpadded prefix
+    # (filled to one length: the attention is causal, so what follows a position is not seen)
+    steps = frames + 2
+
+    @jax.jit
+    def forward(x, c):
+        positions, mask = jnp.arange(steps)[None], jnp.ones((1, steps), bool)
+        return model.apply({"params": params}, x, positions, mask, c, jnp.ones(c.shape, bool))[0]
+
     for b in range(2):
         c = cond[b : b + 1, : int(cond_len[b])]
         seq = [[8, 8, 8]]  # the start row
-        for s in range(frames + 2):
-            x = jnp.asarray([seq], jnp.int32)
-            logits = model.apply(
-                {"params": params},
-                x,
-                jnp.arange(len(seq))[None],
-                jnp.ones((1, len(seq)), bool),
-                c,
-                jnp.ones(c.shape, bool),
-            )[0, -1]
+        for s in range(steps):
+            x = jnp.asarray([seq + [[8, 8, 8]] * (steps - len(seq))], jnp.int32)
+            logits = forward(x, c)[len(seq) - 1]
             row = []
             for k in range(3):
                 frame = s - k

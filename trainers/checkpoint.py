@@ -263,5 +263,13 @@ def restore_run(trainer, workdir: str, step=None):
     return step, state
 
 
+def restore_or_load(trainer, workdir: str | None, step=None, weights: str | None = None):
+    """(step, state) for the inference commands: upstream ``weights`` converted by the task
+    (Trainer.load_weights; step 0), or a run's checkpoint in ``workdir`` (restore_run)."""
+    if weights:
+        return 0, trainer.load_weights(trainer.init(trainer.cfg.seed), weights)
+    return restore_run(trainer, workdir, step)
+
+
 def abstract_with_shardings(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

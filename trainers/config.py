@@ -23,6 +23,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "mambaout_femto"  # a named variant of the task's family
     args: dict[str, Any] = field(default_factory=dict)  # constructor overrides, upstream names
+    # Upstream weights to start from (.pt/.pth/.th/.bin torch pickles, .safetensors), converted
+    # by the family: trainers.train fine-tunes them (a run that resumes ignores them), the
+    # inference commands use them instead of a run's checkpoint.
+    init_from: str = ""
 
 
 @dataclass
@@ -269,18 +273,27 @@ def dump(cfg) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-def parse_command_line(prog: str, description: str, argv=None, add_arguments=lambda parser: None):
+def parse_command_line(prog: str, description: str, argv=None, add_arguments=lambda parser: None, weights=False):
     """(args, Config) from ``CONFIG.yaml --workdir DIR [dotted.key=value ...]`` plus a command's own flags.
 
-    A config error ends the process with its message (no traceback).
+    With ``weights``, the command also takes ``--weights PATH`` (upstream weights, set as
+    model.init_from), and then needs no run directory. A config error ends the process
+    with its message (no traceback).
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="experiment YAML (configs/...)")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and pictures; resumed from")
+    parser.add_argument("--workdir", required=not weights, help="checkpoints, metrics and pictures; resumed from")
+    if weights:
+        parser.add_argument("--weights", help="upstream weights (.pt/.pth/.safetensors) instead of a run's checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optimizer.lr=1e-3")
     add_arguments(parser)
     args = parser.parse_intermixed_args(argv)
+    if weights and not (args.workdir or args.weights):
+        parser.error("give --workdir (a training run) or --weights (upstream weights)")
     try:
-        return args, load(args.config, args.overrides)
+        cfg = load(args.config, args.overrides)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if weights and args.weights:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=args.weights))
+    return args, cfg

@@ -1,7 +1,10 @@
 """python -m trainers.evaluate CONFIG.yaml --workdir DIR [--checkpoint STEP] [dotted.key=value ...]
+   python -m trainers.evaluate CONFIG.yaml --weights FILE [--workdir DIR] [dotted.key=value ...]
 
-Evaluates the newest checkpoint in DIR (or STEP) on the config's eval split, prints the
-metrics, writes them to DIR/eval_<step>.json, and redraws the task's pictures.
+Evaluates the newest checkpoint in DIR (or STEP), or upstream weights converted by the
+config's family, on the config's eval split over every device and process; prints the
+metrics and, given DIR, writes them to DIR/eval_<step>.json (eval_weights.json) and redraws
+the task's pictures there.
 """
 
 import json
@@ -20,21 +23,29 @@ def main(argv=None):
         __doc__,
         argv,
         lambda p: p.add_argument("--checkpoint", type=int, default=None, help="step to evaluate (default: newest)"),
+        weights=True,
     )
     launch.initialize()
     import jax
 
-    from trainers.checkpoint import restore_run
+    from trainers.checkpoint import restore_or_load
     from trainers.loop import Trainer
 
     trainer = Trainer(cfg)
-    step, state = restore_run(trainer, args.workdir, args.checkpoint)
-    metrics, outputs = trainer.evaluate_state(state)
-    if jax.process_index() == 0:
-        with open(os.path.join(args.workdir, f"eval_{step}.json"), "w") as f:
-            json.dump({"step": step, **metrics}, f, indent=1)
+    step, state = restore_or_load(trainer, args.workdir, args.checkpoint, args.weights)
+    if args.weights:
+        metrics, outputs = trainer.evaluate(state.inference_params)
+        name, record = "weights", {"weights": args.weights}
+    else:
+        metrics, outputs = trainer.evaluate_state(state)
+        name, record = step, {"step": step}
+    if args.workdir and jax.process_index() == 0:
+        os.makedirs(args.workdir, exist_ok=True)
+        with open(os.path.join(args.workdir, f"eval_{name}.json"), "w") as f:
+            json.dump({**record, **metrics}, f, indent=1)
         trainer.task.write_artifacts(args.workdir, outputs, step)
-    print(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
+    label = args.weights if args.weights else f"step {step}"
+    print(f"{label}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
 
 
 if __name__ == "__main__":

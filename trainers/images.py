@@ -128,12 +128,14 @@ def random_resized_crop(img, size, scale, ratio, rng: np.random.Generator):
 
 
 def resize_center_crop(img, size: int, crop_pct: float):
-    """Eval transform: shorter side to size/crop_pct (bicubic), then a centre crop of size."""
+    """Eval transform as timm's (torchvision's Resize then CenterCrop): the shorter side to
+    floor(size / crop_pct), the longer truncated in proportion (bicubic), then a centre crop
+    of size offset by round((side - size) / 2)."""
     h, w = img.shape[:2]
     short = int(size / crop_pct)
-    nh, nw = (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
+    nh, nw = (short, max(1, int(w * short / h))) if h <= w else (max(1, int(h * short / w)), short)
     img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
-    top, left = (nh - size) // 2, (nw - size) // 2
+    top, left = round((nh - size) / 2), round((nw - size) / 2)
     return img[top : top + size, left : left + size]
 
 

@@ -4,6 +4,7 @@ import collections
 import contextlib
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from jaxmodels.nn import load_state_dict
 from trainers import config as config_lib
 from trainers import data, evaluators, rundir, sharding
 from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_shardings, check_writable
@@ -22,7 +24,7 @@ from trainers.cli import InputError
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.progress import progress
-from trainers.tasks import Generates, HasAssets, HasState, PartsInTurn, get_task
+from trainers.tasks import Generates, HasAssets, HasState, LoadsWeights, PartsInTurn, get_task
 
 
 @flax.struct.dataclass
@@ -154,6 +156,45 @@ class Trainer:
     def init(self, seed: int):
         with self.context():
             return self._init(jax.random.PRNGKey(seed))
+
+    def load_weights(self, state: TrainState, path: str) -> TrainState:
+        """``state`` with the parts an upstream checkpoint holds, converted by the task
+        (LoadsWeights) and placed on their shardings, each device receiving only its slice;
+        the optimizer state and EMA start afresh from them. Other parts keep their values."""
+        if not isinstance(self.task, LoadsWeights):
+            raise config_lib.ConfigError(
+                f"model.init_from: task {self.cfg.task} has no converter for upstream weights"
+            )
+        try:
+            state_dict = load_state_dict(path)
+        except FileNotFoundError as e:
+            raise InputError(str(e)) from None
+        except Exception as e:  # truncated or foreign: safetensors and torch raise their own types
+            raise InputError(f"cannot read the weights {path}: {e or type(e).__name__}") from e
+        try:
+            variables = self.task.convert_weights(state_dict)
+            params = _overlay(state.params, variables.get("params", {}), self.param_shardings)
+            model_state = _overlay(state.model_state, variables.get("state", {}), self.model_state_shardings)
+        except ValueError as e:
+            raise InputError(f"the weights {path}, model {self.cfg.model.name}: {e}") from None
+        kept = sorted(
+            {"/".join(k[:1]) for k in flax.traverse_util.flatten_dict(state.params)}
+            - {"/".join(k[:1]) for k in flax.traverse_util.flatten_dict(variables.get("params", {}))}
+        )
+        # On stderr: the inference commands' output (--json) is stdout.
+        print(
+            f"initialised from {path}" + (f" (kept as initialised: {', '.join(kept)})" if kept else ""),
+            file=sys.stderr,
+        )
+
+        def fresh(params, model_state):
+            ema = self._averaged(params, model_state) if state.ema_params is not None else None
+            return self._init_optimizer(params), jax.tree.map(jnp.copy, ema)
+
+        s = self.state_shardings
+        with self.context():
+            opt_state, ema = jax.jit(fresh, out_shardings=(s.opt_state, s.ema_params))(params, model_state)
+        return state.replace(params=params, model_state=model_state, opt_state=opt_state, ema_params=ema)
 
     def _train_step(self, state: TrainState, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -317,6 +358,29 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+def _overlay(current, loaded, shardings):
+    """``current`` with the leaves of ``loaded`` (numpy, the same paths and shapes) put on
+    their shardings: each device is given only its slice of each array."""
+    flat, new = flax.traverse_util.flatten_dict(current), flax.traverse_util.flatten_dict(loaded)
+    placement = flax.traverse_util.flatten_dict(shardings)
+    unknown = ["/".join(k) for k in new if k not in flat]
+    wrong = [
+        f"{'/'.join(k)}: checkpoint {tuple(v.shape)} vs model {flat[k].shape}"
+        for k, v in new.items()
+        if k in flat and tuple(v.shape) != flat[k].shape
+    ]
+    if unknown or wrong:
+        raise ValueError(
+            "; ".join(filter(None, ["not in the model: " + ", ".join(unknown) if unknown else "", *wrong]))
+        )
+    for k, value in new.items():
+        dtype = flat[k].dtype
+        flat[k] = jax.make_array_from_callback(
+            flat[k].shape, placement[k], lambda index, v=value, dtype=dtype: np.asarray(v[index], dtype)
+        )
+    return flax.traverse_util.unflatten_dict(flat)
+
+
 def _check_finite(step: int, metrics: dict, on_nonfinite: str):
     """Stops the run (or, with train.on_nonfinite=skip, says so) after a step that was not applied."""
     if not float(metrics["train/nonfinite"]):
@@ -384,6 +448,8 @@ def _loop(trainer, ckpt, restored, workdir):
     assets = trainer.task.assets() if isinstance(trainer.task, HasAssets) else None
     if restored is None:
         state = trainer.init(cfg.seed)
+        if cfg.model.init_from:
+            state = trainer.load_weights(state, cfg.model.init_from)
     else:
         step, state, data_state, _ = restored
         iterator.set_state(data_state)

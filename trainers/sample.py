@@ -1,8 +1,10 @@
 """python -m trainers.sample CONFIG.yaml --workdir DIR --labels 0,1,2 [options] [dotted.key=value ...]
+   python -m trainers.sample CONFIG.yaml --weights DiT-XL-2-256x256.pt --labels 0,1,2 --out OUT [options]
 
 Draws class-conditional samples from a diffusion run's checkpoint (the EMA weights
-when it has them), batch-sharded over all devices, and writes OUT.png (a grid, one row
-per label) and OUT.npz (`samples` (N, H, W, C) in the model's [-1, 1] space, `labels`).
+when it has them) or from upstream DiT weights, batch-sharded over all devices, and
+writes OUT.png (a grid, one row per label) and OUT.npz (`samples` (N, H, W, C) in the
+model's space: [-1, 1] pixels, or latents for a latent DiT; `labels`).
 """
 
 import dataclasses
@@ -29,7 +31,9 @@ def main(argv=None):
     import launch
     from trainers.config import parse_command_line
 
-    args, cfg = parse_command_line("python -m trainers.sample", __doc__, argv, _add_arguments)
+    args, cfg = parse_command_line("python -m trainers.sample", __doc__, argv, _add_arguments, weights=True)
+    if not (args.out or args.workdir):
+        sys.exit("give --out (or --workdir): where the samples go")
     if cfg.task != "diffusion":
         sys.exit(f"{args.config}: task is {cfg.task!r}; sampling needs a diffusion config")
     try:
@@ -54,7 +58,7 @@ def main(argv=None):
     import numpy as np
 
     from trainers import files, sharding
-    from trainers.checkpoint import restore_run
+    from trainers.checkpoint import restore_or_load
     from trainers.loop import Trainer
     from trainers.pictures import sample_grid_png
 
@@ -63,7 +67,7 @@ def main(argv=None):
     bad = [y for y in labels if not 0 <= y < task.num_classes]
     if bad:
         sys.exit(f"--labels: {bad} not in 0..{task.num_classes - 1}")
-    step, state = restore_run(trainer, args.workdir, args.checkpoint)
+    step, state = restore_or_load(trainer, args.workdir, args.checkpoint, args.weights)
     params = state.inference_params
     y = np.repeat(np.asarray(labels, np.int32), args.per_label)
     pad = -len(y) % sharding.batch_divisor(trainer.mesh)
@@ -72,6 +76,7 @@ def main(argv=None):
             params, np.concatenate([y, np.zeros(pad, np.int32)]), jax.random.PRNGKey(args.seed), trainer.mesh
         )[: len(y)]
     out = args.out or os.path.join(args.workdir, f"samples_{step}")
+    source = os.path.basename(args.weights) if args.weights else f"step {step}"
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         files.write_npz(out + ".npz", samples=samples, labels=y)
@@ -80,9 +85,9 @@ def main(argv=None):
             samples,
             args.per_label,
             row_labels=labels,
-            title=f"step {step}: {sampler} {respacing}, guidance {df.cfg_scale}",
+            title=f"{source}: {sampler} {respacing}, guidance {df.cfg_scale}",
         )
-    print(f"wrote {out}.png and {out}.npz ({len(y)} samples, step {step})", flush=True)
+    print(f"wrote {out}.png and {out}.npz ({len(y)} samples, {source})", flush=True)
 
 
 if __name__ == "__main__":

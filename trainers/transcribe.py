@@ -1,12 +1,17 @@
 """python -m trainers.transcribe CONFIG.yaml --workdir DIR [dotted.key=value ...] [options] --audio A.wav [B.wav ...]
+   python -m trainers.transcribe configs/sensevoice_small.yaml --weights model.pt [options] --audio A.wav ...
 
 Transcribes audio files (WAV, or FLAC with soundfile; resampled to 16 kHz if need be)
 with a CTC run's checkpoint (its EMA weights when it has them), the run's vocabulary,
-feature statistics and language model (tokens.json, cmvn.npz, lm.arpa in DIR), and
-prints each file's text with the time span of every token, from a forced alignment of
-the decoded text:
+feature statistics and language model (tokens.json, cmvn.npz, lm.arpa in DIR), or with
+released weights and the files the config names (SenseVoice-Small: model.pt, its
+SentencePiece model as speech.bpe_model, am.mvn as speech.cmvn_file), and prints each
+file's text with the time span of every token, from a forced alignment of the decoded
+text. A model with SenseVoice's prompts also gives its rich output as FunASR's: greedy
+over every frame, "<|en|><|NEUTRAL|><|Speech|><|woitn|>three seven one", and the
+language, emotion and event in it:
 
-    a.wav   three seven one
+    a.wav   three seven one   [en NEUTRAL Speech]
       three  0.30-0.66 s
       ...
 """
@@ -23,6 +28,9 @@ def _add_arguments(p):
     p.add_argument("--audio", nargs="+", required=True, help="audio files")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
     p.add_argument("--decoder", choices=["beam", "greedy"], default="beam")
+    p.add_argument("--language", default="auto", help="SenseVoice's language prompt: auto (detected), zh, en, ...")
+    p.add_argument("--use_itn", action="store_true", help="SenseVoice: ask for punctuation and normalised text")
+    p.add_argument("--ban_emo_unk", action="store_true", help="SenseVoice: never answer <|EMO_UNKNOWN|>")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
 
 
@@ -31,23 +39,31 @@ def main(argv=None):
     import launch
     from trainers.config import parse_command_line
 
-    args, cfg = parse_command_line("python -m trainers.transcribe", __doc__, argv, _add_arguments)
+    args, cfg = parse_command_line("python -m trainers.transcribe", __doc__, argv, _add_arguments, weights=True)
     if cfg.task != "ctc":
         sys.exit(f"{args.config}: task is {cfg.task!r}; transcription needs a ctc config")
-    missing = [n for n in ("tokens.json", "cmvn.npz") if not os.path.isfile(os.path.join(args.workdir, n))]
-    if missing:
-        sys.exit(f"{args.workdir} has no {' or '.join(missing)}: a run writes them at its first evaluation")
-    cfg = dataclasses.replace(cfg, speech=dataclasses.replace(cfg.speech, assets=args.workdir))
+    from jaxmodels.asr import LANGUAGE_QUERY
+
+    if args.language not in LANGUAGE_QUERY:
+        sys.exit(f"--language: unknown language {args.language!r}; valid: {', '.join(LANGUAGE_QUERY)}")
+    if not args.weights:
+        s = cfg.speech
+        needed = ["tokens.json"] if s.tokens != "sentencepiece" else []
+        needed += ["cmvn.npz"] if not s.cmvn_file else []
+        missing = [n for n in needed if not os.path.isfile(os.path.join(args.workdir, n))]
+        if missing:
+            sys.exit(f"{args.workdir} has no {' or '.join(missing)}: a run writes them at its first evaluation")
+        cfg = dataclasses.replace(cfg, speech=dataclasses.replace(cfg.speech, assets=args.workdir))
     launch.initialize()
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from jaxmodels.asr import parse_rich, rich_greedy
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers import speech
-    from trainers.checkpoint import restore_run
+    from trainers.checkpoint import restore_or_load
     from trainers.loop import Trainer
-    from trainers.tasks.ctc import PROMPT_FIELDS
 
     audio = []
     for path in args.audio:
@@ -57,13 +73,15 @@ def main(argv=None):
             sys.exit(str(e))
     trainer = Trainer(cfg)
     task = trainer.task
-    step, state = restore_run(trainer, args.workdir, args.checkpoint)
+    step, state = restore_or_load(trainer, args.workdir, args.checkpoint, args.weights)
     params = state.inference_params
     s = cfg.speech
+    banned = task.tokenizer.index.get("<|EMO_UNKNOWN|>") if args.ban_emo_unk else None
 
     @jax.jit
     def decode(params, batch):
         logits, lengths = task.forward(params, batch, None, train=False)
+        rich = rich_greedy(logits, lengths, banned) if s.prompts else None
         _, logits, paddings = task.split_outputs(logits, lengths)
         if args.decoder == "beam":
             best = beam_search(
@@ -74,14 +92,17 @@ def main(argv=None):
             labels, label_paddings = greedy_decode(logits, paddings)
             count = jnp.sum(label_paddings < 0.5, axis=1)
         label_paddings = paddings_from_lengths(count, labels.shape[1])
-        return labels, count, forced_align(logits, paddings, labels, label_paddings)
+        return labels, count, forced_align(logits, paddings, labels, label_paddings), rich
 
     padded, lengths = speech.pad_waveforms(audio)
     batch = {"audio": padded, "audio_length": lengths}
     if s.prompts:
-        defaults = [task.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]
-        batch["prompts"] = np.tile(np.array([defaults], np.int32), (len(audio), 1))
-    labels, count, alignment = jax.device_get(decode(params, batch))
+        try:
+            prompts = task.inference_prompts(args.language, args.use_itn)
+        except ValueError as e:
+            sys.exit(f"--language: {e}")
+        batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(audio), 1))
+    labels, count, alignment, rich = jax.device_get(decode(params, batch))
     seconds_per_frame = s.lfr_n * 0.01
     for i, path in enumerate(args.audio):
         ids = labels[i, : count[i]]
@@ -89,20 +110,17 @@ def main(argv=None):
             (task.tokenizer.tokens[t], round(float(a) * seconds_per_frame, 2), round(float(b) * seconds_per_frame, 2))
             for t, a, b in zip(ids, alignment.token_starts[i], alignment.token_ends[i])
         ]
-        text = task.tokenizer.decode(ids)
+        result = {"file": path, "text": task.tokenizer.decode(ids)}
+        if rich is not None:
+            raw = task.tokenizer.decode(rich[0][i][rich[1][i] < 0.5])
+            fields = parse_rich(raw)
+            result.update(rich=raw, **{k: fields[k] for k in ("language", "emotion", "event", "textnorm")})
+        result["weights" if args.weights else "step"] = args.weights or int(step)
         if args.json:
-            print(
-                json.dumps(
-                    {
-                        "file": path,
-                        "text": text,
-                        "step": int(step),
-                        "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans],
-                    }
-                )
-            )
+            print(json.dumps({**result, "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
         else:
-            print(f"{path}\t{text}")
+            tags = f"\t[{result['language']} {result['emotion']} {result['event']}]" if rich is not None else ""
+            print(f"{path}\t{result['text']}{tags}")
             for t, a, b in spans:
                 print(f"  {t}\t{a:.2f}-{b:.2f} s")
     sys.stdout.flush()

@@ -2,7 +2,15 @@
 SenseVoice-Small's SAN-M + CTC recogniser, with named configs."""
 
 from jaxmodels.asr.convert import from_torch, infer_config
-from jaxmodels.asr.frontend import apply_cmvn, degrade, fbank, low_frame_rate, mel_banks, spec_augment
+from jaxmodels.asr.frontend import (
+    apply_cmvn,
+    degrade,
+    fbank,
+    low_frame_rate,
+    mel_banks,
+    read_am_mvn,
+    spec_augment,
+)
 from jaxmodels.asr.model import (
     LANGUAGE_QUERY,
     NUM_PROMPTS,
@@ -13,6 +21,7 @@ from jaxmodels.asr.model import (
     SenseVoiceSmall,
     sinusoidal_positions,
 )
+from jaxmodels.asr.rich import parse_rich, rich_greedy
 from jaxmodels.nn import variants
 
 # SenseVoice-Small as published (the model's config.yaml: SAN-M encoder 50 + 20 layers,
@@ -76,5 +85,8 @@ __all__ = [
     "mel_banks",
     "param_count",
     "sinusoidal_positions",
+    "parse_rich",
+    "read_am_mvn",
+    "rich_greedy",
     "spec_augment",
 ]

@@ -95,6 +95,24 @@ def low_frame_rate(feats, lengths, lfr_m: int = 7, lfr_n: int = 6):
     return _zero_padding(stacked, out_lengths), out_lengths
 
 
+def read_am_mvn(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, inverse_std) from FunASR's am.mvn: a Kaldi nnet in text form whose <AddShift>
+    row holds -mean and <Rescale> row 1/std (each "<LearnRateCoef> 0 [ values ]", on the
+    line after its tag), applied as (x + shift) * scale after the low frame rate."""
+    with open(path) as f:
+        lines = [line.split() for line in f]
+    rows = {}
+    for tag, values in zip(lines, lines[1:]):
+        if tag[:1] in (["<AddShift>"], ["<Rescale>"]):
+            if values[:1] != ["<LearnRateCoef>"] or "[" not in values or values[-1] != "]":
+                raise ValueError(f"{path}: the row after {tag[0]} is not '<LearnRateCoef> 0 [ values ]'")
+            rows[tag[0]] = np.asarray(values[values.index("[") + 1 : -1], np.float32)
+    missing = [t for t in ("<AddShift>", "<Rescale>") if t not in rows]
+    if missing or rows["<AddShift>"].shape != rows["<Rescale>"].shape:
+        raise ValueError(f"{path}: not an am.mvn (missing {missing} or rows of different widths)")
+    return -rows["<AddShift>"], rows["<Rescale>"]
+
+
 def apply_cmvn(feats, lengths, mean, inverse_std):
     """Global mean and variance normalisation, padding left at zero."""
     return _zero_padding((feats - mean) * inverse_std, lengths)

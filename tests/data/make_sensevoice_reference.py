@@ -31,13 +31,16 @@ class _CTC(torch.nn.Module):
         super().__init__()
         self.ctc_lo = torch.nn.Linear(encoder_output_size, odim)
 
+    def log_softmax(self, hs):  # funasr's CTC.log_softmax
+        return torch.nn.functional.log_softmax(self.ctc_lo(hs), dim=2)
+
 
 class _Loss(torch.nn.Module):
     def __init__(self, **kw):
         super().__init__()
 
 
-def _stub_funasr():
+def stub_funasr():
     stubs = {
         "funasr": {},
         "funasr.register": {"tables": _Tables()},
@@ -68,7 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="clone of FunAudioLLM/SenseVoice (its model.py)")
     args = parser.parse_args()
-    _stub_funasr()
+    stub_funasr()
     sys.path.insert(0, args.reference)
     import model as reference
 

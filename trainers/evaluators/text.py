@@ -1,8 +1,12 @@
 """Word and character error rates: edit distances summed over a corpus, over the reference lengths.
 
 WER splits on whitespace; CER compares characters with the spaces removed, the measure of
-languages written without spaces (Chinese, Japanese, Cantonese).
+languages written without spaces (Chinese, Japanese, Cantonese). A corpus of several
+languages is scored by each utterance's measure (SenseVoice's evaluation: CER for those
+three, WER for the others), summed as one error rate.
 """
+
+CHARACTER_LANGUAGES = ("zh", "ja", "yue")
 
 
 def edit_distance(reference, hypothesis) -> int:
@@ -27,10 +31,17 @@ def char_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return edit_distance(ref, "".join(hypothesis.split())), len(ref)
 
 
-def error_rates(references, hypotheses) -> dict:
-    """{"wer": ..., "cer": ...} of a corpus: total edits over total reference length."""
+def error_rates(references, hypotheses, languages=None) -> dict:
+    """{"wer": ..., "cer": ...} of a corpus: total edits over total reference length; with
+    each utterance's language, also "error_rate": CER for CHARACTER_LANGUAGES, WER otherwise."""
     rates = {}
     for name, errors in (("wer", word_errors), ("cer", char_errors)):
         counts = [errors(r, h) for r, h in zip(references, hypotheses, strict=True)]
         rates[name] = sum(e for e, _ in counts) / max(1, sum(n for _, n in counts))
+    if languages is not None:
+        counts = [
+            (char_errors if lang in CHARACTER_LANGUAGES else word_errors)(r, h)
+            for r, h, lang in zip(references, hypotheses, languages, strict=True)
+        ]
+        rates["error_rate"] = sum(e for e, _ in counts) / max(1, sum(n for _, n in counts))
     return rates

@@ -9,7 +9,7 @@ or any importable module named by its path (``task: mypackage.mytask``). It defi
              subclass of config.DataConfig holding the family's data keys
 
 so adding a family edits no shared module. Optional capabilities are protocols of their
-own (HasState, HasAssets, Generates), which the loop tests with isinstance.
+own (HasState, HasAssets, Generates, LoadsWeights), which the loop tests with isinstance.
 """
 
 import importlib
@@ -102,6 +102,17 @@ class Generates(Protocol):
 
     def generate(self, params, mesh) -> tuple:
         """(metrics, outputs) of samples drawn with params, sharded over mesh."""
+
+
+@runtime_checkable
+class LoadsWeights(Protocol):
+    """A family that starts from upstream checkpoints (model.init_from)."""
+
+    def convert_weights(self, state_dict: dict) -> dict:
+        """An upstream state_dict (upstream key names -> numpy arrays) -> variables {"params":
+        ..., "state": ...} of numpy arrays laid out as init's. They may hold only some parts
+        (a released codec has no discriminator): the others keep their initialisation.
+        Raises ValueError naming every key or shape that does not fit the model."""
 
 
 class SplitSources:

@@ -1,5 +1,6 @@
 """Image classification (MambaOut): softmax cross-entropy with label smoothing, mixup/cutmix."""
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -32,14 +33,9 @@ class ClassificationDataConfig(ImageDataConfig):
 SECTIONS = {"data": ClassificationDataConfig}
 
 
-# Image-classifier families by model-name prefix: name -> create(name, **overrides).
-def _mambaout(name, **kw):
-    from jaxmodels.mambaout import create
-
-    return create(name, **kw)
-
-
-MODELS = {"mambaout": _mambaout}
+# Image-classifier families by model-name prefix: the module with create(name, **overrides)
+# and from_torch(state_dict, model).
+MODELS = {"mambaout": "jaxmodels.mambaout"}
 
 
 class ClassificationTask(SplitSources):
@@ -52,7 +48,8 @@ class ClassificationTask(SplitSources):
         family = cfg.model.name.split("_")[0]
         if family not in MODELS:
             raise ValueError(f"model {cfg.model.name!r}: no image classifier family {family!r}; valid: {list(MODELS)}")
-        self.model = MODELS[family](
+        self.family = importlib.import_module(MODELS[family])
+        self.model = self.family.create(
             cfg.model.name,
             **{**cfg.model.args, "num_classes": num_classes},
             dtype=jnp.dtype(cfg.train.compute_dtype),
@@ -93,6 +90,9 @@ class ClassificationTask(SplitSources):
 
     def init(self, rng, batch):
         return self.model.init({"params": rng}, self.normalise(batch["image"]))
+
+    def convert_weights(self, state_dict):
+        return self.family.from_torch(state_dict, self.model)
 
     def _mix(self, rng, x, y):
         """timm's batch-mode mixup/cutmix: one lambda per batch, partner = the batch reversed."""

@@ -172,6 +172,14 @@ class CodecTask(SplitSources):
             },
         }
 
+    def convert_weights(self, state_dict):
+        """A released EnCodec: the generator and its codebooks (it has no discriminator)."""
+        codec = codec_lib.from_torch(state_dict, self.config)
+        return {
+            "params": {"generator": jax.device_get(codec.params)},
+            "state": {"codebooks": jax.device_get(codec.codebooks)},
+        }
+
     def _reconstruction_losses(self):
         """The balanced losses that compare y with x directly, each per example."""
         c, sr = self.cfg.codec, self.config.sample_rate

@@ -7,12 +7,14 @@ prefix beam search (with an n-gram LM when configured) and reports word error ra
 pictures are a spectrogram of one utterance with its forced-aligned tokens.
 
 Tokens: "chars" (the transcripts' characters, "|" for the space) or "words" (the
-training transcripts' words), both with <blank> = 0 and <unk> = 1; or "pieces": a given
-sub-word list (speech.token_list, e.g. SenseVoice's 25,055 tokens; its first entry is
-the blank), text split by longest match with "▁" starting each word. With speech.prompts, the four
-SenseVoice query outputs are trained against <|lang|>, <|event|>, <|emotion|> and
-<|textnorm|> tokens from the manifest fields language / event / emotion / textnorm
-(defaults en, Speech, NEUTRAL, woitn), which join the vocabulary.
+training transcripts' words), both with <blank> = 0 and <unk> = 1; "sentencepiece": a
+SentencePiece model's pieces (speech.bpe_model, e.g. SenseVoice's
+chn_jpn_yue_eng_ko_spectok.bpe.model; id 0 is the blank); or "pieces": a given sub-word
+list (speech.token_list; its first entry is the blank), text split by longest match with
+"▁" starting each word. With speech.prompts, the four SenseVoice query outputs are
+trained against <|lang|>, <|emotion|>, <|event|> and <|textnorm|> tokens from the
+manifest fields language / emotion / event / textnorm (defaults en, NEUTRAL, Speech,
+woitn), which join the vocabulary; one language query in five is "auto", as FunASR's.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from jaxmodels.ctc import (
     write_arpa,
 )
 from trainers import files, speech
+from trainers.cli import InputError
 from trainers.evaluators.text import error_rates
 from trainers.runs import load_run
 from trainers.speech import AudioDataConfig
@@ -51,11 +54,13 @@ from trainers.tasks import SplitSources
 class SpeechConfig:
     """Speech recognition (task: ctc): front end, tokens, augmentation and decoding."""
 
-    # The CTC vocabulary: "words" or "chars" of the training transcripts, or "pieces": the
-    # sub-word list in token_list (a JSON list or one token per line, "▁" marking word
-    # starts, e.g. SenseVoice's tokens.json), text split by longest match.
-    tokens: Literal["words", "chars", "pieces"] = "chars"
+    # The CTC vocabulary: "words" or "chars" of the training transcripts; "sentencepiece":
+    # the SentencePiece model in bpe_model; or "pieces": the sub-word list in token_list (a
+    # JSON list or one token per line, "▁" marking word starts), text split by longest match.
+    tokens: Literal["words", "chars", "pieces", "sentencepiece"] = "chars"
     token_list: str = ""
+    bpe_model: str = ""
+    cmvn_file: str = ""  # FunASR's am.mvn; empty: estimated from the training audio (cmvn_utterances)
     num_mel_bins: int = 80
     lfr_m: int = 7  # low frame rate: stack lfr_m frames every lfr_n (SenseVoice: 7, 6)
     lfr_n: int = 6
@@ -71,7 +76,7 @@ class SpeechConfig:
     lowpass_hz: tuple[float, float] = (2000.0, 8000.0)
     noise_snr_db: tuple[float, float] = (5.0, 40.0)
     max_label_length: int = 64
-    prompts: bool = False  # SenseVoice's language/event/emotion/textnorm queries and their loss
+    prompts: bool = False  # SenseVoice's language/emotion/event/textnorm queries and their loss
     beam_size: int = 8  # eval: greedy and prefix beam search WER
     lm_order: int = 0  # > 0: an n-gram trained on the training transcripts, fused in the beam
     lm_path: str = ""  # or an ARPA file
@@ -88,7 +93,27 @@ class SpeechConfig:
 SECTIONS = {"data": AudioDataConfig, "speech": SpeechConfig}
 
 BLANK, UNK = "<blank>", "<unk>"
-PROMPT_FIELDS = (("language", "en"), ("event", "Speech"), ("emotion", "NEUTRAL"), ("textnorm", "woitn"))
+# The prompt frames' targets in their order (FunASR's: language, emotion, event, textnorm)
+# with the manifest field each comes from and its default. FunASR's manifests name them
+# text_language, emo_target, event_target and with_or_wo_itn, as tags ("<|en|>").
+PROMPT_FIELDS = (("language", "en"), ("emotion", "NEUTRAL"), ("event", "Speech"), ("textnorm", "woitn"))
+FUNASR_FIELDS = {
+    "language": "text_language",
+    "emotion": "emo_target",
+    "event": "event_target",
+    "textnorm": "with_or_wo_itn",
+}
+
+
+def prompt_tags(record: dict) -> list[str]:
+    """The four prompt targets of a manifest record, as tags: ["<|en|>", "<|NEUTRAL|>", ...]."""
+    return [
+        f"<|{record[k]}|>" if k in record else record.get(FUNASR_FIELDS[k], f"<|{default}|>")
+        for k, default in PROMPT_FIELDS
+    ]
+
+
+AUTO_LANGUAGE_RATE = 0.2  # training: the language query's chance of being "auto" (FunASR's)
 
 
 class Tokenizer:
@@ -143,6 +168,31 @@ class Tokenizer:
         return " ".join(symbols) if self.unit == "words" else "".join(symbols).replace("|", " ")
 
 
+class SentencePieceTokenizer:
+    """A SentencePiece model's pieces as the CTC vocabulary, encoded and decoded by the
+    sentencepiece library itself (id 0, SenseVoice's <unk>, is the blank)."""
+
+    unit = "sentencepiece"
+
+    def __init__(self, path: str):
+        import sentencepiece
+
+        if not os.path.isfile(path):
+            raise InputError(f"speech.bpe_model: no SentencePiece model at {path!r}")
+        try:
+            self.processor = sentencepiece.SentencePieceProcessor(model_file=path)
+        except (OSError, RuntimeError) as e:
+            raise InputError(f"speech.bpe_model: {path} is not a SentencePiece model: {e}") from None
+        self.tokens = [self.processor.IdToPiece(i) for i in range(self.processor.GetPieceSize())]
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.EncodeAsIds(text)
+
+    def decode(self, ids) -> str:
+        return self.processor.DecodeIds([int(i) for i in ids])
+
+
 class AudioTransform:
     """Manifest record -> fixed-shape arrays: audio padded to max_seconds, token ids."""
 
@@ -191,26 +241,26 @@ class CTCTask(SplitSources):
     def __init__(self, cfg):
         self.cfg = cfg
         s = cfg.speech
-        if s.assets:
+        if s.tokens == "sentencepiece":
+            if not s.bpe_model:
+                raise ValueError("speech.tokens: sentencepiece needs speech.bpe_model (a SentencePiece .model file)")
+            self.tokenizer = SentencePieceTokenizer(s.bpe_model)
+        elif s.assets:
             with open(os.path.join(s.assets, "tokens.json")) as f:
                 saved = json.load(f)
             self.tokenizer = Tokenizer(saved["tokens"], saved["unit"])
+        elif s.tokens == "pieces":
+            if not s.token_list:
+                raise ValueError("speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)")
+            self.tokenizer = Tokenizer.from_list(s.token_list)
         else:
-            train = self.train_source()
-            transcripts = [r["target"] for r in train.records]
-            if s.tokens == "pieces":
-                if not s.token_list:
-                    raise ValueError(
-                        "speech.tokens: pieces needs speech.token_list (a JSON list or one token per line)"
-                    )
-                self.tokenizer = Tokenizer.from_list(s.token_list)
-            else:
-                extra = [f"<|{r.get(k, d)}|>" for r in train.records for k, d in PROMPT_FIELDS] if s.prompts else ()
-                self.tokenizer = Tokenizer.build(transcripts, s.tokens, extra)
+            records = self.train_source().records
+            extra = [tag for r in records for tag in prompt_tags(r)] if s.prompts else ()
+            self.tokenizer = Tokenizer.build([r["target"] for r in records], s.tokens, extra)
         prompt_ids = None
         if s.prompts:
             index = self.tokenizer.index
-            prompt_ids = lambda r: [index.get(f"<|{r.get(k, d)}|>", 1) for k, d in PROMPT_FIELDS]  # noqa: E731
+            prompt_ids = lambda r: [index.get(tag, 1) for tag in prompt_tags(r)]  # noqa: E731
             # Token id of <|en|>, <|woitn|>, ... -> row of the model's query table (0: "auto").
             self._query_table = np.zeros(len(self.tokenizer.tokens), np.int32)
             for name, row in {**asr.LANGUAGE_QUERY, **asr.TEXTNORM_QUERY}.items():
@@ -229,14 +279,25 @@ class CTCTask(SplitSources):
             dtype=jnp.dtype(cfg.train.compute_dtype),
             remat=cfg.train.remat,
         )
-        if s.assets:
+        # Built from the training data only where the config gives no file (released
+        # weights need no corpus): the CMVN statistics and the language model.
+        if s.cmvn_file:
+            self.cmvn = asr.read_am_mvn(s.cmvn_file)
+            if self.cmvn[0].shape != (s.num_mel_bins * s.lfr_m,):
+                raise ValueError(
+                    f"speech.cmvn_file {s.cmvn_file}: {self.cmvn[0].shape[0]} values, but the features have "
+                    f"num_mel_bins x lfr_m = {s.num_mel_bins * s.lfr_m}"
+                )
+        elif s.assets:
             with np.load(os.path.join(s.assets, "cmvn.npz")) as f:
                 self.cmvn = (f["mean"], f["inverse_std"])
+        else:
+            self.cmvn = self._global_cmvn(self.train_source())
+        if s.assets:
             arpa = os.path.join(s.assets, "lm.arpa")
             self.lm_model = read_arpa(arpa) if os.path.isfile(arpa) else None
         else:
-            self.cmvn = self._global_cmvn(train)
-            self.lm_model = self._language_model(transcripts)
+            self.lm_model = self._language_model()
         self.lm = None
         if self.lm_model and s.lm_words and s.tokens != "words":
             self.lm = WordNGramLM.create(self.lm_model, self.tokenizer.tokens)
@@ -279,16 +340,17 @@ class CTCTask(SplitSources):
         std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-10))
         return mean.astype(np.float32), (1.0 / std).astype(np.float32)
 
-    def _language_model(self, transcripts):
+    def _language_model(self):
         s = self.cfg.speech
         if s.lm_path:
             return read_arpa(s.lm_path)
-        if s.lm_order > 0 and s.lm_words:
+        if s.lm_order <= 0:
+            return None
+        transcripts = [r["target"] for r in self.train_source().records]
+        if s.lm_words:
             return train_ngram([t.split() for t in transcripts], s.lm_order)
-        if s.lm_order > 0:
-            tokens = self.tokenizer.tokens
-            return train_ngram([[tokens[i] for i in self.tokenizer.encode(t)] for t in transcripts], s.lm_order)
-        return None
+        tokens = self.tokenizer.tokens
+        return train_ngram([[tokens[i] for i in self.tokenizer.encode(t)] for t in transcripts], s.lm_order)
 
     # -- model ------------------------------------------------------------------------
     def _features(self, audio, audio_length, rng):
@@ -323,6 +385,9 @@ class CTCTask(SplitSources):
         language = textnorm = None
         if s.prompts:
             language, textnorm = self._query_rows(batch["prompts"][:, 0]), self._query_rows(batch["prompts"][:, 3])
+            if train:  # as FunASR's SenseVoiceSmall.encode: one utterance in five asks for automatic detection
+                auto = jax.random.uniform(jax.random.fold_in(rng, 4), language.shape) < AUTO_LANGUAGE_RATE
+                language = jnp.where(auto, asr.LANGUAGE_QUERY["auto"], language)
         logits, lengths = self.model.apply(
             {"params": params},
             feats,
@@ -334,13 +399,27 @@ class CTCTask(SplitSources):
         )
         return logits, lengths
 
+    def inference_prompts(self, language: str = "auto", use_itn: bool = False) -> list:
+        """The four prompt token ids of an inference, as FunASR's: <|language|> (auto: the
+        model detects it), the emotion and event defaults (the model's queries for them are
+        fixed; these are only targets), <|withitn|> or <|woitn|>."""
+        index = self.tokenizer.index
+        if language != "auto" and (language not in asr.LANGUAGE_QUERY or f"<|{language}|>" not in index):
+            known = [k for k in asr.LANGUAGE_QUERY if k == "auto" or f"<|{k}|>" in index]
+            raise ValueError(f"unknown language {language!r}; valid: {', '.join(known)}")
+        textnorm = "<|withitn|>" if use_itn else "<|woitn|>"
+        if textnorm not in index:
+            raise ValueError(f"the vocabulary has no {textnorm}")
+        emotion, event = (index.get(f"<|{default}|>", 1) for _, default in PROMPT_FIELDS[1:3])
+        return [index.get(f"<|{language}|>", 0), emotion, event, index[textnorm]]
+
     def greedy_labels(self, params, audio, lengths):
         """Greedy CTC labels (B, T') of padded audio, -1 past each row's end; the prompts are
         automatic (language detected, no text normalisation asked)."""
         batch = {"audio": audio, "audio_length": lengths}
         if self.cfg.speech.prompts:
-            defaults = [self.tokenizer.index.get(f"<|{d}|>", 1) for _, d in PROMPT_FIELDS]
-            batch["prompts"] = jnp.tile(jnp.asarray([defaults], jnp.int32), (audio.shape[0], 1))
+            prompts = self.inference_prompts()
+            batch["prompts"] = jnp.tile(jnp.asarray([prompts], jnp.int32), (audio.shape[0], 1))
         logits, frames = self.forward(params, batch, None, train=False)
         _, logits, paddings = self.split_outputs(logits, frames)
         labels, label_paddings = greedy_decode(logits, paddings)
@@ -383,6 +462,9 @@ class CTCTask(SplitSources):
         feats = jnp.zeros((batch["audio"].shape[0], frames, s.num_mel_bins * s.lfr_m))
         return self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
 
+    def convert_weights(self, state_dict):
+        return asr.from_torch(state_dict, self.model)
+
     def _label_paddings(self, batch):
         return paddings_from_lengths(batch["label_length"], batch["labels"].shape[1])
 
@@ -404,8 +486,11 @@ class CTCTask(SplitSources):
         return total, metrics
 
     def eval_outputs(self, params, batch):
-        logits, lengths = self.forward(params, batch, None, train=False)
-        _, logits, paddings = self.split_outputs(logits, lengths)
+        asked = batch
+        if self.cfg.speech.prompts:  # asked as a user asks: the language automatic (id 0: the "auto" query)
+            asked = {**batch, "prompts": batch["prompts"].at[:, 0].set(0)}
+        logits, lengths = self.forward(params, asked, None, train=False)
+        prompt_logits, logits, paddings = self.split_outputs(logits, lengths)
         label_paddings = self._label_paddings(batch)
         per_utt = ctc_loss(logits, paddings, batch["labels"], label_paddings, zero_infinity=True)
         greedy, greedy_paddings = greedy_decode(logits, paddings)
@@ -421,14 +506,25 @@ class CTCTask(SplitSources):
             "labels": jnp.where(label_paddings > 0, -1, batch["labels"]),
             "token_starts": alignment.token_starts,
             "token_ends": alignment.token_ends,
+            **(
+                {"prompt_targets": batch["prompts"], "prompt_predictions": jnp.argmax(prompt_logits, -1)}
+                if prompt_logits is not None
+                else {}
+            ),
         }
 
     def eval_metrics(self, outputs):
         metrics = {"ctc": float(np.mean(outputs["ctc"]))}
         references = [self.tokenizer.decode(row[row >= 0]) for row in outputs["labels"]]
+        languages = None
+        if "prompt_targets" in outputs:  # the language, emotion and event outputs against the manifest's
+            targets, predictions = outputs["prompt_targets"], outputs["prompt_predictions"]
+            for i, (field, _) in enumerate(PROMPT_FIELDS[:3]):
+                metrics[f"{field}_accuracy"] = float(np.mean(targets[:, i] == predictions[:, i]))
+            languages = [self.tokenizer.tokens[t].strip("<|>") for t in targets[:, 0]]
         for name in ("greedy", "beam"):
             hypotheses = [self.tokenizer.decode(row[row >= 0]) for row in outputs[name]]
-            metrics.update({f"{k}_{name}": v for k, v in error_rates(references, hypotheses).items()})
+            metrics.update({f"{k}_{name}": v for k, v in error_rates(references, hypotheses, languages).items()})
         return metrics
 
     def write_artifacts(self, workdir, outputs, step):

@@ -143,6 +143,11 @@ class DiffusionTask(SplitSources):
         n = batch["x"].shape[0]
         return self.model.init({"params": rng}, batch["x"], jnp.zeros((n,)), batch["label"])
 
+    def convert_weights(self, state_dict):
+        from jaxmodels.dit import from_torch
+
+        return from_torch(state_dict, self.model)
+
     def _terms(self, params, batch, rng, train):
         k_t, k_noise, k_drop = jax.random.split(rng, 3)
         x = batch["x"]

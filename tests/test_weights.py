@@ -1,0 +1,245 @@
+"""Upstream checkpoints through the trainer and the commands (model.init_from, --weights):
+converted by the family's converter and placed on the sharded parameter layout."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, run, tiny_config
+from PIL import Image
+
+from jaxmodels import mambaout
+from jaxmodels.nn import load_state_dict
+from trainers import config as config_lib
+from trainers.cli import InputError
+from trainers.loop import Trainer, train
+
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def m1_config(dims=(16, 32, 48, 64), init_from="", data=(), **sections):
+    """The fixture's official MambaOut (m1: depths 1,1,2,1, dims 16-64, 10 classes) on 32x32 images."""
+    args = {"depths": [1, 1, 2, 1], "dims": list(dims), "num_classes": 10}
+    model = {"name": "mambaout_femto", "args": args, "init_from": init_from}
+    return tiny_config(model=model, data={"image_size": 32, **dict(data)}, **sections)
+
+
+def test_init_from_places_upstream_weights_on_the_sharded_layout(fixtures_dir, capsys):
+    """What trainers.train does with model.init_from (the SenseVoice fine-tuning test below runs it)."""
+    weights = fixtures_dir / "mambaout" / "m1" / "weights.safetensors"
+    trainer = Trainer(m1_config(mesh={"data": 1, "fsdp": 8}, optimizer={"ema_decay": 0.9}))
+    state = trainer.load_weights(trainer.init(0), str(weights))
+    assert f"initialised from {weights}" in capsys.readouterr().err
+    expected = mambaout.from_torch(load_state_dict(weights))["params"]
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), expected)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), expected)
+    assert state.ema_params is not state.params  # its own buffers: the train step donates both
+    assert jax.tree.leaves(jax.tree.map(lambda a: a.sharding, state.params)) == jax.tree.leaves(
+        trainer.param_shardings
+    )
+    assert any("fsdp" in str(s.spec) for s in jax.tree.leaves(trainer.param_shardings))
+    mu = jax.device_get(state.opt_state[0].mu)  # adamw's moments start afresh
+    assert all(not np.any(m) for m in jax.tree.leaves(mu))
+
+    wider = Trainer(m1_config(dims=(16, 32, 48, 72)))
+    mismatch = r"(?s)model mambaout_femto: .*conv\.weight: checkpoint \(3, 3, 48, 64\) vs model \(3, 3, 48, 72\)"
+    with pytest.raises(InputError, match=mismatch):
+        wider.load_weights(wider.abstract_state, str(weights))
+    with pytest.raises(InputError, match="checkpoint not found"):
+        trainer.load_weights(trainer.abstract_state, str(fixtures_dir / "no.pth"))
+
+
+def timm_eval(image, size=32, crop_pct=1.0):
+    """timm's eval transform as torchvision computes it on a PIL image: the shorter side to
+    floor(size / crop_pct) and the longer int(short * long / shorter) (bicubic), a centre
+    crop at int(round((side - size) / 2)), then ToTensor's /255 and the mean and std."""
+    h, w = image.shape[:2]
+    short = int(size / crop_pct)
+    nh, nw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC))
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return (resized[top : top + size, left : left + size] / 255.0 - MEAN) / STD
+
+
+def test_evaluate_command_scores_upstream_weights_as_the_official_model(fixtures_dir, tmp_path, capsys):
+    """Twelve images of assorted sizes, filed so that the official model's top-1 class is the
+    label of every other one and its third class of the rest: top-1 1/2, top-5 1, over 8 devices."""
+    torch = pytest.importorskip("torch")
+    from trainers.evaluate import main as evaluate
+
+    state = load_state_dict(fixtures_dir / "mambaout" / "m1" / "weights.safetensors")
+    weights = tmp_path / "mambaout_m1.pth"  # as released: a torch pickle of the state_dict
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, weights)
+    model = mambaout.MambaOut(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=10)
+
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (40, 33), (33, 47), (64, 50), (35, 35), (31, 45)] * 2
+    images = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in sizes]
+    x = np.stack([timm_eval(im) for im in images]).astype(np.float32)
+    logits = model.apply(mambaout.from_torch(state), x)
+    ranked = np.argsort(-np.asarray(logits), axis=1)
+    for c in range(10):
+        (tmp_path / "images" / "val" / f"c{c}").mkdir(parents=True)
+    for i, im in enumerate(images):
+        label = ranked[i, 0] if i % 2 == 0 else ranked[i, 2]
+        Image.fromarray(im).save(tmp_path / "images" / "val" / f"c{label}" / f"{i}.png")
+
+    cfg = m1_config(data={"source": "imagefolder", "path": str(tmp_path / "images"), "eval_batch_size": 16})
+    (tmp_path / "m1.yaml").write_text(config_lib.dump(cfg))
+    evaluate([str(tmp_path / "m1.yaml"), "--weights", str(weights), "--workdir", str(tmp_path / "ev")])
+    result = json.loads((tmp_path / "ev" / "eval_weights.json").read_text())
+    assert result["accuracy"] == 0.5 and result["top5_accuracy"] == 1.0, result
+    assert f"{weights}: accuracy=0.5000" in capsys.readouterr().out
+
+
+def test_sample_command_draws_from_upstream_dit_weights(fixtures_dir, tmp_path):
+    """trainers.sample --weights without a run: the task's sampler (checked against upstream's
+    loops in test_dit) on the converted upstream weights, sharded over 8 devices."""
+    from jaxmodels import dit
+    from trainers import sharding
+    from trainers.sample import main as sample
+
+    case = fixtures_dir / "dit" / "s_p2"
+    args = json.loads((case / "config.json").read_text())
+    args.pop("class_dropout_prob")
+    cfg = config_lib.parse(
+        {
+            "task": "diffusion",
+            "model": {"name": "DiT-S/2", "args": args},
+            "data": {"source": "latents", "batch_size": 8, "eval_batch_size": 8},
+            "diffusion": {"sampler": "ddim", "sample_respacing": "ddim3", "cfg_scale": 1.5},
+        }
+    )
+    (tmp_path / "dit.yaml").write_text(config_lib.dump(cfg))
+    weights = case / "weights.safetensors"
+    sample(
+        [str(tmp_path / "dit.yaml"), "--weights", str(weights), "--labels", "1,3", "--per_label", "2"]
+        + ["--out", str(tmp_path / "s")]
+    )
+    with np.load(tmp_path / "s.npz") as f:
+        samples, labels = f["samples"], f["labels"]
+    assert samples.shape == (4, 8, 8, 4) and labels.tolist() == [1, 1, 3, 3]
+
+    trainer = Trainer(cfg)
+    params = dit.from_torch(load_state_dict(weights), trainer.task.model)["params"]
+    y = np.array([1, 1, 3, 3, 0, 0, 0, 0], np.int32)
+    with trainer.context():
+        expected = trainer.task.sample(params, y, jax.random.PRNGKey(0), trainer.mesh)[:4]
+    assert sharding.batch_divisor(trainer.mesh) == 8
+    np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_codec_starts_from_released_encodec_with_a_fresh_discriminator(fixtures_dir, capsys):
+    """A released EnCodec holds the generator and its codebooks; the discriminator keeps its
+    initialisation."""
+    from test_codec_training import codec_config
+
+    from jaxmodels import codec as codec_lib
+
+    case = fixtures_dir / "encodec" / "causal_mono"
+    upstream = json.loads((case / "config.json").read_text())
+    keys = ("sample_rate", "dimension", "n_filters", "ratios", "lstm", "n_q", "bins", "target_bandwidths")
+    trainer = Trainer(codec_config(model={"args": {k: upstream[k] for k in keys}}))
+    fresh = trainer.init(0)
+    discriminator = jax.device_get(fresh.params["discriminator"])
+    state = trainer.load_weights(fresh, str(case / "weights.safetensors"))
+    assert "(kept as initialised: discriminator)" in capsys.readouterr().err
+    released = codec_lib.from_torch(load_state_dict(case / "weights.safetensors"), upstream)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["generator"]), released.params)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.model_state["codebooks"]), released.codebooks)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["discriminator"]), discriminator)
+
+
+def write_am_mvn(path, mean, inverse_std):
+    """FunASR's am.mvn layout (a Kaldi nnet in text form)."""
+    row = lambda v: "<LearnRateCoef> 0 [ " + " ".join(f"{x:.6g}" for x in v) + " ]"  # noqa: E731
+    n = len(mean)
+    path.write_text(
+        f"<Nnet>\n<Splice> {n} {n}\n[ 0 ]\n<AddShift> {n} {n}\n{row(-mean)}\n<Rescale> {n} {n}\n{row(inverse_std)}\n"
+        "</Nnet>\n"
+    )
+
+
+def released_sensevoice(folder):
+    """SenseVoice's three released files in ``folder`` (model.pt, the SentencePiece model as
+    bpe.model, am.mvn), for a small random-weight model with the published vocabulary and
+    inputs; returns its encoder_conf."""
+    torch = pytest.importorskip("torch")
+    from helpers import sensevoice_spm
+
+    reference = json.loads((ROOT / "tests" / "data" / "sensevoice_rich.json").read_text())
+    state = sensevoice_spm.random_weights(reference["shapes"], reference["center"])
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, folder / "model.pt")
+    sensevoice_spm.build(folder / "bpe.model")
+    rng = np.random.default_rng(0)
+    write_am_mvn(folder / "am.mvn", rng.normal(-10, 1, 560), rng.uniform(0.1, 0.2, 560))
+    return reference["encoder_conf"]
+
+
+@pytest.mark.slow  # a training run of the published vocabulary: 25 s
+def test_finetuning_starts_from_released_sensevoice_files(tone_corpus, tmp_path, capsys):
+    """configs/sensevoice_small_finetune.yaml, narrowed to the small model, on a manifest corpus."""
+    encoder = released_sensevoice(tmp_path)
+    overrides = [
+        f"model.init_from={tmp_path / 'model.pt'}",
+        f"model.args={{encoder_conf: {json.dumps({**encoder, 'dropout_rate': 0.0})}}}",
+        f"data.path={tone_corpus}",
+        "data.eval_split=test",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "data.max_seconds=0.1",
+        "data.num_workers=0",
+        f"speech.bpe_model={tmp_path / 'bpe.model'}",
+        f"speech.cmvn_file={tmp_path / 'am.mvn'}",
+        "speech.max_label_length=16",
+        "speech.beam_size=2",
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.compute_dtype=float32",
+        "train.async_checkpointing=false",
+    ]
+    metrics = train(config_lib.load("configs/sensevoice_small_finetune.yaml", overrides), str(tmp_path / "run"))
+    assert f"initialised from {tmp_path / 'model.pt'}" in capsys.readouterr().err
+    assert np.isfinite(metrics["eval/ctc"]) and 0 <= metrics["eval/wer_greedy"]
+
+
+def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path):
+    """SenseVoice's released files, small and random here: the rich output, its fields, and
+    FunASR's options, without a run."""
+    from jaxmodels import asr
+
+    encoder = released_sensevoice(tmp_path)
+    cfg = config_lib.parse(
+        {
+            "task": "ctc",
+            "model": {"name": "sensevoice_small", "args": {"encoder_conf": {**encoder, "dropout_rate": 0.0}}},
+            "data": {"source": "manifest", "batch_size": 8, "eval_batch_size": 8},
+            "speech": {
+                "tokens": "sentencepiece",
+                "bpe_model": str(tmp_path / "bpe.model"),
+                "cmvn_file": str(tmp_path / "am.mvn"),
+                "prompts": True,
+            },
+        }
+    )
+    (tmp_path / "sv.yaml").write_text(config_lib.dump(cfg))
+    audio = [str(tone_corpus / "wav" / f"test{i}.wav") for i in range(2)]
+    command = [sys.executable, "-m", "trainers.transcribe", tmp_path / "sv.yaml", "--weights", tmp_path / "model.pt"]
+    command += ["--decoder", "greedy", "--json", "--audio", *audio]
+    for options in ([], ["--language", "en", "--use_itn", "--ban_emo_unk"]):
+        results = [json.loads(line) for line in run(command + options).stdout.splitlines()]
+        assert [r["file"] for r in results] == audio
+        for r in results:
+            fields = asr.parse_rich(r["rich"])
+            assert {k: r[k] for k in ("language", "emotion", "event", "textnorm")} == {
+                k: fields[k] for k in ("language", "emotion", "event", "textnorm")
+            }
+            assert r["weights"] == str(tmp_path / "model.pt")
+            if options:
+                assert "<|EMO_UNKNOWN|>" not in r["rich"]
+    bad = subprocess.run(command + ["--language", "xx"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown language 'xx'; valid: auto, zh, en" in bad.stderr
