@@ -156,6 +156,9 @@ def test_tokenizers_round_trip():
     assert word_errors("a b c d", "a x c") == (2, 4)
     assert char_errors("今天 天气", "今天天汽") == (1, 4)
     assert error_rates(["a b", "c"], ["a", "c d"]) == {"wer": 2 / 3, "cer": 2 / 3}
+    # each utterance by its language's measure: characters for Chinese, words for English
+    mixed = error_rates(["今天 天气", "one two"], ["今天天汽", "one"], ["zh", "en"])
+    assert mixed["error_rate"] == (1 + 1) / (4 + 2)
 
 
 def test_corpus_is_deterministic_with_held_out_voices(tmp_path):

@@ -205,6 +205,8 @@ def test_finetuning_starts_from_released_sensevoice_files(tone_corpus, tmp_path,
     metrics = train(config_lib.load("configs/sensevoice_small_finetune.yaml", overrides), str(tmp_path / "run"))
     assert f"initialised from {tmp_path / 'model.pt'}" in capsys.readouterr().err
     assert np.isfinite(metrics["eval/ctc"]) and 0 <= metrics["eval/wer_greedy"]
+    for name in ("language_accuracy", "emotion_accuracy", "event_accuracy", "error_rate_greedy"):
+        assert 0 <= metrics[f"eval/{name}"] <= 1 or name.startswith("error"), name
 
 
 def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path):
