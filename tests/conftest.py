@@ -31,6 +31,19 @@ FIXTURES = ROOT.parent / "shared" / "fixtures"
 DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHONPATH": str(ROOT)}
 
 
+# pytest-xdist hands whole files to its workers in collection order (--dist loadfile): the
+# files with the longest tests go first, so that no worker is left with one at the end.
+LONGEST_FIRST = ("test_tts.py", "test_codec_training.py", "test_speechlm.py", "test_weights.py", "test_sharding.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def run(args, env=None):
     """A command run from the repository root (CompletedProcess, text output); when it fails,
     the test fails with the end of what it printed (a CalledProcessError shows none of it)."""

@@ -75,6 +75,8 @@ def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, 
             audio = speech.read_audio(str(workdir / "tts" / f"{i}_{name}.wav"))
             assert len(audio) > 0
     assert (workdir / "tts_spectrograms.png").stat().st_size > 0
+    if word_alignment:
+        return  # the command below runs in the slow tier's cases
 
     # The command: text + a prompt recording -> a WAV, with the run's checkpoint.
     from trainers import tts

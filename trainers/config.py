@@ -277,14 +277,15 @@ def parse_command_line(prog: str, description: str, argv=None, add_arguments=lam
     """(args, Config) from ``CONFIG.yaml --workdir DIR [dotted.key=value ...]`` plus a command's own flags.
 
     With ``weights``, the command also takes ``--weights PATH`` (upstream weights, set as
-    model.init_from), and then needs no run directory. A config error ends the process
-    with its message (no traceback).
+    model.init_from; then no run directory is needed) and ``--model NAME`` (model.name). A
+    config error ends the process with its message (no traceback).
     """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("config", help="experiment YAML (configs/...)")
     parser.add_argument("--workdir", required=not weights, help="checkpoints, metrics and pictures; resumed from")
     if weights:
         parser.add_argument("--weights", help="upstream weights (.pt/.pth/.safetensors) instead of a run's checkpoint")
+        parser.add_argument("--model", help="the weights' named variant (model.name), e.g. DiT-XL/2")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optimizer.lr=1e-3")
     add_arguments(parser)
     args = parser.parse_intermixed_args(argv)
@@ -296,4 +297,6 @@ def parse_command_line(prog: str, description: str, argv=None, add_arguments=lam
         sys.exit(f"config error: {e}")
     if weights and args.weights:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=args.weights))
+    if weights and args.model:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=args.model))
     return args, cfg
