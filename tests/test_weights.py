@@ -2,13 +2,11 @@
 converted by the family's converter and placed on the sharded parameter layout."""
 
 import json
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, run, tiny_config
+from conftest import ROOT, tiny_config
 from PIL import Image
 
 from jaxmodels import mambaout
@@ -206,10 +204,11 @@ def test_finetuning_starts_from_released_sensevoice_files(tone_corpus, tmp_path,
         assert 0 <= metrics[f"eval/{name}"] <= 1 or name.startswith("error"), name
 
 
-def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path):
+def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path, capsys):
     """SenseVoice's released files, small and random here: the rich output, its fields, and
     FunASR's options, without a run."""
     from jaxmodels import asr
+    from trainers.transcribe import main as transcribe
 
     encoder = released_sensevoice(tmp_path)
     cfg = config_lib.parse(
@@ -227,10 +226,12 @@ def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path
     )
     (tmp_path / "sv.yaml").write_text(config_lib.dump(cfg))
     audio = [str(tone_corpus / "wav" / f"test{i}.wav") for i in range(2)]
-    command = [sys.executable, "-m", "trainers.transcribe", tmp_path / "sv.yaml", "--weights", tmp_path / "model.pt"]
-    command += ["--decoder", "greedy", "--json", "--audio", *audio]
+    command = [str(tmp_path / "sv.yaml"), "--weights", str(tmp_path / "model.pt"), "--decoder", "greedy", "--json"]
+    command += ["--audio", *audio]
     for options in ([], ["--language", "en", "--use_itn", "--ban_emo_unk"]):
-        results = [json.loads(line) for line in run(command + options).stdout.splitlines()]
+        capsys.readouterr()
+        transcribe(command + options)
+        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [r["file"] for r in results] == audio
         for r in results:
             fields = asr.parse_rich(r["rich"])
@@ -240,5 +241,5 @@ def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path
             assert r["weights"] == str(tmp_path / "model.pt")
             if options:
                 assert "<|EMO_UNKNOWN|>" not in r["rich"]
-    bad = subprocess.run(command + ["--language", "xx"], capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode != 0 and "unknown language 'xx'; valid: auto, zh, en" in bad.stderr
+    with pytest.raises(SystemExit, match="unknown language 'xx'; valid: auto, zh, en"):
+        transcribe(command + ["--language", "xx"])
