@@ -241,3 +241,18 @@ def test_tts_trains_and_speaks_with_params_sharded_over_two_processes(
         assert final[f"eval/{name}"] == pytest.approx(reference[f"eval/{name}"], rel=1e-4), name
     for name in ("prompt", "reference", "generated"):
         assert len(speech.read_audio(str(workdir / "tts" / f"0_{name}.wav"))) > 0
+
+
+@pytest.mark.slow  # multi-process runs
+def test_upstream_weights_evaluate_the_same_over_two_processes(fixtures_dir, compile_cache, tmp_path):
+    """trainers.evaluate --weights under jaxrun: each process places its slices of the
+    converted weights and reads its share of the images; the metrics are one device's."""
+    from test_weights import official_mambaout_folder
+
+    config, weights = official_mambaout_folder(fixtures_dir, tmp_path)
+    command = [sys.executable, "-m", "launch", "--standalone", "--nproc_per_node=2", "-m", "trainers.evaluate"]
+    command += [str(config), "--weights", str(weights), "--workdir", str(tmp_path / "ev")]
+    proc = subprocess.run(command, env=worker_env(4, compile_cache), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "ev" / "eval_weights.json").read_text())
+    assert result["accuracy"] == 0.5 and result["top5_accuracy"] == 1.0, result

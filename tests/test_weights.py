@@ -59,32 +59,37 @@ def timm_eval(image, size=32, crop_pct=1.0):
     return (resized[top : top + size, left : left + size] / 255.0 - MEAN) / STD
 
 
-def test_evaluate_command_scores_upstream_weights_as_the_official_model(fixtures_dir, tmp_path, capsys):
-    """Twelve images of assorted sizes, filed so that the official model's top-1 class is the
-    label of every other one and its third class of the rest: top-1 1/2, top-5 1, over 8 devices."""
+def official_mambaout_folder(fixtures_dir, folder):
+    """(config path, weights path): the fixture's official MambaOut saved as released (a torch
+    pickle of the state_dict) and twelve images of assorted sizes, filed so that the official
+    model's top-1 class is the label of every other one and its third class of the rest:
+    top-1 accuracy 1/2 and top-5 accuracy 1 exactly, when the eval transform is timm's."""
     torch = pytest.importorskip("torch")
-    from trainers.evaluate import main as evaluate
-
     state = load_state_dict(fixtures_dir / "mambaout" / "m1" / "weights.safetensors")
-    weights = tmp_path / "mambaout_m1.pth"  # as released: a torch pickle of the state_dict
+    weights = folder / "mambaout_m1.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, weights)
     model = mambaout.MambaOut(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=10)
-
     rng = np.random.default_rng(0)
     sizes = [(32, 32), (40, 33), (33, 47), (64, 50), (35, 35), (31, 45)] * 2
     images = [rng.integers(0, 256, (h, w, 3), np.uint8) for h, w in sizes]
     x = np.stack([timm_eval(im) for im in images]).astype(np.float32)
-    logits = model.apply(mambaout.from_torch(state), x)
-    ranked = np.argsort(-np.asarray(logits), axis=1)
+    ranked = np.argsort(-np.asarray(model.apply(mambaout.from_torch(state), x)), axis=1)
     for c in range(10):
-        (tmp_path / "images" / "val" / f"c{c}").mkdir(parents=True)
+        (folder / "images" / "val" / f"c{c}").mkdir(parents=True)
     for i, im in enumerate(images):
         label = ranked[i, 0] if i % 2 == 0 else ranked[i, 2]
-        Image.fromarray(im).save(tmp_path / "images" / "val" / f"c{label}" / f"{i}.png")
+        Image.fromarray(im).save(folder / "images" / "val" / f"c{label}" / f"{i}.png")
+    cfg = m1_config(data={"source": "imagefolder", "path": str(folder / "images"), "eval_batch_size": 16})
+    (folder / "m1.yaml").write_text(config_lib.dump(cfg))
+    return folder / "m1.yaml", weights
 
-    cfg = m1_config(data={"source": "imagefolder", "path": str(tmp_path / "images"), "eval_batch_size": 16})
-    (tmp_path / "m1.yaml").write_text(config_lib.dump(cfg))
-    evaluate([str(tmp_path / "m1.yaml"), "--weights", str(weights), "--workdir", str(tmp_path / "ev")])
+
+def test_evaluate_command_scores_upstream_weights_as_the_official_model(fixtures_dir, tmp_path, capsys):
+    """Over 8 devices; tests/test_jaxrun_training.py runs it over two processes."""
+    from trainers.evaluate import main as evaluate
+
+    config, weights = official_mambaout_folder(fixtures_dir, tmp_path)
+    evaluate([str(config), "--weights", str(weights), "--workdir", str(tmp_path / "ev")])
     result = json.loads((tmp_path / "ev" / "eval_weights.json").read_text())
     assert result["accuracy"] == 0.5 and result["top5_accuracy"] == 1.0, result
     assert f"{weights}: accuracy=0.5000" in capsys.readouterr().out
