@@ -177,15 +177,9 @@ class Trainer:
             model_state = _overlay(state.model_state, variables.get("state", {}), self.model_state_shardings)
         except ValueError as e:
             raise InputError(f"the weights {path}, model {self.cfg.model.name}: {e}") from None
-        kept = sorted(
-            {"/".join(k[:1]) for k in flax.traverse_util.flatten_dict(state.params)}
-            - {"/".join(k[:1]) for k in flax.traverse_util.flatten_dict(variables.get("params", {}))}
-        )
-        # On stderr: the inference commands' output (--json) is stdout.
-        print(
-            f"initialised from {path}" + (f" (kept as initialised: {', '.join(kept)})" if kept else ""),
-            file=sys.stderr,
-        )
+        kept = sorted(set(state.params) - set(variables.get("params", {})))  # top-level parts
+        kept = f" (kept as initialised: {', '.join(kept)})" if kept else ""
+        print(f"initialised from {path}{kept}", file=sys.stderr)  # stdout is the inference commands' output
 
         def fresh(params, model_state):
             ema = self._averaged(params, model_state) if state.ema_params is not None else None
@@ -369,10 +363,9 @@ def _overlay(current, loaded, shardings):
         for k, v in new.items()
         if k in flat and tuple(v.shape) != flat[k].shape
     ]
-    if unknown or wrong:
-        raise ValueError(
-            "; ".join(filter(None, ["not in the model: " + ", ".join(unknown) if unknown else "", *wrong]))
-        )
+    problems = ([f"not in the model: {', '.join(unknown)}"] if unknown else []) + wrong
+    if problems:
+        raise ValueError("; ".join(problems))
     for k, value in new.items():
         dtype = flat[k].dtype
         flat[k] = jax.make_array_from_callback(
