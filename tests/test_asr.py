@@ -144,6 +144,24 @@ def test_remat_changes_memory_not_numbers():
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-4), ga, gb)
 
 
+def test_long_audio_is_cut_in_its_silences():
+    rng = np.random.default_rng(0)
+    sr, parts = 16000, []
+    for _ in range(3):  # 4 s of speech-like noise, then 1 s of near silence
+        parts += [0.3 * rng.standard_normal(4 * sr), 0.001 * rng.standard_normal(sr)]
+    audio = np.concatenate(parts).astype(np.float32)
+    assert asr.segments(audio, sr, 30.0) == [(0, len(audio))]
+    assert asr.segments(audio, sr, 6.0) == [(0, 72000), (72000, 152000), (152000, 240000)]  # mid-silence
+    # one long region: cut at its quietest frames, every piece within the limit
+    swell = (0.3 * rng.standard_normal(20 * sr) * np.abs(np.sin(np.arange(20 * sr) / sr * np.pi * 0.7))).astype(
+        np.float32
+    )
+    pieces = asr.segments(swell, sr, 6.0)
+    assert pieces[0][0] == 0 and pieces[-1][1] == len(swell) and all(b - a <= 6 * sr for a, b in pieces)
+    assert all(a == b for (_, a), (b, _) in zip(pieces, pieces[1:]))
+    assert all(min(abs(a / sr * 0.7 - round(a / sr * 0.7)), 1) < 0.02 for a, _ in pieces[1:])  # near sin's zeros
+
+
 def test_tokenizers_round_trip():
     words = Tokenizer.build(["three one", "anna has one cat"], "words")
     assert words.decode(words.encode("one cat three")) == "one cat three"

@@ -246,5 +246,17 @@ def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path
             assert r["weights"] == str(tmp_path / "model.pt")
             if options:
                 assert "<|EMO_UNKNOWN|>" not in r["rich"]
+    # a recording longer than data.max_seconds: recognised in pieces cut in its silences
+    from trainers import speech
+
+    tones = [speech.read_audio(path) for path in audio]
+    gap = np.zeros(4800, np.float32)  # 0.3 s: one tone per piece of at most 0.45 s
+    speech.write_wav(str(tmp_path / "long.wav"), np.concatenate([tones[0], gap, tones[1], gap, tones[0]]))
+    capsys.readouterr()
+    transcribe(command[: command.index("--audio")] + ["data.max_seconds=0.45", "--audio", str(tmp_path / "long.wav")])
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    starts = [p["start"] for p in result["pieces"]]
+    assert len(starts) == 3 and starts[0] == 0 and starts == sorted(starts), result["pieces"]
+    assert result["rich"] == " ".join(p["rich"] for p in result["pieces"])
     with pytest.raises(SystemExit, match="unknown language 'xx'; valid: auto, zh, en"):
         transcribe(command + ["--language", "xx"])

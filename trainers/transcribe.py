@@ -7,9 +7,11 @@ feature statistics and language model (tokens.json, cmvn.npz, lm.arpa in DIR), o
 released weights and the files the config names (SenseVoice-Small: model.pt, its
 SentencePiece model as speech.bpe_model, am.mvn as speech.cmvn_file), and prints each
 file's text with the time span of every token, from a forced alignment of the decoded
-text. A model with SenseVoice's prompts also gives its rich output as FunASR's: greedy
-over every frame, "<|en|><|NEUTRAL|><|Speech|><|woitn|>three seven one", and the
-language, emotion and event in it:
+text. Audio longer than data.max_seconds is cut in its silences and the pieces recognised
+apart (their texts joined, their times offset). A model with SenseVoice's prompts also
+gives its rich output as FunASR's: greedy over every frame,
+"<|en|><|NEUTRAL|><|Speech|><|woitn|>three seven one", and the language, emotion and
+event in it:
 
     a.wav   three seven one   [en NEUTRAL Speech]
       three  0.30-0.66 s
@@ -59,7 +61,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmodels.asr import parse_rich, rich_greedy
+    from jaxmodels.asr import parse_rich, rich_greedy, segments
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers import speech
     from trainers.checkpoint import restore_or_load
@@ -94,33 +96,58 @@ def main(argv=None):
         label_paddings = paddings_from_lengths(count, labels.shape[1])
         return labels, count, forced_align(logits, paddings, labels, label_paddings), rich
 
-    padded, lengths = speech.pad_waveforms(audio)
+    # Audio longer than data.max_seconds is cut in its silences (jaxmodels.asr.segments) and
+    # its pieces recognised apart, their texts joined with a space, as FunASR with a VAD.
+    pieces = [
+        (i, start, wav[start:end])
+        for i, wav in enumerate(audio)
+        for start, end in segments(wav, speech.SAMPLE_RATE, cfg.data.max_seconds)
+    ]
+    padded, lengths = speech.pad_waveforms([wav for _, _, wav in pieces])
     batch = {"audio": padded, "audio_length": lengths}
     if s.prompts:
         try:
             prompts = task.inference_prompts(args.language, args.use_itn)
         except ValueError as e:
             sys.exit(f"--language: {e}")
-        batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(audio), 1))
+        batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(pieces), 1))
     labels, count, alignment, rich = jax.device_get(decode(params, batch))
     seconds_per_frame = s.lfr_n * 0.01
-    for i, path in enumerate(args.audio):
-        ids = labels[i, : count[i]]
-        spans = [
-            (task.tokenizer.tokens[t], round(float(a) * seconds_per_frame, 2), round(float(b) * seconds_per_frame, 2))
-            for t, a, b in zip(ids, alignment.token_starts[i], alignment.token_ends[i])
-        ]
-        result = {"file": path, "text": task.tokenizer.decode(ids)}
+    results = [{"file": path, "pieces": []} for path in args.audio]
+    for j, (i, start, _) in enumerate(pieces):
+        ids, offset = labels[j, : count[j]], start / speech.SAMPLE_RATE
+        piece = {
+            "start": round(offset, 2),
+            "text": task.tokenizer.decode(ids),
+            "tokens": [
+                (
+                    task.tokenizer.tokens[t],
+                    round(offset + a * seconds_per_frame, 2),
+                    round(offset + b * seconds_per_frame, 2),
+                )
+                for t, a, b in zip(ids, alignment.token_starts[j], alignment.token_ends[j])
+            ],
+        }
         if rich is not None:
-            raw = task.tokenizer.decode(rich[0][i][rich[1][i] < 0.5])
-            fields = parse_rich(raw)
-            result.update(rich=raw, **{k: fields[k] for k in ("language", "emotion", "event", "textnorm")})
+            piece["rich"] = task.tokenizer.decode(rich[0][j][rich[1][j] < 0.5])
+        results[i]["pieces"].append(piece)
+    for result in results:
+        pieces = result.pop("pieces")
+        result["text"] = " ".join(p["text"] for p in pieces if p["text"])
+        if rich is not None:  # the fields of the first piece that says them
+            result["rich"] = " ".join(p["rich"] for p in pieces)
+            parsed = [parse_rich(p["rich"]) for p in pieces]
+            for k in ("language", "emotion", "event", "textnorm"):
+                result[k] = next((f[k] for f in parsed if f[k]), "")
         result["weights" if args.weights else "step"] = args.weights or int(step)
+        spans = [span for p in pieces for span in p["tokens"]]
+        if len(pieces) > 1:
+            result["pieces"] = [{k: v for k, v in p.items() if k != "tokens"} for p in pieces]
         if args.json:
             print(json.dumps({**result, "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
         else:
             tags = f"\t[{result['language']} {result['emotion']} {result['event']}]" if rich is not None else ""
-            print(f"{path}\t{result['text']}{tags}")
+            print(f"{result['file']}\t{result['text']}{tags}")
             for t, a, b in spans:
                 print(f"  {t}\t{a:.2f}-{b:.2f} s")
     sys.stdout.flush()

@@ -22,6 +22,7 @@ from jaxmodels.asr.model import (
     sinusoidal_positions,
 )
 from jaxmodels.asr.rich import parse_rich, rich_greedy
+from jaxmodels.asr.segment import segments
 from jaxmodels.nn import variants
 
 # SenseVoice-Small as published (the model's config.yaml: SAN-M encoder 50 + 20 layers,
@@ -88,5 +89,6 @@ __all__ = [
     "parse_rich",
     "read_am_mvn",
     "rich_greedy",
+    "segments",
     "spec_augment",
 ]
