@@ -34,6 +34,22 @@ def test_fbank_peaks_at_a_tones_mel_bin_and_ignores_padding():
     assert np.all(np.asarray(padded[0, 98:]) == 0)
 
 
+def test_fbank_equals_torchaudio_kaldi_as_funasr_calls_it():
+    """tests/data/fbank_reference.npz: torchaudio.compliance.kaldi.fbank with FunASR's
+    WavFrontend settings for SenseVoice (made by tests/data/make_fbank_reference.py)."""
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    from make_fbank_reference import waveforms
+
+    with np.load(ROOT / "tests" / "data" / "fbank_reference.npz") as f:
+        reference = {k: f[k] for k in f.files}
+    waves = waveforms()
+    audio, lengths = speech.pad_waveforms(list(waves.values()))
+    feats, frames = asr.fbank(jnp.asarray(audio), jnp.asarray(lengths))
+    for b, name in enumerate(waves):
+        assert int(frames[b]) == len(reference[name])
+        np.testing.assert_allclose(feats[b, : int(frames[b])], reference[name], rtol=0, atol=5e-4, err_msg=name)
+
+
 def _apply_lfr_reference(inputs, lfr_m, lfr_n):
     """FunASR's apply_lfr, one utterance, as published (loop form)."""
     frames = inputs.shape[0]
