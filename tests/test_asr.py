@@ -282,16 +282,16 @@ def test_rich_output_equals_funasr_string_for_string(tmp_path):
     made by tests/data/make_sensevoice_rich_reference.py) on seeded random weights with the
     published 25,055-token vocabulary: language auto, en and zh, use_itn, ban_emo_unk."""
     sys.path.insert(0, str(ROOT / "tests" / "data"))
-    from helpers import sensevoice_spm
+    from helpers import sensevoice_release
     from make_sensevoice_rich_reference import features
 
     from trainers.tasks.ctc import SentencePieceTokenizer
 
     ref = json.loads((ROOT / "tests" / "data" / "sensevoice_rich.json").read_text())
-    state = sensevoice_spm.random_weights(ref["shapes"], ref["center"])
+    state = sensevoice_release.random_weights(ref["shapes"], ref["center"])
     model = asr.SenseVoiceSmall(**asr.infer_config(state))
     variables = asr.from_torch(state, model)
-    sensevoice_spm.build(tmp_path / "sensevoice.model")
+    sensevoice_release.build(tmp_path / "sensevoice.model")
     tokenizer = SentencePieceTokenizer(str(tmp_path / "sensevoice.model"))
     feats, lengths = features()
 

@@ -153,30 +153,37 @@ def test_codec_starts_from_released_encodec_with_a_fresh_discriminator(fixtures_
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["discriminator"]), discriminator)
 
 
-def write_am_mvn(path, mean, inverse_std):
-    """FunASR's am.mvn layout (a Kaldi nnet in text form)."""
-    row = lambda v: "<LearnRateCoef> 0 [ " + " ".join(f"{x:.6g}" for x in v) + " ]"  # noqa: E731
-    n = len(mean)
-    path.write_text(
-        f"<Nnet>\n<Splice> {n} {n}\n[ 0 ]\n<AddShift> {n} {n}\n{row(-mean)}\n<Rescale> {n} {n}\n{row(inverse_std)}\n"
-        "</Nnet>\n"
-    )
-
-
 def released_sensevoice(folder):
     """SenseVoice's three released files in ``folder`` (model.pt, the SentencePiece model as
     bpe.model, am.mvn), for a small random-weight model with the published vocabulary and
     inputs; returns its encoder_conf."""
     torch = pytest.importorskip("torch")
-    from helpers import sensevoice_spm
+    from helpers import sensevoice_release
 
     reference = json.loads((ROOT / "tests" / "data" / "sensevoice_rich.json").read_text())
-    state = sensevoice_spm.random_weights(reference["shapes"], reference["center"])
+    state = sensevoice_release.random_weights(reference["shapes"], reference["center"])
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, folder / "model.pt")
-    sensevoice_spm.build(folder / "bpe.model")
+    sensevoice_release.build(folder / "bpe.model")
     rng = np.random.default_rng(0)
-    write_am_mvn(folder / "am.mvn", rng.normal(-10, 1, 560), rng.uniform(0.1, 0.2, 560))
+    sensevoice_release.write_am_mvn(folder / "am.mvn", rng.normal(-10, 1, 560), rng.uniform(0.1, 0.2, 560))
     return reference["encoder_conf"]
+
+
+def sensevoice_config(folder, encoder):
+    """configs/sensevoice_small.yaml's inference settings for the release files in ``folder``."""
+    return config_lib.parse(
+        {
+            "task": "ctc",
+            "model": {"name": "sensevoice_small", "args": {"encoder_conf": {**encoder, "dropout_rate": 0.0}}},
+            "data": {"source": "manifest", "batch_size": 8, "eval_batch_size": 8},
+            "speech": {
+                "tokens": "sentencepiece",
+                "bpe_model": str(folder / "bpe.model"),
+                "cmvn_file": str(folder / "am.mvn"),
+                "prompts": True,
+            },
+        }
+    )
 
 
 @pytest.mark.slow  # a training run of the published vocabulary: 25 s
@@ -209,54 +216,58 @@ def test_finetuning_starts_from_released_sensevoice_files(tone_corpus, tmp_path,
         assert 0 <= metrics[f"eval/{name}"] <= 1 or name.startswith("error"), name
 
 
-def test_transcribe_command_runs_released_sensevoice_files(tone_corpus, tmp_path, capsys):
-    """SenseVoice's released files, small and random here: the rich output, its fields, and
-    FunASR's options, without a run."""
+def test_transcribe_equals_funasr_from_audio_to_text(tmp_path, capsys):
+    """SenseVoice's released files (small and random here) without a run. The rich output
+    equals tests/data/sensevoice_funasr.json string for string: FunASR's own pipeline
+    (WavFrontend, am.mvn, SenseVoiceSmall.inference, its SentencePiece tokenizer; made by
+    tests/data/make_sensevoice_funasr_reference.py) on three recordings, with the language
+    automatic or given, use_itn and ban_emo_unk. Then its fields, and a long recording."""
+    import sys
+    import wave
+
+    from helpers import sensevoice_release
+
     from jaxmodels import asr
     from trainers.transcribe import main as transcribe
 
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
+    from make_sensevoice_funasr_reference import am_mvn_stats, recordings
+
     encoder = released_sensevoice(tmp_path)
-    cfg = config_lib.parse(
-        {
-            "task": "ctc",
-            "model": {"name": "sensevoice_small", "args": {"encoder_conf": {**encoder, "dropout_rate": 0.0}}},
-            "data": {"source": "manifest", "batch_size": 8, "eval_batch_size": 8},
-            "speech": {
-                "tokens": "sentencepiece",
-                "bpe_model": str(tmp_path / "bpe.model"),
-                "cmvn_file": str(tmp_path / "am.mvn"),
-                "prompts": True,
-            },
-        }
-    )
-    (tmp_path / "sv.yaml").write_text(config_lib.dump(cfg))
-    audio = [str(tone_corpus / "wav" / f"test{i}.wav") for i in range(2)]
+    sensevoice_release.write_am_mvn(tmp_path / "am.mvn", *am_mvn_stats())
+    pcms, files = recordings(), []
+    for i, pcm in enumerate(pcms):
+        files.append(str(tmp_path / f"{i}.wav"))
+        with wave.open(files[-1], "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(pcm.tobytes())
+    (tmp_path / "sv.yaml").write_text(config_lib.dump(sensevoice_config(tmp_path, encoder)))
     command = [str(tmp_path / "sv.yaml"), "--weights", str(tmp_path / "model.pt"), "--decoder", "greedy", "--json"]
-    command += ["--audio", *audio]
-    for options in ([], ["--language", "en", "--use_itn", "--ban_emo_unk"]):
+
+    def outputs(*options):
         capsys.readouterr()
-        transcribe(command + options)
-        results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert [r["file"] for r in results] == audio
+        transcribe(command + list(options))
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    expected = json.loads((ROOT / "tests" / "data" / "sensevoice_funasr.json").read_text())["texts"]
+    for case, texts in expected.items():
+        language, use_itn, ban = case.split(",")
+        options = ["--language", language] + ["--use_itn"] * (use_itn == "True") + ["--ban_emo_unk"] * (ban == "True")
+        results = outputs(*options, "--audio", *files)
+        assert [r["rich"] for r in results] == texts, case
+        assert [r["file"] for r in results] == files and all(r["weights"] == command[2] for r in results)
         for r in results:
             fields = asr.parse_rich(r["rich"])
-            assert {k: r[k] for k in ("language", "emotion", "event", "textnorm")} == {
-                k: fields[k] for k in ("language", "emotion", "event", "textnorm")
-            }
-            assert r["weights"] == str(tmp_path / "model.pt")
-            if options:
-                assert "<|EMO_UNKNOWN|>" not in r["rich"]
-    # a recording longer than data.max_seconds: recognised in pieces cut in its silences
-    from trainers import speech
+            assert {k: r[k] for k in fields if k != "text"} == {k: v for k, v in fields.items() if k != "text"}
 
-    tones = [speech.read_audio(path) for path in audio]
-    gap = np.zeros(4800, np.float32)  # 0.3 s: one tone per piece of at most 0.45 s
-    speech.write_wav(str(tmp_path / "long.wav"), np.concatenate([tones[0], gap, tones[1], gap, tones[0]]))
-    capsys.readouterr()
-    transcribe(command[: command.index("--audio")] + ["data.max_seconds=0.45", "--audio", str(tmp_path / "long.wav")])
-    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    starts = [p["start"] for p in result["pieces"]]
-    assert len(starts) == 3 and starts[0] == 0 and starts == sorted(starts), result["pieces"]
+    # a recording longer than data.max_seconds: recognised in pieces cut in its silences
+    gap = np.zeros(4800, np.int16)  # 0.3 s of silence between the recordings
+    with wave.open(str(tmp_path / "long.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(np.concatenate([pcms[2], gap, pcms[1], gap, pcms[2]]).tobytes())
+    (result,) = outputs("data.max_seconds=1.0", "--audio", str(tmp_path / "long.wav"))
+    starts = [p["start"] for p in result["pieces"]] + [2.9]  # 2.9 s in all
+    assert len(starts) >= 4 and starts[0] == 0, result["pieces"]  # at least three pieces of at most 1 s
+    assert all(0 < b - a <= 1.0 for a, b in zip(starts, starts[1:])), result["pieces"]
     assert result["rich"] == " ".join(p["rich"] for p in result["pieces"])
     with pytest.raises(SystemExit, match="unknown language 'xx'; valid: auto, zh, en"):
-        transcribe(command + ["--language", "xx"])
+        transcribe(command + ["--language", "xx", "--audio", *files])

@@ -1,9 +1,9 @@
 """Writes tests/data/sensevoice_rich.json: FunASR's SenseVoiceSmall.inference (the official
 model.py from a clone of FunAudioLLM/SenseVoice, funasr stubbed) on a small random-weight
 model with the published vocabulary (25,055 tokens, the SentencePiece model of
-tests/helpers/sensevoice_spm.py) and 560-wide features: its rich output strings for three
+tests/helpers/sensevoice_release.py) and 560-wide features: its rich output strings for three
 utterances, with language auto, en and zh, with and without use_itn and ban_emo_unk.
-The weights and features are drawn from seeds (tests/helpers/sensevoice_spm.py), so the
+The weights and features are drawn from seeds (tests/helpers/sensevoice_release.py), so the
 file holds only the strings.
 
     python tests/data/make_sensevoice_rich_reference.py --reference <clone of FunAudioLLM/SenseVoice>
@@ -20,7 +20,7 @@ import torch
 from make_sensevoice_reference import stub_funasr
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from helpers import sensevoice_spm  # noqa: E402
+from helpers import sensevoice_release  # noqa: E402
 
 ENCODER = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3, tp_blocks=2, kernel_size=11)
 LENGTHS = [20, 14, 9]
@@ -58,20 +58,20 @@ def main():
         encoder="SenseVoiceEncoderSmall",
         encoder_conf={**conf, "positional_dropout_rate": 0.0},
         input_size=560,
-        vocab_size=sensevoice_spm.VOCAB_SIZE,
+        vocab_size=sensevoice_release.VOCAB_SIZE,
     )
     torch.nn.Module.__init__(net.encoder.embed)  # upstream's position encoder skips it (it has no state)
     net = net.eval()
     shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in sensevoice_spm.random_weights(shapes).items()})
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in sensevoice_release.random_weights(shapes).items()})
     feats, lengths = features()
     with torch.no_grad():
         hidden, _ = net.encoder(torch.tensor(feats), torch.tensor(lengths))  # copies: it scales them in place
     center = torch.cat([hidden[b, :n] for b, n in enumerate(LENGTHS)]).mean(0).tolist()
-    weights = sensevoice_spm.random_weights(shapes, center)
+    weights = sensevoice_release.random_weights(shapes, center)
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
     spm_path = os.path.join(tempfile.mkdtemp(), "sensevoice.model")
-    sensevoice_spm.build(spm_path)
+    sensevoice_release.build(spm_path)
     texts = {}
     with torch.no_grad():
         for language, use_itn, ban in CASES:

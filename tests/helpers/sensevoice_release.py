@@ -1,8 +1,12 @@
-"""A SentencePiece model laid out as SenseVoice's chn_jpn_yue_eng_ko_spectok.bpe.model:
-25,055 pieces, <unk> (the CTC blank) at 0, and the language, emotion and text-normalisation
-tags at the ids the official model.py hard-codes (<|en|> 24885, <|EMO_UNKNOWN|> 25009, ...).
-The other pieces are the built-in corpus's words and letters, then fillers. For the
-SenseVoice tests and tests/data/make_sensevoice_rich_reference.py, which must agree on it.
+"""SenseVoice-Small's released files, small and random, for the SenseVoice tests and the
+scripts in tests/data that make their references (which must agree on them):
+
+- build: a SentencePiece model laid out as chn_jpn_yue_eng_ko_spectok.bpe.model: 25,055
+  pieces, <unk> (the CTC blank) at 0, and the language, emotion and text-normalisation tags
+  at the ids the official model.py hard-codes (<|en|> 24885, <|EMO_UNKNOWN|> 25009, ...);
+  the other pieces are the built-in corpus's words and letters, then fillers;
+- random_weights: a state_dict drawn from a seed;
+- write_am_mvn: FunASR's am.mvn layout.
 """
 
 from sentencepiece import sentencepiece_model_pb2 as spm_pb2
@@ -86,3 +90,12 @@ def random_weights(shapes: dict, center=None, seed: int = 0) -> dict:
     bias[3 : 3 + len(WORDS)] += 9.0
     bias[25009] += 0.5
     return out
+
+
+def write_am_mvn(path, mean, inverse_std):
+    """FunASR's am.mvn layout (a Kaldi nnet in text form): -mean after <AddShift>, 1/std after <Rescale>."""
+    row = lambda v: "<LearnRateCoef> 0 [ " + " ".join(f"{x:.6g}" for x in v) + " ]"  # noqa: E731
+    n = len(mean)
+    with open(path, "w") as f:
+        f.write(f"<Nnet>\n<Splice> {n} {n}\n[ 0 ]\n<AddShift> {n} {n}\n{row(-mean)}\n<Rescale> {n} {n}\n")
+        f.write(f"{row(inverse_std)}\n</Nnet>\n")
