@@ -14,6 +14,16 @@ class InputError(ValueError):
     """Input a person gave that cannot be used: a file, what it holds, or a value in it."""
 
 
+def read_weights(path: str, what: str = "weights") -> dict:
+    """The state_dict at ``path`` (jaxmodels.nn.load_state_dict), or an InputError naming the file."""
+    from jaxmodels.nn import load_state_dict
+
+    try:
+        return load_state_dict(path)
+    except Exception as e:  # missing, truncated or foreign: safetensors and torch raise their own types
+        raise InputError(f"cannot load {what} {path}: {e or type(e).__name__}") from e
+
+
 def _user_errors():
     from launch import LaunchError
     from trainers import rundir

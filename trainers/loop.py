@@ -16,11 +16,10 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
-from jaxmodels.nn import load_state_dict
 from trainers import config as config_lib
 from trainers import data, evaluators, rundir, sharding
 from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_shardings, check_writable
-from trainers.cli import InputError
+from trainers.cli import InputError, read_weights
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.progress import progress
@@ -165,12 +164,7 @@ class Trainer:
             raise config_lib.ConfigError(
                 f"model.init_from: task {self.cfg.task} has no converter for upstream weights"
             )
-        try:
-            state_dict = load_state_dict(path)
-        except FileNotFoundError as e:
-            raise InputError(str(e)) from None
-        except Exception as e:  # truncated or foreign: safetensors and torch raise their own types
-            raise InputError(f"cannot read the weights {path}: {e or type(e).__name__}") from e
+        state_dict = read_weights(path)
         try:
             variables = self.task.convert_weights(state_dict)
             params = _overlay(state.params, variables.get("params", {}), self.param_shardings)

@@ -33,9 +33,8 @@ import optax
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization
 from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
-from jaxmodels.nn import load_state_dict
 from trainers import sharding, speech
-from trainers.cli import InputError
+from trainers.cli import read_weights
 from trainers.config import ConfigError
 from trainers.evaluators import fidelity
 from trainers.speech import AudioDataConfig
@@ -359,11 +358,7 @@ def official_codec(weights: str, model: str):
             config = json.load(f)
     else:
         config = codec_lib.config(model)
-    try:
-        state_dict = load_state_dict(weights)
-    except Exception as e:  # missing, truncated or foreign: safetensors and torch raise their own types
-        raise InputError(f"cannot load codec weights {weights}: {e or type(e).__name__}") from e
-    return codec_lib.from_torch(state_dict, config)
+    return codec_lib.from_torch(read_weights(weights, "codec weights"), config)
 
 
 TASK = CodecTask
