@@ -67,30 +67,31 @@ def stub_funasr():
         sys.modules[name] = module
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def official_sensevoice(description: str, encoder_conf: dict, input_size: int, vocab_size: int):
+    """SenseVoiceSmall of the official model.py (its clone given as --reference on the command
+    line, funasr stubbed), in eval mode, dropout off."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--reference", required=True, help="clone of FunAudioLLM/SenseVoice (its model.py)")
     args = parser.parse_args()
     stub_funasr()
     sys.path.insert(0, args.reference)
     import model as reference
 
-    torch.manual_seed(0)
-    conf = dict(
-        output_size=32,
-        attention_heads=4,
-        linear_units=64,
-        num_blocks=3,
-        tp_blocks=2,
-        kernel_size=11,
-        sanm_shfit=0,
-        dropout_rate=0.0,
-        attention_dropout_rate=0.0,
-        positional_dropout_rate=0.0,
+    conf = {**encoder_conf, "sanm_shfit": 0, "dropout_rate": 0.0, "attention_dropout_rate": 0.0}
+    net = reference.SenseVoiceSmall(
+        encoder="SenseVoiceEncoderSmall",
+        encoder_conf={**conf, "positional_dropout_rate": 0.0},
+        input_size=input_size,
+        vocab_size=vocab_size,
     )
-    net = reference.SenseVoiceSmall(encoder="SenseVoiceEncoderSmall", encoder_conf=conf, input_size=40, vocab_size=30)
     torch.nn.Module.__init__(net.encoder.embed)  # upstream's position encoder skips it (it has no state)
-    net = net.eval()
+    return net.eval()
+
+
+def main():
+    torch.manual_seed(0)
+    conf = dict(output_size=32, attention_heads=4, linear_units=64, num_blocks=3, tp_blocks=2, kernel_size=11)
+    net = official_sensevoice(__doc__.splitlines()[0], conf, input_size=40, vocab_size=30)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # norms and biases away from 1 and 0

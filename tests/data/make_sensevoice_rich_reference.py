@@ -9,7 +9,6 @@ file holds only the strings.
     python tests/data/make_sensevoice_rich_reference.py --reference <clone of FunAudioLLM/SenseVoice>
 """
 
-import argparse
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ import tempfile
 
 import numpy as np
 import torch
-from make_sensevoice_reference import stub_funasr
+from make_sensevoice_reference import official_sensevoice
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from helpers import sensevoice_release  # noqa: E402
@@ -46,22 +45,7 @@ class Tokenizer:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", required=True, help="clone of FunAudioLLM/SenseVoice (its model.py)")
-    args = parser.parse_args()
-    stub_funasr()
-    sys.path.insert(0, args.reference)
-    import model as reference
-
-    conf = {**ENCODER, "sanm_shfit": 0, "dropout_rate": 0.0, "attention_dropout_rate": 0.0}
-    net = reference.SenseVoiceSmall(
-        encoder="SenseVoiceEncoderSmall",
-        encoder_conf={**conf, "positional_dropout_rate": 0.0},
-        input_size=560,
-        vocab_size=sensevoice_release.VOCAB_SIZE,
-    )
-    torch.nn.Module.__init__(net.encoder.embed)  # upstream's position encoder skips it (it has no state)
-    net = net.eval()
+    net = official_sensevoice(__doc__.splitlines()[0], ENCODER, 560, sensevoice_release.VOCAB_SIZE)
     shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
     net.load_state_dict({k: torch.from_numpy(v) for k, v in sensevoice_release.random_weights(shapes).items()})
     feats, lengths = features()
