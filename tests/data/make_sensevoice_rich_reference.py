@@ -15,8 +15,6 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
-from make_sensevoice_reference import official_sensevoice
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from helpers import sensevoice_release  # noqa: E402
@@ -45,6 +43,9 @@ class Tokenizer:
 
 
 def main():
+    import torch  # here: the tests import features() without torch
+    from make_sensevoice_reference import official_sensevoice
+
     net = official_sensevoice(__doc__.splitlines()[0], ENCODER, 560, sensevoice_release.VOCAB_SIZE)
     shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
     net.load_state_dict({k: torch.from_numpy(v) for k, v in sensevoice_release.random_weights(shapes).items()})
