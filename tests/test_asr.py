@@ -389,3 +389,47 @@ def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
     assert metrics["train/skipped"] == 1 and metrics["train/nonfinite"] == 0
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), with_skipped, without)
     jax.tree.map(np.testing.assert_array_equal, with_garbage, with_skipped)
+
+
+def by_duration_config(corpus, **sections):
+    """ctc on the tone corpus in batches by duration: 13 of its 24 training tones are at most
+    0.05 s, the others at most 0.06 s; batch_seconds 0.64 holds 8 of either (8 devices)."""
+    from trainers import config as config_lib
+
+    base = {
+        "task": "ctc",
+        "model": TINY_SENSEVOICE,
+        "data": manifest_data(corpus, max_seconds=0.08, batch_seconds=0.64, bucket_seconds=[0.05]),
+        "speech": {"tokens": "words", "cmvn_utterances": 8, "dither": 0.0, "num_freq_masks": 0, "num_time_masks": 0},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0},
+        "train": {"steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 4, "async_checkpointing": False},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_lib.parse(base)
+
+
+def test_speech_trains_in_batches_by_duration(tone_corpus, tmp_path, capfd):
+    from trainers.loop import Trainer, _train_iterator, train
+
+    cfg = by_duration_config(tone_corpus)
+    batches = [next(it) for it in [_train_iterator(Trainer(cfg))] for _ in range(4)]
+    assert sorted({b["audio"].shape for b in batches}) == [(8, 800), (8, 960)]
+    assert all((b["audio_length"] <= b["audio"].shape[1]).all() for b in batches)
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert "batches by length: 8 x 0.05, 8 x 0.06" in capfd.readouterr().err
+    assert math.isfinite(metrics["eval/ctc"])
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert all(math.isfinite(r["train/loss"]) for r in rows if "train/loss" in r)
+
+
+def test_bucket_lengths_are_checked(tone_corpus):
+    from trainers.loop import Trainer
+
+    for bounds in ([0.05, 0.04], [0.08]):
+        with pytest.raises(ValueError, match=r"data.bucket_seconds=.* must ascend strictly between 0 and"):
+            Trainer(by_duration_config(tone_corpus, data={"bucket_seconds": bounds})).task.length_buckets()
+    octiles = Trainer(by_duration_config(tone_corpus, data={"bucket_seconds": []})).task.length_buckets()
+    assert len(octiles.bounds) == 8 and octiles.bounds[-1] == 0.06  # the longest tone: 0.0599 s
+    counts = np.bincount(octiles.bucket_of())  # about an eighth of the 24 tones each (bounds to the ms)
+    assert len(counts) == 8 and 1 <= counts.min() and counts.max() <= 5, counts

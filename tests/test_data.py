@@ -73,6 +73,83 @@ def test_eval_batches_pad_and_mask():
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:359], source.labels)
 
 
+class Lengths:
+    """Records of lengths 0.1-1.0 s at 100 samples/s; a record's samples hold its index + 1."""
+
+    def __init__(self, n=90):
+        self.lengths = np.round(np.random.default_rng(0).uniform(0.1, 1.0, n), 2)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        return {"index": i, "length": self.lengths[i]}
+
+
+def pad_to_longest(record, rng):
+    x = np.zeros(100, np.float32)
+    x[: int(round(record["length"] * 100))] = record["index"] + 1
+    return {"x": x, "index": np.int32(record["index"]), "noise": np.float32(rng.random()), "mask": np.float32(1)}
+
+
+def by_length(source):
+    return data.LengthBuckets(source.lengths, [0.25, 0.5, 1.0], budget=4.0, crop={"x": [25, 50, 100]})
+
+
+def test_batches_by_length_fit_their_bucket_and_budget():
+    source = Lengths()
+    buckets = by_length(source)
+    assert buckets.batch_sizes(2) == [16, 8, 4]  # 4 s of 0.25, 0.5 and 1 s rows, in pairs
+    per_epoch = sum(np.sum(buckets.bucket_of() == b) // n for b, n in enumerate([16, 8, 4]))
+    it = data.bucketed_train_iterator(source, pad_to_longest, buckets, 2, lambda n: (0, n), seed=0)
+    seen = []
+    for batch in take(it, per_epoch):
+        bucket = [25, 50, 100].index(batch["x"].shape[1])
+        lengths = source.lengths[batch["index"]]
+        assert len(batch["x"]) * buckets.bounds[bucket] <= buckets.budget and len(batch["x"]) % 2 == 0
+        assert (lengths <= buckets.bounds[bucket]).all() and (lengths > ([0] + buckets.bounds)[bucket]).all()
+        np.testing.assert_array_equal((batch["x"] > 0).sum(1), np.round(lengths * 100))  # nothing cut
+        seen += list(batch["index"])
+    assert len(seen) == len(set(seen))  # an epoch reads a record at most once
+    left_out = np.bincount(buckets.bucket_of()[np.setdiff1d(np.arange(len(source)), seen)], minlength=3)
+    assert (left_out < [16, 8, 4]).all()  # only each bucket's last partial batch
+    second_epoch = [int(i) for batch in take(it, per_epoch) for i in batch["index"]]
+    assert second_epoch != seen
+
+
+def test_batches_by_length_split_over_processes_workers_and_resume():
+    source = Lengths()
+    buckets = by_length(source)
+
+    def batches(rows_of, n=6, **kw):
+        return take(data.bucketed_train_iterator(source, pad_to_longest, buckets, 2, rows_of, seed=1, **kw), n)
+
+    whole = batches(lambda n: (0, n))
+    halves = zip(batches(lambda n: (0, n // 2)), batches(lambda n: (n // 2, n)))
+    for w, (first, second) in zip(whole, halves):
+        for key in w:
+            np.testing.assert_array_equal(w[key], np.concatenate([first[key], second[key]]))
+    for a, b in zip(whole, batches(lambda n: (0, n), num_workers=2)):
+        np.testing.assert_array_equal(a["noise"], b["noise"])
+    it = data.bucketed_train_iterator(source, pad_to_longest, buckets, 2, lambda n: (0, n), seed=1)
+    take(it, 4)
+    resumed = data.bucketed_train_iterator(source, pad_to_longest, buckets, 2, lambda n: (0, n), seed=1)
+    resumed.set_state(it.get_state())
+    for a, b in zip(whole[4:], take(resumed, 2)):
+        np.testing.assert_array_equal(a["noise"], b["noise"])
+
+
+def test_batches_by_length_refuse_a_budget_that_fits_no_batch():
+    source = Lengths()
+    with pytest.raises(
+        ValueError, match=r"batch_seconds=4 holds 4 utterances of the longest bucket \(1 s\), fewer than 8"
+    ):
+        by_length(source).batch_sizes(8)
+    few = data.LengthBuckets(source.lengths[:3], [0.25, 0.5, 1.0], 4.0, {"x": [25, 50, 100]})
+    with pytest.raises(ValueError, match="makes no whole batch of any bucket"):
+        data.bucketed_train_iterator(source, pad_to_longest, few, 2, lambda n: (0, n), seed=0)
+
+
 def make_folder(root, bad=False):
     rng = np.random.default_rng(0)
     for c in ("cat", "dog"):

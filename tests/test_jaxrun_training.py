@@ -256,3 +256,27 @@ def test_upstream_weights_evaluate_the_same_over_two_processes(fixtures_dir, com
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "ev" / "eval_weights.json").read_text())
     assert result["accuracy"] == 0.5 and result["top5_accuracy"] == 1.0, result
+
+
+@pytest.mark.slow  # multi-process runs
+def test_speech_batches_by_duration_over_two_processes(tone_corpus, compile_cache, tmp_path):
+    """Each process reads its rows of the same plan of batches by duration: the run is the
+    in-process one's, loss for loss."""
+    from test_asr import by_duration_config
+
+    cfg = by_duration_config(tone_corpus)
+    reference = train(cfg, str(tmp_path / "one_process"))
+    path = tmp_path / "ctc.yaml"
+    path.write_text(config_lib.dump(cfg))
+    workdir = tmp_path / "two_processes"
+    proc = subprocess.run(
+        jaxrun_cmd(path, workdir, "--standalone", "--nproc_per_node=2"),
+        env=worker_env(4, compile_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    np.testing.assert_allclose(list(losses(workdir).values()), list(losses(tmp_path / "one_process").values()), 1e-5)
+    final = json.loads(open(workdir / "metrics.jsonl").readlines()[-1])
+    assert final["eval/ctc"] == pytest.approx(reference["eval/ctc"], rel=1e-4)

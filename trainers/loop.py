@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from trainers.cli import InputError, read_weights
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.progress import progress
-from trainers.tasks import Generates, HasAssets, HasState, LoadsWeights, PartsInTurn, get_task
+from trainers.tasks import BatchesByLength, Generates, HasAssets, HasState, LoadsWeights, PartsInTurn, get_task
 
 
 @flax.struct.dataclass
@@ -421,15 +422,32 @@ def _train(cfg, workdir, allow_config_change, start_fresh):
     return result
 
 
+def _train_iterator(trainer):
+    """This process's rows of each training batch: data.batch_size rows, or batches by length
+    where the task forms them so."""
+    cfg, d = trainer.cfg, trainer.cfg.data
+    source, transform = trainer.task.train_source(), trainer.task.train_transform
+    buckets = trainer.task.length_buckets() if isinstance(trainer.task, BatchesByLength) else None
+    if buckets is None:
+        rows = sharding.local_batch_rows(trainer.mesh, d.batch_size)
+        return data.train_iterator(source, transform, d.batch_size, rows, cfg.seed, d.num_workers)
+    multiple = sharding.batch_divisor(trainer.mesh) * cfg.optimizer.grad_accum_steps
+    sizes = buckets.batch_sizes(multiple)
+    print(
+        "batches by length: " + ", ".join(f"{n} x {b:g}" for n, b in zip(sizes, buckets.bounds)),
+        file=sys.stderr,
+        flush=True,
+    )
+    rows_of = functools.partial(sharding.local_batch_rows, trainer.mesh)
+    return data.bucketed_train_iterator(source, transform, buckets, multiple, rows_of, cfg.seed, d.num_workers)
+
+
 def _loop(trainer, ckpt, restored, workdir):
     cfg = trainer.cfg
-    t, d = cfg.train, cfg.data
+    t = cfg.train
     if restored is not None and restored[3] is not None:
         trainer.task.set_assets(restored[3])  # before the sources, which may be made with them
-    rows = sharding.local_batch_rows(trainer.mesh, d.batch_size)
-    iterator = data.train_iterator(
-        trainer.task.train_source(), trainer.task.train_transform, d.batch_size, rows, cfg.seed, d.num_workers
-    )
+    iterator = _train_iterator(trainer)
     trainer.task.eval_source()  # built (and its files checked) now, not at the first evaluation
     trainer.evaluators()  # and their helper runs loaded
     assets = trainer.task.assets() if isinstance(trainer.task, HasAssets) else None
@@ -444,12 +462,13 @@ def _loop(trainer, ckpt, restored, workdir):
     step = int(state.step)
     writer = MetricsWriter(workdir, t.steps, step)
     eval_metrics = writer.last_eval() if step >= t.steps else {}
-    last_log, last_log_step = time.time(), step
+    last_log, last_log_step, examples = time.time(), step, 0
     stop_signal = 0
     previous = None  # the last step's (number, metrics): read once the next step is queued
     with writer, trainer.context(), _Preemption(trainer.mesh) as preempt:
         while step < t.steps:
-            batch = sharding.to_global(trainer.mesh, next(iterator), d.batch_size)
+            batch = sharding.to_global(trainer.mesh, next(iterator))
+            examples += len(batch["mask"])
             state, metrics = trainer.train_step(state, batch)
             if previous is not None:
                 _check_finite(*previous, t.on_nonfinite)
@@ -461,9 +480,9 @@ def _loop(trainer, ckpt, restored, workdir):
                 metrics = jax.device_get(metrics)
                 elapsed = time.time() - last_log
                 metrics["train/step_time"] = elapsed / (step - last_log_step)
-                metrics["train/examples_per_sec"] = d.batch_size * (step - last_log_step) / elapsed
+                metrics["train/examples_per_sec"] = examples / elapsed
                 writer.write(step, metrics)
-                last_log, last_log_step = time.time(), step
+                last_log, last_log_step, examples = time.time(), step, 0
             save_metrics = None
             if step % t.eval_every == 0 or final:
                 _check_finite(*previous, t.on_nonfinite)

@@ -124,8 +124,12 @@ def local_batch_rows(mesh: Mesh, global_batch: int):
     return blocks[0][0], blocks[-1][1]
 
 
-def to_global(mesh: Mesh, local_batch: dict, global_batch: int) -> dict:
-    """Assembles the global batch from each process's rows."""
+def to_global(mesh: Mesh, local_batch: dict, global_batch: int | None = None) -> dict:
+    """Assembles the global batch from each process's rows (global_batch: inferred from their
+    number, as every process holds the same share of each batch)."""
+    if global_batch is None:
+        start, stop = local_batch_rows(mesh, batch_divisor(mesh))
+        global_batch = len(next(iter(local_batch.values()))) * batch_divisor(mesh) // (stop - start)
     return {
         k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, (global_batch,) + v.shape[1:])
         for k, v in local_batch.items()

@@ -29,7 +29,7 @@ import json
 import os
 import random
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -51,6 +51,13 @@ class AudioDataConfig(DataConfig):
     source: Literal["speech", "manifest", "librispeech"] = "speech"
     on_bad_audio: Literal["error", "skip"] = "error"  # unreadable, empty, wrong rate, too long
     max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
+    # > 0: training batches by duration instead of batch_size: each utterance goes to the
+    # shortest bucket that holds it, padded to the bucket's length, and a batch holds as
+    # many utterances of one bucket as fit in batch_seconds of padded audio.
+    batch_seconds: float = 0.0
+    # The buckets' padded lengths, below max_seconds; the longest training utterance is
+    # always the last (empty: the octiles of the training durations). One compiled step each.
+    bucket_seconds: list[float] = field(default_factory=list)
     resample: bool = False  # audio at another sample rate: resample to 16 kHz instead of an error
     corpus_seed: int = 0  # the built-in corpus
     corpus_train_size: int = 2000
@@ -344,8 +351,9 @@ def read_librispeech(path: str) -> list[dict]:
     return records
 
 
-def audio_problem(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False) -> str:
-    """Why read_audio would refuse the file, read from its header alone ('' where it would not)."""
+def audio_header(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False) -> tuple[str, float]:
+    """(why read_audio would refuse the file, '' where it would not; its duration in seconds,
+    0 where it cannot be read), from its header alone."""
     try:
         if path.lower().endswith(".flac"):
             import soundfile
@@ -356,18 +364,18 @@ def audio_problem(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = Fa
             with wave.open(path, "rb") as w:
                 rate, frames = w.getframerate(), w.getnframes()
                 if w.getsampwidth() not in (2, 4):
-                    return f"{path}: {8 * w.getsampwidth()}-bit samples (need 16 or 32-bit PCM)"
+                    return f"{path}: {8 * w.getsampwidth()}-bit samples (need 16 or 32-bit PCM)", 0.0
     except ImportError:
-        return f"{path}: reading FLAC needs soundfile (pip install soundfile)"
+        return f"{path}: reading FLAC needs soundfile (pip install soundfile)", 0.0
     except Exception as e:  # wave.Error, EOFError, OSError, soundfile's errors
         if os.path.isfile(path) and os.path.getsize(path) == 0:
-            return f"empty audio file {path} (0 bytes)"
-        return f"unreadable audio file {path}: {e or type(e).__name__}"
+            return f"empty audio file {path} (0 bytes)", 0.0
+        return f"unreadable audio file {path}: {e or type(e).__name__}", 0.0
     if frames == 0:
-        return f"empty audio file {path}"
+        return f"empty audio file {path}", 0.0
     if rate != sample_rate and not resample:
-        return f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (set data.resample: true to resample)"
-    return ""
+        return f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (set data.resample: true to resample)", 0.0
+    return "", frames / rate
 
 
 class SpeechSource:
@@ -390,14 +398,26 @@ class SpeechSource:
             self.records = read_librispeech(os.path.join(d.path, split))
         else:
             raise ConfigError(f"task {cfg.task} reads data.source speech, manifest or librispeech, not {d.source!r}")
+        self.resample, self._durations = d.resample, None
         if d.on_bad_audio == "error":
-            problems = [p for p in (audio_problem(r["source"], SAMPLE_RATE, d.resample) for r in self.records) if p]
+            problems = [p for p, _ in self._headers() if p]
             if problems:
                 more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
                 raise InputError(
                     f"split {split!r}: {len(problems)} of {len(self.records)} audio files cannot be used: "
                     f"{'; '.join(problems[:3])}{more}. Fix them, or set data.on_bad_audio: skip"
                 )
+
+    def _headers(self) -> list:
+        headers = [audio_header(r["source"], SAMPLE_RATE, self.resample) for r in self.records]
+        self._durations = np.array([seconds for _, seconds in headers])
+        return headers
+
+    def durations(self) -> np.ndarray:
+        """Each utterance's duration in seconds (0 where the file cannot be used), from the headers."""
+        if self._durations is None:
+            self._headers()
+        return self._durations
 
     def __len__(self):
         return len(self.records)

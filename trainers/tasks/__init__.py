@@ -9,7 +9,7 @@ or any importable module named by its path (``task: mypackage.mytask``). It defi
              subclass of config.DataConfig holding the family's data keys
 
 so adding a family edits no shared module. Optional capabilities are protocols of their
-own (HasState, HasAssets, Generates, LoadsWeights), which the loop tests with isinstance.
+own (HasState, HasAssets, Generates, LoadsWeights, BatchesByLength), which the loop tests with isinstance.
 """
 
 import importlib
@@ -113,6 +113,14 @@ class LoadsWeights(Protocol):
         ..., "state": ...} of numpy arrays laid out as init's. They may hold only some parts
         (a released codec has no discriminator): the others keep their initialisation.
         Raises ValueError naming every key or shape that does not fit the model."""
+
+
+@runtime_checkable
+class BatchesByLength(Protocol):
+    """A task whose training batches may be formed by length (speech by duration)."""
+
+    def length_buckets(self) -> Any:
+        """A data.LengthBuckets over train_source(), or None for batches of data.batch_size."""
 
 
 class SplitSources:
