@@ -185,10 +185,11 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(*arch, self.out_channels, self.dtype)
 
     def encode(self, images):
-        """(mean, std) of the Gaussian posterior over latents (float32; log-variance clipped as diffusers')."""
+        """(mean, log-variance) of the Gaussian posterior over latents, float32; the log-variance
+        clipped to [-30, 20] as diffusers' DiagonalGaussianDistribution."""
         moments = self.quant_conv(self.encoder(constrain(images, IMAGES))).astype(jnp.float32)
         mean, logvar = jnp.split(moments, 2, axis=-1)
-        return mean, jnp.exp(0.5 * jnp.clip(logvar, -30.0, 20.0))
+        return mean, jnp.clip(logvar, -30.0, 20.0)
 
     def decode(self, latents):
         """Images (float32, about [-1, 1]) of latents (unscaled: divide diffusion latents by scaling_factor)."""
@@ -197,6 +198,6 @@ class AutoencoderKL(nn.Module):
 
     def __call__(self, images, rng=None):
         """Reconstructions: through the posterior's mean, or a sample of it with rng."""
-        mean, std = self.encode(images)
-        latents = mean if rng is None else mean + std * jax.random.normal(rng, mean.shape)
+        mean, logvar = self.encode(images)
+        latents = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape)
         return self.decode(latents)
