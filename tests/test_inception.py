@@ -53,3 +53,15 @@ def test_a_wrong_weight_file_is_named(reference):
     broken = {k: v for k, v in state_dict.items() if not k.startswith("Mixed_7c.branch_pool")}
     with pytest.raises(ValueError, match="missing parameters: .*Mixed_7c/branch_pool"):
         inception.from_torch(broken, net)
+
+
+def test_inception_score_and_precision_recall_equal_torch_fidelity(reference):
+    _, ref = reference
+    assert inception.inception_score(ref["is_logits"], split_size=10) == pytest.approx(
+        float(ref["is_score"]), rel=1e-9
+    )
+    precision, recall = ref["pr_precision_recall"]
+    for block in (10000, 64):  # in one block or several
+        assert inception.precision_recall(ref["pr_real"], ref["pr_generated"], block=block) == pytest.approx(
+            (precision, recall)
+        )

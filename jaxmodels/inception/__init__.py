@@ -3,6 +3,7 @@
 import numpy as np
 
 from jaxmodels.inception.convert import from_torch
+from jaxmodels.inception.metrics import inception_score, manifold_radii, precision_recall, statistics
 from jaxmodels.inception.model import FIDInceptionV3
 from jaxmodels.nn import variants
 
@@ -40,4 +41,14 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-__all__ = ["VARIANTS", "FIDInceptionV3", "create", "frechet_distance", "from_torch"]
+__all__ = [
+    "VARIANTS",
+    "FIDInceptionV3",
+    "create",
+    "frechet_distance",
+    "from_torch",
+    "inception_score",
+    "manifold_radii",
+    "precision_recall",
+    "statistics",
+]

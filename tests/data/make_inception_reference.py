@@ -1,8 +1,9 @@
 """Makes tests/data/inception_reference.npz: pytorch-fid's FID Inception-v3 (its
 InceptionV3 wrapper over torchvision's modules) with random weights, on random images;
-and pytorch-fid's calculate_frechet_distance on random statistics.
+pytorch-fid's calculate_frechet_distance on random statistics; torch-fidelity's Inception
+Score and precision/recall on random logits and features.
 
-    python -m venv /tmp/fid && /tmp/fid/bin/pip install pytorch-fid
+    python -m venv /tmp/fid && /tmp/fid/bin/pip install pytorch-fid torch-fidelity
     /tmp/fid/bin/python tests/data/make_inception_reference.py
 
 The 24M weights are not stored: `random_weights` draws them from numpy's generator
@@ -41,6 +42,8 @@ def main():
     import torch
     from pytorch_fid import fid_score
     from pytorch_fid import inception as pi
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
 
     built = {}
     original_load = torch.nn.Module.load_state_dict
@@ -88,8 +91,21 @@ def main():
         mu1, sigma1, mu2, sigma2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
         frechet[name] = [mu1, sigma1, mu2, sigma2, fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)]
 
+    # torch-fidelity's Inception Score (in order: ADM's consecutive splits) and precision/recall.
+    is_logits = rng.normal(0, 3, (100, 1008))
+    is_score = isc_features_to_metric(torch.from_numpy(is_logits), splits=10, shuffle=False)["inception_score_mean"]
+    generated, real = rng.standard_normal((200, 16)), rng.standard_normal((150, 16)) * 1.2 + 0.2
+    precision, recall = calculate_precision_recall_full(
+        torch.from_numpy(generated).float(), torch.from_numpy(real).float(), neighborhood=3
+    )
+
     np.savez(
         os.path.join(HERE, "inception_reference.npz"),
+        is_logits=is_logits,
+        is_score=is_score,
+        pr_generated=generated,
+        pr_real=real,
+        pr_precision_recall=[precision, recall],
         shapes=json.dumps(shapes),
         images=images.transpose(0, 2, 3, 1),
         pool=pool.numpy(),
