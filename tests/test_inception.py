@@ -65,3 +65,47 @@ def test_inception_score_and_precision_recall_equal_torch_fidelity(reference):
         assert inception.precision_recall(ref["pr_real"], ref["pr_generated"], block=block) == pytest.approx(
             (precision, recall)
         )
+
+
+def test_fid_command_computes_adm_metrics_over_devices(reference, tmp_path, capsys):
+    """trainers.fid on two reference-batch files, the batches split over 8 devices and the
+    last one padded: the numbers of the library on one device; a reference file's own
+    statistics are used where it has them; bad files are named."""
+    from safetensors.numpy import save_file
+
+    from trainers import fid
+
+    state_dict, _ = reference
+    save_file(state_dict, str(tmp_path / "inception.safetensors"))
+    rng = np.random.default_rng(0)
+    samples, references = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (10, 12))
+    np.savez(tmp_path / "samples.npz", arr_0=samples)
+    np.savez(tmp_path / "reference.npz", arr_0=references)
+    args = [str(tmp_path / "samples.npz"), str(tmp_path / "reference.npz"), "--inception"]
+    args += [str(tmp_path / "inception.safetensors"), "--batch_size", "8", "--out", str(tmp_path / "m.json")]
+    metrics = fid.main(args)
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert "fid: " in capsys.readouterr().out
+
+    net = inception.create()
+    out = jax.jit(net.apply)(inception.from_torch(state_dict, net), np.concatenate([samples, references]) / 255.0)
+    ours, theirs = ({k: v[part] for k, v in out.items()} for part in (slice(0, 10), slice(10, None)))
+    assert metrics["inception_score"] == pytest.approx(inception.inception_score(ours["logits"]), rel=1e-5)
+    for name, key in (("fid", "pool"), ("sfid", "spatial")):
+        expected = inception.frechet_distance(*inception.statistics(ours[key]), *inception.statistics(theirs[key]))
+        assert metrics[name] == pytest.approx(expected, rel=1e-4), name
+    assert (metrics["precision"], metrics["recall"]) == inception.precision_recall(theirs["pool"], ours["pool"])
+
+    stats = {"mu": np.ones(2048), "sigma": np.eye(2048), "mu_s": np.ones(2023), "sigma_s": np.eye(2023)}
+    np.savez(tmp_path / "with_stats.npz", arr_0=references, **stats)
+    (mu, sigma), (mu_s, sigma_s) = fid.reference_statistics(str(tmp_path / "with_stats.npz"), theirs)
+    assert (mu == 1).all() and (sigma_s == np.eye(2023)).all()
+
+    from test_errors import one_line_exit
+
+    np.savez(tmp_path / "bad.npz", images=samples)
+    one_line_exit(
+        fid.main, [str(tmp_path / "bad.npz"), *args[1:]], r"bad.npz: no arr_0 \(the images\); it holds images"
+    )
+    np.savez(tmp_path / "bad.npz", arr_0=samples / 255.0)
+    one_line_exit(fid.main, [str(tmp_path / "bad.npz"), *args[1:]], r"arr_0 is float64 \(10, 32, 32, 3\); expected")
