@@ -132,6 +132,55 @@ def test_sample_command_draws_from_upstream_dit_weights(fixtures_dir, tmp_path):
     np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+def dit_latent_config(fixtures_dir, tmp_path):
+    """The DiT fixture's small latent model (8 x 8 x 4) as a config, its weights, and a small
+    random VAE in diffusers' layout with its config.json (tests/data/vae_reference.npz): the
+    images are 16 x 16."""
+    from safetensors.numpy import save_file
+
+    case = fixtures_dir / "dit" / "s_p2"
+    args = json.loads((case / "config.json").read_text())
+    args.pop("class_dropout_prob")
+    cfg = config_lib.parse(
+        {
+            "task": "diffusion",
+            "model": {"name": "DiT-S/2", "args": args},
+            "data": {"source": "latents", "batch_size": 8, "eval_batch_size": 8},
+            "diffusion": {"sampler": "ddim", "sample_respacing": "ddim3", "cfg_scale": 1.5},
+        }
+    )
+    (tmp_path / "dit.yaml").write_text(config_lib.dump(cfg))
+    (tmp_path / "vae").mkdir()
+    with np.load(ROOT / "tests" / "data" / "vae_reference.npz") as f:
+        save_file({k[3:]: f[k] for k in f.files if k.startswith("sd/")}, str(tmp_path / "vae" / "vae.safetensors"))
+        (tmp_path / "vae" / "config.json").write_text(str(f["config"]))
+    return tmp_path / "dit.yaml", case / "weights.safetensors", tmp_path / "vae" / "vae.safetensors"
+
+
+def test_sample_command_writes_an_adm_batch_and_resumes(fixtures_dir, tmp_path):
+    """--num_samples: images through the VAE in ADM's format, in global batches of 8 over 8
+    devices (the last padded); a batch found done is not drawn again."""
+    from trainers.sample import main as sample
+
+    config, weights, vae_weights = dit_latent_config(fixtures_dir, tmp_path)
+    out = tmp_path / "samples.npz"
+    args = [str(config), "--weights", str(weights), "--vae", str(vae_weights), "--num_samples", "10"]
+    args += ["--batch_size", "8", "--seed", "3", "--out", str(out)]
+    sample(args)
+    with np.load(out) as f:
+        images, labels = f["arr_0"], f["arr_1"]
+    assert images.shape == (10, 16, 16, 3) and images.dtype == np.uint8 and images.std() > 0
+    np.testing.assert_array_equal(labels, np.random.default_rng(3).integers(0, 10, 10))
+    assert not (tmp_path / "samples.npz.parts").exists()
+
+    (tmp_path / "samples.npz.parts").mkdir()  # as a run killed after its first batch leaves it
+    np.savez(tmp_path / "samples.npz.parts" / "000000.npz", arr_0=np.zeros((8, 16, 16, 3), np.uint8), arr_1=labels[:8])
+    sample(args)
+    with np.load(out) as f:
+        assert not f["arr_0"][:8].any()  # kept, not drawn again
+        np.testing.assert_array_equal(f["arr_0"][8:], images[8:])
+
+
 def test_codec_starts_from_released_encodec_with_a_fresh_discriminator(fixtures_dir, capsys):
     """A released EnCodec holds the generator and its codebooks; the discriminator keeps its
     initialisation."""

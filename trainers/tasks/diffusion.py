@@ -38,6 +38,9 @@ class DiffusionConfig:
     cfg_scale: float = 4.0  # classifier-free guidance; 1.0 samples without it
     guide_all_channels: bool = False  # upstream guides the first 3 output channels only
     samples_per_class: int = 8  # eval grid: one row per class (scored by evals: classifier_agreement)
+    # The SD VAE's weights for a latent model (diffusers' file, with its config.json beside
+    # it, or the original .ckpt): trainers.sample decodes the latents to images through it.
+    vae: str = ""
 
 
 SECTIONS = {"data": ImageDataConfig, "diffusion": DiffusionConfig}
@@ -223,6 +226,8 @@ class DiffusionTask(SplitSources):
             return np.asarray(jax.jit(run)(params, labels, k_init, k_steps))
         from trainers import sharding
 
+        start, stop = sharding.local_batch_rows(mesh, len(labels))  # each process gives its rows
+        labels = sharding.to_global(mesh, {"y": np.asarray(labels)[start:stop]}, len(labels))["y"]
         with jax.set_mesh(mesh):
             out = jax.jit(
                 run,
