@@ -306,3 +306,32 @@ def test_sampling_batch_is_the_same_from_two_processes(fixtures_dir, compile_cac
         np.testing.assert_array_equal(one["arr_1"], two["arr_1"])
         # uint8 after float sums reduced in another order: at most one level apart
         assert np.abs(one["arr_0"].astype(int) - two["arr_0"].astype(int)).max() <= 1
+
+
+@pytest.mark.slow  # multi-process runs
+def test_latent_extraction_is_the_same_from_two_processes(fixtures_dir, compile_cache, tmp_path):
+    """trainers.extract vae under jaxrun (2 processes x 2 devices): each process writes its
+    rows; by image, the latents of one process on 8 devices."""
+    from test_extract import by_index, image_folder
+    from test_weights import dit_latent_config
+
+    from trainers.extract import main as extract
+
+    config, _, vae_weights = dit_latent_config(fixtures_dir, tmp_path)
+    images = image_folder(tmp_path / "images")
+    args = [str(config), "--images", str(images), "--vae", str(vae_weights), "--shard_batches", "2", "--flip"]
+    extract(["vae", *args, "--workdir", str(tmp_path / "one"), "--batch_size", "8"])
+    command = [sys.executable, "-m", "launch", "--standalone", "--nproc_per_node=2", "-m", "trainers.extract", "vae"]
+    proc = subprocess.run(
+        [*command, *args, "--workdir", str(tmp_path / "two"), "--batch_size", "4"],
+        env=worker_env(2, compile_cache),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name[:2] for p in (tmp_path / "two" / "train").glob("*_indices.npy")) == ["p0", "p0", "p1", "p1"]
+    one, two = by_index(tmp_path / "one" / "train"), by_index(tmp_path / "two" / "train")
+    np.testing.assert_allclose(two[0], one[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(one[1:], two[1:]):
+        np.testing.assert_array_equal(a, b)

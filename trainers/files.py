@@ -31,3 +31,8 @@ def write_text(path: str, text: str) -> None:
 def write_npz(path: str, compressed: bool = False, **arrays) -> None:
     """np.savez (or savez_compressed) of arrays."""
     write_with(path, lambda tmp: (np.savez_compressed if compressed else np.savez)(tmp, **arrays))
+
+
+def write_npy(path: str, array) -> None:
+    """np.save of one array (path ending in .npy)."""
+    write_with(path, lambda tmp: np.save(tmp, array))

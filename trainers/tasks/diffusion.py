@@ -11,6 +11,7 @@ class), and, with a classifier configured, the share of samples it assigns to th
 conditioning class.
 """
 
+import json
 import os
 import zipfile
 from dataclasses import dataclass
@@ -47,33 +48,65 @@ SECTIONS = {"data": ImageDataConfig, "diffusion": DiffusionConfig}
 
 
 class LatentSource:
-    """Precomputed latents: <path>/<split>.npz with `latents` (N, h, w, C) and `labels` (N,)."""
+    """Precomputed latents: <path>/<split>.npz with `latents` (N, h, w, C) and `labels` (N,),
+    or the folder <path>/<split>/ that trainers.extract writes (index.json and its shards,
+    memory-mapped: a process reads from disk only the rows it trains on)."""
 
     def __init__(self, path: str, split: str):
+        folder = os.path.join(path, split)
+        if os.path.isfile(os.path.join(folder, "index.json")):
+            self._open_index(folder)
+            return
         file = os.path.join(path, f"{split}.npz")
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"latent file not found: {file}")
+            raise FileNotFoundError(f"latents not found: {file}, or {folder}/index.json (trainers.extract)")
         try:
             with np.load(file) as f:
                 missing = {"latents", "labels"} - set(f.files)
                 if missing:
                     raise InputError(f"{file}: missing {sorted(missing)} (has {f.files})")
-                self.latents, self.labels = f["latents"].astype(np.float32), f["labels"].astype(np.int32)
+                self._parts = [(f["latents"].astype(np.float32), f["labels"].astype(np.int32))]
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated or foreign file
             if isinstance(e, InputError):
                 raise
             raise InputError(f"{file} cannot be read as .npz: {e or type(e).__name__}") from e
-        if self.latents.ndim != 4 or len(self.labels) != len(self.latents):
+        latents, labels = self._parts[0]
+        if latents.ndim != 4 or len(labels) != len(latents):
             raise InputError(
-                f"{file}: latents {self.latents.shape} should be (N, h, w, C) with N labels (got {self.labels.shape})"
+                f"{file}: latents {latents.shape} should be (N, h, w, C) with N labels (got {labels.shape})"
             )
-        self.num_classes = int(self.labels.max()) + 1
+        self.files, self.num_classes = None, int(labels.max()) + 1
+        self.starts = np.array([0, len(labels)])
+
+    def _open_index(self, folder):
+        with open(os.path.join(folder, "index.json")) as f:
+            index = json.load(f)
+        self.files = [
+            tuple(os.path.join(folder, f"{s['prefix']}_{w}.npy") for w in ("latents", "labels"))
+            for s in index["shards"]
+        ]
+        self.starts = np.cumsum([0] + [s["rows"] for s in index["shards"]])
+        self.num_classes, self._parts = index["num_classes"], None
+
+    def _shards(self):
+        if self._parts is None:  # opened in the process that reads (a grain worker), never pickled
+            try:
+                self._parts = [tuple(np.load(f, mmap_mode="r") for f in pair) for pair in self.files]
+            except (OSError, ValueError) as e:
+                raise InputError(f"latent shard of {os.path.dirname(self.files[0][0])}: {e}") from e
+        return self._parts
+
+    def __getstate__(self):
+        return {**self.__dict__, "_parts": None} if self.files else self.__dict__
 
     def __len__(self):
-        return len(self.labels)
+        return int(self.starts[-1])
 
     def __getitem__(self, i):
-        return {"x": self.latents[i], "label": self.labels[i], "mask": np.float32(1.0)}
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        latents, labels = self._shards()[k]
+        j = i - self.starts[k]
+        return {"x": np.asarray(latents[j], np.float32), "label": np.int32(labels[j]), "mask": np.float32(1.0)}
 
 
 class _ToSignal:
