@@ -83,3 +83,39 @@ def test_speaker_similarity_round_trips_its_embedder(tone_corpus, tmp_path):
     assert -1.0 <= metrics["speaker_similarity_reference"] <= 1.0
     with pytest.raises(Exception, match="python -m trainers.speaker"):
         SpeakerEmbedder.load(str(tmp_path / "missing.npz"))
+
+
+def test_fid_in_a_classifiers_feature_space(tmp_path):
+    """evals: fid with a classification run on the digits: the held-out digits scored as
+    samples are at distance 0 from themselves (the reference: the task's evaluation split),
+    noise is far; the number is the Frechet distance of the classifier's pooled features."""
+    from jaxmodels import inception
+    from trainers import config as config_lib
+
+    classifier = tmp_path / "digits"
+    train(tiny_config(train={"steps": 30, "eval_every": 30, "checkpoint_every": 30}), str(classifier))
+    model = {
+        "name": "DiT-S/2",
+        "args": {"input_size": 8, "in_channels": 1, "hidden_size": 32, "depth": 1, "num_heads": 2},
+    }
+    cfg = {
+        "task": "diffusion",
+        "model": model,
+        "data": {"source": "digits", "image_size": 8, "batch_size": 16, "eval_batch_size": 16},
+        "evals": [{"name": "fid", "run": str(classifier)}],
+    }
+    trainer = Trainer(config_lib.parse(cfg))
+    ((_, fid),) = trainer.evaluators()
+    source = trainer.task.eval_source()
+    real = np.stack([trainer.task.eval_transform(source[i], None)["x"] for i in range(len(source))])
+    assert real.shape == (359, 8, 8, 1)
+    assert fid({"samples": real})[0]["fid"] == pytest.approx(0.0, abs=1e-3)
+    noise = np.random.default_rng(0).uniform(-1, 1, real.shape)
+    far = fid({"samples": noise})[0]["fid"]
+    features = fid.features(np.clip(127.5 * noise + 128, 0, 255).astype(np.uint8).repeat(3, -1))["pool"]
+    assert far == pytest.approx(inception.frechet_distance(*inception.statistics(features), *fid.stats[0]), rel=1e-6)
+    assert far > 1.0
+
+    for keys in ({}, {"run": str(classifier), "inception": "x.pth"}):
+        with pytest.raises(ConfigError, match="evals: fid needs inception"):
+            Trainer(config_lib.parse({**cfg, "evals": [{"name": "fid", **keys}]})).evaluators()

@@ -146,6 +146,10 @@ class ClassificationTask(SplitSources):
         """Class logits of uint8 images (B, H, W, 3) at data.image_size."""
         return self.model.apply({"params": params}, self.normalise(images))
 
+    def features(self, params, images):
+        """The pooled, normed features the classifier head reads, of uint8 images at data.image_size."""
+        return self.model.apply({"params": params}, self.normalise(images), method="forward_features")
+
     def eval_outputs(self, params, batch):
         logits = self.logits(params, batch["image"])
         top = accuracy.top_k(logits)
