@@ -6,8 +6,9 @@ Draws class-conditional samples from a diffusion run's checkpoint (the EMA weigh
 when it has them) or from upstream DiT weights, batch-sharded over all devices of all
 processes.
 
-With --labels: OUT.png (a grid, one row per label) and OUT.npz (`samples` (N, H, W, C) in
-the model's space: [-1, 1] pixels, or latents for a latent DiT; `labels`).
+With --labels: OUT.png (a grid, one row per label; a latent model's samples decoded
+through the VAE where one is given) and OUT.npz (`samples` (N, H, W, C) in the model's
+space: [-1, 1] pixels, or latents for a latent DiT; `labels`).
 
 With --num_samples: an evaluation batch in ADM's format (`arr_0` (N, H, W, 3) uint8
 images, `arr_1` labels, uniform over the classes from --seed), as DiT's sample_ddp.py
@@ -30,7 +31,7 @@ def _add_arguments(p):
     p.add_argument("--labels", help="comma-separated class labels, one grid row each")
     p.add_argument("--num_samples", type=int, help="an evaluation batch of this many samples instead of a grid")
     p.add_argument("--batch_size", type=int, default=256, help="--num_samples: samples per step over all devices")
-    p.add_argument("--vae", help="--num_samples: the VAE's weights (default: diffusion.vae)")
+    p.add_argument("--vae", help="the VAE a latent model's samples are decoded with (default: diffusion.vae)")
     p.add_argument("--per_label", type=int, default=8, help="samples per label")
     p.add_argument("--cfg_scale", type=float, default=None, help="guidance scale (default: the config's)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the config's")
@@ -93,11 +94,13 @@ def main(argv=None):
         write_batch(trainer, params, args.num_samples, args.batch_size, args.seed, args.vae or df.vae, args.out)
         return
     y = np.repeat(np.asarray(labels, np.int32), args.per_label)
-    pad = -len(y) % sharding.batch_divisor(trainer.mesh)
+    padded = np.concatenate([y, np.zeros(-len(y) % sharding.batch_divisor(trainer.mesh), np.int32)])
     with trainer.context():
-        samples = task.sample(
-            params, np.concatenate([y, np.zeros(pad, np.int32)]), jax.random.PRNGKey(args.seed), trainer.mesh
-        )[: len(y)]
+        samples = task.sample(params, padded, jax.random.PRNGKey(args.seed), trainer.mesh)
+    # The picture shows images: a latent model's samples through the VAE where one is given.
+    vae_path = args.vae or df.vae
+    pictures = latent_decoder(trainer.mesh, vae_path)(samples)[: len(y)] if vae_path else samples[: len(y)]
+    samples = samples[: len(y)]
     out = args.out or os.path.join(args.workdir, f"samples_{step}")
     source = os.path.basename(args.weights) if args.weights else f"step {step}"
     if jax.process_index() == 0:
@@ -105,7 +108,7 @@ def main(argv=None):
         files.write_npz(out + ".npz", samples=samples, labels=y)
         sample_grid_png(
             out + ".png",
-            samples,
+            pictures,
             args.per_label,
             row_labels=labels,
             title=f"{source}: {sampler} {respacing}, guidance {df.cfg_scale}",
@@ -120,13 +123,36 @@ def to_uint8(images):
     return np.clip(127.5 * np.asarray(images) + 128.0, 0, 255).astype(np.uint8)
 
 
+def latent_decoder(mesh, vae_path: str):
+    """latents (a whole batch, on every process) -> images in [-1, 1] through the VAE at
+    vae_path, batch-sharded over mesh (each process puts its rows back on its devices)."""
+    import jax
+
+    from jaxmodels import vae
+    from trainers import sharding
+
+    autoencoder, variables = vae.load_pretrained(vae_path)
+    batch = sharding.batch_sharding(mesh, 4)
+    decode = jax.jit(
+        lambda v, z: autoencoder.apply(v, z / autoencoder.scaling_factor, method="decode"),
+        in_shardings=(None, batch),
+        out_shardings=batch,
+    )
+
+    def run(latents):
+        start, stop = sharding.local_batch_rows(mesh, len(latents))
+        latents = sharding.to_global(mesh, {"z": latents[start:stop]}, len(latents))["z"]
+        return sharding.host_copy(decode(variables, latents))
+
+    return run
+
+
 def write_batch(trainer, params, num_samples: int, batch_size: int, seed: int, vae_path: str, out: str):
     """ADM's evaluation batch of num_samples images at `out`, in resumable global batches."""
     import jax
     import numpy as np
     from jax.experimental import multihost_utils
 
-    from jaxmodels import vae
     from trainers import files, sharding
     from trainers.cli import InputError
     from trainers.progress import progress
@@ -140,13 +166,7 @@ def write_batch(trainer, params, num_samples: int, batch_size: int, seed: int, v
     if trainer.cfg.data.source == "latents":
         if not vae_path:
             raise InputError("latent samples need the VAE to become images: give --vae (or diffusion.vae)")
-        autoencoder, variables = vae.load_pretrained(vae_path)
-        batch = sharding.batch_sharding(mesh, 4)
-        decode = jax.jit(
-            lambda v, z: autoencoder.apply(v, z / autoencoder.scaling_factor, method="decode"),
-            in_shardings=(None, batch),
-            out_shardings=batch,
-        )
+        decode = latent_decoder(mesh, vae_path)
     labels = np.random.default_rng(seed).integers(0, task.num_classes, num_samples).astype(np.int32)
     parts = out + ".parts"
     os.makedirs(parts, exist_ok=True)
@@ -159,10 +179,8 @@ def write_batch(trainer, params, num_samples: int, batch_size: int, seed: int, v
         padded = np.concatenate([y, np.zeros(batch_size - len(y), np.int32)])
         with trainer.context():
             samples = task.sample(params, padded, jax.random.fold_in(jax.random.PRNGKey(seed), c), mesh)
-            if decode is not None:  # the latents back onto the devices, each process its rows
-                start, stop = sharding.local_batch_rows(mesh, batch_size)
-                latents = sharding.to_global(mesh, {"z": samples[start:stop]}, batch_size)["z"]
-                samples = sharding.host_copy(decode(variables, latents))
+            if decode is not None:
+                samples = decode(samples)
         if jax.process_index() == 0:
             files.write_npz(part(c), arr_0=to_uint8(samples[: len(y)]), arr_1=y)
     multihost_utils.sync_global_devices("samples written")
