@@ -180,9 +180,7 @@ def test_sample_command_writes_an_adm_batch_and_resumes(fixtures_dir, tmp_path):
         assert not f["arr_0"][:8].any()  # kept, not drawn again
         np.testing.assert_array_equal(f["arr_0"][8:], images[8:])
 
-    sample(
-        [*args[:4], "--labels", "1,2", "--per_label", "2", "--out", str(tmp_path / "grid")]
-    )  # decoded for the picture
+    sample([*args[:5], "--labels", "1,2", "--per_label", "2", "--out", str(tmp_path / "grid")])  # through the VAE
     with Image.open(tmp_path / "grid.png") as picture, np.load(tmp_path / "grid.npz") as f:
         assert picture.size[0] > 2 * 16 and f["samples"].shape == (4, 8, 8, 4)
 
