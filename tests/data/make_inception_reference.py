@@ -38,17 +38,16 @@ def random_weights(shapes: dict, seed: int = 0) -> dict:
     return out
 
 
-def main():
+def pytorch_fid_model():
+    """(pytorch-fid's InceptionV3([3]), the torchvision Inception inside it), with torch's own
+    initialisation where pytorch-fid would download its weights."""
     import torch
-    from pytorch_fid import fid_score
     from pytorch_fid import inception as pi
-    from torch_fidelity.metric_isc import isc_features_to_metric
-    from torch_fidelity.metric_prc import calculate_precision_recall_full
 
     built = {}
     original_load = torch.nn.Module.load_state_dict
 
-    def load(self, state_dict, *args, **kwargs):  # the random weights in place of the download
+    def load(self, state_dict, *args, **kwargs):
         if state_dict == "random":
             built["model"] = self
             return None
@@ -56,10 +55,20 @@ def main():
 
     pi.load_state_dict_from_url = lambda url, progress=True: "random"
     torch.nn.Module.load_state_dict = load
-    wrapper = pi.InceptionV3([3])
-    torch.nn.Module.load_state_dict = original_load
-    inception = built["model"]
+    try:
+        wrapper = pi.InceptionV3([3])
+    finally:
+        torch.nn.Module.load_state_dict = original_load
+    return wrapper, built["model"]
 
+
+def main():
+    import torch
+    from pytorch_fid import fid_score
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_prc import calculate_precision_recall_full
+
+    wrapper, inception = pytorch_fid_model()
     shapes = {
         k: list(v.shape) for k, v in inception.state_dict().items() if "running" not in k and "num_batches" not in k
     }
