@@ -96,6 +96,12 @@ def test_fid_command_computes_adm_metrics_over_devices(reference, tmp_path, caps
         assert metrics[name] == pytest.approx(expected, rel=1e-4), name
     assert (metrics["precision"], metrics["recall"]) == inception.precision_recall(theirs["pool"], ours["pool"])
 
+    # A reference batch written with its statistics and activations gives the same numbers without them.
+    assert fid.main([str(tmp_path / "reference.npz"), "--stats", str(tmp_path / "ref_stats.npz"), *args[2:6]]) is None
+    with np.load(tmp_path / "ref_stats.npz") as f:
+        assert {"arr_0", "mu", "sigma", "mu_s", "sigma_s", "pool", "spatial"} <= set(f.files)
+    assert fid.main([str(tmp_path / "samples.npz"), str(tmp_path / "ref_stats.npz"), *args[2:6]]) == metrics
+
     stats = {"mu": np.ones(2048), "sigma": np.eye(2048), "mu_s": np.ones(2023), "sigma_s": np.eye(2023)}
     np.savez(tmp_path / "with_stats.npz", arr_0=references, **stats)
     (mu, sigma), (mu_s, sigma_s) = fid.reference_statistics(str(tmp_path / "with_stats.npz"), theirs)

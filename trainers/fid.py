@@ -1,12 +1,14 @@
 """ADM's evaluation of generated images: Inception Score, FID, sFID, precision and recall.
 
     python -m trainers.fid SAMPLES.npz REFERENCE.npz [--inception WEIGHTS] [--out metrics.json]
+    python -m trainers.fid IMAGES.npz --stats REFERENCE.npz      # a reference batch with its statistics
 
 Both files are in ADM's reference-batch format: `arr_0`, (N, H, W, 3) uint8 images (what
 `trainers.sample` writes; ADM's VIRTUAL_imagenet256_labeled.npz). The reference's
 statistics (`mu`, `sigma`, `mu_s`, `sigma_s`) are read where the file has them, as ADM's
-evaluator does, else computed from its images; the precision and recall always use its
-images' features. Features come from pytorch-fid's Inception-v3 (`--inception`: its
+evaluator does, else computed from its images; the precision and recall use its images'
+features, read from the file where `--stats` stored them (`pool`, `spatial`) beside the
+statistics, else computed. Features come from pytorch-fid's Inception-v3 (`--inception`: its
 pt_inception-2015-12-05-6726825d.pth, or the same weights as .safetensors), in batches
 spread over this process's devices. pytorch-fid resizes to 299 x 299 in PyTorch's
 bilinear way where ADM's TensorFlow graph uses its own, so the numbers can differ from
@@ -73,6 +75,32 @@ class Features:
         return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
 
 
+def stored_features(path: str):
+    """The activations --stats stored in a reference batch ({"pool", "spatial"}), or None."""
+    with np.load(path) as f:
+        return {k: f[k] for k in ("pool", "spatial")} if {"pool", "spatial"} <= set(f.files) else None
+
+
+def write_reference(images_path: str, out: str, features: Features) -> None:
+    """A reference batch: the images (and labels) of images_path, their statistics and activations."""
+    images = read_images(images_path)
+    with np.load(images_path) as f:
+        labels = {"arr_1": f["arr_1"]} if "arr_1" in f.files else {}
+    acts = features(images, images_path)
+    (mu, sigma), (mu_s, sigma_s) = inception.statistics(acts["pool"]), inception.statistics(acts["spatial"])
+    files.write_npz(
+        out,
+        arr_0=images,
+        **labels,
+        mu=mu,
+        sigma=sigma,
+        mu_s=mu_s,
+        sigma_s=sigma_s,
+        pool=acts["pool"],
+        spatial=acts["spatial"],
+    )
+
+
 def reference_statistics(path: str, features: dict) -> tuple:
     """((mu, sigma), (mu_s, sigma_s)) from the file where it has them, else from its features."""
     with np.load(path) as f:
@@ -82,9 +110,10 @@ def reference_statistics(path: str, features: dict) -> tuple:
 
 
 def evaluate(samples_path: str, reference_path: str, weights: str, batch_size: int = 100) -> dict:
-    samples, reference = read_images(samples_path), read_images(reference_path)
+    samples = read_images(samples_path)
     features = Features(weights, batch_size)
-    ours, theirs = features(samples, samples_path), features(reference, reference_path)
+    ours = features(samples, samples_path)
+    theirs = stored_features(reference_path) or features(read_images(reference_path), reference_path)
     (mu, sigma), (mu_s, sigma_s) = reference_statistics(reference_path, theirs)
     precision, recall = inception.precision_recall(theirs["pool"], ours["pool"])
     return {
@@ -101,12 +130,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m trainers.fid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("samples", help="generated images (.npz, arr_0)")
-    p.add_argument("reference", help="reference batch (.npz, arr_0 and optionally mu/sigma/mu_s/sigma_s)")
+    p.add_argument("samples", help="generated images (.npz, arr_0); with --stats, the reference images")
+    p.add_argument("reference", nargs="?", help="reference batch (.npz, arr_0 and optionally mu/sigma/mu_s/sigma_s)")
+    p.add_argument("--stats", help="write SAMPLES as a reference batch with its statistics and activations here")
     p.add_argument("--inception", default=DEFAULT_WEIGHTS, help=f"pytorch-fid's weights (default {DEFAULT_WEIGHTS})")
     p.add_argument("--batch_size", type=int, default=100)
     p.add_argument("--out", help="also write the metrics here as JSON")
     args = p.parse_args(argv)
+    if bool(args.stats) == bool(args.reference):
+        p.error("give a reference batch to compare with, or --stats OUT to write one")
+    if args.stats:
+        write_reference(args.samples, args.stats, Features(args.inception, args.batch_size))
+        print(f"wrote {args.stats}", flush=True)
+        return None
     metrics = evaluate(args.samples, args.reference, args.inception, args.batch_size)
     for name, value in metrics.items():
         print(f"{name}: {value:.6g}")
