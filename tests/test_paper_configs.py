@@ -191,3 +191,35 @@ def test_sd_vae_encodes_and_decodes_256px_fsdp_sharded():
     assert mean.is_equivalent_to(batch, 4) and decoded.is_equivalent_to(batch, 4)
     # Each device decodes its own image: 0.5 GB of temporaries, 1.2 GB when the batch is gathered.
     assert compiled.memory_analysis().temp_size_in_bytes < 0.8e9
+
+
+def test_hubert_large_encodes_fsdp_sharded_in_bfloat16():
+    """HuBERT Large at its published size (315,438,720 parameters, as transformers counts), its
+    24 layers scanned and rematerialised: every hidden state of a padded batch of 2 s
+    utterances, the weights FSDP-sharded over 8 devices and the batch over the same devices."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxmodels import ssl
+    from trainers import sharding
+
+    model = ssl.create("hubert_large", dtype=jnp.bfloat16, remat=True)
+    mesh = sharding.make_mesh(data=1, fsdp=8)
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 400)))
+    param_shardings = sharding.param_shardings(boxed, mesh)
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), param_shardings
+    )
+    assert sum(p.size for p in jax.tree.leaves(params)) == 315_438_720
+    q = param_shardings["params"]["encoder_layers"]["attention_q_proj"]["kernel"]
+    assert q.spec == P(None, "fsdp", "tensor")  # (layers, embed, heads): the stacked layers, FSDP by width
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    audio = jax.ShapeDtypeStruct((8, 32000), jnp.float32, sharding=batch)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        compiled = (
+            jax.jit(lambda v, x, p: model.apply(v, x, p, method="hidden_states")).lower(params, audio, audio).compile()
+        )
+    assert len(compiled.out_info) == 25 and compiled.out_info[-1].shape == (8, 99, 1024)
+    assert all(s.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"))), 3) for s in compiled.output_shardings)

@@ -1,0 +1,54 @@
+"""Self-supervised speech encoders: wav2vec 2.0 and HuBERT (transformers' models), named
+configs at their published sizes, and the converter of transformers' checkpoints."""
+
+from jaxmodels.nn import variants
+from jaxmodels.ssl.convert import from_torch
+from jaxmodels.ssl.model import SSLEncoder, output_lengths
+
+
+def _large(width: int, layers: int) -> dict:
+    """The Large models' layout: pre-LN, a layer norm after every feature convolution (with bias)."""
+    size = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=16, intermediate_size=4 * width)
+    return dict(size, conv_bias=True, feat_extract_norm="layer", do_stable_layer_norm=True)
+
+
+# The released checkpoints' transformers configs (facebook/hubert-base-ls960, hubert-large-ll60k,
+# hubert-xlarge-ll60k, wav2vec2-base, wav2vec2-large-lv60); the Base ones are the defaults.
+VARIANTS = {
+    "hubert_base": {},
+    "hubert_large": _large(1024, 24),
+    "hubert_xlarge": _large(1280, 48),
+    "wav2vec2_base": {},
+    "wav2vec2_large": _large(1024, 24),
+}
+# transformers' config keys the model takes (the rest are training settings or heads').
+CONFIG_KEYS = tuple(f for f in SSLEncoder.__dataclass_fields__ if f not in ("parent", "name", "dtype", "remat"))
+
+
+def create(name: str, **overrides) -> SSLEncoder:
+    """A named config (hubert_base, hubert_large, hubert_xlarge, wav2vec2_base, wav2vec2_large)."""
+    return variants.create(SSLEncoder, VARIANTS, name, **overrides)
+
+
+def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
+    """(model, variables) of a transformers HubertModel or Wav2Vec2Model: its state_dict and
+    its config (config.to_dict(), or the config.json beside the weights)."""
+    if config.get("model_type") not in ("hubert", "wav2vec2"):
+        raise ValueError(f"model_type {config.get('model_type')!r}: expected hubert or wav2vec2")
+    if config.get("conv_pos_batch_norm"):
+        raise ValueError("conv_pos_batch_norm: a batch-normed position convolution is not supported")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in CONFIG_KEYS}
+    if config["model_type"] == "wav2vec2":
+        args["feat_proj_layer_norm"] = True
+    model = SSLEncoder(**args, **overrides)
+    return model, from_torch(state_dict, model)
+
+
+def param_count(model: SSLEncoder) -> int:
+    """As transformers' parameters() (the masked-frame embedding included)."""
+    import jax.numpy as jnp
+
+    return variants.param_count(model, jnp.zeros((1, 400)))
+
+
+__all__ = ["VARIANTS", "SSLEncoder", "create", "from_torch", "from_transformers", "output_lengths", "param_count"]

@@ -1,0 +1,72 @@
+"""transformers' HubertModel / Wav2Vec2Model state_dicts -> SSLEncoder variables.
+
+The encoder layers' weights are stacked along the scanned layer axis; the position
+convolution's weight norm keeps its two parts (parametrizations' original0/original1,
+or the older weight_g/weight_v). Keys of heads around the encoder (a CTC head, a
+pretraining quantizer) are errors, as is any key or shape that does not fit."""
+
+import re
+
+import numpy as np
+
+from jaxmodels.nn.state_dict import assign_state_dict
+
+_PREFIX = re.compile(r"^(hubert|wav2vec2)\.")
+_POS = re.compile(r"^encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original[01]|weight_[gv]|bias)$")
+_CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
+_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def _leaf(leaf: str, value: np.ndarray) -> tuple:
+    if leaf == "bias":
+        return "bias", value
+    if value.ndim == 1:  # a norm's weight
+        return "scale", value
+    if value.ndim == 2:  # Linear (out, in) -> (in, out)
+        return "kernel", value.T
+    return "kernel", value.transpose(2, 1, 0)  # Conv1d (out, in, k) -> (k, in, out)
+
+
+def _entry(key: str, value: np.ndarray) -> tuple:
+    """(Flax path, value in Flax layout, encoder layer index or None) of one upstream key."""
+    key = _PREFIX.sub("", key)
+    if key == "masked_spec_embed":
+        return ("masked_spec_embed",), value, None
+    if m := _POS.match(key):
+        if m[1].endswith(("original0", "weight_g")):
+            return ("encoder_pos_conv_embed", "weight_g"), value.reshape(-1), None
+        if m[1].endswith(("original1", "weight_v")):
+            return ("encoder_pos_conv_embed", "weight_v"), value.transpose(2, 1, 0), None
+        return ("encoder_pos_conv_embed", "bias"), value, None
+    if m := _LAYER.match(key):
+        name, value = _leaf(m[3], value)
+        return ("encoder_layers", m[2].replace(".", "_"), name), value, int(m[1])
+    if m := _CONV.match(key):
+        name, value = _leaf(m[3], value)
+        return ("feature_extractor", f"conv_layers_{m[1]}_{m[2]}", name), value, None
+    module, _, leaf = key.rpartition(".")
+    name, value = _leaf(leaf, value)
+    return (module.replace(".", "_"), name), value, None
+
+
+def from_torch(state_dict: dict, model) -> dict:
+    """{"params": ...} of `model` (an SSLEncoder) from a transformers state_dict."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 400))))["params"]
+    converted, paths, layers = {}, {}, {}
+    for key, value in state_dict.items():
+        path, value, index = _entry(key, np.asarray(value))
+        if index is None:
+            converted[key], paths[key] = value, path
+        else:
+            layers.setdefault(path, {})[index] = value
+    for path, by_index in layers.items():
+        key = f"encoder.layers.*.{'.'.join(path[1:])}"
+        if sorted(by_index) != list(range(model.num_hidden_layers)):
+            raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {model.num_hidden_layers}")
+        converted[key], paths[key] = np.stack([by_index[i] for i in range(len(by_index))]), path
+    params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
+    return {"params": jax.tree.map(np.asarray, params)}

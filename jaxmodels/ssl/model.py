@@ -1,0 +1,233 @@
+"""wav2vec 2.0 and HuBERT encoders (the models of `transformers.Wav2Vec2Model` and
+`HubertModel`), on raw 16 kHz waveforms, channels-last.
+
+The convolutional feature encoder (7 layers: a group norm over time on the first in the
+"group" mode of the Base models, a layer norm after every one in the "layer" mode of the
+Large ones), the feature projection, a convolutional relative position embedding
+(weight-normalised, grouped, "same" length), and a Transformer encoder, post-LN (Base)
+or pre-LN ("stable layer norm", Large), its layers scanned. Module names are
+transformers'; padded frames are zeroed before the position convolution and never
+attended to, as there.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels.nn import Dense, constrain
+
+Dtype = Any
+FRAMES = ("batch", None, "act_embed")
+
+
+def _layer_norm(eps, name, dtype, axis="embed"):
+    return nn.LayerNorm(
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
+        name=name,
+    )
+
+
+def gelu(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def output_lengths(lengths, kernels, strides):
+    """Frames of the feature encoder for inputs of these lengths (transformers' formula)."""
+    for k, s in zip(kernels, strides):
+        lengths = (lengths - k) // s + 1
+    return lengths
+
+
+class FeatureEncoder(nn.Module):
+    conv_dim: tuple
+    conv_kernel: tuple
+    conv_stride: tuple
+    conv_bias: bool
+    feat_extract_norm: str  # "group" or "layer"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio):
+        x = audio[..., None].astype(self.dtype)
+        for i, (dim, k, s) in enumerate(zip(self.conv_dim, self.conv_kernel, self.conv_stride)):
+            layer = f"conv_layers_{i}"
+            x = nn.Conv(
+                dim,
+                (k,),
+                (s,),
+                "VALID",
+                use_bias=self.conv_bias,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, "conv_in", "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                name=f"{layer}_conv",
+            )(x)
+            if self.feat_extract_norm == "layer":
+                x = _layer_norm(1e-5, f"{layer}_layer_norm", self.dtype)(x)
+            elif i == 0:  # GroupNorm(C, C): each channel normalised over time
+                x = nn.GroupNorm(
+                    num_groups=dim,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    use_fast_variance=False,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                    name=f"{layer}_layer_norm",
+                )(x)
+            x = gelu(x)
+        return x
+
+
+class PositionalConvEmbedding(nn.Module):
+    """Grouped convolution over time with a weight-normalised kernel (g * v / |v|, the norm
+    over the input and output channels of each tap); an even kernel's extra frame dropped."""
+
+    kernel_size: int
+    groups: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        d, k = x.shape[-1], self.kernel_size
+        v = self.param(
+            "weight_v",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), (None, None, "embed")),
+            (k, d // self.groups, d),
+        )
+        g = self.param("weight_g", nn.with_logical_partitioning(nn.initializers.ones, (None,)), (k,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,))
+        kernel = g[:, None, None] * v / jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            (1,),
+            ((k // 2, k // 2),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=self.groups,
+        )
+        y = y + bias.astype(self.dtype)
+        return gelu(y[:, : x.shape[1]])
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and a GELU feed-forward, post-LN or pre-LN (stable)."""
+
+    num_heads: int
+    intermediate_size: int
+    stable: bool
+    eps: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid):
+        d = x.shape[-1]
+        head = d // self.num_heads
+        dense = lambda n, axes, name: Dense(n, axes, dtype=self.dtype, name=name)  # noqa: E731
+        residual = x
+        h = _layer_norm(self.eps, "layer_norm", self.dtype)(x) if self.stable else x
+        b, t = h.shape[:2]
+        q, k, v = (
+            dense(d, ("embed", "heads"), f"attention_{n}")(h).reshape(b, t, self.num_heads, head)
+            for n in ("q_proj", "k_proj", "v_proj")
+        )
+        attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :]).reshape(b, t, d)
+        x = residual + dense(d, ("heads", "embed"), "attention_out_proj")(attended)
+        if not self.stable:
+            x = _layer_norm(self.eps, "layer_norm", self.dtype)(x)
+        h = _layer_norm(self.eps, "final_layer_norm", self.dtype)(x) if self.stable else x
+        h = gelu(dense(self.intermediate_size, ("embed", "mlp"), "feed_forward_intermediate_dense")(h))
+        x = x + dense(d, ("mlp", "embed"), "feed_forward_output_dense")(h)
+        if not self.stable:
+            x = _layer_norm(self.eps, "final_layer_norm", self.dtype)(x)
+        x = constrain(x, FRAMES)
+        return x, x
+
+
+class SSLEncoder(nn.Module):
+    """Waveforms (B, T) -> frames (B, T', hidden_size) at 50 Hz; arguments as transformers' configs."""
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    conv_dim: tuple = (512,) * 7
+    conv_kernel: tuple = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple = (5, 2, 2, 2, 2, 2, 2)
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"
+    feat_proj_layer_norm: bool = True  # HuBERT's option; wav2vec 2.0 always has it
+    do_stable_layer_norm: bool = False
+    num_conv_pos_embeddings: int = 128
+    num_conv_pos_embedding_groups: int = 16
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        self.feature_extractor = FeatureEncoder(
+            self.conv_dim, self.conv_kernel, self.conv_stride, self.conv_bias, self.feat_extract_norm, self.dtype
+        )
+        if self.feat_proj_layer_norm:
+            self.feature_projection_layer_norm = _layer_norm(self.layer_norm_eps, None, self.dtype)
+        self.feature_projection_projection = Dense(self.hidden_size, ("conv_in", "embed"), dtype=self.dtype)
+        self.masked_spec_embed = self.param(
+            "masked_spec_embed",
+            nn.with_logical_partitioning(nn.initializers.uniform(), ("embed",)),
+            (self.hidden_size,),
+        )
+        self.encoder_pos_conv_embed = PositionalConvEmbedding(
+            self.num_conv_pos_embeddings, self.num_conv_pos_embedding_groups, self.dtype
+        )
+        self.encoder_layer_norm = _layer_norm(self.layer_norm_eps, None, self.dtype)
+        layer = nn.remat(EncoderLayer) if self.remat else EncoderLayer
+        self.encoder_layers = nn.scan(
+            layer,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=nn.broadcast,
+            length=self.num_hidden_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(self.num_attention_heads, self.intermediate_size, self.do_stable_layer_norm, self.layer_norm_eps, self.dtype)
+
+    def frames(self, audio, paddings=None):
+        """(projected features (B, T', D), valid (B, T')): the encoder's input, padded frames zeroed."""
+        if paddings is not None:
+            audio = jnp.where(paddings > 0, 0.0, audio)
+        features = self.feature_extractor(audio)
+        t = features.shape[1]
+        if paddings is None:
+            valid = jnp.ones(features.shape[:2], bool)
+        else:
+            lengths = output_lengths(jnp.sum(paddings == 0, axis=1), self.conv_kernel, self.conv_stride)
+            valid = jnp.arange(t)[None] < lengths[:, None]
+        if self.feat_proj_layer_norm:
+            features = self.feature_projection_layer_norm(features)
+        x = self.feature_projection_projection(features)
+        return jnp.where(valid[..., None], x, 0.0), valid
+
+    def hidden_states(self, audio, paddings=None):
+        """transformers' hidden_states: the encoder's input after the position embedding (and,
+        post-LN, its layer norm), then each layer's output (pre-LN: before the final norm)."""
+        x, valid = self.frames(audio, paddings)
+        x = x + self.encoder_pos_conv_embed(x)
+        if not self.do_stable_layer_norm:
+            x = self.encoder_layer_norm(x)
+        x = constrain(x, FRAMES)
+        _, outputs = self.encoder_layers(x, valid)
+        return [x, *outputs]
+
+    def __call__(self, audio, paddings=None):
+        """The last hidden state (B, T', D) (pre-LN: after the final norm)."""
+        last = self.hidden_states(audio, paddings)[-1]
+        if self.do_stable_layer_norm:
+            last = self.encoder_layer_norm(last)
+        return last
