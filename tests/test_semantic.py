@@ -64,3 +64,38 @@ def test_recognizer_features(tone_corpus, tmp_path):
     assert all(0 <= t < 3 for row in tokens for t in row)
     with pytest.raises(ValueError, match="come at 16 Hz"):
         SemanticTokenizer(None, "recognizer", frame_rate=50, recognizer_run=str(tmp_path / "ctc")).frames(waves)
+
+
+def test_hubert_features_are_an_encoder_layer(tmp_path):
+    """features: hubert with transformers' weights file and its config.json (the small HuBERT of
+    tests/data/ssl_reference.npz, whose frames come at 800 Hz): layer 1's states of each utterance
+    on its own frames, clustered; the settings survive save and load."""
+    from conftest import ROOT
+    from safetensors.numpy import save_file
+
+    from jaxmodels import ssl
+
+    with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
+        case = "hubert_base_layout"
+        save_file(
+            {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith(f"{case}/sd/")}, str(tmp_path / "m.safetensors")
+        )
+        (tmp_path / "config.json").write_text(str(f[f"{case}/config"]))
+    encoder = str(tmp_path / "m.safetensors")
+    waves = [tone(300, 0.1), tone(3000, 0.05)]
+    tokenizer = SemanticTokenizer(None, "hubert", frame_rate=800, encoder=encoder, layer=1)
+    feats, valid = tokenizer.frames(waves)
+    assert np.asarray(valid).sum(1).tolist() == [79, 39]  # (1600 - 10) // 5 + 1 -> 319 -> 159 -> 79
+    model, variables = ssl.load_pretrained(encoder)
+    alone = model.apply(variables, waves[1][None], method="hidden_states")[1]
+    np.testing.assert_allclose(feats[1, :39], alone[0], rtol=1e-4, atol=1e-5)
+    tokenizer.fit(waves, k=3, steps=5, batch_size=32)
+    assert [len(t) for t in tokenizer(waves)] == [79, 39]
+    tokenizer.save(str(tmp_path / "s.npz"))
+    loaded = SemanticTokenizer.load(str(tmp_path / "s.npz"))
+    assert (loaded.features, loaded.encoder, loaded.layer) == ("hubert", encoder, 1)
+    assert loaded(waves) == tokenizer(waves)
+    with pytest.raises(ValueError, match="the encoder's frames come at 800 Hz; frame_rate is 50"):
+        SemanticTokenizer(None, "hubert", frame_rate=50, encoder=encoder).frames(waves)
+    with pytest.raises(ValueError, match="layer 3: the encoder has hidden states 0..2"):
+        SemanticTokenizer(None, "hubert", frame_rate=800, encoder=encoder, layer=3).frames(waves)

@@ -3,11 +3,14 @@
 HuBERT's first iteration clusters MFCC-like frames and AudioLM's semantic tokens are
 k-means units of a speech model's hidden states; this tokenizer does either: "logmel"
 (80-bin log-mel filterbanks with per-utterance mean removal, averaged down to
-frame_rate) or "recognizer" (the encoder states of a CTC run, at its frame rate of
-100 / lfr_n Hz). k-means++ and mini-batch updates from jaxmodels.speechlm, on frames of
-the given utterances; tokens optionally de-duplicated (runs collapsed). A tokenizer is
-saved to and loaded from one .npz (centroids and settings); a tts run also keeps the
-centroids in each of its checkpoints (TTSTask.assets).
+frame_rate), "recognizer" (the encoder states of a CTC run, at its frame rate of
+100 / lfr_n Hz) or "hubert" (hidden state `layer` of a HuBERT or wav2vec 2.0 encoder,
+transformers' weights file with its config.json in `encoder`, 50 Hz for all: layer 6 of
+HuBERT Base with 500 clusters is the GSLM and SpeechTokenizer recipe). k-means++ and
+mini-batch updates from jaxmodels.speechlm, on frames of the given utterances; tokens
+optionally de-duplicated (runs collapsed). A tokenizer is saved to and loaded from one
+.npz (centroids and settings); a tts run also keeps the centroids in each of its
+checkpoints (TTSTask.assets).
 """
 
 from __future__ import annotations
@@ -34,21 +37,26 @@ class SemanticTokenizer:
         frame_rate: int = 50,
         deduplicate: bool = False,
         recognizer_run: str = "",
+        encoder: str = "",
+        layer: int = 6,
     ):
-        if features not in ("logmel", "recognizer"):
-            raise ValueError(f"semantic features must be logmel or recognizer, not {features!r}")
+        if features not in ("logmel", "recognizer", "hubert"):
+            raise ValueError(f"semantic features must be logmel, recognizer or hubert, not {features!r}")
+        if features == "hubert" and not encoder:
+            raise ValueError("hubert features need the encoder's weights (encoder: a transformers checkpoint file)")
         if features == "logmel" and MEL_RATE % frame_rate:
             raise ValueError(f"logmel frame_rate must divide {MEL_RATE} Hz, not {frame_rate}")
         self.centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
         self.features, self.frame_rate, self.deduplicate = features, frame_rate, deduplicate
-        self.recognizer_run = recognizer_run
+        self.recognizer_run, self.encoder, self.layer = recognizer_run, encoder, layer
         self._encoder = None
 
     # -- features -----------------------------------------------------------------------
     def frames(self, waveforms):
         """(features (N, T, D), valid (N, T)) of 16 kHz waveforms."""
         audio, lengths = speech.pad_waveforms(waveforms)
-        encode = self._logmel if self.features == "logmel" else self._recognizer_encoder()
+        encode = {"logmel": lambda: self._logmel, "recognizer": self._recognizer_encoder, "hubert": self._ssl_encoder}
+        encode = encode[self.features]()
         parts = [encode(audio[i : i + 64], lengths[i : i + 64]) for i in range(0, len(audio), 64)]
         return jnp.concatenate([f for f, _ in parts]), jnp.concatenate([v for _, v in parts])
 
@@ -74,6 +82,29 @@ class SemanticTokenizer:
             self._encoder = recognizer.encoder_states
         return self._encoder
 
+    def _ssl_encoder(self):
+        """Hidden state `layer` of the SSL encoder: (audio, lengths) -> (states, valid)."""
+        if self._encoder is None:
+            from jaxmodels import ssl
+
+            # Each utterance's states as it alone gives them, whatever the batch pads it to.
+            model, variables = ssl.load_pretrained(self.encoder, norm_valid_frames=True)
+            rate = speech.SAMPLE_RATE / np.prod(model.conv_stride)
+            if rate != self.frame_rate:
+                raise ValueError(f"the encoder's frames come at {rate:g} Hz; frame_rate is {self.frame_rate}")
+            if not 0 <= self.layer <= model.num_hidden_layers:
+                raise ValueError(f"layer {self.layer}: the encoder has hidden states 0..{model.num_hidden_layers}")
+
+            @jax.jit
+            def encode(audio, lengths):
+                paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+                states = model.apply(variables, audio, paddings, method="hidden_states")[self.layer]
+                frames = ssl.output_lengths(lengths, model.conv_kernel, model.conv_stride)
+                return states, jnp.arange(states.shape[1])[None] < frames[:, None]
+
+            self._encoder = encode
+        return self._encoder
+
     # -- fitting and tokens -----------------------------------------------------------------
     def fit(self, waveforms, k: int, seed: int = 0, steps: int = 100, batch_size: int = 4096):
         """Centroids of k clusters over the frames of `waveforms`; returns self."""
@@ -96,6 +127,8 @@ class SemanticTokenizer:
             "frame_rate": self.frame_rate,
             "deduplicate": self.deduplicate,
             "recognizer_run": self.recognizer_run,
+            "encoder": self.encoder,
+            "layer": self.layer,
         }
         files.write_npz(path, centroids=np.asarray(self.centroids), settings=json.dumps(settings))
 

@@ -22,7 +22,9 @@ VARIANTS = {
     "wav2vec2_large": _large(1024, 24),
 }
 # transformers' config keys the model takes (the rest are training settings or heads').
-CONFIG_KEYS = tuple(f for f in SSLEncoder.__dataclass_fields__ if f not in ("parent", "name", "dtype", "remat"))
+CONFIG_KEYS = tuple(
+    f for f in SSLEncoder.__dataclass_fields__ if f not in ("parent", "name", "dtype", "remat", "norm_valid_frames")
+)
 
 
 def create(name: str, **overrides) -> SSLEncoder:
@@ -44,6 +46,23 @@ def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
     return model, from_torch(state_dict, model)
 
 
+def load_pretrained(path: str, **overrides) -> tuple:
+    """(model, variables) of a transformers checkpoint file (model.safetensors or
+    pytorch_model.bin of a HubertModel or Wav2Vec2Model, or of a model around one, whose
+    prefix hubert./wav2vec2. is dropped) and the config.json beside it."""
+    import json
+    import os
+
+    from jaxmodels.nn import load_state_dict
+
+    config_path = os.path.join(os.path.dirname(os.path.abspath(path)), "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path}: no config.json beside it (transformers keeps one with the weights)")
+    with open(config_path) as f:
+        config = json.load(f)
+    return from_transformers(load_state_dict(path), config, **overrides)
+
+
 def param_count(model: SSLEncoder) -> int:
     """As transformers' parameters() (the masked-frame embedding included)."""
     import jax.numpy as jnp
@@ -51,4 +70,13 @@ def param_count(model: SSLEncoder) -> int:
     return variants.param_count(model, jnp.zeros((1, 400)))
 
 
-__all__ = ["VARIANTS", "SSLEncoder", "create", "from_torch", "from_transformers", "output_lengths", "param_count"]
+__all__ = [
+    "VARIANTS",
+    "SSLEncoder",
+    "create",
+    "from_torch",
+    "from_transformers",
+    "load_pretrained",
+    "output_lengths",
+    "param_count",
+]

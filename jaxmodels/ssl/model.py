@@ -45,6 +45,26 @@ def output_lengths(lengths, kernels, strides):
     return lengths
 
 
+class ChannelNorm(nn.Module):
+    """GroupNorm(C, C) of the "group" mode: each channel normalised over time, over the
+    frames `valid` marks (all frames where it is None, as transformers does)."""
+
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid=None):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (c,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (c,))
+        h = x.astype(jnp.float32)
+        w = jnp.ones(h.shape[:2] + (1,)) if valid is None else valid[..., None].astype(jnp.float32)
+        n = jnp.maximum(w.sum(1, keepdims=True), 1.0)
+        mean = (h * w).sum(1, keepdims=True) / n
+        var = (jnp.square(h - mean) * w).sum(1, keepdims=True) / n
+        return ((h - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias).astype(self.dtype)
+
+
 class FeatureEncoder(nn.Module):
     conv_dim: tuple
     conv_kernel: tuple
@@ -54,7 +74,8 @@ class FeatureEncoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, audio):
+    def __call__(self, audio, lengths=None):
+        """Frames of (B, T) audio; with `lengths`, the "group" mode's norm over each row's own frames."""
         x = audio[..., None].astype(self.dtype)
         for i, (dim, k, s) in enumerate(zip(self.conv_dim, self.conv_kernel, self.conv_stride)):
             layer = f"conv_layers_{i}"
@@ -72,17 +93,11 @@ class FeatureEncoder(nn.Module):
             )(x)
             if self.feat_extract_norm == "layer":
                 x = _layer_norm(1e-5, f"{layer}_layer_norm", self.dtype)(x)
-            elif i == 0:  # GroupNorm(C, C): each channel normalised over time
-                x = nn.GroupNorm(
-                    num_groups=dim,
-                    epsilon=1e-5,
-                    dtype=self.dtype,
-                    param_dtype=jnp.float32,
-                    use_fast_variance=False,
-                    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                    name=f"{layer}_layer_norm",
-                )(x)
+            elif i == 0:
+                valid = None
+                if lengths is not None:
+                    valid = jnp.arange(x.shape[1])[None] < output_lengths(lengths, (k,), (s,))[:, None]
+                x = ChannelNorm(dtype=self.dtype, name=f"{layer}_layer_norm")(x, valid)
             x = gelu(x)
         return x
 
@@ -169,6 +184,9 @@ class SSLEncoder(nn.Module):
     num_conv_pos_embeddings: int = 128
     num_conv_pos_embedding_groups: int = 16
     layer_norm_eps: float = 1e-5
+    # Padded rows as each utterance alone: the "group" mode's norm over its own frames. Off,
+    # as transformers: over the padded length (so a Base model's padded row differs).
+    norm_valid_frames: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
 
@@ -200,15 +218,15 @@ class SSLEncoder(nn.Module):
 
     def frames(self, audio, paddings=None):
         """(projected features (B, T', D), valid (B, T')): the encoder's input, padded frames zeroed."""
+        lengths = None if paddings is None else jnp.sum(paddings == 0, axis=1)
         if paddings is not None:
             audio = jnp.where(paddings > 0, 0.0, audio)
-        features = self.feature_extractor(audio)
+        features = self.feature_extractor(audio, lengths if self.norm_valid_frames else None)
         t = features.shape[1]
         if paddings is None:
             valid = jnp.ones(features.shape[:2], bool)
         else:
-            lengths = output_lengths(jnp.sum(paddings == 0, axis=1), self.conv_kernel, self.conv_stride)
-            valid = jnp.arange(t)[None] < lengths[:, None]
+            valid = jnp.arange(t)[None] < output_lengths(lengths, self.conv_kernel, self.conv_stride)[:, None]
         if self.feat_proj_layer_norm:
             features = self.feature_projection_layer_norm(features)
         x = self.feature_projection_projection(features)

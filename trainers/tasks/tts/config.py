@@ -22,11 +22,14 @@ class TTSConfig:
     tokens_dir: str = ""
     text: Literal["chars", "phonemes"] = "chars"  # UTF-8 bytes of the text, or of eSpeak NG's phonemes
     # What the LM is conditioned on: the text, or (a delayed LM) the semantic tokens of the
-    # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames or of a
-    # CTC run's encoder states (the run in recognizer_run), fitted on the training split and
-    # saved as <tokens_dir>/semantic.npz.
+    # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames, of a
+    # CTC run's encoder states (the run in recognizer_run) or of a HuBERT / wav2vec 2.0
+    # layer (hubert: semantic_layer of the transformers weights in semantic_encoder, 50 Hz),
+    # fitted on the training split and saved as <tokens_dir>/semantic.npz.
     condition: Literal["text", "semantic"] = "text"
-    semantic_features: Literal["logmel", "recognizer"] = "logmel"
+    semantic_features: Literal["logmel", "recognizer", "hubert"] = "logmel"
+    semantic_encoder: str = ""
+    semantic_layer: int = 6
     semantic_clusters: int = 100
     semantic_frame_rate: int = 25
     semantic_deduplicate: bool = False

@@ -75,6 +75,8 @@ class TokenCache:
             frame_rate=t.semantic_frame_rate,
             deduplicate=t.semantic_deduplicate,
             recognizer_run=t.recognizer_run,
+            encoder=t.semantic_encoder,
+            layer=t.semantic_layer,
         )
 
     def semantic_tokenizer(self):
@@ -181,6 +183,8 @@ class TokenCache:
                 t.semantic_frame_rate,
                 t.semantic_deduplicate,
                 t.recognizer_run,
+                t.semantic_encoder,
+                t.semantic_layer,
                 fingerprint(np.asarray(self.semantic_tokenizer().centroids)),
             ]
         path = os.path.join(self.tokens_dir, f"{split}.npz")
