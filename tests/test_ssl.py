@@ -56,3 +56,46 @@ def test_a_checkpoint_of_another_model_is_named(reference):
         ssl.from_transformers(state_dict, config)
     with pytest.raises(ValueError, match="model_type 'bert': expected hubert or wav2vec2"):
         ssl.from_transformers(state_dict, {**config, "model_type": "bert"})
+
+
+def test_span_masks_as_fairseq_draws_them():
+    """Spans of mask_length inside each row's frames; int(p * length / L + u) of them (u shared),
+    at least min_masks, none where a row is shorter than a span."""
+    lengths = np.array([100, 60, 5])
+    for seed in range(20):
+        mask = np.asarray(ssl.span_mask(jax.random.PRNGKey(seed), lengths, 100, 0.65, 10, min_masks=2))
+        assert not mask[2].any()
+        for row, n in enumerate(lengths[:2]):
+            assert not mask[row, n:].any()
+            runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], mask[row].astype(int), [0]]))))[::2]
+            assert (runs >= 10).all() and 10 <= mask[row].sum() <= 10 * (int(0.65 * n / 10) + 1)
+    frac = np.mean(
+        [np.asarray(ssl.span_mask(jax.random.PRNGKey(s), np.array([400]), 400, 0.08, 10))[0].mean() for s in range(50)]
+    )
+    assert 0.07 < frac <= 0.08  # 3.2 spans of 10 frames on average: 8% of 400, a little less where they overlap
+
+
+def test_hubert_prediction_head_and_loss(reference):
+    config = json.loads(str(reference["hubert_base_layout/config"]))
+    state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith("hubert_base_layout/sd/")}
+    encoder, variables = ssl.from_transformers(state_dict, config)
+    model = ssl.HubertPretraining(encoder, num_classes=7, final_dim=8)
+    audio = reference["audio"][:1]
+    params = model.init(jax.random.PRNGKey(0), audio)["params"]
+    params = {**params, "encoder": variables["params"]}
+    mask = np.zeros((1, 79), bool)
+    mask[0, 10:30] = True
+    logits = model.apply({"params": params}, audio, None, mask)
+    assert logits.shape == (1, 79, 7) and np.abs(logits).max() <= 10.0 + 1e-5  # cosines / 0.1
+    unmasked = model.apply({"params": params}, audio)
+    assert not np.allclose(logits[0, 10:30], unmasked[0, 10:30])  # the masked frames see the mask embedding
+    targets = np.array(logits.argmax(-1))
+    targets[0, 10:15] = (targets[0, 10:15] + 1) % 7
+    valid = np.ones((1, 79), bool)
+    loss, metrics = ssl.hubert_loss(logits, targets, mask, valid)
+    assert metrics["masked_accuracy"] == pytest.approx(0.75) and loss == metrics["masked_loss"]
+    grads = jax.grad(
+        lambda p: ssl.hubert_loss(model.apply({"params": p}, audio, None, mask), targets, mask, valid)[0]
+    )(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert np.abs(grads["encoder"]["masked_spec_embed"]).sum() > 0

@@ -3,7 +3,7 @@ configs at their published sizes, and the converter of transformers' checkpoints
 
 from jaxmodels.nn import variants
 from jaxmodels.ssl.convert import from_torch
-from jaxmodels.ssl.model import SSLEncoder, output_lengths
+from jaxmodels.ssl.model import HubertPretraining, SSLEncoder, hubert_loss, output_lengths, span_mask
 
 
 def _large(width: int, layers: int) -> dict:
@@ -72,11 +72,14 @@ def param_count(model: SSLEncoder) -> int:
 
 __all__ = [
     "VARIANTS",
+    "HubertPretraining",
     "SSLEncoder",
     "create",
     "from_torch",
     "from_transformers",
+    "hubert_loss",
     "load_pretrained",
     "output_lengths",
     "param_count",
+    "span_mask",
 ]

@@ -216,8 +216,9 @@ class SSLEncoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(self.num_attention_heads, self.intermediate_size, self.do_stable_layer_norm, self.layer_norm_eps, self.dtype)
 
-    def frames(self, audio, paddings=None):
-        """(projected features (B, T', D), valid (B, T')): the encoder's input, padded frames zeroed."""
+    def frames(self, audio, paddings=None, mask=None):
+        """(projected features (B, T', D), valid (B, T')): the encoder's input, padded frames
+        zeroed, the frames `mask` marks (B, T') replaced by the learned masked_spec_embed."""
         lengths = None if paddings is None else jnp.sum(paddings == 0, axis=1)
         if paddings is not None:
             audio = jnp.where(paddings > 0, 0.0, audio)
@@ -230,12 +231,14 @@ class SSLEncoder(nn.Module):
         if self.feat_proj_layer_norm:
             features = self.feature_projection_layer_norm(features)
         x = self.feature_projection_projection(features)
+        if mask is not None:
+            x = jnp.where(mask[..., None], self.masked_spec_embed.astype(x.dtype), x)
         return jnp.where(valid[..., None], x, 0.0), valid
 
-    def hidden_states(self, audio, paddings=None):
+    def hidden_states(self, audio, paddings=None, mask=None):
         """transformers' hidden_states: the encoder's input after the position embedding (and,
         post-LN, its layer norm), then each layer's output (pre-LN: before the final norm)."""
-        x, valid = self.frames(audio, paddings)
+        x, valid = self.frames(audio, paddings, mask)
         x = x + self.encoder_pos_conv_embed(x)
         if not self.do_stable_layer_norm:
             x = self.encoder_layer_norm(x)
@@ -243,9 +246,65 @@ class SSLEncoder(nn.Module):
         _, outputs = self.encoder_layers(x, valid)
         return [x, *outputs]
 
-    def __call__(self, audio, paddings=None):
+    def __call__(self, audio, paddings=None, mask=None):
         """The last hidden state (B, T', D) (pre-LN: after the final norm)."""
-        last = self.hidden_states(audio, paddings)[-1]
+        last = self.hidden_states(audio, paddings, mask)[-1]
         if self.do_stable_layer_norm:
             last = self.encoder_layer_norm(last)
         return last
+
+
+def span_mask(key, lengths, frames: int, mask_prob: float, mask_length: int, min_masks: int = 0):
+    """(B, frames) bool: spans of mask_length frames over each row's first `lengths` frames,
+    as fairseq's compute_mask_indices (transformers' port): int(mask_prob * length /
+    mask_length + u) spans per row (u uniform, one per batch; at least min_masks), their
+    starts drawn without replacement from [0, length - mask_length]; spans may overlap."""
+    k_round, k_starts = jax.random.split(key)
+    num = jnp.floor(mask_prob * lengths / mask_length + jax.random.uniform(k_round)).astype(jnp.int32)
+    num = jnp.maximum(num, min_masks)
+    num = jnp.minimum(num, frames // mask_length)
+    num = jnp.minimum(num, jnp.maximum(lengths - (mask_length - 1), 0))
+    positions = jnp.arange(frames)[None]
+    scores = jax.random.uniform(k_starts, (lengths.shape[0], frames))
+    scores = jnp.where(positions <= (lengths - mask_length)[:, None], scores, 2.0)
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    starts = (rank < num[:, None]).astype(jnp.int32)
+    covered = jnp.cumsum(starts, axis=1)  # a frame is masked when a span starts within mask_length before it
+    before = jnp.pad(covered, ((0, 0), (mask_length, 0)))[:, :frames]
+    return covered - before > 0
+
+
+class HubertPretraining(nn.Module):
+    """HuBERT's masked prediction (fairseq's HubertModel): the encoder reads the audio with the
+    masked frames replaced, final_proj maps its output to final_dim, and each frame's logits
+    over the k-means classes are the cosine similarities to their embeddings / logit_temp."""
+
+    encoder: SSLEncoder
+    num_classes: int
+    final_dim: int = 256
+    logit_temp: float = 0.1
+
+    @nn.compact
+    def __call__(self, audio, paddings=None, mask=None):
+        x = self.encoder(audio, paddings, mask)
+        projected = Dense(self.final_dim, ("embed", "mlp"), dtype=self.encoder.dtype, name="final_proj")(x)
+        labels = self.param(
+            "label_embs_concat",
+            nn.with_logical_partitioning(nn.initializers.uniform(), ("vocab", None)),
+            (self.num_classes, self.final_dim),
+        )
+        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)  # noqa: E731
+        return unit(projected.astype(jnp.float32)) @ unit(labels).T / self.logit_temp
+
+
+def hubert_loss(logits, targets, mask, valid, masked_weight: float = 1.0, unmasked_weight: float = 0.0):
+    """(loss, {"masked_accuracy", "masked_loss", "unmasked_loss"}): cross-entropy of the frames'
+    k-means targets, averaged over the masked and over the unmasked valid frames, weighted as
+    HuBERT's pred_masked_weight and pred_nomask_weight (Base: 1 and 0)."""
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
+    masked, unmasked = (mask & valid).astype(jnp.float32), (~mask & valid).astype(jnp.float32)
+    mean = lambda v, w: (v * w).sum() / jnp.maximum(w.sum(), 1.0)  # noqa: E731
+    masked_loss, unmasked_loss = mean(ce, masked), mean(ce, unmasked)
+    accuracy = mean((logits.argmax(-1) == targets).astype(jnp.float32), masked)
+    loss = masked_weight * masked_loss + unmasked_weight * unmasked_loss
+    return loss, {"masked_accuracy": accuracy, "masked_loss": masked_loss, "unmasked_loss": unmasked_loss}
