@@ -3,7 +3,8 @@
 HuBERT's first iteration clusters MFCC-like frames and AudioLM's semantic tokens are
 k-means units of a speech model's hidden states; this tokenizer does either: "logmel"
 (80-bin log-mel filterbanks with per-utterance mean removal, averaged down to
-frame_rate), "recognizer" (the encoder states of a CTC run, at its frame rate of
+frame_rate), "mfcc" (Kaldi's 13 MFCCs with deltas and delta-deltas at 100 Hz, the
+targets of HuBERT's first iteration), "recognizer" (the encoder states of a CTC run, at its frame rate of
 100 / lfr_n Hz) or "hubert" (hidden state `layer` of a HuBERT or wav2vec 2.0 encoder,
 transformers' weights file with its config.json in `encoder`, 50 Hz for all: layer 6 of
 HuBERT Base with 500 clusters is the GSLM and SpeechTokenizer recipe). k-means++ and
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import speechlm
-from jaxmodels.asr import fbank
+from jaxmodels.asr import fbank, mfcc
 from trainers import files, speech
 from trainers.cli import InputError
 
@@ -40,8 +41,10 @@ class SemanticTokenizer:
         encoder: str = "",
         layer: int = 6,
     ):
-        if features not in ("logmel", "recognizer", "hubert"):
-            raise ValueError(f"semantic features must be logmel, recognizer or hubert, not {features!r}")
+        if features not in ("logmel", "mfcc", "recognizer", "hubert"):
+            raise ValueError(f"semantic features must be logmel, mfcc, recognizer or hubert, not {features!r}")
+        if features == "mfcc" and frame_rate != MEL_RATE:
+            raise ValueError(f"mfcc features come at {MEL_RATE} Hz, not {frame_rate}")
         if features == "hubert" and not encoder:
             raise ValueError("hubert features need the encoder's weights (encoder: a transformers checkpoint file)")
         if features == "logmel" and MEL_RATE % frame_rate:
@@ -55,7 +58,12 @@ class SemanticTokenizer:
     def frames(self, waveforms):
         """(features (N, T, D), valid (N, T)) of 16 kHz waveforms."""
         audio, lengths = speech.pad_waveforms(waveforms)
-        encode = {"logmel": lambda: self._logmel, "recognizer": self._recognizer_encoder, "hubert": self._ssl_encoder}
+        encode = {
+            "logmel": lambda: self._logmel,
+            "mfcc": lambda: self._mfcc,
+            "recognizer": self._recognizer_encoder,
+            "hubert": self._ssl_encoder,
+        }
         encode = encode[self.features]()
         parts = [encode(audio[i : i + 64], lengths[i : i + 64]) for i in range(0, len(audio), 64)]
         return jnp.concatenate([f for f, _ in parts]), jnp.concatenate([v for _, v in parts])
@@ -68,6 +76,11 @@ class SemanticTokenizer:
         t = feats.shape[1] // group * group
         pooled = feats[:, :t].reshape(feats.shape[0], t // group, group, -1).mean(2)
         return pooled, jnp.arange(t // group)[None] < (frames // group)[:, None]
+
+    @staticmethod
+    def _mfcc(audio, lengths):
+        feats, frames = mfcc(jnp.asarray(audio), jnp.asarray(lengths))
+        return feats, jnp.arange(feats.shape[1])[None] < frames[:, None]
 
     def _recognizer_encoder(self):
         """The CTC run's encoder states: (audio, lengths) -> (states, valid)."""

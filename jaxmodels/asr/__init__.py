@@ -8,6 +8,7 @@ from jaxmodels.asr.frontend import (
     fbank,
     low_frame_rate,
     mel_banks,
+    mfcc,
     read_am_mvn,
     spec_augment,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "create",
     "degrade",
     "fbank",
+    "mfcc",
     "from_torch",
     "infer_config",
     "low_frame_rate",

@@ -81,6 +81,28 @@ def fbank(
     return _zero_padding(feats, num_frames), num_frames
 
 
+def mfcc(waveform, lengths, num_ceps: int = 13, num_mel_bins: int = 23, lifter: float = 22.0, deltas: bool = True):
+    """Kaldi's MFCC of `fbank`'s frames (23 mel bins, the orthonormal DCT-II's first 13
+    cepstra, lifter 22, no energy), with the deltas and delta-deltas of torchaudio's
+    compute_deltas (window 5, edges repeated): (B, T, 39) as HuBERT's first iteration
+    clusters them (fairseq's dump_mfcc_feature), and frame counts (B,)."""
+    feats, frames = fbank(waveform, lengths, num_mel_bins=num_mel_bins)
+    n, k = np.arange(num_mel_bins), np.arange(num_ceps)[:, None]
+    dct = np.sqrt(np.where(k == 0, 1.0, 2.0) / num_mel_bins) * np.cos(np.pi / num_mel_bins * (n + 0.5) * k)
+    lift = 1.0 + 0.5 * lifter * np.sin(np.pi * np.arange(num_ceps) / lifter)
+    ceps = feats @ (dct.T * lift).astype(np.float32)
+    if deltas:
+        first = _deltas(ceps)
+        ceps = jnp.concatenate([ceps, first, _deltas(first)], axis=-1)
+    return _zero_padding(ceps, frames), frames
+
+
+def _deltas(x):
+    padded = jnp.pad(x, ((0, 0), (2, 2), (0, 0)), mode="edge")
+    t = x.shape[1]
+    return (2 * (padded[:, 4 : 4 + t] - padded[:, :t]) + padded[:, 3 : 3 + t] - padded[:, 1 : 1 + t]) / 10.0
+
+
 def low_frame_rate(feats, lengths, lfr_m: int = 7, lfr_n: int = 6):
     """Stack lfr_m frames every lfr_n (SenseVoice: 7 and 6, 10 ms -> 60 ms), the first
     frame repeated (lfr_m - 1) // 2 times on the left and the last frame on the right, as

@@ -42,7 +42,7 @@ from jaxmodels.ctc import (
     train_ngram,
     write_arpa,
 )
-from trainers import data, files, speech
+from trainers import files, speech
 from trainers.cli import InputError
 from trainers.evaluators.text import error_rates
 from trainers.runs import load_run
@@ -114,9 +114,6 @@ def prompt_tags(record: dict) -> list[str]:
 
 
 AUTO_LANGUAGE_RATE = 0.2  # training: the language query's chance of being "auto" (FunASR's)
-# Batches by duration without data.bucket_seconds: buckets at the training durations'
-# octiles, which pad about 10% on speech corpora; each bucket costs one compilation.
-DEFAULT_BUCKETS = 8
 
 
 class Tokenizer:
@@ -312,24 +309,7 @@ class CTCTask(SplitSources):
         return speech.SpeechSource(self.cfg, split)
 
     def length_buckets(self):
-        d = self.cfg.data
-        if d.batch_seconds <= 0:
-            return None
-        durations = self.train_source().durations()
-        usable = durations[(durations > 0) & (durations <= d.max_seconds)]
-        if not len(usable):
-            raise ValueError(f"no training utterance of at most data.max_seconds={d.max_seconds} to batch")
-        bounds = list(d.bucket_seconds)
-        if any(b <= 0 or b >= d.max_seconds for b in bounds) or bounds != sorted(set(bounds)):
-            raise ValueError(
-                f"data.bucket_seconds={bounds} must ascend strictly between 0 and data.max_seconds={d.max_seconds}"
-            )
-        if not bounds:
-            bounds = np.quantile(usable, np.arange(1, DEFAULT_BUCKETS) / DEFAULT_BUCKETS)
-        longest = np.ceil(usable.max() * 1000) / 1000  # the last bucket: lengths to the millisecond
-        bounds = [*sorted({float(np.ceil(b * 1000) / 1000) for b in bounds if b < longest}), float(longest)]
-        samples = [min(int(np.ceil(b * speech.SAMPLE_RATE)), self.train_transform.max_samples) for b in bounds]
-        return data.LengthBuckets(durations, bounds, d.batch_seconds, {"audio": samples})
+        return speech.duration_buckets(self.cfg.data, self.train_source(), lambda samples: {"audio": samples})
 
     def example_batch(self, n):
         t = self.train_transform
