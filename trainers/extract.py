@@ -71,8 +71,8 @@ def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip
     shards = range(-(-batches // shard_batches))
     name = lambda s, what: os.path.join(out_dir, f"p{process}_s{s:05d}_{what}.npy")  # noqa: E731
     # A shard is done when every process has it (each sees only its own files on its own disk).
-    mine = np.array([os.path.isfile(name(s, "indices")) for s in shards])
-    done = multihost_utils.process_allgather(mine).reshape(-1, len(shards)).all(0)
+    have = np.array([os.path.isfile(name(s, "indices")) for s in shards])
+    done = multihost_utils.process_allgather(have).reshape(-1, len(shards)).all(0)
     pool = ThreadPoolExecutor(workers)
     todo = [s for s in shards if not done[s]]
     for s in progress(todo, len(todo), f"VAE latents of {images_root}"):
