@@ -37,13 +37,17 @@ def hubert_config(corpus, tmp_path, **sections):
     return config_lib.parse(base)
 
 
-def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path):
+def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path, capsys):
     cfg = hubert_config(tone_corpus, tmp_path)
     metrics = train(cfg, str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/masked_loss"]) and 0 <= metrics["eval/masked_accuracy"] <= 1
+    assert json.loads((tmp_path / "targets" / "tokenizer.json").read_text())["features"] == "mfcc"
     with np.load(tmp_path / "targets" / "train.npz") as f:
-        assert json.loads(str(f["meta"]))["features"] == "mfcc" and f["units"].max() < 5
-        assert len(f["keys"]) == 24 and set(np.diff(f["offsets"])) == {1, 2}  # 0.03-0.06 s at 50 Hz
+        assert f["units"].max() < 5 and len(f["keys"]) == 24
+        assert set(np.diff(f["offsets"])) == {1, 2}  # 0.03-0.06 s: one or two frames at 50 Hz
+    assert "fitting 5 mfcc clusters on 24 utterances" in capsys.readouterr().out
+    Trainer(cfg)  # the targets are cached: nothing fitted again
+    assert "fitting" not in capsys.readouterr().out
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert all(np.isfinite(r["train/masked_loss"]) for r in rows if "train/masked_loss" in r)
 

@@ -59,17 +59,26 @@ SECTIONS = {"data": AudioDataConfig, "hubert": HubertConfig}
 class _Transform:
     """Record -> audio padded to data.max_seconds and its units padded with -1."""
 
-    def __init__(self, max_samples: int, max_frames: int, units: dict):
-        self.max_samples, self.max_frames, self.units = max_samples, max_frames, units
+    def __init__(self, max_samples: int, max_frames: int, units: dict, resample: bool):
+        self.max_samples, self.max_frames, self.units, self.resample = max_samples, max_frames, units, resample
 
     def __call__(self, record, rng):
-        samples = speech.read_audio(record["source"])[: self.max_samples]
+        samples = speech.read_audio(record["source"], resample=self.resample)[: self.max_samples]
         audio = np.zeros(self.max_samples, np.float32)
         audio[: len(samples)] = samples
         targets = np.full(self.max_frames, -1, np.int32)
         units = self.units[record["key"]][: self.max_frames]
         targets[: len(units)] = units
         return {"audio": audio, "audio_length": np.int32(len(samples)), "targets": targets, "mask": np.float32(1)}
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _digest(records) -> str:
+    return hashlib.sha256(json.dumps([[r["key"], r["source"]] for r in records]).encode()).hexdigest()
 
 
 class HubertTask(SplitSources):
@@ -85,31 +94,32 @@ class HubertTask(SplitSources):
         self._tokenizer = None
         train_units = self._units(cfg.data.train_split, self.train_source())
         eval_units = self._units(cfg.data.eval_split, self.eval_source())
-        self.train_transform = _Transform(self.max_samples, self.max_frames, train_units)
-        self.eval_transform = _Transform(self.max_samples, self.max_frames, eval_units)
+        self.train_transform = _Transform(self.max_samples, self.max_frames, train_units, cfg.data.resample)
+        self.eval_transform = _Transform(self.max_samples, self.max_frames, eval_units, cfg.data.resample)
 
     def _frames(self, samples):
         return int(ssl.output_lengths(np.int64(samples), self.encoder.conv_kernel, self.encoder.conv_stride))
 
     # -- targets ----------------------------------------------------------------------
     def tokenizer(self):
-        """The k-means tokenizer of the targets: cached in targets_dir, else fitted now."""
+        """The k-means tokenizer of the targets: the one cached in targets_dir when it was fitted
+        with these settings on these utterances, else fitted now (and cached)."""
         from trainers.semantic import SemanticTokenizer
 
         if self._tokenizer is None:
             h = self.cfg.hubert
-            settings = self._settings()
-            path = os.path.join(h.targets_dir, "tokenizer.npz")
-            saved = SemanticTokenizer.load(path) if os.path.isfile(path) else None
-            if saved and {k: getattr(saved, k) for k in settings} == settings and len(saved.centroids) == h.clusters:
-                self._tokenizer = saved
+            records = self.train_source().records[: h.fit_utterances]
+            meta = {**self._settings(), "clusters": h.clusters, "seed": self.cfg.seed, "fitted_on": _digest(records)}
+            path, meta_path = (os.path.join(h.targets_dir, f"tokenizer.{ext}") for ext in ("npz", "json"))
+            if os.path.isfile(path) and os.path.isfile(meta_path) and _read_json(meta_path) == meta:
+                self._tokenizer = SemanticTokenizer.load(path)
             else:
-                records = self.train_source().records[: h.fit_utterances]
                 print(f"fitting {h.clusters} {h.target_features} clusters on {len(records)} utterances", flush=True)
-                waves = [speech.read_audio(r["source"]) for r in records]
-                self._tokenizer = SemanticTokenizer(None, **settings).fit(waves, h.clusters, self.cfg.seed)
+                waves = [speech.read_audio(r["source"], resample=self.cfg.data.resample) for r in records]
+                self._tokenizer = SemanticTokenizer(None, **self._settings()).fit(waves, h.clusters, self.cfg.seed)
                 os.makedirs(h.targets_dir, exist_ok=True)
                 self._tokenizer.save(path)
+                files.write_text(meta_path, json.dumps(meta))
         return self._tokenizer
 
     def _settings(self):
@@ -121,8 +131,8 @@ class HubertTask(SplitSources):
     def _units(self, split, source):
         """key -> the utterance's target units at the encoder's frame rate, cached per split."""
         records, h = source.records, self.cfg.hubert
-        digest = hashlib.sha256(json.dumps([[r["key"], r["source"]] for r in records]).encode()).hexdigest()
-        meta = {**self._settings(), "clusters": h.clusters, "fit_utterances": h.fit_utterances, "records": digest}
+        centroids = np.asarray(self.tokenizer().centroids)
+        meta = {"centroids": hashlib.sha256(centroids.tobytes()).hexdigest(), "records": _digest(records)}
         path = os.path.join(h.targets_dir, f"{split}.npz")
         if os.path.isfile(path):
             with np.load(path) as f:
@@ -131,7 +141,7 @@ class HubertTask(SplitSources):
         tokenizer, units = self.tokenizer(), []
         for start in range(0, len(records), 64):
             part = records[start : start + 64]
-            units += tokenizer([speech.read_audio(r["source"]) for r in part])
+            units += tokenizer([speech.read_audio(r["source"], resample=self.cfg.data.resample) for r in part])
         step = 2 if h.target_features == "mfcc" else 1  # MFCC units at 100 Hz: every other one at 50 Hz
         units = [np.asarray(u[::step], np.int32) for u in units]
         offsets = np.cumsum([0] + [len(u) for u in units])
