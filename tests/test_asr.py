@@ -409,6 +409,7 @@ def by_duration_config(corpus, **sections):
     return config_lib.parse(base)
 
 
+@pytest.mark.slow  # a training run compiling two shapes: 25 s
 def test_speech_trains_in_batches_by_duration(tone_corpus, tmp_path, capfd):
     from trainers.loop import Trainer, _train_iterator, train
 

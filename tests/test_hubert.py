@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from conftest import assert_same_updates, manifest_data
 
 from trainers import config as config_lib
@@ -37,6 +38,7 @@ def hubert_config(corpus, tmp_path, **sections):
     return config_lib.parse(base)
 
 
+@pytest.mark.slow  # a training run with its evaluation: 45 s
 def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path, capsys):
     cfg = hubert_config(tone_corpus, tmp_path)
     metrics = train(cfg, str(tmp_path / "run"))

@@ -62,15 +62,16 @@ def test_span_masks_as_fairseq_draws_them():
     """Spans of mask_length inside each row's frames; int(p * length / L + u) of them (u shared),
     at least min_masks, none where a row is shorter than a span."""
     lengths = np.array([100, 60, 5])
+    draw = jax.jit(ssl.span_mask, static_argnums=(2, 3, 4, 5))
     for seed in range(20):
-        mask = np.asarray(ssl.span_mask(jax.random.PRNGKey(seed), lengths, 100, 0.65, 10, min_masks=2))
+        mask = np.asarray(draw(jax.random.PRNGKey(seed), lengths, 100, 0.65, 10, 2))
         assert not mask[2].any()
         for row, n in enumerate(lengths[:2]):
             assert not mask[row, n:].any()
             runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], mask[row].astype(int), [0]]))))[::2]
             assert (runs >= 10).all() and 10 <= mask[row].sum() <= 10 * (int(0.65 * n / 10) + 1)
     frac = np.mean(
-        [np.asarray(ssl.span_mask(jax.random.PRNGKey(s), np.array([400]), 400, 0.08, 10))[0].mean() for s in range(50)]
+        [np.asarray(draw(jax.random.PRNGKey(s), np.array([400]), 400, 0.08, 10, 0)).mean() for s in range(50)]
     )
     assert 0.07 < frac <= 0.08  # 3.2 spans of 10 frames on average: 8% of 400, a little less where they overlap
 
@@ -85,17 +86,16 @@ def test_hubert_prediction_head_and_loss(reference):
     params = {**params, "encoder": variables["params"]}
     mask = np.zeros((1, 79), bool)
     mask[0, 10:30] = True
-    logits = model.apply({"params": params}, audio, None, mask)
+    apply = jax.jit(lambda p, m: model.apply({"params": p}, audio, None, m))
+    logits = apply(params, mask)
     assert logits.shape == (1, 79, 7) and np.abs(logits).max() <= 10.0 + 1e-5  # cosines / 0.1
-    unmasked = model.apply({"params": params}, audio)
+    unmasked = apply(params, np.zeros_like(mask))
     assert not np.allclose(logits[0, 10:30], unmasked[0, 10:30])  # the masked frames see the mask embedding
     targets = np.array(logits.argmax(-1))
     targets[0, 10:15] = (targets[0, 10:15] + 1) % 7
     valid = np.ones((1, 79), bool)
     loss, metrics = ssl.hubert_loss(logits, targets, mask, valid)
     assert metrics["masked_accuracy"] == pytest.approx(0.75) and loss == metrics["masked_loss"]
-    grads = jax.grad(
-        lambda p: ssl.hubert_loss(model.apply({"params": p}, audio, None, mask), targets, mask, valid)[0]
-    )(params)
+    grads = jax.jit(jax.grad(lambda p: ssl.hubert_loss(apply(p, mask), targets, mask, valid)[0]))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     assert np.abs(grads["encoder"]["masked_spec_embed"]).sum() > 0
