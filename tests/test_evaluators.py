@@ -53,11 +53,17 @@ def test_a_missing_helper_run_names_the_command_that_makes_it(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
 
-def test_classifier_agreement_scores_a_trained_classifier(tmp_path):
-    """Held-out digits given as samples in [-1, 1]: the plug-in's predictions are the classifier's."""
-    classifier = tmp_path / "digits"
+@pytest.fixture(scope="module")
+def digits_classifier(tmp_path_factory):
+    """A classification run on the digits (30 steps), for the plug-ins that score samples with it."""
+    classifier = tmp_path_factory.mktemp("digits")
     train(tiny_config(train={"steps": 30, "eval_every": 30, "checkpoint_every": 30}), str(classifier))
-    trainer = Trainer(tiny_config(evals=[{"name": "classifier_agreement", "run": str(classifier)}]))
+    return classifier
+
+
+def test_classifier_agreement_scores_a_trained_classifier(digits_classifier):
+    """Held-out digits given as samples in [-1, 1]: the plug-in's predictions are the classifier's."""
+    trainer = Trainer(tiny_config(evals=[{"name": "classifier_agreement", "run": str(digits_classifier)}]))
     ((_, agreement),) = trainer.evaluators()
     source = trainer.task.eval_source()
     rows = [trainer.task.eval_transform(source[i], np.random.default_rng(0)) for i in range(32)]
@@ -85,15 +91,14 @@ def test_speaker_similarity_round_trips_its_embedder(tone_corpus, tmp_path):
         SpeakerEmbedder.load(str(tmp_path / "missing.npz"))
 
 
-def test_fid_in_a_classifiers_feature_space(tmp_path):
+def test_fid_in_a_classifiers_feature_space(digits_classifier):
     """evals: fid with a classification run on the digits: the held-out digits scored as
     samples are at distance 0 from themselves (the reference: the task's evaluation split),
     noise is far; the number is the Frechet distance of the classifier's pooled features."""
     from jaxmodels import inception
     from trainers import config as config_lib
 
-    classifier = tmp_path / "digits"
-    train(tiny_config(train={"steps": 30, "eval_every": 30, "checkpoint_every": 30}), str(classifier))
+    classifier = digits_classifier
     model = {
         "name": "DiT-S/2",
         "args": {"input_size": 8, "in_channels": 1, "hidden_size": 32, "depth": 1, "num_heads": 2},

@@ -67,6 +67,7 @@ def test_inception_score_and_precision_recall_equal_torch_fidelity(reference):
         )
 
 
+@pytest.mark.slow  # Inception compiled for 8 devices and one, and four 2048-dimensional distances: 45 s
 def test_fid_command_computes_adm_metrics_over_devices(reference, tmp_path, capsys):
     """trainers.fid on two reference-batch files, the batches split over 8 devices and the
     last one padded: the numbers of the library on one device; a reference file's own
