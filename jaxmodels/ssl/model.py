@@ -16,22 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.nn import Dense, constrain
+from jaxmodels.nn import Dense, LayerNorm, constrain
 
 Dtype = Any
 FRAMES = ("batch", None, "act_embed")
-
-
-def _layer_norm(eps, name, dtype, axis="embed"):
-    return nn.LayerNorm(
-        epsilon=eps,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis,)),
-        name=name,
-    )
 
 
 def gelu(x):
@@ -92,7 +80,7 @@ class FeatureEncoder(nn.Module):
                 name=f"{layer}_conv",
             )(x)
             if self.feat_extract_norm == "layer":
-                x = _layer_norm(1e-5, f"{layer}_layer_norm", self.dtype)(x)
+                x = LayerNorm(1e-5, dtype=self.dtype, name=f"{layer}_layer_norm")(x)
             elif i == 0:
                 valid = None
                 if lengths is not None:
@@ -148,7 +136,7 @@ class EncoderLayer(nn.Module):
         head = d // self.num_heads
         dense = lambda n, axes, name: Dense(n, axes, dtype=self.dtype, name=name)  # noqa: E731
         residual = x
-        h = _layer_norm(self.eps, "layer_norm", self.dtype)(x) if self.stable else x
+        h = LayerNorm(self.eps, dtype=self.dtype, name="layer_norm")(x) if self.stable else x
         b, t = h.shape[:2]
         q, k, v = (
             dense(d, ("embed", "heads"), f"attention_{n}")(h).reshape(b, t, self.num_heads, head)
@@ -157,12 +145,12 @@ class EncoderLayer(nn.Module):
         attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :]).reshape(b, t, d)
         x = residual + dense(d, ("heads", "embed"), "attention_out_proj")(attended)
         if not self.stable:
-            x = _layer_norm(self.eps, "layer_norm", self.dtype)(x)
-        h = _layer_norm(self.eps, "final_layer_norm", self.dtype)(x) if self.stable else x
+            x = LayerNorm(self.eps, dtype=self.dtype, name="layer_norm")(x)
+        h = LayerNorm(self.eps, dtype=self.dtype, name="final_layer_norm")(x) if self.stable else x
         h = gelu(dense(self.intermediate_size, ("embed", "mlp"), "feed_forward_intermediate_dense")(h))
         x = x + dense(d, ("mlp", "embed"), "feed_forward_output_dense")(h)
         if not self.stable:
-            x = _layer_norm(self.eps, "final_layer_norm", self.dtype)(x)
+            x = LayerNorm(self.eps, dtype=self.dtype, name="final_layer_norm")(x)
         x = constrain(x, FRAMES)
         return x, x
 
@@ -195,7 +183,7 @@ class SSLEncoder(nn.Module):
             self.conv_dim, self.conv_kernel, self.conv_stride, self.conv_bias, self.feat_extract_norm, self.dtype
         )
         if self.feat_proj_layer_norm:
-            self.feature_projection_layer_norm = _layer_norm(self.layer_norm_eps, None, self.dtype)
+            self.feature_projection_layer_norm = LayerNorm(self.layer_norm_eps, dtype=self.dtype)
         self.feature_projection_projection = Dense(self.hidden_size, ("conv_in", "embed"), dtype=self.dtype)
         self.masked_spec_embed = self.param(
             "masked_spec_embed",
@@ -205,7 +193,7 @@ class SSLEncoder(nn.Module):
         self.encoder_pos_conv_embed = PositionalConvEmbedding(
             self.num_conv_pos_embeddings, self.num_conv_pos_embedding_groups, self.dtype
         )
-        self.encoder_layer_norm = _layer_norm(self.layer_norm_eps, None, self.dtype)
+        self.encoder_layer_norm = LayerNorm(self.layer_norm_eps, dtype=self.dtype)
         layer = nn.remat(EncoderLayer) if self.remat else EncoderLayer
         self.encoder_layers = nn.scan(
             layer,
