@@ -171,7 +171,7 @@ def tiny_config(**sections):
 @pytest.fixture(scope="session")
 def tone_corpus(tmp_path_factory):
     """A JSON-lines manifest corpus of short tones (0.03-0.06 s at 16 kHz; a speaker is a pitch), 4 speakers;
-    its one or two words divide each tone evenly (word_starts)."""
+    its one or two words divide each tone evenly (word_starts); its phone is its speaker's pitch (phones)."""
     import json
 
     import numpy as np
@@ -199,6 +199,7 @@ def tone_corpus(tmp_path_factory):
                         "target": " ".join(words),
                         "speaker": f"s{speaker}",
                         "word_starts": [k * length / 16000 / len(words) for k in range(len(words))],
+                        "phones": [[0.0, f"tone{speaker}"]],
                     }
                 )
             )

@@ -68,7 +68,7 @@ def test_classifier_agreement_scores_a_trained_classifier(digits_classifier):
     source = trainer.task.eval_source()
     rows = [trainer.task.eval_transform(source[i], np.random.default_rng(0)) for i in range(32)]
     images, labels = np.stack([r["image"] for r in rows]), np.array([r["label"] for r in rows])
-    metrics, outputs = agreement({"samples": images / 127.5 - 1.0, "sample_labels": labels})
+    metrics, outputs = agreement({"samples": images / 127.5 - 1.0, "sample_labels": labels}, {})
     expected = np.asarray(agreement.predict(agreement.params, images))
     np.testing.assert_array_equal(outputs["sample_predictions"], expected)
     assert metrics["classifier_agreement"] == np.mean(expected == labels) > 0.2  # 10 classes
@@ -84,7 +84,7 @@ def test_speaker_similarity_round_trips_its_embedder(tone_corpus, tmp_path):
     plugin = SpeakerSimilarity(
         SpeakerSimilarityConfig(name="speaker_similarity", weights=str(tmp_path / "speaker.npz")), None
     )
-    metrics, _ = plugin({"tts_prompt": waves[:4], "tts_generated": waves[:4], "tts_reference": waves[4:8]})
+    metrics, _ = plugin({"tts_prompt": waves[:4], "tts_generated": waves[:4], "tts_reference": waves[4:8]}, {})
     assert metrics["speaker_similarity"] == pytest.approx(1.0, abs=1e-5)
     assert -1.0 <= metrics["speaker_similarity_reference"] <= 1.0
     with pytest.raises(Exception, match="python -m trainers.speaker"):
@@ -114,9 +114,9 @@ def test_fid_in_a_classifiers_feature_space(digits_classifier):
     source = trainer.task.eval_source()
     real = np.stack([trainer.task.eval_transform(source[i], None)["x"] for i in range(len(source))])
     assert real.shape == (359, 8, 8, 1)
-    assert fid({"samples": real})[0]["fid"] == pytest.approx(0.0, abs=1e-3)
+    assert fid({"samples": real}, {})[0]["fid"] == pytest.approx(0.0, abs=1e-3)
     noise = np.random.default_rng(0).uniform(-1, 1, real.shape)
-    far = fid({"samples": noise})[0]["fid"]
+    far = fid({"samples": noise}, {})[0]["fid"]
     features = fid.features(np.clip(127.5 * noise + 128, 0, 255).astype(np.uint8).repeat(3, -1))["pool"]
     assert far == pytest.approx(inception.frechet_distance(*inception.statistics(features), *fid.stats[0]), rel=1e-6)
     assert far > 1.0

@@ -1,4 +1,5 @@
-"""HuBERT pretraining (task: hubert): MFCC k-means targets, masked prediction, sharded steps."""
+"""Self-supervised pretraining: HuBERT (task: hubert: MFCC k-means targets, masked prediction)
+and wav2vec 2.0 (task: wav2vec2: contrastive over quantized features); sharded steps."""
 
 import json
 
@@ -24,12 +25,19 @@ TINY_HUBERT = {
 }
 
 
-def hubert_config(corpus, tmp_path, **sections):
+SMALL_HEADS = {
+    "hubert": {"clusters": 5, "mask_length": 2, "final_dim": 8},
+    "wav2vec2": {"mask_length": 2, "num_negatives": 4, "num_codevectors_per_group": 8, "codevector_dim": 8},
+}
+
+
+def hubert_config(corpus, tmp_path, task="hubert", **sections):
+    head = {**SMALL_HEADS[task], **({"targets_dir": str(tmp_path / "targets")} if task == "hubert" else {})}
     base = {
-        "task": "hubert",
+        "task": task,
         "model": TINY_HUBERT,
         "data": manifest_data(corpus, max_seconds=0.1),
-        "hubert": {"clusters": 5, "targets_dir": str(tmp_path / "targets"), "mask_length": 2, "final_dim": 8},
+        task: head,
         "optimizer": {"lr": 1e-3, "warmup_steps": 0},
         "train": {"steps": 3, "log_every": 1, "eval_every": 3, "checkpoint_every": 3, "async_checkpointing": False},
     }
@@ -54,14 +62,15 @@ def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path, capsys):
     assert all(np.isfinite(r["train/masked_loss"]) for r in rows if "train/masked_loss" in r)
 
 
-def test_hubert_step_sharded_equals_one_device(tone_corpus, tmp_path):
+@pytest.mark.parametrize("task", ["hubert", "wav2vec2"])
+def test_pretraining_step_sharded_equals_one_device(tone_corpus, tmp_path, task):
     # SGD: its update is proportional to the gradient, so the two reductions compare at float32 tolerance.
-    cfg = hubert_config(tone_corpus, tmp_path, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0})
+    cfg = hubert_config(tone_corpus, tmp_path, task, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0})
     one, eight = Trainer(cfg, jax.devices()[:1]), Trainer(cfg)
     source = one.task.train_source()
     batch = {
         k: np.stack([one.task.train_transform(source[i], None)[k] for i in range(8)])
-        for k in ("audio", "audio_length", "targets", "mask")
+        for k in one.task.example_batch(1)
     }
     states = []
     for trainer in (one, eight):
@@ -69,3 +78,45 @@ def test_hubert_step_sharded_equals_one_device(tone_corpus, tmp_path):
             state = trainer.init(0)
             states.append((jax.device_get(state.params), jax.device_get(trainer.train_step(state, batch)[0].params)))
     assert_same_updates(states[0][0], states[1][1], states[0][1])
+
+
+def test_unit_quality_metrics():
+    """Phone purity, cluster purity and PNMI (Hsu et al. 2021) of paired frame labels."""
+    from trainers.evaluators.unit_quality import frame_phones, unit_quality
+
+    phones = ["a", "a", "b", "b", "c", "c"]
+    assert unit_quality(phones, [0, 0, 1, 1, 2, 2]) == {"phone_purity": 1.0, "cluster_purity": 1.0, "pnmi": 1.0}
+    one_unit = unit_quality(phones, [0] * 6)
+    assert one_unit["pnmi"] == 0.0 and one_unit["cluster_purity"] == 1.0
+    assert one_unit["phone_purity"] == pytest.approx(1 / 3)
+    split = unit_quality(phones, [0, 1, 2, 3, 4, 5])  # every frame its own unit: pure, but each phone spread over two
+    assert split["pnmi"] == pytest.approx(1.0) and split["cluster_purity"] == pytest.approx(0.5)
+    merged = unit_quality(phones, [0, 0, 0, 0, 1, 1])  # a and b in one unit: log 2 of log 3 left unexplained
+    assert merged["pnmi"] == pytest.approx(1 - (2 / 3) * np.log(2) / np.log(3))
+    assert frame_phones([[0.0, "_"], [0.03, "a"], [0.05, "b"]], 4, 50.0) == ["_", "a", "b", "b"]  # centres 0.01 ..
+
+
+def test_unit_quality_evaluator_scores_the_encoder_and_mfcc(tone_corpus, tmp_path):
+    """On tones whose phone is their pitch, MFCC units find the phones; the encoder's layer is
+    scored with the params given; a corpus without phones is named."""
+    from trainers.evaluators.unit_quality import UnitQuality, UnitQualityConfig
+
+    trainer = Trainer(hubert_config(tone_corpus, tmp_path, "wav2vec2"))
+    params = jax.device_get(trainer.init(0).params)
+    mfcc = UnitQuality(UnitQualityConfig("unit_quality", features="mfcc", clusters=4), trainer.task)
+    metrics, _ = mfcc({}, params)
+    assert metrics["mfcc_pnmi"] > 0.6 and metrics["mfcc_phone_purity"] > 0.6, metrics
+    model = UnitQuality(UnitQualityConfig("unit_quality", layer=1, clusters=4), trainer.task)
+    metrics, _ = model({}, params)
+    assert set(metrics) == {"layer1_phone_purity", "layer1_cluster_purity", "layer1_pnmi"}
+    assert all(0 <= v <= 1 for v in metrics.values())
+    with pytest.raises(config_lib.ConfigError, match="layer 3: the encoder has 0..2"):
+        UnitQuality(UnitQualityConfig("unit_quality", layer=3), trainer.task)
+    records = [json.loads(line) for line in open(tone_corpus / "test.jsonl")]
+    del records[2]["phones"]
+    (tmp_path / "test.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (tmp_path / "train.jsonl").write_text(open(tone_corpus / "train.jsonl").read())
+    (tmp_path / "wav").symlink_to(tone_corpus / "wav")
+    trainer = Trainer(hubert_config(tmp_path, tmp_path, "wav2vec2"))
+    with pytest.raises(config_lib.ConfigError, match=r"1 of the evaluation split have none \(first: test2\)"):
+        UnitQuality(UnitQualityConfig("unit_quality", features="mfcc"), trainer.task)

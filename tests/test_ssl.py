@@ -2,6 +2,7 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -40,6 +41,8 @@ def test_every_hidden_state_equals_transformers_on_a_padded_batch(reference, cas
 
 def test_named_configs_have_transformers_parameter_counts(reference):
     counts = json.loads(str(reference["param_counts"]))
+    with np.load(ROOT / "tests" / "data" / "w2v_bert_reference.npz") as f:
+        counts["w2v_bert_2"] = int(f["param_count"])
     assert counts["hubert_base"] == 94_371_712 and counts["hubert_xlarge"] == 962_497_408
     for name in ssl.VARIANTS:
         assert ssl.param_count(ssl.create(name)) == counts[name], name
@@ -54,7 +57,7 @@ def test_a_checkpoint_of_another_model_is_named(reference):
     del state_dict["encoder.layers.1.final_layer_norm.bias"]
     with pytest.raises(ValueError, match=r"encoder.layers.\*.final_layer_norm.bias: layers \[0\], the model has 2"):
         ssl.from_transformers(state_dict, config)
-    with pytest.raises(ValueError, match="model_type 'bert': expected hubert or wav2vec2"):
+    with pytest.raises(ValueError, match="model_type 'bert': expected hubert, wav2vec2 or wav2vec2-bert"):
         ssl.from_transformers(state_dict, {**config, "model_type": "bert"})
 
 
@@ -86,7 +89,7 @@ def test_hubert_prediction_head_and_loss(reference):
     params = {**params, "encoder": variables["params"]}
     mask = np.zeros((1, 79), bool)
     mask[0, 10:30] = True
-    apply = jax.jit(lambda p, m: model.apply({"params": p}, audio, None, m))
+    apply = jax.jit(lambda p, m: model.apply({"params": p}, audio, None, m)[0])
     logits = apply(params, mask)
     assert logits.shape == (1, 79, 7) and np.abs(logits).max() <= 10.0 + 1e-5  # cosines / 0.1
     unmasked = apply(params, np.zeros_like(mask))
@@ -99,3 +102,59 @@ def test_hubert_prediction_head_and_loss(reference):
     grads = jax.jit(jax.grad(lambda p: ssl.hubert_loss(apply(p, mask), targets, mask, valid)[0]))(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     assert np.abs(grads["encoder"]["masked_spec_embed"]).sum() > 0
+
+
+def test_wav2vec2_pretraining_equals_transformers(reference):
+    """Wav2Vec2ForPreTraining's projections, perplexity and losses (eval: the quantizer's argmax)
+    on a padded batch, given its masked spans and distractors."""
+    ref = {k.split("/", 1)[1]: v for k, v in reference.items() if k.startswith("pretraining/")}
+    config = json.loads(str(ref["config"]))
+    state_dict = {k[3:]: v for k, v in ref.items() if k.startswith("sd/")}
+    model, variables = ssl.from_transformers(state_dict, config)
+    assert isinstance(model, ssl.Wav2Vec2Pretraining)
+    paddings = 1.0 - reference["attention_mask"].astype(np.float32)
+    mask = ref["mask"].astype(bool)
+    outputs = jax.jit(model.apply)(variables, reference["audio"], paddings, mask)
+    frames = ssl.output_lengths(np.array([1600, 1203]), config["conv_kernel"], config["conv_stride"])
+    for ours, theirs in (("predicted", "projected_states"), ("targets", "projected_quantized_states")):
+        for row, n in enumerate(frames):
+            np.testing.assert_allclose(outputs[ours][row, :n], ref[theirs][row, :n], rtol=1e-4, atol=1e-5)
+    assert float(outputs["perplexity"]) == pytest.approx(float(ref["codevector_perplexity"]), rel=1e-5)
+    t = mask.shape[1]
+    negatives = ref["negatives"] - (np.arange(2) * t)[:, None, None]  # transformers' indices count the batch
+    groups = config["num_codevector_groups"] * config["num_codevectors_per_group"]
+    loss, metrics = ssl.wav2vec2_loss(outputs, negatives, mask, groups, penalty=0.0)
+    n = mask.sum()
+    assert float(metrics["contrastive_loss"]) * n == pytest.approx(float(ref["contrastive_loss"]), rel=1e-4)
+    assert float(metrics["diversity_loss"]) * n == pytest.approx(float(ref["diversity_loss"]), rel=1e-4)
+    assert float(loss) * n == pytest.approx(float(ref["loss"]), rel=1e-4)
+    hidden = model.apply(variables, reference["audio"], paddings, method="hidden_states")
+    assert len(hidden) == config["num_hidden_layers"] + 1
+
+
+def test_wav2vec2_training_terms():
+    """Distractors are other masked frames of the same row; the Gumbel quantizer's straight-through
+    sample lets the gradient reach the code vectors, the features' scaled gradient the convolutions."""
+    mask = np.zeros((2, 40), bool)
+    mask[0, 3:20] = True
+    mask[1, 30:34] = True
+    negatives = np.asarray(jax.jit(ssl.sample_negatives, static_argnums=2)(jax.random.PRNGKey(0), mask, 50))
+    for row in range(2):
+        for t in np.flatnonzero(mask[row]):
+            assert mask[row, negatives[row, t]].all() and (negatives[row, t] != t).all()
+    assert len(np.unique(negatives[1, 30])) == 3  # all three others drawn
+    encoder = ssl.SSLEncoder(
+        32, 2, 4, 37, (16, 16, 16), (10, 3, 3), (5, 2, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4
+    )
+    model = ssl.Wav2Vec2Pretraining(encoder, 2, 7, 12, 10)
+    audio = np.random.default_rng(0).standard_normal((2, 820)).astype(np.float32)  # 40 frames
+    params = nn.meta.unbox(model.init(jax.random.PRNGKey(0), audio, None, mask))["params"]
+
+    def loss(p):
+        outputs = model.apply({"params": p}, audio, None, mask, 2.0, jax.random.PRNGKey(1))
+        return ssl.wav2vec2_loss(outputs, negatives, mask, 14)[0]
+
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+    assert np.abs(grads["quantizer"]["codevectors"]).sum() > 0
+    assert np.abs(grads["encoder"]["feature_extractor"]["conv_layers_0_conv"]["kernel"]).sum() > 0

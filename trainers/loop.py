@@ -225,7 +225,7 @@ class Trainer:
         grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
         accum = self.cfg.optimizer.grad_accum_steps
         if accum == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, rng)
+            (loss, aux), grads = grad_fn(state.params, batch, rng, state.step)
         else:
             # Micro-batch k takes rows k, k+accum, ...: each stays spread over all devices.
             micro = jax.tree.map(
@@ -240,10 +240,10 @@ class Trainer:
 
             def body(carry, inputs):
                 i, mb = inputs
-                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i), state.step)
                 return jax.tree.map(jnp.add, carry, out), None
 
-            total, _ = jax.lax.scan(body, grad_fn(state.params, first, rng), (jnp.arange(1, accum), rest))
+            total, _ = jax.lax.scan(body, grad_fn(state.params, first, rng, state.step), (jnp.arange(1, accum), rest))
             (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -287,7 +287,7 @@ class Trainer:
             outputs.update(generated)
         for c, evaluator in self.evaluators():
             if step is None or evaluators.due(c, step, step == self.cfg.train.steps):
-                more_metrics, more_outputs = evaluator(outputs)
+                more_metrics, more_outputs = evaluator(outputs, params)
                 metrics.update(more_metrics)
                 outputs.update(more_outputs)
         return metrics, outputs

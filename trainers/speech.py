@@ -9,10 +9,13 @@ It is generated once into a folder and reused. The seed fixes every sentence, vo
 pitch, rate and hence every duration; the samples themselves repeat exactly except for
 the breath noise some voice variants add, which eSpeak NG draws from the C library's
 rand() (seeded from the clock, out of our reach). The word start times are eSpeak NG's
-own word events, exact (the TTS task's word alignment reads them):
+own word events, exact (the TTS task's word alignment reads them), and so are the phone
+start times, from its phoneme events (the unit_quality evaluator scores units against them):
 
     <path>/train.jsonl, test.jsonl     {"key", "source" (WAV path), "target", "speaker", "voice",
-                                        "word_starts": seconds at which each word of target begins}
+                                        "word_starts": seconds at which each word of target begins,
+                                        "phones": [[start (s), phone], ...] (PHONE_SILENCE for pauses
+                                        and the end), each phone lasting until the next begins}
     <path>/tts_test.jsonl              the same, plus "prompt_source", "prompt_target": another
                                        sentence of the same speaker (on first use; build_prompt_pairs)
     <path>/wav/<key>.wav               16-bit mono 16 kHz
@@ -93,11 +96,18 @@ class _Event(ctypes.Structure):
     ]
 
 
-_EVENT_LIST_END, _EVENT_WORD = 0, 1
+_EVENT_LIST_END, _EVENT_WORD, _EVENT_PHONEME = 0, 1, 7
+PHONE_SILENCE = "_"
+
+
+def _phone(mnemonic: bytes) -> str:
+    """eSpeak NG's phoneme mnemonic without its stress marks; pauses are PHONE_SILENCE."""
+    name = mnemonic.split(b"\0")[0].decode().lstrip("',")
+    return PHONE_SILENCE if name.startswith("_") else name
 
 
 class _ESpeak:
-    """eSpeak NG in synchronous mode: text in, 22,050 Hz int16 samples and word start times out."""
+    """eSpeak NG in synchronous mode: text in, 22,050 Hz int16 samples, word and phone start times out."""
 
     def __init__(self):
         try:
@@ -106,10 +116,11 @@ class _ESpeak:
             raise RuntimeError("the built-in speech corpus needs eSpeak NG: pip install espeakng-loader") from e
         self.lib = ctypes.cdll.LoadLibrary(espeakng_loader.get_library_path())
         data_parent = os.path.dirname(espeakng_loader.get_data_path())
-        self.sample_rate = self.lib.espeak_Initialize(2, 0, data_parent.encode(), 0)  # 2: AUDIO_OUTPUT_SYNCHRONOUS
+        # 2: AUDIO_OUTPUT_SYNCHRONOUS; options 1: espeakINITIALIZE_PHONEME_EVENTS
+        self.sample_rate = self.lib.espeak_Initialize(2, 0, data_parent.encode(), 1)
         if self.sample_rate <= 0:
             raise RuntimeError(f"eSpeak NG failed to initialise with data in {data_parent}")
-        self._chunks, self._word_samples = [], []
+        self._chunks, self._word_samples, self._phones = [], [], []
         callback_type = ctypes.CFUNCTYPE(
             ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
         )
@@ -123,30 +134,34 @@ class _ESpeak:
         while events[i].type != _EVENT_LIST_END:
             if events[i].type == _EVENT_WORD:
                 self._word_samples.append(events[i].sample)
+            elif events[i].type == _EVENT_PHONEME:
+                self._phones.append((events[i].sample, _phone(events[i].id)))
             i += 1
         return 0
 
-    def say(self, text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, list[float]]:
-        """(int16 samples, the second at which each word begins)."""
+    def say(self, text: str, voice: str, pitch: int, rate: int) -> tuple:
+        """(int16 samples, the second at which each word begins, [(second, phone)] of each phone)."""
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE, words per minute
         self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH, 0..100
-        self._chunks, self._word_samples = [], []
+        self._chunks, self._word_samples, self._phones = [], [], []
         data = text.encode() + b"\0"
         self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
         if len(self._word_samples) != len(text.split()):
             raise RuntimeError(f"eSpeak NG reported {len(self._word_samples)} words in {text!r}")
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return audio, [s / self.sample_rate for s in self._word_samples]
+        phones = [(s / self.sample_rate, p) for s, p in self._phones]
+        return audio, [s / self.sample_rate for s in self._word_samples], phones
 
-    def say_16k(self, text: str, voice: str, pitch: int, rate: int) -> tuple[np.ndarray, list[float]]:
-        """(float32 samples at the corpus's 16 kHz, word start times in seconds, to the millisecond)."""
+    def say_16k(self, text: str, voice: str, pitch: int, rate: int) -> tuple:
+        """(float32 samples at the corpus's 16 kHz, word start times and [[start, phone]], in
+        seconds to the millisecond)."""
         from scipy.signal import resample_poly
 
-        audio, word_starts = self.say(text, voice, pitch, rate)
+        audio, word_starts, phones = self.say(text, voice, pitch, rate)
         audio = resample_poly(audio.astype(np.float32) / 32768.0, SAMPLE_RATE // 50, self.sample_rate // 50)  # 320/441
-        return audio, [round(s, 3) for s in word_starts]
+        return audio, [round(s, 3) for s in word_starts], [[round(s, 3), p] for s, p in phones]
 
     def phonemes(self, text: str, voice: str = "en-us") -> str:
         """eSpeak NG's ASCII phoneme mnemonics of `text` ("three red" -> "Tr'i: r'Ed")."""
@@ -182,7 +197,7 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         for i in progress(range(size), size, f"synthesising {split}"):
             text, voice = corpus_sentence(rng), rng.choice(voices)
             pitch, rate = rng.randint(25, 75), rng.randint(130, 210)
-            audio, word_starts = engine.say_16k(text, voice, pitch, rate)
+            audio, word_starts, phones = engine.say_16k(text, voice, pitch, rate)
             key = f"{split}_{i:05d}"
             write_wav(os.path.join(path, "wav", f"{key}.wav"), audio)
             lines.append(
@@ -194,6 +209,7 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
                         "speaker": f"{voice}/p{pitch}/r{rate}",
                         "voice": voice,
                         "word_starts": word_starts,
+                        "phones": phones,
                     }
                 )
             )
@@ -217,13 +233,13 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
         record = {"key": f"tts_{i:05d}", "speaker": f"{voice}/p{pitch}/r{rate}", "voice": voice}
         for role in ("prompt", "target"):
             text = corpus_sentence(rng)
-            audio, word_starts = engine.say_16k(text, voice, pitch, rate)
+            audio, word_starts, phones = engine.say_16k(text, voice, pitch, rate)
             name = f"wav/tts_{i:05d}_{role}.wav"
             write_wav(os.path.join(path, name), audio)
             if role == "prompt":
                 record.update(prompt_source=name, prompt_target=text)
             else:
-                record.update(source=name, target=text, word_starts=word_starts)
+                record.update(source=name, target=text, word_starts=word_starts, phones=phones)
         lines.append(json.dumps(record))
     files.write_text(manifest, "\n".join(lines) + "\n")
 
@@ -289,10 +305,10 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
     return audio.mean(axis=1) if mono else audio
 
 
-def pad_waveforms(waveforms):
-    """(audio (N, longest) float32 zero-padded, lengths (N,) int32) of a list of 1-D waveforms."""
+def pad_waveforms(waveforms, length: int | None = None):
+    """(audio (N, length or the longest) float32 zero-padded, lengths (N,) int32) of 1-D waveforms."""
     lengths = np.array([len(w) for w in waveforms], np.int32)
-    audio = np.zeros((len(waveforms), lengths.max()), np.float32)
+    audio = np.zeros((len(waveforms), length or lengths.max()), np.float32)
     for i, w in enumerate(waveforms):
         audio[i, : len(w)] = w
     return audio, lengths

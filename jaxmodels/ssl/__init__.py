@@ -1,9 +1,19 @@
-"""Self-supervised speech encoders: wav2vec 2.0 and HuBERT (transformers' models), named
-configs at their published sizes, and the converter of transformers' checkpoints."""
+"""Self-supervised speech encoders: wav2vec 2.0, HuBERT and w2v-BERT 2.0 (transformers'
+models), named configs at their published sizes, the pretraining objectives of the first
+two, and the converters of transformers' checkpoints."""
 
 from jaxmodels.nn import variants
+from jaxmodels.ssl import w2v_bert
 from jaxmodels.ssl.convert import from_torch
 from jaxmodels.ssl.model import HubertPretraining, SSLEncoder, hubert_loss, output_lengths, span_mask
+from jaxmodels.ssl.w2v_bert import W2vBertEncoder
+from jaxmodels.ssl.wav2vec2 import (
+    GumbelVectorQuantizer,
+    Wav2Vec2Pretraining,
+    contrastive_logits,
+    sample_negatives,
+    wav2vec2_loss,
+)
 
 
 def _large(width: int, layers: int) -> dict:
@@ -13,43 +23,57 @@ def _large(width: int, layers: int) -> dict:
 
 
 # The released checkpoints' transformers configs (facebook/hubert-base-ls960, hubert-large-ll60k,
-# hubert-xlarge-ll60k, wav2vec2-base, wav2vec2-large-lv60); the Base ones are the defaults.
+# hubert-xlarge-ll60k, wav2vec2-base, wav2vec2-large-lv60; w2v-bert-2.0: W2vBertEncoder's
+# defaults); the Base ones are SSLEncoder's defaults.
 VARIANTS = {
     "hubert_base": {},
     "hubert_large": _large(1024, 24),
     "hubert_xlarge": _large(1280, 48),
     "wav2vec2_base": {},
     "wav2vec2_large": _large(1024, 24),
+    "w2v_bert_2": {},
 }
+CLASSES = {"w2v_bert_2": W2vBertEncoder}
 # transformers' config keys the model takes (the rest are training settings or heads').
 CONFIG_KEYS = tuple(
     f for f in SSLEncoder.__dataclass_fields__ if f not in ("parent", "name", "dtype", "remat", "norm_valid_frames")
 )
 
 
-def create(name: str, **overrides) -> SSLEncoder:
-    """A named config (hubert_base, hubert_large, hubert_xlarge, wav2vec2_base, wav2vec2_large)."""
-    return variants.create(SSLEncoder, VARIANTS, name, **overrides)
+def create(name: str, **overrides):
+    """A named config (hubert_base, hubert_large, hubert_xlarge, wav2vec2_base, wav2vec2_large:
+    an SSLEncoder; w2v_bert_2: a W2vBertEncoder)."""
+    return variants.create(CLASSES.get(name, SSLEncoder), VARIANTS, name, **overrides)
+
+
+# transformers' Wav2Vec2Config keys of the pretraining head.
+HEAD_KEYS = ("num_codevector_groups", "num_codevectors_per_group", "codevector_dim", "proj_codevector_dim")
 
 
 def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
-    """(model, variables) of a transformers HubertModel or Wav2Vec2Model: its state_dict and
-    its config (config.to_dict(), or the config.json beside the weights)."""
+    """(model, variables) of a transformers HubertModel or Wav2Vec2Model (an SSLEncoder), of a
+    Wav2Vec2ForPreTraining (a Wav2Vec2Pretraining) or of a Wav2Vec2BertModel (a W2vBertEncoder):
+    its state_dict and its config (config.to_dict(), or the config.json beside the weights)."""
+    if config.get("model_type") == "wav2vec2-bert":
+        return w2v_bert.from_transformers(state_dict, config, **overrides)
     if config.get("model_type") not in ("hubert", "wav2vec2"):
-        raise ValueError(f"model_type {config.get('model_type')!r}: expected hubert or wav2vec2")
+        raise ValueError(f"model_type {config.get('model_type')!r}: expected hubert, wav2vec2 or wav2vec2-bert")
     if config.get("conv_pos_batch_norm"):
         raise ValueError("conv_pos_batch_norm: a batch-normed position convolution is not supported")
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in CONFIG_KEYS}
     if config["model_type"] == "wav2vec2":
         args["feat_proj_layer_norm"] = True
     model = SSLEncoder(**args, **overrides)
+    if "quantizer.codevectors" in state_dict:
+        model = Wav2Vec2Pretraining(model, **{k: config[k] for k in HEAD_KEYS})
     return model, from_torch(state_dict, model)
 
 
 def load_pretrained(path: str, **overrides) -> tuple:
     """(model, variables) of a transformers checkpoint file (model.safetensors or
     pytorch_model.bin of a HubertModel or Wav2Vec2Model, or of a model around one, whose
-    prefix hubert./wav2vec2. is dropped) and the config.json beside it."""
+    prefix hubert./wav2vec2. is dropped, of a Wav2Vec2ForPreTraining or a Wav2Vec2BertModel) and
+    the config.json beside it."""
     import json
     import os
 
@@ -63,17 +87,24 @@ def load_pretrained(path: str, **overrides) -> tuple:
     return from_transformers(load_state_dict(path), config, **overrides)
 
 
-def param_count(model: SSLEncoder) -> int:
+def param_count(model) -> int:
     """As transformers' parameters() (the masked-frame embedding included)."""
     import jax.numpy as jnp
 
+    if isinstance(model, W2vBertEncoder):
+        return variants.param_count(model, jnp.zeros((1, 8, model.feature_projection_input_dim)))
     return variants.param_count(model, jnp.zeros((1, 400)))
 
 
 __all__ = [
+    "HEAD_KEYS",
     "VARIANTS",
+    "GumbelVectorQuantizer",
     "HubertPretraining",
     "SSLEncoder",
+    "W2vBertEncoder",
+    "Wav2Vec2Pretraining",
+    "contrastive_logits",
     "create",
     "from_torch",
     "from_transformers",
@@ -81,5 +112,7 @@ __all__ = [
     "load_pretrained",
     "output_lengths",
     "param_count",
+    "sample_negatives",
     "span_mask",
+    "wav2vec2_loss",
 ]

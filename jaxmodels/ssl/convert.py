@@ -1,9 +1,11 @@
-"""transformers' HubertModel / Wav2Vec2Model state_dicts -> SSLEncoder variables.
+"""transformers' HubertModel / Wav2Vec2Model state_dicts -> SSLEncoder variables, and
+Wav2Vec2ForPreTraining's -> Wav2Vec2Pretraining variables.
 
 The encoder layers' weights are stacked along the scanned layer axis; the position
 convolution's weight norm keeps its two parts (parametrizations' original0/original1,
-or the older weight_g/weight_v). Keys of heads around the encoder (a CTC head, a
-pretraining quantizer) are errors, as is any key or shape that does not fit."""
+or the older weight_g/weight_v). Keys of heads the model does not have (a CTC head, a
+pretraining quantizer for a bare encoder) are errors, as is any key or shape that does
+not fit."""
 
 import re
 
@@ -15,6 +17,7 @@ _PREFIX = re.compile(r"^(hubert|wav2vec2)\.")
 _POS = re.compile(r"^encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original[01]|weight_[gv]|bias)$")
 _CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_HEAD = re.compile(r"^(quantizer\.weight_proj|project_hid|project_q)\.(weight|bias)$")
 
 
 def _leaf(leaf: str, value: np.ndarray) -> tuple:
@@ -29,7 +32,16 @@ def _leaf(leaf: str, value: np.ndarray) -> tuple:
 
 def _entry(key: str, value: np.ndarray) -> tuple:
     """(Flax path, value in Flax layout, encoder layer index or None) of one upstream key."""
-    key = _PREFIX.sub("", key)
+    if key == "quantizer.codevectors":
+        return ("quantizer", "codevectors"), value, None
+    if m := _HEAD.match(key):
+        name, value = _leaf(m[2], value)
+        return (*m[1].split("."), name), value, None
+    path, value, index = _encoder_entry(_PREFIX.sub("", key), value)
+    return ("encoder", *path), value, index
+
+
+def _encoder_entry(key: str, value: np.ndarray) -> tuple:
     if key == "masked_spec_embed":
         return ("masked_spec_embed",), value, None
     if m := _POS.match(key):
@@ -50,23 +62,32 @@ def _entry(key: str, value: np.ndarray) -> tuple:
 
 
 def from_torch(state_dict: dict, model) -> dict:
-    """{"params": ...} of `model` (an SSLEncoder) from a transformers state_dict."""
+    """{"params": ...} of `model` (an SSLEncoder, or a Wav2Vec2Pretraining around one) from a
+    transformers state_dict."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    shapes = nn.meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 400))))["params"]
+    from jaxmodels.ssl.wav2vec2 import Wav2Vec2Pretraining
+
+    audio = jnp.zeros((1, 400))
+    if isinstance(model, Wav2Vec2Pretraining):
+        init, strip, encoder = lambda k: model.init(k, audio, None, jnp.zeros((1, 1), bool)), (), model.encoder
+    else:
+        init, strip, encoder = lambda k: model.init(k, audio), ("encoder",), model
+    shapes = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))["params"]
     converted, paths, layers = {}, {}, {}
     for key, value in state_dict.items():
         path, value, index = _entry(key, np.asarray(value))
+        path = path[len(strip) :] if path[: len(strip)] == strip else path
         if index is None:
             converted[key], paths[key] = value, path
         else:
             layers.setdefault(path, {})[index] = value
     for path, by_index in layers.items():
-        key = f"encoder.layers.*.{'.'.join(path[1:])}"
-        if sorted(by_index) != list(range(model.num_hidden_layers)):
-            raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {model.num_hidden_layers}")
+        key = f"encoder.layers.*.{'.'.join(path[len(path) - 2 :])}"
+        if sorted(by_index) != list(range(encoder.num_hidden_layers)):
+            raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {encoder.num_hidden_layers}")
         converted[key], paths[key] = np.stack([by_index[i] for i in range(len(by_index))]), path
     params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
     return {"params": jax.tree.map(np.asarray, params)}

@@ -204,29 +204,31 @@ class SSLEncoder(nn.Module):
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(self.num_attention_heads, self.intermediate_size, self.do_stable_layer_norm, self.layer_norm_eps, self.dtype)
 
-    def frames(self, audio, paddings=None, mask=None):
-        """(projected features (B, T', D), valid (B, T')): the encoder's input, padded frames
-        zeroed, the frames `mask` marks (B, T') replaced by the learned masked_spec_embed."""
+    def extract(self, audio, paddings=None):
+        """(features (B, T', C), valid (B, T')): the convolutional feature encoder's output."""
         lengths = None if paddings is None else jnp.sum(paddings == 0, axis=1)
         if paddings is not None:
             audio = jnp.where(paddings > 0, 0.0, audio)
         features = self.feature_extractor(audio, lengths if self.norm_valid_frames else None)
-        t = features.shape[1]
         if paddings is None:
-            valid = jnp.ones(features.shape[:2], bool)
-        else:
-            valid = jnp.arange(t)[None] < output_lengths(lengths, self.conv_kernel, self.conv_stride)[:, None]
-        if self.feat_proj_layer_norm:
-            features = self.feature_projection_layer_norm(features)
+            return features, jnp.ones(features.shape[:2], bool)
+        frames = output_lengths(lengths, self.conv_kernel, self.conv_stride)
+        return features, jnp.arange(features.shape[1])[None] < frames[:, None]
+
+    def feature_norm(self, features):
+        """The projection's layer norm where the model has it (transformers' extract_features:
+        the quantizer's input)."""
+        return self.feature_projection_layer_norm(features) if self.feat_proj_layer_norm else features
+
+    def encode(self, features, valid, mask=None):
+        """transformers' hidden_states from feature_norm's features: the projected features (padded
+        frames zeroed, the frames `mask` (B, T') marks replaced by the learned masked_spec_embed)
+        after the position embedding (and, post-LN, the encoder's layer norm), then each layer's
+        output (pre-LN: before the final norm)."""
         x = self.feature_projection_projection(features)
         if mask is not None:
             x = jnp.where(mask[..., None], self.masked_spec_embed.astype(x.dtype), x)
-        return jnp.where(valid[..., None], x, 0.0), valid
-
-    def hidden_states(self, audio, paddings=None, mask=None):
-        """transformers' hidden_states: the encoder's input after the position embedding (and,
-        post-LN, its layer norm), then each layer's output (pre-LN: before the final norm)."""
-        x, valid = self.frames(audio, paddings, mask)
+        x = jnp.where(valid[..., None], x, 0.0)
         x = x + self.encoder_pos_conv_embed(x)
         if not self.do_stable_layer_norm:
             x = self.encoder_layer_norm(x)
@@ -234,12 +236,20 @@ class SSLEncoder(nn.Module):
         _, outputs = self.encoder_layers(x, valid)
         return [x, *outputs]
 
-    def __call__(self, audio, paddings=None, mask=None):
-        """The last hidden state (B, T', D) (pre-LN: after the final norm)."""
-        last = self.hidden_states(audio, paddings, mask)[-1]
+    def last(self, hidden_states):
+        """The last hidden state of encode's list (pre-LN: after the final norm)."""
         if self.do_stable_layer_norm:
-            last = self.encoder_layer_norm(last)
-        return last
+            return self.encoder_layer_norm(hidden_states[-1])
+        return hidden_states[-1]
+
+    def hidden_states(self, audio, paddings=None, mask=None):
+        """transformers' hidden_states of (B, T) waveforms, `paddings` 1 at padding (see encode)."""
+        features, valid = self.extract(audio, paddings)
+        return self.encode(self.feature_norm(features), valid, mask)
+
+    def __call__(self, audio, paddings=None, mask=None):
+        """The last hidden state (B, T', D)."""
+        return self.last(self.hidden_states(audio, paddings, mask))
 
 
 def span_mask(key, lengths, frames: int, mask_prob: float, mask_length: int, min_masks: int = 0):
@@ -262,19 +272,42 @@ def span_mask(key, lengths, frames: int, mask_prob: float, mask_length: int, min
     return covered - before > 0
 
 
+@jax.custom_vjp
+def scale_gradient(x, scale):
+    """x, its gradient times `scale` (fairseq's GradMultiply: feature_grad_mult)."""
+    return x
+
+
+scale_gradient.defvjp(lambda x, s: (x, s), lambda s, g: (g * s, None))
+
+
+def pretraining_features(encoder: SSLEncoder, audio, paddings, feature_grad_mult: float):
+    """(features after feature_norm, valid, penalty) for pretraining, as fairseq: the gradient
+    into the convolutional encoder scaled by feature_grad_mult, the penalty the mean square of
+    its output over the valid frames."""
+    features, valid = encoder.extract(audio, paddings)
+    features = scale_gradient(features, feature_grad_mult)
+    w = valid[..., None].astype(jnp.float32)
+    penalty = (jnp.square(features.astype(jnp.float32)) * w).sum() / jnp.maximum(w.sum() * features.shape[-1], 1.0)
+    return encoder.feature_norm(features), valid, penalty
+
+
 class HubertPretraining(nn.Module):
     """HuBERT's masked prediction (fairseq's HubertModel): the encoder reads the audio with the
     masked frames replaced, final_proj maps its output to final_dim, and each frame's logits
-    over the k-means classes are the cosine similarities to their embeddings / logit_temp."""
+    over the k-means classes are the cosine similarities to their embeddings / logit_temp.
+    Returns (logits, the features penalty)."""
 
     encoder: SSLEncoder
     num_classes: int
     final_dim: int = 256
     logit_temp: float = 0.1
+    feature_grad_mult: float = 0.1
 
     @nn.compact
     def __call__(self, audio, paddings=None, mask=None):
-        x = self.encoder(audio, paddings, mask)
+        features, valid, penalty = pretraining_features(self.encoder, audio, paddings, self.feature_grad_mult)
+        x = self.encoder.last(self.encoder.encode(features, valid, mask))
         projected = Dense(self.final_dim, ("embed", "mlp"), dtype=self.encoder.dtype, name="final_proj")(x)
         labels = self.param(
             "label_embs_concat",
@@ -282,7 +315,7 @@ class HubertPretraining(nn.Module):
             (self.num_classes, self.final_dim),
         )
         unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-8)  # noqa: E731
-        return unit(projected.astype(jnp.float32)) @ unit(labels).T / self.logit_temp
+        return unit(projected.astype(jnp.float32)) @ unit(labels).T / self.logit_temp, penalty
 
 
 def hubert_loss(logits, targets, mask, valid, masked_weight: float = 1.0, unmasked_weight: float = 0.0):

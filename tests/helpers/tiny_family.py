@@ -58,7 +58,7 @@ class TinyTask(SplitSources):
     def init(self, rng, batch):
         return self.model.init(rng, batch["x"])
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         error = (self.model.apply({"params": params}, batch["x"]) - batch["y"]) ** 2
         return jnp.sum(error * batch["mask"]) / jnp.maximum(batch["mask"].sum(), 1.0), {}
 

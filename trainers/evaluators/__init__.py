@@ -12,8 +12,8 @@ generated (samples, speech), each at its own interval:
         every: 1000                   # steps; 0 (default): at every evaluation
 
 A plug-in module defines CONFIG, a dataclass extending config.EvalConfig, and EVALUATOR,
-a class constructed with (its config, the task) and called with the evaluation's outputs,
-returning (metrics, outputs to add). A model it needs (a classifier, a recogniser) is a
+a class constructed with (its config, the task) and called with the evaluation's outputs
+and the params evaluated, returning (metrics, outputs to add). A model it needs (a classifier, a recogniser) is a
 trained run or a weights file its config names, loaded when it is built: nothing is
 trained here. Plug-ins outside this package are named by module path.
 """

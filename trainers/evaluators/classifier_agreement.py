@@ -30,7 +30,7 @@ class ClassifierAgreement:
         self.size = trainer.cfg.data.image_size
         self.predict = jax.jit(lambda p, images: trainer.task.logits(p, images).argmax(-1))
 
-    def __call__(self, outputs):
+    def __call__(self, outputs, params):
         images = to_uint8(outputs["samples"])
         if images.shape[-1] == 1:
             images = images.repeat(3, axis=-1)

@@ -75,7 +75,7 @@ class FID:
             keys = ("pool", "spatial") if self.adm else ("pool",)
             self.stats = tuple(inception.statistics(self.reference[k]) for k in keys)
 
-    def __call__(self, outputs):
+    def __call__(self, outputs, params):
         ours = self.features(_rgb_uint8(outputs["samples"]))
         metrics = {"fid": inception.frechet_distance(*inception.statistics(ours["pool"]), *self.stats[0])}
         if self.adm:

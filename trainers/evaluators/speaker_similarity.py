@@ -24,7 +24,7 @@ class SpeakerSimilarity:
     def __init__(self, cfg: SpeakerSimilarityConfig, task):
         self.embed = SpeakerEmbedder.load(cfg.weights)
 
-    def __call__(self, outputs):
+    def __call__(self, outputs, params):
         prompt = self.embed(outputs["tts_prompt"])
         metrics = {}
         for key, name in (("tts_generated", "speaker_similarity"), ("tts_reference", "speaker_similarity_reference")):

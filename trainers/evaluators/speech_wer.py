@@ -27,7 +27,7 @@ class SpeechWER:
 
         self.recognizer = Recognizer(cfg.run)
 
-    def __call__(self, outputs):
+    def __call__(self, outputs, params):
         metrics = {}
         for key, suffix in AUDIO.items():
             if key in outputs:

@@ -61,8 +61,9 @@ class Task(Protocol):
 class GradientTask(Task, Protocol):
     """A task trained by one optimizer on the gradient of its loss."""
 
-    def loss(self, params, batch: Batch, rng) -> tuple:
-        """(scalar loss, {name: scalar metric}); rows with mask 0 must contribute nothing."""
+    def loss(self, params, batch: Batch, rng, step) -> tuple:
+        """(scalar loss, {name: scalar metric}); rows with mask 0 must contribute nothing.
+        step: the optimizer step (an int32 scalar), for schedules inside the loss."""
 
 
 @runtime_checkable
@@ -140,8 +141,8 @@ class SplitSources:
 
 
 def families() -> list:
-    """The families built in: the modules of this package."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__))
+    """The families built in: the modules of this package (a leading _ marks a shared part)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 def family(task: str):

@@ -125,7 +125,7 @@ class ClassificationTask(SplitSources):
             x, lam = mixed, lam_mix
         return x, lam * y + (1.0 - lam) * partner_y
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         k_mix, k_drop = jax.random.split(rng)
         x = self.normalise(batch["image"])
         s = self.cfg.data.label_smoothing

@@ -471,7 +471,7 @@ class CTCTask(SplitSources):
     def _label_paddings(self, batch):
         return paddings_from_lengths(batch["label_length"], batch["labels"].shape[1])
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         logits, lengths = self.forward(params, batch, rng, train=True)
         prompt_logits, logits, paddings = self.split_outputs(logits, lengths)
         mask = batch["mask"]

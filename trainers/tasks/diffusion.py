@@ -198,7 +198,7 @@ class DiffusionTask(SplitSources):
 
         return self.diffusion.training_losses(model_fn, x, t, noise)
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         terms = self._terms(params, batch, rng, train=True)
         mask = batch["mask"]
         n = jnp.maximum(mask.sum(), 1.0)

@@ -11,9 +11,9 @@ the settings and the corpus are the same.
 A step masks spans of the encoder's frames (ssl.span_mask: mask_prob, mask_length,
 min_masks), replaces them with the learned embedding and scores every frame against the
 classes (ssl.HubertPretraining); the loss is the cross-entropy on the masked frames (and,
-weighted, on the others). Eval reports the same on the eval split with one fixed mask:
-eval/masked_loss and eval/masked_accuracy. Batches by duration as the ctc task's
-(data.batch_seconds).
+weighted, on the others), plus fairseq's penalty on the convolutional features. Eval
+reports the same on the eval split with one fixed mask: eval/masked_loss and
+eval/masked_accuracy. Batches by duration as the ctc task's (data.batch_seconds).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from jaxmodels import ssl
 from trainers import files, speech
 from trainers.speech import AudioDataConfig
-from trainers.tasks import SplitSources
+from trainers.tasks._pretraining import AudioTransform, SpeechPretraining
 
 
 @dataclass
@@ -51,25 +51,25 @@ class HubertConfig:
     logit_temp: float = 0.1
     masked_weight: float = 1.0
     unmasked_weight: float = 0.0
+    feature_penalty: float = 10.0  # the weight of the mean square of the convolutional features
+    feature_grad_mult: float = 0.1  # the gradient into the convolutional encoder scaled by this
 
 
 SECTIONS = {"data": AudioDataConfig, "hubert": HubertConfig}
 
 
-class _Transform:
-    """Record -> audio padded to data.max_seconds and its units padded with -1."""
+class _Transform(AudioTransform):
+    """Record -> its audio (AudioTransform) and its units padded with -1 to max_frames."""
 
     def __init__(self, max_samples: int, max_frames: int, units: dict, resample: bool):
-        self.max_samples, self.max_frames, self.units, self.resample = max_samples, max_frames, units, resample
+        super().__init__(max_samples, resample)
+        self.max_frames, self.units = max_frames, units
 
     def __call__(self, record, rng):
-        samples = speech.read_audio(record["source"], resample=self.resample)[: self.max_samples]
-        audio = np.zeros(self.max_samples, np.float32)
-        audio[: len(samples)] = samples
         targets = np.full(self.max_frames, -1, np.int32)
         units = self.units[record["key"]][: self.max_frames]
         targets[: len(units)] = units
-        return {"audio": audio, "audio_length": np.int32(len(samples)), "targets": targets, "mask": np.float32(1)}
+        return {**super().__call__(record, rng), "targets": targets}
 
 
 def _read_json(path: str):
@@ -81,24 +81,18 @@ def _digest(records) -> str:
     return hashlib.sha256(json.dumps([[r["key"], r["source"]] for r in records]).encode()).hexdigest()
 
 
-class HubertTask(SplitSources):
+class HubertTask(SpeechPretraining):
+    frame_keys = ("targets",)
+
     def __init__(self, cfg):
-        self.cfg = cfg
+        super().__init__(cfg)
         h = cfg.hubert
-        self.encoder = ssl.create(
-            cfg.model.name, **cfg.model.args, dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat
-        )
-        self.model = ssl.HubertPretraining(self.encoder, h.clusters, h.final_dim, h.logit_temp)
-        self.max_samples = int(cfg.data.max_seconds * speech.SAMPLE_RATE)
-        self.max_frames = self._frames(self.max_samples)
+        self.model = ssl.HubertPretraining(self.encoder, h.clusters, h.final_dim, h.logit_temp, h.feature_grad_mult)
         self._tokenizer = None
         train_units = self._units(cfg.data.train_split, self.train_source())
         eval_units = self._units(cfg.data.eval_split, self.eval_source())
         self.train_transform = _Transform(self.max_samples, self.max_frames, train_units, cfg.data.resample)
         self.eval_transform = _Transform(self.max_samples, self.max_frames, eval_units, cfg.data.resample)
-
-    def _frames(self, samples):
-        return int(ssl.output_lengths(np.int64(samples), self.encoder.conv_kernel, self.encoder.conv_stride))
 
     # -- targets ----------------------------------------------------------------------
     def tokenizer(self):
@@ -150,22 +144,6 @@ class HubertTask(SplitSources):
         files.write_npz(path, keys=keys, units=np.concatenate(units), offsets=offsets, meta=json.dumps(meta))
         return dict(zip(keys.tolist(), units))
 
-    # -- data -------------------------------------------------------------------------
-    def make_source(self, split):
-        return speech.SpeechSource(self.cfg, split)
-
-    def length_buckets(self):
-        crop = lambda samples: {"audio": samples, "targets": self._frames(samples)}  # noqa: E731
-        return speech.duration_buckets(self.cfg.data, self.train_source(), crop)
-
-    def example_batch(self, n):
-        return {
-            "audio": np.zeros((n, self.max_samples), np.float32),
-            "audio_length": np.full((n,), self.max_samples, np.int32),
-            "targets": np.zeros((n, self.max_frames), np.int32),
-            "mask": np.ones((n,), np.float32),
-        }
-
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
         return self.model.init({"params": rng}, batch["audio"][:, :400])
@@ -176,24 +154,20 @@ class HubertTask(SplitSources):
 
     def _terms(self, params, batch, key):
         h = self.cfg.hubert
-        audio, lengths = batch["audio"], batch["audio_length"]
-        paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
-        frames = ssl.output_lengths(lengths, self.encoder.conv_kernel, self.encoder.conv_stride)
-        t = self._frames(audio.shape[1])
-        mask = ssl.span_mask(key, frames, t, h.mask_prob, h.mask_length, h.min_masks)
-        logits = self.model.apply({"params": params}, audio, paddings, mask)
-        targets = batch["targets"][:, :t]
-        valid = (jnp.arange(t)[None] < frames[:, None]) & (targets >= 0) & (batch["mask"][:, None] > 0)
-        return logits, jnp.maximum(targets, 0), mask, valid
+        paddings, valid, mask = self.masked_spans(batch, key, h.mask_prob, h.mask_length, h.min_masks)
+        logits, penalty = self.model.apply({"params": params}, batch["audio"], paddings, mask)
+        targets = batch["targets"][:, : mask.shape[1]]
+        return logits, jnp.maximum(targets, 0), mask, valid & (targets >= 0), penalty
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         h = self.cfg.hubert
-        logits, targets, mask, valid = self._terms(params, batch, rng)
+        logits, targets, mask, valid, penalty = self._terms(params, batch, rng)
         loss, metrics = ssl.hubert_loss(logits, targets, mask, valid, h.masked_weight, h.unmasked_weight)
-        return loss, {f"train/{k}": v for k, v in metrics.items()}
+        metrics["features_penalty"] = penalty
+        return loss + h.feature_penalty * penalty, {f"train/{k}": v for k, v in metrics.items()}
 
     def eval_outputs(self, params, batch):
-        logits, targets, mask, valid = self._terms(params, batch, jax.random.PRNGKey(0))  # one fixed mask
+        logits, targets, mask, valid, _ = self._terms(params, batch, jax.random.PRNGKey(0))  # one fixed mask
         ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], axis=-1)[..., 0]
         masked = (mask & valid).astype(jnp.float32)
         return {
@@ -208,9 +182,6 @@ class HubertTask(SplitSources):
             "masked_loss": float(outputs["masked_ce"].sum()) / n,
             "masked_accuracy": float(outputs["masked_correct"].sum()) / n,
         }
-
-    def write_artifacts(self, workdir, outputs, step):
-        """Nothing to look at: the numbers are the metrics."""
 
 
 TASK = HubertTask

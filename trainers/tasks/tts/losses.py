@@ -119,7 +119,7 @@ class Losses:
             rows["audio_words"] = jnp.where(dropped[:, None], -1, batch["audio_words"])
         return rows
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step):
         total, metrics = self._losses(params, batch, rng, train=True)
         return total, {f"train/{k}": v for k, v in metrics.items()}
 

@@ -1,0 +1,69 @@
+"""What the self-supervised speech tasks (hubert, wav2vec2) share: the encoder of the config,
+unlabelled utterances from a speech corpus padded to data.max_seconds (or batched by
+duration), and the masked spans of the encoder's frames."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels import ssl
+from trainers import speech
+from trainers.tasks import SplitSources
+
+
+class AudioTransform:
+    """Record -> its audio padded to max_samples, its length and mask 1."""
+
+    def __init__(self, max_samples: int, resample: bool):
+        self.max_samples, self.resample = max_samples, resample
+
+    def __call__(self, record, rng):
+        samples = speech.read_audio(record["source"], resample=self.resample)[: self.max_samples]
+        audio = np.zeros(self.max_samples, np.float32)
+        audio[: len(samples)] = samples
+        return {"audio": audio, "audio_length": np.int32(len(samples)), "mask": np.float32(1)}
+
+
+class SpeechPretraining(SplitSources):
+    """A batch holds "audio" (B, samples), "audio_length" and "mask"; a subclass adds its
+    targets (frame_keys: those of one value per encoder frame) and the objective."""
+
+    frame_keys: tuple = ()
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.encoder = ssl.create(
+            cfg.model.name, **cfg.model.args, dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat
+        )
+        self.max_samples = int(cfg.data.max_seconds * speech.SAMPLE_RATE)
+        self.max_frames = self.frames(self.max_samples)
+
+    def frames(self, samples):
+        """The encoder's frames of `samples` audio samples."""
+        return int(ssl.output_lengths(np.int64(samples), self.encoder.conv_kernel, self.encoder.conv_stride))
+
+    def make_source(self, split):
+        return speech.SpeechSource(self.cfg, split)
+
+    def length_buckets(self):
+        crop = lambda samples: {"audio": samples, **{k: self.frames(samples) for k in self.frame_keys}}  # noqa: E731
+        return speech.duration_buckets(self.cfg.data, self.train_source(), crop)
+
+    def example_batch(self, n):
+        return {
+            "audio": np.zeros((n, self.max_samples), np.float32),
+            "audio_length": np.full((n,), self.max_samples, np.int32),
+            "mask": np.ones((n,), np.float32),
+            **{k: np.zeros((n, self.max_frames), np.int32) for k in self.frame_keys},
+        }
+
+    def masked_spans(self, batch, key, mask_prob: float, mask_length: int, min_masks: int):
+        """(paddings (B, samples), valid frames (B, T'), masked frames (B, T')) of a batch."""
+        audio, lengths = batch["audio"], batch["audio_length"]
+        paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+        frames = ssl.output_lengths(lengths, self.encoder.conv_kernel, self.encoder.conv_stride)
+        t = self.frames(audio.shape[1])
+        valid = (jnp.arange(t)[None] < frames[:, None]) & (batch["mask"][:, None] > 0)
+        return paddings, valid, ssl.span_mask(key, frames, t, mask_prob, mask_length, min_masks)
+
+    def write_artifacts(self, workdir, outputs, step):
+        """Nothing to look at: the numbers are the metrics."""
