@@ -1,4 +1,5 @@
-"""trainers.extract vae: an image folder's latents, sharded over devices and processes, resumable."""
+"""trainers.extract: an image folder's latents (vae) and a speech corpus's units (units), sharded
+over devices and processes, resumable."""
 
 import json
 
@@ -76,3 +77,61 @@ def test_latents_of_an_image_folder_over_devices_resume(fixtures_dir, tmp_path):
 
     batch = next(data.train_iterator(LatentSource(str(tmp_path / "latents"), "train"), _latent_identity, 8, (4, 8), 0))
     assert batch["x"].shape == (4, 8, 8, 4) and batch["label"].dtype == np.int32
+
+
+def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
+    """Units of a HuBERT layer, batched over 8 devices, are each utterance's units alone (the
+    tokenizer's, unbatched); --features writes the states; a rerun redoes only what is missing."""
+    import pytest
+    from conftest import ROOT
+    from safetensors.numpy import save_file
+    from test_hubert import hubert_config
+
+    from trainers import config as config_lib
+    from trainers import speech
+    from trainers.extract import main as extract
+    from trainers.semantic import SemanticTokenizer
+
+    with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
+        state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith("hubert_base_layout/sd/")}
+        (tmp_path / "config.json").write_text(str(f["hubert_base_layout/config"]))
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    config = tmp_path / "corpus.yaml"
+    config.write_text(config_lib.dump(hubert_config(tone_corpus, tmp_path)))
+    out = tmp_path / "units"
+    args = ["units", str(config), "--encoder", str(tmp_path / "model.safetensors"), "--layer", "1"]
+    args += ["--workdir", str(out), "--splits", "train,test", "--batch_size", "8", "--shard_batches", "2"]
+    extract([*args, "--clusters", "4", "--fit_utterances", "10"])
+    index = json.loads((out / "train" / "index.json").read_text())
+    assert [s["rows"] for s in index["shards"]] == [16, 8] and index["what"] == "units" and index["layer"] == 1
+
+    def read(split, what):
+        shards = json.loads((out / split / "index.json").read_text())["shards"]
+        values = np.concatenate([np.load(out / split / f"{s['prefix']}_{what}.npy") for s in shards])
+        lengths = np.concatenate([np.load(out / split / f"{s['prefix']}_lengths.npy") for s in shards])
+        return np.split(values, np.cumsum(lengths)[:-1])
+
+    records = [json.loads(line) for line in open(tone_corpus / "train.jsonl")]
+    tokenizer = SemanticTokenizer.load(str(out / "tokenizer.npz"))
+    expected = tokenizer([speech.read_audio(str(tone_corpus / r["source"])) for r in records])
+    assert [list(u) for u in read("train", "units")] == expected
+    assert len(read("test", "units")) == 6
+
+    # Killed while writing the second shard of train: the first is kept (marked here), the second redone.
+    (out / "train" / "index.json").unlink()
+    (out / "train" / "p0_s00001_indices.npy").unlink()
+    first = np.load(out / "train" / "p0_s00000_units.npy")
+    np.save(out / "train" / "p0_s00000_units.npy", np.full_like(first, 3))
+    extract([*args, "--clusters", "4", "--fit_utterances", "10"])  # the tokenizer is reused, not fitted again
+    resumed = read("train", "units")
+    assert all((u == 3).all() for u in resumed[:16]) and [list(u) for u in resumed[16:]] == expected[16:]
+
+    extract([*args[:-4], "--workdir", str(tmp_path / "features"), "--splits", "train", "--features"])
+    out = tmp_path / "features"
+    states, valid = tokenizer.frames([speech.read_audio(str(tone_corpus / r["source"])) for r in records])
+    for row, features in enumerate(read("train", "features")):
+        assert features.dtype == np.float16
+        np.testing.assert_allclose(features, np.asarray(states[row][: len(features)]), rtol=1e-2, atol=1e-2)
+        assert len(features) == int(valid[row].sum())
+    with pytest.raises(SystemExit, match="--layer 3: the encoder has hidden states 0..2"):
+        extract([*args[:5], "3", "--workdir", str(tmp_path / "x"), "--clusters", "4"])

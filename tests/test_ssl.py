@@ -158,3 +158,111 @@ def test_wav2vec2_training_terms():
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
     assert np.abs(grads["quantizer"]["codevectors"]).sum() > 0
     assert np.abs(grads["encoder"]["feature_extractor"]["conv_layers_0_conv"]["kernel"]).sum() > 0
+
+
+FAIRSEQ_NAMES = [  # transformers' names -> fairseq's (fairseq/models/wav2vec/wav2vec2.py, hubert/hubert.py)
+    (r"^(wav2vec2|hubert)\.", ""),
+    (r"^masked_spec_embed$", "mask_emb"),
+    (r"conv_layers\.(\d+)\.conv\.", r"conv_layers.\1.0."),
+    (r"feature_projection\.layer_norm\.", "layer_norm."),
+    (r"feature_projection\.projection\.", "post_extract_proj."),
+    (r"pos_conv_embed\.conv\.parametrizations\.weight\.original0", "pos_conv.0.weight_g"),
+    (r"pos_conv_embed\.conv\.parametrizations\.weight\.original1", "pos_conv.0.weight_v"),
+    (r"pos_conv_embed\.conv\.bias", "pos_conv.0.bias"),
+    (r"\.attention\.", ".self_attn."),
+    (r"^(encoder\.layers\.\d+)\.layer_norm\.", r"\1.self_attn_layer_norm."),
+    (r"feed_forward\.intermediate_dense", "fc1"),
+    (r"feed_forward\.output_dense", "fc2"),
+    (r"^quantizer\.codevectors$", "quantizer.vars"),
+    (r"^project_hid\.", "final_proj."),
+]
+
+
+def fairseq_checkpoint(path, state_dict, config, **layout):
+    """A fairseq-layout checkpoint file of a transformers state_dict: keys renamed, the settings
+    under cfg["model"] (Hydra-era) or args (argparse-era), a pickled fairseq Dictionary beside."""
+    import argparse
+    import re
+    import sys
+    import types
+
+    import torch
+
+    layer_mode = config["feat_extract_norm"] == "layer"
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, name in FAIRSEQ_NAMES:
+            key = re.sub(pattern, name, key)
+        norm = re.match(r"^(feature_extractor\.conv_layers\.(\d+))\.layer_norm\.(.+)$", key)
+        if norm:
+            key = f"{norm[1]}.2.1.{norm[3]}" if layer_mode else f"{norm[1]}.2.{norm[3]}"
+        renamed[key] = torch.from_numpy(np.asarray(value))
+    layers = " + ".join(f"[{t}]" for t in zip(config["conv_dim"], config["conv_kernel"], config["conv_stride"]))
+    settings = {
+        "extractor_mode": "layer_norm" if layer_mode else "default",
+        "conv_feature_layers": layers,
+        "encoder_layers": config["num_hidden_layers"],
+        "encoder_embed_dim": config["hidden_size"],
+        "encoder_ffn_embed_dim": config["intermediate_size"],
+        "encoder_attention_heads": config["num_attention_heads"],
+        "layer_norm_first": config["do_stable_layer_norm"],
+        "conv_pos": config["num_conv_pos_embeddings"],
+        "conv_pos_groups": config["num_conv_pos_embedding_groups"],
+        **layout.pop("extra", {}),
+    }
+    names = ("fairseq", "fairseq.data", "fairseq.data.dictionary")  # pickled by name; the reader never imports it
+    sys.modules.update({name: types.ModuleType(name) for name in names})
+    fake = sys.modules[names[-1]]
+    fake.Dictionary = type("Dictionary", (), {"__module__": names[-1]})
+    try:
+        checkpoint = {"model": renamed, "task_state": {"dictionaries": [fake.Dictionary()]}}
+        if layout.get("argparse"):
+            checkpoint["args"] = argparse.Namespace(**settings)
+        else:
+            checkpoint["cfg"] = {"model": settings, "task": {"normalize": layer_mode}}
+        torch.save(checkpoint, path)
+    finally:
+        for name in names:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("case", ["hubert_base_layout", "wav2vec2_large_layout"])
+def test_fairseq_checkpoints_load_as_transformers_ones(reference, tmp_path, case):
+    pytest.importorskip("torch")
+    config = json.loads(str(reference[f"{case}/config"]))
+    state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith(f"{case}/sd/")}
+    rng = np.random.default_rng(0)
+    head = {}
+    if case.startswith("hubert"):  # HuBERT's pretraining head: final_proj, 4 special symbols + 7 classes
+        head = {"final_proj.weight": rng.standard_normal((8, 32)), "final_proj.bias": rng.standard_normal(8)}
+        head["label_embs_concat"] = rng.standard_normal((11, 8))
+    head = {k: v.astype(np.float32) for k, v in head.items()}
+    fairseq_checkpoint(tmp_path / "model.pt", {**state_dict, **head}, config, extra={"_name": case.split("_")[0]})
+    model, variables = ssl.load_fairseq(str(tmp_path / "model.pt"))
+    encoder, expected = ssl.from_transformers(state_dict, config)
+    if head:
+        assert isinstance(model, ssl.HubertPretraining) and model.num_classes == 11 and model.final_dim == 8
+        expected = {"encoder": expected["params"], "final_proj": {"kernel": head["final_proj.weight"].T}}
+        expected["final_proj"]["bias"] = head["final_proj.bias"]
+        expected = {"params": {**expected, "label_embs_concat": head["label_embs_concat"]}}
+        assert ssl.load_fairseq(str(tmp_path / "model.pt"), pretraining=False)[0] == encoder
+    else:
+        assert model == encoder
+    jax.tree.map(np.testing.assert_array_equal, variables, expected)
+
+
+def test_fairseq_wav2vec2_pretraining_checkpoint(reference, tmp_path):
+    """wav2vec_small.pt's layout (argparse settings, quantizer.vars, final_proj) -> the
+    Wav2Vec2Pretraining transformers' Wav2Vec2ForPreTraining gives."""
+    pytest.importorskip("torch")
+    config = json.loads(str(reference["pretraining/config"]))
+    state_dict = {k[len("pretraining/sd/") :]: v for k, v in reference.items() if k.startswith("pretraining/sd/")}
+    extra = {"latent_vars": 7, "latent_groups": 2, "latent_dim": 12, "final_dim": 10}
+    fairseq_checkpoint(tmp_path / "wav2vec_small.pt", state_dict, config, argparse=True, extra=extra)
+    model, variables = ssl.load_fairseq(str(tmp_path / "wav2vec_small.pt"))
+    expected_model, expected = ssl.from_transformers(state_dict, config)
+    assert model == expected_model
+    jax.tree.map(np.testing.assert_array_equal, variables, expected)
+    with pytest.raises(ValueError, match="layer_type='conformer': only 'transformer' is supported"):
+        fairseq_checkpoint(tmp_path / "c.pt", state_dict, config, extra={**extra, "layer_type": "conformer"})
+        ssl.load_fairseq(str(tmp_path / "c.pt"))

@@ -1,7 +1,12 @@
-"""Latents of an image folder through the Stable Diffusion VAE, for a latent diffusion model.
+"""What a model makes of a dataset, written at scale: the latents of an image folder through the
+Stable Diffusion VAE (for a latent diffusion model), or the units or features of a speech
+corpus through a self-supervised encoder.
 
     python -m trainers.extract vae CONFIG.yaml --images ROOT --workdir DIR [--splits train] [--flip]
+    python -m trainers.extract units CONFIG.yaml --encoder PATH --layer L --workdir DIR \
+        [--clusters K | --tokenizer TOKENIZER.npz | --features] [--splits train,test]
 
+vae:
 ROOT/<split>/<class>/<image> (the ImageNet layout) -> DIR/<split>/: the VAE's posterior
 mean of each image times its scaling factor (0.18215), as the model trains on them
 (configs/dit_xl2_imagenet256.yaml: data.source latents, data.path DIR). Images are
@@ -10,10 +15,19 @@ resized and centre-cropped to the model's input size x 8 as DiT's train.py
 --flip each image also gives the latent of its mirror image (fast-DiT's recipe, a fixed
 copy for DiT's random flip). The VAE is diffusion.vae (or --vae).
 
-Every device of every process encodes: each process decodes its rows of each global batch
-and writes its own shard files (`p<process>_s<shard>_{latents,labels,indices}.npy`, each
-row's image index beside it); `index.json` lists them when the split is complete. A killed
-run started again skips the shards every process has written.
+units: the utterances of the config's corpus (data.source, data.path, its splits) -> DIR/<split>/:
+hidden state L of a HuBERT or wav2vec 2.0 encoder (--encoder: a transformers weights file with
+its config.json, or a hubert or wav2vec2 run's directory), each utterance alone as it would be
+unbatched (ssl's norm_valid_frames), as k-means units of a tokenizer: fitted with --clusters
+on the first --fit_utterances of the first split and saved as DIR/tokenizer.npz (the format
+trainers.semantic reads; a run started again reuses it), or given (--tokenizer); with
+--features, the hidden states themselves (float16). Shards hold the utterances' frames one
+after another (`units` or `features`), `lengths` (frames per utterance) and `indices`.
+
+Every device of every process encodes: each process takes its rows of each global batch and
+writes its own shard files (`p<process>_s<shard>_<what>.npy`, each row's index in the split
+last); `index.json` lists them when the split is complete. A killed run started again skips
+the shards every process has written.
 """
 
 import json
@@ -26,7 +40,7 @@ from PIL import Image
 
 from trainers.cli import InputError, command
 
-KINDS = ("vae",)
+KINDS = ("vae", "units")
 
 
 def center_crop_arr(path: str, size: int) -> np.ndarray:
@@ -45,17 +59,58 @@ def center_crop_arr(path: str, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip, batch_size, shard_batches, workers):
-    """One split's latents into out_dir (see the module's docstring)."""
+def write_shards(out_dir, rows_total, batch_size, shard_batches, mesh, batch_outputs, what, description):
+    """Each process's outputs of its rows of every global batch into its shard files, `what`
+    naming them (the rows' indices last: a shard is done when they are written); shards every
+    process has already written are skipped. Returns (on process 0; None elsewhere) the listing
+    [{"prefix", "rows"}] of all shards. batch_outputs(rows) -> {name: array} of this process's
+    rows of one global batch (rows past rows_total are the last batch's padding)."""
     import jax
     from jax.experimental import multihost_utils
 
     from trainers import files, sharding
-    from trainers.images import ImageFolderSource
     from trainers.progress import progress
 
-    source = ImageFolderSource(images_root)
     os.makedirs(out_dir, exist_ok=True)
+    start, stop = sharding.local_batch_rows(mesh, batch_size)
+    process = jax.process_index()
+    batches = -(-rows_total // batch_size)
+    shards = range(-(-batches // shard_batches))
+    name = lambda s, what: os.path.join(out_dir, f"p{process}_s{s:05d}_{what}.npy")  # noqa: E731
+    # A shard is done when every process has it (each sees only its own files on its own disk).
+    have = np.array([os.path.isfile(name(s, what[-1])) for s in shards])
+    done = multihost_utils.process_allgather(have).reshape(-1, len(shards)).all(0)
+    todo = [s for s in shards if not done[s]]
+    for s in progress(todo, len(todo), description):
+        parts = {w: [] for w in what}
+        for b in range(s * shard_batches, min((s + 1) * shard_batches, batches)):
+            for w, value in batch_outputs(np.arange(b * batch_size + start, b * batch_size + stop)).items():
+                parts[w].append(value)
+        for w in what:
+            files.write_npy(name(s, w), np.concatenate(parts[w]))
+    multihost_utils.sync_global_devices(f"{description} written")
+    if process != 0:
+        return None
+    return [
+        {"prefix": f"p{p}_s{s:05d}", "rows": len(np.load(os.path.join(out_dir, f"p{p}_s{s:05d}_{what[-1]}.npy")))}
+        for s in shards
+        for p in range(jax.process_count())
+    ]
+
+
+def local_rows(view):
+    """This process's rows of a batch-sharded global array, in order."""
+    return np.concatenate([np.asarray(piece.data) for piece in sorted(view.addressable_shards, key=_row)])
+
+
+def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip, batch_size, shard_batches, workers):
+    """One split's latents into out_dir (see the module's docstring)."""
+    import jax
+
+    from trainers import files, sharding
+    from trainers.images import ImageFolderSource
+
+    source = ImageFolderSource(images_root)
     batch = sharding.batch_sharding(mesh, 4)
 
     def encode(v, images):
@@ -65,42 +120,71 @@ def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip
         return tuple(autoencoder.apply(v, view, method="encode")[0] * autoencoder.scaling_factor for view in views)
 
     encode = jax.jit(encode, in_shardings=(None, batch), out_shardings=batch)
-    start, stop = sharding.local_batch_rows(mesh, batch_size)
-    process = jax.process_index()
-    batches = -(-len(source) // batch_size)
-    shards = range(-(-batches // shard_batches))
-    name = lambda s, what: os.path.join(out_dir, f"p{process}_s{s:05d}_{what}.npy")  # noqa: E731
-    # A shard is done when every process has it (each sees only its own files on its own disk).
-    have = np.array([os.path.isfile(name(s, "indices")) for s in shards])
-    done = multihost_utils.process_allgather(have).reshape(-1, len(shards)).all(0)
     pool = ThreadPoolExecutor(workers)
-    todo = [s for s in shards if not done[s]]
-    for s in progress(todo, len(todo), f"VAE latents of {images_root}"):
-        latents, labels, indices = [], [], []
-        for b in range(s * shard_batches, min((s + 1) * shard_batches, batches)):
-            rows = np.arange(b * batch_size + start, b * batch_size + stop)
-            real = rows[rows < len(source)]
-            pixels = list(pool.map(lambda i: center_crop_arr(source[i]["path"], size), real))
-            pixels += [np.zeros((size, size, 3), np.uint8)] * (len(rows) - len(real))  # the last batch's padding
-            views = encode(variables, sharding.to_global(mesh, {"x": np.stack(pixels)}, batch_size)["x"])
-            for view in views:  # this process's rows of each
-                mine = np.concatenate([np.asarray(piece.data) for piece in sorted(view.addressable_shards, key=_row)])
-                latents.append(mine[: len(real)])
-                labels.append(np.array([source[i]["label"] for i in real], np.int32))
-                indices.append(real)
-        for what, arrays in (("latents", latents), ("labels", labels), ("indices", indices)):  # indices last: done
-            files.write_npy(name(s, what), np.concatenate(arrays))
+
+    def latents(rows):
+        real = rows[rows < len(source)]
+        pixels = list(pool.map(lambda i: center_crop_arr(source[i]["path"], size), real))
+        pixels += [np.zeros((size, size, 3), np.uint8)] * (len(rows) - len(real))  # the last batch's padding
+        views = encode(variables, sharding.to_global(mesh, {"x": np.stack(pixels)}, batch_size)["x"])
+        labels = np.array([source[i]["label"] for i in real], np.int32)
+        return {
+            "latents": np.concatenate([local_rows(view)[: len(real)] for view in views]),
+            "labels": np.tile(labels, len(views)),
+            "indices": np.tile(real, len(views)),
+        }
+
+    what = ("latents", "labels", "indices")
+    listing = write_shards(
+        out_dir, len(source), batch_size, shard_batches, mesh, latents, what, f"VAE latents of {images_root}"
+    )
     pool.shutdown()
-    multihost_utils.sync_global_devices("latents written")
-    if process != 0:
+    if listing is None:
         return None
-    listing = [
-        {"prefix": f"p{p}_s{s:05d}", "rows": len(np.load(os.path.join(out_dir, f"p{p}_s{s:05d}_indices.npy")))}
-        for s in shards
-        for p in range(jax.process_count())
-    ]
     index = {"shards": listing, "num_classes": source.num_classes, "flip": flip, "image_size": size}
     files.write_text(os.path.join(out_dir, "index.json"), json.dumps(index, indent=1) + "\n")
+    return sum(item["rows"] for item in listing)
+
+
+def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resample, features: bool, meta: dict):
+    """One split's units (or features) into out_dir (see the module's docstring). encode(audio,
+    lengths) -> (per-frame values (B, T'), frames (B,)), batch-sharded."""
+    from trainers import files, sharding, speech
+
+    def units(rows):
+        real = rows[rows < len(source)]
+        waves = [speech.read_audio(source[i]["source"], resample=resample) for i in real]
+        longest = max([len(w) for w in waves], default=1)
+        # One compiled shape per second of the batch's longest utterance.
+        length = -(-longest // speech.SAMPLE_RATE) * speech.SAMPLE_RATE
+        audio, lengths = speech.pad_waveforms(waves + [np.zeros(1, np.float32)] * (len(rows) - len(real)), length)
+        batch = sharding.to_global(mesh, {"audio": audio, "lengths": lengths}, batch_size)
+        values, frames = encode(batch["audio"], batch["lengths"])
+        values, frames = local_rows(values)[: len(real)], local_rows(frames)[: len(real)]
+        values = values.astype(np.float16) if features else values
+        empty = np.zeros((0,) + values.shape[2:], values.dtype)
+        return {
+            what: np.concatenate([empty] + [v[:n] for v, n in zip(values, frames)]),
+            "lengths": frames.astype(np.int32),
+            "indices": real,
+        }
+
+    what = "features" if features else "units"
+    listing = write_shards(
+        out_dir,
+        len(source),
+        batch_size,
+        shard_batches,
+        mesh,
+        units,
+        (what, "lengths", "indices"),
+        f"{what} of {out_dir}",
+    )
+    if listing is None:
+        return None
+    keys = [record["key"] for record in source.records]
+    index = {"shards": listing, "what": what, **meta, "keys": keys}
+    files.write_text(os.path.join(out_dir, "index.json"), json.dumps(index) + "\n")
     return sum(item["rows"] for item in listing)
 
 
@@ -108,31 +192,14 @@ def _row(shard):
     return shard.index[0].start or 0
 
 
-@command
-def main(argv=None):
-    import launch
-    from trainers.config import parse_command_line
-
-    def add_arguments(p):
-        p.add_argument("--images", required=True, help="image root: <split>/<class>/<image>")
-        p.add_argument("--splits", default="train", help="comma-separated splits under --images")
-        p.add_argument("--vae", help="the VAE's weights (default: diffusion.vae)")
-        p.add_argument("--flip", action="store_true", help="also the latents of the mirrored images")
-        p.add_argument("--batch_size", type=int, default=256, help="images per step over all devices")
-        p.add_argument("--shard_batches", type=int, default=100, help="steps per shard file (the unit of resuming)")
-        p.add_argument("--workers", type=int, default=8, help="threads decoding images in each process")
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] not in KINDS:
-        sys.exit(f"usage: python -m trainers.extract {{{','.join(KINDS)}}} CONFIG.yaml --workdir DIR ...")
-    argv = argv[1:]  # what to extract; vae is the one kind so far
-    args, cfg = parse_command_line("python -m trainers.extract", __doc__, argv, add_arguments)
-    launch.initialize()
+def vae_latents(args, cfg):
     import jax
 
     from jaxmodels import vae
     from trainers import sharding
 
+    if not args.images:
+        raise InputError("give --images: the image root (<split>/<class>/<image>)")
     path = args.vae or cfg.diffusion.vae
     if not path:
         raise InputError("give --vae (or diffusion.vae): the VAE's weights")
@@ -156,6 +223,109 @@ def main(argv=None):
         )
         if jax.process_index() == 0:
             print(f"wrote {n} latents of {split} ({size} x {size} images) to {args.workdir}/{split}", flush=True)
+
+
+def tokenizer_centroids(args, cfg, splits, frame_rate: float):
+    """The k-means centroids of --tokenizer, or of DIR/tokenizer.npz (fitted now with --clusters
+    unless it was, with these settings)."""
+    import jax
+
+    from trainers import speech
+    from trainers.semantic import SemanticTokenizer
+
+    if args.tokenizer:
+        return SemanticTokenizer.load(args.tokenizer).centroids
+    if not args.clusters:
+        raise InputError("give --clusters K (a k-means fitted now), --tokenizer PATH or --features")
+    path = os.path.join(args.workdir, "tokenizer.npz")
+    settings = {"features": "hubert", "frame_rate": frame_rate, "encoder": args.encoder, "layer": args.layer}
+    if os.path.isfile(path):
+        tokenizer = SemanticTokenizer.load(path)
+        same = all(getattr(tokenizer, k) == v for k, v in settings.items())
+        if same and len(tokenizer.centroids) == args.clusters:
+            return tokenizer.centroids
+    records = speech.SpeechSource(cfg, splits[0]).records[: args.fit_utterances]
+    print(f"fitting {args.clusters} clusters on layer {args.layer} of {len(records)} utterances", flush=True)
+    waves = [speech.read_audio(r["source"], resample=cfg.data.resample) for r in records]
+    tokenizer = SemanticTokenizer(None, **settings).fit(waves, args.clusters, cfg.seed)
+    if jax.process_index() == 0:  # every process fits the same centroids
+        os.makedirs(args.workdir, exist_ok=True)
+        tokenizer.save(path)
+    return tokenizer.centroids
+
+
+def speech_units(args, cfg):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmodels import speechlm, ssl
+    from trainers import sharding, speech
+    from trainers.tasks._pretraining import load_encoder
+
+    if not args.encoder:
+        raise InputError("give --encoder: a transformers weights file or a hubert or wav2vec2 run")
+    # Each utterance's states as it alone gives them, whatever the batch pads it to.
+    encoder, variables = load_encoder(args.encoder, norm_valid_frames=True)
+    if not isinstance(encoder, ssl.SSLEncoder):
+        raise InputError(f"--encoder {args.encoder}: units come from a HuBERT or wav2vec 2.0 encoder (raw audio in)")
+    if not 0 <= args.layer <= encoder.num_hidden_layers:
+        raise InputError(f"--layer {args.layer}: the encoder has hidden states 0..{encoder.num_hidden_layers}")
+    splits = args.splits.split(",")
+    frame_rate = speech.SAMPLE_RATE / int(np.prod(encoder.conv_stride))
+    centroids = None if args.features else tokenizer_centroids(args, cfg, splits, frame_rate)
+    mesh = sharding.make_mesh(data=-1)
+    if args.batch_size % mesh.size:
+        raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
+
+    def encode(audio, lengths):
+        paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+        states = encoder.apply(variables, audio, paddings, method="hidden_states")[args.layer]
+        frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
+        if centroids is None:
+            return states, frames
+        valid = jnp.arange(states.shape[1])[None] < frames[:, None]
+        return speechlm.tokenize(states, valid, centroids)[0], frames
+
+    batch = sharding.batch_sharding(mesh)
+    encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
+    meta = {"encoder": args.encoder, "layer": args.layer, "frame_rate": frame_rate}
+    for split in splits:
+        source = speech.SpeechSource(cfg, split)
+        out_dir = os.path.join(args.workdir, split)
+        n = extract_units(
+            source, out_dir, encode, mesh, args.batch_size, args.shard_batches, cfg.data.resample, args.features, meta
+        )
+        if jax.process_index() == 0:
+            print(f"wrote the {'features' if args.features else 'units'} of {n} utterances to {out_dir}", flush=True)
+
+
+@command
+def main(argv=None):
+    import launch
+    from trainers.config import parse_command_line
+
+    def add_arguments(p):
+        p.add_argument("--images", help="vae: image root: <split>/<class>/<image>")
+        p.add_argument("--splits", default="train", help="comma-separated splits (vae: under --images)")
+        p.add_argument("--vae", help="vae: the VAE's weights (default: diffusion.vae)")
+        p.add_argument("--flip", action="store_true", help="vae: also the latents of the mirrored images")
+        p.add_argument("--encoder", help="units: a transformers weights file, or a hubert or wav2vec2 run")
+        p.add_argument("--layer", type=int, default=6, help="units: the hidden state (0: the encoder's input)")
+        p.add_argument("--clusters", type=int, default=0, help="units: k-means clusters fitted on the first split")
+        p.add_argument("--fit_utterances", type=int, default=1000, help="units: utterances the k-means is fitted on")
+        p.add_argument("--tokenizer", help="units: a saved tokenizer (.npz) instead of --clusters")
+        p.add_argument("--features", action="store_true", help="units: the hidden states, not units")
+        p.add_argument("--batch_size", type=int, default=256, help="items per step over all devices")
+        p.add_argument("--shard_batches", type=int, default=100, help="steps per shard file (the unit of resuming)")
+        p.add_argument("--workers", type=int, default=8, help="vae: threads decoding images in each process")
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in KINDS:
+        sys.exit(f"usage: python -m trainers.extract {{{','.join(KINDS)}}} CONFIG.yaml --workdir DIR ...")
+    kind, argv = argv[0], argv[1:]
+    args, cfg = parse_command_line("python -m trainers.extract", __doc__, argv, add_arguments)
+    launch.initialize()
+    (vae_latents if kind == "vae" else speech_units)(args, cfg)
 
 
 if __name__ == "__main__":

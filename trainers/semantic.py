@@ -6,7 +6,8 @@ k-means units of a speech model's hidden states; this tokenizer does either: "lo
 frame_rate), "mfcc" (Kaldi's 13 MFCCs with deltas and delta-deltas at 100 Hz, the
 targets of HuBERT's first iteration), "recognizer" (the encoder states of a CTC run, at its frame rate of
 100 / lfr_n Hz) or "hubert" (hidden state `layer` of a HuBERT or wav2vec 2.0 encoder,
-transformers' weights file with its config.json in `encoder`, 50 Hz for all: layer 6 of
+`encoder` a transformers weights file with its config.json or a hubert or wav2vec2 run's
+directory, 50 Hz for all: layer 6 of
 HuBERT Base with 500 clusters is the GSLM and SpeechTokenizer recipe). k-means++ and
 mini-batch updates from jaxmodels.speechlm, on frames of the given utterances; tokens
 optionally de-duplicated (runs collapsed). A tokenizer is saved to and loaded from one
@@ -46,7 +47,7 @@ class SemanticTokenizer:
         if features == "mfcc" and frame_rate != MEL_RATE:
             raise ValueError(f"mfcc features come at {MEL_RATE} Hz, not {frame_rate}")
         if features == "hubert" and not encoder:
-            raise ValueError("hubert features need the encoder's weights (encoder: a transformers checkpoint file)")
+            raise ValueError("hubert features need an encoder (a transformers checkpoint file or a pretraining run)")
         if features == "logmel" and MEL_RATE % frame_rate:
             raise ValueError(f"logmel frame_rate must divide {MEL_RATE} Hz, not {frame_rate}")
         self.centroids = None if centroids is None else jnp.asarray(centroids, jnp.float32)
@@ -99,9 +100,10 @@ class SemanticTokenizer:
         """Hidden state `layer` of the SSL encoder: (audio, lengths) -> (states, valid)."""
         if self._encoder is None:
             from jaxmodels import ssl
+            from trainers.tasks._pretraining import load_encoder
 
             # Each utterance's states as it alone gives them, whatever the batch pads it to.
-            model, variables = ssl.load_pretrained(self.encoder, norm_valid_frames=True)
+            model, variables = load_encoder(self.encoder, norm_valid_frames=True)
             rate = speech.SAMPLE_RATE / np.prod(model.conv_stride)
             if rate != self.frame_rate:
                 raise ValueError(f"the encoder's frames come at {rate:g} Hz; frame_rate is {self.frame_rate}")

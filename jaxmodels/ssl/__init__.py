@@ -3,7 +3,7 @@ models), named configs at their published sizes, the pretraining objectives of t
 two, and the converters of transformers' checkpoints."""
 
 from jaxmodels.nn import variants
-from jaxmodels.ssl import w2v_bert
+from jaxmodels.ssl import fairseq, w2v_bert
 from jaxmodels.ssl.convert import from_torch
 from jaxmodels.ssl.model import HubertPretraining, SSLEncoder, hubert_loss, output_lengths, span_mask
 from jaxmodels.ssl.w2v_bert import W2vBertEncoder
@@ -87,6 +87,12 @@ def load_pretrained(path: str, **overrides) -> tuple:
     return from_transformers(load_state_dict(path), config, **overrides)
 
 
+def load_fairseq(path: str, pretraining: bool = True, **overrides) -> tuple:
+    """(model, variables) of a fairseq checkpoint file (hubert_base_ls960.pt, wav2vec_small.pt, ...):
+    with its pretraining head unless `pretraining` is False (see ssl.fairseq)."""
+    return fairseq.from_fairseq(fairseq.load_checkpoint(path), pretraining, **overrides)
+
+
 def param_count(model) -> int:
     """As transformers' parameters() (the masked-frame embedding included)."""
     import jax.numpy as jnp
@@ -109,6 +115,7 @@ __all__ = [
     "from_torch",
     "from_transformers",
     "hubert_loss",
+    "load_fairseq",
     "load_pretrained",
     "output_lengths",
     "param_count",

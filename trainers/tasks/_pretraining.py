@@ -2,12 +2,32 @@
 unlabelled utterances from a speech corpus padded to data.max_seconds (or batched by
 duration), and the masked spans of the encoder's frames."""
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import ssl
+from trainers import config as config_lib
 from trainers import speech
 from trainers.tasks import SplitSources
+
+TASKS = ("hubert", "wav2vec2")
+
+
+def load_encoder(path: str, **overrides) -> tuple:
+    """(encoder, variables) of `path`: a hubert or wav2vec2 run's directory (its inference
+    params' encoder) or a transformers weights file with its config.json (ssl.load_pretrained)."""
+    if not os.path.isdir(path):
+        return ssl.load_pretrained(path, **overrides)
+    from trainers.runs import load_run
+
+    config = os.path.join(path, "config.yaml")
+    task = config_lib.load(config).task if os.path.isfile(config) else TASKS[0]
+    if task not in TASKS:
+        raise config_lib.ConfigError(f"the encoder at {path} is a {task!r} run, not one of {', '.join(TASKS)}")
+    trainer, params = load_run(path, task, "encoder")
+    return trainer.task.encoder.clone(**overrides), {"params": params["encoder"]}
 
 
 class AudioTransform:

@@ -3,7 +3,8 @@
 Each utterance's targets are k-means units of its frames (trainers.semantic): the first
 iteration clusters MFCCs (39 dimensions at 100 Hz, every other unit a target at the
 encoder's 50 Hz, as fairseq's label rate of 100), the second a layer of a trained encoder
-(hubert.target_features: hubert, the transformers weights file in target_encoder). The
+(hubert.target_features: hubert, target_encoder: the first iteration's run directory, or a
+transformers weights file). The
 clusters are fitted on the first hubert.fit_utterances training utterances and every
 utterance's units cached in hubert.targets_dir (<split>.npz, tokenizer.npz), reused while
 the settings and the corpus are the same.
@@ -39,7 +40,9 @@ class HubertConfig:
     """Targets, masking and the prediction head (fairseq's HuBERT Base settings by default)."""
 
     target_features: Literal["mfcc", "hubert"] = "mfcc"
-    target_encoder: str = ""  # target_features hubert: transformers weights file, config.json beside it
+    # target_features hubert: a hubert or wav2vec2 run's directory, or a transformers weights file
+    # (config.json beside it)
+    target_encoder: str = ""
     target_layer: int = 6
     clusters: int = 100
     fit_utterances: int = 1000
@@ -103,7 +106,8 @@ class HubertTask(SpeechPretraining):
         if self._tokenizer is None:
             h = self.cfg.hubert
             records = self.train_source().records[: h.fit_utterances]
-            meta = {**self._settings(), "clusters": h.clusters, "seed": self.cfg.seed, "fitted_on": _digest(records)}
+            meta = {**self._settings(), **self._fingerprint(), "clusters": h.clusters, "seed": self.cfg.seed}
+            meta["fitted_on"] = _digest(records)
             path, meta_path = (os.path.join(h.targets_dir, f"tokenizer.{ext}") for ext in ("npz", "json"))
             if os.path.isfile(path) and os.path.isfile(meta_path) and _read_json(meta_path) == meta:
                 self._tokenizer = SemanticTokenizer.load(path)
@@ -121,6 +125,14 @@ class HubertTask(SpeechPretraining):
         if h.target_features == "mfcc":
             return {"features": "mfcc", "frame_rate": 100}
         return {"features": "hubert", "frame_rate": 50, "encoder": h.target_encoder, "layer": h.target_layer}
+
+    def _fingerprint(self) -> dict:
+        """What else the cached targets depend on: a target run's newest checkpoint step."""
+        h = self.cfg.hubert
+        checkpoints = os.path.join(h.target_encoder, "checkpoints")
+        if h.target_features != "hubert" or not os.path.isdir(checkpoints):
+            return {}
+        return {"encoder_step": max((int(n) for n in os.listdir(checkpoints) if n.isdigit()), default=0)}
 
     def _units(self, split, source):
         """key -> the utterance's target units at the encoder's frame rate, cached per split."""

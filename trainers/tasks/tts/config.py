@@ -24,7 +24,7 @@ class TTSConfig:
     # What the LM is conditioned on: the text, or (a delayed LM) the semantic tokens of the
     # utterance itself, AudioLM's acoustic stage: k-means units of log-mel frames, of a
     # CTC run's encoder states (the run in recognizer_run) or of a HuBERT / wav2vec 2.0
-    # layer (hubert: semantic_layer of the transformers weights in semantic_encoder, 50 Hz),
+    # layer (hubert: semantic_layer of semantic_encoder, transformers weights or a hubert run, 50 Hz),
     # fitted on the training split and saved as <tokens_dir>/semantic.npz.
     condition: Literal["text", "semantic"] = "text"
     semantic_features: Literal["logmel", "recognizer", "hubert"] = "logmel"
