@@ -223,3 +223,34 @@ def test_hubert_large_encodes_fsdp_sharded_in_bfloat16():
         )
     assert len(compiled.out_info) == 25 and compiled.out_info[-1].shape == (8, 99, 1024)
     assert all(s.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"))), 3) for s in compiled.output_shardings)
+
+
+@pytest.mark.slow  # published-scale compiles
+def test_w2v_bert_2_encodes_fsdp_sharded_in_bfloat16():
+    """w2v-BERT 2.0 at its published size (580,493,120 parameters, as transformers counts), its
+    24 Conformer layers scanned and rematerialised: every hidden state of a padded batch of 10 s
+    of features (500 frames of 160), FSDP-sharded over 8 devices and the batch over the same."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxmodels import ssl
+    from trainers import sharding
+
+    model = ssl.create("w2v_bert_2", dtype=jnp.bfloat16, remat=True)
+    mesh = sharding.make_mesh(data=1, fsdp=8)
+    boxed = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 160)))
+    param_shardings = sharding.param_shardings(boxed, mesh)
+    params = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.meta.unbox(boxed), param_shardings
+    )
+    assert sum(p.size for p in jax.tree.leaves(params)) == 580_493_120
+    batch = NamedSharding(mesh, P(("data", "fsdp")))
+    features = jax.ShapeDtypeStruct((8, 500, 160), jnp.float32, sharding=batch)
+    paddings = jax.ShapeDtypeStruct((8, 500), jnp.float32, sharding=batch)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        hidden = jax.jit(lambda v, x, p: model.apply(v, x, p, method="hidden_states"))
+        compiled = hidden.lower(params, features, paddings).compile()
+    assert len(compiled.out_info) == 25 and compiled.out_info[-1].shape == (8, 500, 1024)
+    assert all(s.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"))), 3) for s in compiled.output_shardings)

@@ -51,14 +51,39 @@ def test_named_configs_have_transformers_parameter_counts(reference):
 def test_a_checkpoint_of_another_model_is_named(reference):
     config = json.loads(str(reference["hubert_base_layout/config"]))
     state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith("hubert_base_layout/sd/")}
-    with_head = {**state_dict, "lm_head.weight": np.zeros((5, 32), np.float32)}  # a CTC head: not the encoder's
-    with pytest.raises(ValueError, match=r"unexpected keys: lm_head.weight \(-> lm_head/kernel\)"):
+    with_head = {**state_dict, "projector.weight": np.zeros((5, 32), np.float32)}  # a classifier's: not the encoder's
+    with pytest.raises(ValueError, match=r"unexpected keys: projector.weight \(-> projector/kernel\)"):
         ssl.from_transformers(with_head, config)
+    with pytest.raises(ValueError, match=r"lm_head.weight: checkpoint \(32, 5\) vs model \(32, 9\)"):
+        ssl.from_transformers(
+            {**state_dict, "lm_head.weight": np.zeros((5, 32), np.float32)}, {**config, "vocab_size": 9}
+        )
     del state_dict["encoder.layers.1.final_layer_norm.bias"]
     with pytest.raises(ValueError, match=r"encoder.layers.\*.final_layer_norm.bias: layers \[0\], the model has 2"):
         ssl.from_transformers(state_dict, config)
     with pytest.raises(ValueError, match="model_type 'bert': expected hubert, wav2vec2 or wav2vec2-bert"):
         ssl.from_transformers(state_dict, {**config, "model_type": "bert"})
+
+
+def test_a_ctc_checkpoint_is_the_encoder_and_its_head(reference):
+    """HubertForCTC's state_dict: the encoder's last hidden state through lm_head (transformers'
+    logits in eval), the valid frames of each row beside."""
+    config = {**json.loads(str(reference["hubert_base_layout/config"])), "vocab_size": 9}
+    state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith("hubert_base_layout/sd/")}
+    rng = np.random.default_rng(0)
+    head = {"lm_head.weight": rng.standard_normal((9, 32)), "lm_head.bias": rng.standard_normal(9)}
+    head = {k: v.astype(np.float32) for k, v in head.items()}
+    prefixed = {f"hubert.{k}": v for k, v in state_dict.items()}
+    model, variables = ssl.from_transformers({**prefixed, **head}, config)
+    assert isinstance(model, ssl.SSLForCTC) and model.vocab_size == 9
+    paddings = 1.0 - reference["attention_mask"].astype(np.float32)
+    logits, frames = jax.jit(model.apply)(variables, reference["audio"], paddings)
+    assert list(frames) == list(
+        ssl.output_lengths(np.array([1600, 1203]), config["conv_kernel"], config["conv_stride"])
+    )
+    last = reference["hubert_base_layout/last"]
+    expected = last @ head["lm_head.weight"].T + head["lm_head.bias"]
+    np.testing.assert_allclose(logits[0], expected[0], rtol=1e-4, atol=1e-4)
 
 
 def test_span_masks_as_fairseq_draws_them():

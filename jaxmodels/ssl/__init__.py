@@ -5,7 +5,14 @@ two, and the converters of transformers' checkpoints."""
 from jaxmodels.nn import variants
 from jaxmodels.ssl import fairseq, w2v_bert
 from jaxmodels.ssl.convert import from_torch
-from jaxmodels.ssl.model import HubertPretraining, SSLEncoder, hubert_loss, output_lengths, span_mask
+from jaxmodels.ssl.model import (
+    HubertPretraining,
+    SSLEncoder,
+    SSLForCTC,
+    hubert_loss,
+    output_lengths,
+    span_mask,
+)
 from jaxmodels.ssl.w2v_bert import W2vBertEncoder
 from jaxmodels.ssl.wav2vec2 import (
     GumbelVectorQuantizer,
@@ -52,7 +59,8 @@ HEAD_KEYS = ("num_codevector_groups", "num_codevectors_per_group", "codevector_d
 
 def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
     """(model, variables) of a transformers HubertModel or Wav2Vec2Model (an SSLEncoder), of a
-    Wav2Vec2ForPreTraining (a Wav2Vec2Pretraining) or of a Wav2Vec2BertModel (a W2vBertEncoder):
+    Wav2Vec2ForPreTraining (a Wav2Vec2Pretraining), of a HubertForCTC or Wav2Vec2ForCTC (an
+    SSLForCTC) or of a Wav2Vec2BertModel (a W2vBertEncoder):
     its state_dict and its config (config.to_dict(), or the config.json beside the weights)."""
     if config.get("model_type") == "wav2vec2-bert":
         return w2v_bert.from_transformers(state_dict, config, **overrides)
@@ -66,6 +74,8 @@ def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
     model = SSLEncoder(**args, **overrides)
     if "quantizer.codevectors" in state_dict:
         model = Wav2Vec2Pretraining(model, **{k: config[k] for k in HEAD_KEYS})
+    elif "lm_head.weight" in state_dict:
+        model = SSLForCTC(model, config["vocab_size"], config.get("final_dropout", 0.1))
     return model, from_torch(state_dict, model)
 
 
@@ -108,6 +118,7 @@ __all__ = [
     "GumbelVectorQuantizer",
     "HubertPretraining",
     "SSLEncoder",
+    "SSLForCTC",
     "W2vBertEncoder",
     "Wav2Vec2Pretraining",
     "contrastive_logits",

@@ -1,6 +1,7 @@
 """transformers' HubertModel / Wav2Vec2Model state_dicts -> SSLEncoder variables,
-Wav2Vec2ForPreTraining's -> Wav2Vec2Pretraining variables, and (named as fairseq.py gives
-them) HuBERT's with its pretraining head -> HubertPretraining variables.
+Wav2Vec2ForPreTraining's -> Wav2Vec2Pretraining variables, HubertForCTC's and
+Wav2Vec2ForCTC's -> SSLForCTC variables, and (named as fairseq.py gives them) HuBERT's with
+its pretraining head -> HubertPretraining variables.
 
 The encoder layers' weights are stacked along the scanned layer axis; the position
 convolution's weight norm keeps its two parts (parametrizations' original0/original1,
@@ -18,7 +19,7 @@ _PREFIX = re.compile(r"^(hubert|wav2vec2)\.")
 _POS = re.compile(r"^encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original[01]|weight_[gv]|bias)$")
 _CONV = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-_HEAD = re.compile(r"^(quantizer\.weight_proj|project_hid|project_q|final_proj)\.(weight|bias)$")
+_HEAD = re.compile(r"^(quantizer\.weight_proj|project_hid|project_q|final_proj|lm_head)\.(weight|bias)$")
 
 
 def _leaf(leaf: str, value: np.ndarray) -> tuple:
@@ -65,19 +66,19 @@ def _encoder_entry(key: str, value: np.ndarray) -> tuple:
 
 
 def from_torch(state_dict: dict, model) -> dict:
-    """{"params": ...} of `model` (an SSLEncoder, or a Wav2Vec2Pretraining or HubertPretraining
-    around one) from a transformers state_dict."""
+    """{"params": ...} of `model` (an SSLEncoder, or a Wav2Vec2Pretraining, HubertPretraining or
+    SSLForCTC around one) from a transformers state_dict."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    from jaxmodels.ssl.model import HubertPretraining
+    from jaxmodels.ssl.model import HubertPretraining, SSLForCTC
     from jaxmodels.ssl.wav2vec2 import Wav2Vec2Pretraining
 
     audio = jnp.zeros((1, 400))
     if isinstance(model, Wav2Vec2Pretraining):
         init, strip, encoder = lambda k: model.init(k, audio, None, jnp.zeros((1, 1), bool)), (), model.encoder
-    elif isinstance(model, HubertPretraining):
+    elif isinstance(model, (HubertPretraining, SSLForCTC)):
         init, strip, encoder = lambda k: model.init(k, audio), (), model.encoder
     else:
         init, strip, encoder = lambda k: model.init(k, audio), ("encoder",), model

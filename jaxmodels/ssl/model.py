@@ -252,6 +252,27 @@ class SSLEncoder(nn.Module):
         return self.last(self.hidden_states(audio, paddings, mask))
 
 
+class SSLForCTC(nn.Module):
+    """transformers' HubertForCTC / Wav2Vec2ForCTC: the encoder's last hidden state, dropout
+    (final_dropout, in training) and lm_head over the vocabulary. Returns (logits (B, T', V),
+    valid frames per row (B,))."""
+
+    encoder: SSLEncoder
+    vocab_size: int
+    final_dropout: float = 0.1
+
+    def hidden_states(self, audio, paddings=None, mask=None):
+        return self.encoder.hidden_states(audio, paddings, mask)
+
+    @nn.compact
+    def __call__(self, audio, paddings=None, mask=None, deterministic: bool = True):
+        features, valid = self.encoder.extract(audio, paddings)
+        last = self.encoder.last(self.encoder.encode(self.encoder.feature_norm(features), valid, mask))
+        last = nn.Dropout(self.final_dropout)(last, deterministic=deterministic)
+        logits = Dense(self.vocab_size, ("embed", "vocab"), dtype=self.encoder.dtype, name="lm_head")(last)
+        return logits, valid.sum(1)
+
+
 def span_mask(key, lengths, frames: int, mask_prob: float, mask_length: int, min_masks: int = 0):
     """(B, frames) bool: spans of mask_length frames over each row's first `lengths` frames,
     as fairseq's compute_mask_indices (transformers' port): int(mask_prob * length /
