@@ -47,7 +47,7 @@ def hubert_config(corpus, tmp_path, task="hubert", **sections):
 
 
 @pytest.mark.slow  # a training run with its evaluation: 45 s
-def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path, capsys):
+def test_hubert_pretrains_on_mfcc_units_and_exports(tone_corpus, tmp_path, capsys):
     cfg = hubert_config(tone_corpus, tmp_path)
     metrics = train(cfg, str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/masked_loss"]) and 0 <= metrics["eval/masked_accuracy"] <= 1
@@ -60,6 +60,19 @@ def test_hubert_pretrains_on_mfcc_units(tone_corpus, tmp_path, capsys):
     assert "fitting" not in capsys.readouterr().out
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert all(np.isfinite(r["train/masked_loss"]) for r in rows if "train/masked_loss" in r)
+
+    # Its encoder in transformers' format reads back as the run's.
+    from jaxmodels import ssl
+    from trainers.export import main as export
+    from trainers.tasks._pretraining import load_encoder
+
+    export([str(tmp_path / "run"), "--out", str(tmp_path / "exported")])
+    model, variables = ssl.load_pretrained(str(tmp_path / "exported" / "model.safetensors"))
+    run_model, run_variables = load_encoder(str(tmp_path / "run"))
+    audio = np.random.default_rng(0).standard_normal((1, 1600)).astype(np.float32)
+    np.testing.assert_allclose(
+        model.apply(variables, audio), run_model.apply(run_variables, audio), rtol=1e-5, atol=1e-5
+    )
 
 
 # wav2vec2's in the slow tier, as its two-process run (tests/test_jaxrun_training.py).

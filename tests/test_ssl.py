@@ -86,6 +86,26 @@ def test_a_ctc_checkpoint_is_the_encoder_and_its_head(reference):
     np.testing.assert_allclose(logits[0], expected[0], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["hubert_base_layout", "wav2vec2_large_layout"])
+def test_an_encoder_exports_to_transformers(reference, case):
+    """to_transformers gives back the state_dict and config transformers loads, strictly."""
+    config = json.loads(str(reference[f"{case}/config"]))
+    state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith(f"{case}/sd/")}
+    model, variables = ssl.from_transformers(state_dict, config)
+    exported, exported_config = ssl.to_transformers(model, variables, config["model_type"])
+    assert exported.keys() == state_dict.keys()
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config_class = transformers.AutoConfig.for_model(exported_config.pop("model_type"), **exported_config)
+    upstream = transformers.AutoModel.from_config(config_class).eval()
+    upstream.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+    with torch.no_grad():
+        last = upstream(torch.from_numpy(reference["audio"][:1])).last_hidden_state.numpy()
+    np.testing.assert_allclose(last[0], model.apply(variables, reference["audio"][:1])[0], rtol=1e-4, atol=1e-4)
+
+
 def test_span_masks_as_fairseq_draws_them():
     """Spans of mask_length inside each row's frames; int(p * length / L + u) of them (u shared),
     at least min_masks, none where a row is shorter than a span."""

@@ -4,7 +4,7 @@ two, and the converters of transformers' checkpoints."""
 
 from jaxmodels.nn import variants
 from jaxmodels.ssl import fairseq, w2v_bert
-from jaxmodels.ssl.convert import from_torch
+from jaxmodels.ssl.convert import from_torch, to_torch
 from jaxmodels.ssl.model import (
     HubertPretraining,
     SSLEncoder,
@@ -79,6 +79,21 @@ def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
     return model, from_torch(state_dict, model)
 
 
+def to_transformers(model: SSLEncoder, variables: dict, model_type: str = "hubert") -> tuple:
+    """(state_dict, config) of an SSLEncoder as transformers' HubertModel (or, model_type
+    wav2vec2, Wav2Vec2Model): numpy arrays under its keys and its config.to_dict() keys, which
+    transformers and from_transformers load."""
+    if model_type not in ("hubert", "wav2vec2"):
+        raise ValueError(f"model_type {model_type!r}: expected hubert or wav2vec2")
+    if model_type == "wav2vec2" and not model.feat_proj_layer_norm:
+        raise ValueError("a wav2vec2 model always has the feature projection's layer norm; this one has none")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(model, k)) for k in CONFIG_KEYS)}
+    if model_type == "wav2vec2":
+        del config["feat_proj_layer_norm"]
+    names = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model"}
+    return to_torch(variables["params"]), {**config, "model_type": model_type, "architectures": [names[model_type]]}
+
+
 def load_pretrained(path: str, **overrides) -> tuple:
     """(model, variables) of a transformers checkpoint file (model.safetensors or
     pytorch_model.bin of a HubertModel or Wav2Vec2Model, or of a model around one, whose
@@ -132,5 +147,7 @@ __all__ = [
     "param_count",
     "sample_negatives",
     "span_mask",
+    "to_torch",
+    "to_transformers",
     "wav2vec2_loss",
 ]

@@ -98,3 +98,62 @@ def from_torch(state_dict: dict, model) -> dict:
         converted[key], paths[key] = np.stack([by_index[i] for i in range(len(by_index))]), path
     params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
     return {"params": jax.tree.map(np.asarray, params)}
+
+
+# Scanned-layer module names -> transformers' (the rest of the encoder's: dots for underscores).
+_LAYER_MODULES = {
+    "attention_q_proj": "attention.q_proj",
+    "attention_k_proj": "attention.k_proj",
+    "attention_v_proj": "attention.v_proj",
+    "attention_out_proj": "attention.out_proj",
+    "layer_norm": "layer_norm",
+    "feed_forward_intermediate_dense": "feed_forward.intermediate_dense",
+    "feed_forward_output_dense": "feed_forward.output_dense",
+    "final_layer_norm": "final_layer_norm",
+}
+_MODULES = {
+    "feature_projection_layer_norm": "feature_projection.layer_norm",
+    "feature_projection_projection": "feature_projection.projection",
+    "encoder_layer_norm": "encoder.layer_norm",
+}
+
+
+def _torch_leaf(leaf: str, value: np.ndarray) -> tuple:
+    """(transformers' name, the value in its layout, contiguous: writers such as safetensors
+    store an array's buffer as it lies in memory)."""
+    if leaf == "bias":
+        return "bias", value
+    if leaf == "scale":
+        return "weight", value
+    return "weight", np.ascontiguousarray(value.T if value.ndim == 2 else value.transpose(2, 1, 0))
+
+
+def to_torch(params: dict) -> dict:
+    """An SSLEncoder's params -> transformers' HubertModel / Wav2Vec2Model state_dict (numpy)."""
+    from flax.traverse_util import flatten_dict
+
+    out = {}
+    for path, value in flatten_dict(params).items():
+        value = np.asarray(value, np.float32)
+        if path == ("masked_spec_embed",):
+            out["masked_spec_embed"] = value
+        elif path[0] == "encoder_pos_conv_embed":
+            conv = "encoder.pos_conv_embed.conv."
+            if path[1] == "weight_g":
+                out[conv + "parametrizations.weight.original0"] = value.reshape(1, 1, -1)
+            elif path[1] == "weight_v":
+                out[conv + "parametrizations.weight.original1"] = np.ascontiguousarray(value.transpose(2, 1, 0))
+            else:
+                out[conv + "bias"] = value
+        elif path[0] == "encoder_layers":
+            for i, layer in enumerate(value):
+                name, layer = _torch_leaf(path[2], layer)
+                out[f"encoder.layers.{i}.{_LAYER_MODULES[path[1]]}.{name}"] = layer
+        elif path[0] == "feature_extractor":
+            i, module = re.fullmatch(r"conv_layers_(\d+)_(conv|layer_norm)", path[1]).groups()
+            name, value = _torch_leaf(path[2], value)
+            out[f"feature_extractor.conv_layers.{i}.{module}.{name}"] = value
+        else:
+            name, value = _torch_leaf(path[1], value)
+            out[f"{_MODULES[path[0]]}.{name}"] = value
+    return out
