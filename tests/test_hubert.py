@@ -3,6 +3,7 @@ and wav2vec 2.0 (task: wav2vec2: contrastive over quantized features); sharded s
 
 import json
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -134,3 +135,41 @@ def test_unit_quality_evaluator_scores_the_encoder_and_mfcc(tone_corpus, tmp_pat
     trainer = Trainer(hubert_config(tmp_path, tmp_path, "wav2vec2"))
     with pytest.raises(config_lib.ConfigError, match=r"1 of the evaluation split have none \(first: test2\)"):
         UnitQuality(UnitQualityConfig("unit_quality", features="mfcc"), trainer.task)
+
+
+@pytest.mark.slow  # a training run with its evaluation
+def test_ctc_recogniser_on_a_pretrained_encoder(tone_corpus, tmp_path):
+    """task ctc with a HuBERT encoder: model.init_from its transformers weights fills the encoder
+    (the CTC head keeps its initialisation), the run trains and reports its error rates."""
+    from safetensors.numpy import save_file
+
+    from jaxmodels import ssl
+
+    encoder = ssl.create(TINY_HUBERT["name"], **TINY_HUBERT["args"])
+    variables = nn.meta.unbox(jax.device_get(encoder.init(jax.random.PRNGKey(1), np.zeros((1, 400), np.float32))))
+    state_dict, config = ssl.to_transformers(encoder, variables)
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = config_lib.parse(
+        {
+            "task": "ctc",
+            "model": {**TINY_HUBERT, "init_from": str(tmp_path / "model.safetensors")},
+            "data": manifest_data(tone_corpus, max_seconds=0.1),
+            "speech": {"tokens": "words", "beam_size": 2},
+            "optimizer": {"lr": 1e-3, "warmup_steps": 0},
+            "train": {
+                "steps": 2,
+                "log_every": 1,
+                "eval_every": 2,
+                "checkpoint_every": 2,
+                "async_checkpointing": False,
+            },
+        }
+    )
+    trainer = Trainer(cfg)
+    state = trainer.load_weights(trainer.init(0), cfg.model.init_from)
+    params = jax.device_get(state.params)
+    jax.tree.map(np.testing.assert_array_equal, params["encoder"], variables["params"])
+    assert params["lm_head"]["kernel"].shape == (32, 5)  # <blank>, <unk> and the three words
+    metrics = train(cfg, str(tmp_path / "run"))
+    assert np.isfinite(metrics["eval/ctc"]) and 0 <= metrics["eval/cer_greedy"]

@@ -51,7 +51,8 @@ def main(argv=None):
     if not args.weights:
         s = cfg.speech
         needed = ["tokens.json"] if s.tokens != "sentencepiece" else []
-        needed += ["cmvn.npz"] if not s.cmvn_file else []
+        reads_waveform = cfg.model.name.startswith(("hubert", "wav2vec2"))  # no filterbank statistics
+        needed += ["cmvn.npz"] if not s.cmvn_file and not reads_waveform else []
         missing = [n for n in needed if not os.path.isfile(os.path.join(args.workdir, n))]
         if missing:
             sys.exit(f"{args.workdir} has no {' or '.join(missing)}: a run writes them at its first evaluation")
@@ -112,7 +113,7 @@ def main(argv=None):
             sys.exit(f"--language: {e}")
         batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(pieces), 1))
     labels, count, alignment, rich = jax.device_get(decode(params, batch))
-    seconds_per_frame = s.lfr_n * 0.01
+    seconds_per_frame = task.frame_seconds
     results = [{"file": path, "pieces": []} for path in args.audio]
     for j, (i, start, _) in enumerate(pieces):
         ids, offset = labels[j, : count[j]], start / speech.SAMPLE_RATE

@@ -1,8 +1,13 @@
-"""Speech recognition with CTC (the SenseVoice-style recogniser).
+"""Speech recognition with CTC: the SenseVoice-style recogniser, or a HuBERT / wav2vec 2.0
+encoder with a linear head (model.name hubert_* or wav2vec2_*: transformers' *ForCTC).
 
 Records carry raw audio padded to data.max_seconds and token ids; the front end
 (Kaldi fbank, low frame rate, global CMVN; in training band-limiting and noise, dither
-and SpecAugment) runs on device inside the jitted step. Eval decodes greedily and with
+and SpecAugment) runs on device inside the jitted step. An SSL encoder reads the waveform
+itself; its SpecAugment masks spans of its frames with its learned embedding
+(speech.mask_time_prob, mask_time_length), and model.init_from may be a pretrained encoder
+alone (transformers' HubertModel / Wav2Vec2Model, or trainers.export of a hubert run): the
+head then starts from its initialisation. Eval decodes greedily and with
 prefix beam search (with an n-gram LM when configured) and reports word error rates; the
 pictures are a spectrogram of one utterance with its forced-aligned tokens.
 
@@ -29,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels import asr
+from jaxmodels import asr, ssl
 from jaxmodels.ctc import (
     NGramLM,
     WordNGramLM,
@@ -70,6 +75,10 @@ class SpeechConfig:
     freq_mask_width: int = 30
     num_time_masks: int = 1
     time_mask_width: int = 12
+    # A hubert/wav2vec2 encoder's SpecAugment in training (transformers' fine-tuning settings):
+    # spans of mask_time_length frames, about mask_time_prob of them, get the mask embedding.
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
     # Training only: each utterance low-passed (cutoff uniform in lowpass_hz) with this
     # probability and, apart, given white noise (SNR uniform in noise_snr_db); 0: off.
     degrade_prob: float = 0.0
@@ -268,6 +277,33 @@ class CTCTask(SplitSources):
                     self._query_table[index[f"<|{name}|>"]] = row
         self.train_transform = AudioTransform(cfg, self.tokenizer, prompt_ids)
         self.eval_transform = self.train_transform
+        # A HuBERT / wav2vec 2.0 encoder reads the waveform: no filterbank, statistics or prompts.
+        self.ssl = cfg.model.name in ssl.VARIANTS and cfg.model.name not in ssl.CLASSES
+        if self.ssl:
+            if s.prompts:
+                raise ValueError(f"speech.prompts: SenseVoice's queries; a {cfg.model.name} recogniser has none")
+            encoder = ssl.create(
+                cfg.model.name, **cfg.model.args, dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat
+            )
+            self.model = ssl.SSLForCTC(encoder, len(self.tokenizer.tokens))
+            self.frame_seconds = float(np.prod(encoder.conv_stride)) / speech.SAMPLE_RATE
+            self.cmvn = None
+        else:
+            self._sensevoice(cfg)
+        if s.assets:
+            arpa = os.path.join(s.assets, "lm.arpa")
+            self.lm_model = read_arpa(arpa) if os.path.isfile(arpa) else None
+        else:
+            self.lm_model = self._language_model()
+        self.lm = None
+        if self.lm_model and s.lm_words and s.tokens != "words":
+            self.lm = WordNGramLM.create(self.lm_model, self.tokenizer.tokens)
+        elif self.lm_model:
+            self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens)
+
+    def _sensevoice(self, cfg):
+        """The SenseVoice-style model on the filterbank front end, and its CMVN statistics."""
+        s = cfg.speech
         self.model = asr.create(
             cfg.model.name,
             **{
@@ -279,8 +315,8 @@ class CTCTask(SplitSources):
             dtype=jnp.dtype(cfg.train.compute_dtype),
             remat=cfg.train.remat,
         )
-        # Built from the training data only where the config gives no file (released
-        # weights need no corpus): the CMVN statistics and the language model.
+        # Estimated from the training data only where the config gives no file (released
+        # weights need no corpus).
         if s.cmvn_file:
             self.cmvn = asr.read_am_mvn(s.cmvn_file)
             if self.cmvn[0].shape != (s.num_mel_bins * s.lfr_m,):
@@ -293,16 +329,7 @@ class CTCTask(SplitSources):
                 self.cmvn = (f["mean"], f["inverse_std"])
         else:
             self.cmvn = self._global_cmvn(self.train_source())
-        if s.assets:
-            arpa = os.path.join(s.assets, "lm.arpa")
-            self.lm_model = read_arpa(arpa) if os.path.isfile(arpa) else None
-        else:
-            self.lm_model = self._language_model()
-        self.lm = None
-        if self.lm_model and s.lm_words and s.tokens != "words":
-            self.lm = WordNGramLM.create(self.lm_model, self.tokenizer.tokens)
-        elif self.lm_model:
-            self.lm = NGramLM.create(self.lm_model, self.tokenizer.tokens)
+        self.frame_seconds = 0.01 * s.lfr_n
 
     # -- data -------------------------------------------------------------------------
     def make_source(self, split):
@@ -372,6 +399,8 @@ class CTCTask(SplitSources):
         audio = batch["audio"]
         if train and s.degrade_prob > 0:
             audio = asr.degrade(k_degrade, audio, batch["audio_length"], s.degrade_prob, s.lowpass_hz, s.noise_snr_db)
+        if self.ssl:
+            return self._ssl_forward(params, audio, batch["audio_length"], k_mask, k_drop, train)
         feats, lengths = self._features(audio, batch["audio_length"], k_feat)
         feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
         if train and (s.num_freq_masks or s.num_time_masks):
@@ -402,6 +431,21 @@ class CTCTask(SplitSources):
         )
         return logits, lengths
 
+    def _ssl_paddings(self, audio, lengths):
+        return (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
+
+    def _ssl_forward(self, params, audio, lengths, k_mask, k_drop, train):
+        """The SSL recogniser's (logits, frames), in training with spans of frames masked."""
+        s, encoder = self.cfg.speech, self.model.encoder
+        mask = None
+        if train and s.mask_time_prob > 0:
+            frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
+            t = int(ssl.output_lengths(np.int64(audio.shape[1]), encoder.conv_kernel, encoder.conv_stride))
+            mask = ssl.span_mask(k_mask, frames, t, s.mask_time_prob, s.mask_time_length, 2)
+        paddings = self._ssl_paddings(audio, lengths)
+        rngs = {"dropout": k_drop} if train else {}
+        return self.model.apply({"params": params}, audio, paddings, mask, not train, rngs=rngs)
+
     def inference_prompts(self, language: str = "auto", use_itn: bool = False) -> list:
         """The four prompt token ids of an inference, as FunASR's: <|language|> (auto: the
         model detects it), the emotion and event defaults (the model's queries for them are
@@ -431,6 +475,11 @@ class CTCTask(SplitSources):
     def encoder_states(self, params, audio, lengths):
         """(states (B, T, D), valid (B, T)): the encoder's output of padded audio, before the
         CTC head, without the prompt rows."""
+        if self.ssl:
+            encoder = self.model.encoder
+            states = encoder.apply({"params": params["encoder"]}, audio, self._ssl_paddings(audio, lengths))
+            frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
+            return states, jnp.arange(states.shape[1])[None] < frames[:, None]
         feats, frames = self._features(audio, lengths, None)
         feats = asr.apply_cmvn(feats, frames, *self.cmvn)
         _, state = self.model.apply(
@@ -460,13 +509,21 @@ class CTCTask(SplitSources):
         return prompt_logits, logits, paddings
 
     def init(self, rng, batch):
+        if self.ssl:
+            return self.model.init({"params": rng}, batch["audio"][:, :400])
         s = self.cfg.speech
         frames = asr.frontend.num_output_frames(batch["audio"].shape[1], lfr_n=s.lfr_n)
         feats = jnp.zeros((batch["audio"].shape[0], frames, s.num_mel_bins * s.lfr_m))
         return self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
 
     def convert_weights(self, state_dict):
-        return asr.from_torch(state_dict, self.model)
+        """FunASR's SenseVoice; or transformers' *ForCTC, or its encoder alone (HubertModel,
+        Wav2Vec2Model: the head keeps its initialisation)."""
+        if not self.ssl:
+            return asr.from_torch(state_dict, self.model)
+        if any(k.startswith("lm_head.") for k in state_dict):
+            return ssl.from_torch(state_dict, self.model)
+        return {"params": {"encoder": ssl.from_torch(state_dict, self.model.encoder)["params"]}}
 
     def _label_paddings(self, batch):
         return paddings_from_lengths(batch["label_length"], batch["labels"].shape[1])
@@ -535,7 +592,8 @@ class CTCTask(SplitSources):
 
         with open(os.path.join(workdir, "tokens.json"), "w") as f:
             json.dump({"unit": self.tokenizer.unit, "tokens": self.tokenizer.tokens}, f)
-        files.write_npz(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
+        if self.cmvn is not None:
+            files.write_npz(os.path.join(workdir, "cmvn.npz"), mean=self.cmvn[0], inverse_std=self.cmvn[1])
         if self.lm_model:
             write_arpa(self.lm_model, os.path.join(workdir, "lm.arpa"))
         record = self.eval_transform(self.eval_source()[0], None)
@@ -544,7 +602,7 @@ class CTCTask(SplitSources):
         )
         labels = outputs["labels"][0]
         count = int((labels >= 0).sum())
-        frame_ms = 10 * self.cfg.speech.lfr_n
+        frame_ms = round(1000 * self.frame_seconds)
         spans = [
             (self.tokenizer.tokens[t], int(a) * frame_ms, int(b) * frame_ms)
             for t, a, b in zip(labels[:count], outputs["token_starts"][0][:count], outputs["token_ends"][0][:count])
@@ -570,7 +628,7 @@ class Recognizer:
             workdir, "ctc", "recogniser", speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir)
         )
         self.task = trainer.task
-        self.frame_rate = 100 // self.task.cfg.speech.lfr_n
+        self.frame_rate = round(1 / self.task.frame_seconds)
         self._labels = jax.jit(self.task.greedy_labels)
         self._states = jax.jit(self.task.encoder_states)
 
