@@ -62,7 +62,7 @@ def test_recognizer_features(tone_corpus, tmp_path):
     np.testing.assert_array_equal(np.asarray(valid).sum(1), [(len(w) // 160 - 1) // 6 + 1 for w in waves])
     tokens = tokenizer.fit(waves, k=3, steps=5, batch_size=32)(waves)
     assert all(0 <= t < 3 for row in tokens for t in row)
-    with pytest.raises(ValueError, match="come at 16 Hz"):
+    with pytest.raises(ValueError, match="come at 16.67 Hz"):
         SemanticTokenizer(None, "recognizer", frame_rate=50, recognizer_run=str(tmp_path / "ctc")).frames(waves)
 
 

@@ -89,9 +89,10 @@ class SemanticTokenizer:
             from trainers.tasks.ctc import Recognizer
 
             recognizer = Recognizer(self.recognizer_run)
-            if recognizer.frame_rate != self.frame_rate:
+            # SenseVoice's 100 / 6 Hz is no integer: a whole number of Hz either side of it names it.
+            if abs(recognizer.frame_rate - self.frame_rate) >= 1:
                 raise ValueError(
-                    f"the recogniser's frames come at {recognizer.frame_rate} Hz; frame_rate is {self.frame_rate}"
+                    f"the recogniser's frames come at {recognizer.frame_rate:.4g} Hz; frame_rate is {self.frame_rate}"
                 )
             self._encoder = recognizer.encoder_states
         return self._encoder

@@ -620,7 +620,7 @@ class CTCTask(SplitSources):
 
 class Recognizer:
     """A trained CTC run as a helper of other families: greedy transcripts, and encoder
-    states at frame_rate Hz, of 16 kHz waveforms. The run's vocabulary and statistics are
+    states at frame_rate Hz (100 / lfr_n for SenseVoice), of 16 kHz waveforms. The run's vocabulary and statistics are
     its own files (tokens.json, cmvn.npz)."""
 
     def __init__(self, workdir: str):
@@ -628,7 +628,7 @@ class Recognizer:
             workdir, "ctc", "recogniser", speech=lambda cfg: dataclasses.replace(cfg.speech, assets=workdir)
         )
         self.task = trainer.task
-        self.frame_rate = round(1 / self.task.frame_seconds)
+        self.frame_rate = 1 / self.task.frame_seconds
         self._labels = jax.jit(self.task.greedy_labels)
         self._states = jax.jit(self.task.encoder_states)
 
