@@ -167,7 +167,7 @@ def test_rvq_training_update_as_upstream(x64):
     state = quantization.init_state(jax.random.PRNGKey(0), n_q, bins, dim, kmeans_init=False)
     state["cluster_size"] = jnp.full((n_q, bins), 5.0)  # alive: no dead-code replacement in this step
     x = jnp.asarray(rng.standard_normal((2, 16, dim)), jnp.float32)
-    quantized, codes, commit, new = quantization.quantize_train(state, x, 2, jax.random.PRNGKey(1))
+    quantized, codes, commit, new, layers = quantization.quantize_train(state, x, 2, jax.random.PRNGKey(1))
     residual = np.asarray(x).reshape(-1, dim)
     q_sum = 0
     for k in range(2):
@@ -176,11 +176,13 @@ def test_rvq_training_update_as_upstream(x64):
         np.testing.assert_array_equal(np.asarray(codes[k]).reshape(-1), ind)
         np.testing.assert_allclose(new["embed"][k], embed, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(new["cluster_size"][k], cs, rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(layers[k]).reshape(-1, dim), e[ind], atol=1e-6)
         q_sum = q_sum + e[ind]
         residual = residual - e[ind]
     # Quantizer dropout: the third codebook neither quantized nor changed.
     for name in state:
         np.testing.assert_array_equal(new[name][2], state[name][2])
+    np.testing.assert_array_equal(layers[2], 0.0)
     np.testing.assert_allclose(np.asarray(quantized).reshape(-1, dim), q_sum, atol=1e-5)
     # Straight-through over the whole stack: d quantized / d x is the identity.
     grad = jax.grad(lambda x: jnp.sum(quantization.quantize_train(state, x, 2, jax.random.PRNGKey(1))[0] * 3.0))(x)
@@ -194,12 +196,14 @@ def test_kmeans_init_and_dead_code_replacement(x64):
     centres = np.array([[5, 5], [-5, 5], [5, -5], [-5, -5]], np.float32)
     x = centres[rng.integers(0, 4, 256)] + 0.01 * rng.standard_normal((256, dim)).astype(np.float32)
     state = quantization.init_state(jax.random.PRNGKey(0), n_q, bins, dim, kmeans_init=True)
-    _, _, _, new = quantization.quantize_train(state, jnp.asarray(x)[None], 1, jax.random.PRNGKey(3), kmeans_iters=10)
+    _, _, _, new, _ = quantization.quantize_train(
+        state, jnp.asarray(x)[None], 1, jax.random.PRNGKey(3), kmeans_iters=10
+    )
     assert bool(new["inited"][0]) and not bool(new["inited"][1])
     found = np.asarray(new["embed"][0])
     assert np.abs(centres[:, None] - found[None]).sum(-1).min(1).max() < 0.1  # a code on each of the four clusters
     # A code nothing is assigned to decays under the threshold and is replaced by a batch vector.
     state = {**new, "embed": new["embed"].at[0, 0].set(100.0), "cluster_size": new["cluster_size"].at[0, 0].set(2.0)}
-    _, _, _, after = quantization.quantize_train(state, jnp.asarray(x)[None], 1, jax.random.PRNGKey(3))
+    _, _, _, after, _ = quantization.quantize_train(state, jnp.asarray(x)[None], 1, jax.random.PRNGKey(3))
     replaced = np.asarray(after["embed"][0, 0])
     assert np.min(np.abs(x - replaced).sum(-1)) < 1e-5

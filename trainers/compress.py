@@ -4,9 +4,10 @@
     python -m trainers.compress decode IN.npz OUT.wav MODEL
 
 MODEL is either a codec run (``--config CONFIG.yaml --workdir DIR [--checkpoint STEP]``:
-its EMA weights when it has them) or official EnCodec weights (``--weights FILE --model
-encodec_24khz``, or a JSON file of upstream's arguments; .safetensors, or upstream's .th
-with torch installed). The input is
+its EMA weights when it has them) or official weights (``--weights FILE --model NAME``:
+encodec_24khz, encodec_48khz, speechtokenizer_hubert_avg, speechtokenizer_snake, or a JSON file
+of upstream's arguments or SpeechTokenizer's config.json; .safetensors, or upstream's .th / .pt
+with torch installed). SpeechTokenizer's bandwidths are 0.5 kbps per quantizer. The input is
 resampled to the model's rate and its channels converted as upstream's convert_audio
 does (averaged to mono, or mono repeated). The .npz holds each segment's codes
 (``codes_<i>``, (1, K, frames)) and scale (``scale_<i>``, normalising models), plus the
@@ -33,11 +34,12 @@ def _parser():
     p.add_argument("--config", help="a codec run's config")
     p.add_argument("--workdir", help="the codec run's directory")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
-    p.add_argument("--weights", help="official EnCodec weights")
+    p.add_argument("--weights", help="official EnCodec or SpeechTokenizer weights")
     p.add_argument(
         "--model",
         default="encodec_24khz",
-        help="the weights' config: encodec_24khz, encodec_48khz, or a JSON file of EncodecConfig fields",
+        help="the weights' config: a name in jaxmodels.codec.VARIANTS, or a JSON file (EncodecConfig fields, "
+        "or SpeechTokenizer's config.json)",
     )
     return p
 

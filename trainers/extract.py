@@ -17,7 +17,8 @@ copy for DiT's random flip). The VAE is diffusion.vae (or --vae).
 
 units: the utterances of the config's corpus (data.source, data.path, its splits) -> DIR/<split>/:
 hidden state L of a HuBERT or wav2vec 2.0 encoder (--encoder: a transformers weights file with
-its config.json, or a hubert or wav2vec2 run's directory), each utterance alone as it would be
+its config.json, or a hubert or wav2vec2 run's directory; --layer avg: the mean of all of them,
+SpeechTokenizer's distillation target, with --features), each utterance alone as it would be
 unbatched (ssl's norm_valid_frames), as k-means units of a tokenizer: fitted with --clusters
 on the first --fit_utterances of the first split and saved as DIR/tokenizer.npz (the format
 trainers.semantic reads; a run started again reuses it), or given (--tokenizer); with
@@ -268,7 +269,9 @@ def speech_units(args, cfg):
     encoder, variables = load_encoder(args.encoder, norm_valid_frames=True)
     if not isinstance(encoder, ssl.SSLEncoder):
         raise InputError(f"--encoder {args.encoder}: units come from a HuBERT or wav2vec 2.0 encoder (raw audio in)")
-    if not 0 <= args.layer <= encoder.num_hidden_layers:
+    if args.layer == "avg" and not args.features:
+        raise InputError("--layer avg (the mean of all hidden states) is for --features, not units")
+    if args.layer != "avg" and not 0 <= args.layer <= encoder.num_hidden_layers:
         raise InputError(f"--layer {args.layer}: the encoder has hidden states 0..{encoder.num_hidden_layers}")
     splits = args.splits.split(",")
     frame_rate = speech.SAMPLE_RATE / int(np.prod(encoder.conv_stride))
@@ -279,7 +282,8 @@ def speech_units(args, cfg):
 
     def encode(audio, lengths):
         paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
-        states = encoder.apply(variables, audio, paddings, method="hidden_states")[args.layer]
+        states = encoder.apply(variables, audio, paddings, method="hidden_states")
+        states = jnp.mean(jnp.stack(states), axis=0) if args.layer == "avg" else states[args.layer]
         frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
         if centroids is None:
             return states, frames
@@ -310,7 +314,12 @@ def main(argv=None):
         p.add_argument("--vae", help="vae: the VAE's weights (default: diffusion.vae)")
         p.add_argument("--flip", action="store_true", help="vae: also the latents of the mirrored images")
         p.add_argument("--encoder", help="units: a transformers weights file, or a hubert or wav2vec2 run")
-        p.add_argument("--layer", type=int, default=6, help="units: the hidden state (0: the encoder's input)")
+        p.add_argument(
+            "--layer",
+            type=lambda v: v if v == "avg" else int(v),
+            default=6,
+            help="units: the hidden state (0: the encoder's input), or avg: their mean (SpeechTokenizer's teacher)",
+        )
         p.add_argument("--clusters", type=int, default=0, help="units: k-means clusters fitted on the first split")
         p.add_argument("--fit_utterances", type=int, default=1000, help="units: utterances the k-means is fitted on")
         p.add_argument("--tokenizer", help="units: a saved tokenizer (.npz) instead of --clusters")

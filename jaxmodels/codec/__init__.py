@@ -1,11 +1,14 @@
-"""Speech codec: EnCodec (SEANet encoder/decoder around a residual vector quantizer),
-its official configs, converter, streaming, and the MS-STFT discriminator and losses it trains with."""
+"""Speech codecs: EnCodec (SEANet encoder/decoder around a residual vector quantizer) and
+SpeechTokenizer (the same with a bidirectional encoder LSTM and a semantic projection), their
+official configs, converter, streaming, and the MS-STFT discriminator and losses they train with."""
+
+import dataclasses
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.codec import quantization
+from jaxmodels.codec import quantization, speechtokenizer
 from jaxmodels.codec.convert import from_torch
 from jaxmodels.codec.model import Codec, Encodec, EncodecConfig, StreamingDecoder, StreamingEncoder, linear_overlap_add
 from jaxmodels.codec.seanet import SLSTM, SConv1d, SConvTranspose1d, SEANetDecoder, SEANetEncoder, SEANetResnetBlock
@@ -36,6 +39,9 @@ VARIANTS = {
         target_bandwidths=(3.0, 6.0, 12.0, 24.0),
     ),
 }
+# SpeechTokenizer's released models (fnlp/SpeechTokenizer): 16 kHz, 8 codebooks at 50 Hz.
+VARIANTS["speechtokenizer_hubert_avg"] = dataclasses.asdict(speechtokenizer.encodec_config(speechtokenizer.RELEASED))
+VARIANTS["speechtokenizer_snake"] = {**VARIANTS["speechtokenizer_hubert_avg"], "activation": "Snake"}
 
 
 def config(name: str, **overrides) -> EncodecConfig:
@@ -47,7 +53,11 @@ def config(name: str, **overrides) -> EncodecConfig:
 
 def create(name: str, seed: int = 0, **overrides) -> Codec:
     """A freshly initialised codec of a named config (random weights, k-means-pending codebooks)."""
-    cfg = config(name, **overrides)
+    return create_from_config(config(name, **overrides), seed)
+
+
+def create_from_config(cfg: EncodecConfig, seed: int = 0) -> Codec:
+    """A freshly initialised codec of a config (random weights, k-means-pending codebooks)."""
     k_params, k_codes = jax.random.split(jax.random.PRNGKey(seed))
     model = Encodec(cfg)
     x = jnp.zeros((1, cfg.hop_length * 8, cfg.channels))
@@ -71,7 +81,9 @@ __all__ = [
     "StreamingEncoder",
     "config",
     "create",
+    "create_from_config",
     "from_torch",
     "linear_overlap_add",
     "quantization",
+    "speechtokenizer",
 ]

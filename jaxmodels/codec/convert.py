@@ -1,4 +1,4 @@
-"""Official EnCodec state_dicts (encodec package, upstream key names) -> a ready Codec."""
+"""Official EnCodec and SpeechTokenizer state_dicts (upstream key names) -> a ready Codec."""
 
 import re
 
@@ -16,11 +16,15 @@ _CODEBOOK = re.compile(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(embed|embed_a
 def _param(key: str, value: np.ndarray):
     """'decoder.model.3.convtr.convtr.weight_v' -> (('decoder', 'model_3', 'weight_v'), value in our layout)."""
     path, leaf = module_path(key)
+    if path == ("transform",):  # SpeechTokenizer's semantic projection, an nn.Linear
+        return path + ({"weight": "kernel", "bias": "bias"}[leaf],), value.T if leaf == "weight" else value
     in_norm = "norm" in path  # GroupNorm of time_group_norm: NormConv1d.norm
     transposed = "convtr" in path
     path = tuple(p for p in path if p not in ("conv", "convtr", "norm", "lstm"))
     if in_norm:
         return path + ({"weight": "norm_scale", "bias": "norm_bias"}[leaf],), value
+    if leaf == "alpha":  # Snake1d's (1, C, 1)
+        return path + (leaf,), value.reshape(-1)
     if leaf == "weight_g":  # (n, 1, 1): torch's weight norm is over all dims but the first
         return path + (leaf,), value.reshape(-1)
     if leaf in ("weight", "weight_v") and value.ndim == 3:

@@ -223,3 +223,15 @@ def balance(
         effective = effective + scale * jax.lax.stop_gradient(losses[name])
     shares = {name: avg / total for name, avg in avg_norms.items()}
     return out, effective, new_state, shares
+
+
+def d_axis_distillation_loss(feature, target, valid):
+    """SpeechTokenizer's "D-axis" semantic distillation loss (speechtokenizer/trainer/loss.py,
+    d_axis_distill_loss): for each feature dimension, -log sigmoid of the cosine similarity of
+    the student's and the teacher's series over the valid frames, averaged over dimensions.
+    feature, target (B, T, D), valid (B, T) -> per example (B,)."""
+    m = valid[..., None].astype(jnp.float32)
+    f, g = feature.astype(jnp.float32) * m, target.astype(jnp.float32) * m
+    norms = jnp.sqrt(jnp.sum(f * f, axis=1) * jnp.sum(g * g, axis=1))
+    cosine = jnp.sum(f * g, axis=1) / jnp.maximum(norms, 1e-8)  # torch's cosine_similarity, eps 1e-8
+    return -jnp.mean(jax.nn.log_sigmoid(cosine), axis=-1)

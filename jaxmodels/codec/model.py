@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.codec import quantization
+from jaxmodels.codec import quantization, seanet
 from jaxmodels.codec.seanet import SEANet, SEANetDecoder, SEANetEncoder
 
 
@@ -36,6 +36,7 @@ class EncodecConfig:
     true_skip: bool = False
     compress: int = 2
     lstm: int = 2
+    activation: str = "ELU"
     trim_right_ratio: float = 1.0
     n_q: int = 32
     bins: int = 1024
@@ -48,6 +49,10 @@ class EncodecConfig:
     kmeans_init: bool = True
     kmeans_iters: int = 50
     threshold_ema_dead_code: float = 2.0
+    # SpeechTokenizer (speechtokenizer/model.py): a bidirectional encoder LSTM, and the
+    # projection ("transform") of the first quantizer's output to the semantic teacher's width.
+    bidirectional: bool = False
+    semantic_dimension: int | None = None
 
     @classmethod
     def from_dict(cls, d) -> "EncodecConfig":
@@ -88,15 +93,31 @@ class EncodecConfig:
 
 
 class Encodec(nn.Module):
-    """The trainable part: encoder and decoder (the codebooks are EMA state, see quantization)."""
+    """The trainable part: encoder and decoder (the codebooks are EMA state, see quantization),
+    and SpeechTokenizer's semantic projection."""
 
     config: EncodecConfig
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
-        kw = self.config.seanet_kwargs()
-        self.encoder = SEANetEncoder(**kw, dtype=self.dtype)
-        self.decoder = SEANetDecoder(**kw, trim_right_ratio=self.config.trim_right_ratio, dtype=self.dtype)
+        c = self.config
+        kw = c.seanet_kwargs()
+        self.encoder = SEANetEncoder(**kw, bidirectional=c.bidirectional, dtype=self.dtype)
+        self.decoder = SEANetDecoder(**kw, trim_right_ratio=c.trim_right_ratio, dtype=self.dtype)
+        if c.semantic_dimension and c.semantic_dimension != c.dimension:  # upstream's nn.Identity otherwise
+            init = seanet.torch_uniform(c.dimension)
+            self.transform = nn.Dense(
+                c.semantic_dimension,
+                kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")),
+                bias_init=nn.with_logical_partitioning(init, ("mlp",)),
+                dtype=self.dtype,
+            )
+
+    def semantic_projection(self, quantized):
+        """The first quantizer's output (B, frames, dimension) -> (B, frames, semantic_dimension), in float32."""
+        if not hasattr(self, "transform"):
+            return quantized
+        return self.transform(quantized).astype(jnp.float32)
 
     def encode_latent(self, x, streaming: bool = False):
         """Waveform (B, T, channels) -> embeddings (B, frames, dimension), in float32."""
@@ -107,7 +128,11 @@ class Encodec(nn.Module):
         return self.decoder(z, streaming).astype(jnp.float32)
 
     def __call__(self, x):
-        return self.decode_latent(self.encode_latent(x))
+        """The reconstruction of x (without quantization); the path that creates every parameter."""
+        z = self.encode_latent(x)
+        if self.config.semantic_dimension:
+            self.semantic_projection(z)
+        return self.decode_latent(z)
 
 
 EncodedFrame = tuple[jax.Array, jax.Array | None]
@@ -128,6 +153,7 @@ class Codec:
         self.codebooks = variables["codebooks"]
         self._encode = jax.jit(self._encode_frame, static_argnums=2)
         self._decode = jax.jit(self._decode_frame)
+        self._semantic = jax.jit(self._semantic_features)
 
     def param_count(self) -> int:
         """As upstream's sum(p.numel() for p in model.parameters()): the codebooks are buffers, not counted."""
@@ -161,6 +187,21 @@ class Codec:
         emb = quantization.decode(self.codebooks["embed"], codes.transpose(1, 0, 2))
         out = self.model.apply({"params": params}, emb, method=Encodec.decode_latent)
         return out if scale is None else out * scale[:, :, None]
+
+    def _semantic_features(self, params, x):
+        emb = self.model.apply({"params": params}, x, method=Encodec.encode_latent)
+        first = self.codebooks["embed"][0]
+        quantized = first[quantization.nearest_code(first, emb)]
+        return self.model.apply({"params": params}, quantized, method=Encodec.semantic_projection)
+
+    def semantic_features(self, wav):
+        """The first quantizer's output through the semantic projection, (B, frames,
+        semantic_dimension): what SpeechTokenizer distils from its teacher (upstream's forward's
+        ``feature``)."""
+        self._check(wav)
+        if not self.config.semantic_dimension:
+            raise ValueError("this codec has no semantic projection (semantic_dimension is not set)")
+        return self._semantic(self.params, jnp.asarray(wav))
 
     def encode(self, wav, bandwidth: float | None = None) -> list[EncodedFrame]:
         """Codes of each segment (one for models without segments) at ``bandwidth`` kbps

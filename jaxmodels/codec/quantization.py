@@ -101,7 +101,8 @@ def quantize_train(
 ):
     """One training pass of the RVQ over x (B, T, dim), the first ``n_active`` codebooks in use.
 
-    Returns (quantized, codes (n_q, B, T), commitment loss, new state). Per active codebook,
+    Returns (quantized, codes (n_q, B, T), commitment loss, new state, each codebook's output
+    (n_q, B, T, dim), zeros past n_active, without gradient: upstream's quantized_list). Per active codebook,
     as upstream: k-means initialisation on its first batch, nearest codes, then the EMA
     update of cluster sizes and code sums with Laplace smoothing. ``quantized`` passes the
     gradient straight through the whole stack to x (AudioCraft's fix of
@@ -166,4 +167,4 @@ def quantize_train(
     quantized = jnp.sum(qs, axis=0).astype(x.dtype)
     quantized = x + jax.lax.stop_gradient(quantized - x)
     commit_loss = jnp.sum(commits) / jnp.maximum(n_active, 1)
-    return quantized, codes, commit_loss, new_state
+    return quantized, codes, commit_loss, new_state, qs

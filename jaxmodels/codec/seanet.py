@@ -61,6 +61,29 @@ def _group_norm(module, y, eps=1e-5):
     return ((y32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(y.dtype)
 
 
+class Snake1d(nn.Module):
+    """x + sin(alpha x)^2 / alpha with a learnt alpha per channel, initialised to 1
+    (SpeechTokenizer's Snake1d, the activation of its speechtokenizer_snake model)."""
+
+    @nn.compact
+    def __call__(self, x):
+        alpha = self.param("alpha", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        return (x32 + jnp.square(jnp.sin(alpha * x32)) / (alpha + 1e-9)).astype(x.dtype)
+
+
+ACTIVATIONS = ("ELU", "Snake")
+
+
+def make_activation(kind: str, name: str):
+    """The activation before a convolution; a Snake is a module named as upstream's nn.Sequential slot."""
+    if kind == "ELU":
+        return nn.elu
+    if kind == "Snake":
+        return Snake1d(name=name)
+    raise ValueError(f"activation {kind!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
 class SConv1d(nn.Module):
     """Conv1d with upstream's padding: causal (all on the left) or centred (the extra one on
     the left), plus zeros on the right so that the last window is full."""
@@ -193,47 +216,64 @@ class SConvTranspose1d(nn.Module):
 
 
 class SLSTM(nn.Module):
-    """torch.nn.LSTM (gates i, f, g, o; both biases) over time, plus the input (skip)."""
+    """torch.nn.LSTM (gates i, f, g, o; both biases) over time, plus the input (skip).
+
+    Bidirectional (SpeechTokenizer's encoder): each layer runs forward and backward over
+    the whole signal and concatenates both, so the output has twice the input's channels
+    and the skip adds the input twice over (upstream's x.repeat(1, 1, 2))."""
 
     num_layers: int = 2
+    bidirectional: bool = False
     dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x, streaming: bool = False):
-        b, _, d = x.shape
+    def _direction(self, y, suffix, layer, d, carry, reverse):
+        """One direction of one layer: (B, T, in) -> (final (h, c), states (B, T, d))."""
         bound = 1 / math.sqrt(d)  # torch's init: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias
 
         def init(key, shape):
             return jax.random.uniform(key, shape, jnp.float32, -bound, bound)
 
+        n_in = y.shape[-1]
+        name = f"l{layer}{suffix}"
+        w_ih = self.param(f"weight_ih_{name}", nn.with_logical_partitioning(init, ("mlp", "embed")), (4 * d, n_in))
+        w_hh = self.param(f"weight_hh_{name}", nn.with_logical_partitioning(init, ("mlp", "embed")), (4 * d, d))
+        b_ih = self.param(f"bias_ih_{name}", nn.with_logical_partitioning(init, ("mlp",)), (4 * d,))
+        b_hh = self.param(f"bias_hh_{name}", nn.with_logical_partitioning(init, ("mlp",)), (4 * d,))
+        # The input projection of all steps at once; the scan does only h @ W_hh.
+        xw = jnp.einsum("btd,gd->tbg", y.astype(self.dtype), w_ih.astype(self.dtype)) + (b_ih + b_hh)
+
+        def step(carry, xw_t):
+            h, c = carry
+            gates = xw_t.astype(jnp.float32) + h @ w_hh.T
+            i, f, g, o = jnp.split(gates, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return jnp.stack([h, c]), h
+
+        carry, hs = jax.lax.scan(step, carry, xw, reverse=reverse)
+        return carry, hs.swapaxes(0, 1).astype(y.dtype)
+
+    @nn.compact
+    def __call__(self, x, streaming: bool = False):
+        if streaming and self.bidirectional:
+            raise ValueError("a bidirectional LSTM needs the whole signal: it cannot stream")
+        b, _, d = x.shape
         y = x
         for layer in range(self.num_layers):
-            w_ih = self.param(f"weight_ih_l{layer}", nn.with_logical_partitioning(init, ("mlp", "embed")), (4 * d, d))
-            w_hh = self.param(f"weight_hh_l{layer}", nn.with_logical_partitioning(init, ("mlp", "embed")), (4 * d, d))
-            b_ih = self.param(f"bias_ih_l{layer}", nn.with_logical_partitioning(init, ("mlp",)), (4 * d,))
-            b_hh = self.param(f"bias_hh_l{layer}", nn.with_logical_partitioning(init, ("mlp",)), (4 * d,))
-            # The input projection of all steps at once; the scan does only h @ W_hh.
-            xw = jnp.einsum("btd,gd->tbg", y.astype(self.dtype), w_ih.astype(self.dtype)) + (b_ih + b_hh)
             state = (
                 self.variable("cache", f"state_l{layer}", lambda: jnp.zeros((2, b, d), jnp.float32))
                 if streaming
                 else None
             )
             carry = state.value if streaming else jnp.zeros((2, b, d), jnp.float32)
-
-            def step(carry, xw_t):
-                h, c = carry
-                gates = xw_t.astype(jnp.float32) + h @ w_hh.T
-                i, f, g, o = jnp.split(gates, 4, axis=-1)
-                c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-                h = jax.nn.sigmoid(o) * jnp.tanh(c)
-                return jnp.stack([h, c]), h
-
-            carry, hs = jax.lax.scan(step, carry, xw)
+            carry, forward = self._direction(y, "", layer, d, carry, reverse=False)
             if streaming and not self.is_initializing():
                 state.value = carry
-            y = hs.swapaxes(0, 1).astype(x.dtype)
-        return y + x
+            if self.bidirectional:
+                _, backward = self._direction(y, "_reverse", layer, d, jnp.zeros((2, b, d), jnp.float32), reverse=True)
+                forward = jnp.concatenate([forward, backward], axis=-1)
+            y = forward
+        return y + (jnp.concatenate([x, x], axis=-1) if self.bidirectional else x)
 
 
 class SEANetResnetBlock(nn.Module):
@@ -247,6 +287,7 @@ class SEANetResnetBlock(nn.Module):
     pad_mode: str = "reflect"
     compress: int = 2
     true_skip: bool = True
+    activation: str = "ELU"
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -264,7 +305,7 @@ class SEANetResnetBlock(nn.Module):
                 pad_mode=self.pad_mode,
                 dtype=self.dtype,
                 name=f"block_{2 * i + 1}",
-            )(nn.elu(y), streaming)
+            )(make_activation(self.activation, f"block_{2 * i}")(y), streaming)
         if self.true_skip:
             return x + y
         shortcut = SConv1d(
@@ -291,6 +332,7 @@ class SEANet(nn.Module):
     true_skip: bool = False
     compress: int = 2
     lstm: int = 2
+    activation: str = "ELU"
     dtype: jnp.dtype = jnp.float32
 
     @property
@@ -300,6 +342,8 @@ class SEANet(nn.Module):
 
 class SEANetEncoder(SEANet):
     """Waveform (B, T, channels) -> embeddings (B, ceil(T / hop), dimension)."""
+
+    bidirectional: bool = False  # SpeechTokenizer's encoder LSTM
 
     @nn.compact
     def __call__(self, x, streaming: bool = False):
@@ -317,19 +361,20 @@ class SEANetEncoder(SEANet):
                     (self.dilation_base**j, 1),
                     compress=self.compress,
                     true_skip=self.true_skip,
+                    activation=self.activation,
                     name=f"model_{i}",
                     **conv,
                 )(x, streaming)
-            i += 2  # ELU, then the downsampling conv
-            x = SConv1d(mult * self.n_filters * 2, 2 * ratio, stride=ratio, name=f"model_{i}", **conv)(
-                nn.elu(x), streaming
-            )
+            i += 2  # the activation, then the downsampling conv
+            x = make_activation(self.activation, f"model_{i - 1}")(x)
+            x = SConv1d(mult * self.n_filters * 2, 2 * ratio, stride=ratio, name=f"model_{i}", **conv)(x, streaming)
             mult *= 2
         if self.lstm:
             i += 1
-            x = SLSTM(self.lstm, dtype=self.dtype, name=f"model_{i}")(x, streaming)
+            x = SLSTM(self.lstm, self.bidirectional, dtype=self.dtype, name=f"model_{i}")(x, streaming)
         i += 2
-        return SConv1d(self.dimension, self.last_kernel_size, name=f"model_{i}", **conv)(nn.elu(x), streaming)
+        x = make_activation(self.activation, f"model_{i - 1}")(x)
+        return SConv1d(self.dimension, self.last_kernel_size, name=f"model_{i}", **conv)(x, streaming)
 
 
 class SEANetDecoder(SEANet):
@@ -347,7 +392,8 @@ class SEANetDecoder(SEANet):
             i += 1
             x = SLSTM(self.lstm, dtype=self.dtype, name=f"model_{i}")(x, streaming)
         for ratio in self.ratios:
-            i += 2  # ELU, then the upsampling transposed conv
+            i += 2  # the activation, then the upsampling transposed conv
+            x = make_activation(self.activation, f"model_{i - 1}")(x)
             x = SConvTranspose1d(
                 mult * self.n_filters // 2,
                 2 * ratio,
@@ -357,7 +403,7 @@ class SEANetDecoder(SEANet):
                 trim_right_ratio=self.trim_right_ratio,
                 dtype=self.dtype,
                 name=f"model_{i}",
-            )(nn.elu(x), streaming)
+            )(x, streaming)
             for j in range(self.n_residual_layers):
                 i += 1
                 x = SEANetResnetBlock(
@@ -366,9 +412,11 @@ class SEANetDecoder(SEANet):
                     (self.dilation_base**j, 1),
                     compress=self.compress,
                     true_skip=self.true_skip,
+                    activation=self.activation,
                     name=f"model_{i}",
                     **conv,
                 )(x, streaming)
             mult //= 2
         i += 2
-        return SConv1d(self.channels, self.last_kernel_size, name=f"model_{i}", **conv)(nn.elu(x), streaming)
+        x = make_activation(self.activation, f"model_{i - 1}")(x)
+        return SConv1d(self.channels, self.last_kernel_size, name=f"model_{i}", **conv)(x, streaming)

@@ -31,12 +31,13 @@ import numpy as np
 import optax
 
 import jaxmodels.codec as codec_lib
-from jaxmodels.codec import Encodec, losses, quantization
+from jaxmodels.codec import Encodec, losses, quantization, speechtokenizer
 from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
 from trainers import sharding, speech
 from trainers.cli import read_weights
 from trainers.config import ConfigError
 from trainers.evaluators import fidelity
+from trainers.extracted import ExtractedFrames
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 
@@ -73,6 +74,13 @@ class CodecConfig:
     n_mels: int = 64
     f_min: float = 64.0
     eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
+    # SpeechTokenizer's semantic distillation (a model with semantic_dimension): the first
+    # quantizer's output, projected, is pulled towards the teacher's features of the same frames
+    # by the D-axis loss, outside the balancer as the commitment loss. The features are what
+    # `trainers.extract units --features` wrote to this folder, one <split>/ per split (the
+    # released models' teacher: HuBERT Base, --layer avg).
+    semantic_features: str | None = None
+    distill_weight: float = 120.0  # upstream's distill_loss_lambda
 
     def __post_init__(self):
         unknown = sorted(set(self.loss_weights) - set(CODEC_LOSSES))
@@ -85,27 +93,37 @@ SECTIONS = {"data": AudioDataConfig, "codec": CodecConfig}
 
 class AudioCrop:
     """Manifest record -> mono audio of a fixed length: a random crop in training, the start
-    at eval (padded with zeros), with the number of real samples."""
+    at eval (padded with zeros), with the number of real samples; with ``features`` (an
+    ExtractedFrames of the split), the teacher's frames of the crop, which starts on a frame."""
 
-    def __init__(self, cfg, sample_rate: int, length: int, train: bool):
+    def __init__(self, cfg, sample_rate: int, length: int, train: bool, hop: int = 1, features=None):
         self.sample_rate, self.length, self.train = sample_rate, length, train
         self.on_bad_audio, self.resample = cfg.data.on_bad_audio, cfg.data.resample
+        self.hop, self.features = hop, features
 
     def __call__(self, record, rng):
         audio = np.zeros(self.length, np.float32)
         out = {"audio": audio, "audio_length": np.int32(0), "mask": np.float32(0.0)}
+        frames = self.length // self.hop
+        if self.features is not None:
+            out["semantic"] = np.zeros((frames, self.features.width()), np.float32)
+            out["semantic_frames"] = np.int32(0)
         try:
             samples = speech.read_audio(record["source"], self.sample_rate, self.resample)
         except ValueError:
             if self.on_bad_audio == "skip":
                 return out
             raise
-        start = (
-            int(rng.integers(0, len(samples) - self.length + 1)) if self.train and len(samples) > self.length else 0
-        )
+        start = 0
+        if self.train and len(samples) > self.length:
+            start = int(rng.integers(0, (len(samples) - self.length) // self.hop + 1)) * self.hop
         piece = samples[start : start + self.length]
         audio[: len(piece)] = piece
         out.update(audio_length=np.int32(len(piece)), mask=np.float32(1.0))
+        if self.features is not None:
+            teacher = self.features[record["key"]][start // self.hop :][:frames]
+            out["semantic"][: len(teacher)] = teacher
+            out["semantic_frames"] = np.int32(len(teacher))  # the teacher's count may differ by a frame
         return out
 
 
@@ -138,10 +156,37 @@ class CodecTask(SplitSources):
             negative_slope=c.disc_negative_slope,
             dtype=dtype,
         )
-        sr = self.config.sample_rate
-        self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), train=True)
-        self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), train=False)
+        sr, hop = self.config.sample_rate, self.config.hop_length
+        train_features, eval_features = self._teacher_features()
+        self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), True, hop, train_features)
+        self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), False, hop, eval_features)
         self._reconstruct = jax.jit(self._reconstruct_all)
+
+    def _teacher_features(self):
+        """The extracted teacher features of the train and eval splits (None without distillation)."""
+        c, cfg = self.cfg.codec, self.config
+        if c.semantic_features is None:
+            return None, None
+        if not cfg.semantic_dimension:
+            raise ConfigError(
+                f"codec.semantic_features: model {self.cfg.model.name} has no semantic projection "
+                "(semantic_dimension; the speechtokenizer_* models have one)"
+            )
+        found = []
+        for split in (self.cfg.data.train_split, self.cfg.data.eval_split):
+            frames = ExtractedFrames(os.path.join(c.semantic_features, split))
+            if frames.what != "features" or frames.width() != cfg.semantic_dimension:
+                raise ConfigError(
+                    f"codec.semantic_features: {c.semantic_features}/{split} holds {frames.what} of width "
+                    f"{frames.width()}; distillation needs features of width {cfg.semantic_dimension} (--features)"
+                )
+            if frames.frame_rate != cfg.frame_rate:
+                raise ConfigError(
+                    f"codec.semantic_features: the teacher's frames come at {frames.frame_rate:g} Hz, "
+                    f"the codec's at {cfg.frame_rate} Hz"
+                )
+            found.append(frames)
+        return tuple(found)
 
     # -- data -------------------------------------------------------------------------
     def make_source(self, split):
@@ -149,11 +194,16 @@ class CodecTask(SplitSources):
 
     def example_batch(self, n):
         length = self.train_transform.length
-        return {
+        batch = {
             "audio": np.zeros((n, length), np.float32),
             "audio_length": np.full((n,), length, np.int32),
             "mask": np.ones((n,), np.float32),
         }
+        if self.cfg.codec.semantic_features is not None:
+            frames = length // self.config.hop_length
+            batch["semantic"] = np.zeros((n, frames, self.config.semantic_dimension), np.float32)
+            batch["semantic_frames"] = np.full((n,), frames, np.int32)
+        return batch
 
     # -- model ------------------------------------------------------------------------
     def init(self, rng, batch):
@@ -200,7 +250,7 @@ class CodecTask(SplitSources):
 
         def generate(generator):
             emb = self.model.apply({"params": generator}, x, method=Encodec.encode_latent)
-            q, _, commit, codebooks = quantization.quantize_train(
+            q, _, commit, codebooks, layers = quantization.quantize_train(
                 model_state["codebooks"],
                 emb,
                 n_active,
@@ -210,9 +260,12 @@ class CodecTask(SplitSources):
                 threshold_ema_dead_code=cfg.threshold_ema_dead_code,
             )
             y = self.model.apply({"params": generator}, q, method=Encodec.decode_latent)[:, : x.shape[1]]
-            return (y, commit), codebooks
+            distill = jnp.zeros(())
+            if "semantic" in batch:
+                distill = self._distillation(generator, emb, layers[0], batch)
+            return (y, commit, distill), codebooks
 
-        (y, commit), generator_vjp, codebooks = jax.vjp(generate, params["generator"], has_aux=True)
+        (y, commit, distill), generator_vjp, codebooks = jax.vjp(generate, params["generator"], has_aux=True)
 
         # The discriminator first, on the detached reconstruction.
         def discriminator_loss(d):
@@ -258,7 +311,13 @@ class CodecTask(SplitSources):
             c.balancer_ema_decay,
             balance_grads=c.balance_grads,
         )
-        (g_grads,) = generator_vjp((out_grad.astype(y.dtype), jnp.asarray(c.commitment_weight, commit.dtype)))
+        (g_grads,) = generator_vjp(
+            (
+                out_grad.astype(y.dtype),
+                jnp.asarray(c.commitment_weight, commit.dtype),
+                jnp.asarray(c.distill_weight, distill.dtype),
+            )
+        )
         g_updates, g_opt = tx.update(g_grads, opt_state["generator"], params["generator"])
         generator = optax.apply_updates(params["generator"], g_updates)
 
@@ -266,6 +325,7 @@ class CodecTask(SplitSources):
             "train/loss": effective,
             "train/d_loss": d_loss,
             "train/commitment": commit,
+            **({"train/distill": distill} if "semantic" in batch else {}),
             "train/grad_norm": optax.tree.norm(g_grads),
             "train/d_grad_norm": optax.tree.norm(d_grads),
             "train/bitrate_kbps": n_active * quantization.bandwidth_per_quantizer(cfg.bins, cfg.frame_rate) / 1000,
@@ -279,6 +339,15 @@ class CodecTask(SplitSources):
             {"codebooks": codebooks, "balancer": balancer},
             metrics,
         )
+
+    def _distillation(self, generator, emb, first, batch):
+        """The D-axis loss of the projected first quantizer output (straight-through to the
+        encoder, as upstream's per-layer quantizer) against the teacher's frames of the crop."""
+        first = emb + jax.lax.stop_gradient(first - emb)
+        feature = self.model.apply({"params": generator}, first, method=Encodec.semantic_projection)
+        valid = jnp.arange(feature.shape[1])[None] < batch["semantic_frames"][:, None]
+        per_example = losses.d_axis_distillation_loss(feature, batch["semantic"], valid)
+        return masked_mean(per_example, batch["mask"])
 
     # -- evaluation ---------------------------------------------------------------------
     def _reconstruct_all(self, params, audio):
@@ -309,11 +378,18 @@ class CodecTask(SplitSources):
         for bw, y in decoded.items():
             out[f"si_snr_{bw:g}kbps"] = fidelity.si_snr(y, audio, lengths)
             out[f"mel_distance_{bw:g}kbps"] = distances[bw]
+        if "semantic" in batch:
+            first = params["codebooks"]["embed"][0][codes[:, 0]]
+            feature = self.model.apply({"params": params["generator"]}, first, method=Encodec.semantic_projection)
+            valid = jnp.arange(feature.shape[1])[None] < batch["semantic_frames"][:, None]
+            out["distill"] = losses.d_axis_distillation_loss(feature, batch["semantic"], valid)
         return out
 
     def eval_metrics(self, outputs):
         cfg = self.config
-        metrics = {k: float(np.mean(v)) for k, v in outputs.items() if k.startswith(("si_snr", "mel_distance"))}
+        metrics = {
+            k: float(np.mean(v)) for k, v in outputs.items() if k.startswith(("si_snr", "mel_distance", "distill"))
+        }
         entropies = fidelity.codebook_entropies(outputs["codes"], outputs["code_frames"], cfg.bins)
         for bw in cfg.target_bandwidths:
             rates = fidelity.bitrates(entropies, cfg.num_quantizers(bw), cfg.bins, cfg.frame_rate)
@@ -352,10 +428,13 @@ class CodecTask(SplitSources):
 
 
 def official_codec(weights: str, model: str):
-    """A Codec from official EnCodec weights; `model` names their config or is a JSON file of it."""
+    """A Codec from official EnCodec or SpeechTokenizer weights; `model` names their config or is
+    a JSON file of it (EncodecConfig fields, or SpeechTokenizer's released config.json)."""
     if model.endswith(".json"):
         with open(model) as f:
             config = json.load(f)
+        if "semantic_dimension" in config:
+            config = speechtokenizer.encodec_config(config)
     else:
         config = codec_lib.config(model)
     return codec_lib.from_torch(read_weights(weights, "codec weights"), config)

@@ -1,0 +1,56 @@
+"""The per-utterance frames that `trainers.extract units` wrote (k-means units or features),
+looked up by the manifest record's key. Shards are memory-mapped when first read, in the
+process that reads (a grain worker), so a process reads from disk only the utterances it uses."""
+
+import json
+import os
+
+import numpy as np
+
+from trainers.cli import InputError
+
+
+class ExtractedFrames:
+    """DIR/<split>/ of `trainers.extract units`: ``frames[key]`` is one utterance's (frames, ...) array."""
+
+    def __init__(self, folder: str):
+        path = os.path.join(folder, "index.json")
+        if not os.path.isfile(path):
+            raise InputError(
+                f"{path} not found: write it with python -m trainers.extract units CONFIG --workdir "
+                f"{os.path.dirname(os.path.normpath(folder))} ... (a split is listed when it is complete)"
+            )
+        with open(path) as f:
+            index = json.load(f)
+        self.what, self.frame_rate, self.layer = index["what"], index["frame_rate"], index["layer"]
+        self.files = [os.path.join(folder, f"{s['prefix']}_{self.what}.npy") for s in index["shards"]]
+        self._where = {}
+        for shard, s in enumerate(index["shards"]):
+            lengths = np.load(os.path.join(folder, f"{s['prefix']}_lengths.npy"))
+            rows = np.load(os.path.join(folder, f"{s['prefix']}_indices.npy"))
+            starts = np.cumsum(lengths) - lengths
+            for row, start, length in zip(rows, starts, lengths):
+                self._where[index["keys"][row]] = (shard, int(start), int(length))
+        self._shards = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_shards": None}
+
+    def __len__(self):
+        return len(self._where)
+
+    def __contains__(self, key):
+        return key in self._where
+
+    def width(self) -> int:
+        """The size of a frame's feature vector (features), or 0 (units)."""
+        values = np.load(self.files[0], mmap_mode="r")
+        return int(values.shape[1]) if values.ndim == 2 else 0
+
+    def __getitem__(self, key):
+        if key not in self._where:
+            raise InputError(f"utterance {key!r} has no extracted frames in {os.path.dirname(self.files[0])}")
+        if self._shards is None:
+            self._shards = [np.load(f, mmap_mode="r") for f in self.files]
+        shard, start, length = self._where[key]
+        return np.asarray(self._shards[shard][start : start + length])
