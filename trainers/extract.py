@@ -5,6 +5,7 @@ corpus through a self-supervised encoder.
     python -m trainers.extract vae CONFIG.yaml --images ROOT --workdir DIR [--splits train] [--flip]
     python -m trainers.extract units CONFIG.yaml --encoder PATH --layer L --workdir DIR \
         [--clusters K | --tokenizer TOKENIZER.npz | --features] [--splits train,test]
+    python -m trainers.extract codes CONFIG.yaml --codec RUN_OR_WEIGHTS [--codec_model NAME] --workdir DIR
 
 vae:
 ROOT/<split>/<class>/<image> (the ImageNet layout) -> DIR/<split>/: the VAE's posterior
@@ -25,6 +26,12 @@ trainers.semantic reads; a run started again reuses it), or given (--tokenizer);
 --features, the hidden states themselves (float16). Shards hold the utterances' frames one
 after another (`units` or `features`), `lengths` (frames per utterance) and `indices`.
 
+codes: the same utterances -> DIR/<split>/: every codebook's codes of a codec (--codec: a codec
+run's directory, or EnCodec / SpeechTokenizer weights with --codec_model as trainers.compress
+takes them), (frames, n_q) int16 per utterance at the codec's rate. The batch pads each
+utterance with zeros, which the last frames of a non-causal codec see (upstream encodes each
+file alone).
+
 Every device of every process encodes: each process takes its rows of each global batch and
 writes its own shard files (`p<process>_s<shard>_<what>.npy`, each row's index in the split
 last); `index.json` lists them when the split is complete. A killed run started again skips
@@ -41,7 +48,7 @@ from PIL import Image
 
 from trainers.cli import InputError, command
 
-KINDS = ("vae", "units")
+KINDS = ("vae", "units", "codes")
 
 
 def center_crop_arr(path: str, size: int) -> np.ndarray:
@@ -147,22 +154,25 @@ def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip
     return sum(item["rows"] for item in listing)
 
 
-def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resample, features: bool, meta: dict):
-    """One split's units (or features) into out_dir (see the module's docstring). encode(audio,
-    lengths) -> (per-frame values (B, T'), frames (B,)), batch-sharded."""
+STORED = {"units": None, "features": np.float16, "codes": np.int16}  # what is written, in which dtype
+
+
+def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resample, what: str, meta: dict, rate):
+    """One split's units, features or codes into out_dir (see the module's docstring), of audio
+    at `rate` Hz. encode(audio, lengths) -> (per-frame values (B, T', ...), frames (B,)), batch-sharded."""
     from trainers import files, sharding, speech
 
     def units(rows):
         real = rows[rows < len(source)]
-        waves = [speech.read_audio(source[i]["source"], resample=resample) for i in real]
+        waves = [speech.read_audio(source[i]["source"], rate, resample=resample) for i in real]
         longest = max([len(w) for w in waves], default=1)
         # One compiled shape per second of the batch's longest utterance.
-        length = -(-longest // speech.SAMPLE_RATE) * speech.SAMPLE_RATE
+        length = -(-longest // rate) * rate
         audio, lengths = speech.pad_waveforms(waves + [np.zeros(1, np.float32)] * (len(rows) - len(real)), length)
         batch = sharding.to_global(mesh, {"audio": audio, "lengths": lengths}, batch_size)
         values, frames = encode(batch["audio"], batch["lengths"])
         values, frames = local_rows(values)[: len(real)], local_rows(frames)[: len(real)]
-        values = values.astype(np.float16) if features else values
+        values = values.astype(STORED[what] or values.dtype)
         empty = np.zeros((0,) + values.shape[2:], values.dtype)
         return {
             what: np.concatenate([empty] + [v[:n] for v, n in zip(values, frames)]),
@@ -170,7 +180,6 @@ def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resa
             "indices": real,
         }
 
-    what = "features" if features else "units"
     listing = write_shards(
         out_dir,
         len(source),
@@ -293,14 +302,71 @@ def speech_units(args, cfg):
     batch = sharding.batch_sharding(mesh)
     encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
     meta = {"encoder": args.encoder, "layer": args.layer, "frame_rate": frame_rate}
+    if centroids is not None:
+        meta["clusters"] = len(centroids)
     for split in splits:
         source = speech.SpeechSource(cfg, split)
         out_dir = os.path.join(args.workdir, split)
+        what = "features" if args.features else "units"
         n = extract_units(
-            source, out_dir, encode, mesh, args.batch_size, args.shard_batches, cfg.data.resample, args.features, meta
+            source,
+            out_dir,
+            encode,
+            mesh,
+            args.batch_size,
+            args.shard_batches,
+            cfg.data.resample,
+            what,
+            meta,
+            speech.SAMPLE_RATE,
         )
         if jax.process_index() == 0:
             print(f"wrote the {'features' if args.features else 'units'} of {n} utterances to {out_dir}", flush=True)
+
+
+def codec_codes(args, cfg):
+    import jax
+
+    from jaxmodels.codec import Encodec, quantization
+    from trainers import sharding, speech
+    from trainers.tasks.codec import load_codec
+
+    if not args.codec:
+        raise InputError("give --codec: a codec run's directory or a codec weights file (with --codec_model)")
+    codec = load_codec(args.codec, args.codec_model)
+    c = codec.config
+    if c.channels != 1 or c.segment is not None or c.normalize:
+        raise InputError(f"--codec {args.codec}: codes are written for mono codecs without segments or normalisation")
+    mesh = sharding.make_mesh(data=-1)
+    if args.batch_size % mesh.size:
+        raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
+
+    def encode(audio, lengths):
+        emb = codec.model.apply({"params": codec.params}, audio[..., None], method=Encodec.encode_latent)
+        codes = quantization.encode(codec.codebooks["embed"], emb, c.n_q)
+        return codes.transpose(1, 2, 0), -(-lengths // c.hop_length)
+
+    batch = sharding.batch_sharding(mesh)
+    encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
+    meta = {"codec": args.codec, "codec_model": args.codec_model, "frame_rate": c.frame_rate, "bins": c.bins}
+    meta["sample_rate"] = c.sample_rate
+    for split in args.splits.split(","):
+        source = speech.SpeechSource(cfg, split)
+        out_dir = os.path.join(args.workdir, split)
+        n = extract_units(
+            source,
+            out_dir,
+            encode,
+            mesh,
+            args.batch_size,
+            args.shard_batches,
+            cfg.data.resample,
+            "codes",
+            meta,
+            c.sample_rate,
+        )
+        if jax.process_index() == 0:
+            print(f"wrote the {c.n_q}-codebook codes of {n} utterances to {out_dir}", flush=True)
 
 
 @command
@@ -324,6 +390,8 @@ def main(argv=None):
         p.add_argument("--fit_utterances", type=int, default=1000, help="units: utterances the k-means is fitted on")
         p.add_argument("--tokenizer", help="units: a saved tokenizer (.npz) instead of --clusters")
         p.add_argument("--features", action="store_true", help="units: the hidden states, not units")
+        p.add_argument("--codec", help="codes: a codec run's directory, or codec weights (with --codec_model)")
+        p.add_argument("--codec_model", default="encodec_24khz", help="codes: the weights' config (trainers.compress)")
         p.add_argument("--batch_size", type=int, default=256, help="items per step over all devices")
         p.add_argument("--shard_batches", type=int, default=100, help="steps per shard file (the unit of resuming)")
         p.add_argument("--workers", type=int, default=8, help="vae: threads decoding images in each process")
@@ -334,7 +402,7 @@ def main(argv=None):
     kind, argv = argv[0], argv[1:]
     args, cfg = parse_command_line("python -m trainers.extract", __doc__, argv, add_arguments)
     launch.initialize()
-    (vae_latents if kind == "vae" else speech_units)(args, cfg)
+    {"vae": vae_latents, "units": speech_units, "codes": codec_codes}[kind](args, cfg)
 
 
 if __name__ == "__main__":

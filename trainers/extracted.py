@@ -22,7 +22,7 @@ class ExtractedFrames:
             )
         with open(path) as f:
             index = json.load(f)
-        self.what, self.frame_rate, self.layer = index["what"], index["frame_rate"], index["layer"]
+        self.what, self.frame_rate, self.meta = index["what"], index["frame_rate"], index
         self.files = [os.path.join(folder, f"{s['prefix']}_{self.what}.npy") for s in index["shards"]]
         self._where = {}
         for shard, s in enumerate(index["shards"]):
@@ -43,7 +43,7 @@ class ExtractedFrames:
         return key in self._where
 
     def width(self) -> int:
-        """The size of a frame's feature vector (features), or 0 (units)."""
+        """The size of a frame's vector (features; codes: the codebooks), or 0 (units)."""
         values = np.load(self.files[0], mmap_mode="r")
         return int(values.shape[1]) if values.ndim == 2 else 0
 

@@ -7,16 +7,20 @@ Named configs (`create(name, **overrides)`), with their parameter counts (`param
                   1024 codes (+EOS, BOS)                                  153,781,248
   valle_nar       VALL-E NAR: the same stack with AdaLN on 7 stages, 8 codebooks
                   of 1024 (its 25 AdaLN projections are 52.5M of it)     219,896,832
+  audiolm_stage   an AudioLM stage (§5.1): 12 layers, width 1024, 16 heads, FFN 4096;
+                  with 1024 units or codes per codebook: semantic 153,254,912, coarse
+                  (4 codebooks) 160,594,944, fine (8 after 4) 172,129,280
   musicgen_small  MusicGen-small's LM: 24 layers, width 1024, 16 heads, FFN 4096, no
                   biases, 4 codebooks of 2048, 256 prefix tokens           319,133,696
 
-The VALL-E paper publishes sizes, not counts. MusicGen's paper calls its small model
-300M; audiocraft's small LM is this stack (302.1M in the 24 blocks, plus 16.8M of
+The VALL-E and AudioLM papers publish sizes, not counts. MusicGen's paper calls its small
+model 300M; audiocraft's small LM is this stack (302.1M in the 24 blocks, plus 16.8M of
 code embeddings and heads) with cross-attention to T5 features in every block, which
 here is a bidirectional token prefix instead.
 """
 
 from jaxmodels.nn import variants
+from jaxmodels.speechlm.audiolm import StageLM
 from jaxmodels.speechlm.delay import DelayedLM, delay_codes, delayed_training_inputs, generate_delayed, undelay_codes
 from jaxmodels.speechlm.kmeans import assign, fit, kmeans_plus_plus, minibatch_update, tokenize
 from jaxmodels.speechlm.sampling import sample_logits
@@ -37,6 +41,8 @@ _VALLE = dict(
 VARIANTS = {
     "valle_ar": (VALLEAR, _VALLE),
     "valle_nar": (VALLENAR, {**_VALLE, "num_quantizers": 8}),
+    # AudioLM's stages (§5.1), each: bins, codebooks and the prefix's come from the data.
+    "audiolm_stage": (StageLM, dict(num_layers=12, num_heads=16, dim=1024, ffn_dim=4096, dropout=0.1, bins=1024)),
     "musicgen_small": (
         DelayedLM,
         dict(dim=1024, num_heads=16, num_layers=24, hidden_scale=4, num_codebooks=4, codebook_size=2048, bias=False),
@@ -59,6 +65,7 @@ def param_count(model) -> int:
 
 __all__ = [
     "DelayedLM",
+    "StageLM",
     "Transformer",
     "VALLEAR",
     "VALLENAR",

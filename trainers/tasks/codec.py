@@ -427,6 +427,16 @@ class CodecTask(SplitSources):
         print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
 
 
+def load_codec(path: str, model: str = "encodec_24khz"):
+    """A Codec: a codec run's directory (its inference params), or a weights file (official_codec)."""
+    if os.path.isdir(path):
+        from trainers.runs import load_run
+
+        trainer, params = load_run(path, "codec", "codec")
+        return trainer.task.codec(params)
+    return official_codec(path, model)
+
+
 def official_codec(weights: str, model: str):
     """A Codec from official EnCodec or SpeechTokenizer weights; `model` names their config or is
     a JSON file of it (EncodecConfig fields, or SpeechTokenizer's released config.json)."""

@@ -1,0 +1,183 @@
+"""AudioLM's stages: flattening, a row's loss independent of the batch's padding, and cached
+generation equal to the full forward pass with the codebook turns."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, manifest_data
+
+from jaxmodels.speechlm import audiolm
+
+TINY = dict(bins=5, codebooks=2, prefix_bins=7, prefix_codebooks=1, num_layers=2, num_heads=2, dim=16, ffn_dim=32)
+
+
+def _model_and_params():
+    model = audiolm.StageLM(**TINY, dropout=0.0)
+    args, _ = model.example()
+    return model, model.init(jax.random.PRNGKey(0), *args)["params"]
+
+
+def test_flatten_round_trip():
+    codes = jnp.asarray(np.random.default_rng(0).integers(0, 5, (2, 3, 4)))
+    tokens = audiolm.flatten(codes, 5)
+    assert tokens[0, :4].tolist() == (codes[0, 0] + jnp.array([0, 5, 10, 15])).tolist()
+    np.testing.assert_array_equal(audiolm.unflatten(tokens, 4, 5), codes)
+
+
+def test_a_rows_loss_ignores_the_batchs_padding():
+    model, params = _model_and_params()
+    rng = np.random.default_rng(0)
+    prefix = jnp.asarray(rng.integers(0, 7, (2, 6)))
+    target = jnp.asarray(rng.integers(0, 10, (2, 8)))
+    batch = audiolm.loss(model, params, prefix, jnp.array([3, 6]), target, jnp.array([5, 8]))
+    alone = audiolm.loss(model, params, prefix[:1, :3], jnp.array([3]), target[:1, :5], jnp.array([5]))
+    other = audiolm.loss(model, params, prefix[1:], jnp.array([6]), target[1:], jnp.array([8]))
+    np.testing.assert_allclose(batch[0], np.concatenate([alone[0], other[0]]), rtol=1e-5)
+    assert batch[1].tolist() == [5, 8]
+
+
+def test_cached_generation_equals_the_full_forward():
+    """Greedy tokens from the cache are the argmax of the full forward over [prefix, SEP, prompt,
+    tokens so far], restricted to the codebook whose turn it is, for rows of different lengths."""
+    model, params = _model_and_params()
+    rng = np.random.default_rng(1)
+    prefix, prefix_lengths = jnp.asarray(rng.integers(0, 7, (2, 5))), jnp.array([5, 2])
+    prompt, prompt_lengths = jnp.asarray(rng.integers(0, 10, (2, 4))), jnp.array([3, 4])
+    new = audiolm.generate(
+        model,
+        params,
+        prefix,
+        prefix_lengths,
+        prompt,
+        prompt_lengths,
+        jax.random.PRNGKey(0),
+        max_new_tokens=5,
+        temperature=0.0,
+    )
+    for r in range(2):
+        p, n = int(prefix_lengths[r]), int(prompt_lengths[r])
+        target = list(np.asarray(prompt[r, :n]))
+        for _ in range(5):
+            tokens = np.concatenate([prefix[r, :p], [model.sep], np.array(target, int) + model.prefix_vocab])
+            positions = np.arange(len(tokens))
+            logits = model.apply({"params": params}, tokens[None], positions[None], np.ones((1, len(tokens)), bool))
+            turn = len(target) % model.codebooks
+            target.append(
+                turn * model.bins + int(np.argmax(logits[0, -1, turn * model.bins : (turn + 1) * model.bins]))
+            )
+        assert np.asarray(new[r]).tolist() == target[n:]
+
+
+@pytest.fixture(scope="module")
+def extracted(tone_corpus, tmp_path_factory):
+    """The tone corpus's units (the tiny HuBERT of tests/data/ssl_reference.npz at 800 Hz, 4
+    clusters) and codes (the small SpeechTokenizer of tests/data/speechtokenizer_reference.npz:
+    3 codebooks of 32 at 2000 Hz), written by trainers.extract."""
+    from safetensors.numpy import save_file
+
+    from trainers import extract
+
+    root = tmp_path_factory.mktemp("audiolm")
+    (root / "hubert").mkdir()
+    with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
+        case = "hubert_base_layout"
+        weights = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith(f"{case}/sd/")}
+        save_file(weights, str(root / "hubert" / "model.safetensors"))
+        (root / "hubert" / "config.json").write_text(str(f[f"{case}/config"]))
+    with np.load(ROOT / "tests" / "data" / "speechtokenizer_reference.npz") as f:
+        save_file(
+            {k[7:]: np.ascontiguousarray(f[k]) for k in f.files if k.startswith("elu/sd/")},
+            str(root / "st.safetensors"),
+        )
+        (root / "st.json").write_text(str(f["elu/config"]))
+    data = manifest_data(tone_corpus)
+    (root / "data.yaml").write_text(json.dumps({"task": "audiolm", "data": data}))
+    common = ["--splits", "train,test", "--batch_size", "8"]
+    extract.main(
+        ["units", str(root / "data.yaml"), "--encoder", str(root / "hubert" / "model.safetensors")]
+        + ["--layer", "1", "--clusters", "4", "--workdir", str(root / "units"), *common]
+    )
+    extract.main(
+        ["codes", str(root / "data.yaml"), "--codec", str(root / "st.safetensors")]
+        + ["--codec_model", str(root / "st.json"), "--workdir", str(root / "codes"), *common]
+    )
+    return data, str(root / "units"), str(root / "codes")
+
+
+def stage_config(extracted, stage, **audiolm_keys):
+    from trainers import config as config_lib
+
+    data, units, codes = extracted
+    return config_lib.parse(
+        {
+            "task": "audiolm",
+            "model": {"name": "audiolm_stage", "args": {"num_layers": 1, "num_heads": 2, "dim": 16, "ffn_dim": 32}},
+            "data": data,
+            "audiolm": {"stage": stage, "units": units, "codes": codes, "window_seconds": 0.02, **audiolm_keys},
+            "optimizer": {"name": "adam", "lr": 1e-2, "schedule": "constant", "weight_decay": 0.0},
+            "train": {
+                "steps": 4,
+                "log_every": 2,
+                "eval_every": 4,
+                "checkpoint_every": 4,
+                "async_checkpointing": False,
+            },
+        }
+    )
+
+
+@pytest.mark.slow
+def test_extracted_codes_are_the_codecs(extracted, tone_corpus):
+    """A record's codes in the shards equal the codec's encode of the utterance alone, but for
+    the last frames, which see the batch's zero padding instead of the reflection."""
+    from jaxmodels.codec import speechtokenizer
+    from trainers import speech
+    from trainers.extracted import ExtractedFrames
+
+    _, _, codes = extracted
+    frames = ExtractedFrames(f"{codes}/test")
+    assert frames.what == "codes" and frames.width() == 3 and frames.frame_rate == 2000 and len(frames) == 6
+    with np.load(ROOT / "tests" / "data" / "speechtokenizer_reference.npz") as f:
+        st = speechtokenizer.from_torch(
+            {k[7:]: f[k] for k in f.files if k.startswith("elu/sd/")}, json.loads(str(f["elu/config"]))
+        )
+    audio = speech.read_audio(str(tone_corpus / "wav" / "test0.wav"))
+    alone = np.asarray(st.encode(audio[None, :, None]))[0].T
+    assert frames["test0"].shape == alone.shape
+    np.testing.assert_array_equal(frames["test0"][:-8], alone[:-8])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["semantic", "coarse", "fine"])
+def test_each_stage_trains_and_evaluates(extracted, stage, tmp_path):
+    from trainers.loop import Trainer, train
+
+    cfg = stage_config(extracted, stage, coarse_quantizers=1)
+    task = Trainer(cfg).task
+    example = task.eval_transform(task.eval_source()[0], np.random.default_rng(0))
+    sizes = {"semantic": (1, 16), "coarse": (16, 40), "fine": (40, 80)}[stage]
+    assert (len(example["prefix"]), len(example["target"])) == sizes
+    if stage == "fine":  # the prefix is codebook 0 of each frame, the target codebooks 1 and 2 after it
+        codes = task.folders["test"]["codes"][task.eval_source()[0]["key"]][:40]
+        np.testing.assert_array_equal(example["prefix"], codes[:, 0])
+        np.testing.assert_array_equal(example["target"].reshape(40, 2), codes[:, 1:] + np.array([0, 32]))
+    metrics = train(cfg, str(tmp_path / "run"))
+    vocab = {"semantic": 4, "coarse": 32, "fine": 64}[stage]
+    assert 0 < metrics["eval/accuracy"] <= 1 and 1 < metrics["eval/perplexity"] < 2 * vocab
+
+
+@pytest.mark.slow
+def test_stage_errors(extracted):
+    from trainers.config import ConfigError
+    from trainers.loop import Trainer
+
+    data, units, codes = extracted
+    with pytest.raises(ConfigError, match="audiolm.codes: the coarse stage reads the codes"):
+        Trainer(stage_config((data, units, None), "coarse"))
+    with pytest.raises(ConfigError, match="audiolm.coarse_quantizers: 3; the codes have 3"):
+        Trainer(stage_config(extracted, "fine", coarse_quantizers=3))
+    with pytest.raises(ConfigError, match="not k-means units"):
+        Trainer(stage_config((data, codes, codes), "semantic"))
