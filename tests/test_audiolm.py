@@ -181,3 +181,25 @@ def test_stage_errors(extracted):
         Trainer(stage_config(extracted, "fine", coarse_quantizers=3))
     with pytest.raises(ConfigError, match="not k-means units"):
         Trainer(stage_config((data, codes, codes), "semantic"))
+
+
+@pytest.mark.slow
+def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_path):
+    """A prompt's units and codes through semantic, coarse and fine runs and the codec: the
+    output holds the prompt's frames and then the continuation's."""
+    from trainers import continue_speech, speech
+    from trainers.loop import train
+
+    runs = {}
+    for stage in ("semantic", "coarse", "fine"):
+        runs[stage] = str(tmp_path / stage)
+        train(stage_config(extracted, stage, coarse_quantizers=1), runs[stage])
+    prompt = str(tone_corpus / "wav" / "test1.wav")
+    out = str(tmp_path / "more.wav")
+    continue_speech.main([prompt, out, "--seconds", "0.01", *[f"--{s}={r}" for s, r in runs.items()]])
+    frames = -(-len(speech.read_audio(prompt)) // 8) + 20  # 2000 Hz codes: the prompt's, then 0.01 s more
+    assert len(speech.read_audio(out)) == frames * 8
+    with pytest.raises(SystemExit, match="is a coarse stage"):
+        continue_speech.main(
+            [prompt, out, "--semantic", runs["coarse"], "--coarse", runs["coarse"], "--fine", runs["fine"]]
+        )

@@ -304,6 +304,7 @@ def speech_units(args, cfg):
     meta = {"encoder": args.encoder, "layer": args.layer, "frame_rate": frame_rate}
     if centroids is not None:
         meta["clusters"] = len(centroids)
+        meta["tokenizer"] = os.path.abspath(args.tokenizer or os.path.join(args.workdir, "tokenizer.npz"))
     for split in splits:
         source = speech.SpeechSource(cfg, split)
         out_dir = os.path.join(args.workdir, split)

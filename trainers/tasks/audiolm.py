@@ -73,12 +73,12 @@ class Window:
         else:
             codes = codes[round(start * t.code_rate) :][: t.code_frames].astype(np.int32)
             q = a.coarse_quantizers
-            coarse = _flatten(codes[:, :q], t.bins)
-            prefix, target = (units, coarse) if a.stage == "coarse" else (coarse, _flatten(codes[:, q:], t.bins))
+            coarse = flatten_codes(codes[:, :q], t.bins)
+            prefix, target = (units, coarse) if a.stage == "coarse" else (coarse, flatten_codes(codes[:, q:], t.bins))
         return {**_padded("prefix", prefix, t.prefix_size), **_padded("target", target, t.target_size)}
 
 
-def _flatten(codes, bins: int):
+def flatten_codes(codes, bins: int):
     """audiolm.flatten of one utterance's (frames, K) codes, on the host."""
     return (codes + bins * np.arange(codes.shape[1])).reshape(-1)
 
