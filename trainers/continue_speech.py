@@ -86,7 +86,7 @@ def main(argv=None):
 
     from trainers import speech
     from trainers.semantic import SemanticTokenizer
-    from trainers.tasks.audiolm import flatten_codes, deduplicate
+    from trainers.tasks.audiolm import deduplicate, flatten_codes
     from trainers.tasks.codec import load_codec
 
     args = _parser().parse_args(argv)
