@@ -161,3 +161,46 @@ def test_distillation_training(tone_corpus, tmp_path):
             config_lib.parse({**config, "model": {"name": "speechtokenizer_hubert_avg", "args": slower}}),
             str(tmp_path / "bad"),
         )
+
+
+@pytest.mark.slow
+def test_uslm_is_valle_over_speechtokenizer_codes(tone_corpus, tmp_path):
+    """USLM (the SpeechTokenizer paper's TTS): the tts task's VALL-E over SpeechTokenizer's codes,
+    the AR stage on RVQ-1 (the distilled, semantic layer) and the NAR stage on the others."""
+    from conftest import manifest_data
+    from safetensors.numpy import save_file
+
+    from trainers import config as config_lib
+    from trainers.loop import train
+
+    state_dict, config, _ = _case("elu")
+    save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp_path / "st.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    valle = {"d_model": 32, "nhead": 4, "num_layers": 1, "dim_feedforward": 64, "dropout": 0.0}
+    cfg = {
+        "task": "tts",
+        "model": {
+            "name": "valle",
+            "args": {**valle, "codebook_size": 32, "num_quantizers": 3, "text_vocab_size": 256},
+        },
+        "data": manifest_data(tone_corpus),
+        "tts": {
+            "codec_weights": str(tmp_path / "st.safetensors"),
+            "codec_model": str(tmp_path / "config.json"),
+            "tokens_dir": str(tmp_path / "tokens"),
+            "max_frames": 128,
+            "max_text_length": 32,
+            "eval_examples": 1,
+        },
+        "train": {"steps": 2, "log_every": 1, "eval_every": 2, "checkpoint_every": 2, "async_checkpointing": False},
+    }
+    metrics = train(config_lib.parse(cfg), str(tmp_path / "run"))
+    assert np.isfinite(metrics["eval/ar_loss"]) and np.isfinite(metrics["eval/nar_loss"])
+    from trainers import speech
+
+    with np.load(tmp_path / "tokens" / "test.npz") as f:
+        codes, offsets = f["codes"], f["code_offsets"]
+    audio = speech.read_audio(str(tone_corpus / "wav" / "test0.wav"))
+    alone = np.asarray(speechtokenizer.from_torch(state_dict, config).encode(audio[None, :, None]))[0]
+    first = codes[offsets[0] : offsets[1]]
+    np.testing.assert_array_equal(first.reshape(alone.T.shape), alone.T)
