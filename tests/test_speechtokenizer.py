@@ -105,7 +105,8 @@ def test_d_axis_loss_as_upstream():
 def test_distillation_training(tone_corpus, tmp_path):
     """The teacher's mean hidden state (`trainers.extract units --layer avg --features`, the tiny
     HuBERT at 800 Hz) distilled into a SpeechTokenizer of the same frame rate: the D-axis loss
-    falls, and eval reports it; a teacher of another width or rate is refused by name."""
+    falls, and eval reports it with RVQ-1's unit quality; a teacher of another width or rate is
+    refused by name."""
     from conftest import manifest_data
     from safetensors.numpy import save_file
 
@@ -141,6 +142,7 @@ def test_distillation_training(tone_corpus, tmp_path):
             "eval_examples": 1,
         },
         "optimizer": {"name": "adam", "lr": 1e-2, "schedule": "constant", "weight_decay": 0.0},
+        "evals": [{"name": "unit_quality", "features": "codes", "layer": 0, "every": 12}],
         "train": {"steps": 12, "log_every": 1, "eval_every": 12, "checkpoint_every": 12, "async_checkpointing": False},
     }
     final = train(config_lib.parse(config), str(tmp_path / "run"))
@@ -149,6 +151,7 @@ def test_distillation_training(tone_corpus, tmp_path):
     assert len(distill) == 12 and np.isfinite(distill).all()
     assert np.mean(distill[-4:]) < np.mean(distill[:4]) - 0.03, distill
     assert 0 < final["eval/distill"] < np.log(2) + 1  # -log sigmoid(cos) lies in [0.31, 1.31]
+    assert 0 < final["eval/rvq1_pnmi"] <= 1 and 0 < final["eval/rvq1_phone_purity"] <= 1
     wrong = {**args, "semantic_dimension": 24}
     with pytest.raises(ConfigError, match="features of width 24"):
         train(

@@ -11,7 +11,10 @@ eSpeak NG's phoneme events, pauses one more phone) and z its unit:
 The units are k-means (jaxmodels.speechlm, `clusters`) of frame features fitted on the
 first fit_utterances training utterances: with `features: model`, hidden state `layer` of
 the pretraining task's encoder with the params evaluated (metrics layer<L>_pnmi, ...); with
-`features: mfcc`, HuBERT's first-iteration MFCCs (mfcc_pnmi, ...), the baseline.
+`features: mfcc`, HuBERT's first-iteration MFCCs (mfcc_pnmi, ...), the baseline. With
+`features: codes` (the codec task) the units are a codec's codes themselves, those of
+quantizer `layer` (0: RVQ-1; metrics rvq<layer + 1>_pnmi, ...): SpeechTokenizer distils
+the phonetic content into RVQ-1, which EnCodec's RVQ-1 does not hold apart.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from trainers.config import ConfigError, EvalConfig
 
 @dataclass
 class UnitQualityConfig(EvalConfig):
-    features: Literal["model", "mfcc"] = "model"
-    layer: int = 6  # features model: the hidden state (0: the encoder's input)
+    features: Literal["model", "mfcc", "codes"] = "model"
+    layer: int = 6  # model: the hidden state (0: the encoder's input); codes: the quantizer (0: RVQ-1)
     clusters: int = 100
     fit_utterances: int = 1000
     seed: int = 0
@@ -80,7 +83,10 @@ class UnitQuality:
 
         if cfg.features == "model" and not isinstance(task, SpeechPretraining):
             raise ConfigError("evals: unit_quality with features model scores a pretraining task's encoder")
+        if cfg.features == "codes" and task.cfg.task != "codec":
+            raise ConfigError("evals: unit_quality with features codes scores a codec task's codes")
         self.cfg, self.task = cfg, task
+        self.sample_rate = speech.SAMPLE_RATE
         self.fit_records = task.train_source().records[: cfg.fit_utterances]
         self.eval_records = task.eval_source().records
         self.phones = _phones(self.eval_records, "evaluation")
@@ -101,6 +107,19 @@ class UnitQuality:
                 frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
                 return hidden[cfg.layer], frames
 
+        elif cfg.features == "codes":
+            from jaxmodels.codec import Encodec, quantization
+
+            codec = task.config
+            if not 0 <= cfg.layer < codec.n_q:
+                raise ConfigError(f"evals: unit_quality layer {cfg.layer}: the codec has quantizers 0..{codec.n_q - 1}")
+            self.rate, self.prefix, self.sample_rate = codec.frame_rate, f"rvq{cfg.layer + 1}_", codec.sample_rate
+
+            def encode(params, audio, lengths):
+                emb = task.model.apply({"params": params["generator"]}, audio[..., None], method=Encodec.encode_latent)
+                codes = quantization.encode(params["codebooks"]["embed"], emb, cfg.layer + 1)[cfg.layer]
+                return codes, -(-lengths // codec.hop_length)
+
         else:
             self.rate, self.prefix = 100.0, "mfcc_"
 
@@ -112,23 +131,29 @@ class UnitQuality:
 
     def _features(self, params, records) -> list:
         """Each utterance's frames (T, D), in batches padded to one length."""
-        waves = [speech.read_audio(r["source"], resample=self.resample) for r in records]
+        waves = [speech.read_audio(r["source"], self.sample_rate, self.resample) for r in records]
         longest, out = max(len(w) for w in waves), []
         for start in range(0, len(waves), 32):
             audio, lengths = speech.pad_waveforms(waves[start : start + 32], longest)
             feats, frames = self.encode(params, jnp.asarray(audio), jnp.asarray(lengths))
-            out += [f[:n] for f, n in zip(np.asarray(feats, np.float32), np.asarray(frames))]
+            out += [f[:n] for f, n in zip(np.asarray(feats), np.asarray(frames))]
         return out
 
     def __call__(self, outputs, params):
         if self._result is not None:  # the MFCC units do not depend on the params
             return self._result, {}
-        points = np.concatenate(self._features(params, self.fit_records))
-        centroids = speechlm.fit(jax.random.PRNGKey(self.cfg.seed), points, self.cfg.clusters, batch_size=4096)
-        units, labels = [], []
-        for feats, phones in zip(self._features(params, self.eval_records), self.phones):
-            units.append(np.argmin(((feats[:, None] - np.asarray(centroids)[None]) ** 2).sum(-1), 1))
-            labels += frame_phones(phones, len(feats), self.rate)
+        if self.cfg.features == "codes":
+            units = self._features(params, self.eval_records)
+        else:
+            points = np.concatenate(self._features(params, self.fit_records)).astype(np.float32)
+            centroids = speechlm.fit(jax.random.PRNGKey(self.cfg.seed), points, self.cfg.clusters, batch_size=4096)
+            units = [
+                np.argmin(((f.astype(np.float32)[:, None] - np.asarray(centroids)[None]) ** 2).sum(-1), 1)
+                for f in self._features(params, self.eval_records)
+            ]
+        labels = []
+        for frames, phones in zip(units, self.phones):
+            labels += frame_phones(phones, len(frames), self.rate)
         metrics = {self.prefix + k: v for k, v in unit_quality(labels, np.concatenate(units)).items()}
         if self.cfg.features == "mfcc":
             self._result = metrics
