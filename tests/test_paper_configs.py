@@ -254,3 +254,46 @@ def test_w2v_bert_2_encodes_fsdp_sharded_in_bfloat16():
         compiled = hidden.lower(params, features, paddings).compile()
     assert len(compiled.out_info) == 25 and compiled.out_info[-1].shape == (8, 500, 1024)
     assert all(s.is_equivalent_to(NamedSharding(mesh, P(("data", "fsdp"))), 3) for s in compiled.output_shardings)
+
+
+def _extracted(folder, what: str, values, **meta):
+    """A one-utterance folder as trainers.extract writes it (only its shapes matter here)."""
+    folder.mkdir(parents=True)
+    np.save(folder / f"p0_s00000_{what}.npy", values)
+    np.save(folder / "p0_s00000_lengths.npy", np.array([len(values)], np.int32))
+    np.save(folder / "p0_s00000_indices.npy", np.array([0]))
+    index = {"shards": [{"prefix": "p0_s00000", "rows": 1}], "what": what, "keys": ["u0"], **meta}
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.slow  # published-scale compiles
+def test_speechtokenizer_compiles_data_parallel_sharded_with_distillation(tmp_path):
+    """The released SpeechTokenizer (103,675,586 parameters) with its recipe's losses and the
+    D-axis distillation from 768-wide teacher features: batch 8 of 3 s over 8 devices."""
+    for split in ("train-clean-100", "dev-clean"):
+        _extracted(tmp_path / split, "features", np.zeros((150, 768), np.float16), frame_rate=50, layer="avg")
+    overrides = ["data.batch_size=8", "mesh.data=8", "data.num_workers=0", f"codec.semantic_features={tmp_path}"]
+    trainer = Trainer(config_lib.load("configs/speechtokenizer_librispeech.yaml", overrides))
+    params = trainer.abstract_state.params
+    assert sum(p.size for p in jax.tree.leaves(params["generator"])) == 103_675_586
+    assert trainer.task.example_batch(8)["semantic"].shape == (8, 150, 768)
+    _compile_train_step(trainer)
+
+
+@pytest.mark.slow  # published-scale compiles
+def test_audiolm_coarse_stage_compiles_fsdp_tensor_sharded(tmp_path):
+    """AudioLM's coarse stage at the paper's size over 500 HuBERT units at 50 Hz and 4 of
+    SpeechTokenizer's 8 codebooks (10 s: 500 prefix and 2000 target tokens), compiled with
+    two of its twelve layers."""
+    for split in ("train", "dev"):
+        _extracted(tmp_path / "units" / split, "units", np.zeros(500, np.int32), frame_rate=50, clusters=500)
+        _extracted(tmp_path / "codes" / split, "codes", np.zeros((500, 8), np.int16), frame_rate=50, bins=1024)
+    overrides = ["data.batch_size=8", "mesh.data=1", "mesh.fsdp=4", "mesh.tensor=2", "data.num_workers=0"]
+    overrides += [f"audiolm.units={tmp_path / 'units'}", f"audiolm.codes={tmp_path / 'codes'}"]
+    params = Trainer(config_lib.load("configs/audiolm_coarse.yaml", overrides)).abstract_state.params
+    assert sum(p.size for p in jax.tree.leaves(params)) == 160_058_368
+    trainer = Trainer(config_lib.load("configs/audiolm_coarse.yaml", overrides + ["model.args={num_layers: 2}"]))
+    assert trainer.task.example_batch(8)["target"].shape == (8, 2000)
+    qkv = trainer.abstract_state.params["transformer"]["layers_0"]["attn"]["qkv"]["kernel"]
+    assert "fsdp" in str(qkv.sharding.spec) and "tensor" in str(qkv.sharding.spec)
+    _compile_train_step(trainer)
