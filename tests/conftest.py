@@ -34,10 +34,15 @@ DEMO_ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "PYTHON
 # pytest-xdist hands whole files to its workers in collection order (--dist loadfile): the
 # files with the longest tests go first, so that no worker is left with one at the end.
 LONGEST_FIRST = (
+    "test_demo_speech.py",
+    "test_paper_configs.py",
     "test_tts.py",
-    "test_codec_training.py",
-    "test_speechlm.py",
     "test_weights.py",
+    "test_audiolm.py",
+    "test_demo_digits.py",
+    "test_codec_training.py",
+    "test_hubert.py",
+    "test_speechlm.py",
     "test_sharding.py",
     "test_inception.py",
 )

@@ -345,6 +345,7 @@ def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_skipped_utterance_adds_nothing_to_the_update(tone_corpus):
     """A row masked out (here an unreadable file under data.on_bad_audio=skip: no audio, no
     frames) must leave the step as the batch without it, whatever the row holds."""

@@ -32,9 +32,10 @@ def test_a_rows_loss_ignores_the_batchs_padding():
     rng = np.random.default_rng(0)
     prefix = jnp.asarray(rng.integers(0, 7, (2, 6)))
     target = jnp.asarray(rng.integers(0, 10, (2, 8)))
-    batch = audiolm.loss(model, params, prefix, jnp.array([3, 6]), target, jnp.array([5, 8]))
-    alone = audiolm.loss(model, params, prefix[:1, :3], jnp.array([3]), target[:1, :5], jnp.array([5]))
-    other = audiolm.loss(model, params, prefix[1:], jnp.array([6]), target[1:], jnp.array([8]))
+    loss = jax.jit(audiolm.loss, static_argnums=0)
+    batch = loss(model, params, prefix, jnp.array([3, 6]), target, jnp.array([5, 8]))
+    alone = loss(model, params, prefix[:1, :3], jnp.array([3]), target[:1, :5], jnp.array([5]))
+    other = loss(model, params, prefix[1:], jnp.array([6]), target[1:], jnp.array([8]))
     np.testing.assert_allclose(batch[0], np.concatenate([alone[0], other[0]]), rtol=1e-5)
     assert batch[1].tolist() == [5, 8]
 
@@ -46,6 +47,7 @@ def test_cached_generation_equals_the_full_forward():
     rng = np.random.default_rng(1)
     prefix, prefix_lengths = jnp.asarray(rng.integers(0, 7, (2, 5))), jnp.array([5, 2])
     prompt, prompt_lengths = jnp.asarray(rng.integers(0, 10, (2, 4))), jnp.array([3, 4])
+    forward = jax.jit(model.apply)
     new = audiolm.generate(
         model,
         params,
@@ -63,7 +65,7 @@ def test_cached_generation_equals_the_full_forward():
         for _ in range(5):
             tokens = np.concatenate([prefix[r, :p], [model.sep], np.array(target, int) + model.prefix_vocab])
             positions = np.arange(len(tokens))
-            logits = model.apply({"params": params}, tokens[None], positions[None], np.ones((1, len(tokens)), bool))
+            logits = forward({"params": params}, tokens[None], positions[None], np.ones((1, len(tokens)), bool))
             turn = len(target) % model.codebooks
             target.append(
                 turn * model.bins + int(np.argmax(logits[0, -1, turn * model.bins : (turn + 1) * model.bins]))

@@ -67,6 +67,7 @@ def run_steps(cfg, devices=None, steps=2):
     return history, before, jax.device_get(with_state(state.params, state.model_state))
 
 
+@pytest.mark.slow
 def test_adversarial_step_sharded_matches_one_device():
     # Codebooks start uniform here: 50 Lloyd iterations of k-means amplify the last-bit
     # differences of a sharded sum into different clusters (k-means is tested on its own).
@@ -149,6 +150,7 @@ def test_stft_and_si_snr():
     assert fb.shape == (129, 16) and np.all(fb.max(axis=0) > 0.5) and fb.min() >= 0
 
 
+@pytest.mark.slow
 def test_codebooks_and_balancer_are_model_state_the_ema_averages_the_codebooks():
     trainer = Trainer(codec_config(optimizer={"ema_decay": 0.9}), devices=jax.devices()[:1])
     state = trainer.init(0)

@@ -6,7 +6,7 @@ import pytest
 from conftest import run_demo
 
 
-@pytest.mark.slow
+@pytest.mark.demo  # the codec demo: about 10 CPU minutes
 def test_codec_demo_learns_and_compresses(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("codec") / "run"
     corpus = workdir.parent / "corpus"

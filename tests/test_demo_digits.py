@@ -48,7 +48,7 @@ def test_digits_demo_and_evaluate_cli(digits_run):
     assert bad.returncode != 0 and "unknown config key optimizer.learning_rate" in bad.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.demo  # the DiT demo: about 8 CPU minutes
 def test_dit_digits_demo_samples_what_it_is_asked_for(digits_run, tmp_path):
     workdir = tmp_path / "dit"
     run_demo(

@@ -218,6 +218,7 @@ def test_sampling_sharded_over_devices_equals_one_device():
     np.testing.assert_allclose(sharded, jax.jit(run)(x_T, y), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_latent_training_reads_npz_and_names_bad_files(tmp_path):
     from trainers import config as config_lib
     from trainers.loop import train

@@ -68,6 +68,7 @@ def test_unreadable_image_in_error_mode(tmp_path):
     one_line_exit(train.main, [str(path), "--workdir", str(tmp_path / "w")], r"cannot read image .*broken.png")
 
 
+@pytest.mark.slow
 def test_evaluate_a_missing_step_and_mismatched_weights(config_file, tmp_path):
     workdir = tmp_path / "run"
     train.main([str(config_file), "--workdir", str(workdir)])

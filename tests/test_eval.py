@@ -2,11 +2,13 @@
 
 import jax
 import numpy as np
+import pytest
 from conftest import tiny_config
 
 from trainers.loop import Trainer
 
 
+@pytest.mark.slow
 def test_sharded_eval_equals_single_device():
     one = Trainer(tiny_config(mesh={"data": 1}, data={"eval_batch_size": 5}), jax.devices()[:1])
     many = Trainer(tiny_config(mesh={"data": 4, "fsdp": 2}, data={"eval_batch_size": 64}))

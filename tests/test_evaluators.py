@@ -61,6 +61,7 @@ def digits_classifier(tmp_path_factory):
     return classifier
 
 
+@pytest.mark.slow
 def test_classifier_agreement_scores_a_trained_classifier(digits_classifier):
     """Held-out digits given as samples in [-1, 1]: the plug-in's predictions are the classifier's."""
     trainer = Trainer(tiny_config(evals=[{"name": "classifier_agreement", "run": str(digits_classifier)}]))
@@ -91,6 +92,7 @@ def test_speaker_similarity_round_trips_its_embedder(tone_corpus, tmp_path):
         SpeakerEmbedder.load(str(tmp_path / "missing.npz"))
 
 
+@pytest.mark.slow
 def test_fid_in_a_classifiers_feature_space(digits_classifier):
     """evals: fid with a classification run on the digits: the held-out digits scored as
     samples are at distance 0 from themselves (the reference: the task's evaluation split),

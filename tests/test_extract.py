@@ -5,6 +5,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from trainers.tasks.diffusion import LatentSource
@@ -79,6 +80,7 @@ def test_latents_of_an_image_folder_over_devices_resume(fixtures_dir, tmp_path):
     assert batch["x"].shape == (4, 8, 8, 4) and batch["label"].dtype == np.int32
 
 
+@pytest.mark.slow
 def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
     """Units of a HuBERT layer, batched over 8 devices, are each utterance's units alone (the
     tokenizer's, unbatched); --features writes the states; a rerun redoes only what is missing."""

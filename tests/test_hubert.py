@@ -76,8 +76,8 @@ def test_hubert_pretrains_on_mfcc_units_and_exports(tone_corpus, tmp_path, capsy
     )
 
 
-# wav2vec2's in the slow tier, as its two-process run (tests/test_jaxrun_training.py).
-@pytest.mark.parametrize("task", ["hubert", pytest.param("wav2vec2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["hubert", "wav2vec2"])
 def test_pretraining_step_sharded_equals_one_device(tone_corpus, tmp_path, task):
     # SGD: its update is proportional to the gradient, so the two reductions compare at float32 tolerance.
     cfg = hubert_config(tone_corpus, tmp_path, task, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.0})

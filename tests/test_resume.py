@@ -136,6 +136,7 @@ def test_an_error_mid_run_completes_the_save_in_flight(tmp_path, monkeypatch):
     assert checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True).steps() == [2]
 
 
+@pytest.mark.slow
 def test_a_nonfinite_step_is_never_applied(tmp_path):
     # A learning rate of 1e30 sends the params to about 1e30 after step 1; step 2 overflows.
     huge = tiny_config(optimizer={"name": "sgd", "lr": 1e30, "warmup_steps": 0}, train=CFG.train.__dict__)

@@ -44,7 +44,7 @@ def single_device_run():
     [
         pytest.param({"data": 8, "fsdp": 1, "tensor": 1}, id="data"),
         pytest.param({"data": 1, "fsdp": 8, "tensor": 1}, id="fsdp", marks=pytest.mark.slow),
-        pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, id="fsdp+tensor"),
+        pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, id="fsdp+tensor", marks=pytest.mark.slow),
     ],
 )
 def test_layouts_match_one_device(single_device_run, mesh):
@@ -59,6 +59,7 @@ def test_layouts_match_one_device(single_device_run, mesh):
         assert any("tensor" in str(s) for s in specs)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_full_batch(single_device_run):
     _, ref_losses, before, ref_params = single_device_run
     _, losses, _, params = run_steps(tiny_config(mesh={"data": 8}, optimizer={**SGD, "grad_accum_steps": 2}))

@@ -499,6 +499,11 @@ def test_tokenize_deduplicates_runs(x64):
 
 def test_named_configs_parameter_counts():
     counts = {name: speechlm.param_count(speechlm.create(name)) for name in speechlm.VARIANTS}
-    assert counts == {"valle_ar": 153_781_248, "valle_nar": 219_896_832, "musicgen_small": 319_133_696}
+    assert counts == {
+        "valle_ar": 153_781_248,
+        "valle_nar": 219_896_832,
+        "audiolm_stage": 153_254_912,  # over 1024 semantic units
+        "musicgen_small": 319_133_696,
+    }
     with pytest.raises(ValueError, match="unknown VALLEAR argument"):
         speechlm.create("valle_ar", layers=3)

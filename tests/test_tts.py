@@ -52,10 +52,8 @@ def tts_config(tone_corpus, fixtures_dir, tmp_path, model="valle", args=TINY_VAL
     return config_lib.parse(base)
 
 
-@pytest.mark.parametrize(
-    "group_size,word_alignment",
-    [pytest.param(1, False, marks=pytest.mark.slow), pytest.param(2, False, marks=pytest.mark.slow), (2, True)],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("group_size,word_alignment", [(1, False), (2, False), (2, True)])
 def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, group_size, word_alignment):
     """With group_size 2 the AR holds and predicts pairs of codes (VALL-E 2's grouped codes);
     with word_alignment it also reads each group's word and learns when the next word begins,
@@ -195,7 +193,8 @@ def test_pairs_join_two_utterances_of_one_voice(tone_corpus, fixtures_dir, tmp_p
     assert int(single["frames"]) == len(source[0]["codes"])
 
 
-@pytest.mark.parametrize("condition", [pytest.param("text", marks=pytest.mark.slow), "semantic"])
+@pytest.mark.slow
+@pytest.mark.parametrize("condition", ["text", "semantic"])
 def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condition):
     """MusicGen's layout on text, or on the utterance's own k-means units (AudioLM's acoustic stage)."""
     semantic = {"condition": condition, "semantic_clusters": 8, "semantic_frame_rate": 100}

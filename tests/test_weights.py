@@ -84,6 +84,7 @@ def official_mambaout_folder(fixtures_dir, folder):
     return folder / "m1.yaml", weights
 
 
+@pytest.mark.slow
 def test_evaluate_command_scores_upstream_weights_as_the_official_model(fixtures_dir, tmp_path, capsys):
     """Over 8 devices; tests/test_jaxrun_training.py runs it over two processes."""
     from trainers.evaluate import main as evaluate
@@ -270,6 +271,7 @@ def test_finetuning_starts_from_released_sensevoice_files(tone_corpus, tmp_path,
         assert 0 <= metrics[f"eval/{name}"] <= 1 or name.startswith("error"), name
 
 
+@pytest.mark.slow
 def test_transcribe_equals_funasr_from_audio_to_text(tmp_path, capsys):
     """SenseVoice's released files (small and random here) without a run. The rich output
     equals tests/data/sensevoice_funasr.json string for string: FunASR's own pipeline

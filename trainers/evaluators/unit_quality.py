@@ -112,7 +112,9 @@ class UnitQuality:
 
             codec = task.config
             if not 0 <= cfg.layer < codec.n_q:
-                raise ConfigError(f"evals: unit_quality layer {cfg.layer}: the codec has quantizers 0..{codec.n_q - 1}")
+                raise ConfigError(
+                    f"evals: unit_quality layer {cfg.layer}: the codec has quantizers 0..{codec.n_q - 1}"
+                )
             self.rate, self.prefix, self.sample_rate = codec.frame_rate, f"rvq{cfg.layer + 1}_", codec.sample_rate
 
             def encode(params, audio, lengths):
