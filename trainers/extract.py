@@ -198,6 +198,33 @@ def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resa
     return sum(item["rows"] for item in listing)
 
 
+def extract_splits(args, cfg, encode, mesh, what: str, meta: dict, rate):
+    """extract_units of each of --splits of the config's corpus into --workdir/<split>, with
+    encode jitted batch-sharded over the mesh."""
+    import jax
+
+    from trainers import sharding, speech
+
+    batch = sharding.batch_sharding(mesh)
+    encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
+    for split in args.splits.split(","):
+        out_dir = os.path.join(args.workdir, split)
+        n = extract_units(
+            speech.SpeechSource(cfg, split),
+            out_dir,
+            encode,
+            mesh,
+            args.batch_size,
+            args.shard_batches,
+            cfg.data.resample,
+            what,
+            meta,
+            rate,
+        )
+        if jax.process_index() == 0:
+            print(f"wrote the {what} of {n} utterances to {out_dir}", flush=True)
+
+
 def _row(shard):
     return shard.index[0].start or 0
 
@@ -265,7 +292,6 @@ def tokenizer_centroids(args, cfg, splits, frame_rate: float):
 
 
 def speech_units(args, cfg):
-    import jax
     import jax.numpy as jnp
 
     from jaxmodels import speechlm, ssl
@@ -299,37 +325,17 @@ def speech_units(args, cfg):
         valid = jnp.arange(states.shape[1])[None] < frames[:, None]
         return speechlm.tokenize(states, valid, centroids)[0], frames
 
-    batch = sharding.batch_sharding(mesh)
-    encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
     meta = {"encoder": args.encoder, "layer": args.layer, "frame_rate": frame_rate}
     if centroids is not None:
         meta["clusters"] = len(centroids)
         meta["tokenizer"] = os.path.abspath(args.tokenizer or os.path.join(args.workdir, "tokenizer.npz"))
-    for split in splits:
-        source = speech.SpeechSource(cfg, split)
-        out_dir = os.path.join(args.workdir, split)
-        what = "features" if args.features else "units"
-        n = extract_units(
-            source,
-            out_dir,
-            encode,
-            mesh,
-            args.batch_size,
-            args.shard_batches,
-            cfg.data.resample,
-            what,
-            meta,
-            speech.SAMPLE_RATE,
-        )
-        if jax.process_index() == 0:
-            print(f"wrote the {'features' if args.features else 'units'} of {n} utterances to {out_dir}", flush=True)
+    what = "features" if args.features else "units"
+    extract_splits(args, cfg, encode, mesh, what, meta, speech.SAMPLE_RATE)
 
 
 def codec_codes(args, cfg):
-    import jax
-
     from jaxmodels.codec import Encodec, quantization
-    from trainers import sharding, speech
+    from trainers import sharding
     from trainers.tasks.codec import load_codec
 
     if not args.codec:
@@ -347,27 +353,9 @@ def codec_codes(args, cfg):
         codes = quantization.encode(codec.codebooks["embed"], emb, c.n_q)
         return codes.transpose(1, 2, 0), -(-lengths // c.hop_length)
 
-    batch = sharding.batch_sharding(mesh)
-    encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
     meta = {"codec": args.codec, "codec_model": args.codec_model, "frame_rate": c.frame_rate, "bins": c.bins}
     meta["sample_rate"] = c.sample_rate
-    for split in args.splits.split(","):
-        source = speech.SpeechSource(cfg, split)
-        out_dir = os.path.join(args.workdir, split)
-        n = extract_units(
-            source,
-            out_dir,
-            encode,
-            mesh,
-            args.batch_size,
-            args.shard_batches,
-            cfg.data.resample,
-            "codes",
-            meta,
-            c.sample_rate,
-        )
-        if jax.process_index() == 0:
-            print(f"wrote the {c.n_q}-codebook codes of {n} utterances to {out_dir}", flush=True)
+    extract_splits(args, cfg, encode, mesh, "codes", meta, c.sample_rate)
 
 
 @command
