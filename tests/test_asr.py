@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, TINY_SENSEVOICE, manifest_data, run
 
 from jaxmodels import asr
+from trainers import config as config_lib
 from trainers import speech
 from trainers.evaluators.text import char_errors, error_rates, word_errors
 from trainers.tasks.ctc import Tokenizer
@@ -245,6 +246,13 @@ def test_librispeech_layout(tmp_path):
             "speaker": "84",
         }
     ]
+    other = tmp_path / "dev-other" / "85" / "1"
+    other.mkdir(parents=True)
+    speech.write_wav(str(other / "85-1-0000.wav"), np.zeros(1600, np.float32))
+    (other / "85-1.trans.txt").write_text("85-1-0000 HELLO\n")
+    cfg = config_lib.parse({"task": "ctc", "data": {"source": "librispeech", "path": str(tmp_path)}})
+    joined = speech.SpeechSource(cfg, "dev-clean+dev-other").records  # "+" joins splits
+    assert [r["key"] for r in joined] == ["84-121123-0000", "85-1-0000"]
     (chapter / "84-121123.trans.txt").write_text("84-121123-0001 MISSING AUDIO\n")
     with pytest.raises(FileNotFoundError, match="no audio for 84-121123-0001"):
         speech.read_librispeech(str(tmp_path / "dev-clean"))

@@ -268,14 +268,16 @@ def _extracted(folder, what: str, values, **meta):
 
 @pytest.mark.slow  # published-scale compiles
 def test_speechtokenizer_compiles_data_parallel_sharded_with_distillation(tmp_path):
-    """The released SpeechTokenizer (103,675,586 parameters) with its recipe's losses and the
-    D-axis distillation from 768-wide teacher features: batch 8 of 3 s over 8 devices."""
-    for split in ("train-clean-100", "dev-clean"):
+    """The released SpeechTokenizer (103,675,586 parameters) with its recipe's losses, its three
+    discriminators and the D-axis distillation from 768-wide teacher features: batch 8 of 3 s
+    over 8 devices."""
+    for split in ("train-clean-100+train-clean-360+train-other-500", "dev-clean"):
         _extracted(tmp_path / split, "features", np.zeros((150, 768), np.float16), frame_rate=50, layer="avg")
     overrides = ["data.batch_size=8", "mesh.data=8", "data.num_workers=0", f"codec.semantic_features={tmp_path}"]
     trainer = Trainer(config_lib.load("configs/speechtokenizer_librispeech.yaml", overrides))
     params = trainer.abstract_state.params
     assert sum(p.size for p in jax.tree.leaves(params["generator"])) == 103_675_586
+    assert sum(p.size for p in jax.tree.leaves(params["discriminator"])) == 71_196_921
     assert trainer.task.example_batch(8)["semantic"].shape == (8, 150, 768)
     _compile_train_step(trainer)
 

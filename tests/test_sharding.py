@@ -91,3 +91,26 @@ def test_a_trainer_builds_inside_another_trainers_context():
     assert dict(inner.mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     specs = [str(s.spec) for s in jax.tree.leaves(inner.param_shardings)]
     assert any("fsdp" in spec for spec in specs), specs
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_grouped_convolution_partitions_over_the_batch(groups):
+    # XLA's partitioner all-gathers the batch of one grouped convolution (several channels a
+    # group); grouped_conv's convolution per group keeps each device to its rows.
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxmodels.nn.layers import grouped_conv
+
+    mesh = sharding.make_mesh()
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.standard_normal((8, 50, 32), np.float32), NamedSharding(mesh, P("data")))
+    w = jax.device_put(rng.standard_normal((5, 32 // groups, 16), np.float32), NamedSharding(mesh, P()))
+    spec = ("NWC", "WIO", "NWC")
+    conv = jax.jit(lambda x, w: grouped_conv(x, w, (2,), [(2, 2)], groups, spec))
+    assert "all-gather" not in conv.lower(x, w).compile().as_text()
+    one = jax.lax.conv_general_dilated(
+        jnp.asarray(x), jnp.asarray(w), (2,), [(2, 2)], dimension_numbers=spec, feature_group_count=groups
+    )
+    np.testing.assert_allclose(np.asarray(conv(x, w)), np.asarray(one), rtol=1e-5, atol=1e-5)

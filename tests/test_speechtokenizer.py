@@ -2,6 +2,7 @@
 codes exact, audio and semantic features within 1e-4, for the ELU and the Snake models."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -10,6 +11,7 @@ from conftest import ROOT
 
 from jaxmodels import codec
 from jaxmodels.codec import speechtokenizer
+from trainers import config as config_lib
 
 REFERENCE = ROOT / "tests" / "data" / "speechtokenizer_reference.npz"
 
@@ -101,20 +103,16 @@ def test_d_axis_loss_as_upstream():
         np.testing.assert_allclose(got[b], np.mean(np.log1p(np.exp(-cosine))), rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_distillation_training(tone_corpus, tmp_path):
-    """The teacher's mean hidden state (`trainers.extract units --layer avg --features`, the tiny
-    HuBERT at 800 Hz) distilled into a SpeechTokenizer of the same frame rate: the D-axis loss
-    falls, and eval reports it with RVQ-1's unit quality; a teacher of another width or rate is
-    refused by name."""
+@pytest.fixture(scope="module")
+def teacher(tone_corpus, tmp_path_factory):
+    """(the corpus's data section, a folder of teacher features): the tiny HuBERT's mean hidden
+    state at 800 Hz, as `trainers.extract units --layer avg --features` writes it."""
     from conftest import manifest_data
     from safetensors.numpy import save_file
 
-    from trainers import config as config_lib
     from trainers import extract
-    from trainers.config import ConfigError
-    from trainers.loop import train
 
+    tmp_path = tmp_path_factory.mktemp("teacher")
     with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
         case = "hubert_base_layout"
         save_file(
@@ -123,47 +121,118 @@ def test_distillation_training(tone_corpus, tmp_path):
         (tmp_path / "config.json").write_text(str(f[f"{case}/config"]))
     data = manifest_data(tone_corpus, max_seconds=0.06)
     (tmp_path / "data.yaml").write_text(json.dumps({"task": "codec", "data": data}))
-    teacher = str(tmp_path / "teacher")
     extract.main(
         ["units", str(tmp_path / "data.yaml"), "--encoder", str(tmp_path / "t.safetensors"), "--layer", "avg"]
-        + ["--features", "--workdir", teacher, "--splits", "train,test", "--batch_size", "8"]
+        + ["--features", "--workdir", str(tmp_path / "features"), "--splits", "train,test", "--batch_size", "8"]
     )
-    args = {"n_filters": 4, "ratios": [5, 4], "dimension": 16, "semantic_dimension": 32, "lstm": 1}
-    args.update(n_q=2, bins=8, target_bandwidths=[2.4, 4.8])
+    return data, str(tmp_path / "features")
+
+
+TINY_ST = {"n_filters": 4, "ratios": [5, 4], "dimension": 16, "semantic_dimension": 32, "lstm": 1}
+TINY_ST.update(n_q=2, bins=8, target_bandwidths=[2.4, 4.8])
+
+
+def distillation_config(teacher, **sections):
+    """A tiny SpeechTokenizer at the teacher's 800 Hz, trained adversarially with upstream's
+    least-squares losses (the MS-STFT discriminator, narrowed; HiFi-GAN's are tested in
+    test_codec_training and test_hifigan_discriminator)."""
+    data, features = teacher
     config = {
         "task": "codec",
-        "model": {"name": "speechtokenizer_hubert_avg", "args": args},
+        "model": {"name": "speechtokenizer_hubert_avg", "args": TINY_ST},
         "data": data,
         "codec": {
             "segment_seconds": 0.025,
-            "loss_weights": {"l1": 1.0},
-            "semantic_features": teacher,
+            "loss_weights": {"l1": 1.0, "adv": 1.0, "feat": 2.0},
+            "disc_filters": 2,
+            "disc_n_ffts": [64],
+            "disc_hop_lengths": [16],
+            "disc_win_lengths": [64],
+            "adversarial_loss": "lsgan",
+            "adversarial_reduction": "sum",
+            "semantic_features": features,
             "n_mels": 8,
             "eval_examples": 1,
         },
         "optimizer": {"name": "adam", "lr": 1e-2, "schedule": "constant", "weight_decay": 0.0},
         "evals": [{"name": "unit_quality", "features": "codes", "layer": 0, "every": 12}],
-        "train": {"steps": 12, "log_every": 1, "eval_every": 12, "checkpoint_every": 12, "async_checkpointing": False},
+        "train": {"steps": 12, "log_every": 1, "eval_every": 12, "checkpoint_every": 6, "async_checkpointing": False},
     }
-    final = train(config_lib.parse(config), str(tmp_path / "run"))
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config_lib.parse(config)
+
+
+@pytest.mark.slow
+def test_distillation_training_resumes_exactly(teacher, tmp_path):
+    """The teacher's features distilled into RVQ-1: the D-axis loss falls, and eval reports it
+    with RVQ-1's unit quality; the run resumed from its step-6 checkpoint ends bitwise where
+    the straight one does (codebooks and balancer included); a teacher of another width or rate is refused by name."""
+    from trainers.checkpoint import Checkpointer
+    from trainers.config import ConfigError
+    from trainers.loop import Trainer, train
+
+    cfg = distillation_config(teacher)
+    final = train(cfg, str(tmp_path / "run"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     distill = [r["train/distill"] for r in rows if "train/distill" in r]
     assert len(distill) == 12 and np.isfinite(distill).all()
     assert np.mean(distill[-4:]) < np.mean(distill[:4]) - 0.03, distill
     assert 0 < final["eval/distill"] < np.log(2) + 1  # -log sigmoid(cos) lies in [0.31, 1.31]
     assert 0 < final["eval/rvq1_pnmi"] <= 1 and 0 < final["eval/rvq1_phone_purity"] <= 1
-    wrong = {**args, "semantic_dimension": 24}
+
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "12")
+    assert train(cfg, str(tmp_path / "resumed")) == final
+    states = [
+        Checkpointer(str(tmp_path / run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1]
+        for run in ("run", "resumed")
+    ]
+    a, b = (jax.device_get({"params": s.params, "state": s.model_state}) for s in states)
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+
+    wrong = {**TINY_ST, "semantic_dimension": 24}
     with pytest.raises(ConfigError, match="features of width 24"):
-        train(
-            config_lib.parse({**config, "model": {"name": "speechtokenizer_hubert_avg", "args": wrong}}),
-            str(tmp_path / "bad"),
-        )
-    slower = {**args, "ratios": [5, 8]}
+        train(distillation_config(teacher, model={"args": wrong}), str(tmp_path / "bad"))
+    slower = {**TINY_ST, "ratios": [5, 8]}
     with pytest.raises(ConfigError, match="the teacher's frames come at 800 Hz, the codec's at 400 Hz"):
-        train(
-            config_lib.parse({**config, "model": {"name": "speechtokenizer_hubert_avg", "args": slower}}),
-            str(tmp_path / "bad"),
-        )
+        train(distillation_config(teacher, model={"args": slower}), str(tmp_path / "bad"))
+
+
+@pytest.mark.slow
+def test_distillation_step_sharded_matches_one_device(teacher):
+    """One adversarial step with distillation over 8 devices equals it on one (SGD, whose step
+    is the gradient, so the updates compare at float32 reduction-order tolerance)."""
+    from conftest import assert_same_updates
+
+    from trainers import sharding
+    from trainers.loop import Trainer, with_state
+
+    sgd = {"name": "sgd", "lr": 0.01, "momentum": 0.0}
+    args = {**TINY_ST, "kmeans_init": False}  # k-means amplifies last-bit differences (tested on its own)
+    rng = np.random.default_rng(0)
+    results = []
+    for mesh, devices in (({"data": 1}, jax.devices()[:1]), ({"data": 8}, None)):
+        cfg = distillation_config(teacher, mesh=mesh, optimizer=sgd, model={"args": args})
+        trainer = Trainer(cfg, devices)
+        state = trainer.init(0)
+        before = jax.device_get(with_state(state.params, state.model_state))
+        batch = trainer.task.example_batch(8)
+        if not results:
+            noise = 0.1 * rng.standard_normal(batch["audio"].shape)
+            semantic = rng.standard_normal(batch["semantic"].shape)
+        batch["audio"], batch["semantic"] = noise.astype(np.float32), semantic.astype(np.float32)
+        batch["semantic_frames"][-2] = 3  # a short utterance's teacher frames
+        with trainer.context():
+            state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, 8))
+        after = jax.device_get(with_state(state.params, state.model_state))
+        results.append((before, {k: float(v) for k, v in metrics.items()}, after))
+    (before, ref, ref_after), (before_sharded, got, after) = results
+    jax.tree.map(np.testing.assert_array_equal, before_sharded, before)
+    for k in ("train/distill", "train/loss", "train/d_loss", "train/adv", "train/grad_norm", "train/d_grad_norm"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=1e-6, err_msg=k)
+    assert ref["train/distill"] > 0
+    assert_same_updates(before, after, ref_after)
 
 
 @pytest.mark.slow
@@ -173,7 +242,6 @@ def test_uslm_is_valle_over_speechtokenizer_codes(tone_corpus, tmp_path):
     from conftest import manifest_data
     from safetensors.numpy import save_file
 
-    from trainers import config as config_lib
     from trainers.loop import train
 
     state_dict, config, _ = _case("elu")

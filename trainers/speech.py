@@ -50,7 +50,8 @@ class AudioDataConfig(DataConfig):
     """The data section of the audio families."""
 
     # speech: the built-in corpus, synthesised into path on first use; manifest: a folder of
-    # <split>.jsonl; librispeech: the LibriSpeech root (splits are its folders, e.g. train-clean-100)
+    # <split>.jsonl; librispeech: the LibriSpeech root (splits are its folders, e.g. train-clean-100,
+    # or several joined by "+")
     source: Literal["speech", "manifest", "librispeech"] = "speech"
     on_bad_audio: Literal["error", "skip"] = "error"  # unreadable, empty, wrong rate, too long
     max_seconds: float = 3.0  # audio is padded to this length; longer utterances are bad audio
@@ -441,8 +442,8 @@ class SpeechSource:
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
         elif d.source == "manifest":
             self.records = read_manifest(os.path.join(d.path, f"{split}.jsonl"))
-        elif d.source == "librispeech":
-            self.records = read_librispeech(os.path.join(d.path, split))
+        elif d.source == "librispeech":  # "a+b" joins splits (train-clean-100+train-clean-360+...)
+            self.records = [r for part in split.split("+") for r in read_librispeech(os.path.join(d.path, part))]
         else:
             raise ConfigError(f"task {cfg.task} reads data.source speech, manifest or librispeech, not {d.source!r}")
         self.resample, self._durations = d.resample, None

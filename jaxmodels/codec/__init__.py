@@ -1,6 +1,7 @@
 """Speech codecs: EnCodec (SEANet encoder/decoder around a residual vector quantizer) and
 SpeechTokenizer (the same with a bidirectional encoder LSTM and a semantic projection), their
-official configs, converter, streaming, and the MS-STFT discriminator and losses they train with."""
+official configs, converter, streaming, and the discriminators (EnCodec's MS-STFT, HiFi-GAN's
+multi-period and multi-scale) and losses they train with."""
 
 import dataclasses
 

@@ -19,8 +19,11 @@ def per_example(a):
     return jnp.mean(a.reshape(a.shape[0], -1), axis=1)
 
 
-def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> np.ndarray:
-    """torchaudio's melscale_fbanks (HTK mel scale, no normalisation): (n_freqs, n_mels)."""
+def mel_filterbank(
+    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm: str | None = None
+) -> np.ndarray:
+    """torchaudio's melscale_fbanks (HTK mel scale): (n_freqs, n_mels); ``norm="slaney"`` divides
+    each triangle by its width in Hz (equal area)."""
     to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
     freqs = np.linspace(0, sample_rate // 2, n_freqs)
     f_pts = 700.0 * (10 ** (np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2) / 2595.0) - 1.0)
@@ -28,7 +31,10 @@ def mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample
     slopes = f_pts[None, :] - freqs[:, None]
     down = -slopes[:, :-2] / f_diff[:-1]
     up = slopes[:, 2:] / f_diff[1:]
-    return np.maximum(0.0, np.minimum(down, up)).astype(np.float32)
+    fb = np.maximum(0.0, np.minimum(down, up))
+    if norm == "slaney":
+        fb = fb * (2.0 / (f_pts[2:] - f_pts[:-2]))
+    return fb.astype(np.float32)
 
 
 def mel_spectrogram(
@@ -125,6 +131,34 @@ def multi_scale_mel_loss(
     return loss / total if normalized else loss
 
 
+def log_mel_l1_loss(
+    x,
+    y,
+    sample_rate: int,
+    resolutions=((1024, 240, 45.0), (512, 120, 1.0), (256, 60, 1.0), (128, 30, 1.0)),
+    n_mels: int = 80,
+    f_min: float = 0.0,
+    f_max=None,
+):
+    """HiFi-GAN's mel loss at several resolutions, as SpeechTokenizer's trainer weights them
+    (speechtokenizer/trainer/loss.py mel_loss): for each (n_fft, hop, weight), weight x mean
+    |log-mel(x) - log-mel(y)|, where log-mel is log(max(mel, 1e-5)) of the STFT magnitude
+    (+1e-9; reflect padding of (n_fft - hop) / 2, window n_fft) through an HTK-scale,
+    Slaney-normalised filterbank. (B, T, 1) pairs -> per example (B,)."""
+
+    def log_mel(a, n_fft, hop, fb):
+        a = jnp.moveaxis(a, -1, 1).astype(jnp.float32)
+        p = (n_fft - hop) // 2
+        magnitude = jnp.abs(stft(jnp.pad(a, ((0, 0), (0, 0), (p, p)), mode="reflect"), n_fft, hop, n_fft, False))
+        return jnp.log(jnp.maximum((magnitude + 1e-9) @ fb, 1e-5))
+
+    total = 0.0
+    for n_fft, hop, weight in resolutions:
+        fb = mel_filterbank(n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels, sample_rate, norm="slaney")
+        total = total + weight * per_example(jnp.abs(log_mel(x, n_fft, hop, fb) - log_mel(y, n_fft, hop, fb)))
+    return total
+
+
 def si_snr(estimate, reference, mask=None, epsilon: float = float(np.finfo(np.float32).eps)):
     """Scale-invariant SNR in dB per example (higher is better; AudioCraft's SISNR loss is its negative).
 
@@ -158,21 +192,47 @@ def hinge_generator_loss(logits):
     return -per_example(logits)
 
 
-def discriminator_loss(logits_fake, logits_real):
-    """AdversarialLoss.train_adv with hinge losses: mean over sub-discriminators."""
-    total = sum(hinge_fake_loss(f) + hinge_real_loss(r) for f, r in zip(logits_fake, logits_real))
-    return total / len(logits_fake)
+def lsgan_real_loss(logits):
+    return per_example(jnp.square(1.0 - logits))
 
 
-def generator_losses(logits_fake, fmaps_fake, fmaps_real):
-    """AdversarialLoss.forward: (adversarial hinge loss, L1 feature matching), each a mean over
-    sub-discriminators; feature matching averages the layers of each."""
-    adv = sum(hinge_generator_loss(f) for f in logits_fake) / len(logits_fake)
-    feat = sum(
-        sum(per_example(jnp.abs(a - b)) for a, b in zip(fake, real)) / len(fake)
-        for fake, real in zip(fmaps_fake, fmaps_real)
+def lsgan_fake_loss(logits):
+    return per_example(jnp.square(logits))
+
+
+# Per-example losses of each form: (real, fake) for the discriminator, then the generator's.
+ADVERSARIAL = {
+    "hinge": (hinge_real_loss, hinge_fake_loss, hinge_generator_loss),  # AudioCraft
+    "lsgan": (lsgan_real_loss, lsgan_fake_loss, lsgan_real_loss),  # HiFi-GAN's least squares
+}
+# How sub-discriminators (and feature-map layers) combine: AudioCraft averages, HiFi-GAN sums.
+REDUCTIONS = ("mean", "sum")
+
+
+def _reduce(terms, reduction):
+    return sum(terms) / (len(terms) if reduction == "mean" else 1)
+
+
+def discriminator_loss(logits_fake, logits_real, kind: str = "hinge", reduction: str = "mean"):
+    """The discriminator's loss over its sub-discriminators' logits (AudioCraft's
+    AdversarialLoss.train_adv; HiFi-GAN's discriminator_loss with lsgan and sum)."""
+    real_loss, fake_loss, _ = ADVERSARIAL[kind]
+    return _reduce([fake_loss(f) + real_loss(r) for f, r in zip(logits_fake, logits_real)], reduction)
+
+
+def generator_losses(logits_fake, fmaps_fake, fmaps_real, kind: str = "hinge", reduction: str = "mean"):
+    """(adversarial loss, L1 feature matching) of the generator over the sub-discriminators;
+    feature matching combines each one's layers the same way (AudioCraft's AdversarialLoss.forward
+    averages both; HiFi-GAN's generator_loss and feature_loss, before its x2, sum both)."""
+    adv = _reduce([ADVERSARIAL[kind][2](f) for f in logits_fake], reduction)
+    feat = _reduce(
+        [
+            _reduce([per_example(jnp.abs(a - b)) for a, b in zip(fake, real)], reduction)
+            for fake, real in zip(fmaps_fake, fmaps_real)
+        ],
+        reduction,
     )
-    return adv, feat / len(fmaps_fake)
+    return adv, feat
 
 
 def balancer_init(names):

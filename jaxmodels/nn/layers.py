@@ -97,6 +97,23 @@ def Conv(
     )
 
 
+def grouped_conv(x, kernel, strides, padding, groups: int, dimension_numbers, **kw):
+    """lax.conv_general_dilated with `groups` feature groups (kernel (..., in / groups, out)).
+
+    XLA's SPMD partitioner all-gathers a batch-sharded input of a convolution whose groups
+    hold several channels each (depthwise ones partition), so that every device computes
+    the whole batch: such groups run here as one convolution each, which partitions over
+    the batch and gives the same result.
+    """
+    conv = lambda a, w, g: jax.lax.conv_general_dilated(  # noqa: E731
+        a, w, strides, padding, dimension_numbers=dimension_numbers, feature_group_count=g, **kw
+    )
+    if groups in (1, x.shape[-1]):
+        return conv(x, kernel, groups)
+    pieces = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
+    return jnp.concatenate([conv(a, w, 1) for a, w in pieces], axis=-1)
+
+
 def LayerNorm(epsilon: float = 1e-6, axis_name: str = "embed", dtype: Dtype = jnp.float32, name=None):
     """LayerNorm over the last axis with PyTorch's numerics (two-pass variance)."""
     return nn.LayerNorm(

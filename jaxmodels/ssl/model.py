@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn.layers import grouped_conv
 
 Dtype = Any
 FRAMES = ("batch", None, "act_embed")
@@ -109,13 +110,13 @@ class PositionalConvEmbedding(nn.Module):
         g = self.param("weight_g", nn.with_logical_partitioning(nn.initializers.ones, (None,)), (k,))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,))
         kernel = g[:, None, None] * v / jnp.sqrt(jnp.sum(v * v, axis=(1, 2), keepdims=True))
-        y = jax.lax.conv_general_dilated(
+        y = grouped_conv(
             x.astype(self.dtype),
             kernel.astype(self.dtype),
             (1,),
             ((k // 2, k // 2),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=self.groups,
+            self.groups,
+            ("NWC", "WIO", "NWC"),
         )
         y = y + bias.astype(self.dtype)
         return gelu(y[:, : x.shape[1]])

@@ -2,21 +2,21 @@
 
 One jitted step does what audiocraft/solvers/compression.py's run_step does in turn:
 the codec reconstructs the batch (a random number of codebooks with quantizer dropout);
-the MS-STFT discriminator takes an Adam step on its hinge loss (real vs the detached
+the discriminators take an Adam step on their adversarial loss (real vs the detached
 reconstruction); then the generator's losses are taken against the updated
-discriminator (hinge, feature matching, multi-scale mel, waveform L1), each
+discriminators (adversarial, feature matching, mel losses, waveform L1), each
 differentiated with respect to the reconstruction and combined by the loss balancer;
 that gradient plus the RVQ's commitment loss is sent back through the codec for its
 own Adam step. The codebooks move by their EMA rule inside the same step. Before step
 codec.adversarial_start the codec's balanced losses are only the reconstruction ones.
 
 The task's params are {"generator", "discriminator"}, each with an optimizer state of its
-own (optimizer_groups); its model state is {"codebooks", "balancer"}, statistics moved by
-their own rules, and the params' EMA averages the codebooks too (ema_state). train/loss
-is the balancer's effective loss (sum of each loss times its scale; the hinge term makes
-it negative at times). Eval reports, per target bandwidth, SI-SNR and mel distance on the
-eval split and the codes' entropy (the bitrate an entropy coder would approach), and
-writes original and decoded WAVs and spectrograms of a few utterances.
+own (optimizer_groups); its model state is {"codebooks", "balancer"} (and msd's spectral-norm
+vectors, "spectral"), statistics moved by their own rules, and the params' EMA averages the
+codebooks too (ema_state). train/loss is the balancer's effective loss (sum of each loss
+times its scale; the hinge term makes it negative at times). Eval reports, per target
+bandwidth, SI-SNR and mel distance on the eval split and the codes' entropy (the bitrate an
+entropy coder would approach), and writes original and decoded WAVs and spectrograms of a few utterances.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import optax
 
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization, speechtokenizer
-from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator
+from jaxmodels.codec.discriminator import DISCRIMINATORS, MultipleDiscriminator
 from trainers import sharding, speech
 from trainers.cli import read_weights
 from trainers.config import ConfigError
@@ -41,7 +41,7 @@ from trainers.extracted import ExtractedFrames
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 
-CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec")
+CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec", "logmel")
 
 
 @dataclass
@@ -52,8 +52,9 @@ class CodecConfig:
     """
 
     segment_seconds: float = 1.0  # random training crops
-    # Weights of the balanced losses (adv, feat: hinge and feature matching of the MS-STFT
-    # discriminator; l1: waveform; mel: log-mel L1; msspec: multi-scale mel).
+    # Weights of the balanced losses (adv, feat: adversarial and feature-matching losses of the
+    # discriminators; l1: waveform; mel: log-mel L1; msspec: multi-scale mel; logmel: HiFi-GAN's
+    # log-magnitude mel L1 at logmel_resolutions).
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"adv": 4.0, "feat": 4.0, "l1": 0.1, "mel": 0.0, "msspec": 2.0}
     )
@@ -65,12 +66,24 @@ class CodecConfig:
     balancer_ema_decay: float = 0.999
     commitment_weight: float = 1.0  # the RVQ's commitment loss, outside the balancer
     quantizer_dropout: bool = True  # train each batch with a random number of codebooks
+    # The discriminators: msstft (EnCodec's multi-scale STFT, the disc_* fields), mpd and msd
+    # (HiFi-GAN's multi-period and multi-scale ones); their losses' form (hinge as AudioCraft,
+    # lsgan as HiFi-GAN) and how sub-discriminators combine (mean as AudioCraft, sum as HiFi-GAN).
+    discriminators: list[str] = field(default_factory=lambda: ["msstft"])
+    adversarial_loss: str = "hinge"
+    adversarial_reduction: str = "mean"
+    disc_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    disc_scales: int = 3
     disc_filters: int = 32
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
     disc_hop_lengths: list[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
     disc_win_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
     disc_negative_slope: float = 0.3
     msspec_range: tuple[int, int] = (6, 11)  # n_fft = 2^6 .. 2^10
+    # logmel's [n_fft, hop, weight] (SpeechTokenizer's trainer; 80 mels, f_min 0 there)
+    logmel_resolutions: list[list[float]] = field(
+        default_factory=lambda: [[1024, 240, 45.0], [512, 120, 1.0], [256, 60, 1.0], [128, 30, 1.0]]
+    )
     n_mels: int = 64
     f_min: float = 64.0
     eval_examples: int = 4  # eval utterances written as WAVs and spectrograms
@@ -86,6 +99,20 @@ class CodecConfig:
         unknown = sorted(set(self.loss_weights) - set(CODEC_LOSSES))
         if unknown:
             raise ConfigError(f"codec.loss_weights: unknown loss {unknown[0]!r}; valid: {', '.join(CODEC_LOSSES)}")
+        unknown = sorted(set(self.discriminators) - set(DISCRIMINATORS))
+        if unknown or not self.discriminators:
+            what = f"unknown kind {unknown[0]!r}" if unknown else "none given"
+            raise ConfigError(f"codec.discriminators: {what}; valid: {', '.join(DISCRIMINATORS)}")
+        if self.adversarial_loss not in losses.ADVERSARIAL:
+            raise ConfigError(
+                f"codec.adversarial_loss: {self.adversarial_loss!r}; valid: {', '.join(losses.ADVERSARIAL)}"
+            )
+        if self.adversarial_reduction not in losses.REDUCTIONS:
+            raise ConfigError(
+                f"codec.adversarial_reduction: {self.adversarial_reduction!r}; valid: {', '.join(losses.REDUCTIONS)}"
+            )
+        if any(len(r) != 3 for r in self.logmel_resolutions):
+            raise ConfigError("codec.logmel_resolutions: each entry is [n_fft, hop, weight]")
 
 
 SECTIONS = {"data": AudioDataConfig, "codec": CodecConfig}
@@ -148,13 +175,15 @@ class CodecTask(SplitSources):
             raise ValueError("codec.loss_weights: at least one loss needs a positive weight")
         dtype = jnp.dtype(cfg.train.compute_dtype)
         self.model = Encodec(self.config, dtype)
-        self.discriminator = MultiScaleSTFTDiscriminator(
-            c.disc_filters,
+        stft = dict(
+            filters=c.disc_filters,
             n_ffts=tuple(c.disc_n_ffts),
             hop_lengths=tuple(c.disc_hop_lengths),
             win_lengths=tuple(c.disc_win_lengths),
             negative_slope=c.disc_negative_slope,
-            dtype=dtype,
+        )
+        self.discriminator = MultipleDiscriminator(
+            tuple(c.discriminators), stft, tuple(c.disc_periods), c.disc_scales, dtype
         )
         sr, hop = self.config.sample_rate, self.config.hop_length
         train_features, eval_features = self._teacher_features()
@@ -210,15 +239,16 @@ class CodecTask(SplitSources):
         c = self.config
         k_gen, k_disc, k_codes = jax.random.split(rng, 3)
         x = jnp.asarray(batch["audio"])[..., None]
+        discriminator = self.discriminator.init(k_disc, x)
+        state = {
+            "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
+            "balancer": losses.balancer_init(self.weights),
+        }
+        if "spectral" in discriminator:  # msd's power-iteration vectors
+            state["spectral"] = discriminator["spectral"]
         return {
-            "params": {
-                "generator": self.model.init(k_gen, x)["params"],
-                "discriminator": self.discriminator.init(k_disc, x)["params"],
-            },
-            "state": {
-                "codebooks": quantization.init_state(k_codes, c.n_q, c.bins, c.dimension, c.kmeans_init),
-                "balancer": losses.balancer_init(self.weights),
-            },
+            "params": {"generator": self.model.init(k_gen, x)["params"], "discriminator": discriminator["params"]},
+            "state": state,
         }
 
     def convert_weights(self, state_dict):
@@ -237,6 +267,9 @@ class CodecTask(SplitSources):
             "mel": lambda y, x: losses.mel_l1_loss(y, x, sr, n_mels=c.n_mels, f_min=c.f_min),
             "msspec": lambda y, x: losses.multi_scale_mel_loss(
                 y, x, sr, *c.msspec_range, n_mels=c.n_mels, f_min=c.f_min
+            ),
+            "logmel": lambda y, x: losses.log_mel_l1_loss(
+                y, x, sr, [(int(n), int(h), w) for n, h, w in c.logmel_resolutions], c.n_mels, c.f_min
             ),
         }
         return {k: f for k, f in candidates.items() if k in self.weights}
@@ -267,17 +300,23 @@ class CodecTask(SplitSources):
 
         (y, commit, distill), generator_vjp, codebooks = jax.vjp(generate, params["generator"], has_aux=True)
 
-        # The discriminator first, on the detached reconstruction.
+        # The discriminator first, on the detached reconstruction, then the audio (msd's
+        # spectral norm takes its power iteration on the first, once a step).
+        spectral = {"spectral": model_state["spectral"]} if "spectral" in model_state else {}
+        kind, reduction = c.adversarial_loss, c.adversarial_reduction
+
         def discriminator_loss(d):
-            fake, _ = self.discriminator.apply({"params": d}, jax.lax.stop_gradient(y))
-            real, _ = self.discriminator.apply({"params": d}, x)
-            return masked_mean(losses.discriminator_loss(fake, real), mask)
+            (fake, _), new = self.discriminator.apply(
+                {"params": d, **spectral}, jax.lax.stop_gradient(y), mutable=["spectral"]
+            )
+            real, _ = self.discriminator.apply({"params": d, **new}, x)
+            return masked_mean(losses.discriminator_loss(fake, real, kind, reduction), mask), new
 
         adversarial = [k for k in ("adv", "feat") if k in self.weights]
         discriminator, d_opt = params["discriminator"], opt_state["discriminator"]
         d_loss, d_grads = jnp.zeros(()), jax.tree.map(jnp.zeros_like, discriminator)
         if adversarial:  # without adversarial losses the discriminator is not trained
-            d_loss, d_grads = jax.value_and_grad(discriminator_loss)(discriminator)
+            (d_loss, spectral), d_grads = jax.value_and_grad(discriminator_loss, has_aux=True)(discriminator)
             d_updates, d_opt = tx.update(d_grads, d_opt, discriminator)
             discriminator = optax.apply_updates(discriminator, d_updates)
 
@@ -285,11 +324,12 @@ class CodecTask(SplitSources):
         # (the balancer needs them apart); the adversarial ones against the updated discriminator.
         values, grads = {}, {}
         if adversarial:
-            real_fmaps = jax.lax.stop_gradient(self.discriminator.apply({"params": discriminator}, x)[1])
+            variables = {"params": discriminator, **spectral}
+            real_fmaps = jax.lax.stop_gradient(self.discriminator.apply(variables, x)[1])
 
             def adversarial_losses(y):
-                logits, fmaps = self.discriminator.apply({"params": discriminator}, y)
-                adv, feat = losses.generator_losses(logits, fmaps, real_fmaps)
+                logits, fmaps = self.discriminator.apply(variables, y)
+                adv, feat = losses.generator_losses(logits, fmaps, real_fmaps, kind, reduction)
                 both = {"adv": masked_mean(adv, mask), "feat": masked_mean(feat, mask)}
                 return {k: both[k] for k in adversarial}
 
@@ -336,7 +376,7 @@ class CodecTask(SplitSources):
         return (
             {"generator": generator, "discriminator": discriminator},
             {"generator": g_opt, "discriminator": d_opt},
-            {"codebooks": codebooks, "balancer": balancer},
+            {"codebooks": codebooks, "balancer": balancer, **spectral},
             metrics,
         )
 
