@@ -53,7 +53,8 @@ def _kernel(module, shape, axes, fan_in, dtype):
 
 
 class Conv(nn.Module):
-    """A 1-D (kernel (k,)) or 2-D convolution with symmetric zero padding and feature groups."""
+    """A 1-D (kernel (k,)) or 2-D convolution with symmetric zero padding, feature groups and
+    dilation, weight-normalised (torch's weight_norm), spectrally normalised or plain."""
 
     features: int
     kernel_size: Sequence[int]
@@ -62,6 +63,7 @@ class Conv(nn.Module):
     groups: int = 1
     norm: str = "weight_norm"
     dtype: jnp.dtype = jnp.float32
+    dilation: Sequence[int] | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -70,8 +72,9 @@ class Conv(nn.Module):
         fan_in = x.shape[-1] // self.groups * math.prod(self.kernel_size)
         w = _kernel(self, shape, (None,) * n + ("conv_in", "embed"), fan_in, self.dtype)
         spec = ("NWC", "WIO", "NWC") if n == 1 else ("NHWC", "HWIO", "NHWC")
+        padding = [(p, p) for p in self.padding]
         y = grouped_conv(
-            x.astype(self.dtype), w, tuple(self.stride), [(p, p) for p in self.padding], self.groups, spec
+            x.astype(self.dtype), w, tuple(self.stride), padding, self.groups, spec, rhs_dilation=self.dilation
         )
         bias = self.param("bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.features,))
         return y + bias.astype(self.dtype)
