@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from jaxmodels.codec import losses
-from jaxmodels.codec.discriminator import MultipleDiscriminator
-from jaxmodels.codec.hifigan_discriminator import Conv, PeriodDiscriminator, ScaleDiscriminator
+from jaxmodels.codec.hifigan_discriminator import (
+    Conv,
+    MultipleDiscriminator,
+    PeriodDiscriminator,
+    ScaleDiscriminator,
+    SpecDiscriminator,
+)
 
 
 def _count(tree):
@@ -30,6 +35,18 @@ def test_speechtokenizer_discriminators_as_released():
     assert [int(np.prod(g.shape[1:])) for g in logits[:8]] == [594, 594, 595, 595, 594, 750, 376, 188]
     assert [g.shape[1:3] for g in logits[8:]] == [(184, 65), (90, 129), (372, 33), (747, 17), (1497, 9)]
     assert [len(f) for f in fmaps] == [6] * 5 + [8] * 3 + [5] * 5
+
+
+def test_cosyvoice_hift_discriminators_as_released():
+    # CosyVoice's HiFT trains with mpd and mrsd: the spectrogram discriminators' parameters
+    # (280,902 as torch counts them) and logits on a 24576-sample crop, as upstream's.
+    model = MultipleDiscriminator(("mpd", "mrsd"))
+    x = jnp.zeros((1, 24576, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    assert _count(nn.unbox(variables["params"])["mrsd"]) == 280_902
+    logits, fmaps = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0), x), x))
+    assert [g.shape[1:3] for g in logits[5:]] == [(205, 65), (103, 129), (492, 33)]
+    assert [len(f) for f in fmaps] == [6] * 8
 
 
 def _torch_weight(layer):
@@ -70,6 +87,34 @@ def test_period_and_scale_discriminators_equal_torch_convolutions():
         z = F.leaky_relu(F.conv1d(z, torch.from_numpy(w), torch.from_numpy(b), s, (k - 1) // 2, groups=g), 0.1)
         np.testing.assert_allclose(np.asarray(fmaps[i]), z.permute(0, 2, 1).numpy(), rtol=1e-4, atol=1e-5)
     assert logits.shape == (2, 5, 1)  # 301 samples / 64 in four strides
+
+
+def test_spectrogram_discriminator_equals_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = np.random.default_rng(1).standard_normal((2, 700, 1)).astype(np.float32)
+    model = SpecDiscriminator(128, 30, 80)
+    params = model.init(jax.random.key(0), x)["params"]
+    logits, fmaps = model.apply({"params": params}, x)
+    window = torch.hann_window(80)
+    spec = torch.stft(torch.from_numpy(x[..., 0]), 128, 30, 80, window, return_complex=True).abs()
+    z = spec.transpose(1, 2)[:, None]  # (B, 1, frames, freq) as upstream
+    for i, (k, s) in enumerate([((3, 9), 1), ((3, 9), 2), ((3, 9), 2), ((3, 9), 2), ((3, 3), 1)]):
+        w, b = _torch_weight(params[f"discriminators_{i}"])
+        pad = (k[0] // 2, k[1] // 2)
+        z = F.leaky_relu(F.conv2d(z, torch.from_numpy(w), torch.from_numpy(b), (1, s), pad), 0.1)
+        np.testing.assert_allclose(np.asarray(fmaps[i]), z.permute(0, 2, 3, 1).numpy(), rtol=1e-4, atol=1e-4)
+    assert logits.shape == (2, 24, 9, 1)
+
+
+def test_tpr_loss_as_cosyvoice():
+    # m = the lower median of a - b; the mean of (d - m)^2 over d < m, capped at tau.
+    a = [jnp.array([[0.0, 1.0, 2.0], [3.0, 4.0, 10.0], [9.0, 9.0, 9.0]])]
+    b = [jnp.zeros((3, 3))]
+    mask = jnp.array([1.0, 1.0, 0.0])  # the third row is padding
+    # d over valid rows: 0 1 2 3 4 10 -> lower median 2; below it: 0, 1 -> (4 + 1) / 2
+    np.testing.assert_allclose(losses.tpr_loss(a, b, mask, tau=10.0), 2.5)
+    np.testing.assert_allclose(losses.tpr_loss(a + a, b + b, mask, tau=0.04), 0.08)
 
 
 def test_spectral_norm_divides_by_the_largest_singular_value():
@@ -138,7 +183,7 @@ def test_codec_config_names_a_wrong_discriminator_or_loss():
     from trainers.config import ConfigError
     from trainers.tasks.codec import CodecConfig
 
-    with pytest.raises(ConfigError, match="codec.discriminators: unknown kind 'mrd'; valid: msstft, mpd, msd"):
+    with pytest.raises(ConfigError, match="codec.discriminators: unknown kind 'mrd'; valid: msstft, mpd, msd, mrsd"):
         CodecConfig(discriminators=["mpd", "mrd"])
     with pytest.raises(ConfigError, match="codec.adversarial_loss: 'wgan'; valid: hinge, lsgan"):
         CodecConfig(adversarial_loss="wgan")

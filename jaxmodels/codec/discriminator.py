@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.codec.hifigan_discriminator import MultiPeriodDiscriminator, MultiScaleDiscriminator
 from jaxmodels.codec.seanet import _weight_normed, torch_uniform
 
 
@@ -140,36 +139,4 @@ class MultiScaleSTFTDiscriminator(nn.Module):
             )(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
-        return logits, fmaps
-
-
-DISCRIMINATORS = ("msstft", "mpd", "msd")
-
-
-class MultipleDiscriminator(nn.Module):
-    """Several discriminators as one: EnCodec's MS-STFT (msstft), HiFi-GAN's multi-period (mpd)
-    and multi-scale (msd) ones, each a submodule of its kind's name; their sub-discriminators'
-    logits and feature maps in one list each (SpeechTokenizer trains with all three)."""
-
-    kinds: Sequence[str] = ("msstft",)
-    stft: dict = None  # MultiScaleSTFTDiscriminator's fields
-    periods: Sequence[int] = (2, 3, 5, 7, 11)
-    scales: int = 3
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        unknown = sorted(set(self.kinds) - set(DISCRIMINATORS))
-        if unknown or not self.kinds:
-            raise ValueError(f"discriminators {list(self.kinds)}: valid kinds are {', '.join(DISCRIMINATORS)}")
-        build = {
-            "msstft": lambda: MultiScaleSTFTDiscriminator(**(self.stft or {}), dtype=self.dtype, name="msstft"),
-            "mpd": lambda: MultiPeriodDiscriminator(tuple(self.periods), self.dtype, name="mpd"),
-            "msd": lambda: MultiScaleDiscriminator(self.scales, self.dtype, name="msd"),
-        }
-        logits, fmaps = [], []
-        for kind in self.kinds:
-            logit, fmap = build[kind]()(x)
-            logits += logit
-            fmaps += fmap
         return logits, fmaps

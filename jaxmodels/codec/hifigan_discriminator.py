@@ -1,6 +1,7 @@
 """HiFi-GAN's multi-period and multi-scale discriminators (Kong et al. 2020; jik876/hifi-gan,
 models.py: DiscriminatorP, MultiPeriodDiscriminator, DiscriminatorS, MultiScaleDiscriminator),
-channels-last.
+and the multi-resolution spectrogram discriminator CosyVoice trains its HiFT vocoder with
+(cosyvoice/hifigan/discriminator.py: SpecDiscriminator, MultiResSpecDiscriminator), channels-last.
 
 A period discriminator folds the waveform into (T / p, p) and convolves along time only, so
 each of the p columns is one phase of a periodic signal; a scale discriminator convolves the
@@ -21,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.codec.discriminator import MultiScaleSTFTDiscriminator, stft
 from jaxmodels.codec.seanet import _weight_normed, torch_uniform
 from jaxmodels.nn.layers import grouped_conv
 
@@ -177,4 +179,83 @@ class MultiScaleDiscriminator(nn.Module):
             logit, fmap = ScaleDiscriminator(norm, self.dtype, name=f"discriminators_{i}")(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
+        return logits, fmaps
+
+
+class SpecDiscriminator(nn.Module):
+    """SpecDiscriminator: the STFT magnitude (centred, reflect padding, Hann window of win_length)
+    as a (time, frequency) image through five 2-D convolutions strided over frequency:
+    (B, T, 1) -> (logits (B, frames, freq', 1), feature maps)."""
+
+    n_fft: int
+    hop_length: int
+    win_length: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        pad = self.n_fft // 2
+        audio = jnp.pad(x[..., 0].astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
+        z = jnp.abs(stft(audio, self.n_fft, self.hop_length, self.win_length, False))[..., None]
+        fmaps = []
+        for i, (k, stride) in enumerate([((3, 9), 1), ((3, 9), 2), ((3, 9), 2), ((3, 9), 2), ((3, 3), 1)]):
+            padding = (k[0] // 2, k[1] // 2)
+            z = Conv(32, k, (1, stride), padding, dtype=self.dtype, name=f"discriminators_{i}")(z)
+            z = nn.leaky_relu(z, LRELU_SLOPE)
+            fmaps.append(z)
+        z = Conv(1, (3, 3), (1, 1), (1, 1), dtype=self.dtype, name="out")(z)
+        fmaps.append(z)
+        return z, fmaps
+
+
+class MultiResSpecDiscriminator(nn.Module):
+    """One SpecDiscriminator per (n_fft, hop, window) resolution; returns (list of logits, list of
+    feature-map lists)."""
+
+    n_ffts: Sequence[int] = (1024, 2048, 512)
+    hop_lengths: Sequence[int] = (120, 240, 50)
+    win_lengths: Sequence[int] = (600, 1200, 240)
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        logits, fmaps = [], []
+        for i, (n_fft, hop, win) in enumerate(zip(self.n_ffts, self.hop_lengths, self.win_lengths)):
+            logit, fmap = SpecDiscriminator(n_fft, hop, win, self.dtype, name=f"discriminators_{i}")(x)
+            logits.append(logit.astype(jnp.float32))
+            fmaps.append([f.astype(jnp.float32) for f in fmap])
+        return logits, fmaps
+
+
+DISCRIMINATORS = ("msstft", "mpd", "msd", "mrsd")
+
+
+class MultipleDiscriminator(nn.Module):
+    """Several discriminators as one: EnCodec's MS-STFT (msstft), HiFi-GAN's multi-period (mpd)
+    and multi-scale (msd) ones, CosyVoice's multi-resolution spectrogram one (mrsd), each a
+    submodule of its kind's name; their sub-discriminators' logits and feature maps in one list
+    each (SpeechTokenizer trains with mpd, msd and msstft, CosyVoice's HiFT with mpd and mrsd)."""
+
+    kinds: Sequence[str] = ("msstft",)
+    stft: dict = None  # MultiScaleSTFTDiscriminator's fields
+    periods: Sequence[int] = (2, 3, 5, 7, 11)
+    scales: int = 3
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        unknown = sorted(set(self.kinds) - set(DISCRIMINATORS))
+        if unknown or not self.kinds:
+            raise ValueError(f"discriminators {list(self.kinds)}: valid kinds are {', '.join(DISCRIMINATORS)}")
+        build = {
+            "msstft": lambda: MultiScaleSTFTDiscriminator(**(self.stft or {}), dtype=self.dtype, name="msstft"),
+            "mpd": lambda: MultiPeriodDiscriminator(tuple(self.periods), self.dtype, name="mpd"),
+            "msd": lambda: MultiScaleDiscriminator(self.scales, self.dtype, name="msd"),
+            "mrsd": lambda: MultiResSpecDiscriminator(dtype=self.dtype, name="mrsd"),
+        }
+        logits, fmaps = [], []
+        for kind in self.kinds:
+            logit, fmap = build[kind]()(x)
+            logits += logit
+            fmaps += fmap
         return logits, fmaps

@@ -235,6 +235,24 @@ def generator_losses(logits_fake, fmaps_fake, fmaps_real, kind: str = "hinge", r
     return adv, feat
 
 
+def tpr_loss(logits_a, logits_b, mask, tau: float = 0.04):
+    """The truncated pointwise relativistic loss CosyVoice trains HiFT with (cosyvoice/utils/
+    losses.py tpr_loss; Li et al. 2023, HiFTNet), summed over sub-discriminators: with
+    d = a - b and m its (lower) median over the batch's valid rows, the mean of (d - m)^2 where
+    d < m, capped at tau. The discriminator takes (real, fake), the generator (fake, real)."""
+    total = 0.0
+    for a, b in zip(logits_a, logits_b):
+        d = (a - b).reshape(a.shape[0], -1).astype(jnp.float32)
+        valid = jnp.broadcast_to(mask[:, None] > 0, d.shape).reshape(-1)
+        d = d.reshape(-1)
+        count = jnp.sum(valid)
+        median = jnp.sort(jnp.where(valid, d, jnp.inf))[jnp.maximum(count - 1, 0) // 2]  # torch.median's lower one
+        below = valid & (d < median)
+        relative = jnp.sum(jnp.where(below, jnp.square(d - median), 0.0)) / jnp.maximum(jnp.sum(below), 1)
+        total = total + jnp.minimum(relative, tau)
+    return total
+
+
 def balancer_init(names):
     """EMA state of each loss's gradient norm (the averager's running sum and weight)."""
     return {name: {"total": jnp.zeros(()), "weight": jnp.zeros(())} for name in names}

@@ -32,7 +32,7 @@ import optax
 
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization, speechtokenizer
-from jaxmodels.codec.discriminator import DISCRIMINATORS, MultipleDiscriminator
+from jaxmodels.codec.hifigan_discriminator import DISCRIMINATORS, MultipleDiscriminator
 from trainers import sharding, speech
 from trainers.cli import read_weights
 from trainers.config import ConfigError
