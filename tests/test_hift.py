@@ -69,3 +69,65 @@ def test_source_is_voiced_sines_and_unvoiced_noise():
     np.testing.assert_allclose(np.max(np.abs(sines)), 0.1, rtol=1e-3)
     noise = np.asarray(hift.sine_source(cfg, np.zeros_like(f0), jax.random.key(1)))
     np.testing.assert_allclose(noise.std(), 0.1 / 3, rtol=0.02)
+
+
+def test_yin_tracks_a_voice_and_finds_silence_unvoiced():
+    from trainers.tasks.hift import yin_f0
+
+    sr, hop = 16000, 160
+    t = np.arange(sr) / sr
+    f0 = 150 + 50 * t  # a rising voice with harmonics
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6)).astype(np.float32)
+    audio = np.concatenate([voice, np.zeros(sr // 2, np.float32)])
+    track = yin_f0(audio, sr, hop, 71.0, 800.0)
+    assert track.shape == (len(audio) // hop,)
+    frames = np.arange(5, 95)
+    np.testing.assert_allclose(track[frames], f0[frames * hop], rtol=0.01)
+    assert np.all(track[110:] == 0)
+
+
+@pytest.mark.slow  # the discriminators' compile
+def test_training_step_sharded_matches_one_device(tone_corpus):
+    """One adversarial step of a narrowed HiFT (both discriminators, every loss) over 8 devices
+    equals it on one (SGD: the updates compare at float32 reduction-order tolerance); the F0
+    predictor learns only from the F0 loss."""
+    from conftest import assert_same_updates, manifest_data
+
+    from trainers import config as config_lib
+    from trainers import sharding
+    from trainers.loop import Trainer, with_state
+
+    args = {"sample_rate": 16000, "in_channels": 16, "base_channels": 16, "f0_channels": 8}
+    args.update(upsample_rates=[5, 4, 2], upsample_kernel_sizes=[10, 8, 4], source_resblock_kernel_sizes=[3, 3, 3])
+    args.update(source_resblock_dilation_sizes=[[1, 3]] * 3, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])
+    results = []
+    for mesh, devices in (({"data": 1}, jax.devices()[:1]), ({"data": 8}, None)):
+        cfg = config_lib.parse(
+            {
+                "task": "hift",
+                "model": {"name": "hift_cosyvoice_300m", "args": args},
+                "mesh": mesh,
+                "data": manifest_data(tone_corpus, max_seconds=0.1),
+                "hift": {"segment_frames": 16, "n_fft": 320, "win_length": 320, "n_mels": 16},
+                "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
+            }
+        )
+        trainer = Trainer(cfg, devices)
+        state = trainer.init(0)
+        before = jax.device_get(with_state(state.params, state.model_state))
+        records = [
+            trainer.task.train_transform(trainer.task.train_source()[i], np.random.default_rng(i)) for i in range(8)
+        ]
+        batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+        batch["mask"][-1] = 0.0
+        with trainer.context():
+            state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, 8))
+        after = jax.device_get(with_state(state.params, state.model_state))
+        results.append((before, {k: float(v) for k, v in metrics.items()}, after))
+    (before, ref, ref_after), (before_sharded, got, after) = results
+    jax.tree.map(np.testing.assert_array_equal, before_sharded, before)
+    for k in ("train/loss", "train/d_loss", "train/adv", "train/feat", "train/mel", "train/tpr", "train/f0"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=1e-6, err_msg=k)
+    assert ref["train/f0"] > 0 and ref["train/skipped"] == 1
+    assert_same_updates(before, after, ref_after)

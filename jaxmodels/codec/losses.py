@@ -19,14 +19,36 @@ def per_example(a):
     return jnp.mean(a.reshape(a.shape[0], -1), axis=1)
 
 
+def _hz_to_mel(f, scale: str):
+    f = np.asarray(f, np.float64)
+    if scale == "htk":
+        return 2595.0 * np.log10(1.0 + f / 700.0)
+    # Slaney's (librosa's default): linear to 1 kHz (15 mels), logarithmic above, 27 mels per factor 6.4
+    return np.where(f < 1000.0, 3.0 * f / 200.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) * 27.0 / np.log(6.4))
+
+
+def _mel_to_hz(m, scale: str):
+    m = np.asarray(m, np.float64)
+    if scale == "htk":
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+    return np.where(m < 15.0, 200.0 * m / 3.0, 1000.0 * np.exp((m - 15.0) * np.log(6.4) / 27.0))
+
+
 def mel_filterbank(
-    n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int, norm: str | None = None
+    n_freqs: int,
+    f_min: float,
+    f_max: float,
+    n_mels: int,
+    sample_rate: int,
+    norm: str | None = None,
+    mel_scale: str = "htk",
 ) -> np.ndarray:
-    """torchaudio's melscale_fbanks (HTK mel scale): (n_freqs, n_mels); ``norm="slaney"`` divides
-    each triangle by its width in Hz (equal area)."""
-    to_mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    freqs = np.linspace(0, sample_rate // 2, n_freqs)
-    f_pts = 700.0 * (10 ** (np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2) / 2595.0) - 1.0)
+    """Triangular mel filters (n_freqs, n_mels): torchaudio's melscale_fbanks (HTK scale, the
+    default), librosa.filters.mel with mel_scale="slaney" and norm="slaney" (librosa's defaults,
+    Matcha-TTS's and CosyVoice's features); ``norm="slaney"`` divides each triangle by its width
+    in Hz (equal area)."""
+    freqs = np.linspace(0, sample_rate / 2, n_freqs)
+    f_pts = _mel_to_hz(np.linspace(_hz_to_mel(f_min, mel_scale), _hz_to_mel(f_max, mel_scale), n_mels + 2), mel_scale)
     f_diff = np.diff(f_pts)
     slopes = f_pts[None, :] - freqs[:, None]
     down = -slopes[:, :-2] / f_diff[:-1]

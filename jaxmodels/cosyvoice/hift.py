@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.codec import losses
 from jaxmodels.codec.discriminator import hann_window
 from jaxmodels.codec.hifigan_discriminator import Conv
 from jaxmodels.codec.seanet import SConvTranspose1d, Snake1d
@@ -142,6 +143,20 @@ class SourceModule(nn.Module):
     def __call__(self, f0, rng):
         sines = jax.lax.stop_gradient(sine_source(self.config, f0, rng))  # upstream generates under no_grad
         return jnp.tanh(nn.Dense(1, name="l_linear")(sines)[..., 0])
+
+
+def mel_spectrogram(wav, sample_rate: int, n_fft: int, hop: int, win: int, n_mels: int = 80, f_min=0.0, f_max=8000.0):
+    """Matcha-TTS's mel_spectrogram, CosyVoice's features (matcha/utils/audio.py): reflect padding
+    of (n_fft - hop) / 2, an uncentred STFT with a periodic Hann window of ``win``, magnitude
+    sqrt(re^2 + im^2 + 1e-9), librosa's Slaney-scale, Slaney-normalised mel filters (f_max None:
+    half the sample rate), natural log clamped at 1e-5. (B, L) -> (B, L // hop, n_mels)."""
+    pad = (n_fft - hop) // 2
+    spec = losses.stft(jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect"), n_fft, hop, win, False)
+    magnitude = jnp.sqrt(jnp.square(spec.real) + jnp.square(spec.imag) + 1e-9)
+    fb = losses.mel_filterbank(
+        n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels, sample_rate, "slaney", "slaney"
+    )
+    return jnp.log(jnp.maximum(magnitude @ fb, 1e-5))
 
 
 def stft(x, n_fft: int, hop: int):
