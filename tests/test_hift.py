@@ -89,9 +89,9 @@ def test_yin_tracks_a_voice_and_finds_silence_unvoiced():
 
 @pytest.mark.slow  # the discriminators' compile
 def test_training_step_sharded_matches_one_device(tone_corpus):
-    """One adversarial step of a narrowed HiFT (both discriminators, every loss) over 8 devices
-    equals it on one (SGD: the updates compare at float32 reduction-order tolerance); the F0
-    predictor learns only from the F0 loss."""
+    """One adversarial step of a narrowed HiFT (every loss; the spectrogram discriminator, the
+    multi-period one being sharded in test_codec_training) over 8 devices equals it on one
+    (SGD: the updates compare at float32 reduction-order tolerance)."""
     from conftest import assert_same_updates, manifest_data
 
     from trainers import config as config_lib
@@ -109,7 +109,13 @@ def test_training_step_sharded_matches_one_device(tone_corpus):
                 "model": {"name": "hift_cosyvoice_300m", "args": args},
                 "mesh": mesh,
                 "data": manifest_data(tone_corpus, max_seconds=0.1),
-                "hift": {"segment_frames": 16, "n_fft": 320, "win_length": 320, "n_mels": 16},
+                "hift": {
+                    "segment_frames": 16,
+                    "n_fft": 320,
+                    "win_length": 320,
+                    "n_mels": 16,
+                    "discriminators": ["mrsd"],
+                },
                 "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
             }
         )
