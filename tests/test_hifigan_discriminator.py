@@ -144,6 +144,25 @@ def test_spectral_norm_divides_by_the_largest_singular_value():
     np.testing.assert_allclose(np.asarray(frozen), np.asarray(plain), rtol=1e-4, atol=1e-6)
 
 
+def test_spectral_norm_steps_as_torch():
+    # One training forward of torch's spectral_norm from the same weight and vectors.
+    torch = pytest.importorskip("torch")
+    conv = Conv(6, (3,), (1,), (1,), norm="spectral_norm")
+    x = np.random.default_rng(0).standard_normal((2, 11, 4)).astype(np.float32)
+    variables = conv.init(jax.random.key(0), x)
+    out, new = conv.apply(variables, x, mutable=["spectral"])
+    params, vectors = nn.unbox(variables["params"]), variables["spectral"]
+    ref = torch.nn.utils.spectral_norm(torch.nn.Conv1d(4, 6, 3, padding=1))
+    with torch.no_grad():
+        ref.weight_orig.copy_(torch.from_numpy(np.array(params["weight_orig"]).transpose(2, 1, 0)))
+        ref.bias.copy_(torch.from_numpy(np.array(params["bias"])))
+        ref.weight_u.copy_(torch.from_numpy(np.array(vectors["weight_u"])))
+        ref.weight_v.copy_(torch.from_numpy(np.array(vectors["weight_v"]).reshape(3, 4).T.reshape(-1)))
+        expected = ref(torch.from_numpy(x).transpose(1, 2)).transpose(1, 2).numpy()
+    np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["spectral"]["weight_u"], ref.weight_u.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_least_squares_losses_summed_as_hifigan():
     real, fake = [jnp.full((2, 3), 0.5), jnp.full((2, 1, 4), 1.0)], [jnp.full((2, 3), -1.0), jnp.zeros((2, 1, 4))]
     d = losses.discriminator_loss(fake, real, "lsgan", "sum")

@@ -10,9 +10,10 @@ pooling. Each returns its logits and every layer's feature map, the logits' laye
 as upstream (feature matching runs over all of them).
 
 The first scale discriminator is spectrally normalised as upstream: its kernels are divided
-by their largest singular value, estimated by one power iteration per training step from a
-vector kept in the ``spectral`` collection (torch.nn.utils.spectral_norm's weight_u). Apply
-with ``mutable=["spectral"]`` to take the iteration; without, the kept vector is used as is.
+by their largest singular value, estimated by one power iteration per training step from the
+vectors kept in the ``spectral`` collection (torch.nn.utils.spectral_norm's weight_u and
+weight_v). Apply with ``mutable=["spectral"]`` to take the iteration; without, the kept
+vectors are used as they are.
 """
 
 import math
@@ -38,19 +39,21 @@ def _kernel(module, shape, axes, fan_in, dtype):
     if module.norm != "spectral_norm":
         return _weight_normed(module, shape, tuple(range(len(shape) - 1)), len(shape) - 1, axes, fan_in, dtype)
     w = module.param("weight_orig", nn.with_logical_partitioning(torch_uniform(fan_in), axes), shape)
+    matrix = jnp.reshape(jnp.asarray(w, jnp.float32), (-1, shape[-1])).T  # torch's (out, in * k)
     u = module.variable(
         "spectral", "weight_u", lambda: _normalize(jax.random.normal(module.make_rng("params"), (shape[-1],)))
     )
-    matrix = jnp.reshape(jnp.asarray(w, jnp.float32), (-1, shape[-1])).T  # torch's (out, in * k)
-    u_value = u.value
-    v = _normalize(matrix.T @ u_value)
+    v = module.variable(
+        "spectral", "weight_v", lambda: _normalize(jax.random.normal(module.make_rng("params"), matrix.shape[1:]))
+    )
+    u_value, v_value = u.value, v.value
     if module.is_mutable_collection("spectral") and not module.is_initializing():
-        u_value = _normalize(matrix @ v)
-        v = _normalize(matrix.T @ u_value)
-        u.value = u_value
+        v_value = _normalize(matrix.T @ u_value)
+        u_value = _normalize(matrix @ v_value)
+        u.value, v.value = u_value, v_value
     # The vectors are constants of the step (torch computes them under no_grad).
-    u_value, v = jax.lax.stop_gradient(u_value), jax.lax.stop_gradient(v)
-    sigma = u_value @ (matrix @ v)
+    u_value, v_value = jax.lax.stop_gradient(u_value), jax.lax.stop_gradient(v_value)
+    sigma = u_value @ (matrix @ v_value)
     return (w / sigma).astype(dtype)
 
 
