@@ -81,9 +81,8 @@ def yin_f0(audio: np.ndarray, sample_rate: int, hop: int, f0_min: float, f0_max:
     cross = np.fft.irfft(np.conj(head) * spec, size)[:, : lag_max + 1]  # sum_j x[j] x[j + lag], j < lag_max
     energy = np.cumsum(np.square(x), axis=1)
     first = energy[:, lag_max - 1 : lag_max]
-    shifted = np.stack(
-        [energy[:, lag + lag_max - 1] - (energy[:, lag - 1] if lag else 0) for lag in range(lag_max + 1)], 1
-    )
+    # sum_j x[j + lag]^2 over j < lag_max, for every lag
+    shifted = energy[:, lag_max - 1 :] - np.concatenate([np.zeros((frames, 1)), energy[:, :lag_max]], axis=1)
     diff = first + shifted - 2 * cross
     cumulative = np.cumsum(diff[:, 1:], axis=1) / np.arange(1, lag_max + 1)
     normalised = np.concatenate([np.ones((frames, 1)), diff[:, 1:] / np.maximum(cumulative, 1e-12)], axis=1)
