@@ -28,7 +28,7 @@ from trainers import sharding, speech
 from trainers.config import ConfigError
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
-from trainers.tasks.codec import AudioCrop, masked_mean
+from trainers.tasks._waveform import AudioCrop, masked_mean
 
 HIFT_LOSSES = ("adv", "feat", "mel", "tpr", "f0")
 

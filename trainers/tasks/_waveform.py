@@ -1,0 +1,47 @@
+"""What the tasks that generate waveforms (codec, hift) share: fixed-length crops of a speech
+corpus's audio and the mean of per-example losses over the batch's real rows."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from trainers import speech
+
+
+class AudioCrop:
+    """Manifest record -> mono audio of a fixed length: a random crop in training, the start
+    at eval (padded with zeros), with the number of real samples; with ``features`` (an
+    ExtractedFrames of the split), the teacher's frames of the crop, which starts on a frame."""
+
+    def __init__(self, cfg, sample_rate: int, length: int, train: bool, hop: int = 1, features=None):
+        self.sample_rate, self.length, self.train = sample_rate, length, train
+        self.on_bad_audio, self.resample = cfg.data.on_bad_audio, cfg.data.resample
+        self.hop, self.features = hop, features
+
+    def __call__(self, record, rng):
+        audio = np.zeros(self.length, np.float32)
+        out = {"audio": audio, "audio_length": np.int32(0), "mask": np.float32(0.0)}
+        frames = self.length // self.hop
+        if self.features is not None:
+            out["semantic"] = np.zeros((frames, self.features.width()), np.float32)
+            out["semantic_frames"] = np.int32(0)
+        try:
+            samples = speech.read_audio(record["source"], self.sample_rate, self.resample)
+        except ValueError:
+            if self.on_bad_audio == "skip":
+                return out
+            raise
+        start = 0
+        if self.train and len(samples) > self.length:
+            start = int(rng.integers(0, (len(samples) - self.length) // self.hop + 1)) * self.hop
+        piece = samples[start : start + self.length]
+        audio[: len(piece)] = piece
+        out.update(audio_length=np.int32(len(piece)), mask=np.float32(1.0))
+        if self.features is not None:
+            teacher = self.features[record["key"]][start // self.hop :][:frames]
+            out["semantic"][: len(teacher)] = teacher
+            out["semantic_frames"] = np.int32(len(teacher))  # the teacher's count may differ by a frame
+        return out
+
+
+def masked_mean(values, mask):
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
