@@ -21,11 +21,14 @@ def hann_window(length: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)).astype(np.float32)
 
 
-def stft(x, n_fft: int, hop_length: int, win_length: int, normalized: bool):
-    """torch.stft(center=False) with a periodic Hann window: x (B, T) -> complex (B, frames, n_fft // 2 + 1).
+def stft(x, n_fft: int, hop_length: int, win_length: int, normalized: bool, center: bool = False):
+    """torch.stft with a periodic Hann window: x (B, T) -> complex (B, frames, n_fft // 2 + 1).
 
-    ``normalized`` divides by the window's L2 norm, as torchaudio's Spectrogram(normalized=True).
+    ``normalized`` divides by the window's L2 norm, as torchaudio's Spectrogram(normalized=True);
+    ``center`` pads n_fft // 2 on both sides by reflection first, as torch.stft(center=True).
     """
+    if center:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(n_fft // 2, n_fft // 2)], mode="reflect")
     window = np.zeros(n_fft, np.float32)
     left = (n_fft - win_length) // 2
     window[left : left + win_length] = hann_window(win_length)

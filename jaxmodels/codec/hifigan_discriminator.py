@@ -197,9 +197,7 @@ class SpecDiscriminator(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        pad = self.n_fft // 2
-        audio = jnp.pad(x[..., 0].astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect")
-        z = jnp.abs(stft(audio, self.n_fft, self.hop_length, self.win_length, False))[..., None]
+        z = jnp.abs(stft(x[..., 0], self.n_fft, self.hop_length, self.win_length, False, center=True))[..., None]
         fmaps = []
         for i, (k, stride) in enumerate([((3, 9), 1), ((3, 9), 2), ((3, 9), 2), ((3, 9), 2), ((3, 3), 1)]):
             padding = (k[0] // 2, k[1] // 2)

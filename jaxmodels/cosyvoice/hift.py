@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.codec import losses
-from jaxmodels.codec.discriminator import hann_window
+from jaxmodels.codec.discriminator import hann_window, stft
 from jaxmodels.codec.hifigan_discriminator import Conv
 from jaxmodels.codec.seanet import SConvTranspose1d, Snake1d
 
@@ -151,21 +151,12 @@ def mel_spectrogram(wav, sample_rate: int, n_fft: int, hop: int, win: int, n_mel
     sqrt(re^2 + im^2 + 1e-9), librosa's Slaney-scale, Slaney-normalised mel filters (f_max None:
     half the sample rate), natural log clamped at 1e-5. (B, L) -> (B, L // hop, n_mels)."""
     pad = (n_fft - hop) // 2
-    spec = losses.stft(jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect"), n_fft, hop, win, False)
+    spec = stft(jnp.pad(wav.astype(jnp.float32), ((0, 0), (pad, pad)), mode="reflect"), n_fft, hop, win, False)
     magnitude = jnp.sqrt(jnp.square(spec.real) + jnp.square(spec.imag) + 1e-9)
     fb = losses.mel_filterbank(
         n_fft // 2 + 1, f_min, f_max or sample_rate / 2, n_mels, sample_rate, "slaney", "slaney"
     )
     return jnp.log(jnp.maximum(magnitude @ fb, 1e-5))
-
-
-def stft(x, n_fft: int, hop: int):
-    """torch.stft(center=True, reflect padding, periodic Hann window):
-    (B, L) -> complex (B, L // hop + 1, n_fft // 2 + 1)."""
-    x = jnp.pad(x, ((0, 0), (n_fft // 2, n_fft // 2)), mode="reflect")
-    frames = 1 + (x.shape[1] - n_fft) // hop
-    index = np.arange(frames)[:, None] * hop + np.arange(n_fft)[None]
-    return jnp.fft.rfft(x[:, index] * hann_window(n_fft), axis=-1)
 
 
 def istft(spec, n_fft: int, hop: int):
@@ -225,7 +216,7 @@ class HiFTGenerator(nn.Module):
 
     def decode(self, mel, source):
         c = self.config
-        spec = stft(source, c.n_fft, c.hop_length)
+        spec = stft(source, c.n_fft, c.hop_length, c.n_fft, False, center=True)
         s = jnp.concatenate([spec.real, spec.imag], axis=-1)
         x = self.conv_pre(mel)
         n_kernels = len(c.resblock_kernel_sizes)
