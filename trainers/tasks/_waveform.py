@@ -1,5 +1,8 @@
 """What the tasks that generate waveforms (codec, hift) share: fixed-length crops of a speech
-corpus's audio and the mean of per-example losses over the batch's real rows."""
+corpus's audio, the mean of per-example losses over the batch's real rows, and the eval
+utterances a person listens to."""
+
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -45,3 +48,27 @@ class AudioCrop:
 
 def masked_mean(values, mask):
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def eval_examples(task, n: int):
+    """(audio (n', T), lengths (n',)) of the first n eval utterances, as the eval transform crops them."""
+    source = task.eval_source()
+    records = [task.eval_transform(source[i], None) for i in range(min(n, len(source)))]
+    return np.stack([r["audio"] for r in records]), np.array([r["audio_length"] for r in records])
+
+
+def write_examples(workdir, outputs, names, sample_rate: int, spectrogram, step):
+    """outputs["examples_<name>"] (B, T) cut to outputs["examples_length"] as audio/<i>_<name>.wav,
+    and spectrogram(wav) (frames, bins) of each in spectrograms.png."""
+    from trainers.pictures import spectrograms_png
+
+    folder = os.path.join(workdir, "audio")
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i, length in enumerate(outputs["examples_length"]):
+        for name in names:
+            wav = np.asarray(outputs[f"examples_{name}"][i][:length])
+            speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1), sample_rate)
+            rows.append((f"utterance {i}, {name}", np.asarray(spectrogram(wav))))
+    spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
+    print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")

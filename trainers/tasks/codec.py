@@ -40,7 +40,7 @@ from trainers.evaluators import fidelity
 from trainers.extracted import ExtractedFrames
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
-from trainers.tasks._waveform import AudioCrop, masked_mean
+from trainers.tasks._waveform import AudioCrop, eval_examples, masked_mean, write_examples
 
 CODEC_LOSSES = ("adv", "feat", "l1", "mel", "msspec", "logmel")
 
@@ -399,11 +399,8 @@ class CodecTask(SplitSources):
 
     def generate(self, params, mesh):
         """The first codec.eval_examples eval utterances, decoded at every bandwidth (for the artefacts)."""
-        source, n = self.eval_source(), min(self.cfg.codec.eval_examples, len(self.eval_source()))
-        records = [self.eval_transform(source[i], None) for i in range(n)]
-        audio = np.stack([r["audio"] for r in records])
+        audio, lengths = eval_examples(self, self.cfg.codec.eval_examples)
         _, decoded = self._reconstruct(sharding.host_copy(params), audio)
-        lengths = np.array([r["audio_length"] for r in records])
         return {}, {
             "examples_original": audio,
             "examples_length": lengths,
@@ -411,21 +408,13 @@ class CodecTask(SplitSources):
         }
 
     def write_artifacts(self, workdir, outputs, step):
-        from trainers.pictures import spectrograms_png
-
         cfg = self.config
-        folder = os.path.join(workdir, "audio")
-        os.makedirs(folder, exist_ok=True)
-        rows = []
         names = ["original"] + [f"{bw:g}kbps" for bw in cfg.target_bandwidths]
-        for i, length in enumerate(outputs["examples_length"]):
-            for name in names:
-                wav = np.asarray(outputs[f"examples_{name}"][i][:length])
-                speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1), cfg.sample_rate)
-                log_mel = losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], cfg.sample_rate, 512, 160, 400, 64)
-                rows.append((f"utterance {i}, {name}", np.asarray(log_mel[0, 0])))
-        spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
-        print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
+
+        def log_mel(wav):
+            return losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], cfg.sample_rate, 512, 160, 400, 64)[0, 0]
+
+        write_examples(workdir, outputs, names, cfg.sample_rate, log_mel, step)
 
 
 def load_codec(path: str, model: str = "encodec_24khz"):

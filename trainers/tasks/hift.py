@@ -13,7 +13,6 @@ error of the vocoded eval split and writes a few utterances as WAVs and spectrog
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import jax
@@ -28,7 +27,7 @@ from trainers import sharding, speech
 from trainers.config import ConfigError
 from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
-from trainers.tasks._waveform import AudioCrop, masked_mean
+from trainers.tasks._waveform import AudioCrop, eval_examples, masked_mean, write_examples
 
 HIFT_LOSSES = ("adv", "feat", "mel", "tpr", "f0")
 
@@ -241,26 +240,13 @@ class HiFTTask(SplitSources):
 
     def generate(self, params, mesh):
         """The first hift.eval_examples eval utterances, vocoded from their mel (for the artefacts)."""
-        source, n = self.eval_source(), min(self.cfg.hift.eval_examples, len(self.eval_source()))
-        records = [self.eval_transform(source[i], None) for i in range(n)]
-        audio = np.stack([r["audio"] for r in records])
+        audio, lengths = eval_examples(self, self.cfg.hift.eval_examples)
         y, _ = self._vocode(sharding.host_copy(params), audio)
-        lengths = np.array([r["audio_length"] for r in records])
         return {}, {"examples_original": audio, "examples_vocoded": np.asarray(y), "examples_length": lengths}
 
     def write_artifacts(self, workdir, outputs, step):
-        from trainers.pictures import spectrograms_png
-
-        folder = os.path.join(workdir, "audio")
-        os.makedirs(folder, exist_ok=True)
-        rows = []
-        for i, length in enumerate(outputs["examples_length"]):
-            for name in ("original", "vocoded"):
-                wav = np.asarray(outputs[f"examples_{name}"][i][:length])
-                speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1), self.config.sample_rate)
-                rows.append((f"utterance {i}, {name}", np.asarray(self.mel(jnp.asarray(wav)[None], None)[0])))
-        spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
-        print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
+        spectrogram = lambda wav: self.mel(jnp.asarray(wav)[None], None)[0]  # noqa: E731
+        write_examples(workdir, outputs, ("original", "vocoded"), self.config.sample_rate, spectrogram, step)
 
 
 TASK = HiFTTask
