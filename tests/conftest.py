@@ -72,6 +72,28 @@ def run_demo(module, *args):
     return run([sys.executable, "-m", module, *args], DEMO_ENV)
 
 
+def one_step_on_one_and_eight_devices(make_config, make_batch):
+    """One training step on one device (mesh.data 1), then on all eight: for each, (params and
+    model state before, the step's metrics, params and model state after). make_config(mesh)
+    gives the config, make_batch(task) the 8-row batch (the same rows both times)."""
+    import jax
+
+    from trainers import sharding
+    from trainers.loop import Trainer, with_state
+
+    results = []
+    for mesh, devices in (({"data": 1}, jax.devices()[:1]), ({"data": 8}, None)):
+        trainer = Trainer(make_config(mesh), devices)
+        state = trainer.init(0)
+        before = jax.device_get(with_state(state.params, state.model_state))
+        batch = make_batch(trainer.task)
+        with trainer.context():
+            state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, 8))
+        after = jax.device_get(with_state(state.params, state.model_state))
+        results.append((before, {k: float(v) for k, v in metrics.items()}, after))
+    return results
+
+
 def assert_same_updates(before, after, reference_after, rtol=1e-4):
     """The updates ``after - before`` equal ``reference_after - before`` leaf by leaf.
 

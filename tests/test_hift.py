@@ -92,18 +92,16 @@ def test_training_step_sharded_matches_one_device(tone_corpus):
     """One adversarial step of a narrowed HiFT (every loss; the spectrogram discriminator, the
     multi-period one being sharded in test_codec_training) over 8 devices equals it on one
     (SGD: the updates compare at float32 reduction-order tolerance)."""
-    from conftest import assert_same_updates, manifest_data
+    from conftest import assert_same_updates, manifest_data, one_step_on_one_and_eight_devices
 
     from trainers import config as config_lib
-    from trainers import sharding
-    from trainers.loop import Trainer, with_state
 
     args = {"sample_rate": 16000, "in_channels": 16, "base_channels": 16, "f0_channels": 8}
     args.update(upsample_rates=[5, 4, 2], upsample_kernel_sizes=[10, 8, 4], source_resblock_kernel_sizes=[3, 3, 3])
     args.update(source_resblock_dilation_sizes=[[1, 3]] * 3, resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]])
-    results = []
-    for mesh, devices in (({"data": 1}, jax.devices()[:1]), ({"data": 8}, None)):
-        cfg = config_lib.parse(
+
+    def make_config(mesh):
+        return config_lib.parse(
             {
                 "task": "hift",
                 "model": {"name": "hift_cosyvoice_300m", "args": args},
@@ -119,18 +117,14 @@ def test_training_step_sharded_matches_one_device(tone_corpus):
                 "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
             }
         )
-        trainer = Trainer(cfg, devices)
-        state = trainer.init(0)
-        before = jax.device_get(with_state(state.params, state.model_state))
-        records = [
-            trainer.task.train_transform(trainer.task.train_source()[i], np.random.default_rng(i)) for i in range(8)
-        ]
+
+    def make_batch(task):
+        records = [task.train_transform(task.train_source()[i], np.random.default_rng(i)) for i in range(8)]
         batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
         batch["mask"][-1] = 0.0
-        with trainer.context():
-            state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, 8))
-        after = jax.device_get(with_state(state.params, state.model_state))
-        results.append((before, {k: float(v) for k, v in metrics.items()}, after))
+        return batch
+
+    results = one_step_on_one_and_eight_devices(make_config, make_batch)
     (before, ref, ref_after), (before_sharded, got, after) = results
     jax.tree.map(np.testing.assert_array_equal, before_sharded, before)
     for k in ("train/loss", "train/d_loss", "train/adv", "train/feat", "train/mel", "train/tpr", "train/f0"):

@@ -203,30 +203,23 @@ def test_distillation_training_resumes_exactly(teacher, tmp_path):
 def test_distillation_step_sharded_matches_one_device(teacher):
     """One adversarial step with distillation over 8 devices equals it on one (SGD, whose step
     is the gradient, so the updates compare at float32 reduction-order tolerance)."""
-    from conftest import assert_same_updates
-
-    from trainers import sharding
-    from trainers.loop import Trainer, with_state
+    from conftest import assert_same_updates, one_step_on_one_and_eight_devices
 
     sgd = {"name": "sgd", "lr": 0.01, "momentum": 0.0}
     args = {**TINY_ST, "kmeans_init": False}  # k-means amplifies last-bit differences (tested on its own)
-    rng = np.random.default_rng(0)
-    results = []
-    for mesh, devices in (({"data": 1}, jax.devices()[:1]), ({"data": 8}, None)):
-        cfg = distillation_config(teacher, mesh=mesh, optimizer=sgd, model={"args": args})
-        trainer = Trainer(cfg, devices)
-        state = trainer.init(0)
-        before = jax.device_get(with_state(state.params, state.model_state))
-        batch = trainer.task.example_batch(8)
-        if not results:
-            noise = 0.1 * rng.standard_normal(batch["audio"].shape)
-            semantic = rng.standard_normal(batch["semantic"].shape)
-        batch["audio"], batch["semantic"] = noise.astype(np.float32), semantic.astype(np.float32)
+
+    def make_config(mesh):
+        return distillation_config(teacher, mesh=mesh, optimizer=sgd, model={"args": args})
+
+    def make_batch(task):
+        rng = np.random.default_rng(0)
+        batch = task.example_batch(8)
+        batch["audio"] = (0.1 * rng.standard_normal(batch["audio"].shape)).astype(np.float32)
+        batch["semantic"] = rng.standard_normal(batch["semantic"].shape).astype(np.float32)
         batch["semantic_frames"][-2] = 3  # a short utterance's teacher frames
-        with trainer.context():
-            state, metrics = trainer.train_step(state, sharding.to_global(trainer.mesh, batch, 8))
-        after = jax.device_get(with_state(state.params, state.model_state))
-        results.append((before, {k: float(v) for k, v in metrics.items()}, after))
+        return batch
+
+    results = one_step_on_one_and_eight_devices(make_config, make_batch)
     (before, ref, ref_after), (before_sharded, got, after) = results
     jax.tree.map(np.testing.assert_array_equal, before_sharded, before)
     for k in ("train/distill", "train/loss", "train/d_loss", "train/adv", "train/grad_norm", "train/d_grad_norm"):
