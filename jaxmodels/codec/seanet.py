@@ -155,7 +155,7 @@ def _pad_reflect(x, left, right):
     return x[:, : x.shape[1] - extra]
 
 
-def _conv_transpose(x, w, stride: int):
+def conv_transpose(x, w, stride: int):
     """torch's ConvTranspose1d without padding: (B, T, in), (k, in, out) -> (B, (T - 1) * stride + k, out).
 
     Every input frame adds w's k taps, scaled by it, at stride * t: one matmul, then the
@@ -193,7 +193,7 @@ class SConvTranspose1d(nn.Module):
         w = _weight_normed(
             self, (k, x.shape[-1], self.out_channels), (0, 2), 1, (None, "conv_in", "embed"), fan_in, self.dtype
         )
-        y = _conv_transpose(x.astype(self.dtype), w, s)
+        y = conv_transpose(x.astype(self.dtype), w, s)
         bias = self.param(
             "bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.out_channels,)
         ).astype(self.dtype)

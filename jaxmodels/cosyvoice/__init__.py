@@ -1,5 +1,6 @@
-"""CosyVoice (Du et al. 2024): its HiFT vocoder and the conditional flow matching of its decoder."""
+"""CosyVoice (Du et al. 2024): its HiFT vocoder, its flow-matching decoder and the conditional
+flow matching that trains and samples it."""
 
-from jaxmodels.cosyvoice import flow_matching, hift
+from jaxmodels.cosyvoice import flow, flow_matching, hift
 
-__all__ = ["flow_matching", "hift"]
+__all__ = ["flow", "flow_matching", "hift"]

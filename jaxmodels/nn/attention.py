@@ -1,6 +1,8 @@
-"""Multi-head self-attention with a fused qkv projection (timm's `Attention` layout).
+"""Multi-head self-attention: with a fused qkv projection (timm's `Attention` layout), and
+with separate projections named as ESPnet / wenet / transformers' Conformers name them,
+optionally with ESPnet's relative positions (Dai et al. 2019, as RelPositionMultiHeadedAttention).
 
-The qkv kernel is (embed, 3, heads, head_dim) and the output kernel (heads, head_dim,
+The fused qkv kernel is (embed, 3, heads, head_dim) and the output kernel (heads, head_dim,
 embed), so tensor parallelism splits heads; converters reshape the (3D, D) and (D, D)
 PyTorch weights into them.
 """
@@ -12,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.nn.layers import constrain
+from jaxmodels.nn.layers import Dense, constrain
 
 
 def xavier_uniform_flat(in_dims: int):
@@ -78,3 +80,59 @@ class Attention(nn.Module):
         return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, True, self.dtype, name="proj")(
             out
         )
+
+
+def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix="self_attn"):
+    """Multi-head attention of y (B, T, D) over the keys `valid` (B, T) marks (all where None),
+    projections `{prefix}_linear_q/k/v/out` with biases. Queries and keys come from `qk_input`
+    (y where None); `position(q)` returns the query of the content term and an additive
+    (B, H, T, T) score bias."""
+    b, t, d = y.shape
+    dense = lambda name, axes: Dense(d, axes, dtype=dtype, name=f"{prefix}_{name}")  # noqa: E731
+    split = lambda h: h.reshape(b, t, heads, d // heads)  # noqa: E731
+    qk = y if qk_input is None else qk_input
+    q = split(dense("linear_q", ("embed", "heads"))(qk))
+    k = split(dense("linear_k", ("embed", "heads"))(qk))
+    v = split(dense("linear_v", ("embed", "heads"))(y))
+    bias = None
+    if position is not None:
+        q, bias = position(q)
+    mask = None if valid is None else valid[:, None, None, :]
+    attended = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, t, d)
+    return dense("linear_out", ("heads", "embed"))(attended)
+
+
+def relative_gather(scores, index):
+    """(B, H, T, P) scores of each query against P relative positions -> (B, H, T, T), entry
+    (i, j) taken from position index[i, j]."""
+    return jnp.take_along_axis(scores, jnp.broadcast_to(index, scores.shape[:2] + index.shape), axis=-1)
+
+
+def relative_sinusoids(frames: int, d: int):
+    """(2T-1, d) sinusoids of the relative positions T-1 ... 1-T (sin and cos interleaved),
+    ESPnet's RelPositionalEncoding table, float32."""
+    frequencies = jnp.exp(jnp.arange(0, d, 2, dtype=jnp.float32) * -(math.log(10000.0) / d))
+    angles = jnp.arange(frames - 1, -frames, -1, dtype=jnp.float32)[:, None] * frequencies
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], -1).reshape(2 * frames - 1, d)
+
+
+def espnet_relative_position(module: nn.Module, positions, heads: int, prefix="self_attn"):
+    """The `position` of self_attention for ESPnet's relative attention, its parameters
+    created in `module` (`{prefix}_pos_bias_u`, `_pos_bias_v`, `_linear_pos` without bias):
+    score(i, j) = ((q_i + u) . k_j + (q_i + v) . W_pos p(i - j)) / sqrt(head size), p the
+    sinusoid of relative_sinusoids' table (2T-1, D)."""
+    d = positions.shape[-1]
+    head = d // heads
+    init = nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("heads", None))
+    u, v = (module.param(f"{prefix}_pos_bias_{name}", init, (heads, head)) for name in "uv")
+    pos = Dense(d, ("embed", "heads"), use_bias=False, dtype=module.dtype, name=f"{prefix}_linear_pos")
+    t = (positions.shape[0] + 1) // 2
+    projected = pos(positions).reshape(2 * t - 1, heads, head)
+    index = (t - 1) - jnp.arange(t)[:, None] + jnp.arange(t)[None]  # the row of i - j
+
+    def position(q):
+        shifted = q + v.astype(q.dtype)
+        rows = jnp.einsum("bthd,phd->bhtp", shifted, projected, preferred_element_type=jnp.float32)
+        return q + u.astype(q.dtype), relative_gather(rows, index) * head**-0.5
+
+    return position

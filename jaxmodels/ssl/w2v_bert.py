@@ -14,7 +14,6 @@ adapter's strided convolutions read the padded frames, as transformers' do). Mod
 transformers', dots as underscores.
 """
 
-import math
 import re
 from functools import partial
 from typing import Any
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn.attention import espnet_relative_position, relative_gather, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict
 
@@ -74,31 +74,6 @@ def _glu(h):
     return h[..., :c] * jax.nn.sigmoid(h[..., c:])
 
 
-def _relative_gather(scores, index):
-    """(B, H, T, P) scores of each query against P relative positions -> (B, H, T, T), entry
-    (i, j) taken from position index[i, j]."""
-    return jnp.take_along_axis(scores, jnp.broadcast_to(index, scores.shape[:2] + index.shape), axis=-1)
-
-
-def _self_attention(y, valid, heads, dtype, qk_input=None, position=None):
-    """Multi-head attention of y (B, T, D) over the keys `valid` (B, T) marks (all where None).
-    Queries and keys come from `qk_input` (y where None); `position(q)` returns the query of the
-    content term and an additive (B, H, T, T) score bias."""
-    b, t, d = y.shape
-    dense = lambda name, axes: Dense(d, axes, dtype=dtype, name=f"self_attn_{name}")
-    split = lambda h: h.reshape(b, t, heads, d // heads)
-    qk = y if qk_input is None else qk_input
-    q = split(dense("linear_q", ("embed", "heads"))(qk))
-    k = split(dense("linear_k", ("embed", "heads"))(qk))
-    v = split(dense("linear_v", ("embed", "heads"))(y))
-    bias = None
-    if position is not None:
-        q, bias = position(q)
-    mask = None if valid is None else valid[:, None, None, :]
-    attended = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, t, d)
-    return dense("linear_out", ("heads", "embed"))(attended)
-
-
 class ConformerLayer(nn.Module):
     """One Conformer layer: x + FFN1/2, + attention, + convolution module, + FFN2/2, layer norm."""
 
@@ -145,31 +120,19 @@ class ConformerLayer(nn.Module):
 
             def position(q):
                 rows = jnp.einsum("bthd,rd->bhtr", q, table.astype(q.dtype), preferred_element_type=jnp.float32)
-                return q, _relative_gather(rows, index) * scale
+                return q, relative_gather(rows, index) * scale
 
-            return _self_attention(y, valid, heads, self.dtype, position=position)
+            return self_attention(y, valid, heads, self.dtype, position=position)
         if kind == "relative":
-            per_head = lambda name: self.param(
-                name, nn.with_logical_partitioning(nn.initializers.xavier_uniform(), ("heads", None)), (heads, head)
-            )
-            u, v = per_head("self_attn_pos_bias_u"), per_head("self_attn_pos_bias_v")
-            pos = Dense(d, ("embed", "heads"), use_bias=False, dtype=self.dtype, name="self_attn_linear_pos")
-            projected = pos(positions).reshape(2 * t - 1, heads, head)
-            index = (t - 1) - jnp.arange(t)[:, None] + jnp.arange(t)[None]  # the row of i - j
-
-            def position(q):
-                shifted = q + v.astype(q.dtype)
-                rows = jnp.einsum("bthd,phd->bhtp", shifted, projected, preferred_element_type=jnp.float32)
-                return q + u.astype(q.dtype), _relative_gather(rows, index) * scale
-
-            return _self_attention(y, valid, heads, self.dtype, position=position)
+            position = espnet_relative_position(self, positions, heads)
+            return self_attention(y, valid, heads, self.dtype, position=position)
         if kind == "rotary":
             # Rotates the normalised input, before the query and key projections (values unrotated).
             cos, sin = positions.astype(y.dtype)[:, None, :, None, :]
             h = y.reshape(b, t, heads, head)
             rotated = jnp.concatenate([-h[..., head // 2 :], h[..., : head // 2]], -1)
-            return _self_attention(y, valid, heads, self.dtype, qk_input=(h * cos + rotated * sin).reshape(b, t, d))
-        return _self_attention(y, valid, heads, self.dtype)
+            return self_attention(y, valid, heads, self.dtype, qk_input=(h * cos + rotated * sin).reshape(b, t, d))
+        return self_attention(y, valid, heads, self.dtype)
 
     def conv_module(self, x, valid, act):
         d, k = x.shape[-1], self.conv_depthwise_kernel_size
@@ -207,7 +170,7 @@ class AdapterLayer(nn.Module):
         residual = _glu(conv("residual_conv")(norm("residual_layer_norm")(x)))
         y = _glu(conv("self_attn_conv")(norm("self_attn_layer_norm")(x)))
         valid = None if lengths is None else jnp.arange(y.shape[1])[None] < lengths[:, None]
-        x = _self_attention(y, valid, self.num_attention_heads, self.dtype) + residual
+        x = self_attention(y, valid, self.num_attention_heads, self.dtype) + residual
         act = _activation(self.adapter_act)
         return x + _feed_forward(norm("ffn_layer_norm")(x), self.intermediate_size, act, self.dtype, "ffn")
 
@@ -311,10 +274,7 @@ class W2vBertEncoder(nn.Module):
         positions T-1 ... 1-T; "rotary": cos and sin, (2, T, head size)), float32 as transformers
         builds it; None for the other kinds."""
         if self.position_embeddings_type == "relative":
-            d = self.hidden_size
-            frequencies = jnp.exp(jnp.arange(0, d, 2, dtype=jnp.float32) * -(math.log(10000.0) / d))
-            angles = jnp.arange(frames - 1, -frames, -1, dtype=jnp.float32)[:, None] * frequencies
-            return jnp.stack([jnp.sin(angles), jnp.cos(angles)], -1).reshape(2 * frames - 1, d)
+            return relative_sinusoids(frames, self.hidden_size)
         if self.position_embeddings_type == "rotary":
             head = self.hidden_size // self.num_attention_heads
             inverse = 1.0 / (jnp.float32(self.rotary_embedding_base) ** (jnp.arange(0, head, 2) / head))

@@ -1,0 +1,546 @@
+"""CosyVoice's flow-matching decoder (cosyvoice/flow/flow.py MaskedDiffWithXvec, with the
+Conformer encoder of cosyvoice/transformer, the length regulator of flow/length_regulator.py
+and the estimator of flow/decoder.py after Matcha-TTS's 1-D U-Net): speech tokens (50 Hz),
+a speaker embedding and a prompt's mel -> mel frames (22.05 kHz / 256), channels-last.
+
+Tokens are embedded (padding zeroed), encoded by six pre-norm Transformer layers with ESPnet's
+relative-position attention (CosyVoice-300M's ConformerEncoder: no macaron, no convolution
+module) and projected to the 80 mel bins; the length regulator interpolates them linearly to
+the mel frame rate and refines them (four convolutions with one-group GroupNorm and Mish).
+The estimator sees the noisy mel, that mean, the projected unit-length speaker embedding and
+the prompt's mel (zeros past the prompt) stacked along channels, and predicts the flow's
+velocity through a U-Net of ResNet blocks (GroupNorm of 8 groups, Mish, the time embedding
+added) and Transformer blocks, two resolutions and twelve mid blocks (scanned).
+flow_matching.py trains and samples it.
+
+Module names are upstream's, dots as underscores; the encoder layers and the mid blocks are
+stacked along a leading "layers" axis.
+"""
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.codec.seanet import conv_transpose
+from jaxmodels.cosyvoice import flow_matching as fm
+from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
+from jaxmodels.nn.attention import espnet_relative_position, relative_sinusoids, self_attention
+from jaxmodels.nn.layers import default_kernel_init
+from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path
+
+FRAMES = ("batch", None, "act_embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """MaskedDiffWithXvec's arguments and its parts' (upstream's names); defaults CosyVoice-300M's."""
+
+    vocab_size: int = 4096
+    input_size: int = 512  # token embedding and encoder width
+    output_size: int = 80  # mel bins
+    spk_embed_dim: int = 192  # CAM++ x-vector
+    input_frame_rate: int = 50  # tokens a second
+    sample_rate: int = 22050
+    hop_length: int = 256  # mel frames: sample_rate / hop_length a second
+    attention_heads: int = 8  # encoder
+    linear_units: int = 2048
+    num_blocks: int = 6
+    regulator_stages: int = 4  # len(length_regulator.sampling_ratios)
+    channels: Sequence[int] = (256, 256)  # estimator
+    attention_head_dim: int = 64
+    n_blocks: int = 4
+    num_mid_blocks: int = 12
+    num_heads: int = 8
+    cfm: fm.CFMConfig = fm.CFMConfig()
+
+    def mel_frames(self, tokens: int) -> int:
+        """Mel frames the regulator makes of `tokens` tokens, as upstream rounds them."""
+        return int(tokens / self.input_frame_rate * self.sample_rate / self.hop_length)
+
+
+CONFIGS = {
+    "flow_cosyvoice_300m": FlowConfig(),  # 104,874,752 parameters
+    "flow_cosyvoice_300m_25hz": FlowConfig(input_frame_rate=25),
+}
+
+
+def mish(x):
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+def interpolate(x, frames: int):
+    """torch's F.interpolate(mode="linear", align_corners=False) along axis 1 of (B, L, C) to
+    `frames` (no antialiasing, unlike jax.image.resize when it shrinks)."""
+    length = x.shape[1]
+    if frames == 0 or length == 0:
+        return jnp.zeros((x.shape[0], frames, x.shape[2]), x.dtype)
+    scale = np.float32(length) / np.float32(frames)
+    source = np.maximum((np.arange(frames, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
+    left = np.floor(source).astype(np.int32)
+    right = np.minimum(left + 1, length - 1)
+    weight = jnp.asarray((source - left)[None, :, None], x.dtype)
+    return x[:, left] * (1 - weight) + x[:, right] * weight
+
+
+def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32):
+    """torch's Conv1d on (B, T, C), padding (k - 1) // 2 unless given, kernel (k, in, out)."""
+    pad = (kernel - 1) // 2 if padding is None else padding
+    return nn.Conv(
+        features,
+        (kernel,),
+        (stride,),
+        ((pad, pad),),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "conv_in", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+def _group_norm(groups, name, dtype):
+    return nn.GroupNorm(
+        groups,
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class EncoderLayer(nn.Module):
+    """ConformerEncoderLayer as CosyVoice-300M configures it: pre-norm relative-position
+    self-attention, then a SiLU feed-forward (norms at eps 1e-12)."""
+
+    heads: int
+    linear_units: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid, positions):
+        y = LayerNorm(1e-12, dtype=self.dtype, name="norm_mha")(x)
+        position = espnet_relative_position(self, positions, self.heads)
+        x = x + self_attention(y, valid, self.heads, self.dtype, position=position)
+        y = LayerNorm(1e-12, dtype=self.dtype, name="norm_ff")(x)
+        y = jax.nn.silu(Dense(self.linear_units, ("embed", "mlp"), dtype=self.dtype, name="feed_forward_w_1")(y))
+        x = x + Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="feed_forward_w_2")(y)
+        return constrain(x, FRAMES)
+
+
+class ConformerEncoder(nn.Module):
+    """(B, L, D) embedded tokens, valid (B, L) -> (B, L, D): LinearNoSubsampling (linear, layer
+    norm), x sqrt(D), the layers, a final layer norm. Padded rows are not zeroed (as upstream);
+    no valid row reads them."""
+
+    heads: int
+    linear_units: int
+    num_blocks: int
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, valid):
+        d = x.shape[-1]
+        x = Dense(d, ("embed", "mlp"), dtype=self.dtype, name="embed_out_0")(x)
+        x = LayerNorm(1e-5, dtype=self.dtype, name="embed_out_1")(x) * math.sqrt(d)
+        layer = nn.remat(EncoderLayer) if self.remat else EncoderLayer
+        stack = repeated(layer, self.num_blocks)(self.heads, self.linear_units, self.dtype, name="encoders")
+        x, _ = stack(x, valid, relative_sinusoids(x.shape[1], d).astype(self.dtype))
+        return LayerNorm(1e-5, dtype=self.dtype, name="after_norm")(x)
+
+
+class LengthRegulator(nn.Module):
+    """InterpolateRegulator's refinement after the interpolation: `stages` x (convolution,
+    one-group GroupNorm, Mish), a pointwise convolution."""
+
+    stages: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        for i in range(self.stages):
+            x = _conv(c, 3, f"model_{3 * i}", dtype=self.dtype)(x)
+            x = mish(_group_norm(1, f"model_{3 * i + 1}", self.dtype)(x))
+        return _conv(c, 1, f"model_{3 * self.stages}", dtype=self.dtype)(x)
+
+
+class Block1D(nn.Module):
+    """Matcha's Block1D: Mish(GroupNorm8(conv3(x m))) m."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, m):
+        h = _conv(self.features, 3, "block_0", dtype=self.dtype)(x * m)
+        return mish(_group_norm(8, "block_1", self.dtype)(h)) * m
+
+
+class ResnetBlock1D(nn.Module):
+    """Matcha's ResnetBlock1D: two Block1D with the time embedding (Mish, linear) added between,
+    plus the pointwise convolution of the input."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, m, temb):
+        h = Block1D(self.features, self.dtype, name="block1")(x, m)
+        h = h + Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="mlp_1")(mish(temb))[:, None]
+        h = Block1D(self.features, self.dtype, name="block2")(h, m)
+        return h + _conv(self.features, 1, "res_conv", dtype=self.dtype)(x * m)
+
+
+class TransformerBlock(nn.Module):
+    """Matcha's BasicTransformerBlock without cross-attention: x + attention(LN x) (q, k, v
+    without bias; padded keys masked), x + FF(LN x) (exact GELU, 4x)."""
+
+    heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid):
+        b, t, d = x.shape
+        inner = self.heads * self.head_dim
+        y = LayerNorm(1e-5, dtype=self.dtype, name="norm1")(x)
+        split = lambda h: h.reshape(b, t, self.heads, self.head_dim)  # noqa: E731
+        q, k, v = (
+            split(Dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name=f"attn1_to_{n}")(y))
+            for n in "qkv"
+        )
+        attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :]).reshape(b, t, inner)
+        x = x + Dense(d, ("heads", "embed"), dtype=self.dtype, name="attn1_to_out_0")(attended)
+        y = LayerNorm(1e-5, dtype=self.dtype, name="norm3")(x)
+        y = jax.nn.gelu(Dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="ff_net_0_proj")(y), approximate=False)
+        return x + Dense(d, ("mlp", "embed"), dtype=self.dtype, name="ff_net_2")(y)
+
+
+class Upsample1D(nn.Module):
+    """Matcha's Upsample1D: torch's ConvTranspose1d(kernel 4, stride 2, padding 1), twice the frames."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(default_kernel_init, (None, "conv_in", "embed"))
+        kernel = self.param("kernel", init, (4, x.shape[-1], self.features))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.features,))
+        y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), 2)[:, 1:-1]
+        return y + bias.astype(self.dtype)
+
+
+class Stage(nn.Module):
+    """A ResnetBlock1D and n_blocks Transformer blocks: one of the U-Net's down, mid or up
+    blocks before its resampling."""
+
+    features: int
+    n_blocks: int
+    heads: int
+    head_dim: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, m, temb):
+        x = ResnetBlock1D(self.features, self.dtype, name="resnet")(x, m, temb)
+        for i in range(self.n_blocks):
+            x = TransformerBlock(self.heads, self.head_dim, self.dtype, name=f"transformer_{i}")(x, m[..., 0] > 0)
+        return constrain(x, FRAMES)
+
+
+class ConditionalDecoder(nn.Module):
+    """The estimator (x, mask, mu, t, spks, cond) -> velocity (B, T, out_channels): x, mu, cond
+    (B, T, C), mask (B, T), t (B,), spks (B, C)."""
+
+    out_channels: int
+    channels: Sequence[int]
+    n_blocks: int
+    num_mid_blocks: int
+    num_heads: int
+    attention_head_dim: int
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def time_embedding(self, t, width):
+        """SinusoidalPosEmb (scale 1000, sin then cos) of `width`, then TimestepEmbedding."""
+        half = width // 2
+        frequencies = jnp.exp(jnp.arange(half, dtype=jnp.float32) * -(math.log(10000.0) / (half - 1)))
+        angles = 1000.0 * t.astype(jnp.float32)[:, None] * frequencies
+        temb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1).astype(self.dtype)
+        width = 4 * self.channels[0]
+        temb = jax.nn.silu(Dense(width, ("embed", "mlp"), dtype=self.dtype, name="time_mlp_linear_1")(temb))
+        return Dense(width, ("mlp", "embed"), dtype=self.dtype, name="time_mlp_linear_2")(temb)
+
+    @nn.compact
+    def __call__(self, x, mask, mu, t, spks, cond):
+        spks = jnp.broadcast_to(spks[:, None], x.shape[:2] + spks.shape[-1:])
+        x = jnp.concatenate([x, mu, spks, cond], axis=-1).astype(self.dtype)
+        temb = self.time_embedding(t, x.shape[-1])
+        stage = lambda features, name, module=Stage: module(  # noqa: E731
+            features, self.n_blocks, self.num_heads, self.attention_head_dim, self.dtype, name=name
+        )
+        masks, skips = [mask[..., None].astype(self.dtype)], []
+        last = len(self.channels) - 1
+        for i, features in enumerate(self.channels):
+            m = masks[-1]
+            x = stage(features, f"down_blocks_{i}")(x, m, temb)
+            skips.append(x)
+            if i < last:  # Downsample1D, and the mask of every other frame
+                x = _conv(features, 3, f"down_blocks_{i}_2_conv", stride=2, dtype=self.dtype)(x * m)
+                masks.append(m[:, ::2])
+            else:
+                x = _conv(features, 3, f"down_blocks_{i}_2", dtype=self.dtype)(x * m)
+        mid = nn.remat(Stage) if self.remat else Stage
+        mid = repeated(mid, self.num_mid_blocks)
+        x, _ = stage(self.channels[-1], "mid_blocks", mid)(x, masks[-1], temb)
+        for i, features in enumerate(reversed(self.channels)):
+            m, skip = masks.pop(), skips.pop()
+            x = jnp.concatenate([x[:, : skip.shape[1]], skip], axis=-1)
+            x = stage(features, f"up_blocks_{i}")(x, m, temb)
+            if i < last:
+                x = Upsample1D(features, self.dtype, name=f"up_blocks_{i}_2_conv")(x * m)
+            else:
+                x = _conv(features, 3, f"up_blocks_{i}_2", dtype=self.dtype)(x * m)
+        m = masks[0] if masks else m
+        x = Block1D(self.channels[0], self.dtype, name="final_block")(x, m)
+        return (_conv(self.out_channels, 1, "final_proj", dtype=self.dtype)(x * m) * m).astype(jnp.float32)
+
+
+class Flow(nn.Module):
+    """MaskedDiffWithXvec: `encode` tokens to the mel-rate mean, `loss` trains the estimator
+    on it, `inference` continues a prompt."""
+
+    config: FlowConfig
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        self.input_embedding = nn.Embed(
+            c.vocab_size,
+            c.input_size,
+            dtype=self.dtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+        )
+        self.spk_embed_affine_layer = Dense(c.output_size, ("mlp", "embed"), dtype=self.dtype)
+        self.encoder = ConformerEncoder(c.attention_heads, c.linear_units, c.num_blocks, self.dtype, self.remat)
+        self.encoder_proj = Dense(c.output_size, ("embed", "mlp"), dtype=self.dtype)
+        self.length_regulator = LengthRegulator(c.regulator_stages, self.dtype)
+        self.estimator = ConditionalDecoder(
+            c.output_size,
+            tuple(c.channels),
+            c.n_blocks,
+            c.num_mid_blocks,
+            c.num_heads,
+            c.attention_head_dim,
+            self.dtype,
+            self.remat,
+        )
+
+    def speaker(self, embedding):
+        """The x-vector (B, spk_embed_dim) at unit length, projected to (B, output_size)."""
+        norm = jnp.linalg.norm(embedding.astype(jnp.float32), axis=-1, keepdims=True)
+        return self.spk_embed_affine_layer(embedding / jnp.maximum(norm, 1e-12)).astype(jnp.float32)
+
+    def encode(self, tokens, token_len):
+        """Tokens (B, L) -> the mean at the token rate (B, L, output_size)."""
+        valid = jnp.arange(tokens.shape[1])[None] < token_len[:, None]
+        x = self.input_embedding(jnp.maximum(tokens, 0)) * valid[..., None]
+        return self.encoder_proj(self.encoder(x, valid))
+
+    def regulate(self, h, frames, mask=None):
+        """The token-rate mean (B, L, C) interpolated to `frames` frames and refined; zero where
+        `mask` (B, frames) is 0."""
+        x = self.length_regulator(interpolate(h, frames))
+        return x if mask is None else x * mask[..., None]
+
+    def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """MaskedDiffWithXvec.forward: the flow-matching loss of the mel `feat` (B, T, C), the
+        regulated mean interpolated to T (upstream's: the batch padded to its longest); half the
+        rows see a prompt, their first U[0, 0.3 length] frames."""
+        k_prompt, k_span, k_flow = jax.random.split(rng, 3)
+        frames = feat.shape[1]
+        mask = (jnp.arange(frames)[None] < feat_len[:, None]).astype(jnp.float32)
+        mu = self.regulate(self.encode(tokens, token_len), frames, mask)
+        span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
+        span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
+        cond = jnp.where(jnp.arange(frames)[None, :, None] < span[:, None, None], feat, 0.0)
+        return fm.cfm_loss(self.estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+
+    def conditions(self, tokens, prompt_tokens, prompt_feat, embedding):
+        """The estimator's conditions (mu, mask, spks, cond) over the prompt's mel frames (B, M1)
+        and the config.mel_frames(L) frames of `tokens` (B, L) after the prompt's tokens (B, L1)
+        (either part may be empty; every row its whole length). The target's first and last 20
+        tokens are interpolated to the frames of 20 tokens each, as upstream does for
+        streaming's sake."""
+        c = self.config
+        prompt_len, length = prompt_tokens.shape[1], tokens.shape[1]
+        all_tokens = jnp.concatenate([prompt_tokens, tokens], axis=1).astype(jnp.int32)
+        h = self.encode(all_tokens, jnp.full(all_tokens.shape[:1], all_tokens.shape[1]))
+        head, target = h[:, :prompt_len], h[:, prompt_len:]
+        frames, edge = c.mel_frames(length), c.mel_frames(20)
+        if length > 40:
+            pieces = [
+                interpolate(target[:, :20], edge),
+                interpolate(target[:, 20:-20], frames - 2 * edge),
+                interpolate(target[:, -20:], edge),
+            ]
+        else:
+            pieces = [interpolate(target, frames)]
+        mu = self.length_regulator(jnp.concatenate([interpolate(head, prompt_feat.shape[1]), *pieces], axis=1))
+        cond = jnp.concatenate([prompt_feat, jnp.zeros((mu.shape[0], frames, mu.shape[2]), mu.dtype)], axis=1)
+        mask = jnp.ones(mu.shape[:2], jnp.float32)
+        return mu.astype(jnp.float32), mask, self.speaker(embedding), cond.astype(jnp.float32)
+
+    def inference(self, rng, tokens, prompt_tokens, prompt_feat, embedding, temperature: float = 1.0):
+        """MaskedDiffWithXvec.inference: the mel frames (B, config.mel_frames(L), C) of `tokens`
+        continuing the prompt (see `conditions`), sampled with config.cfm's guided Euler steps."""
+        mu, mask, spks, cond = self.conditions(tokens, prompt_tokens, prompt_feat, embedding)
+        mel = fm.sample(self.estimator, rng, mu, mask, spks, cond, self.config.cfm, temperature)
+        return mel[:, prompt_feat.shape[1] :]
+
+    def __call__(self, tokens, token_len, feat, feat_len, embedding):
+        """The training loss with fixed randomness (for init)."""
+        return self.loss(jax.random.key(0), tokens, token_len, feat, feat_len, embedding)
+
+
+def config(name: str, **overrides) -> FlowConfig:
+    """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown flow model {name!r}; valid: {', '.join(CONFIGS)}")
+    fields = {f.name for f in dataclasses.fields(FlowConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown flow argument(s) {unknown}; valid: {sorted(fields)}")
+    return dataclasses.replace(CONFIGS[name], **overrides)
+
+
+def example_inputs(cfg: FlowConfig, batch: int = 1, tokens: int = 8):
+    frames = cfg.mel_frames(tokens)
+    return (
+        jnp.zeros((batch, tokens), jnp.int32),
+        jnp.full((batch,), tokens),
+        jnp.zeros((batch, frames, cfg.output_size)),
+        jnp.full((batch,), frames),
+        jnp.ones((batch, cfg.spk_embed_dim)),
+    )
+
+
+def init_shapes(cfg: FlowConfig):
+    return jax.eval_shape(lambda: Flow(cfg).init(jax.random.key(0), *example_inputs(cfg)))["params"]
+
+
+def param_count(cfg: FlowConfig) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg))))
+
+
+# The stacked modules: upstream's module list, the stack's Flax path, the config field of its length.
+_STACKED = (
+    ("encoder.encoders.", ("encoder", "encoders"), "num_blocks"),
+    ("decoder.estimator.mid_blocks.", ("estimator", "mid_blocks"), "num_mid_blocks"),
+)
+
+
+def _encoder_layer_path(key: str, value: np.ndarray):
+    """An encoder layer's "self_attn.linear_q.weight" -> (("self_attn_linear_q", "kernel"), value)."""
+    module, _, leaf = key.rpartition(".")
+    if leaf.startswith("pos_bias_"):  # bare parameters of the attention
+        return (f"{module}_{leaf}",), value
+    name, value = _leaf((module,), leaf, value)
+    return (module.replace(".", "_"), name), value
+
+
+def _mid_block_path(key: str, value: np.ndarray):
+    module, _, leaf = key.rpartition(".")
+    path = _stage_path(module)
+    name, value = _leaf(path, leaf, value)
+    return (*path, name), value
+
+
+def _stage_path(rest: str) -> tuple[str, ...]:
+    """A down/mid/up block's "0.block1.block.0" / "1.2.attn1.to_q" -> its Flax module path."""
+    part, _, rest = rest.partition(".")
+    if part == "0":
+        return ("resnet", *module_path(f"{rest}.leaf")[0])
+    index, _, rest = rest.partition(".")
+    return (f"transformer_{index}", rest.replace(".", "_"))
+
+
+def _module_path(module: str) -> tuple[str, ...]:
+    """An unstacked upstream module name -> its Flax path."""
+    if module.startswith("decoder.estimator."):
+        module = module.removeprefix("decoder.estimator.")
+        m = re.match(r"^(down|up)_blocks\.(\d+)\.(0|1\.\d+)\.(.+)$", module)
+        if m:
+            return ("estimator", f"{m[1]}_blocks_{m[2]}", *_stage_path(f"{m[3]}.{m[4]}"))
+        if module.startswith("final_block."):
+            return ("estimator", *module_path(f"{module}.leaf")[0])
+        return ("estimator", module.replace(".", "_"))
+    if module.startswith("encoder."):
+        return ("encoder", module.removeprefix("encoder.").replace(".", "_"))
+    if module.startswith("length_regulator."):
+        return ("length_regulator", module.removeprefix("length_regulator.").replace(".", "_"))
+    return (module.replace(".", "_"),)
+
+
+def _leaf(module_path: tuple[str, ...], leaf: str, value: np.ndarray):
+    """(Flax leaf name, value in Flax layout)."""
+    if leaf == "bias":
+        return "bias", value
+    if module_path[-1] == "input_embedding":
+        return "embedding", value
+    if value.ndim == 1:
+        return "scale", value
+    if value.ndim == 2:
+        return "kernel", value.T
+    if module_path[-1].startswith("up_blocks_") and module_path[-1].endswith("_2_conv"):
+        return "kernel", value.transpose(2, 0, 1)  # ConvTranspose1d (in, out, k) -> (k, in, out)
+    return "kernel", value.transpose(2, 1, 0)  # Conv1d (out, in, k) -> (k, in, out)
+
+
+def _flax_path(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    module, _, leaf = key.rpartition(".")
+    path = _module_path(module)
+    name, value = _leaf(path, leaf, value)
+    return (*path, name), value
+
+
+def from_torch(state_dict, cfg: FlowConfig):
+    """{"params": ...} of a Flow from MaskedDiffWithXvec's state_dict (a released flow.pt); the
+    encoder layers and mid blocks stacked. A key, layer or shape that does not fit is an error
+    listing them."""
+    converted, paths, stacks = {}, {}, {}
+    for key, value in state_dict.items():
+        value = np.asarray(value)
+        for (modules, prefix, length), layer_path in zip(_STACKED, (_encoder_layer_path, _mid_block_path)):
+            if key.startswith(modules):
+                index, _, rest = key.removeprefix(modules).partition(".")
+                path, value = layer_path(rest, value)
+                stack = stacks.setdefault(f"{modules}*.{rest}", ((*prefix, *path), getattr(cfg, length), {}))
+                stack[2][int(index)] = value
+                break
+        else:
+            paths[key], converted[key] = _flax_path(key, value)
+    for key, (path, length, by_index) in stacks.items():
+        if sorted(by_index) != list(range(length)):
+            raise ValueError(f"{key}: layers {sorted(by_index)} in the state_dict, the model has {length}")
+        converted[key], paths[key] = np.stack([by_index[i] for i in range(length)]), path
+    params = assign_state_dict(converted, nn.unbox(init_shapes(cfg)), lambda key, value: (paths[key], value))
+    return {"params": params}
+
+
+def load(path: str, name: str = "flow_cosyvoice_300m"):
+    """(model, variables) of a released flow.pt (or .safetensors) of the named configuration."""
+    cfg = config(name)
+    return Flow(cfg), from_torch(load_state_dict(path), cfg)

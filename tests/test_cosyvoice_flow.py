@@ -1,0 +1,132 @@
+"""CosyVoice's flow decoder against the official MaskedDiffWithXvec (tests/data/make_flow_reference.py):
+the encoder, the length regulator, the estimator and whole prompted and prompt-free inference
+within 1e-4; the released configuration's parameter count; the converter's errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from jaxmodels.cosyvoice import flow
+from jaxmodels.cosyvoice import flow_matching as fm
+
+REFERENCE = ROOT / "tests" / "data" / "flow_reference.npz"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with np.load(REFERENCE) as f:
+        arrays = {k: f[k] for k in f.files}
+    cfg = flow.FlowConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(str(arrays["config"])).items()}
+    )
+    state_dict = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
+    return cfg, state_dict, arrays
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - b)) / np.max(np.abs(b)))
+
+
+def test_interpolate_is_torchs_linear():
+    x = jnp.arange(4.0)[None, :, None]
+    np.testing.assert_allclose(
+        flow.interpolate(x, 7)[0, :, 0], [0, 0.357143, 0.928571, 1.5, 2.071429, 2.642857, 3], atol=1e-6
+    )
+    np.testing.assert_allclose(flow.interpolate(x, 2)[0, :, 0], [0.5, 2.5])  # no antialiasing
+
+
+def test_equals_upstream(reference):
+    cfg, state_dict, ref = reference
+    model, variables = flow.Flow(cfg), flow.from_torch(state_dict, cfg)
+    # Jitted: op by op, the U-Net takes several times its compile time.
+    apply = lambda method, *args, **static: jax.jit(  # noqa: E731
+        lambda *a: model.apply(variables, *a, **static, method=method)
+    )(*args)
+
+    h = apply(flow.Flow.encode, ref["train/tokens"], ref["train/token_len"])
+    assert _rel(h, ref["train/h"]) < 1e-4  # padded rows too, which upstream leaves unzeroed
+    feat_len = ref["train/feat_len"]
+    mask = (np.arange(feat_len.max())[None] < feat_len[:, None]).astype(np.float32)
+    mu = apply(flow.Flow.regulate, ref["train/h"], frames=int(feat_len.max()), mask=mask)
+    assert _rel(mu, ref["train/mu"]) < 1e-4
+
+    e = {k.split("/")[1]: ref[k] for k in ref if k.startswith("estimator/")}
+    v = apply(lambda m, *a: m.estimator(*a), e["x"], e["mask"], e["mu"], e["t"], e["spks"], e["cond"])
+    assert _rel(v, e["v"]) < 1e-4
+    assert not np.any(np.asarray(v)[1, 16:])  # padded frames are zero
+
+    for case in ("prompt", "sft"):
+        r = {k.split("/")[1]: ref[k] for k in ref if k.startswith(f"{case}/")}
+        mu, mask, spks, cond = apply(
+            flow.Flow.conditions, r["tokens"], r["prompt_tokens"], r["prompt_feat"], r["embedding"]
+        )
+        estimator = lambda *a: model.apply(variables, *a, method=lambda m, *b: m.estimator(*b))  # noqa: E731
+        mel = jax.jit(lambda z: fm.solve_euler(estimator, z, mask, mu, spks, cond, cfg.cfm))(r["z"])
+        mel = mel[:, r["prompt_feat"].shape[1] :]
+        assert mel.shape == r["mel"].shape == (1, cfg.mel_frames(r["tokens"].shape[1]), cfg.output_size)
+        assert _rel(mel, r["mel"]) < 1e-4, case
+
+
+def test_training_loss_and_sampling():
+    # One resolution, one block of each kind: the training loss, its gradients, and inference.
+    cfg = flow.FlowConfig(
+        vocab_size=20,
+        input_size=16,
+        output_size=8,
+        spk_embed_dim=4,
+        attention_heads=2,
+        linear_units=16,
+        num_blocks=1,
+        channels=(16,),
+        attention_head_dim=4,
+        n_blocks=1,
+        num_mid_blocks=1,
+        num_heads=2,
+    )
+    model = flow.Flow(cfg)
+    rng = np.random.default_rng(0)
+    tokens, token_len = rng.integers(0, 20, (2, 9)), np.array([9, 6])
+    feat_len = np.array([cfg.mel_frames(9), cfg.mel_frames(6)])
+    feat = rng.normal(size=(2, feat_len[0], cfg.output_size)).astype(np.float32)
+    embedding = rng.normal(size=(2, cfg.spk_embed_dim)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.key(0), tokens, token_len, feat, feat_len, embedding)["params"]
+    loss_fn = lambda p, rng: model.apply(  # noqa: E731
+        {"params": p}, rng, tokens, token_len, feat, feat_len, embedding, method=flow.Flow.loss
+    )
+    loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, jax.random.key(1))
+    assert np.isfinite(loss) and loss > 0
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) > 0.9 * len(norms)
+    sample = jax.jit(lambda *a: model.apply({"params": params}, *a, method=flow.Flow.inference))
+    mel = sample(jax.random.key(2), tokens[:1, :5], tokens[1:, :3], feat[:1, :4], embedding[:1])
+    assert mel.shape == (1, cfg.mel_frames(5), cfg.output_size) and np.all(np.isfinite(mel))
+
+
+def test_released_configuration_and_errors(reference):
+    # flow.pt of CosyVoice-300M: 1185 tensors, 104,874,752 parameters.
+    assert flow.param_count(flow.config("flow_cosyvoice_300m")) == 104_874_752
+    assert flow.config("flow_cosyvoice_300m").mel_frames(50) == 86
+    with pytest.raises(ValueError, match="unknown flow model 'flow_v9'; valid: flow_cosyvoice_300m"):
+        flow.config("flow_v9")
+    cfg, state_dict, _ = reference
+    missing_layer = {
+        k: v for k, v in state_dict.items() if k != "decoder.estimator.mid_blocks.1.1.0.attn1.to_q.weight"
+    }
+    with pytest.raises(
+        ValueError, match=r"mid_blocks.\*.1.0.attn1.to_q.weight: layers \[0\] in the state_dict, the model has 2"
+    ):
+        flow.from_torch(missing_layer, cfg)
+    wrong = {
+        **state_dict,
+        "length_regulator.model.12.weight": np.zeros((80, 80, 3), np.float32),
+        "extra.bias": np.zeros(1),
+    }
+    del wrong["encoder.after_norm.bias"]
+    with pytest.raises(
+        ValueError, match=r"(?s)unexpected keys: extra.bias.*missing parameters: encoder/after_norm/bias.*model.12"
+    ):
+        flow.from_torch(wrong, cfg)
