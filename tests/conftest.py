@@ -116,10 +116,10 @@ def assert_same_updates(before, after, reference_after, rtol=1e-4):
         np.testing.assert_allclose(d, r, rtol=rtol, atol=rtol * scale, err_msg=path)
 
 
-@pytest.fixture(params=[False, True], ids=["x32", "x64"])
+@pytest.fixture(params=[False, pytest.param(True, marks=pytest.mark.slow)], ids=["x32", "x64"])
 def x64(request):
-    """The test twice: as usual and with 64-bit types on (jax.enable_x64), for the decoding
-    loops and quantizers whose token ids, indices and state must keep their widths."""
+    """The test twice: as usual and with 64-bit types on (jax.enable_x64, in the slow tier), for
+    the decoding loops and quantizers whose token ids, indices and state must keep their widths."""
     import jax
 
     with jax.enable_x64(request.param):

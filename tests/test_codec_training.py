@@ -70,9 +70,10 @@ def run_steps(cfg, devices=None, steps=2):
 @pytest.mark.slow
 def test_adversarial_step_sharded_matches_one_device():
     # All three discriminators (one period, two scales: the spectrally normalised and a pooled
-    # one) with HiFi-GAN's least-squares losses; msd's spectral-norm vectors are model state
-    # moved by the step. A step of lr 0.1 moves these discriminators so far that the
-    # generator's next gradients amplify float32 rounding a thousandfold; 0.01 keeps it linear.
+    # one; an eighth of HiFi-GAN's widths) with HiFi-GAN's least-squares losses; msd's
+    # spectral-norm vectors are model state moved by the step. A step of lr 0.1 moves these
+    # discriminators so far that the generator's next gradients amplify float32 rounding a
+    # thousandfold; 0.01 keeps it linear.
     # Codebooks start uniform here: 50 Lloyd iterations of k-means amplify the last-bit
     # differences of a sharded sum into different clusters (k-means is tested on its own).
     # SGD, whose step is the gradient: the updates compare at float32 reduction-order
@@ -83,6 +84,7 @@ def test_adversarial_step_sharded_matches_one_device():
         "discriminators": ["mpd", "msd", "msstft"],
         "disc_periods": [3],
         "disc_scales": 2,
+        "disc_channel_divisor": 8,
         "adversarial_loss": "lsgan",
         "adversarial_reduction": "sum",
         "loss_weights": {"adv": 1.0, "feat": 2.0, "l1": 1.0, "msspec": 2.0},

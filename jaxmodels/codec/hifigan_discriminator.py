@@ -126,15 +126,18 @@ SCALE_LAYERS = (
 
 
 class ScaleDiscriminator(nn.Module):
-    """DiscriminatorS: (B, T, 1) -> (logits (B, frames, 1), feature maps)."""
+    """DiscriminatorS: (B, T, 1) -> (logits (B, frames, 1), feature maps); channel_divisor (up
+    to 8, so that every group keeps a channel) narrows every layer."""
 
     norm: str = "weight_norm"
     dtype: jnp.dtype = jnp.float32
+    channel_divisor: int = 1
 
     @nn.compact
     def __call__(self, x):
         fmaps = []
         for i, (ch, k, s, g) in enumerate(SCALE_LAYERS):
+            ch = ch // self.channel_divisor
             x = Conv(ch, (k,), (s,), ((k - 1) // 2,), g, self.norm, self.dtype, name=f"convs_{i}")(x)
             x = nn.leaky_relu(x, LRELU_SLOPE)
             fmaps.append(x)
@@ -154,12 +157,14 @@ class MultiPeriodDiscriminator(nn.Module):
 
     periods: Sequence[int] = (2, 3, 5, 7, 11)
     dtype: jnp.dtype = jnp.float32
+    channel_divisor: int = 1
 
     @nn.compact
     def __call__(self, x):
         logits, fmaps = [], []
+        channels = tuple(c // self.channel_divisor for c in PeriodDiscriminator.channels)
         for i, p in enumerate(self.periods):
-            logit, fmap = PeriodDiscriminator(p, dtype=self.dtype, name=f"discriminators_{i}")(x)
+            logit, fmap = PeriodDiscriminator(p, channels=channels, dtype=self.dtype, name=f"discriminators_{i}")(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
         return logits, fmaps
@@ -171,6 +176,7 @@ class MultiScaleDiscriminator(nn.Module):
 
     scales: int = 3
     dtype: jnp.dtype = jnp.float32
+    channel_divisor: int = 1
 
     @nn.compact
     def __call__(self, x):
@@ -179,7 +185,7 @@ class MultiScaleDiscriminator(nn.Module):
             if i:
                 x = _average_pool(x)
             norm = "spectral_norm" if i == 0 else "weight_norm"
-            logit, fmap = ScaleDiscriminator(norm, self.dtype, name=f"discriminators_{i}")(x)
+            logit, fmap = ScaleDiscriminator(norm, self.dtype, self.channel_divisor, name=f"discriminators_{i}")(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
         return logits, fmaps
@@ -194,6 +200,7 @@ class SpecDiscriminator(nn.Module):
     hop_length: int
     win_length: int
     dtype: jnp.dtype = jnp.float32
+    channels: int = 32
 
     @nn.compact
     def __call__(self, x):
@@ -201,7 +208,7 @@ class SpecDiscriminator(nn.Module):
         fmaps = []
         for i, (k, stride) in enumerate([((3, 9), 1), ((3, 9), 2), ((3, 9), 2), ((3, 9), 2), ((3, 3), 1)]):
             padding = (k[0] // 2, k[1] // 2)
-            z = Conv(32, k, (1, stride), padding, dtype=self.dtype, name=f"discriminators_{i}")(z)
+            z = Conv(self.channels, k, (1, stride), padding, dtype=self.dtype, name=f"discriminators_{i}")(z)
             z = nn.leaky_relu(z, LRELU_SLOPE)
             fmaps.append(z)
         z = Conv(1, (3, 3), (1, 1), (1, 1), dtype=self.dtype, name="out")(z)
@@ -217,12 +224,14 @@ class MultiResSpecDiscriminator(nn.Module):
     hop_lengths: Sequence[int] = (120, 240, 50)
     win_lengths: Sequence[int] = (600, 1200, 240)
     dtype: jnp.dtype = jnp.float32
+    channel_divisor: int = 1
 
     @nn.compact
     def __call__(self, x):
         logits, fmaps = [], []
         for i, (n_fft, hop, win) in enumerate(zip(self.n_ffts, self.hop_lengths, self.win_lengths)):
-            logit, fmap = SpecDiscriminator(n_fft, hop, win, self.dtype, name=f"discriminators_{i}")(x)
+            channels = SpecDiscriminator.channels // self.channel_divisor
+            logit, fmap = SpecDiscriminator(n_fft, hop, win, self.dtype, channels, name=f"discriminators_{i}")(x)
             logits.append(logit.astype(jnp.float32))
             fmaps.append([f.astype(jnp.float32) for f in fmap])
         return logits, fmaps
@@ -242,17 +251,22 @@ class MultipleDiscriminator(nn.Module):
     periods: Sequence[int] = (2, 3, 5, 7, 11)
     scales: int = 3
     dtype: jnp.dtype = jnp.float32
+    # Narrows mpd, msd and mrsd (1: upstream's widths; at most 8, msd's 16 groups of 128 channels).
+    channel_divisor: int = 1
 
     @nn.compact
     def __call__(self, x):
         unknown = sorted(set(self.kinds) - set(DISCRIMINATORS))
         if unknown or not self.kinds:
             raise ValueError(f"discriminators {list(self.kinds)}: valid kinds are {', '.join(DISCRIMINATORS)}")
+        if self.channel_divisor not in (1, 2, 4, 8):
+            raise ValueError(f"discriminator channel_divisor {self.channel_divisor}: valid are 1, 2, 4, 8")
+        d = self.channel_divisor
         build = {
             "msstft": lambda: MultiScaleSTFTDiscriminator(**(self.stft or {}), dtype=self.dtype, name="msstft"),
-            "mpd": lambda: MultiPeriodDiscriminator(tuple(self.periods), self.dtype, name="mpd"),
-            "msd": lambda: MultiScaleDiscriminator(self.scales, self.dtype, name="msd"),
-            "mrsd": lambda: MultiResSpecDiscriminator(dtype=self.dtype, name="mrsd"),
+            "mpd": lambda: MultiPeriodDiscriminator(tuple(self.periods), self.dtype, d, name="mpd"),
+            "msd": lambda: MultiScaleDiscriminator(self.scales, self.dtype, d, name="msd"),
+            "mrsd": lambda: MultiResSpecDiscriminator(dtype=self.dtype, channel_divisor=d, name="mrsd"),
         }
         logits, fmaps = [], []
         for kind in self.kinds:

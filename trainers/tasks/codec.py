@@ -75,6 +75,7 @@ class CodecConfig:
     adversarial_reduction: str = "mean"
     disc_periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     disc_scales: int = 3
+    disc_channel_divisor: int = 1  # mpd and msd narrowed (1: HiFi-GAN's widths; 2, 4 or 8)
     disc_filters: int = 32
     disc_n_ffts: list[int] = field(default_factory=lambda: [1024, 2048, 512, 256, 128])
     disc_hop_lengths: list[int] = field(default_factory=lambda: [256, 512, 128, 64, 32])
@@ -144,7 +145,7 @@ class CodecTask(SplitSources):
             negative_slope=c.disc_negative_slope,
         )
         self.discriminator = MultipleDiscriminator(
-            tuple(c.discriminators), stft, tuple(c.disc_periods), c.disc_scales, dtype
+            tuple(c.discriminators), stft, tuple(c.disc_periods), c.disc_scales, dtype, c.disc_channel_divisor
         )
         sr, hop = self.config.sample_rate, self.config.hop_length
         train_features, eval_features = self._teacher_features()

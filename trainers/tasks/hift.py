@@ -45,6 +45,7 @@ class HiFTTaskConfig:
     f_min: float = 0.0
     f_max: float = 8000.0
     discriminators: list[str] = field(default_factory=lambda: ["mpd", "mrsd"])
+    disc_channel_divisor: int = 1  # mpd and mrsd narrowed (1: upstream's widths; 2, 4 or 8)
     # Upstream's weights: feat is its feat_match_loss_weight 2 times its feature_loss's own 2;
     # mel its multi_mel_spectral_recon_loss_weight.
     loss_weights: dict[str, float] = field(
@@ -127,7 +128,7 @@ class HiFTTask(SplitSources):
                 f"hift.n_mels is {c.n_mels}; model {cfg.model.name} reads {self.config.in_channels} bins"
             )
         self.model = hift.HiFTGenerator(self.config)
-        self.discriminator = MultipleDiscriminator(tuple(c.discriminators))
+        self.discriminator = MultipleDiscriminator(tuple(c.discriminators), channel_divisor=c.disc_channel_divisor)
         self.train_transform = VocoderCrop(cfg, self.config, c.segment_frames, True)
         frames = int(cfg.data.max_seconds * self.config.sample_rate) // self.config.hop
         self.eval_transform = VocoderCrop(cfg, self.config, frames, False)
