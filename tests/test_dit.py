@@ -161,6 +161,7 @@ def test_sampling_loops_replay_the_reference(case, group):
     assert rel_err(sample, nhwc(diff[f"{group}/sample_nchw"])) < 1e-4
 
 
+@pytest.mark.slow  # twelve published models traced
 def test_named_configs_have_the_official_counts(fixtures_dir):
     counts = json.loads((fixtures_dir / "dit" / "param_counts.json").read_text())
     facts = json.loads((fixtures_dir / "dit" / "model_facts.json").read_text())

@@ -121,7 +121,9 @@ def test_generate_ar_greedy_equals_full_forward_greedy(group_size):
 
 
 @pytest.mark.parametrize(
-    "group_size,x64", [(1, False), (2, False), pytest.param(2, True, id="2-x64")], indirect=["x64"]
+    "group_size,x64",
+    [(1, False), (2, False), pytest.param(2, True, id="2-x64", marks=pytest.mark.slow)],
+    indirect=["x64"],
 )
 def test_generate_ar_holds_eos_back_per_row(group_size, x64):
     """A model that says EOS at once: min_new_tokens, one per row, makes each row go on (and
@@ -383,7 +385,9 @@ def delayed_model(positions="sin"):
 
 
 @pytest.mark.parametrize(
-    "positions,x64", [("sin", False), ("rope", False), pytest.param("rope", True, id="rope-x64")], indirect=["x64"]
+    "positions,x64",
+    [("sin", False), ("rope", False), pytest.param("rope", True, id="rope-x64", marks=pytest.mark.slow)],
+    indirect=["x64"],
 )
 def test_generate_delayed_greedy_equals_full_forward_greedy(positions, x64):
     model = delayed_model(positions)

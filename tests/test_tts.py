@@ -101,7 +101,8 @@ def test_valle_trains_evaluates_and_speaks(tone_corpus, fixtures_dir, tmp_path, 
         tts.main(command[:7] + command[9:])
 
 
-@pytest.mark.parametrize("word_alignment", [pytest.param(False, marks=pytest.mark.slow), True])
+@pytest.mark.slow
+@pytest.mark.parametrize("word_alignment", [False, True])
 def test_valle_loss_sharded_equals_single_device(tone_corpus, fixtures_dir, tmp_path, word_alignment):
     # SGD: the step is the gradient (Adam's first step is lr * sign(g), and the attention's
     # key bias has a gradient of exactly 0 but for rounding, whose sign differs per layout).
