@@ -312,7 +312,6 @@ class ConditionalDecoder(nn.Module):
                 x = Upsample1D(features, self.dtype, name=f"up_blocks_{i}_2_conv")(x * m)
             else:
                 x = _conv(features, 3, f"up_blocks_{i}_2", dtype=self.dtype)(x * m)
-        m = masks[0] if masks else m
         x = Block1D(self.channels[0], self.dtype, name="final_block")(x, m)
         return (_conv(self.out_channels, 1, "final_proj", dtype=self.dtype)(x * m) * m).astype(jnp.float32)
 
