@@ -33,6 +33,7 @@ from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
 from jaxmodels.nn.attention import espnet_relative_position, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path
+from jaxmodels.nn.variants import named_config
 
 FRAMES = ("batch", None, "act_embed")
 
@@ -416,13 +417,7 @@ class Flow(nn.Module):
 
 def config(name: str, **overrides) -> FlowConfig:
     """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown flow model {name!r}; valid: {', '.join(CONFIGS)}")
-    fields = {f.name for f in dataclasses.fields(FlowConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown flow argument(s) {unknown}; valid: {sorted(fields)}")
-    return dataclasses.replace(CONFIGS[name], **overrides)
+    return named_config(CONFIGS, name, "flow", **overrides)
 
 
 def example_inputs(cfg: FlowConfig, batch: int = 1, tokens: int = 8):

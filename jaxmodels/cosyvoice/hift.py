@@ -25,6 +25,7 @@ from jaxmodels.codec import losses
 from jaxmodels.codec.discriminator import hann_window, stft
 from jaxmodels.codec.hifigan_discriminator import Conv
 from jaxmodels.codec.seanet import SConvTranspose1d, Snake1d
+from jaxmodels.nn.variants import named_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,13 +241,7 @@ class HiFTGenerator(nn.Module):
 
 def config(name: str, **overrides) -> HiFTConfig:
     """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown HiFT model {name!r}; valid: {', '.join(CONFIGS)}")
-    fields = {f.name for f in dataclasses.fields(HiFTConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise ValueError(f"unknown HiFT argument(s) {unknown}; valid: {sorted(fields)}")
-    return dataclasses.replace(CONFIGS[name], **overrides)
+    return named_config(CONFIGS, name, "HiFT", **overrides)
 
 
 def init_shapes(cfg: HiFTConfig):

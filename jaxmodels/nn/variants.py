@@ -1,5 +1,7 @@
 """Named variants of a model class, and parameter counts, the same way for every family."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 
@@ -14,6 +16,18 @@ def create(cls, variants: dict, name: str, **overrides):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} argument(s) {sorted(unknown)}; valid: {sorted(valid)}")
     return cls(**{**variants[name], **overrides})
+
+
+def named_config(configs: dict, name: str, kind: str, **overrides):
+    """The frozen dataclass ``configs[name]`` with fields overridden; an unknown name or field is
+    an error naming the ``kind`` of model and listing the valid ones."""
+    if name not in configs:
+        raise ValueError(f"unknown {kind} model {name!r}; valid: {', '.join(configs)}")
+    fields = {f.name for f in dataclasses.fields(configs[name])}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {kind} argument(s) {unknown}; valid: {sorted(fields)}")
+    return dataclasses.replace(configs[name], **overrides)
 
 
 def param_count(model: nn.Module, *args, **kwargs) -> int:
