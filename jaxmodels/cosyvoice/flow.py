@@ -32,7 +32,7 @@ from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
 from jaxmodels.nn.attention import espnet_relative_position, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
-from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path
+from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
 
 FRAMES = ("batch", None, "act_embed")
@@ -527,9 +527,7 @@ def from_torch(state_dict, cfg: FlowConfig):
         else:
             paths[key], converted[key] = _flax_path(key, value)
     for key, (path, length, by_index) in stacks.items():
-        if sorted(by_index) != list(range(length)):
-            raise ValueError(f"{key}: layers {sorted(by_index)} in the state_dict, the model has {length}")
-        converted[key], paths[key] = np.stack([by_index[i] for i in range(length)]), path
+        converted[key], paths[key] = stack_layers(key, by_index, length), path
     params = assign_state_dict(converted, nn.unbox(init_shapes(cfg)), lambda key, value: (paths[key], value))
     return {"params": params}
 

@@ -83,6 +83,14 @@ def assign_state_dict(
     return jax.tree.map(np.asarray, flax.traverse_util.unflatten_dict(out))
 
 
+def stack_layers(key: str, by_index: Mapping[int, np.ndarray], length: int) -> np.ndarray:
+    """One parameter of `length` repeated layers, given by layer index, stacked along a new
+    leading axis (a scanned module's layout); other indices are an error naming `key`."""
+    if sorted(by_index) != list(range(length)):
+        raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {length}")
+    return np.stack([by_index[i] for i in range(length)])
+
+
 def _listing(items, sep=", ", limit=12):
     more = f"{sep}... and {len(items) - limit} more" if len(items) > limit else ""
     return sep.join(items[:limit]) + more

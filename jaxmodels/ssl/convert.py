@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from jaxmodels.nn.state_dict import assign_state_dict
+from jaxmodels.nn.state_dict import assign_state_dict, stack_layers
 
 _PREFIX = re.compile(r"^(hubert|wav2vec2)\.")
 _POS = re.compile(r"^encoder\.pos_conv_embed\.conv\.(parametrizations\.weight\.original[01]|weight_[gv]|bias)$")
@@ -93,9 +93,7 @@ def from_torch(state_dict: dict, model) -> dict:
             layers.setdefault(path, {})[index] = value
     for path, by_index in layers.items():
         key = f"encoder.layers.*.{'.'.join(path[len(path) - 2 :])}"
-        if sorted(by_index) != list(range(encoder.num_hidden_layers)):
-            raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {encoder.num_hidden_layers}")
-        converted[key], paths[key] = np.stack([by_index[i] for i in range(len(by_index))]), path
+        converted[key], paths[key] = stack_layers(key, by_index, encoder.num_hidden_layers), path
     params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
     return {"params": jax.tree.map(np.asarray, params)}
 

@@ -26,7 +26,7 @@ import numpy as np
 from jaxmodels.nn import Dense, LayerNorm, constrain
 from jaxmodels.nn.attention import espnet_relative_position, relative_gather, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
-from jaxmodels.nn.state_dict import assign_state_dict
+from jaxmodels.nn.state_dict import assign_state_dict, stack_layers
 
 Dtype = Any
 FRAMES = ("batch", None, "act_embed")
@@ -368,9 +368,7 @@ def from_torch(state_dict: dict, model: W2vBertEncoder) -> dict:
         else:
             converted[key], paths[key] = value, (f"adapter_layers_{m[2]}", *path) if m else path
     for key, (path, by_index) in layers.items():
-        if sorted(by_index) != list(range(model.num_hidden_layers)):
-            raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {model.num_hidden_layers}")
-        converted[key], paths[key] = np.stack([by_index[i] for i in range(len(by_index))]), path
+        converted[key], paths[key] = stack_layers(key, by_index, model.num_hidden_layers), path
     params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
     return {"params": jax.tree.map(np.asarray, params)}
 
