@@ -9,10 +9,13 @@ import tempfile
 import pytest
 
 # 8 simulated CPU devices, set before jax is imported anywhere (nothing above imports it).
-# LLVM's optimisation passes are most of XLA:CPU's compile time (a tiny model's train step:
-# 13 s at the default level, 8 s at 0), and test programs run a few steps each.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+# Compiling is most of the suite's time, and test programs run a few steps each: LLVM's
+# optimisation passes are most of a program's compile time (a tiny model's train step: 13 s
+# at the default level, 8 s at 0), and XLA:CPU's MLIR fusion emitters take twice as long as
+# its elemental ones to compile a small program (40 ms against 21 ms an eager op; the flow
+# and codec tests 115 s against 75 s; a demo's step runs as fast either way).
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
+    " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests compile the same programs many times over (each Trainer jits its own steps, and the

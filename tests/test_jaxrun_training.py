@@ -44,10 +44,10 @@ def worker_env(devices_per_process, cache):
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "JAX_PLATFORMS": "cpu",
-        # XLA's backend at optimisation level 0, as conftest sets for this process: these
-        # runs take a few steps each, so compilation is most of their time.
+        # XLA compiling as conftest sets it for this process: these runs take a few steps
+        # each, so compilation is most of their time.
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"
-        " --xla_backend_optimization_level=0",
+        " --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false",
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }

@@ -29,13 +29,11 @@ import numpy as np
 
 from jaxmodels.codec.seanet import conv_transpose
 from jaxmodels.cosyvoice import flow_matching as fm
+from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, layer_path
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
-from jaxmodels.nn.attention import espnet_relative_position, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
-
-FRAMES = ("batch", None, "act_embed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,47 +114,6 @@ def _group_norm(groups, name, dtype):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=name,
     )
-
-
-class EncoderLayer(nn.Module):
-    """ConformerEncoderLayer as CosyVoice-300M configures it: pre-norm relative-position
-    self-attention, then a SiLU feed-forward (norms at eps 1e-12)."""
-
-    heads: int
-    linear_units: int
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, valid, positions):
-        y = LayerNorm(1e-12, dtype=self.dtype, name="norm_mha")(x)
-        position = espnet_relative_position(self, positions, self.heads)
-        x = x + self_attention(y, valid, self.heads, self.dtype, position=position)
-        y = LayerNorm(1e-12, dtype=self.dtype, name="norm_ff")(x)
-        y = jax.nn.silu(Dense(self.linear_units, ("embed", "mlp"), dtype=self.dtype, name="feed_forward_w_1")(y))
-        x = x + Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="feed_forward_w_2")(y)
-        return constrain(x, FRAMES)
-
-
-class ConformerEncoder(nn.Module):
-    """(B, L, D) embedded tokens, valid (B, L) -> (B, L, D): LinearNoSubsampling (linear, layer
-    norm), x sqrt(D), the layers, a final layer norm. Padded rows are not zeroed (as upstream);
-    no valid row reads them."""
-
-    heads: int
-    linear_units: int
-    num_blocks: int
-    dtype: jnp.dtype = jnp.float32
-    remat: bool = False
-
-    @nn.compact
-    def __call__(self, x, valid):
-        d = x.shape[-1]
-        x = Dense(d, ("embed", "mlp"), dtype=self.dtype, name="embed_out_0")(x)
-        x = LayerNorm(1e-5, dtype=self.dtype, name="embed_out_1")(x) * math.sqrt(d)
-        layer = nn.remat(EncoderLayer) if self.remat else EncoderLayer
-        stack = repeated(layer, self.num_blocks)(self.heads, self.linear_units, self.dtype, name="encoders")
-        x, _ = stack(x, valid, relative_sinusoids(x.shape[1], d).astype(self.dtype))
-        return LayerNorm(1e-5, dtype=self.dtype, name="after_norm")(x)
 
 
 class LengthRegulator(nn.Module):
@@ -334,7 +291,9 @@ class Flow(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
         )
         self.spk_embed_affine_layer = Dense(c.output_size, ("mlp", "embed"), dtype=self.dtype)
-        self.encoder = ConformerEncoder(c.attention_heads, c.linear_units, c.num_blocks, self.dtype, self.remat)
+        self.encoder = ConformerEncoder(
+            c.input_size, c.attention_heads, c.linear_units, c.num_blocks, dtype=self.dtype, remat=self.remat
+        )
         self.encoder_proj = Dense(c.output_size, ("embed", "mlp"), dtype=self.dtype)
         self.length_regulator = LengthRegulator(c.regulator_stages, self.dtype)
         self.estimator = ConditionalDecoder(
@@ -446,15 +405,6 @@ _STACKED = (
 )
 
 
-def _encoder_layer_path(key: str, value: np.ndarray):
-    """An encoder layer's "self_attn.linear_q.weight" -> (("self_attn_linear_q", "kernel"), value)."""
-    module, _, leaf = key.rpartition(".")
-    if leaf.startswith("pos_bias_"):  # bare parameters of the attention
-        return (f"{module}_{leaf}",), value
-    name, value = _leaf((module,), leaf, value)
-    return (module.replace(".", "_"), name), value
-
-
 def _mid_block_path(key: str, value: np.ndarray):
     module, _, leaf = key.rpartition(".")
     path = _stage_path(module)
@@ -517,10 +467,10 @@ def from_torch(state_dict, cfg: FlowConfig):
     converted, paths, stacks = {}, {}, {}
     for key, value in state_dict.items():
         value = np.asarray(value)
-        for (modules, prefix, length), layer_path in zip(_STACKED, (_encoder_layer_path, _mid_block_path)):
+        for (modules, prefix, length), path_in_layer in zip(_STACKED, (layer_path, _mid_block_path)):
             if key.startswith(modules):
                 index, _, rest = key.removeprefix(modules).partition(".")
-                path, value = layer_path(rest, value)
+                path, value = path_in_layer(rest, value)
                 stack = stacks.setdefault(f"{modules}*.{rest}", ((*prefix, *path), getattr(cfg, length), {}))
                 stack[2][int(index)] = value
                 break

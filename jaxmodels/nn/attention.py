@@ -82,11 +82,11 @@ class Attention(nn.Module):
         )
 
 
-def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix="self_attn"):
+def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix="self_attn", causal=False):
     """Multi-head attention of y (B, T, D) over the keys `valid` (B, T) marks (all where None),
-    projections `{prefix}_linear_q/k/v/out` with biases. Queries and keys come from `qk_input`
-    (y where None); `position(q)` returns the query of the content term and an additive
-    (B, H, T, T) score bias."""
+    with `causal` only those at or before the query; projections `{prefix}_linear_q/k/v/out`
+    with biases. Queries and keys come from `qk_input` (y where None); `position(q)` returns
+    the query of the content term and an additive (B, H, T, T) score bias."""
     b, t, d = y.shape
     dense = lambda name, axes: Dense(d, axes, dtype=dtype, name=f"{prefix}_{name}")  # noqa: E731
     split = lambda h: h.reshape(b, t, heads, d // heads)  # noqa: E731
@@ -98,6 +98,9 @@ def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix=
     if position is not None:
         q, bias = position(q)
     mask = None if valid is None else valid[:, None, None, :]
+    if causal:
+        earlier = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        mask = earlier if mask is None else mask & earlier
     attended = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, t, d)
     return dense("linear_out", ("heads", "embed"))(attended)
 
@@ -108,12 +111,17 @@ def relative_gather(scores, index):
     return jnp.take_along_axis(scores, jnp.broadcast_to(index, scores.shape[:2] + index.shape), axis=-1)
 
 
-def relative_sinusoids(frames: int, d: int):
-    """(2T-1, d) sinusoids of the relative positions T-1 ... 1-T (sin and cos interleaved),
-    ESPnet's RelPositionalEncoding table, float32."""
+def position_sinusoids(positions, d: int):
+    """(..., d) sinusoids of integer positions, sin and cos interleaved (ESPnet's), float32."""
     frequencies = jnp.exp(jnp.arange(0, d, 2, dtype=jnp.float32) * -(math.log(10000.0) / d))
-    angles = jnp.arange(frames - 1, -frames, -1, dtype=jnp.float32)[:, None] * frequencies
-    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], -1).reshape(2 * frames - 1, d)
+    angles = positions.astype(jnp.float32)[..., None] * frequencies
+    return jnp.stack([jnp.sin(angles), jnp.cos(angles)], -1).reshape(*positions.shape, d)
+
+
+def relative_sinusoids(frames: int, d: int):
+    """(2T-1, d) sinusoids of the relative positions T-1 ... 1-T, ESPnet's
+    RelPositionalEncoding table."""
+    return position_sinusoids(jnp.arange(frames - 1, -frames, -1), d)
 
 
 def espnet_relative_position(module: nn.Module, positions, heads: int, prefix="self_attn"):

@@ -30,7 +30,8 @@ def repeated(layer: type[nn.Module], length: int):
     """``length`` copies of ``layer`` applied in turn, as one module scanned over a stack of
     their parameters (leading axis "layers"): XLA compiles the layer once, not ``length``
     times. The module takes ``(x, *args)``, ``args`` the same for every layer, and returns
-    ``(x, None)``; ``layer(x, *args)`` returns x. ``layer`` may be an ``nn.remat`` of one."""
+    ``(x, None)``; ``layer(x, *args)`` returns x. ``layer`` may be an ``nn.remat`` of one. A
+    decoding cache the layer keeps is stacked the same way."""
 
     class Step(layer):
         def __call__(self, x, *args):
@@ -39,7 +40,7 @@ def repeated(layer: type[nn.Module], length: int):
     Step.__name__ = layer.__name__
     return nn.scan(
         Step,
-        variable_axes={"params": 0},
+        variable_axes={"params": 0, "cache": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast,
         length=length,

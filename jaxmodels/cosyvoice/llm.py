@@ -1,0 +1,330 @@
+"""CosyVoice's text-to-speech-token LM (cosyvoice/llm/llm.py TransformerLM, CosyVoice-300M):
+text tokens and a speaker embedding -> supervised semantic speech tokens (50 Hz, 4096 codes).
+
+Text tokens are embedded and encoded by a causal ConformerEncoder (SiLU) and projected to the
+LM's width; the speaker x-vector is unit-normalised and projected. Each row is
+[sos, speaker, text, task_id, speech tokens] (ragged rows packed to the left, padding -1.0 as
+upstream pads them) through a causal TransformerEncoder (ReLU) and a linear head over the
+4096 codes and eos. The loss is the cross entropy of every speech token and eos, averaged
+over the batch's tokens (upstream's length-normalised LabelSmoothingLoss without smoothing).
+
+`generate` is upstream's `inference` for a batch: the prompt text goes before the text (one
+causal encoding), the prompt's speech tokens after task_id, and tokens are drawn one by one
+from the KV cache with repetition-aware sampling (top-p 0.8 within the top 25; a token drawn
+again within the last 10 is redrawn from the whole distribution without it), eos held back
+for the first 2 tokens per text token and at most 20 per text token drawn.
+Without a speaker embedding (upstream's instruct mode) the row has no speaker slot.
+
+Module names are upstream's, dots as underscores; encoder layers stacked ("layers" axis).
+"""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.cosyvoice.encoder import ConformerEncoder, TransformerEncoder, layer_path
+from jaxmodels.nn import Dense
+from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
+from jaxmodels.nn.variants import named_config
+
+IGNORE = -1  # upstream's IGNORE_ID: a target that is not scored
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """TransformerLM's arguments and its encoders' (upstream's names); defaults CosyVoice-300M's."""
+
+    text_token_size: int = 51866
+    speech_token_size: int = 4096
+    text_encoder_input_size: int = 512
+    text_encoder_output_size: int = 1024
+    llm_input_size: int = 1024
+    llm_output_size: int = 1024
+    spk_embed_dim: int = 192
+    text_encoder_heads: int = 16
+    text_encoder_linear_units: int = 4096
+    text_encoder_blocks: int = 6
+    llm_heads: int = 16
+    llm_linear_units: int = 4096
+    llm_blocks: int = 14
+    # ras_sampling and the length limits of inference
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+    min_token_text_ratio: float = 2.0
+    max_token_text_ratio: float = 20.0
+
+
+CONFIGS = {
+    "llm_cosyvoice_300m": LMConfig(),  # 310,718,465 parameters
+    "llm_cosyvoice_300m_25hz": LMConfig(text_token_size=60515),
+}
+
+
+def ragged_concat(segments, pad):
+    """Rows of several (B, L_s, ...) segments, each holding its first lengths_s (B,) entries,
+    packed one after another from the left and padded with `pad`: (B, sum L_s, ...), lengths."""
+    b = segments[0][0].shape[0]
+    total = sum(x.shape[1] for x, _ in segments)
+    out = jnp.full((b, total, *segments[0][0].shape[2:]), pad, segments[0][0].dtype)
+    start = jnp.zeros((b,), jnp.int32)
+    rows = jnp.arange(b)[:, None]
+    for x, length in segments:
+        slot = jnp.arange(x.shape[1])[None]
+        target = jnp.where(slot < length[:, None], start[:, None] + slot, total)  # past the end: dropped
+        out = out.at[rows, target].set(x.astype(out.dtype), mode="drop")
+        start = start + length
+    return out, start
+
+
+def targets(text, text_len, speech, speech_len, eos: int, speaker: bool = True):
+    """(B, L) the token each slot of `TransformerLM.sequence`'s rows predicts: nothing (IGNORE)
+    for sos, the speaker and the text, the speech tokens from task_id on, then eos."""
+    b = speech.shape[0]
+    head = 2 if speaker else 1
+    segments = [
+        (jnp.full((b, head + text.shape[1]), IGNORE), head + text_len),
+        (speech, speech_len),
+        (jnp.full((b, 1), eos), jnp.ones((b,), jnp.int32)),
+    ]
+    out, _ = ragged_concat(segments, IGNORE)
+    return out
+
+
+def loss(logits, target):
+    """(cross entropy, accuracy) over the scored targets of the whole batch."""
+    scored = target != IGNORE
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, jnp.maximum(target, 0)[..., None], axis=-1)[..., 0]
+    count = jnp.maximum(jnp.sum(scored), 1)
+    right = (jnp.argmax(logits, axis=-1) == target) & scored
+    return jnp.sum(nll * scored) / count, jnp.sum(right) / count
+
+
+def _embedding(num: int, dim: int, dtype):
+    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
+    return nn.Embed(num, dim, dtype=dtype, embedding_init=init)
+
+
+class TransformerLM(nn.Module):
+    """TransformerLM: `sequence` packs the training rows, `logits` runs the LM over them,
+    `step` decodes from the cache (see `generate`)."""
+
+    config: LMConfig
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        self.text_embedding = _embedding(c.text_token_size, c.text_encoder_input_size, self.dtype)
+        self.text_encoder = ConformerEncoder(
+            c.text_encoder_output_size,
+            c.text_encoder_heads,
+            c.text_encoder_linear_units,
+            c.text_encoder_blocks,
+            causal=True,
+            dtype=self.dtype,
+            remat=self.remat,
+        )
+        self.text_encoder_affine_layer = Dense(c.llm_input_size, ("mlp", "embed"), dtype=self.dtype)
+        self.llm_embedding = _embedding(2, c.llm_input_size, self.dtype)  # sos, task_id
+        self.llm = TransformerEncoder(
+            c.llm_output_size, c.llm_heads, c.llm_linear_units, c.llm_blocks, dtype=self.dtype, remat=self.remat
+        )
+        self.llm_decoder = Dense(c.speech_token_size + 1, ("embed", "vocab"), dtype=self.dtype)
+        self.speech_embedding = _embedding(c.speech_token_size, c.llm_input_size, self.dtype)
+        self.spk_embed_affine_layer = Dense(c.llm_input_size, ("mlp", "embed"), dtype=self.dtype)
+
+    def encode(self, text, text_len):
+        """(B, T) text tokens -> (B, T, llm_input_size)."""
+        valid = jnp.arange(text.shape[1])[None] < text_len[:, None]
+        return self.text_encoder_affine_layer(self.text_encoder(self.text_embedding(text), valid))
+
+    def speaker(self, embedding):
+        """(B, spk_embed_dim) x-vectors -> (B, 1, llm_input_size), unit-normalised first."""
+        norm = jnp.linalg.norm(embedding, axis=-1, keepdims=True)
+        return self.spk_embed_affine_layer(embedding / jnp.maximum(norm, 1e-12))[:, None]
+
+    def _special(self, index, batch):
+        return jnp.broadcast_to(self.llm_embedding(jnp.array([[index]])), (batch, 1, self.config.llm_input_size))
+
+    def sequence(self, text, text_len, speech, speech_len, embedding):
+        """The LM's input rows [sos, speaker, text, task_id, speech] (B, L, D) and their
+        lengths; without an embedding (None) no speaker slot."""
+        b = text.shape[0]
+        one = jnp.ones((b,), jnp.int32)
+        segments = [(self._special(0, b), one)]
+        if embedding is not None:
+            segments.append((self.speaker(embedding), one))
+        segments += [(self.encode(text, text_len), text_len), (self._special(1, b), one)]
+        segments.append((self.speech_embedding(speech), speech_len))
+        return ragged_concat(segments, -1.0)
+
+    def logits(self, x, length):
+        """(B, L, speech_token_size + 1) of the causal LM over rows of `length` (full pass)."""
+        valid = jnp.arange(x.shape[1])[None] < length[:, None]
+        return self.llm_decoder(self.llm(x, valid))
+
+    def embed_speech(self, tokens):
+        return self.speech_embedding(tokens)
+
+    def step(self, x, valid, positions):
+        """Decoding: (B, L, D) inputs at `positions` (B, L) appended to the cache -> logits."""
+        return self.llm_decoder(self.llm(x, valid, positions.astype(jnp.int32), decode=True))
+
+    def __call__(self, text, text_len, speech, speech_len, embedding):
+        """Logits (B, 3 + T + S, V + 1) of the training rows (targets() gives their targets)."""
+        return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding))
+
+
+def ras_sample(rng, logp, recent, cfg: LMConfig):
+    """Upstream's ras_sampling for each row of log-probabilities (B, V): a draw from the most
+    likely tokens holding top_p of the mass (the one crossing it included, at most top_k);
+    if that token is among `recent` (B, win_size; -1 where none) at least win_size * tau_r
+    times, a draw from the whole distribution without it."""
+    k_top, k_any = jax.random.split(rng)
+    probs, ids = jax.lax.top_k(jax.nn.softmax(logp, axis=-1), cfg.top_k)  # ties: the lower id first
+    kept = jnp.cumsum(probs, axis=-1) - probs < cfg.top_p
+    choice = jax.random.categorical(k_top, jnp.where(kept, jnp.log(probs), -jnp.inf), axis=-1)
+    token = jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+    repeats = jnp.sum(recent == token[:, None], axis=-1)
+    without = jnp.where(jnp.arange(logp.shape[-1])[None] == token[:, None], -jnp.inf, logp)
+    other = jax.random.categorical(k_any, without, axis=-1)
+    return jnp.where(repeats >= cfg.win_size * cfg.tau_r, other, token).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
+def generate(
+    model: TransformerLM,
+    params,
+    rng,
+    text,
+    text_len,
+    prompt_text,
+    prompt_text_len,
+    prompt_speech,
+    prompt_speech_len,
+    embedding,
+    max_new_tokens: int,
+):
+    """Speech tokens (B, max_new_tokens) and their counts (B,) for each row's text, spoken as
+    the continuation of its prompt (text and speech tokens, lengths 0 for none) by the
+    speaker of `embedding` (B, spk_embed_dim; None for none): upstream's inference, rows in
+    parallel. A row draws at least 2 and at most 20 tokens per text token (the
+    max_new_tokens first), eos held back before its minimum."""
+    cfg = model.config
+    eos = cfg.speech_token_size
+    b = text.shape[0]
+    variables = {"params": params}
+    both, both_len = ragged_concat([(prompt_text, prompt_text_len), (text, text_len)], 0)
+    x, length = model.apply(variables, both, both_len, prompt_speech, prompt_speech_len, embedding, method="sequence")
+    slots = x.shape[1] + max_new_tokens
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (b, x.shape[1]))
+    valid = positions < length[:, None]
+    whole = (jnp.zeros((b, slots, x.shape[-1]), x.dtype), jnp.ones((b, slots), bool), jnp.zeros((b, slots), jnp.int32))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *whole, method="step"))["cache"]
+    cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    logits, mutated = model.apply({**variables, "cache": cache}, x, valid, positions, method="step", mutable=["cache"])
+    last = jnp.take_along_axis(logits, (length - 1)[:, None, None], axis=1)[:, 0]
+    min_len = (text_len * cfg.min_token_text_ratio).astype(jnp.int32)
+    max_len = jnp.minimum((text_len * cfg.max_token_text_ratio).astype(jnp.int32), max_new_tokens)
+
+    def body(state):
+        cache, last, tokens, count, done, rng, i = state
+        rng, key = jax.random.split(rng)
+        logp = jax.nn.log_softmax(last.astype(jnp.float32), axis=-1)
+        logp = logp.at[:, eos].set(jnp.where(i < min_len, -jnp.inf, logp[:, eos]))
+        window = i - cfg.win_size + jnp.arange(cfg.win_size)
+        recent = jnp.where(window >= 0, tokens[:, jnp.maximum(window, 0)], -1)
+        token = ras_sample(key, logp, recent, cfg)
+        keep = ~done & (token != eos)
+        tokens = tokens.at[:, i].set(jnp.where(keep, token, 0))
+        count = count + keep
+        done = done | ~keep | (count >= max_len)
+        embedded = model.apply(variables, jnp.minimum(token, eos - 1)[:, None], method="embed_speech")
+        logits, mutated = model.apply(
+            {**variables, "cache": cache},
+            embedded,
+            jnp.ones((b, 1), bool),
+            (length + i)[:, None],
+            method="step",
+            mutable=["cache"],
+        )
+        return mutated["cache"], logits[:, 0], tokens, count, done, rng, i + 1
+
+    def cond(state):
+        return (state[-1] < max_new_tokens) & ~jnp.all(state[4])
+
+    tokens = jnp.zeros((b, max_new_tokens), jnp.int32)
+    start = (mutated["cache"], last, tokens, jnp.zeros((b,), jnp.int32), max_len <= 0, rng, jnp.int32(0))
+    _, _, tokens, count, _, _, _ = jax.lax.while_loop(cond, body, start)
+    return tokens, count
+
+
+def config(name: str, **overrides) -> LMConfig:
+    """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
+    return named_config(CONFIGS, name, "llm", **overrides)
+
+
+def example_inputs(cfg: LMConfig, batch: int = 1, text: int = 4, speech: int = 8):
+    return (
+        jnp.zeros((batch, text), jnp.int32),
+        jnp.full((batch,), text),
+        jnp.zeros((batch, speech), jnp.int32),
+        jnp.full((batch,), speech),
+        jnp.ones((batch, cfg.spk_embed_dim)),
+    )
+
+
+def init_shapes(cfg: LMConfig):
+    return jax.eval_shape(lambda: TransformerLM(cfg).init(jax.random.key(0), *example_inputs(cfg)))["params"]
+
+
+def param_count(cfg: LMConfig) -> int:
+    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg))))
+
+
+_EMBEDDINGS = ("text_embedding", "llm_embedding", "speech_embedding")
+_STACKED = (("text_encoder.encoders.", "text_encoder_blocks"), ("llm.encoders.", "llm_blocks"))
+
+
+def from_torch(state_dict, cfg: LMConfig):
+    """{"params": ...} of a TransformerLM from upstream's state_dict (a released llm.pt); the
+    encoder layers stacked. A key, layer or shape that does not fit is an error listing them."""
+    converted, paths, stacks = {}, {}, {}
+    for key, value in state_dict.items():
+        value = np.asarray(value)
+        for modules, length in _STACKED:
+            if key.startswith(modules):
+                index, _, rest = key.removeprefix(modules).partition(".")
+                path, value = layer_path(rest, value)
+                top = modules.split(".")[0]
+                stack = stacks.setdefault(f"{modules}*.{rest}", ((top, "encoders", *path), getattr(cfg, length), {}))
+                stack[2][int(index)] = value
+                break
+        else:
+            module, _, leaf = key.rpartition(".")
+            top, _, rest = module.partition(".")
+            path = (top, rest.replace(".", "_")) if rest else (top,)
+            if top in _EMBEDDINGS:
+                paths[key], converted[key] = (*path, "embedding"), value
+            elif leaf == "bias" or value.ndim == 1:
+                paths[key], converted[key] = (*path, "bias" if leaf == "bias" else "scale"), value
+            else:
+                paths[key], converted[key] = (*path, "kernel"), value.T
+    for key, (path, length, by_index) in stacks.items():
+        converted[key], paths[key] = stack_layers(key, by_index, length), path
+    params = assign_state_dict(converted, nn.unbox(init_shapes(cfg)), lambda key, value: (paths[key], value))
+    return {"params": params}
+
+
+def load(path: str, name: str = "llm_cosyvoice_300m"):
+    """(model, variables) of a released llm.pt (or .safetensors) of the named configuration."""
+    cfg = config(name)
+    return TransformerLM(cfg), from_torch(load_state_dict(path), cfg)

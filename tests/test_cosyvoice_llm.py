@@ -1,0 +1,137 @@
+"""CosyVoice's text-to-speech-token LM against the official TransformerLM
+(tests/data/make_llm_reference.py: narrowed, random weights): the training logits, loss and
+accuracy of a padded batch, and inference's tokens with a prompt, with a speaker only and
+with neither; the cached decoding equals the full forward pass; the released parameter count."""
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels.cosyvoice import llm
+
+REFERENCE = pathlib.Path(__file__).parent / "data" / "llm_reference.npz"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with np.load(REFERENCE) as f:
+        data = dict(f)
+    cfg = llm.LMConfig(**json.loads(str(data["config"])))
+    state_dict = {k.removeprefix("sd/"): v for k, v in data.items() if k.startswith("sd/")}
+    return cfg, llm.from_torch(state_dict, cfg), data
+
+
+def _close(actual, expected):
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_training_logits_loss_and_accuracy_equal_upstream(reference):
+    cfg, variables, r = reference
+    model = llm.TransformerLM(cfg)
+    args = [r[f"train/{k}"] for k in ("text", "text_len", "speech", "speech_len", "embedding")]
+    target = llm.targets(*args[:4], eos=cfg.speech_token_size)
+
+    def forward(params):
+        logits = model.apply({"params": params}, *args)
+        loss, accuracy = llm.loss(logits, target)
+        return loss, (accuracy, logits)
+
+    (loss, (accuracy, logits)), grads = jax.jit(jax.value_and_grad(forward, has_aux=True))(variables["params"])
+    # logits T + S + 3 wide, upstream's rows max(T_i + S_i) + 3
+    _close(logits[:, : r["train/logits"].shape[1]], r["train/logits"])
+    _close(loss, r["train/loss"])
+    np.testing.assert_allclose(accuracy, r["train/acc"], atol=1e-6)
+    assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads["llm"]))
+
+
+def _case(r, name):
+    """generate's inputs for one reference case (a batch of one)."""
+    text, prompt_text, prompt_speech, embedding = (
+        r[f"{name}/{k}"] for k in ("text", "prompt_text", "prompt_speech", "embedding")
+    )
+    return (
+        text,
+        np.array([text.shape[1]]),
+        prompt_text,
+        np.array([prompt_text.shape[1]]),
+        prompt_speech,
+        np.array([prompt_speech.shape[1]]),
+        embedding if embedding.shape[0] else None,
+    )
+
+
+def _batch(*cases):
+    """Cases with speakers as one batch: prompts right-padded, ragged."""
+    columns = list(zip(*cases))
+    batch = []
+    for i, column in enumerate(columns):
+        if i % 2 or i == 6:  # lengths and embeddings
+            batch.append(np.concatenate(column))
+        else:
+            width = max(x.shape[1] for x in column)
+            batch.append(np.concatenate([np.pad(x, ((0, 0), (0, width - x.shape[1]))) for x in column]))
+    return batch
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _log_probs(model, variables, text, text_len, prompt_text, prompt_len, speech, speech_len, embedding):
+    """Log-probabilities (B, L, V + 1) of the full forward pass over [prompt text + text, prompt
+    speech + tokens] (rows packed as `generate` packs them)."""
+    both, both_len = llm.ragged_concat([(prompt_text, prompt_len), (text, text_len)], 0)
+    x, length = model.apply(variables, both, both_len, speech, speech_len, embedding, method="sequence")
+    return jax.nn.log_softmax(model.apply(variables, x, length, method="logits"), axis=-1), length
+
+
+def test_inference_equals_upstream(reference):
+    """Deterministic sampling (the reference's top_k 1, no repetition fallback): a prompted row
+    and an unprompted one decoded together (ragged prefixes), and one without a speaker, draw
+    upstream's tokens; the full forward pass over prompt and tokens gives the
+    log-probabilities each was drawn from, eos held back where upstream holds it."""
+    cfg, variables, r = reference
+    model = llm.TransformerLM(cfg)
+    for names in (["zero_shot", "sft"], ["instruct"]):
+        cases = [_case(r, name) for name in names]
+        batch = _batch(*cases) if len(cases) > 1 else list(cases[0])
+        tokens, count = llm.generate(model, variables["params"], jax.random.key(0), *batch, max_new_tokens=64)
+        for i, name in enumerate(names):
+            expected = r[f"{name}/tokens"]
+            assert int(count[i]) == len(expected), name
+            np.testing.assert_array_equal(tokens[i, : len(expected)], expected)
+
+        speech = [np.concatenate([case[4], r[f"{name}/tokens"][None]], axis=1) for case, name in zip(cases, names)]
+        with_tokens = [(*case[:4], s, np.array([s.shape[1]]), case[6]) for case, s in zip(cases, speech)]
+        inputs = _batch(*with_tokens) if len(cases) > 1 else list(with_tokens[0])
+        logp, length = _log_probs(model, variables, *inputs)
+        for i, name in enumerate(names):
+            steps = r[f"{name}/logp"]  # one per draw: the tokens', then eos's if it came
+            first = int(length[i]) - len(r[f"{name}/tokens"]) - 1  # the slot predicting the first token
+            row = np.array(logp[i, first : first + len(steps)])
+            row[: 2 * cases[i][0].shape[1], cfg.speech_token_size] = -np.inf
+            finite = np.isfinite(steps)
+            np.testing.assert_array_equal(np.isfinite(row), finite)
+            _close(row[finite], steps[finite])
+
+
+def test_ras_sampling_redraws_a_repeated_token():
+    cfg = llm.LMConfig(top_k=3, top_p=0.8)
+    logp = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]] * 2))
+    recent = jnp.array([[-1] * cfg.win_size, [0, 1] + [-1] * (cfg.win_size - 2)])
+    draws = jax.vmap(lambda k: llm.ras_sample(k, logp, recent, cfg))(jax.random.split(jax.random.key(0), 400))
+    # the nucleus {0, 1} (0.5 + 0.3 reaches 0.8); a repeat of it is redrawn without it
+    assert set(np.unique(draws[:, 0])) == {0, 1}
+    assert set(np.unique(draws[:, 1])) <= {0, 1, 2, 3} and np.mean(np.isin(draws[:, 1], [2, 3])) > 0.3
+
+
+def test_released_parameter_count_and_converter_errors(reference):
+    assert llm.param_count(llm.config("llm_cosyvoice_300m")) == 310_718_465
+    cfg, _, r = reference
+    state_dict = {k.removeprefix("sd/"): v for k, v in r.items() if k.startswith("sd/")}
+    del state_dict["llm.encoders.1.norm1.weight"]
+    with pytest.raises(ValueError, match=r"llm\.encoders\.\*\.norm1\.weight: layers \[0, 2\], the model has 3"):
+        llm.from_torch(state_dict, cfg)
