@@ -1,6 +1,7 @@
-"""CosyVoice (Du et al. 2024): its HiFT vocoder, its flow-matching decoder and the conditional
-flow matching that trains and samples it."""
+"""CosyVoice (Du et al. 2024): its text-to-token LM, its flow-matching decoder and the
+conditional flow matching that trains and samples it, its HiFT vocoder, and the Transformer
+encoders the LM and the flow share."""
 
-from jaxmodels.cosyvoice import flow, flow_matching, hift
+from jaxmodels.cosyvoice import encoder, flow, flow_matching, hift, llm
 
-__all__ = ["flow", "flow_matching", "hift"]
+__all__ = ["encoder", "flow", "flow_matching", "hift", "llm"]
