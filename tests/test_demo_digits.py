@@ -17,7 +17,7 @@ def digits_run(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.slow  # a demo: minutes
+@pytest.mark.demo  # the MambaOut demo: about three CPU minutes
 def test_digits_demo_and_evaluate_cli(digits_run):
     workdir = digits_run
     lines = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
