@@ -71,6 +71,7 @@ def test_equals_upstream(reference):
         assert _rel(mel, r["mel"]) < 1e-4, case
 
 
+@pytest.mark.slow  # three programs compiled: init, the loss's gradients, guided sampling
 def test_training_loss_and_sampling():
     # One resolution, one block of each kind: the training loss, its gradients, and inference.
     cfg = flow.FlowConfig(

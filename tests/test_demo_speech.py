@@ -15,7 +15,9 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
     assert final["eval/wer_greedy"] <= 0.05 and final["eval/wer_beam"] <= 0.05, final
     assert (workdir / "alignment.png").stat().st_size > 2000
 
-    test = [json.loads(line) for line in open(corpus / "test.jsonl")][:4]
+    # Ten held-out utterances, seven or more exactly right: at the demo's 2-4% WER about one in
+    # seven five-word utterances has an error, and four were too few to say more than noise.
+    test = [json.loads(line) for line in open(corpus / "test.jsonl")][:10]
     out = run_demo(
         "trainers.transcribe",
         "configs/ctc_speech.yaml",
@@ -28,7 +30,7 @@ def test_speech_demo_recognises_held_out_voices_and_transcribes(tmp_path_factory
     results = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["file"] for r in results] == [str(corpus / r["source"]) for r in test]
     right = sum(r["text"] == t["target"] for r, t in zip(results, test))
-    assert right >= 3, (results, test)
+    assert right >= 7, [(r["text"], t["target"]) for r, t in zip(results, test)]
     for r in results:  # one span per word, in order, inside the audio
         starts = [token["start"] for token in r["tokens"]]
         assert len(r["tokens"]) == len(r["text"].split()) and starts == sorted(starts) and starts[-1] < 3.0

@@ -58,6 +58,7 @@ def test_wrong_checkpoint_names_the_problem(fixtures_dir):
         load_state_dict("nowhere.safetensors")
 
 
+@pytest.mark.slow  # five published models traced
 def test_published_parameter_counts(fixtures_dir):
     expected = json.loads((fixtures_dir / "mambaout" / "param_counts.json").read_text())
     assert set(expected) == set(VARIANTS)
