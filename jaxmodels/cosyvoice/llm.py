@@ -20,6 +20,7 @@ Module names are upstream's, dots as underscores; encoder layers stacked ("layer
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -199,6 +200,19 @@ def ras_sample(rng, logp, recent, cfg: LMConfig):
     return jnp.where(repeats >= cfg.win_size * cfg.tau_r, other, token).astype(jnp.int32)
 
 
+class Decoding(NamedTuple):
+    """generate's loop state: the KV cache, the last step's logits (B, V + 1), the tokens drawn
+    (B, max_new_tokens), their counts, which rows are done, the key, the step."""
+
+    cache: dict
+    logits: jax.Array
+    tokens: jax.Array
+    count: jax.Array
+    done: jax.Array
+    rng: jax.Array
+    step: jax.Array
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def generate(
     model: TransformerLM,
@@ -235,36 +249,37 @@ def generate(
     min_len = (text_len * cfg.min_token_text_ratio).astype(jnp.int32)
     max_len = jnp.minimum((text_len * cfg.max_token_text_ratio).astype(jnp.int32), max_new_tokens)
 
-    def body(state):
-        cache, last, tokens, count, done, rng, i = state
-        rng, key = jax.random.split(rng)
-        logp = jax.nn.log_softmax(last.astype(jnp.float32), axis=-1)
+    def body(state: Decoding):
+        rng, key = jax.random.split(state.rng)
+        i = state.step
+        logp = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1)
         logp = logp.at[:, eos].set(jnp.where(i < min_len, -jnp.inf, logp[:, eos]))
         window = i - cfg.win_size + jnp.arange(cfg.win_size)
-        recent = jnp.where(window >= 0, tokens[:, jnp.maximum(window, 0)], -1)
+        recent = jnp.where(window >= 0, state.tokens[:, jnp.maximum(window, 0)], -1)
         token = ras_sample(key, logp, recent, cfg)
-        keep = ~done & (token != eos)
-        tokens = tokens.at[:, i].set(jnp.where(keep, token, 0))
-        count = count + keep
-        done = done | ~keep | (count >= max_len)
+        keep = ~state.done & (token != eos)
+        tokens = state.tokens.at[:, i].set(jnp.where(keep, token, 0))
+        count = state.count + keep
         embedded = model.apply(variables, jnp.minimum(token, eos - 1)[:, None], method="embed_speech")
         logits, mutated = model.apply(
-            {**variables, "cache": cache},
+            {**variables, "cache": state.cache},
             embedded,
             jnp.ones((b, 1), bool),
             (length + i)[:, None],
             method="step",
             mutable=["cache"],
         )
-        return mutated["cache"], logits[:, 0], tokens, count, done, rng, i + 1
+        done = state.done | ~keep | (count >= max_len)
+        return Decoding(mutated["cache"], logits[:, 0], tokens, count, done, rng, i + 1)
 
-    def cond(state):
-        return (state[-1] < max_new_tokens) & ~jnp.all(state[4])
+    def cond(state: Decoding):
+        return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
     tokens = jnp.zeros((b, max_new_tokens), jnp.int32)
-    start = (mutated["cache"], last, tokens, jnp.zeros((b,), jnp.int32), max_len <= 0, rng, jnp.int32(0))
-    _, _, tokens, count, _, _, _ = jax.lax.while_loop(cond, body, start)
-    return tokens, count
+    count = jnp.zeros((b,), jnp.int32)
+    start = Decoding(mutated["cache"], last, tokens, count, max_len <= 0, rng, jnp.int32(0))
+    end = jax.lax.while_loop(cond, body, start)
+    return end.tokens, end.count
 
 
 def config(name: str, **overrides) -> LMConfig:
