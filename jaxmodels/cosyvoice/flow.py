@@ -30,7 +30,7 @@ import numpy as np
 from jaxmodels.codec.seanet import conv_transpose
 from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, layer_path
-from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
+from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
@@ -395,7 +395,7 @@ def init_shapes(cfg: FlowConfig):
 
 
 def param_count(cfg: FlowConfig) -> int:
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg))))
+    return variants.param_count(Flow(cfg), *example_inputs(cfg))
 
 
 # The stacked modules: upstream's module list, the stack's Flax path, the config field of its length.

@@ -25,6 +25,7 @@ from jaxmodels.codec import losses
 from jaxmodels.codec.discriminator import hann_window, stft
 from jaxmodels.codec.hifigan_discriminator import Conv
 from jaxmodels.codec.seanet import SConvTranspose1d, Snake1d
+from jaxmodels.nn import variants
 from jaxmodels.nn.variants import named_config
 
 
@@ -252,7 +253,7 @@ def init_shapes(cfg: HiFTConfig):
 
 def param_count(cfg: HiFTConfig) -> int:
     """Parameters as torch counts them (weight norm's g and v apart)."""
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg))))
+    return variants.param_count(HiFTGenerator(cfg), jnp.zeros((1, 2, cfg.in_channels)), jax.random.key(1))
 
 
 def _flax_leaf(path: tuple[str, ...], name: str, value: np.ndarray):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.cosyvoice.encoder import ConformerEncoder, TransformerEncoder, layer_path
-from jaxmodels.nn import Dense
+from jaxmodels.nn import Dense, variants
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
 from jaxmodels.nn.variants import named_config
 
@@ -302,7 +302,7 @@ def init_shapes(cfg: LMConfig):
 
 
 def param_count(cfg: LMConfig) -> int:
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg))))
+    return variants.param_count(TransformerLM(cfg), *example_inputs(cfg))
 
 
 _EMBEDDINGS = ("text_embedding", "llm_embedding", "speech_embedding")
@@ -324,15 +324,15 @@ def from_torch(state_dict, cfg: LMConfig):
                 stack[2][int(index)] = value
                 break
         else:
-            module, _, leaf = key.rpartition(".")
-            top, _, rest = module.partition(".")
-            path = (top, rest.replace(".", "_")) if rest else (top,)
+            top, _, rest = key.partition(".")
             if top in _EMBEDDINGS:
-                paths[key], converted[key] = (*path, "embedding"), value
-            elif leaf == "bias" or value.ndim == 1:
-                paths[key], converted[key] = (*path, "bias" if leaf == "bias" else "scale"), value
+                path = (top, "embedding")
+            elif "." in rest:  # inside an encoder: "text_encoder.embed.out.0.weight"
+                inner, value = layer_path(rest, value)
+                path = (top, *inner)
             else:
-                paths[key], converted[key] = (*path, "kernel"), value.T
+                path, value = layer_path(key, value)
+            paths[key], converted[key] = path, value
     for key, (path, length, by_index) in stacks.items():
         converted[key], paths[key] = stack_layers(key, by_index, length), path
     params = assign_state_dict(converted, nn.unbox(init_shapes(cfg)), lambda key, value: (paths[key], value))

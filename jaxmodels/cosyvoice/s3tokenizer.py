@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.codec.losses import mel_filterbank
-from jaxmodels.nn import Dense, LayerNorm, repeated
+from jaxmodels.cosyvoice.encoder import layer_path
+from jaxmodels.nn import Dense, LayerNorm, repeated, variants
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
 from jaxmodels.nn.variants import named_config
@@ -212,13 +213,16 @@ def config(name: str, **overrides) -> S3Config:
     return named_config(CONFIGS, name, "s3tokenizer", **overrides)
 
 
+def example_inputs(cfg: S3Config, frames: int = 8):
+    return jnp.zeros((1, frames, cfg.n_mels)), jnp.array([frames])
+
+
 def init_shapes(cfg: S3Config):
-    mel = jnp.zeros((1, 8, cfg.n_mels))
-    return jax.eval_shape(lambda: S3Tokenizer(cfg).init(jax.random.key(0), mel, jnp.array([8])))
+    return jax.eval_shape(lambda: S3Tokenizer(cfg).init(jax.random.key(0), *example_inputs(cfg)))
 
 
 def param_count(cfg: S3Config) -> int:
-    return sum(leaf.size for leaf in jax.tree.leaves(nn.unbox(init_shapes(cfg)["params"])))
+    return variants.param_count(S3Tokenizer(cfg), *example_inputs(cfg))
 
 
 _BUFFERS = {
@@ -231,25 +235,8 @@ def _path(key: str, value: np.ndarray):
     """An upstream key outside the blocks -> (Flax path, value in Flax layout)."""
     if key in _BUFFERS:
         return _BUFFERS[key], value
-    module, _, leaf = key.rpartition(".")
-    module = {"quantizer._codebook.project_down": "project_down"}.get(module, module.replace(".", "_"))
-    if leaf == "bias":
-        return ("params", module, "bias"), value
-    if value.ndim == 3:  # Conv1d (out, in, k) -> (k, in, out)
-        return ("params", module, "kernel"), value.transpose(2, 1, 0)
-    return ("params", module, "kernel"), value.T
-
-
-def _block_path(key: str, value: np.ndarray):
-    module, _, leaf = key.rpartition(".")
-    name = module.replace(".", "_")
-    if leaf == "bias":
-        return (name, "bias"), value
-    if value.ndim == 1:
-        return (name, "scale"), value
-    if value.ndim == 3:
-        return (name, "kernel"), value.transpose(2, 1, 0)
-    return (name, "kernel"), value.T
+    path, value = layer_path(key.replace("quantizer._codebook.project_down", "project_down"), value)
+    return ("params", *path), value
 
 
 def from_torch(state_dict, cfg: S3Config):
@@ -261,7 +248,7 @@ def from_torch(state_dict, cfg: S3Config):
         value = np.asarray(value)
         if key.startswith("encoder.blocks."):
             index, _, rest = key.removeprefix("encoder.blocks.").partition(".")
-            path, value = _block_path(rest, value)
+            path, value = layer_path(rest, value)
             stack = stacks.setdefault(f"encoder.blocks.*.{rest}", (("params", "encoder_blocks", *path), {}))
             stack[1][int(index)] = value
         else:
