@@ -34,6 +34,7 @@ from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
+from jaxmodels.speechlm.transformer import Embed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,12 +285,7 @@ class Flow(nn.Module):
 
     def setup(self):
         c = self.config
-        self.input_embedding = nn.Embed(
-            c.vocab_size,
-            c.input_size,
-            dtype=self.dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
-        )
+        self.input_embedding = Embed(c.vocab_size, c.input_size, dtype=self.dtype)
         self.spk_embed_affine_layer = Dense(c.output_size, ("mlp", "embed"), dtype=self.dtype)
         self.encoder = ConformerEncoder(
             c.input_size, c.attention_heads, c.linear_units, c.num_blocks, dtype=self.dtype, remat=self.remat

@@ -31,6 +31,7 @@ from jaxmodels.cosyvoice.encoder import ConformerEncoder, TransformerEncoder, la
 from jaxmodels.nn import Dense, variants
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
 from jaxmodels.nn.variants import named_config
+from jaxmodels.speechlm.transformer import Embed
 
 IGNORE = -1  # upstream's IGNORE_ID: a target that is not scored
 
@@ -107,12 +108,6 @@ def loss(logits, target):
     return jnp.sum(nll * scored) / count, jnp.sum(right) / count
 
 
-def _embedding(num: int, dim: int, dtype):
-    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
-    init = nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed"))
-    return nn.Embed(num, dim, dtype=dtype, embedding_init=init)
-
-
 class TransformerLM(nn.Module):
     """TransformerLM: `sequence` packs the training rows, `logits` runs the LM over them,
     `step` decodes from the cache (see `generate`)."""
@@ -123,7 +118,7 @@ class TransformerLM(nn.Module):
 
     def setup(self):
         c = self.config
-        self.text_embedding = _embedding(c.text_token_size, c.text_encoder_input_size, self.dtype)
+        self.text_embedding = Embed(c.text_token_size, c.text_encoder_input_size, dtype=self.dtype)
         self.text_encoder = ConformerEncoder(
             c.text_encoder_output_size,
             c.text_encoder_heads,
@@ -134,12 +129,12 @@ class TransformerLM(nn.Module):
             remat=self.remat,
         )
         self.text_encoder_affine_layer = Dense(c.llm_input_size, ("mlp", "embed"), dtype=self.dtype)
-        self.llm_embedding = _embedding(2, c.llm_input_size, self.dtype)  # sos, task_id
+        self.llm_embedding = Embed(2, c.llm_input_size, dtype=self.dtype)  # sos, task_id
         self.llm = TransformerEncoder(
             c.llm_output_size, c.llm_heads, c.llm_linear_units, c.llm_blocks, dtype=self.dtype, remat=self.remat
         )
         self.llm_decoder = Dense(c.speech_token_size + 1, ("embed", "vocab"), dtype=self.dtype)
-        self.speech_embedding = _embedding(c.speech_token_size, c.llm_input_size, self.dtype)
+        self.speech_embedding = Embed(c.speech_token_size, c.llm_input_size, dtype=self.dtype)
         self.spk_embed_affine_layer = Dense(c.llm_input_size, ("mlp", "embed"), dtype=self.dtype)
 
     def encode(self, text, text_len):

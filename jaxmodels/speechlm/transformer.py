@@ -55,11 +55,13 @@ def attention_mask(q_slots, k_slots, k_valid, causal: bool, bidirectional):
     return allowed
 
 
-def Embed(num: int, dim: int, name: str):
-    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"."""
+def Embed(num: int, dim: int, name: str | None = None, dtype=None):
+    """A token table (num, dim), N(0, 1) as torch's nn.Embedding, rows over "vocab"; no name
+    in a setup (the attribute names it)."""
     return nn.Embed(
         num,
         dim,
+        dtype=dtype,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
         name=name,
     )
