@@ -81,3 +81,15 @@ def test_sgd_steps_as_torch(nesterov):
     ours, theirs = run_both(cfg, lambda p: torch.optim.SGD(groups(p, 1e-2), lr=0.1, momentum=0.9, nesterov=nesterov))
     for k in ours:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_inverse_sqrt_schedule_is_espnets_warmuplr():
+    """CosyVoice's warmuplr (ESPnet's WarmupLR): lr * warmup^0.5 * min(n^-0.5, n * warmup^-1.5) at the n-th step."""
+    from trainers.optim import schedule
+
+    cfg = OptimizerConfig(lr=1e-3, schedule="inverse_sqrt", warmup_steps=2500)
+    n = np.array([1, 100, 2500, 2501, 10000, 1_000_000])
+    expected = 1e-3 * 2500**0.5 * np.minimum(n**-0.5, n * 2500**-1.5)
+    np.testing.assert_allclose([schedule(cfg, 10)(step - 1) for step in n], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="inverse_sqrt needs optimizer.warmup_steps > 0"):
+        schedule(OptimizerConfig(schedule="inverse_sqrt"), 10)

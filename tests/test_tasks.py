@@ -37,7 +37,8 @@ def test_a_family_outside_trainers_trains_with_its_own_section(tmp_path):
 
 def test_unknown_tasks_and_sections_are_named():
     with pytest.raises(
-        config_lib.ConfigError, match="unknown task 'ctcc'; valid: audiolm, classification, codec, ctc"
+        config_lib.ConfigError,
+        match="unknown task 'ctcc'; valid: audiolm, classification, codec, cosyvoice_flow, cosyvoice_llm, ctc",
     ):
         config_lib.parse({"task": "ctcc"})
     with pytest.raises(config_lib.ConfigError, match="task: every config names its task"):

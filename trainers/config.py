@@ -57,7 +57,7 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.9  # sgd
     nesterov: bool = False
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "inverse_sqrt"] = "cosine"
     warmup_steps: int = 0
     warmup_init_lr: float = 0.0
     min_lr: float = 0.0

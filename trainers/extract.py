@@ -6,6 +6,8 @@ corpus through a self-supervised encoder.
     python -m trainers.extract units CONFIG.yaml --encoder PATH --layer L --workdir DIR \
         [--clusters K | --tokenizer TOKENIZER.npz | --features] [--splits train,test]
     python -m trainers.extract codes CONFIG.yaml --codec RUN_OR_WEIGHTS [--codec_model NAME] --workdir DIR
+    python -m trainers.extract s3tokens CONFIG.yaml --s3tokenizer WEIGHTS [--s3tokenizer_model NAME] --workdir DIR
+    python -m trainers.extract xvectors CONFIG.yaml --speaker SPEAKER.npz --workdir DIR
 
 vae:
 ROOT/<split>/<class>/<image> (the ImageNet layout) -> DIR/<split>/: the VAE's posterior
@@ -32,6 +34,15 @@ takes them), (frames, n_q) int16 per utterance at the codec's rate. The batch pa
 utterance with zeros, which the last frames of a non-causal codec see (upstream encodes each
 file alone).
 
+s3tokens: the same utterances -> DIR/<split>/: CosyVoice's supervised semantic tokens (`units`) of a
+released S3 tokenizer (--s3tokenizer: the s3tokenizer package's state_dict, .pt or .safetensors;
+--s3tokenizer_model: speech_tokenizer_v1, speech_tokenizer_v1_25hz or speech_tokenizer_v2_25hz),
+as CosyVoice's tools/extract_speech_token.py makes them for its LM and flow.
+
+xvectors: the same utterances -> DIR/<split>/: one unit-length speaker embedding per utterance
+(`features`, one frame each) of a speaker embedder (python -m trainers.speaker makes one), the
+role CAM++ plays in CosyVoice's tools/extract_embedding.py.
+
 Every device of every process encodes: each process takes its rows of each global batch and
 writes its own shard files (`p<process>_s<shard>_<what>.npy`, each row's index in the split
 last); `index.json` lists them when the split is complete. A killed run started again skips
@@ -48,7 +59,7 @@ from PIL import Image
 
 from trainers.cli import InputError, command
 
-KINDS = ("vae", "units", "codes")
+KINDS = ("vae", "units", "codes", "s3tokens", "xvectors")
 
 
 def center_crop_arr(path: str, size: int) -> np.ndarray:
@@ -358,6 +369,47 @@ def codec_codes(args, cfg):
     extract_splits(args, cfg, encode, mesh, "codes", meta, c.sample_rate)
 
 
+def s3_tokens(args, cfg):
+    from jaxmodels.cosyvoice import s3tokenizer
+    from trainers import sharding, speech
+
+    if not args.s3tokenizer:
+        raise InputError("give --s3tokenizer: a released S3 tokenizer's weights (.pt or .safetensors)")
+    model, variables = s3tokenizer.load(args.s3tokenizer, args.s3tokenizer_model)
+    mesh = sharding.make_mesh(data=-1)
+    if args.batch_size % mesh.size:
+        raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
+
+    def encode(audio, lengths):
+        mel, frames = s3tokenizer.log_mel_spectrogram(audio, lengths, model.config.n_mels)
+        return model.apply(variables, mel, frames, method="quantize")
+
+    meta = {"s3tokenizer": args.s3tokenizer, "s3tokenizer_model": args.s3tokenizer_model}
+    meta.update(frame_rate=model.config.token_rate, clusters=model.config.n_codebook_size)
+    extract_splits(args, cfg, encode, mesh, "units", meta, speech.SAMPLE_RATE)
+
+
+def speaker_xvectors(args, cfg):
+    import jax.numpy as jnp
+
+    from trainers import sharding, speech
+    from trainers.speaker import SpeakerEmbedder
+
+    if not args.speaker:
+        raise InputError("give --speaker: a speaker embedder (python -m trainers.speaker CONFIG --out SPEAKER.npz)")
+    embedder = SpeakerEmbedder.load(args.speaker)
+    mesh = sharding.make_mesh(data=-1)
+    if args.batch_size % mesh.size:
+        raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
+
+    def encode(audio, lengths):
+        embedding = embedder.embed(embedder.params, audio, lengths)
+        return embedding[:, None], jnp.ones(lengths.shape, jnp.int32)
+
+    meta = {"speaker": args.speaker, "frame_rate": 0.0}
+    extract_splits(args, cfg, encode, mesh, "features", meta, speech.SAMPLE_RATE)
+
+
 @command
 def main(argv=None):
     import launch
@@ -381,6 +433,9 @@ def main(argv=None):
         p.add_argument("--features", action="store_true", help="units: the hidden states, not units")
         p.add_argument("--codec", help="codes: a codec run's directory, or codec weights (with --codec_model)")
         p.add_argument("--codec_model", default="encodec_24khz", help="codes: the weights' config (trainers.compress)")
+        p.add_argument("--s3tokenizer", help="s3tokens: a released S3 tokenizer's weights (.pt or .safetensors)")
+        p.add_argument("--s3tokenizer_model", default="speech_tokenizer_v1", help="s3tokens: its configuration")
+        p.add_argument("--speaker", help="xvectors: a speaker embedder (.npz of python -m trainers.speaker)")
         p.add_argument("--batch_size", type=int, default=256, help="items per step over all devices")
         p.add_argument("--shard_batches", type=int, default=100, help="steps per shard file (the unit of resuming)")
         p.add_argument("--workers", type=int, default=8, help="vae: threads decoding images in each process")
@@ -391,7 +446,9 @@ def main(argv=None):
     kind, argv = argv[0], argv[1:]
     args, cfg = parse_command_line("python -m trainers.extract", __doc__, argv, add_arguments)
     launch.initialize()
-    {"vae": vae_latents, "units": speech_units, "codes": codec_codes}[kind](args, cfg)
+    kinds = {"vae": vae_latents, "units": speech_units, "codes": codec_codes}
+    kinds.update(s3tokens=s3_tokens, xvectors=speaker_xvectors)
+    kinds[kind](args, cfg)
 
 
 if __name__ == "__main__":

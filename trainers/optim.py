@@ -1,14 +1,21 @@
 """Optimizer and learning-rate schedule from config (optax)."""
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from trainers.config import OptimizerConfig
 
 
 def schedule(cfg: OptimizerConfig, total_steps: int):
-    """Linear warmup from warmup_init_lr to lr, then cosine/linear decay to min_lr, or constant."""
+    """Linear warmup from warmup_init_lr to lr, then cosine/linear decay to min_lr, or constant;
+    or inverse_sqrt: ESPnet's WarmupLR (CosyVoice's warmuplr), lr * min(n / warmup, sqrt(warmup / n))
+    at the n-th step counted from 1."""
     warm = max(cfg.warmup_steps, 0)
+    if cfg.schedule == "inverse_sqrt":
+        if warm == 0:
+            raise ValueError("optimizer.schedule inverse_sqrt needs optimizer.warmup_steps > 0")
+        return lambda step: cfg.lr * jnp.minimum((step + 1) / warm, jnp.sqrt(warm / (step + 1)))
     rest = max(total_steps - warm, 1)
     if cfg.schedule == "cosine":
         main = optax.cosine_decay_schedule(cfg.lr, rest, alpha=cfg.min_lr / cfg.lr if cfg.lr else 0.0)

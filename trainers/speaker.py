@@ -33,9 +33,11 @@ class SpeakerNet(nn.Module):
         ended at once) pools to zeros: its embedding is the same for every such utterance."""
         w = valid[..., None].astype(feats.dtype)
         count = jnp.maximum(w.sum(1, keepdims=True), 1.0)
-        x = feats - (feats * w).sum(1, keepdims=True) / count  # per-utterance CMN
-        x = nn.relu(nn.Conv(self.width, (5,))(x))
-        x = nn.relu(nn.Conv(self.width, (3,), kernel_dilation=(2,))(x))
+        # Per-utterance CMN; every layer zeroed past the utterance, so that its embedding is the
+        # same whatever the batch pads it to.
+        x = (feats - (feats * w).sum(1, keepdims=True) / count) * w
+        x = nn.relu(nn.Conv(self.width, (5,))(x)) * w
+        x = nn.relu(nn.Conv(self.width, (3,), kernel_dilation=(2,))(x)) * w
         mean = (x * w).sum(1) / count[:, 0]
         std = jnp.sqrt(jnp.maximum((w * (x - mean[:, None]) ** 2).sum(1) / count[:, 0], 1e-6))
         embedding = nn.Dense(self.width)(jnp.concatenate([mean, std], -1))
@@ -65,6 +67,12 @@ class SpeakerEmbedder:
     def __call__(self, waveforms):
         e = np.asarray(self.apply(self.params, *_features(waveforms))[0])
         return e / np.linalg.norm(e, axis=-1, keepdims=True)
+
+    def embed(self, params, audio, lengths):
+        """The same of padded audio (B, T) with lengths (B,), traceable (for jit over a mesh)."""
+        feats, frames = fbank(audio, lengths, num_mel_bins=NUM_MEL_BINS)
+        e = self.model.apply({"params": params}, feats, jnp.arange(feats.shape[1])[None] < frames[:, None])[0]
+        return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
     def save(self, path: str):
         flat = {

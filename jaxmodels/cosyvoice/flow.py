@@ -320,10 +320,10 @@ class Flow(nn.Module):
         x = self.length_regulator(interpolate(h, frames))
         return x if mask is None else x * mask[..., None]
 
-    def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """MaskedDiffWithXvec.forward: the flow-matching loss of the mel `feat` (B, T, C), the
-        regulated mean interpolated to T (upstream's: the batch padded to its longest); half the
-        rows see a prompt, their first U[0, 0.3 length] frames."""
+    def errors(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """MaskedDiffWithXvec.forward's flow-matching errors of the mel `feat` (B, T, C), per row
+        (fm.cfm_errors), the regulated mean interpolated to T (upstream's: the batch padded to its
+        longest); half the rows see a prompt, their first U[0, 0.3 length] frames."""
         k_prompt, k_span, k_flow = jax.random.split(rng, 3)
         frames = feat.shape[1]
         mask = (jnp.arange(frames)[None] < feat_len[:, None]).astype(jnp.float32)
@@ -331,7 +331,12 @@ class Flow(nn.Module):
         span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
         span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
         cond = jnp.where(jnp.arange(frames)[None, :, None] < span[:, None, None], feat, 0.0)
-        return fm.cfm_loss(self.estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+        return fm.cfm_errors(self.estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+
+    def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """The training loss: `errors` over the batch's (frames x mel bins), as upstream's."""
+        errors = self.errors(rng, tokens, token_len, feat, feat_len, embedding)
+        return jnp.sum(errors) / (jnp.maximum(jnp.sum(feat_len), 1) * feat.shape[-1])
 
     def conditions(self, tokens, prompt_tokens, prompt_feat, embedding):
         """The estimator's conditions (mu, mask, spks, cond) over the prompt's mel frames (B, M1)

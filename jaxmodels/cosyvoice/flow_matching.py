@@ -42,14 +42,17 @@ def training_targets(rng, x1, cfg: CFMConfig):
     return t, y, u, keep
 
 
-def cfm_loss(estimator, rng, x1, mask, mu, spks, cond, cfg: CFMConfig):
-    """ConditionalCFM.compute_loss: the squared error of the estimated velocity over the mask's
-    frames, summed and divided by (frames x channels) of the batch."""
+def cfm_errors(estimator, rng, x1, mask, mu, spks, cond, cfg: CFMConfig):
+    """Per row (B,): the summed squared error of the estimated velocity over the mask's frames."""
     t, y, u, keep = training_targets(rng, x1, cfg)
     pred = estimator(y, mask, mu * keep[:, None, None], t, spks * keep[:, None], cond * keep[:, None, None])
-    m = mask[..., None].astype(jnp.float32)
-    error = jnp.sum(jnp.square((pred - u) * m))
-    return error / (jnp.sum(m) * x1.shape[-1])
+    return jnp.sum(jnp.square((pred - u) * mask[..., None].astype(jnp.float32)), axis=(1, 2))
+
+
+def cfm_loss(estimator, rng, x1, mask, mu, spks, cond, cfg: CFMConfig):
+    """ConditionalCFM.compute_loss: cfm_errors summed and divided by (frames x channels) of the batch."""
+    errors = cfm_errors(estimator, rng, x1, mask, mu, spks, cond, cfg)
+    return jnp.sum(errors) / (jnp.sum(mask.astype(jnp.float32)) * x1.shape[-1])
 
 
 def time_span(cfg: CFMConfig) -> np.ndarray:

@@ -98,14 +98,20 @@ def targets(text, text_len, speech, speech_len, eos: int, speaker: bool = True):
     return out
 
 
-def loss(logits, target):
-    """(cross entropy, accuracy) over the scored targets of the whole batch."""
+def scores(logits, target):
+    """Per row (B,): (summed cross entropy, scored targets, right argmaxes) of the scored targets."""
     scored = target != IGNORE
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, jnp.maximum(target, 0)[..., None], axis=-1)[..., 0]
-    count = jnp.maximum(jnp.sum(scored), 1)
     right = (jnp.argmax(logits, axis=-1) == target) & scored
-    return jnp.sum(nll * scored) / count, jnp.sum(right) / count
+    return jnp.sum(nll * scored, 1), jnp.sum(scored, 1), jnp.sum(right, 1)
+
+
+def loss(logits, target):
+    """(cross entropy, accuracy) over the scored targets of the whole batch."""
+    nll, count, right = (jnp.sum(v) for v in scores(logits, target))
+    count = jnp.maximum(count, 1)
+    return nll / count, right / count
 
 
 class TransformerLM(nn.Module):

@@ -1,0 +1,191 @@
+"""CosyVoice's flow decoder and LM trained on what trainers.extract writes (task: cosyvoice_flow,
+task: cosyvoice_llm): each utterance's S3 tokens and x-vector as the models give them alone;
+for each task a run that evaluates and resumes exactly, a sharded step equal to one device's,
+and the errors that name a missing or mismatched folder or example."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, assert_same_updates, manifest_data, one_step_on_one_and_eight_devices
+from PIL import Image
+
+from jaxmodels.cosyvoice import s3tokenizer
+
+# One resolution and one block of each kind, at the tone corpus's 16 kHz (100 mel frames a
+# second of 16 bins) and the tiny S3 tokenizer's 50 Hz tokens of 256 codes.
+TINY_FLOW = {
+    "vocab_size": 256,
+    "input_size": 16,
+    "output_size": 16,
+    "spk_embed_dim": 128,
+    "sample_rate": 16000,
+    "hop_length": 160,
+    "attention_heads": 2,
+    "linear_units": 16,
+    "num_blocks": 1,
+    "channels": [16],
+    "attention_head_dim": 4,
+    "n_blocks": 1,
+    "num_mid_blocks": 1,
+    "num_heads": 2,
+}
+TINY_LLM = {
+    "text_token_size": 256,
+    "speech_token_size": 256,
+    "text_encoder_input_size": 16,
+    "text_encoder_output_size": 16,
+    "llm_input_size": 16,
+    "llm_output_size": 16,
+    "spk_embed_dim": 128,
+    "text_encoder_heads": 2,
+    "text_encoder_linear_units": 16,
+    "text_encoder_blocks": 1,
+    "llm_heads": 2,
+    "llm_linear_units": 16,
+    "llm_blocks": 1,
+}
+RUN = {"steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2, "async_checkpointing": False}
+SGD = {"name": "sgd", "lr": 0.1, "schedule": "constant", "weight_decay": 0.0, "clip_grad_norm": 0.0}
+
+
+@pytest.fixture(scope="module")
+def cosyvoice_data(tone_corpus, tmp_path_factory):
+    """The tone corpus's S3 tokens (the v1 tokenizer of tests/data/s3tokenizer_reference.npz) and
+    x-vectors (a speaker embedder trained on its voices), written by trainers.extract."""
+    from safetensors.numpy import save_file
+
+    from trainers import extract, speaker
+
+    root = tmp_path_factory.mktemp("cosyvoice")
+    with np.load(ROOT / "tests" / "data" / "s3tokenizer_reference.npz") as f:
+        weights = {k[6:]: f[k].astype(np.float32) for k in f.files if k.startswith("v1/sd/")}
+        save_file(weights, str(root / "s3.safetensors"))
+        s3 = s3tokenizer.S3Config(**json.loads(str(f["v1/config"])))
+    data = manifest_data(tone_corpus, max_seconds=0.06)
+    (root / "data.yaml").write_text(json.dumps({"task": "cosyvoice_flow", "data": data}))
+    common = ["--splits", "train,test", "--batch_size", "8"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(s3tokenizer.CONFIGS, "s3_tiny", s3)
+        extract.main(
+            ["s3tokens", str(root / "data.yaml"), "--s3tokenizer", str(root / "s3.safetensors"), "--s3tokenizer_model"]
+            + ["s3_tiny", "--workdir", str(root / "tokens"), *common]
+        )
+    speaker.main([str(root / "data.yaml"), "--out", str(root / "speaker.npz"), "--steps", "20"])
+    extract.main(
+        ["xvectors", str(root / "data.yaml"), "--speaker", str(root / "speaker.npz")]
+        + ["--workdir", str(root / "xvectors"), *common]
+    )
+    return {**data, "tokens": str(root / "tokens"), "xvectors": str(root / "xvectors")}, root, s3
+
+
+def task_config(data, task, **sections):
+    from trainers import config as config_lib
+
+    config = {
+        "task": task,
+        "data": data,
+        "optimizer": {"name": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0},
+        "train": RUN,
+    }
+    if task == "cosyvoice_flow":
+        config["model"] = {"name": "flow_cosyvoice_300m", "args": TINY_FLOW}
+        config["flow"] = {"n_fft": 320, "win_length": 320, "eval_examples": 2}
+        config["flow"].update(prompt_seconds=0.02, generate_seconds=0.02)
+    else:
+        config["model"] = {"name": "llm_cosyvoice_300m", "args": TINY_LLM}
+        config["llm"] = {"max_text_tokens": 16, "eval_examples": 3}
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config_lib.parse(config)
+
+
+def test_cosyvoice_extracted_tokens_and_xvectors_are_each_utterances_own(cosyvoice_data, tone_corpus):
+    from safetensors.numpy import load_file
+
+    from trainers import speech
+    from trainers.extracted import ExtractedFrames
+    from trainers.speaker import SpeakerEmbedder
+
+    data, root, s3 = cosyvoice_data
+    tokens, xvectors = ExtractedFrames(f"{data['tokens']}/test"), ExtractedFrames(f"{data['xvectors']}/test")
+    assert tokens.what == "units" and tokens.frame_rate == 50 and tokens.meta["clusters"] == 256 and len(tokens) == 6
+    model, variables = s3tokenizer.S3Tokenizer(s3), s3tokenizer.from_torch(load_file(str(root / "s3.safetensors")), s3)
+    embedder = SpeakerEmbedder.load(str(root / "speaker.npz"))
+    for key in ("test0", "test3"):
+        audio = speech.read_audio(str(tone_corpus / "wav" / f"{key}.wav"))
+        mel, frames = s3tokenizer.log_mel_spectrogram(audio[None], np.array([len(audio)]))
+        alone, n = model.apply(variables, mel, frames, method="quantize")
+        np.testing.assert_array_equal(tokens[key], np.asarray(alone)[0, : int(n[0])])
+        np.testing.assert_allclose(xvectors[key][0], embedder([audio])[0], atol=2e-3)  # stored in float16
+        assert xvectors[key].shape == (1, 128)
+
+
+@pytest.mark.slow  # two runs: init, the step, eval and generation compiled
+@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
+def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tmp_path):
+    from trainers.checkpoint import Checkpointer
+    from trainers.loop import Trainer, train
+
+    data, _, _ = cosyvoice_data
+    cfg = task_config(data, task)
+    final = train(cfg, str(tmp_path / "run"))
+    if task == "cosyvoice_flow":
+        # The velocity's squared error per value: the log-mels lie about 10 below zero.
+        assert 0 < final["eval/loss"] < 300 and 0 < final["eval/mel_distance"] < 20, final
+        with Image.open(tmp_path / "run" / "spectrograms.png") as picture:
+            assert picture.format == "PNG"
+    else:
+        assert 0 < final["eval/loss"] < 2 * np.log(257) and 0 <= final["eval/accuracy"] <= 1, final
+        # Three tokens fit 0.06 s, and eos waits for twice the text's bytes: every row draws three.
+        assert final["eval/length_ratio"] >= 1 and 0 <= final["eval/token_error_rate"] <= 1, final
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped"] for r in rows if "train/skipped" in r] == [0.0] * 4
+
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    assert train(cfg, str(tmp_path / "resumed")) == final
+    states = [
+        Checkpointer(str(tmp_path / run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1]
+        for run in ("run", "resumed")
+    ]
+    assert jax.tree.all(jax.tree.map(np.array_equal, *(jax.device_get(s.params) for s in states)))
+
+
+@pytest.mark.slow  # two steps compiled for each task
+@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
+def test_cosyvoice_step_on_eight_devices_equals_one(cosyvoice_data, task):
+    data, _, _ = cosyvoice_data
+
+    def batch(task):
+        source = task.train_source()
+        rows = [task.train_transform(source[i], np.random.default_rng(i)) for i in range(8)]
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    results = one_step_on_one_and_eight_devices(lambda mesh: task_config(data, task, optimizer=SGD, mesh=mesh), batch)
+    (before, metrics, after), (_, sharded_metrics, sharded_after) = results
+    np.testing.assert_allclose(sharded_metrics["train/loss"], metrics["train/loss"], rtol=1e-5)
+    assert_same_updates(before, sharded_after, after)
+
+
+def test_cosyvoice_errors(cosyvoice_data, tmp_path):
+    from trainers.config import ConfigError
+    from trainers.tasks import get_task
+
+    data, _, _ = cosyvoice_data
+    with pytest.raises(ConfigError, match="data.tokens: give the folder of python -m trainers.extract s3tokens"):
+        get_task(task_config({**data, "tokens": ""}, "cosyvoice_flow"))
+    with pytest.raises(ConfigError, match="holds tokens at 50.0 Hz; model flow_cosyvoice_300m reads them at 25"):
+        get_task(task_config(data, "cosyvoice_flow", model={"args": {**TINY_FLOW, "input_frame_rate": 25}}))
+    with pytest.raises(ConfigError, match="256 codes; model llm_cosyvoice_300m reads S3 tokens of 4096"):
+        get_task(task_config(data, "cosyvoice_llm", model={"args": {**TINY_LLM, "speech_token_size": 4096}}))
+    task = get_task(task_config(data, "cosyvoice_flow", model={"args": {**TINY_FLOW, "spk_embed_dim": 192}}))
+    with pytest.raises(ConfigError, match="128-wide x-vectors; the model's spk_embed_dim is 192"):
+        task.train_transform(task.train_source()[0], np.random.default_rng(0))
+    task = get_task(task_config(data, "cosyvoice_llm", llm={"max_text_tokens": 3}))
+    with pytest.raises(ValueError, match=r"speech tokens; the examples hold 3 \(llm.max_text_tokens\)"):
+        task.train_transform(task.train_source()[0], np.random.default_rng(0))
+    skipping = get_task(task_config({**data, "on_bad_audio": "skip"}, "cosyvoice_llm", llm={"max_text_tokens": 3}))
+    assert skipping.train_transform(skipping.train_source()[0], np.random.default_rng(0))["mask"] == 0

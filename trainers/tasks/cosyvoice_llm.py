@@ -1,0 +1,182 @@
+"""CosyVoice's text-to-token LM trained as upstream's TransformerLM (task: cosyvoice_llm), on a
+corpus's transcripts and the S3 tokens and x-vectors that trainers.extract writes (the same
+folders as task: cosyvoice_flow; jaxmodels.cosyvoice.llm):
+
+    python -m trainers.extract s3tokens CONFIG --s3tokenizer speech_tokenizer_v1.pt --workdir TOKENS
+    python -m trainers.extract xvectors CONFIG --speaker SPEAKER.npz --workdir XVECTORS
+    python -m trainers.train CONFIG --workdir runs/llm     # data.tokens: TOKENS, data.xvectors: XVECTORS
+
+Each example is an utterance's transcript as UTF-8 bytes (text ids 0-255), its S3 tokens and
+its x-vector, padded to llm.max_text_tokens and data.max_seconds of tokens; a longer one is bad
+audio (an error, or skipped under data.on_bad_audio=skip). The loss is TransformerLM.forward's:
+the rows [sos, x-vector, text, task_id, speech] predict the speech tokens and eos, cross entropy
+over the batch's scored tokens. Eval reports that cross entropy and the next-token accuracy
+over the eval split, and for the first llm.eval_examples eval utterances the tokens generated
+from their text in their speaker's voice (upstream's sampling, a fixed key): the ratio of their
+count to the real one (`eval/length_ratio`) and their edit distance to the real tokens over the
+real count (`eval/token_error_rate`).
+"""
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.cosyvoice import llm
+from trainers import sharding, speech
+from trainers.config import ConfigError
+from trainers.evaluators.text import edit_distance
+from trainers.tasks import SplitSources, _cosyvoice
+
+TEXT_TOKENS = 256  # the UTF-8 bytes
+
+
+@dataclass
+class LLMTaskConfig:
+    """The examples' sizes and the eval generations."""
+
+    max_text_tokens: int = 200  # upstream's token_max_length filter
+    eval_examples: int = 4
+
+
+SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
+
+
+class Transcript:
+    """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes."""
+
+    def __init__(self, cfg, tokens, xvectors, speech_size: int, width: int):
+        self.tokens, self.xvectors, self.on_bad_audio = tokens, xvectors, cfg.data.on_bad_audio
+        self.text_size, self.speech_size, self.width = cfg.llm.max_text_tokens, speech_size, width
+
+    def __call__(self, record, rng):
+        out = {
+            "text": np.zeros(self.text_size, np.int32),
+            "text_length": np.int32(0),
+            "speech": np.zeros(self.speech_size, np.int32),
+            "speech_length": np.int32(0),
+            "xvector": np.zeros(self.width, np.float32),
+            "mask": np.float32(0.0),
+        }
+        text = np.frombuffer(record["target"].encode("utf-8"), np.uint8)
+        tokens = self.tokens[record["key"]]
+        if len(text) > self.text_size or len(tokens) > self.speech_size:
+            if self.on_bad_audio == "skip":
+                return out
+            raise ValueError(
+                f"utterance {record['key']!r}: {len(text)} text bytes and {len(tokens)} speech tokens; the "
+                f"examples hold {self.text_size} (llm.max_text_tokens) and {self.speech_size} (data.max_seconds)"
+            )
+        out["text"][: len(text)] = text
+        out["speech"][: len(tokens)] = tokens
+        out.update(text_length=np.int32(len(text)), speech_length=np.int32(len(tokens)), mask=np.float32(1.0))
+        out["xvector"][:] = _cosyvoice.xvector(self.xvectors, record["key"], self.width)
+        return out
+
+
+class LLMTask(SplitSources):
+    def __init__(self, cfg):
+        self.cfg = cfg
+        d = cfg.data
+        self.config = llm.config(cfg.model.name, **cfg.model.args)
+        if self.config.text_token_size < TEXT_TOKENS:
+            raise ConfigError(f"model.args.text_token_size: {self.config.text_token_size}, fewer than the 256 bytes")
+        self.model = llm.TransformerLM(self.config, jnp.dtype(cfg.train.compute_dtype), cfg.train.remat)
+        transforms = []
+        for split in (d.train_split, d.eval_split):
+            tokens, xvectors = _cosyvoice.extracted(cfg, split, self.config.speech_token_size)
+            size = math.ceil(d.max_seconds * tokens.frame_rate)
+            transforms.append(Transcript(cfg, tokens, xvectors, size, self.config.spk_embed_dim))
+        self.train_transform, self.eval_transform = transforms
+
+    def make_source(self, split):
+        return speech.SpeechSource(self.cfg, split)
+
+    def length_buckets(self):
+        rate = self.train_transform.tokens.frame_rate
+        crop = lambda samples: {"speech": math.ceil(samples / speech.SAMPLE_RATE * rate)}  # noqa: E731
+        return speech.duration_buckets(self.cfg.data, self.train_source(), crop)
+
+    def example_batch(self, n):
+        t = self.train_transform
+        return {
+            "text": np.zeros((n, t.text_size), np.int32),
+            "text_length": np.full((n,), t.text_size, np.int32),
+            "speech": np.zeros((n, t.speech_size), np.int32),
+            "speech_length": np.full((n,), t.speech_size, np.int32),
+            "xvector": np.ones((n, t.width), np.float32),
+            "mask": np.ones((n,), np.float32),
+        }
+
+    def _inputs(self, batch):
+        """The model's inputs of a batch; rows of mask 0 have no text and no speech."""
+        real = batch["mask"] > 0
+        text_len = jnp.where(real, batch["text_length"], 0)
+        speech_len = jnp.where(real, batch["speech_length"], 0)
+        return batch["text"], text_len, batch["speech"], speech_len, batch["xvector"]
+
+    def init(self, rng, batch):
+        return self.model.init(rng, *self._inputs(batch))
+
+    def convert_weights(self, state_dict):
+        """A released llm.pt."""
+        return llm.from_torch(state_dict, self.config)
+
+    def _scores(self, params, batch):
+        inputs = self._inputs(batch)
+        logits = self.model.apply({"params": params}, *inputs)
+        target = llm.targets(*inputs[:4], eos=self.config.speech_token_size)
+        target = jnp.where(batch["mask"][:, None] > 0, target, llm.IGNORE)  # a skipped row scores nothing
+        return llm.scores(logits, target)
+
+    def loss(self, params, batch, rng, step):
+        nll, count, right = (jnp.sum(v) for v in self._scores(params, batch))
+        count = jnp.maximum(count, 1)
+        return nll / count, {"train/accuracy": right / count, "train/skipped": jnp.sum(1.0 - batch["mask"])}
+
+    def eval_outputs(self, params, batch):
+        nll, count, right = self._scores(params, batch)
+        return {"nll": nll, "count": count, "right": right}
+
+    def eval_metrics(self, outputs):
+        count = max(float(np.sum(outputs["count"])), 1.0)
+        return {"loss": float(np.sum(outputs["nll"])) / count, "accuracy": float(np.sum(outputs["right"])) / count}
+
+    def generate(self, params, mesh):
+        """Tokens of the first llm.eval_examples eval utterances, generated from their text alone
+        with their x-vector, against their real tokens."""
+        source = self.eval_source()
+        rows = [self.eval_transform(source[i], None) for i in range(min(self.cfg.llm.eval_examples, len(source)))]
+        rows = [r for r in rows if r["mask"] > 0]
+        if not rows:
+            return {}, {}
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        empty = np.zeros((len(rows), 1), np.int32), np.zeros(len(rows), np.int32)
+        tokens, count = llm.generate(
+            self.model,
+            sharding.host_copy(params),
+            jax.random.key(0),
+            batch["text"],
+            batch["text_length"],
+            *empty,
+            *empty,
+            batch["xvector"],
+            max_new_tokens=self.train_transform.speech_size,
+        )
+        tokens, count = np.asarray(tokens), np.asarray(count)
+        real = [r["speech"][: r["speech_length"]] for r in rows]
+        generated = [t[:n] for t, n in zip(tokens, count)]
+        metrics = {
+            "length_ratio": float(np.mean([len(g) / max(len(r), 1) for g, r in zip(generated, real)])),
+            "token_error_rate": float(sum(edit_distance(list(r), list(g)) for r, g in zip(real, generated)))
+            / max(sum(len(r) for r in real), 1),
+        }
+        return metrics, {}
+
+    def write_artifacts(self, workdir, outputs, step):
+        """Tokens alone make no audio: the flow decoder and the vocoder speak them."""
+
+
+TASK = LLMTask
