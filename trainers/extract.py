@@ -37,7 +37,8 @@ file alone).
 s3tokens: the same utterances -> DIR/<split>/: CosyVoice's supervised semantic tokens (`units`) of a
 released S3 tokenizer (--s3tokenizer: the s3tokenizer package's state_dict, .pt or .safetensors;
 --s3tokenizer_model: speech_tokenizer_v1, speech_tokenizer_v1_25hz or speech_tokenizer_v2_25hz),
-as CosyVoice's tools/extract_speech_token.py makes them for its LM and flow.
+as CosyVoice's tools/extract_speech_token.py makes them for its LM and flow (audio past 30 s in
+the package's overlapping windows).
 
 xvectors: the same utterances -> DIR/<split>/: one unit-length speaker embedding per utterance
 (`features`, one frame each) of a speaker embedder (python -m trainers.speaker makes one), the
@@ -381,8 +382,7 @@ def s3_tokens(args, cfg):
         raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
 
     def encode(audio, lengths):
-        mel, frames = s3tokenizer.log_mel_spectrogram(audio, lengths, model.config.n_mels)
-        return model.apply(variables, mel, frames, method="quantize")
+        return s3tokenizer.tokenize(model, variables, audio, lengths)
 
     meta = {"s3tokenizer": args.s3tokenizer, "s3tokenizer_model": args.s3tokenizer_model}
     meta.update(frame_rate=model.config.token_rate, clusters=model.config.n_codebook_size)

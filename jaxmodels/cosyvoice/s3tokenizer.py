@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxmodels.codec.losses import mel_filterbank
 from jaxmodels.cosyvoice.encoder import layer_path
+from jaxmodels.cosyvoice.llm import ragged_concat
 from jaxmodels.nn import Dense, LayerNorm, repeated, variants
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
@@ -36,6 +37,9 @@ from jaxmodels.nn.variants import named_config
 
 SAMPLE_RATE = 16000
 N_FFT, HOP = 400, 160
+# Longer audio is tokenized in windows, as the package's quantize: 30 s of mel frames every 26 s,
+# each window's first and last 2 s of tokens dropped where a neighbour has them.
+WINDOW, STRIDE, MARGIN_SECONDS = 3000, 2600, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +210,37 @@ class S3Tokenizer(nn.Module):
 
     def __call__(self, mel, mel_len):
         return self.quantize(mel, mel_len)
+
+
+def tokenize(model: S3Tokenizer, variables, audio, lengths):
+    """Tokens (B, N) int32 and counts (B,) of padded 16 kHz audio (B, L) with lengths (B,), as the
+    package's quantize: a row of more than 30 s (WINDOW mel frames) is cut into windows every 26 s
+    (STRIDE) while one starts before its end, each window tokenized alone, and their tokens
+    joined, dropping the first 2 s of every window but the first and the last 2 s of every one but
+    the row's last. A shorter row is one window. Shapes are static: the padded length decides how
+    many windows every row is given; a row's windows past its own are empty."""
+    mel, frames = log_mel_spectrogram(audio, lengths, model.config.n_mels)
+    b, t, n_mels = mel.shape
+    if t <= WINDOW:
+        return model.apply(variables, mel, frames, method="quantize")
+    starts = np.arange(-(-t // STRIDE)) * STRIDE
+    pieces = jnp.stack(
+        [jnp.pad(mel[:, s : s + WINDOW], ((0, 0), (0, max(s + WINDOW - t, 0)), (0, 0))) for s in starts], 1
+    )
+    used = jnp.where(frames > WINDOW, -(-frames // STRIDE), 1)  # the row's windows
+    window = jnp.arange(len(starts))[None]
+    piece_frames = jnp.where(window < used[:, None], jnp.clip(frames[:, None] - starts[None], 0, WINDOW), 0)
+    codes, counts = model.apply(
+        variables, pieces.reshape(-1, WINDOW, n_mels), piece_frames.reshape(-1), method="quantize"
+    )
+    codes, counts = codes.reshape(b, len(starts), -1), counts.reshape(b, len(starts))
+    margin = MARGIN_SECONDS * round(model.config.token_rate)
+    segments = []
+    for w in range(len(starts)):
+        head = 0 if w == 0 else margin
+        end = jnp.where(w == used - 1, counts[:, w], counts[:, w] - margin)
+        segments.append((codes[:, w, head:], jnp.maximum(end - head, 0)))
+    return ragged_concat(segments, 0)
 
 
 def config(name: str, **overrides) -> S3Config:

@@ -15,7 +15,10 @@ padded ("mel", (B, T, 128) channels-last; "mel_len"), and for each model ("v1", 
 "v2"): its config (JSON, S3Config's fields), its state_dict under "<model>/sd/" (half precision;
 v1_25hz has v1's), the encoder's
 frames of the padded batch ("<model>/hidden", (B, T', D)), their counts and the tokens
-("<model>/codes", "<model>/codes_len").
+("<model>/codes", "<model>/codes_len"). And for a batch of 53 s and 3 s ("long/audio", int16
+steps; "long/audio_len"), the tokens of the package's long-audio path (30 s windows every 26 s) of v1
+with a 1500-row table (30 s; "long/v1/codes", "long/v1/codes_len": v1's weights otherwise) and
+of v2 ("long/v2/...").
 """
 
 import importlib
@@ -116,6 +119,21 @@ def main():
         out[f"{name}/codes_len"] = codes_len.numpy()
         distinct = len(np.unique(out[f"{name}/codes"]))
         print(f"{name}: codes {out[f'{name}/codes'].shape}, {distinct} distinct")
+    # On 16-bit steps, stored as int16 (a third of the file otherwise).
+    waves = [(np.round(utterance(s, rng) * 32768) / 32768).astype(np.float32) for s in (53.0, 3.0)]
+    mels = [s3tokenizer.log_mel_spectrogram(torch.from_numpy(w)) for w in waves]
+    mel, mel_len = s3tokenizer.padding(mels)
+    out["long/audio"] = np.stack([np.pad(w, (0, len(waves[0]) - len(w))) * 32768 for w in waves]).astype(np.int16)
+    out["long/audio_len"] = np.array([len(w) for w in waves], np.int32)
+    v1_30s = S3Tokenizer("speech_tokenizer_v1", ConfigV1(n_codebook_size=256, **{**WIDTH, "n_audio_ctx": 1500}))
+    weights = {k: v for k, v in v1.state_dict().items() if k != "encoder.positional_embedding"}
+    v1_30s.load_state_dict(weights, strict=False)
+    for name, model in (("v1", v1_30s.eval()), ("v2", models["v2"][0])):
+        with torch.inference_mode():
+            codes, codes_len = model.quantize(mel, mel_len)
+        out[f"long/{name}/codes"] = codes.numpy().astype(np.int32)
+        out[f"long/{name}/codes_len"] = codes_len.numpy()
+        print(f"long {name}: codes {codes.shape}, lengths {codes_len.tolist()}")
     path = "tests/data/s3tokenizer_reference.npz"
     np.savez_compressed(path, **out)
     print(f"wrote {path}")
