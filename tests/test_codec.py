@@ -1,6 +1,7 @@
 """EnCodec against the official encodec package's outputs in ../shared/fixtures/encodec;
 streaming, the RVQ's training updates, and bad input."""
 
+import functools
 import json
 
 import jax
@@ -188,6 +189,29 @@ def test_rvq_training_update_as_upstream(x64):
     grad = jax.grad(lambda x: jnp.sum(quantization.quantize_train(state, x, 2, jax.random.PRNGKey(1))[0] * 3.0))(x)
     np.testing.assert_allclose(grad, 3.0)
     assert float(commit) > 0
+
+
+def test_padding_frames_neither_move_the_codebooks_nor_count():
+    """quantize_train's valid mask: the update, codes and commitment of a padded batch are those
+    of its valid frames alone, padding far from them and drawn from by neither k-means, the EMA
+    nor the dead codes' replacements."""
+    rng = np.random.default_rng(0)
+    real = jnp.asarray(rng.standard_normal((1, 24, 4)), jnp.float32)
+    padded = jnp.concatenate([real, jnp.full((1, 8, 4), 50.0)], axis=1)
+    valid = jnp.arange(32)[None] < 24
+    for kmeans_init in (True, False):  # codes drawn by k-means; all dead at first, so all drawn anew
+        state = quantization.init_state(jax.random.PRNGKey(0), 1, 8, 4, kmeans_init=kmeans_init)
+        new = quantization.quantize_train(state, padded, 1, jax.random.PRNGKey(1), valid=valid)[3]
+        assert np.abs(np.asarray(new["embed"])).max() < 10  # no code at the padding
+    # Without replacements: the EMA counts only the valid frames, codes and loss as theirs alone.
+    state = quantization.init_state(jax.random.PRNGKey(0), 1, 8, 4, kmeans_init=False)
+    update = functools.partial(quantization.quantize_train, threshold_ema_dead_code=0.0)
+    _, codes, commit, new, _ = update(state, padded, 1, jax.random.PRNGKey(1), valid=valid)
+    _, alone_codes, alone_commit, alone, _ = update(state, real, 1, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(new["cluster_size"].sum(), 0.01 * 24, rtol=1e-5)
+    np.testing.assert_allclose(new["embed"], alone["embed"], rtol=1e-5)
+    np.testing.assert_array_equal(codes[:, :, :24], alone_codes)
+    np.testing.assert_allclose(commit, alone_commit, rtol=1e-5)
 
 
 def test_kmeans_init_and_dead_code_replacement(x64):

@@ -189,3 +189,72 @@ def test_cosyvoice_errors(cosyvoice_data, tmp_path):
         task.train_transform(task.train_source()[0], np.random.default_rng(0))
     skipping = get_task(task_config({**data, "on_bad_audio": "skip"}, "cosyvoice_llm", llm={"max_text_tokens": 3}))
     assert skipping.train_transform(skipping.train_source()[0], np.random.default_rng(0))["mask"] == 0
+
+
+def s3_recogniser_config(corpus, **encoder):
+    """A tiny SenseVoice-style recogniser with CosyVoice's S3 quantizer after its second of three
+    layers (8 codes), 50 frames a second (lfr_n 2)."""
+    from conftest import TINY_SENSEVOICE
+
+    from trainers import config as config_lib
+
+    conf = {**TINY_SENSEVOICE["args"]["encoder_conf"], "num_blocks": 3, "quantizer_layer": 2, "codebook_size": 8}
+    speech = {"tokens": "words", "lfr_m": 2, "lfr_n": 2, "cmvn_utterances": 8, "dither": 0.0}
+    return config_lib.parse(
+        {
+            "task": "ctc",
+            "model": {"name": "sensevoice_small", "args": {"encoder_conf": {**conf, **encoder}}},
+            "data": manifest_data(corpus),
+            "speech": {**speech, "num_freq_masks": 0, "num_time_masks": 0, "beam_size": 2},
+            "optimizer": {"name": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0},
+            "train": RUN,
+        }
+    )
+
+
+@pytest.mark.slow  # a run, its resumption and an extraction: init, the step, eval and tokens compiled
+def test_cosyvoice_s3_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_path):
+    """The quantizer's codebook is model state moved by its averages in the step (k-means at the
+    first), resumed bitwise with the params; eval reports the codebook's use; trainers.extract
+    s3tokens writes each utterance's tokens as the run gives them alone."""
+    from trainers import config as config_lib
+    from trainers import extract, speech
+    from trainers.checkpoint import Checkpointer
+    from trainers.extracted import ExtractedFrames
+    from trainers.loop import Trainer, train
+    from trainers.tasks.ctc import Recognizer
+
+    cfg = s3_recogniser_config(tone_corpus)
+    final = train(cfg, str(tmp_path / "run"))
+    assert 1 <= final["eval/codes_used"] <= 8 and 1 <= final["eval/code_perplexity"] <= final["eval/codes_used"]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["train/commitment"] < 2 for r in rows if "train/loss" in r)
+
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    assert train(cfg, str(tmp_path / "resumed")) == final
+    states = [
+        Checkpointer(str(tmp_path / run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1]
+        for run in ("run", "resumed")
+    ]
+    a, b = (jax.device_get({"params": s.params, "state": s.model_state}) for s in states)
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    codebook = a["state"]["quantizer"]["encoder"]["quantizer"]["codebook"]
+    assert bool(codebook["inited"][0]) and np.abs(codebook["embed"]).max() > 0
+
+    (tmp_path / "data.yaml").write_text(config_lib.dump(cfg))
+    out = tmp_path / "tokens"
+    extract.main(
+        ["s3tokens", str(tmp_path / "data.yaml"), "--s3tokenizer", str(tmp_path / "run")]
+        + ["--workdir", str(out), "--splits", "test", "--batch_size", "8"]
+    )
+    tokens = ExtractedFrames(str(out / "test"))
+    assert tokens.frame_rate == 50 and tokens.meta["clusters"] == 8
+    recogniser = Recognizer(str(tmp_path / "run"))
+    audio = speech.read_audio(str(tone_corpus / "wav" / "test2.wav"))
+    codes, count = recogniser.s3_tokens(audio[None], np.array([len(audio)]))
+    np.testing.assert_array_equal(tokens["test2"], np.asarray(codes)[0, : int(count[0])])
+    assert (tokens["test2"] >= 0).all() and (tokens["test2"] < 8).all()
+
+    with pytest.raises(ValueError, match="quantizer_layer 3: the quantizer goes after layer 1 to 2"):
+        Trainer(s3_recogniser_config(tone_corpus, quantizer_layer=3))

@@ -38,7 +38,8 @@ s3tokens: the same utterances -> DIR/<split>/: CosyVoice's supervised semantic t
 released S3 tokenizer (--s3tokenizer: the s3tokenizer package's state_dict, .pt or .safetensors;
 --s3tokenizer_model: speech_tokenizer_v1, speech_tokenizer_v1_25hz or speech_tokenizer_v2_25hz),
 as CosyVoice's tools/extract_speech_token.py makes them for its LM and flow (audio past 30 s in
-the package's overlapping windows).
+the package's overlapping windows); or of a ctc run trained with the quantizer inside
+(--s3tokenizer: its directory), one token a frame of its front end.
 
 xvectors: the same utterances -> DIR/<split>/: one unit-length speaker embedding per utterance
 (`features`, one frame each) of a speaker embedder (python -m trainers.speaker makes one), the
@@ -50,6 +51,7 @@ last); `index.json` lists them when the split is complete. A killed run started 
 the shards every process has written.
 """
 
+import functools
 import json
 import os
 import sys
@@ -375,17 +377,27 @@ def s3_tokens(args, cfg):
     from trainers import sharding, speech
 
     if not args.s3tokenizer:
-        raise InputError("give --s3tokenizer: a released S3 tokenizer's weights (.pt or .safetensors)")
-    model, variables = s3tokenizer.load(args.s3tokenizer, args.s3tokenizer_model)
+        raise InputError("give --s3tokenizer: a released S3 tokenizer's weights or a ctc run trained with one")
+    meta = {"s3tokenizer": args.s3tokenizer}
+    if os.path.isdir(args.s3tokenizer):  # a recogniser trained with the quantizer inside
+        from trainers.tasks.ctc import Recognizer
+
+        recogniser = Recognizer(args.s3tokenizer)
+        if not recogniser.task.quantizer:
+            raise InputError(
+                f"--s3tokenizer {args.s3tokenizer}: the recogniser has no S3 quantizer "
+                "(model.args.encoder_conf.quantizer_layer)"
+            )
+        encode = functools.partial(recogniser.task.s3_tokens, recogniser.params)
+        meta.update(frame_rate=recogniser.frame_rate, clusters=recogniser.task.model.encoder_conf["codebook_size"])
+    else:
+        model, variables = s3tokenizer.load(args.s3tokenizer, args.s3tokenizer_model)
+        encode = functools.partial(s3tokenizer.tokenize, model, variables)
+        meta.update(s3tokenizer_model=args.s3tokenizer_model, frame_rate=model.config.token_rate)
+        meta["clusters"] = model.config.n_codebook_size
     mesh = sharding.make_mesh(data=-1)
     if args.batch_size % mesh.size:
         raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
-
-    def encode(audio, lengths):
-        return s3tokenizer.tokenize(model, variables, audio, lengths)
-
-    meta = {"s3tokenizer": args.s3tokenizer, "s3tokenizer_model": args.s3tokenizer_model}
-    meta.update(frame_rate=model.config.token_rate, clusters=model.config.n_codebook_size)
     extract_splits(args, cfg, encode, mesh, "units", meta, speech.SAMPLE_RATE)
 
 
@@ -433,7 +445,7 @@ def main(argv=None):
         p.add_argument("--features", action="store_true", help="units: the hidden states, not units")
         p.add_argument("--codec", help="codes: a codec run's directory, or codec weights (with --codec_model)")
         p.add_argument("--codec_model", default="encodec_24khz", help="codes: the weights' config (trainers.compress)")
-        p.add_argument("--s3tokenizer", help="s3tokens: a released S3 tokenizer's weights (.pt or .safetensors)")
+        p.add_argument("--s3tokenizer", help="s3tokens: a released S3 tokenizer's weights, or a ctc run with one")
         p.add_argument("--s3tokenizer_model", default="speech_tokenizer_v1", help="s3tokens: its configuration")
         p.add_argument("--speaker", help="xvectors: a speaker embedder (.npz of python -m trainers.speaker)")
         p.add_argument("--batch_size", type=int, default=256, help="items per step over all devices")

@@ -24,7 +24,16 @@ from trainers.cli import InputError, read_weights
 from trainers.metrics import MetricsWriter
 from trainers.optim import make_optimizer
 from trainers.progress import progress
-from trainers.tasks import BatchesByLength, Generates, HasAssets, HasState, LoadsWeights, PartsInTurn, get_task
+from trainers.tasks import (
+    BatchesByLength,
+    Generates,
+    HasAssets,
+    HasState,
+    LoadsWeights,
+    PartsInTurn,
+    StatefulLoss,
+    get_task,
+)
 
 
 @flax.struct.dataclass
@@ -75,8 +84,11 @@ class Trainer:
         boxed, boxed_state = variables["params"], variables.get("state", {})
         self.param_shardings = sharding.param_shardings(boxed, self.mesh)
         self.model_state_shardings = sharding.param_shardings(boxed_state, self.mesh)
-        if boxed_state and not isinstance(self.task, PartsInTurn):
-            raise ValueError(f"task {cfg.task}: model state is updated by a train_update (PartsInTurn); it has none")
+        if boxed_state and not isinstance(self.task, PartsInTurn | StatefulLoss):
+            raise ValueError(
+                f"task {cfg.task}: model state is updated by a train_update (PartsInTurn) or a "
+                "loss_and_state (StatefulLoss); it has neither"
+            )
         self.ema_state = self.task.ema_state if isinstance(self.task, HasState) else ()
         rep = sharding.replicated(self.mesh)
         # A task with optimizer_groups (a GAN: generator, discriminator) keeps one optimizer
@@ -192,8 +204,7 @@ class Trainer:
                 self.tx, state.params, state.opt_state, state.model_state, batch, rng, state.step
             )
         else:
-            params, opt_state, metrics = self._gradient_update(state, batch, rng)
-            model_state = state.model_state
+            params, opt_state, model_state, metrics = self._gradient_update(state, batch, rng)
         ema_params = state.ema_params
         if ema_params is not None:
             decay = self.cfg.optimizer.ema_decay
@@ -221,11 +232,20 @@ class Trainer:
         return new, metrics
 
     def _gradient_update(self, state: TrainState, batch, rng):
-        """One optimizer step on the gradient of task.loss (averaged over micro-batches)."""
-        grad_fn = jax.value_and_grad(self.task.loss, has_aux=True)
+        """One optimizer step on the gradient of task.loss (averaged over micro-batches); the
+        model state a StatefulLoss moves, passed from micro-batch to micro-batch."""
+        if isinstance(self.task, StatefulLoss):
+            grad_fn = jax.value_and_grad(self.task.loss_and_state, has_aux=True)
+        else:
+            stateless = jax.value_and_grad(self.task.loss, has_aux=True)
+
+            def grad_fn(params, model_state, mb, rng, step):
+                (loss, aux), grads = stateless(params, mb, rng, step)
+                return (loss, (aux, model_state)), grads
+
         accum = self.cfg.optimizer.grad_accum_steps
         if accum == 1:
-            (loss, aux), grads = grad_fn(state.params, batch, rng, state.step)
+            (loss, (aux, model_state)), grads = grad_fn(state.params, state.model_state, batch, rng, state.step)
         else:
             # Micro-batch k takes rows k, k+accum, ...: each stays spread over all devices.
             micro = jax.tree.map(
@@ -239,15 +259,21 @@ class Trainer:
             rest = jax.tree.map(lambda x: x[1:], micro)
 
             def body(carry, inputs):
+                (loss, (aux, model_state)), grads = carry
                 i, mb = inputs
-                out = grad_fn(state.params, mb, jax.random.fold_in(rng, i), state.step)
-                return jax.tree.map(jnp.add, carry, out), None
+                (l_i, (a_i, model_state)), g_i = grad_fn(
+                    state.params, model_state, mb, jax.random.fold_in(rng, i), state.step
+                )
+                total = jax.tree.map(jnp.add, (loss, aux, grads), (l_i, a_i, g_i))
+                return ((total[0], (total[1], model_state)), total[2]), None
 
-            total, _ = jax.lax.scan(body, grad_fn(state.params, first, rng, state.step), (jnp.arange(1, accum), rest))
-            (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
+            start = grad_fn(state.params, state.model_state, first, rng, state.step)
+            ((loss, (aux, model_state)), grads), _ = jax.lax.scan(body, start, (jnp.arange(1, accum), rest))
+            loss, aux, grads = jax.tree.map(lambda x: x / accum, (loss, aux, grads))
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return params, opt_state, {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads), **aux}
+        metrics = {"train/loss": loss, "train/grad_norm": optax.tree.norm(grads), **aux}
+        return params, opt_state, model_state, metrics
 
     def _eval_outputs(self, params, batch):
         return {**self.task.eval_outputs(params, batch), "_mask": batch["mask"]}

@@ -7,7 +7,10 @@ checkpoint's keys map one to one:
   SenseVoiceEncoderSmall: encoders0 (one layer, input width -> output_size),
     encoders (num_blocks - 1 layers), after_norm, tp_encoders (tp_blocks layers), tp_norm;
     encoders and tp_encoders are each one scanned module whose parameters stack the
-    layers' on a leading axis (upstream's encoders.<i>.<name> is encoders/<name>[i])
+    layers' on a leading axis (upstream's encoders.<i>.<name> is encoders/<name>[i]);
+    with quantizer_layer, CosyVoice's S3 tokenizer inside the recogniser: encoders0 and
+    encoders are the first quantizer_layer layers, then a VectorQuantizer, the positions
+    added again, and encoders_quantized the remaining layers
   EncoderLayerSANM: norm1, self_attn, norm2, feed_forward (pre-norm residual blocks)
   MultiHeadedAttentionSANM: linear_q_k_v, fsmn_block (depthwise 1-D conv over time on
     the values, "memory"), linear_out; output = attention + memory
@@ -22,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.codec import quantization
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
 from jaxmodels.nn.layers import default_kernel_init
 
@@ -131,6 +135,38 @@ class EncoderLayerSANM(nn.Module):
         return constrain(x, ("batch", "length", "act_embed"))
 
 
+class VectorQuantizer(nn.Module):
+    """One codebook moved by the frames assigned to it, as CosyVoice's S3 tokenizer trains inside
+    its recogniser (Du et al. 2024, section 2.1): jaxmodels.codec.quantization's rules (k-means
+    at the first batch, exponential moving averages, dead codes replaced), frames unit-normalised
+    first as the released speech_tokenizer_v1 compares them, the quantized frames passing the
+    gradient straight through. The codebook is the "state" collection, moved in training when it
+    is mutable (a "quantizer" rng). Returns the quantized frames and the codes (-1 past each row);
+    the commitment loss over the valid frames is sown into "quantizer"."""
+
+    codebook_size: int
+
+    @nn.compact
+    def __call__(self, x, valid, train: bool):
+        shape = (1, self.codebook_size, x.shape[-1])
+        codebook = self.variable("state", "codebook", lambda: quantization.init_state(None, *shape, kmeans_init=True))
+        x = x.astype(jnp.float32)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        if train and self.is_mutable_collection("state"):
+            q, codes, commit, codebook.value, _ = quantization.quantize_train(
+                codebook.value, x, 1, self.make_rng("quantizer"), valid=valid
+            )
+            codes = codes[0]
+        else:
+            embed = codebook.value["embed"][0]
+            codes = quantization.nearest_code(embed, x)
+            q = x + jax.lax.stop_gradient(embed[codes] - x)
+            error = jnp.sum(jnp.square(x - embed[codes]), -1) * valid
+            commit = jnp.sum(error) / (jnp.maximum(jnp.sum(valid), 1) * x.shape[-1])
+        self.sow("quantizer", "commitment", commit)
+        return q, jnp.where(valid, codes, -1).astype(jnp.int32)
+
+
 class SenseVoiceEncoderSmall(nn.Module):
     output_size: int = 512
     attention_heads: int = 4
@@ -141,11 +177,17 @@ class SenseVoiceEncoderSmall(nn.Module):
     attention_dropout_rate: float = 0.1
     kernel_size: int = 11
     sanm_shift: int = 0
+    quantizer_layer: int = 0  # > 0: S3's quantizer after this many layers
+    codebook_size: int = 4096
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x, lengths, deterministic: bool = True):
+    def __call__(self, x, lengths, deterministic: bool = True, tokens_only: bool = False):
+        """Frames (B, T, D); with tokens_only, the quantizer's codes (B, T), -1 past each row."""
+        q = self.quantizer_layer
+        if q and not 0 < q < self.num_blocks:
+            raise ValueError(f"quantizer_layer {q}: the quantizer goes after layer 1 to {self.num_blocks - 1}")
         mask = jnp.arange(x.shape[1])[None] < lengths[:, None]
         x = x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])
         x = x.astype(self.dtype)
@@ -161,8 +203,15 @@ class SenseVoiceEncoderSmall(nn.Module):
             self.dtype,
         )
         x = layer(*args, name="encoders0_0")(x, mask, deterministic)
-        if self.num_blocks > 1:
-            x, _ = repeated(layer, self.num_blocks - 1)(*args, name="encoders")(x, mask, deterministic)
+        below = (q or self.num_blocks) - 1  # the layers of `encoders`
+        if below:
+            x, _ = repeated(layer, below)(*args, name="encoders")(x, mask, deterministic)
+        if q:
+            x, codes = VectorQuantizer(self.codebook_size, name="quantizer")(x, mask, not deterministic)
+            if tokens_only:
+                return codes
+            x = (x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])).astype(self.dtype)
+            x, _ = repeated(layer, self.num_blocks - q)(*args, name="encoders_quantized")(x, mask, deterministic)
         x = LayerNorm(1e-5, "embed", self.dtype, name="after_norm")(x)
         if self.tp_blocks:
             x, _ = repeated(layer, self.tp_blocks)(*args, name="tp_encoders")(x, mask, deterministic)
@@ -202,6 +251,12 @@ class SenseVoiceSmall(nn.Module):
     def __call__(self, feats, lengths, language=None, textnorm=None, deterministic: bool = True):
         """language, textnorm: (B,) rows of `embed` (LANGUAGE_QUERY / TEXTNORM_QUERY values);
         default "auto" and "woitn"."""
+        feats, lengths = self._prompted(feats, lengths, language, textnorm)
+        hidden = self.encoder(feats, lengths, deterministic)
+        return self.ctc_lo(hidden).astype(jnp.float32), lengths
+
+    def _prompted(self, feats, lengths, language, textnorm):
+        """The features with the four prompt queries before them (use_prompts), and their lengths."""
         if self.use_prompts:
             batch = feats.shape[0]
             language = jnp.zeros((batch,), jnp.int32) if language is None else language
@@ -211,5 +266,9 @@ class SenseVoiceSmall(nn.Module):
             )
             feats = jnp.concatenate([self.embed(rows).astype(feats.dtype), feats], axis=1)
             lengths = lengths + NUM_PROMPTS
-        hidden = self.encoder(feats, lengths, deterministic)
-        return self.ctc_lo(hidden).astype(jnp.float32), lengths
+        return feats, lengths
+
+    def tokens(self, feats, lengths, language=None, textnorm=None):
+        """The S3 quantizer's codes of the feature frames (B, T), -1 past each row's end."""
+        codes = self.encoder(*self._prompted(feats, lengths, language, textnorm), tokens_only=True)
+        return codes[:, codes.shape[1] - feats.shape[1] :]

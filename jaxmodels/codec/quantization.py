@@ -69,17 +69,26 @@ def decode(embed, codes):
     return jnp.sum(jax.vmap(lambda e, c: e[c])(embed[: codes.shape[0]], codes), axis=0)
 
 
-def kmeans(key, samples, num_clusters: int, num_iters: int):
-    """Upstream's k-means: means drawn from the samples, Lloyd steps, empty clusters keep their mean."""
-    n = samples.shape[0]
-    if n >= num_clusters:
-        means = samples[jax.random.permutation(key, n)[:num_clusters]]
-    else:
-        means = samples[jax.random.randint(key, (num_clusters,), 0, n)]
+def draw(key, n: int, count: int, weights=None):
+    """`count` sample indices of n: distinct while n allows (upstream's sample_vectors); with
+    weights (n,), only samples of weight > 0, with replacement."""
+    if weights is not None:
+        return jax.random.choice(key, n, (count,), p=(weights > 0) / jnp.maximum(jnp.sum(weights > 0), 1))
+    if n >= count:
+        return jax.random.permutation(key, n)[:count]
+    return jax.random.randint(key, (count,), 0, n)
+
+
+def kmeans(key, samples, num_clusters: int, num_iters: int, weights=None):
+    """Upstream's k-means: means drawn from the samples, Lloyd steps, empty clusters keep their
+    mean; samples of weight 0 (padding) take no part."""
+    means = samples[draw(key, samples.shape[0], num_clusters, weights)]
 
     def step(means, _):
         buckets = nearest_code(means, samples)
         onehot = jax.nn.one_hot(buckets, num_clusters, dtype=samples.dtype)
+        if weights is not None:
+            onehot = onehot * weights[:, None]
         counts = jnp.sum(onehot, 0)
         sums = jnp.einsum("nk,nd->kd", onehot, samples, precision=jax.lax.Precision.HIGHEST)
         new = sums / jnp.maximum(counts, 1)[:, None]
@@ -98,8 +107,11 @@ def quantize_train(
     epsilon: float = 1e-5,
     kmeans_iters: int = 50,
     threshold_ema_dead_code: float = 2.0,
+    valid=None,
 ):
-    """One training pass of the RVQ over x (B, T, dim), the first ``n_active`` codebooks in use.
+    """One training pass of the RVQ over x (B, T, dim), the first ``n_active`` codebooks in use;
+    with ``valid`` (B, T), frames where it is 0 (padding) neither move the codebooks nor count
+    in the commitment loss.
 
     Returns (quantized, codes (n_q, B, T), commitment loss, new state, each codebook's output
     (n_q, B, T, dim), zeros past n_active, without gradient: upstream's quantized_list). Per active codebook,
@@ -115,6 +127,7 @@ def quantize_train(
     """
     n_q, bins, dim = state["embed"].shape
     hi = jax.lax.Precision.HIGHEST
+    weights = None if valid is None else valid.reshape(-1).astype(jnp.float32)
 
     def layer(residual, inputs):
         k, s, key = inputs
@@ -125,7 +138,7 @@ def quantize_train(
         def run_kmeans(s):
             # embed_avg holds sums (embed = embed_avg / cluster_size); upstream stores the means
             # there, which shrinks every code about 60-fold at the first EMA update.
-            means, counts = kmeans(k_init, samples, bins, kmeans_iters)
+            means, counts = kmeans(k_init, samples, bins, kmeans_iters, weights)
             fitted = {
                 "embed": means,
                 "embed_avg": means * counts[:, None],
@@ -138,6 +151,8 @@ def quantize_train(
         codes = nearest_code(s["embed"], samples)
         q = s["embed"][codes].reshape(residual.shape)
         onehot = jax.nn.one_hot(codes, bins, dtype=jnp.float32)
+        if weights is not None:
+            onehot = onehot * weights[:, None]
         cluster_size = decay * s["cluster_size"] + (1 - decay) * jnp.sum(onehot, 0)
         embed_avg = decay * s["embed_avg"] + (1 - decay) * jnp.einsum("nk,nd->kd", onehot, samples, precision=hi)
         total = jnp.sum(cluster_size)
@@ -145,15 +160,17 @@ def quantize_train(
         embed = embed_avg / smoothed[:, None]
         if threshold_ema_dead_code > 0:
             dead = cluster_size < threshold_ema_dead_code
-            n = samples.shape[0]
-            pick = jax.random.permutation(k_dead, n)[:bins] if n >= bins else jax.random.randint(k_dead, (bins,), 0, n)
-            fresh = samples[pick]
+            fresh = samples[draw(k_dead, samples.shape[0], bins, weights)]
             embed = jnp.where(dead[:, None], fresh, embed)
             embed_avg = jnp.where(dead[:, None], fresh * threshold_ema_dead_code, embed_avg)
             cluster_size = jnp.where(dead, threshold_ema_dead_code, cluster_size)
         new = {"embed": embed, "embed_avg": embed_avg, "cluster_size": cluster_size, "inited": s["inited"]}
         new = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, s)
-        commit = jnp.mean(jnp.square(residual.astype(jnp.float32) - jax.lax.stop_gradient(q)))
+        error = jnp.square(residual.astype(jnp.float32) - jax.lax.stop_gradient(q))
+        if weights is None:
+            commit = jnp.mean(error)
+        else:
+            commit = jnp.sum(error.reshape(-1, dim) * weights[:, None]) / (jnp.maximum(jnp.sum(weights), 1) * dim)
         q = jnp.where(active, q, 0.0)
         return residual - jax.lax.stop_gradient(q).astype(residual.dtype), (
             q,

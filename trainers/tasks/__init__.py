@@ -9,7 +9,8 @@ or any importable module named by its path (``task: mypackage.mytask``). It defi
              subclass of config.DataConfig holding the family's data keys
 
 so adding a family edits no shared module. Optional capabilities are protocols of their
-own (HasState, HasAssets, Generates, LoadsWeights, BatchesByLength), which the loop tests with isinstance.
+own (HasState, StatefulLoss, HasAssets, Generates, LoadsWeights, BatchesByLength), which the
+loop tests with isinstance.
 """
 
 import importlib
@@ -85,6 +86,16 @@ class HasState(Protocol):
     evaluation and inference. The EMA averages only its top-level parts named in ema_state."""
 
     ema_state: tuple
+
+
+@runtime_checkable
+class StatefulLoss(Protocol):
+    """A GradientTask with HasState whose state moves in its forward pass (EMA codebooks, as
+    batch-norm statistics): the loop calls loss_and_state instead of loss."""
+
+    def loss_and_state(self, params, model_state: dict, batch: Batch, rng, step) -> tuple:
+        """(scalar loss, ({name: scalar metric}, new model_state)); the gradient is taken with
+        respect to params alone. With micro-batches the state passes from one to the next."""
 
 
 @runtime_checkable

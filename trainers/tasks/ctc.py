@@ -94,6 +94,9 @@ class SpeechConfig:
     )
     lm_weight: float = 0.5
     length_bonus: float = 0.0
+    # CosyVoice's S3 tokenizer trained inside the recogniser (model.args.encoder_conf's
+    # quantizer_layer and codebook_size): the commitment loss's weight (VQ-VAE's beta).
+    commitment_weight: float = 0.25
     # A run's folder whose tokens.json, cmvn.npz and lm.arpa (written at eval) replace
     # building them from the training data (transcription reads the run's own).
     assets: str = ""
@@ -246,7 +249,12 @@ class AudioTransform:
         return out
 
 
+QUANTIZER = "quantizer"  # the model state: the S3 quantizer's codebook (its "state" collection)
+
+
 class CTCTask(SplitSources):
+    ema_state = ()  # the codebook moves by its own averages
+
     def __init__(self, cfg):
         self.cfg = cfg
         s = cfg.speech
@@ -288,6 +296,7 @@ class CTCTask(SplitSources):
             self.model = ssl.SSLForCTC(encoder, len(self.tokenizer.tokens))
             self.frame_seconds = float(np.prod(encoder.conv_stride)) / speech.SAMPLE_RATE
             self.cmvn = None
+            self.quantizer = False
         else:
             self._sensevoice(cfg)
         if s.assets:
@@ -330,6 +339,7 @@ class CTCTask(SplitSources):
         else:
             self.cmvn = self._global_cmvn(self.train_source())
         self.frame_seconds = 0.01 * s.lfr_n
+        self.quantizer = bool((self.model.encoder_conf or {}).get("quantizer_layer"))
 
     # -- data -------------------------------------------------------------------------
     def make_source(self, split):
@@ -393,14 +403,21 @@ class CTCTask(SplitSources):
     def forward(self, params, batch, rng, train):
         """Audio batch -> (logits (B, T', V), lengths): the front end, CMVN, SpecAugment in
         training (after CMVN, as FunASR, so a mask is the mean) and the model (the four prompt
-        frames first when speech.prompts is on)."""
+        frames first when speech.prompts is on). params hold the quantizer's state too."""
+        variables = self._variables(params)
+        logits, lengths, _ = self._forward(variables["params"], variables.get("state"), batch, rng, train)
+        return logits, lengths
+
+    def _forward(self, params, state, batch, rng, train):
+        """forward's (logits, lengths) and what the model moved and sowed in training: the S3
+        quantizer's new state and its commitment loss ({} without one)."""
         k_degrade, k_feat, k_mask, k_drop = jax.random.split(rng, 4) if train else (None,) * 4
         s = self.cfg.speech
         audio = batch["audio"]
         if train and s.degrade_prob > 0:
             audio = asr.degrade(k_degrade, audio, batch["audio_length"], s.degrade_prob, s.lowpass_hz, s.noise_snr_db)
         if self.ssl:
-            return self._ssl_forward(params, audio, batch["audio_length"], k_mask, k_drop, train)
+            return (*self._ssl_forward(params, audio, batch["audio_length"], k_mask, k_drop, train), {})
         feats, lengths = self._features(audio, batch["audio_length"], k_feat)
         feats = asr.apply_cmvn(feats, lengths, *self.cmvn)
         if train and (s.num_freq_masks or s.num_time_masks):
@@ -420,16 +437,14 @@ class CTCTask(SplitSources):
             if train:  # as FunASR's SenseVoiceSmall.encode: one utterance in five asks for automatic detection
                 auto = jax.random.uniform(jax.random.fold_in(rng, 4), language.shape) < AUTO_LANGUAGE_RATE
                 language = jnp.where(auto, asr.LANGUAGE_QUERY["auto"], language)
-        logits, lengths = self.model.apply(
-            {"params": params},
-            feats,
-            lengths,
-            language,
-            textnorm,
-            deterministic=not train,
-            rngs={"dropout": k_drop} if train else {},
+        variables = {"params": params} if state is None else {"params": params, "state": state}
+        moved = ["state", "quantizer"] if train and self.quantizer else []
+        rngs = {"dropout": k_drop, "quantizer": jax.random.fold_in(rng, 5)} if train else {}
+        out = self.model.apply(
+            variables, feats, lengths, language, textnorm, deterministic=not train, rngs=rngs, mutable=moved or False
         )
-        return logits, lengths
+        (logits, lengths), updates = out if moved else (out, {})
+        return logits, lengths, updates
 
     def _ssl_paddings(self, audio, lengths):
         return (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
@@ -483,7 +498,7 @@ class CTCTask(SplitSources):
         feats, frames = self._features(audio, lengths, None)
         feats = asr.apply_cmvn(feats, frames, *self.cmvn)
         _, state = self.model.apply(
-            {"params": params},
+            self._variables(params),
             feats,
             frames,
             mutable=["intermediates"],
@@ -492,6 +507,20 @@ class CTCTask(SplitSources):
         states = state["intermediates"]["encoder"]["__call__"][0]
         states = states[:, states.shape[1] - feats.shape[1] :]
         return states, jnp.arange(states.shape[1])[None] < frames[:, None]
+
+    def s3_tokens(self, params, audio, lengths):
+        """(codes (B, T'), counts (B,)): the S3 quantizer's tokens of padded audio, one a frame
+        (100 / lfr_n Hz), -1 past each row's end; the prompts automatic."""
+        feats, frames = self._features(audio, lengths, None)
+        feats = asr.apply_cmvn(feats, frames, *self.cmvn)
+        return self.model.apply(self._variables(params), feats, frames, method="tokens"), frames
+
+    @staticmethod
+    def _variables(params):
+        """Flax variables of params that hold the quantizer's state too (inference params)."""
+        params = dict(params)
+        state = params.pop(QUANTIZER, None)
+        return {"params": params} if state is None else {"params": params, "state": state}
 
     def _query_rows(self, token_ids):
         return jnp.asarray(self._query_table)[token_ids]
@@ -514,7 +543,9 @@ class CTCTask(SplitSources):
         s = self.cfg.speech
         frames = asr.frontend.num_output_frames(batch["audio"].shape[1], lfr_n=s.lfr_n)
         feats = jnp.zeros((batch["audio"].shape[0], frames, s.num_mel_bins * s.lfr_m))
-        return self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
+        variables = self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
+        state = {QUANTIZER: variables["state"]} if self.quantizer else {}
+        return {"params": variables["params"], **({"state": state} if state else {})}
 
     def convert_weights(self, state_dict):
         """FunASR's SenseVoice; or transformers' *ForCTC, or its encoder alone (HubertModel,
@@ -529,7 +560,12 @@ class CTCTask(SplitSources):
         return paddings_from_lengths(batch["label_length"], batch["labels"].shape[1])
 
     def loss(self, params, batch, rng, step):
-        logits, lengths = self.forward(params, batch, rng, train=True)
+        """loss_and_state's loss and metrics without a model state (the loop calls loss_and_state)."""
+        loss, (metrics, _) = self.loss_and_state(params, {}, batch, rng, step)
+        return loss, metrics
+
+    def loss_and_state(self, params, model_state, batch, rng, step):
+        logits, lengths, updates = self._forward(params, model_state.get(QUANTIZER), batch, rng, train=True)
         prompt_logits, logits, paddings = self.split_outputs(logits, lengths)
         mask = batch["mask"]
         n = jnp.maximum(mask.sum(), 1.0)
@@ -543,7 +579,12 @@ class CTCTask(SplitSources):
             rich = (ce.sum(1) * mask).sum() / n
             metrics["train/rich_ce"] = rich
             total = total + rich
-        return total, metrics
+        if "quantizer" in updates:
+            (commitment,) = updates["quantizer"]["encoder"]["quantizer"]["commitment"]
+            metrics["train/commitment"] = commitment
+            total = total + self.cfg.speech.commitment_weight * commitment
+            model_state = {QUANTIZER: updates["state"]}
+        return total, (metrics, model_state)
 
     def eval_outputs(self, params, batch):
         asked = batch
@@ -559,7 +600,13 @@ class CTCTask(SplitSources):
             logits, paddings, s.beam_size, lm=self.lm, lm_weight=s.lm_weight, length_bonus=s.length_bonus
         )
         alignment = forced_align(logits, paddings, batch["labels"], label_paddings)
+        usage = {}
+        if self.quantizer:  # how often each code is used, for the codebook's perplexity
+            codes, _ = self.s3_tokens(params, batch["audio"], batch["audio_length"])
+            size = self.model.encoder_conf["codebook_size"]
+            usage["code_counts"] = jnp.sum(jax.nn.one_hot(codes, size, dtype=jnp.int32), axis=1)
         return {
+            **usage,
             "ctc": per_utt,
             "greedy": jnp.where(greedy_paddings > 0, -1, greedy),
             "beam": jnp.where(jnp.arange(beams.labels.shape[2])[None] >= beams.lengths[:, :1], -1, beams.labels[:, 0]),
@@ -575,6 +622,11 @@ class CTCTask(SplitSources):
 
     def eval_metrics(self, outputs):
         metrics = {"ctc": float(np.mean(outputs["ctc"]))}
+        if "code_counts" in outputs:
+            counts = np.sum(outputs["code_counts"], axis=0)
+            p = counts[counts > 0] / max(counts.sum(), 1)
+            metrics["codes_used"] = float(len(p))
+            metrics["code_perplexity"] = float(np.exp(-np.sum(p * np.log(p))))
         references = [self.tokenizer.decode(row[row >= 0]) for row in outputs["labels"]]
         languages = None
         if "prompt_targets" in outputs:  # the language, emotion and event outputs against the manifest's
@@ -631,6 +683,7 @@ class Recognizer:
         self.frame_rate = 1 / self.task.frame_seconds
         self._labels = jax.jit(self.task.greedy_labels)
         self._states = jax.jit(self.task.encoder_states)
+        self._tokens = jax.jit(self.task.s3_tokens)
 
     def transcribe(self, waveforms) -> list:
         labels = np.asarray(self._labels(self.params, *speech.pad_waveforms(waveforms)))
@@ -639,6 +692,10 @@ class Recognizer:
     def encoder_states(self, audio, lengths):
         """(states (B, T, D), valid (B, T)) of padded audio (B, samples) with its lengths."""
         return self._states(self.params, audio, lengths)
+
+    def s3_tokens(self, audio, lengths):
+        """(codes (B, T), counts (B,)): the S3 quantizer's tokens (a recogniser trained with one)."""
+        return self._tokens(self.params, audio, lengths)
 
 
 TASK = CTCTask
