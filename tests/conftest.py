@@ -97,6 +97,28 @@ def one_step_on_one_and_eight_devices(make_config, make_batch):
     return results
 
 
+def assert_resumes_bitwise(cfg, workdir, last_step: int, final: dict) -> dict:
+    """The run in `workdir` (ended at `last_step` with metrics `final`), copied without its last
+    checkpoint and trained again, ends with the same metrics and bitwise the same params and
+    model state; returns them ({"params", "state"}, host arrays)."""
+    import jax
+    import numpy as np
+
+    from trainers.checkpoint import Checkpointer
+    from trainers.loop import Trainer, train
+
+    resumed = workdir.parent / f"{workdir.name}_resumed"
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / str(last_step))
+    assert train(cfg, str(resumed)) == final
+    states = [
+        Checkpointer(str(run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1] for run in (workdir, resumed)
+    ]
+    a, b = (jax.device_get({"params": s.params, "state": s.model_state}) for s in states)
+    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    return a
+
+
 def assert_same_updates(before, after, reference_after, rtol=1e-4):
     """The updates ``after - before`` equal ``reference_after - before`` leaf by leaf.
 

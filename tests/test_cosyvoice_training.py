@@ -4,12 +4,16 @@ for each task a run that evaluates and resumes exactly, a sharded step equal to 
 and the errors that name a missing or mismatched folder or example."""
 
 import json
-import shutil
 
-import jax
 import numpy as np
 import pytest
-from conftest import ROOT, assert_same_updates, manifest_data, one_step_on_one_and_eight_devices
+from conftest import (
+    ROOT,
+    assert_resumes_bitwise,
+    assert_same_updates,
+    manifest_data,
+    one_step_on_one_and_eight_devices,
+)
 from PIL import Image
 
 from jaxmodels.cosyvoice import s3tokenizer
@@ -126,8 +130,7 @@ def test_cosyvoice_extracted_tokens_and_xvectors_are_each_utterances_own(cosyvoi
 @pytest.mark.slow  # two runs: init, the step, eval and generation compiled
 @pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
 def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tmp_path):
-    from trainers.checkpoint import Checkpointer
-    from trainers.loop import Trainer, train
+    from trainers.loop import train
 
     data, _, _ = cosyvoice_data
     cfg = task_config(data, task)
@@ -144,14 +147,7 @@ def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tm
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped"] for r in rows if "train/skipped" in r] == [0.0] * 4
 
-    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
-    assert train(cfg, str(tmp_path / "resumed")) == final
-    states = [
-        Checkpointer(str(tmp_path / run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1]
-        for run in ("run", "resumed")
-    ]
-    assert jax.tree.all(jax.tree.map(np.array_equal, *(jax.device_get(s.params) for s in states)))
+    assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
 
 
 @pytest.mark.slow  # two steps compiled for each task
@@ -219,7 +215,6 @@ def test_cosyvoice_s3_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_pa
     s3tokens writes each utterance's tokens as the run gives them alone."""
     from trainers import config as config_lib
     from trainers import extract, speech
-    from trainers.checkpoint import Checkpointer
     from trainers.extracted import ExtractedFrames
     from trainers.loop import Trainer, train
     from trainers.tasks.ctc import Recognizer
@@ -230,15 +225,7 @@ def test_cosyvoice_s3_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 < r["train/commitment"] < 2 for r in rows if "train/loss" in r)
 
-    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
-    assert train(cfg, str(tmp_path / "resumed")) == final
-    states = [
-        Checkpointer(str(tmp_path / run / "checkpoints")).restore(Trainer(cfg).abstract_state)[1]
-        for run in ("run", "resumed")
-    ]
-    a, b = (jax.device_get({"params": s.params, "state": s.model_state}) for s in states)
-    assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
+    a = assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
     codebook = a["state"]["quantizer"]["encoder"]["quantizer"]["codebook"]
     assert bool(codebook["inited"][0]) and np.abs(codebook["embed"]).max() > 0
 

@@ -301,18 +301,23 @@ def test_audiolm_coarse_stage_compiles_fsdp_tensor_sharded(tmp_path):
     _compile_train_step(trainer)
 
 
-@pytest.mark.slow  # published-scale compiles
-def test_cosyvoice_flow_300m_compiles_fsdp_sharded(tmp_path):
-    """CosyVoice-300M's flow decoder (104,874,752 parameters) with its recipe's loss: 8 utterances
-    of 10 s (500 tokens, 861 mel frames) over 4 x 2 devices."""
+def _cosyvoice_trainer(config: str, tmp_path):
+    """A CosyVoice-300M recipe over one extracted utterance's tokens and x-vector: batch 8 of 10 s
+    (500 tokens) over 4 x 2 devices, one micro-batch."""
     for split in ("train", "dev"):
         _extracted(tmp_path / "tokens" / split, "units", np.zeros(500, np.int32), frame_rate=50, clusters=4096)
         _extracted(tmp_path / "xvectors" / split, "features", np.zeros((1, 192), np.float16), frame_rate=0.0)
     overrides = ["data.batch_size=8", "data.batch_seconds=0", "data.max_seconds=10", "data.num_workers=0"]
-    overrides += ["optimizer.grad_accum_steps=1", "mesh.data=4", "mesh.fsdp=2", f"data.tokens={tmp_path / 'tokens'}"]
-    trainer = Trainer(
-        config_lib.load("configs/cosyvoice_flow_300m.yaml", overrides + [f"data.xvectors={tmp_path / 'xvectors'}"])
-    )
+    overrides += ["optimizer.grad_accum_steps=1", "mesh.data=4", "mesh.fsdp=2"]
+    overrides += [f"data.tokens={tmp_path / 'tokens'}", f"data.xvectors={tmp_path / 'xvectors'}"]
+    return Trainer(config_lib.load(config, overrides))
+
+
+@pytest.mark.slow  # published-scale compiles
+def test_cosyvoice_flow_300m_compiles_fsdp_sharded(tmp_path):
+    """CosyVoice-300M's flow decoder (104,874,752 parameters) with its recipe's loss: 8 utterances
+    of 10 s (500 tokens, 861 mel frames) over 4 x 2 devices."""
+    trainer = _cosyvoice_trainer("configs/cosyvoice_flow_300m.yaml", tmp_path)
     params = trainer.abstract_state.params
     assert sum(p.size for p in jax.tree.leaves(params)) == 104_874_752
     batch = trainer.task.example_batch(8)
@@ -324,14 +329,7 @@ def test_cosyvoice_flow_300m_compiles_fsdp_sharded(tmp_path):
 def test_cosyvoice_llm_300m_compiles_fsdp_sharded(tmp_path):
     """CosyVoice-300M's LM (310,718,465 parameters): 8 utterances of 10 s (500 tokens) and 512
     text bytes over 4 x 2 devices."""
-    for split in ("train", "dev"):
-        _extracted(tmp_path / "tokens" / split, "units", np.zeros(500, np.int32), frame_rate=50, clusters=4096)
-        _extracted(tmp_path / "xvectors" / split, "features", np.zeros((1, 192), np.float16), frame_rate=0.0)
-    overrides = ["data.batch_size=8", "data.batch_seconds=0", "data.max_seconds=10", "data.num_workers=0"]
-    overrides += ["optimizer.grad_accum_steps=1", "mesh.data=4", "mesh.fsdp=2", f"data.tokens={tmp_path / 'tokens'}"]
-    trainer = Trainer(
-        config_lib.load("configs/cosyvoice_llm_300m.yaml", [*overrides, f"data.xvectors={tmp_path / 'xvectors'}"])
-    )
+    trainer = _cosyvoice_trainer("configs/cosyvoice_llm_300m.yaml", tmp_path)
     params = trainer.abstract_state.params
     assert sum(p.size for p in jax.tree.leaves(params)) == 310_718_465
     batch = trainer.task.example_batch(8)
