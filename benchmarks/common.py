@@ -1,5 +1,6 @@
 """Timing and MFU reporting shared by the benchmark scripts."""
 
+import re
 import time
 
 import numpy as np
@@ -28,8 +29,66 @@ def report_flops(lowered, seconds, device):
     """
     flops = (lowered.cost_analysis() or {}).get("flops")
     if not flops:
+        print(f"  (XLA gave no FLOP count on {device.platform}: lower the same step on the CPU for it)")
         return
     achieved = flops / seconds
     peak = next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
     mfu = f", MFU {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak and device.platform == "gpu" else ""
     print(f"  jax {flops / 1e9:.1f} GFLOP per step, {achieved / 1e12:.2f} TFLOP/s (XLA cost analysis){mfu}")
+
+
+def report_bandwidth(compiled, seconds):
+    """Device-memory traffic of one step: the bytes the compiled program's ops read and
+    write (XLA's cost analysis after fusion, library calls counted by their operands and
+    results), over the step time."""
+    moved = (compiled.cost_analysis() or {}).get("bytes accessed")
+    if moved:
+        print(f"  jax {moved / 1e9:.2f} GB moved per step (compiled cost analysis): {moved / seconds / 1e12:.2f} TB/s")
+
+
+def device_time_by_op(fn, top=12):
+    """Run fn() once under jax.profiler and print the XLA ops that took the most device time.
+
+    Reads the profiler's Perfetto trace: on a GPU its "XLA Ops" rows (HLO ops, kernels
+    attributed; the stream rows where there are none), on the CPU the ops XLA's threads
+    ran. Returns the total seconds listed.
+    """
+    import collections
+    import glob
+    import gzip
+    import json
+    import tempfile
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            fn()
+        (path,) = glob.glob(f"{log_dir}/**/perfetto_trace.json.gz", recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    meta = [e for e in events if e.get("ph") == "M"]
+    processes = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    on_gpu = {k: v for k, v in threads.items() if "/device:GPU" in processes.get(k[0], "")}
+    rows = {k for k, v in on_gpu.items() if v == "XLA Ops"} or {k for k, v in on_gpu.items() if v.startswith("Stream")}
+    if not rows:
+        rows = {k for k, v in threads.items() if v.startswith("tf_XLA")}
+    totals, counts = collections.Counter(), collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        listed = "::" not in name and not name.startswith("end:")  # the host's runtime calls are not ops
+        if e.get("ph") == "X" and (e["pid"], e.get("tid")) in rows and listed:
+            totals[name] += e.get("dur", 0) / 1e6
+            counts[name] += 1
+    kinds = collections.Counter()
+    for name, seconds in totals.items():
+        kinds[re.sub(r"[.:]\d+$", "", name)] += seconds
+    total = sum(totals.values())
+    print(f"  profile: {total * 1e3:.1f} ms of device ops ({sum(counts.values())} runs); by kind:")
+    for name, seconds in kinds.most_common(top):
+        print(f"    {seconds * 1e3:8.2f} ms {seconds / max(total, 1e-12):6.1%}  {name[:100]}")
+    print("  the largest ops:")
+    for name, seconds in totals.most_common(top):
+        print(f"    {seconds * 1e3:8.2f} ms {seconds / max(total, 1e-12):6.1%} x{counts[name]:<5d} {name[:90]}")
+    return total

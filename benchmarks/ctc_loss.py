@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jaxmodels.ctc import ctc_loss
+from jaxmodels.ctc import loss as loss_module
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import time_it  # noqa: E402
@@ -59,6 +60,7 @@ def main():
     parser.add_argument("--vocab", type=int, default=100)
     parser.add_argument("--labels", type=int, default=100)
     parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--unroll", default="", help="also time these frames per loop iteration: 1,4,16")
     args = parser.parse_args()
     logits, logit_paddings, labels, label_paddings, il, tl = problem(args.batch, args.frames, args.vocab, args.labels)
     device = jax.devices()[0]
@@ -78,6 +80,17 @@ def main():
             float(loss),
             np.asarray(grad),
         )
+    default_unroll = dict(loss_module.SCAN_UNROLL)
+    for unroll in filter(None, args.unroll.split(",")):
+        loss_module.SCAN_UNROLL = {jax.default_backend(): int(unroll)}
+        fn = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a))))
+        loss, grad = jax.block_until_ready(fn(*inputs))
+        results[f"unroll {unroll}"] = (
+            time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters),
+            float(loss),
+            np.asarray(grad),
+        )
+    loss_module.SCAN_UNROLL = default_unroll
     try:
         results["torch"] = run_torch(logits, labels, il, tl, args.iters)
     except ImportError:

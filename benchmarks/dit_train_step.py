@@ -13,7 +13,9 @@ from_torch) and the same batch of 32x32x4 latents.
 - Sampling: DDPM with classifier-free guidance (forward_with_cfg, the batch doubled),
   --sample_steps respaced steps; upstream's p_sample_loop against our lax.scan.
 
-The torch side runs first and is freed before the JAX side starts (DiT-XL/2 with AdamW
+--attention times the JAX train step with each attention listed (auto: cuDNN's fused
+attention on GPUs in 16 bits, checked there against XLA's first); sampling uses the
+first. The torch side runs first and is freed before the JAX side starts (DiT-XL/2 with AdamW
 needs about 11 GB per framework). Prints times, the ratios (torch / jax: above 1 means
 JAX is faster) and, on an accelerator, images/s, FLOP/s and MFU.
 """
@@ -29,7 +31,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report_flops, time_it  # noqa: E402
+from common import device_time_by_op, report_flops, time_it  # noqa: E402
 
 
 def install_timm_stand_ins():
@@ -138,6 +140,26 @@ def run_torch(args, x, y, t, noise, z):
     return t_torch, s_torch, state_dict, threads
 
 
+def check_fused_attention():
+    """cuDNN's fused attention against XLA's on DiT-XL/2's head shape: outputs and gradients."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxmodels.nn.attention import dot_product_attention
+
+    q, k, v, g = (jax.random.normal(jax.random.PRNGKey(i), (32, 256, 16, 72), jnp.bfloat16) for i in range(4))
+
+    def run(implementation):
+        out, vjp = jax.vjp(lambda *a: dot_product_attention(*a, implementation), q, k, v)
+        return [out, *vjp(g)]
+
+    errors = [
+        float(jnp.linalg.norm((a - b).astype(jnp.float32)) / jnp.linalg.norm(b.astype(jnp.float32)))
+        for a, b in zip(run("cudnn"), run("xla"), strict=True)
+    ]
+    print("attention cudnn against xla, relative error of out, dq, dk, dv: " + " ".join(f"{e:.1e}" for e in errors))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", required=True, help="a clone of facebookresearch/DiT")
@@ -152,6 +174,13 @@ def main():
         choices=["float32", "bfloat16"],
         help="compute dtype (params stay float32): torch autocast, the JAX model's dtype",
     )
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        help="the JAX attention: auto (cuDNN's fused attention on GPUs in 16 bits), xla, cudnn, or several "
+        "separated by commas, each timed",
+    )
+    parser.add_argument("--profile", action="store_true", help="list the train step's costliest device ops")
     args = parser.parse_args()
 
     install_timm_stand_ins()
@@ -179,37 +208,49 @@ def main():
     from jaxmodels.diffusion import create_diffusion
     from jaxmodels.dit import DiT, create, forward_macs, from_torch
 
-    model = create(args.model, input_size=32, num_classes=1000, dtype=jnp.dtype(args.dtype))
+    def jitted_step(model):
+        def loss_fn(p, x, y, t, noise, key):
+            def model_fn(x_t, ts):
+                return model.apply({"params": p}, x_t, ts, y, train=True, rngs={"dropout": key})
+
+            return jdiff.training_losses(model_fn, x, t, noise)["loss"].mean()
+
+        # The state is donated: DiT-XL/2's params and AdamW moments are 8 GB in float32.
+        @functools.partial(jax.jit, donate_argnums=(0, 1))
+        def step(p, opt_state, x, y, t, noise, key):
+            loss, grads = jax.value_and_grad(loss_fn)(p, x, y, t, noise, key)
+            updates, opt_state = tx.update(grads, opt_state, p)
+            return optax.apply_updates(p, updates), opt_state, loss
+
+        return step
+
+    implementations = args.attention.split(",")
+    if jax.default_backend() == "gpu":
+        check_fused_attention()
+    base = create(args.model, input_size=32, num_classes=1000, dtype=jnp.dtype(args.dtype))
+    models = {a: base.clone(attention=None if a == "auto" else a) for a in implementations}
+    model = models[implementations[0]]
     params = from_torch(state_dict, model)["params"]
     del state_dict
     tx = optax.adamw(1e-4, weight_decay=0.0)
     jdiff = create_diffusion("")
-
-    def loss_fn(p, x, y, t, noise, key):
-        def model_fn(x_t, ts):
-            return model.apply({"params": p}, x_t, ts, y, train=True, rngs={"dropout": key})
-
-        return jdiff.training_losses(model_fn, x, t, noise)["loss"].mean()
-
-    # The state is donated: DiT-XL/2's params and AdamW moments are 8 GB in float32.
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(p, opt_state, x, y, t, noise, key):
-        loss, grads = jax.value_and_grad(loss_fn)(p, x, y, t, noise, key)
-        updates, opt_state = tx.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
-
     state = [params, tx.init(params)]
     batch = [jnp.asarray(a) for a in (x, y, t, noise)]
     key = jax.random.PRNGKey(0)
 
-    lowered_step = step.lower(state[0], state[1], *batch, key)
-    compiled_step = lowered_step.compile()
+    t_steps = {}
+    for implementation, m in models.items():
+        lowered_step = jitted_step(m).lower(state[0], state[1], *batch, key)
+        compiled_step = lowered_step.compile()
 
-    def jax_step():
-        state[0], state[1], loss = compiled_step(state[0], state[1], *batch, key)
-        jax.block_until_ready(loss)
+        def jax_step():
+            state[0], state[1], loss = compiled_step(state[0], state[1], *batch, key)
+            jax.block_until_ready(loss)
 
-    t_jax = time_it(jax_step, args.iters)
+        t_steps[implementation] = time_it(jax_step, args.iters)
+        if args.profile:
+            print(f"{args.model} train step, attention {implementation}:")
+            device_time_by_op(jax_step)
     jsampling = create_diffusion(str(args.sample_steps))
     y_cfg = jnp.concatenate([jnp.asarray(y), jnp.full((n,), 1000)])
 
@@ -227,13 +268,13 @@ def main():
     macs = forward_macs(model)
     print(f"device: {dev.device_kind} ({dev.platform}), torch threads {threads}")
     print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, {args.dtype}")
-    print(f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s")
+    for implementation, t_jax in t_steps.items():
+        print(
+            f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s  ratio torch/jax {t_torch / t_jax:.2f}x  "
+            f"(attention {implementation}; {6 * macs * n / t_jax / 1e12:.1f} TFLOP/s by 3x fwd MACs)"
+        )
+        report_flops(lowered_step, t_jax, dev)
     print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
-    print(
-        f"  ratio torch/jax: {t_torch / t_jax:.2f}x   "
-        f"(model: {6 * macs * n / t_jax / 1e12:.3f} TFLOP/s by 3x fwd MACs)"
-    )
-    report_flops(lowered_step, t_jax, dev)
     print(f"DDPM sampling, {args.sample_steps} steps, guidance {args.cfg_scale} (batch {n} doubled)")
     print(f"  jax   {s_jax:8.2f} s  ({s_jax / args.sample_steps * 1e3:.1f} ms/step)")
     print(f"  torch {s_torch:8.2f} s  ({s_torch / args.sample_steps * 1e3:.1f} ms/step)")

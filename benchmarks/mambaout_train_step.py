@@ -8,7 +8,8 @@ DropPath, register_model, the ImageNet mean/std), so torchvision is not needed. 
 models get the same weights (the torch state_dict converted with from_torch) and the
 same batch; each is timed over --iters steps of loss + gradients after warm-up, in one
 process. Prints the step times and their ratio (torch / jax: above 1 means JAX is
-faster); where an accelerator is present, also images/s, FLOP/s and MFU.
+faster), images/s, FLOP/s and MFU, and the bytes the step moves through device memory
+per second (the figure of merit for this memory-bound model).
 """
 
 import argparse
@@ -20,7 +21,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report_flops, time_it  # noqa: E402
+from common import device_time_by_op, report_bandwidth, report_flops, time_it  # noqa: E402
 
 
 def load_reference(path):
@@ -69,6 +70,7 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--profile", action="store_true", help="list the JAX step's costliest device ops")
     args = parser.parse_args()
 
     import jax
@@ -108,7 +110,7 @@ def main():
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn))
-    params = variables["params"]
+    params = jax.device_put(variables["params"])  # on the device once, not copied in at every step
     xj, yj = jnp.asarray(x), jnp.asarray(y)
 
     def jax_step():
@@ -124,7 +126,11 @@ def main():
     print(f"  jax   {t_jax * 1e3:9.1f} ms/step  {args.batch / t_jax:8.1f} images/s")
     print(f"  torch {t_torch * 1e3:9.1f} ms/step  {args.batch / t_torch:8.1f} images/s")
     print(f"  ratio torch/jax: {t_torch / t_jax:.2f}x")
-    report_flops(grad_fn.lower(params, xj, yj), t_jax, device)
+    lowered = grad_fn.lower(params, xj, yj)
+    report_flops(lowered, t_jax, device)
+    report_bandwidth(lowered.compile(), t_jax)
+    if args.profile:
+        device_time_by_op(jax_step)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,13 @@ Train step: the tts task's jitted step (VALL-E AR + NAR losses, backward, AdamW)
 by the Trainer from configs/valle.yaml with these sizes, on one device, on a synthetic
 batch of --frames codec frames and --text text bytes per utterance; step time,
 utterances/s and FLOP/s (MFU on a known GPU).
+
+With --torch, the same work in PyTorch on a model of the same sizes (VALL-E has no
+official code): decoding with transformers' GPT-2 (`generate`, greedy, KV-cached; the
+same layers, width, heads, FFN and vocabulary, prompted with as many tokens), and the
+train step with two `nn.TransformerEncoder` stacks (pre-LN, GELU) as the AR (causal)
+and NAR (bidirectional) models over text + frames, cross-entropy on the frames, AdamW,
+autocast to --dtype.
 """
 
 import argparse
@@ -26,7 +33,90 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import report_flops, time_it  # noqa: E402
+from common import device_time_by_op, report_flops, time_it  # noqa: E402
+
+
+def torch_reference(args, vocab, codebook_size):
+    """Seconds of greedy KV-cached decoding and of one train step, in PyTorch, at the same sizes."""
+    import torch
+    import transformers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = getattr(torch, args.dtype)
+    b, t, pr, n, d = args.batch, args.text, args.prompt, args.new, args.width
+    config = transformers.GPT2Config(
+        vocab_size=vocab,
+        n_positions=t + 1 + pr + n,
+        n_embd=d,
+        n_layer=args.layers,
+        n_head=args.heads,
+        n_inner=4 * d,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=None,
+    )
+    lm = transformers.GPT2LMHeadModel(config).to(device, dtype).eval()
+    prompt = torch.randint(0, vocab, (b, t + 1 + pr), device=device)
+
+    def decode():
+        with torch.no_grad():
+            out = lm.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=None,
+            )
+        assert out.shape[1] == t + 1 + pr + n
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t_decode = time_it(decode, args.iters, warmup=1)
+    lm = None  # freed before the train step
+
+    def stack():
+        layer = torch.nn.TransformerEncoderLayer(
+            d, args.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        return torch.nn.TransformerEncoder(layer, args.layers, enable_nested_tensor=False)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text, self.audio = torch.nn.Embedding(256, d), torch.nn.Embedding(codebook_size + 2, d)
+            self.ar, self.nar = stack(), stack()
+            self.ar_head, self.nar_head = torch.nn.Linear(d, codebook_size + 1), torch.nn.Linear(d, codebook_size)
+
+        def forward(self, text, codes):
+            x = torch.cat([self.text(text), self.audio(codes)], 1)
+            length = x.shape[1]
+            causal = torch.nn.Transformer.generate_square_subsequent_mask(length, device=x.device)
+            ar = self.ar_head(self.ar(x, mask=causal, is_causal=True)[:, t:])
+            nar = self.nar_head(self.nar(x)[:, t:])
+            return torch.nn.functional.cross_entropy(
+                ar.flatten(0, 1).float(), codes.flatten()
+            ) + torch.nn.functional.cross_entropy(nar.flatten(0, 1).float(), codes.flatten())
+
+    model = Model().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    text = torch.randint(1, 256, (b, t), device=device)
+    codes = torch.randint(0, codebook_size, (b, args.frames), device=device)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(text, codes)
+        loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return t_decode, time_it(train_step, args.iters)
 
 
 def main():
@@ -48,6 +138,8 @@ def main():
         help="also time cached decoding with classifier-free guidance at this scale",
     )
     p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--torch", action="store_true", help="also time PyTorch on a model of the same sizes")
+    p.add_argument("--profile", action="store_true", help="list the train step's costliest device ops")
     args = p.parse_args()
     g = args.group_size
     if args.prompt % g or args.new % g:
@@ -160,6 +252,16 @@ def main():
         f"{b / seconds:.1f} utterances/s"
     )
     report_flops(lowered, seconds, device)
+    if args.profile:
+        with trainer.context():
+            device_time_by_op(train_step)
+    if args.torch:
+        torch_decode, torch_train = torch_reference(args, 256 + model.codebook_size + 2, model.codebook_size)
+        print(
+            f"torch, same sizes: decoding {torch_decode * 1e3:.1f} ms ({b * n / torch_decode:.0f} tokens/s), "
+            f"torch/jax (cached) {torch_decode / t_cached:.2f}x; train step {torch_train * 1e3:.1f} ms "
+            f"({b / torch_train:.1f} utterances/s), torch/jax {torch_train / seconds:.2f}x"
+        )
 
 
 if __name__ == "__main__":

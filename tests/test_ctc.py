@@ -70,6 +70,25 @@ def test_bfloat16_logits_accumulate_in_float32():
     assert grad.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grad)))
 
 
+def test_unrolled_recursions_equal_the_plain_ones(monkeypatch):
+    """GPUs run 16 frames per loop iteration (loss.SCAN_UNROLL); the result must not change.
+    An odd length leaves a partial last iteration."""
+    from jaxmodels.ctc import loss as loss_module
+
+    d = load("loss_medium")
+    logits = jnp.asarray(d["logits"], jnp.float32)[:, :-1]
+    d = {**d, "logit_paddings": d["logit_paddings"][:, :-1]}
+
+    def value_and_grad():
+        return jax.jit(jax.value_and_grad(lambda x: jnp.sum(loss_fn(d, jnp.float32)(x))))(logits)
+
+    plain = value_and_grad()
+    monkeypatch.setattr(loss_module, "SCAN_UNROLL", {jax.default_backend(): 16})
+    unrolled = value_and_grad()
+    np.testing.assert_allclose(unrolled[0], plain[0], rtol=1e-6)
+    np.testing.assert_allclose(unrolled[1], plain[1], rtol=1e-5, atol=1e-7)
+
+
 def test_loss_rejects_bad_arguments():
     d = load("loss_small")
     with pytest.raises(ValueError, match="reduction"):

@@ -124,6 +124,7 @@ class DiTBlock(nn.Module):
     num_heads: int
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
+    attention: str | None = None
 
     @nn.compact
     def __call__(self, x, c):
@@ -133,7 +134,8 @@ class DiTBlock(nn.Module):
         )
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(_layer_norm(self.dtype)(x), shift_msa, scale_msa)
-        x = x + gate_msa[:, None] * Attention(self.num_heads, dtype=self.dtype, name="attn")(h)
+        attention = Attention(self.num_heads, dtype=self.dtype, implementation=self.attention, name="attn")
+        x = x + gate_msa[:, None] * attention(h)
         h = modulate(_layer_norm(self.dtype)(x), shift_mlp, scale_mlp)
         x = x + gate_mlp[:, None] * Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
         return constrain(x, ("batch", "length", "act_embed"))
@@ -172,6 +174,7 @@ class DiT(nn.Module):
     learn_sigma: bool = True
     dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
     remat: bool = False  # recompute each block's activations in the backward pass
+    attention: str | None = None  # "xla", "cudnn"; None: cuDNN's fused attention on GPUs in 16 bits
 
     @property
     def out_channels(self) -> int:
@@ -201,7 +204,9 @@ class DiT(nn.Module):
         ).astype(c.dtype)
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
-            x = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name=f"blocks_{i}")(x, c)
+            x = block(
+                self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}"
+            )(x, c)
         x = FinalLayer(self.hidden_size, self.patch_size, self.out_channels, self.dtype, name="final_layer")(x, c)
         return self.unpatchify(x)
 

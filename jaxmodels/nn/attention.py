@@ -55,10 +55,24 @@ class Projection(nn.Module):
         return y
 
 
+def dot_product_attention(q, k, v, implementation=None):
+    """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) inputs.
+
+    implementation None picks cuDNN's fused (flash) attention where it applies (a GPU,
+    16-bit inputs, head_dim a multiple of 8 up to 128), which keeps the (length, length)
+    scores out of device memory, and XLA's composition of the same ops elsewhere.
+    """
+    if implementation is None:
+        fused = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+        implementation = "cudnn" if fused and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 else "xla"
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
 class Attention(nn.Module):
     num_heads: int
     qkv_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    implementation: str | None = None  # "xla", "cudnn", or None: see dot_product_attention
 
     @nn.compact
     def __call__(self, x):  # (batch, length, embed)
@@ -76,7 +90,7 @@ class Attention(nn.Module):
             name="qkv",
         )(x)
         q, k, v = (constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
-        out = jax.nn.dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(head_dim)) v
+        out = dot_product_attention(q, k, v, self.implementation)
         return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, True, self.dtype, name="proj")(
             out
         )
