@@ -25,7 +25,8 @@ def report_flops(lowered, seconds, device):
 
     The FLOPs are XLA's cost analysis of the lowered (not yet optimised) step, which is
     the same on every backend: the compiled step's analysis on a GPU leaves out the
-    cuBLAS/cuDNN calls, i.e. most of the work.
+    cuBLAS/cuDNN calls, i.e. most of the work. A loop's body counts once, so a model
+    with scanned layers reports its own analytic count instead.
     """
     flops = (lowered.cost_analysis() or {}).get("flops")
     if not flops:

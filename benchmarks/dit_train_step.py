@@ -31,7 +31,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import device_time_by_op, report_flops, time_it  # noqa: E402
+from common import PEAK_FLOPS, device_time_by_op, time_it  # noqa: E402
 
 
 def install_timm_stand_ins():
@@ -240,8 +240,7 @@ def main():
 
     t_steps = {}
     for implementation, m in models.items():
-        lowered_step = jitted_step(m).lower(state[0], state[1], *batch, key)
-        compiled_step = lowered_step.compile()
+        compiled_step = jitted_step(m).lower(state[0], state[1], *batch, key).compile()
 
         def jax_step():
             state[0], state[1], loss = compiled_step(state[0], state[1], *batch, key)
@@ -268,12 +267,14 @@ def main():
     macs = forward_macs(model)
     print(f"device: {dev.device_kind} ({dev.platform}), torch threads {threads}")
     print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, {args.dtype}")
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in dev.device_kind), None) if dev.platform == "gpu" else None
     for implementation, t_jax in t_steps.items():
+        achieved = 6 * macs * n / t_jax  # the model's FLOPs: 3 x 2 x forward MACs per image
+        mfu = f", MFU {achieved / peak:.1%}" if peak else ""
         print(
             f"  jax   {t_jax * 1e3:10.1f} ms/step  {n / t_jax:8.2f} images/s  ratio torch/jax {t_torch / t_jax:.2f}x  "
-            f"(attention {implementation}; {6 * macs * n / t_jax / 1e12:.1f} TFLOP/s by 3x fwd MACs)"
+            f"(attention {implementation}; {achieved / 1e12:.2f} TFLOP/s{mfu})"
         )
-        report_flops(lowered_step, t_jax, dev)
     print(f"  torch {t_torch * 1e3:10.1f} ms/step  {n / t_torch:8.2f} images/s")
     print(f"DDPM sampling, {args.sample_steps} steps, guidance {args.cfg_scale} (batch {n} doubled)")
     print(f"  jax   {s_jax:8.2f} s  ({s_jax / args.sample_steps * 1e3:.1f} ms/step)")

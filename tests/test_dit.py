@@ -43,8 +43,9 @@ def test_forward_and_intermediates(case):
     assert rel_err(inter["t_embedder"]["__call__"][0], io["inter/t_emb"]) < 1e-4
     assert rel_err(inter["y_embedder"]["__call__"][0], io["inter/y_emb"]) < 1e-4
     assert rel_err(inter["x_embedder"]["__call__"][0], io["inter/patch_tokens"]) < 1e-4
+    blocks = inter["blocks"]["__call__"][0]  # the scanned blocks' outputs, stacked
     for i in range(model.depth):
-        assert rel_err(inter[f"blocks_{i}"]["__call__"][0], io[f"inter/block{i}_out"]) < 1e-4
+        assert rel_err(blocks[i], io[f"inter/block{i}_out"]) < 1e-4
     assert rel_err(inter["final_layer"]["__call__"][0], io["inter/final_tokens"]) < 1e-4
 
 
@@ -175,12 +176,12 @@ def test_named_configs_have_the_official_counts(fixtures_dir):
 
 def test_a_wrong_checkpoint_is_named(fixtures_dir):
     sd = load_state_dict(str(fixtures_dir / "dit" / "s_p2" / "weights.safetensors"))
-    with pytest.raises(ValueError, match="blocks_2"):
+    with pytest.raises(ValueError, match=r"layers \[0, 1\], the model has 3"):
         from_torch(sd, DiT(input_size=8, patch_size=2, hidden_size=64, depth=3, num_heads=4, num_classes=10))
     with pytest.raises(ValueError, match="num_heads"):
         from_torch(sd)
     variables = from_torch(sd, num_heads=4)  # the rest is read off the weights
-    assert variables["params"]["blocks_1"]["attn"]["qkv"]["kernel"].shape == (64, 3, 4, 16)
+    assert variables["params"]["blocks"]["attn"]["qkv"]["kernel"].shape == (2, 64, 3, 4, 16)
     with pytest.raises(ValueError, match="DiT expects"):
         DiT(input_size=8, patch_size=2, hidden_size=64, depth=2, num_heads=4, num_classes=10).init(
             jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 4)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
@@ -193,7 +194,7 @@ def test_fresh_model_is_adaln_zero():
     variables = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32)))
     out = model.apply(variables, x, jnp.ones((2,)), jnp.zeros((2,), jnp.int32))
     assert out.shape == (2, 16, 16, 8) and not np.asarray(out).any()  # zero-initialised output layer
-    blocks = variables["params"]["blocks_0"]["adaLN_modulation_1"]
+    blocks = variables["params"]["blocks"]["adaLN_modulation_1"]
     assert not np.asarray(blocks["kernel"]).any() and not np.asarray(blocks["bias"]).any()
 
 

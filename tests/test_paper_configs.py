@@ -37,8 +37,8 @@ def test_dit_xl2_imagenet_compiles_fsdp_sharded():
     )
     trainer = Trainer(cfg)
     params = jax.tree.leaves(trainer.abstract_state.params)
-    block = trainer.abstract_state.params["blocks_0"]
-    assert block["attn"]["qkv"]["kernel"].shape == (1152, 3, 16, 72)
+    block = trainer.abstract_state.params["blocks"]
+    assert block["attn"]["qkv"]["kernel"].shape == (2, 1152, 3, 16, 72)
     assert "fsdp" in str(block["mlp"]["fc1"]["kernel"].sharding.spec)
     batch = {
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])

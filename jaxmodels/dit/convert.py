@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.dit.model import DiT
-from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, torch_to_flax_leaf
+from jaxmodels.nn.state_dict import (
+    assign_state_dict,
+    load_state_dict,
+    module_path,
+    stack_layers,
+    torch_to_flax_leaf,
+)
 
 
 def _key_map(num_heads):
@@ -74,5 +80,17 @@ def from_torch(state_dict, model: DiT | None = None, num_heads: int | None = Non
     x = jnp.zeros((1, model.input_size, model.input_size, model.in_channels))
     t, y = jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
     shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, t, y)))["params"]
-    params = assign_state_dict(state_dict, shapes, _key_map(model.num_heads), ignore=lambda k: k == "pos_embed")
-    return {"params": params}
+    key_map = _key_map(model.num_heads)
+    converted, paths, blocks = {}, {}, {}
+    for key, value in state_dict.items():
+        if key == "pos_embed":
+            continue
+        if key.startswith("blocks."):  # blocks.{i}.rest -> row i of blocks/rest
+            index, _, rest = key.removeprefix("blocks.").partition(".")
+            path, value = key_map(rest, value)
+            blocks.setdefault(f"blocks.*.{rest}", (("blocks", *path), {}))[1][int(index)] = value
+        else:
+            paths[key], converted[key] = key_map(key, value)
+    for key, (path, by_index) in blocks.items():
+        converted[key], paths[key] = stack_layers(key, by_index, model.depth), path
+    return {"params": assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))}

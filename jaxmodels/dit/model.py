@@ -4,7 +4,10 @@ Patchify, fixed 2-D sin-cos positions, timestep and class embeddings summed into
 conditioning vector c, adaLN-Zero transformer blocks, and a modulated linear decoder
 that predicts noise (and, with learn_sigma, the variance interpolation). Channels-last:
 x is (N, H, W, C) in and (N, H, W, C_out) out. Parameter names follow upstream's
-state_dict (`blocks.3.adaLN_modulation.1` is `blocks_3/adaLN_modulation_1`).
+state_dict; the blocks are one module scanned over their stacked parameters
+(`blocks.3.adaLN_modulation.1` is row 3 of `blocks/adaLN_modulation_1`): XLA compiles
+one block, not 28, and on the CPU the unrolled blocks' backward was fused across blocks
+into a step 2.5x slower (DiT-XL/2, benchmarks/dit_train_step.py).
 """
 
 import math
@@ -15,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.nn.attention import Attention
-from jaxmodels.nn.layers import Conv, Dense, constrain
+from jaxmodels.nn.layers import Conv, Dense, constrain, repeated
 
 xavier = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros
@@ -202,11 +205,8 @@ class DiT(nn.Module):
         c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob, name="y_embedder")(
             y, train, force_drop_ids
         ).astype(c.dtype)
-        block = nn.remat(DiTBlock) if self.remat else DiTBlock
-        for i in range(self.depth):
-            x = block(
-                self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention, name=f"blocks_{i}"
-            )(x, c)
+        block = repeated(nn.remat(DiTBlock) if self.remat else DiTBlock, self.depth)
+        x, _ = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention, name="blocks")(x, c)
         x = FinalLayer(self.hidden_size, self.patch_size, self.out_channels, self.dtype, name="final_layer")(x, c)
         return self.unpatchify(x)
 

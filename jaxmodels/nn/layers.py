@@ -40,7 +40,7 @@ def repeated(layer: type[nn.Module], length: int):
     Step.__name__ = layer.__name__
     return nn.scan(
         Step,
-        variable_axes={"params": 0, "cache": 0},
+        variable_axes={"params": 0, "cache": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast,
         length=length,
