@@ -6,8 +6,8 @@ that predicts noise (and, with learn_sigma, the variance interpolation). Channel
 x is (N, H, W, C) in and (N, H, W, C_out) out. Parameter names follow upstream's
 state_dict; the blocks are one module scanned over their stacked parameters
 (`blocks.3.adaLN_modulation.1` is row 3 of `blocks/adaLN_modulation_1`): XLA compiles
-one block, not 28, and on the CPU the unrolled blocks' backward was fused across blocks
-into a step 2.5x slower (DiT-XL/2, benchmarks/dit_train_step.py).
+one block, not 28, and cannot fuse the backward across blocks, which XLA:CPU does to
+unrolled blocks at a 2.5x slower step (DiT-XL/2, benchmarks/dit_train_step.py).
 """
 
 import math

@@ -31,7 +31,7 @@ def repeated(layer: type[nn.Module], length: int):
     their parameters (leading axis "layers"): XLA compiles the layer once, not ``length``
     times. The module takes ``(x, *args)``, ``args`` the same for every layer, and returns
     ``(x, None)``; ``layer(x, *args)`` returns x. ``layer`` may be an ``nn.remat`` of one. A
-    decoding cache the layer keeps is stacked the same way."""
+    decoding cache the layer keeps is stacked the same way, as are captured intermediates."""
 
     class Step(layer):
         def __call__(self, x, *args):
