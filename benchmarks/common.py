@@ -8,6 +8,13 @@ import numpy as np
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # bf16 dense, per chip
 
 
+def peak_flops(device):
+    """The bf16 dense FLOP/s of a known GPU, else None (no MFU is reported)."""
+    if device.platform != "gpu":
+        return None
+    return next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
+
+
 def time_it(fn, iters, warmup=2):
     """Median seconds of fn() over iters calls, after warm-up calls (compilation, caches)."""
     for _ in range(warmup):
@@ -33,8 +40,8 @@ def report_flops(lowered, seconds, device):
         print(f"  (XLA gave no FLOP count on {device.platform}: lower the same step on the CPU for it)")
         return
     achieved = flops / seconds
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in device.device_kind), None)
-    mfu = f", MFU {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak and device.platform == "gpu" else ""
+    peak = peak_flops(device)
+    mfu = f", MFU {achieved / peak:.1%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
     print(f"  jax {flops / 1e9:.1f} GFLOP per step, {achieved / 1e12:.2f} TFLOP/s (XLA cost analysis){mfu}")
 
 

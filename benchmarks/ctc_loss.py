@@ -72,24 +72,16 @@ def main():
     inputs = [jnp.asarray(a) for a in (logits, logit_paddings, labels, label_paddings)]
     ours = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a))))
     reference = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(optax.ctc_loss(x, *a))))
-    results = {}
-    for name, fn in (("jaxmodels", ours), ("optax", reference)):
+
+    def measure(fn):
         loss, grad = jax.block_until_ready(fn(*inputs))
-        results[name] = (
-            time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters),
-            float(loss),
-            np.asarray(grad),
-        )
+        return time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters), float(loss), np.asarray(grad)
+
+    results = {"jaxmodels": measure(ours), "optax": measure(reference)}
     default_unroll = dict(loss_module.SCAN_UNROLL)
     for unroll in filter(None, args.unroll.split(",")):
-        loss_module.SCAN_UNROLL = {jax.default_backend(): int(unroll)}
-        fn = jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a))))
-        loss, grad = jax.block_until_ready(fn(*inputs))
-        results[f"unroll {unroll}"] = (
-            time_it(lambda: jax.block_until_ready(fn(*inputs)), args.iters),
-            float(loss),
-            np.asarray(grad),
-        )
+        loss_module.SCAN_UNROLL = {jax.default_backend(): int(unroll)}  # read when the loss is traced
+        results[f"unroll {unroll}"] = measure(jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a)))))
     loss_module.SCAN_UNROLL = default_unroll
     try:
         results["torch"] = run_torch(logits, labels, il, tl, args.iters)

@@ -31,7 +31,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import PEAK_FLOPS, device_time_by_op, time_it  # noqa: E402
+from common import device_time_by_op, peak_flops, time_it  # noqa: E402
 
 
 def install_timm_stand_ins():
@@ -267,7 +267,7 @@ def main():
     macs = forward_macs(model)
     print(f"device: {dev.device_kind} ({dev.platform}), torch threads {threads}")
     print(f"{args.model} train step (hybrid loss, backward, AdamW), batch {n}, 32x32x4 latents, {args.dtype}")
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in dev.device_kind), None) if dev.platform == "gpu" else None
+    peak = peak_flops(dev)
     for implementation, t_jax in t_steps.items():
         achieved = 6 * macs * n / t_jax  # the model's FLOPs: 3 x 2 x forward MACs per image
         mfu = f", MFU {achieved / peak:.1%}" if peak else ""
