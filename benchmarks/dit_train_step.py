@@ -24,6 +24,7 @@ import argparse
 import ctypes
 import functools
 import gc
+import itertools
 import os
 import sys
 import types
@@ -180,6 +181,11 @@ def main():
         help="the JAX attention: auto (cuDNN's fused attention on GPUs in 16 bits), xla, cudnn, or several "
         "separated by commas, each timed",
     )
+    parser.add_argument(
+        "--unroll",
+        default="",
+        help="blocks per loop iteration to time (0: all), comma-separated (default: the model's)",
+    )
     parser.add_argument("--profile", action="store_true", help="list the train step's costliest device ops")
     args = parser.parse_args()
 
@@ -207,6 +213,7 @@ def main():
 
     from jaxmodels.diffusion import create_diffusion
     from jaxmodels.dit import DiT, create, forward_macs, from_torch
+    from jaxmodels.dit import model as dit_model
 
     def jitted_step(model):
         def loss_fn(p, x, y, t, noise, key):
@@ -238,9 +245,15 @@ def main():
     batch = [jnp.asarray(a) for a in (x, y, t, noise)]
     key = jax.random.PRNGKey(0)
 
+    default_unroll = dict(dit_model.BLOCK_UNROLL)
+    unrolls = [int(u) for u in args.unroll.split(",")] if args.unroll else [None]
     t_steps = {}
-    for implementation, m in models.items():
+    for (implementation, m), unroll in itertools.product(models.items(), unrolls):
+        if unroll is not None:
+            dit_model.BLOCK_UNROLL = {jax.default_backend(): unroll}  # read when the step is traced
+            implementation = f"{implementation}, unroll {unroll}"
         compiled_step = jitted_step(m).lower(state[0], state[1], *batch, key).compile()
+        dit_model.BLOCK_UNROLL = default_unroll
 
         def jax_step():
             state[0], state[1], loss = compiled_step(state[0], state[1], *batch, key)

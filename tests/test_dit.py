@@ -278,3 +278,30 @@ def test_attention_choice_and_the_xla_path():
     expected = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), v)
     np.testing.assert_allclose(dot_product_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(dot_product_attention(q, k, v), dot_product_attention(q, k, v, "xla"))
+
+
+def test_unrolled_blocks_equal_the_loop(monkeypatch):
+    """GPUs unroll the scanned blocks (BLOCK_UNROLL); outputs and gradients stay those of the loop."""
+    from jaxmodels.dit import model as dit_model
+
+    model = DiT(input_size=8, patch_size=4, hidden_size=32, depth=3, num_heads=2, num_classes=5)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+    t, y = jnp.array([3, 700]), jnp.array([1, 4])
+    params = model.init(jax.random.PRNGKey(1), x, t, y)["params"]
+    # adaLN-Zero starts with every block an identity: perturb the parameters so that the blocks act.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = treedef.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+    def loss_and_grad():
+        return jax.value_and_grad(lambda p: jnp.sum(model.apply({"params": p}, x, t, y) ** 2))(params)
+
+    backend = jax.default_backend()
+    monkeypatch.setattr(dit_model, "BLOCK_UNROLL", {backend: 1})
+    loss_loop, grads_loop = loss_and_grad()
+    monkeypatch.setattr(dit_model, "BLOCK_UNROLL", {backend: 0})
+    loss_unrolled, grads_unrolled = loss_and_grad()
+    assert float(loss_loop) > 0
+    np.testing.assert_allclose(loss_unrolled, loss_loop, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads_loop), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -26,12 +26,14 @@ def constrain(x, axes: Sequence[str | None]):
     return nn.with_logical_constraint(x, tuple(axes))
 
 
-def repeated(layer: type[nn.Module], length: int):
+def repeated(layer: type[nn.Module], length: int, unroll: int = 1):
     """``length`` copies of ``layer`` applied in turn, as one module scanned over a stack of
     their parameters (leading axis "layers"): XLA compiles the layer once, not ``length``
     times. The module takes ``(x, *args)``, ``args`` the same for every layer, and returns
     ``(x, None)``; ``layer(x, *args)`` returns x. ``layer`` may be an ``nn.remat`` of one. A
-    decoding cache the layer keeps is stacked the same way, as are captured intermediates."""
+    decoding cache the layer keeps is stacked the same way, as are captured intermediates.
+    ``unroll`` layers run per loop iteration (``length``: no loop left, the stacked
+    parameters sliced at fixed offsets)."""
 
     class Step(layer):
         def __call__(self, x, *args):
@@ -44,6 +46,7 @@ def repeated(layer: type[nn.Module], length: int):
         split_rngs={"params": True, "dropout": True},
         in_axes=nn.broadcast,
         length=length,
+        unroll=unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
 
