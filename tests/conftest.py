@@ -228,7 +228,7 @@ def tone_corpus(tmp_path_factory):
 
     import numpy as np
 
-    from trainers import speech
+    from trainers.data import speech
 
     root = tmp_path_factory.mktemp("tones")
     rng = np.random.default_rng(0)

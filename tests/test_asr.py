@@ -13,7 +13,7 @@ from conftest import ROOT, TINY_SENSEVOICE, manifest_data, run
 
 from jaxmodels import asr
 from trainers import config as config_lib
-from trainers import speech
+from trainers.data import speech
 from trainers.evaluators.text import char_errors, error_rates, word_errors
 from trainers.tasks.ctc import Tokenizer
 
@@ -198,7 +198,7 @@ def test_tokenizers_round_trip():
 
 def test_corpus_is_deterministic_with_held_out_voices(tmp_path):
     for name in ("a", "b"):  # each in a fresh process, as a user's run makes it
-        code = f"from trainers.speech import build_corpus; build_corpus({str(tmp_path / name)!r}, 3, 12, 4)"
+        code = f"from trainers.data.speech import build_corpus; build_corpus({str(tmp_path / name)!r}, 3, 12, 4)"
         run([sys.executable, "-c", code])
     a_train = speech.read_manifest(str(tmp_path / "a" / "train.jsonl"))
     b_train = speech.read_manifest(str(tmp_path / "b" / "train.jsonl"))

@@ -136,8 +136,8 @@ def test_extracted_codes_are_the_codecs(extracted, tone_corpus):
     """A record's codes in the shards equal the codec's encode of the utterance alone, but for
     the last frames, which see the batch's zero padding instead of the reflection."""
     from jaxmodels.codec import speechtokenizer
-    from trainers import speech
-    from trainers.extracted import ExtractedFrames
+    from trainers.data import speech
+    from trainers.data.extracted import ExtractedFrames
 
     _, _, codes = extracted
     frames = ExtractedFrames(f"{codes}/test")
@@ -189,7 +189,8 @@ def test_stage_errors(extracted):
 def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_path):
     """A prompt's units and codes through semantic, coarse and fine runs and the codec: the
     output holds the prompt's frames and then the continuation's."""
-    from trainers import continue_speech, speech
+    from trainers import continue_speech
+    from trainers.data import speech
     from trainers.loop import train
 
     runs = {}

@@ -13,7 +13,8 @@ from conftest import TINY_CODEC, assert_same_updates
 
 from jaxmodels.codec import losses
 from trainers import config as config_lib
-from trainers import sharding, speech
+from trainers import sharding
+from trainers.data import speech
 from trainers.loop import Trainer, with_state
 
 

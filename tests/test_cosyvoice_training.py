@@ -109,8 +109,8 @@ def task_config(data, task, **sections):
 def test_cosyvoice_extracted_tokens_and_xvectors_are_each_utterances_own(cosyvoice_data, tone_corpus):
     from safetensors.numpy import load_file
 
-    from trainers import speech
-    from trainers.extracted import ExtractedFrames
+    from trainers.data import speech
+    from trainers.data.extracted import ExtractedFrames
     from trainers.speaker import SpeakerEmbedder
 
     data, root, s3 = cosyvoice_data
@@ -214,8 +214,9 @@ def test_cosyvoice_s3_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_pa
     first), resumed bitwise with the params; eval reports the codebook's use; trainers.extract
     s3tokens writes each utterance's tokens as the run gives them alone."""
     from trainers import config as config_lib
-    from trainers import extract, speech
-    from trainers.extracted import ExtractedFrames
+    from trainers import extract
+    from trainers.data import speech
+    from trainers.data.extracted import ExtractedFrames
     from trainers.loop import Trainer, train
     from trainers.tasks.ctc import Recognizer
 

@@ -3,7 +3,13 @@ import pytest
 from PIL import Image
 
 from trainers import data
-from trainers.images import DigitsSource, ImageFolderSource, ImageTransform, random_resized_crop, resize_center_crop
+from trainers.data.images import (
+    DigitsSource,
+    ImageFolderSource,
+    ImageTransform,
+    random_resized_crop,
+    resize_center_crop,
+)
 
 TRANSFORM = ImageTransform(image_size=16, train=True, random_resized_crop=True, crop_scale=(0.5, 1.0), hflip=0.5)
 

@@ -90,7 +90,7 @@ def test_evaluate_a_missing_step_and_mismatched_weights(config_file, tmp_path):
 def test_compress_weights_and_files(tmp_path):
     args = ["--weights", str(tmp_path / "absent.safetensors")]
     wav = tmp_path / "a.wav"
-    from trainers import speech
+    from trainers.data import speech
 
     speech.write_wav(str(wav), np.zeros(2400, np.float32), 24000)
     one_line_exit(compress.main, ["encode", str(wav), str(tmp_path / "c.npz"), *args], "absent.safetensors")

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from trainers import evaluators, speech
+from trainers import evaluators
 from trainers.config import ConfigError, EvalConfig
+from trainers.data import speech
 from trainers.evaluators import fidelity
 from trainers.evaluators.accuracy import accuracies
 from trainers.evaluators.speaker_similarity import SpeakerSimilarity, SpeakerSimilarityConfig

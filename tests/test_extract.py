@@ -90,9 +90,9 @@ def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
     from test_hubert import hubert_config
 
     from trainers import config as config_lib
-    from trainers import speech
+    from trainers.data import speech
+    from trainers.data.semantic import SemanticTokenizer
     from trainers.extract import main as extract
-    from trainers.semantic import SemanticTokenizer
 
     with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
         state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith("hubert_base_layout/sd/")}

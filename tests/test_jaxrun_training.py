@@ -19,8 +19,8 @@ import pytest
 from conftest import ROOT, assert_same_updates, tiny_config
 
 from trainers import config as config_lib
-from trainers import speech
 from trainers.checkpoint import Checkpointer
+from trainers.data import speech
 from trainers.loop import Trainer, train
 
 STEPS = 6

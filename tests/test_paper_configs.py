@@ -53,7 +53,7 @@ def test_dit_xl2_imagenet_compiles_fsdp_sharded():
 def _sensevoice_trainer(tmp_path):
     """configs/sensevoice_small.yaml on 8 devices (FSDP), reading a small built-in corpus
     through a 25,055-entry token list, as the published vocabulary."""
-    from trainers import speech
+    from trainers.data import speech
 
     speech.build_corpus(str(tmp_path / "corpus"), seed=0, train_size=8, test_size=2)
     pieces = ["<blank>", "<unk>"] + [

@@ -5,10 +5,10 @@ import pytest
 from conftest import TINY_SENSEVOICE, manifest_data
 
 from trainers import config as config_lib
-from trainers import speech
 from trainers.config import ConfigError
+from trainers.data import speech
+from trainers.data.semantic import SemanticTokenizer
 from trainers.loop import train
-from trainers.semantic import SemanticTokenizer
 
 
 def tone(freq, seconds, rate=16000):

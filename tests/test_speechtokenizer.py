@@ -70,7 +70,8 @@ def test_compress_command(tmp_path):
     bandwidth (here 2000 Hz x 5 bits) is the first quantizer alone, and the codes are the model's."""
     from safetensors.numpy import save_file
 
-    from trainers import compress, speech
+    from trainers import compress
+    from trainers.data import speech
 
     state_dict, config, ref = _case("elu")
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp_path / "st.safetensors"))
@@ -250,7 +251,7 @@ def test_uslm_is_valle_over_speechtokenizer_codes(tone_corpus, tmp_path):
     }
     metrics = train(config_lib.parse(cfg), str(tmp_path / "run"))
     assert np.isfinite(metrics["eval/ar_loss"]) and np.isfinite(metrics["eval/nar_loss"])
-    from trainers import speech
+    from trainers.data import speech
 
     with np.load(tmp_path / "tokens" / "test.npz") as f:
         codes, offsets = f["codes"], f["code_offsets"]

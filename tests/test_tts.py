@@ -10,7 +10,7 @@ import pytest
 from conftest import manifest_data
 
 from trainers import config as config_lib
-from trainers import speech
+from trainers.data import speech
 from trainers.loop import Trainer, train
 
 TINY_VALLE = {
@@ -208,7 +208,7 @@ def test_delayed_lm_trains_and_speaks(tone_corpus, fixtures_dir, tmp_path, condi
         # The tokenizer comes back with the checkpoint: another one saved into the tokens
         # directory since neither replaces it nor leaves stale tokens.
         from trainers.checkpoint import restore_run
-        from trainers.semantic import SemanticTokenizer
+        from trainers.data.semantic import SemanticTokenizer
 
         path = str(tmp_path / "tokens" / "semantic.npz")
         saved = SemanticTokenizer.load(path)

@@ -76,7 +76,7 @@ def convert_channels(audio, channels: int):
 
 
 def encode(codec, wav_path, npz_path, bandwidth):
-    from trainers import speech
+    from trainers.data import speech
 
     c = codec.config
     audio = speech.read_audio(wav_path, c.sample_rate, resample=True, mono=False)
@@ -102,7 +102,7 @@ def encode(codec, wav_path, npz_path, bandwidth):
 
 
 def decode(codec, npz_path, wav_path):
-    from trainers import speech
+    from trainers.data import speech
 
     c = codec.config
     try:

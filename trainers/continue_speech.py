@@ -84,8 +84,8 @@ class Stage:
 def main(argv=None):
     import jax
 
-    from trainers import speech
-    from trainers.semantic import SemanticTokenizer
+    from trainers.data import speech
+    from trainers.data.semantic import SemanticTokenizer
     from trainers.tasks.audiolm import deduplicate, flatten_codes
     from trainers.tasks.codec import load_codec
 

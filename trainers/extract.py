@@ -24,7 +24,7 @@ its config.json, or a hubert or wav2vec2 run's directory; --layer avg: the mean 
 SpeechTokenizer's distillation target, with --features), each utterance alone as it would be
 unbatched (ssl's norm_valid_frames), as k-means units of a tokenizer: fitted with --clusters
 on the first --fit_utterances of the first split and saved as DIR/tokenizer.npz (the format
-trainers.semantic reads; a run started again reuses it), or given (--tokenizer); with
+trainers.data.semantic reads; a run started again reuses it), or given (--tokenizer); with
 --features, the hidden states themselves (float16). Shards hold the utterances' frames one
 after another (`units` or `features`), `lengths` (frames per utterance) and `indices`.
 
@@ -130,7 +130,7 @@ def extract_split(images_root, out_dir, autoencoder, variables, mesh, size, flip
     import jax
 
     from trainers import files, sharding
-    from trainers.images import ImageFolderSource
+    from trainers.data.images import ImageFolderSource
 
     source = ImageFolderSource(images_root)
     batch = sharding.batch_sharding(mesh, 4)
@@ -174,7 +174,8 @@ STORED = {"units": None, "features": np.float16, "codes": np.int16}  # what is w
 def extract_units(source, out_dir, encode, mesh, batch_size, shard_batches, resample, what: str, meta: dict, rate):
     """One split's units, features or codes into out_dir (see the module's docstring), of audio
     at `rate` Hz. encode(audio, lengths) -> (per-frame values (B, T', ...), frames (B,)), batch-sharded."""
-    from trainers import files, sharding, speech
+    from trainers import files, sharding
+    from trainers.data import speech
 
     def units(rows):
         real = rows[rows < len(source)]
@@ -217,7 +218,8 @@ def extract_splits(args, cfg, encode, mesh, what: str, meta: dict, rate):
     encode jitted batch-sharded over the mesh."""
     import jax
 
-    from trainers import sharding, speech
+    from trainers import sharding
+    from trainers.data import speech
 
     batch = sharding.batch_sharding(mesh)
     encode = jax.jit(encode, in_shardings=(sharding.batch_sharding(mesh, 2), batch), out_shardings=batch)
@@ -281,8 +283,8 @@ def tokenizer_centroids(args, cfg, splits, frame_rate: float):
     unless it was, with these settings)."""
     import jax
 
-    from trainers import speech
-    from trainers.semantic import SemanticTokenizer
+    from trainers.data import speech
+    from trainers.data.semantic import SemanticTokenizer
 
     if args.tokenizer:
         return SemanticTokenizer.load(args.tokenizer).centroids
@@ -309,7 +311,8 @@ def speech_units(args, cfg):
     import jax.numpy as jnp
 
     from jaxmodels import speechlm, ssl
-    from trainers import sharding, speech
+    from trainers import sharding
+    from trainers.data import speech
     from trainers.tasks._pretraining import load_encoder
 
     if not args.encoder:
@@ -374,7 +377,8 @@ def codec_codes(args, cfg):
 
 def s3_tokens(args, cfg):
     from jaxmodels.cosyvoice import s3tokenizer
-    from trainers import sharding, speech
+    from trainers import sharding
+    from trainers.data import speech
 
     if not args.s3tokenizer:
         raise InputError("give --s3tokenizer: a released S3 tokenizer's weights or a ctc run trained with one")
@@ -404,7 +408,8 @@ def s3_tokens(args, cfg):
 def speaker_xvectors(args, cfg):
     import jax.numpy as jnp
 
-    from trainers import sharding, speech
+    from trainers import sharding
+    from trainers.data import speech
     from trainers.speaker import SpeakerEmbedder
 
     if not args.speaker:

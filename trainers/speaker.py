@@ -15,8 +15,9 @@ import numpy as np
 import optax
 
 from jaxmodels.asr import fbank
-from trainers import files, speech
+from trainers import files
 from trainers.cli import InputError, command
+from trainers.data import speech
 
 NUM_MEL_BINS = 40
 

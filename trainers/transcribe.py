@@ -64,8 +64,8 @@ def main(argv=None):
 
     from jaxmodels.asr import parse_rich, rich_greedy, segments
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
-    from trainers import speech
     from trainers.checkpoint import restore_or_load
+    from trainers.data import speech
     from trainers.loop import Trainer
 
     audio = []

@@ -33,8 +33,8 @@ def main(argv=None):
     launch.initialize()
     import jax
 
-    from trainers import speech
     from trainers.checkpoint import restore_run
+    from trainers.data import speech
     from trainers.loop import Trainer
 
     trainer = Trainer(cfg)

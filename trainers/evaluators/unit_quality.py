@@ -28,8 +28,8 @@ import numpy as np
 
 from jaxmodels import speechlm, ssl
 from jaxmodels.asr import mfcc
-from trainers import speech
 from trainers.config import ConfigError, EvalConfig
+from trainers.data import speech
 
 
 @dataclass

@@ -4,8 +4,8 @@ trainers.extract wrote of it, looked up per utterance."""
 from dataclasses import dataclass
 
 from trainers.config import ConfigError
-from trainers.extracted import ExtractedFrames
-from trainers.speech import AudioDataConfig
+from trainers.data.extracted import ExtractedFrames
+from trainers.data.speech import AudioDataConfig
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxmodels import ssl
 from trainers import config as config_lib
-from trainers import speech
+from trainers.data import speech
 from trainers.tasks import SplitSources
 
 TASKS = ("hubert", "wav2vec2")

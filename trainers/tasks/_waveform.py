@@ -7,7 +7,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from trainers import speech
+from trainers.data import speech
 
 
 class AudioCrop:

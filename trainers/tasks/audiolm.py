@@ -23,10 +23,10 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.speechlm import audiolm
-from trainers import speech
 from trainers.config import ConfigError
-from trainers.extracted import ExtractedFrames
-from trainers.speech import AudioDataConfig
+from trainers.data import speech
+from trainers.data.extracted import ExtractedFrames
+from trainers.data.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 
 

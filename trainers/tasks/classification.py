@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from trainers.data.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
 from trainers.evaluators import accuracy
-from trainers.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
 
 

@@ -33,12 +33,13 @@ import optax
 import jaxmodels.codec as codec_lib
 from jaxmodels.codec import Encodec, losses, quantization, speechtokenizer
 from jaxmodels.codec.hifigan_discriminator import DISCRIMINATORS, MultipleDiscriminator
-from trainers import sharding, speech
+from trainers import sharding
 from trainers.cli import read_weights
 from trainers.config import ConfigError
+from trainers.data import speech
+from trainers.data.extracted import ExtractedFrames
+from trainers.data.speech import AudioDataConfig
 from trainers.evaluators import fidelity
-from trainers.extracted import ExtractedFrames
-from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 from trainers.tasks._waveform import AudioCrop, eval_examples, masked_mean, write_examples
 

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.cosyvoice import flow, hift
-from trainers import sharding, speech
+from trainers import sharding
+from trainers.data import speech
 from trainers.tasks import SplitSources, _cosyvoice
 
 

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.cosyvoice import llm
-from trainers import sharding, speech
+from trainers import sharding
 from trainers.config import ConfigError
+from trainers.data import speech
 from trainers.evaluators.text import edit_distance
 from trainers.tasks import SplitSources, _cosyvoice
 

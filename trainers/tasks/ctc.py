@@ -47,11 +47,12 @@ from jaxmodels.ctc import (
     train_ngram,
     write_arpa,
 )
-from trainers import files, speech
+from trainers import files
 from trainers.cli import InputError
+from trainers.data import speech
+from trainers.data.speech import AudioDataConfig
 from trainers.evaluators.text import error_rates
 from trainers.runs import load_run
-from trainers.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 
 

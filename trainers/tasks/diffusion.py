@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxmodels.diffusion import create_diffusion
 from trainers.cli import InputError
-from trainers.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
+from trainers.data.images import DigitsSource, ImageDataConfig, ImageFolderSource, ImageTransform
 from trainers.tasks import SplitSources
 
 

@@ -23,9 +23,10 @@ import optax
 from jaxmodels.codec import losses
 from jaxmodels.codec.hifigan_discriminator import MultipleDiscriminator
 from jaxmodels.cosyvoice import hift
-from trainers import sharding, speech
+from trainers import sharding
 from trainers.config import ConfigError
-from trainers.speech import AudioDataConfig
+from trainers.data import speech
+from trainers.data.speech import AudioDataConfig
 from trainers.tasks import SplitSources
 from trainers.tasks._waveform import AudioCrop, eval_examples, masked_mean, write_examples
 

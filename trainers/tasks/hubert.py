@@ -1,6 +1,6 @@
 """HuBERT pretraining (task: hubert): masked prediction of k-means units of speech.
 
-Each utterance's targets are k-means units of its frames (trainers.semantic): the first
+Each utterance's targets are k-means units of its frames (trainers.data.semantic): the first
 iteration clusters MFCCs (39 dimensions at 100 Hz, every other unit a target at the
 encoder's 50 Hz, as fairseq's label rate of 100), the second a layer of a trained encoder
 (hubert.target_features: hubert, target_encoder: the first iteration's run directory, or a
@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import ssl
-from trainers import files, speech
-from trainers.speech import AudioDataConfig
+from trainers import files
+from trainers.data import speech
+from trainers.data.speech import AudioDataConfig
 from trainers.tasks._pretraining import AudioTransform, SpeechPretraining
 
 
@@ -101,7 +102,7 @@ class HubertTask(SpeechPretraining):
     def tokenizer(self):
         """The k-means tokenizer of the targets: the one cached in targets_dir when it was fitted
         with these settings on these utterances, else fitted now (and cached)."""
-        from trainers.semantic import SemanticTokenizer
+        from trainers.data.semantic import SemanticTokenizer
 
         if self._tokenizer is None:
             h = self.cfg.hubert

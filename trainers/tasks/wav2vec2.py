@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels import ssl
-from trainers.speech import AudioDataConfig
+from trainers.data.speech import AudioDataConfig
 from trainers.tasks._pretraining import AudioTransform, SpeechPretraining
 
 

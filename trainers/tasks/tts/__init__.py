@@ -11,7 +11,7 @@ a random prefix of the same utterance (up to half) as its acoustic prompt, as
 lifeiteng/vall-e trains it. model.name "delayed" (or a named speechlm config such as
 musicgen_small): one DelayedLM over all codebooks, text as its prefix, or with
 tts.condition semantic the utterance's own semantic tokens (AudioLM's acoustic stage;
-trainers/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz; its
+trainers/data/semantic.py, fitted on the training split into tts.tokens_dir/semantic.npz; its
 centroids are kept in each checkpoint and restored with it).
 With tts.pair_prob an example is two utterances of one voice end to end, the shape of a
 prompt and its continuation. With the AR's word_alignment (VALL-E R's monotonic alignment,
@@ -38,7 +38,7 @@ Modules: config (the tts section), models, tokens (the codec and the token cache
 (word alignment), losses, synthesis, task (TTSTask, made of those parts).
 """
 
-from trainers.speech import AudioDataConfig
+from trainers.data.speech import AudioDataConfig
 from trainers.tasks.tts.config import TTSConfig
 from trainers.tasks.tts.task import TTSTask
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import speechlm
-from trainers import sharding, speech
+from trainers import sharding
+from trainers.data import speech
 from trainers.tasks.tts.words import text_words
 
 

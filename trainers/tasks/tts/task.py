@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from trainers import speech
+from trainers.data import speech
 from trainers.tasks import SplitSources
 from trainers.tasks.tts.losses import Losses
 from trainers.tasks.tts.models import build_models

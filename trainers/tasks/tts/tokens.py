@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from trainers import files, speech
+from trainers import files
+from trainers.data import speech
 from trainers.progress import progress
 from trainers.runs import load_run
 from trainers.tasks.codec import official_codec
@@ -83,7 +84,7 @@ class TokenCache:
         """The semantic tokenizer: the checkpoint's (set_assets), else <tokens_dir>/semantic.npz, else
         fitted on the training split (as the corpus's tokens are prepared) and saved there."""
         if self._semantic is None:
-            from trainers.semantic import SemanticTokenizer
+            from trainers.data.semantic import SemanticTokenizer
 
             t = self.cfg.tts
             path = os.path.join(self.tokens_dir, "semantic.npz")
@@ -115,7 +116,7 @@ class TokenCache:
         )
 
     def set_assets(self, assets):
-        from trainers.semantic import SemanticTokenizer
+        from trainers.data.semantic import SemanticTokenizer
 
         self._semantic = SemanticTokenizer(assets["semantic_centroids"], **self._semantic_settings())
 

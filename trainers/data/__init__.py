@@ -1,4 +1,5 @@
-"""Deterministic, process-sharded input pipelines on grain.
+"""Deterministic, process-sharded input pipelines on grain; the sources they read are the
+modules beside this one (images, speech, semantic, extracted).
 
 The global order of examples depends only on the seed: a grain MapDataset shuffled
 per epoch and augmented per element index. Each process reads only the rows of each

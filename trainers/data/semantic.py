@@ -25,8 +25,9 @@ import numpy as np
 
 from jaxmodels import speechlm
 from jaxmodels.asr import fbank, mfcc
-from trainers import files, speech
+from trainers import files
 from trainers.cli import InputError
+from trainers.data import speech
 
 MEL_RATE = 100  # fbank frames per second (10 ms shift)
 
