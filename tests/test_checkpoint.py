@@ -104,6 +104,21 @@ def test_restore_onto_another_mesh(trained):
         assert leaf.sharding == sharding
 
 
+def test_inference_restore_reads_no_optimizer_state(trained):
+    """restore_run (every inference command's) reads params, model state, EMA and step only."""
+    from trainers.checkpoint import restore_run
+
+    cfg, workdir = trained
+    step, params = final_params(cfg, workdir)
+    got_step, state = restore_run(Trainer(cfg), str(workdir))
+    assert (got_step, int(state.step)) == (step, step)
+    assert state.opt_state is None
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+    wider = tiny_config(model={"name": "mambaout_femto", "args": {"depths": [1, 1, 1, 1], "dims": [8, 16, 16, 48]}})
+    with pytest.raises(SystemExit, match="does not fit this config's state: .*params/"):
+        restore_run(Trainer(wider), str(workdir))
+
+
 def test_corrupt_latest_checkpoint_is_skipped(trained, tmp_path):
     cfg, workdir = trained
     copy = tmp_path / "run"

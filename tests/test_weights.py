@@ -39,6 +39,10 @@ def test_init_from_places_upstream_weights_on_the_sharded_layout(fixtures_dir, c
     assert any("fsdp" in str(s.spec) for s in shardings)
     assert all(not np.any(x) for x in jax.tree.leaves(jax.device_get(state.opt_state)))  # the moments start afresh
 
+    inference = trainer.load_weights(trainer.init_inference(0), str(weights))  # the --weights commands'
+    assert inference.opt_state is None and inference.ema_params is None
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(inference.inference_params), expected)
+
     wider = Trainer(m1_config(dims=(16, 32, 48, 72)))
     mismatch = r"(?s)model mambaout_femto: .*conv\.weight: checkpoint \(3, 3, 48, 64\) vs model \(3, 3, 48, 72\)"
     with pytest.raises(InputError, match=mismatch):

@@ -121,7 +121,7 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
+                "state": ocp.PyTreeCheckpointHandler(),  # as the standard handler writes it, and reads parts
                 "data": ocp.JsonCheckpointHandler(),
                 "assets": ocp.StandardCheckpointHandler(),
             },
@@ -136,7 +136,7 @@ class Checkpointer:
 
     def save(self, step: int, state, data_state: dict, assets=None, metrics=None, force=False):
         self.manager.check_for_errors()  # a failed asynchronous save stops the run here, not in a hang
-        items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
+        items = dict(state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave(data_state))
         if assets:
             items["assets"] = ocp.args.StandardSave(assets)
         self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
@@ -146,18 +146,25 @@ class Checkpointer:
 
     def _read(self, step: int, abstract_state):
         """(step, state, data_state, assets); CheckpointMismatch or _Damaged(reason)."""
+        partial = isinstance(abstract_state, dict)  # some of the state's fields, by name
         try:
             metadata = self.manager.item_metadata(step)["state"]
             saved = _leaves(getattr(metadata, "tree", metadata))  # orbax versions differ in the wrapper
         except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
             raise _Damaged(f"its metadata cannot be read ({type(e).__name__}: {e})") from None
+        if partial:
+            saved = {k: v for k, v in saved.items() if k.split("/")[0] in abstract_state}
         difference = tree_difference(saved, _leaves(abstract_state))
         if difference:
             raise CheckpointMismatch(
                 f"checkpoint {self.directory}/{step} does not fit this config's state: {difference}"
             )
         try:
-            items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+            items = dict(
+                state=ocp.args.PyTreeRestore(abstract_state, restore_args=restore_args, partial_restore=partial),
+                data=ocp.args.JsonRestore(),
+            )
             if os.path.isdir(os.path.join(self.directory, str(step), "assets")):
                 items["assets"] = ocp.args.StandardRestore()
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
@@ -169,8 +176,9 @@ class Checkpointer:
         """(step, state, data_state, assets) of ``step``, or of the newest readable checkpoint
         (damaged ones are skipped with a warning); None if there is none. Raises
         CheckpointMismatch where a readable checkpoint does not fit ``abstract_state``
-        (jax.ShapeDtypeStruct leaves carrying the target shardings). assets: the task's numpy
-        arrays, None where it saved none."""
+        (jax.ShapeDtypeStruct leaves carrying the target shardings; a dict of some of the
+        state's fields reads only those). assets: the task's numpy arrays, None where it
+        saved none."""
         if step is not None:
             if step not in self.steps():
                 raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; there are {self.steps()}")
@@ -243,31 +251,39 @@ class Checkpointer:
 def restore_run(trainer, workdir: str, step=None):
     """(step, state) of a run's checkpoint in ``workdir`` (the newest readable one unless
     ``step``), for the command-line tools: exits with a message when there is none or it
-    does not fit the trainer's config. The checkpoint's assets go to the trainer's task."""
+    does not fit the trainer's config. The optimizer state is not read (``opt_state`` is
+    None): inference needs none of it, and AdamW's moments are twice the params' memory.
+    The checkpoint's assets go to the trainer's task."""
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     # Checked before orbax is asked: its clean-up thread can race the interpreter's exit.
     if not os.path.isdir(directory):
         raise SystemExit(f"no checkpoint in {directory}")
     ckpt = Checkpointer(directory, async_save=False, read_only=True)
+    wanted = {
+        name: part
+        for name in ("step", "params", "model_state", "ema_params", "rng")
+        if (part := getattr(trainer.abstract_state, name)) is not None
+    }
     try:
-        restored = ckpt.restore(trainer.abstract_state, step)
+        restored = ckpt.restore(wanted, step)
     except (CheckpointMismatch, FileNotFoundError, ValueError) as e:
         raise SystemExit(str(e)) from None
     finally:
         ckpt.close()
     if restored is None:
         raise SystemExit(f"no readable checkpoint in {directory} (steps {ckpt.steps()})")
-    step, state, _, assets = restored
+    step, parts, _, assets = restored
     if assets is not None:
         trainer.task.set_assets(assets)
-    return step, state
+    return step, trainer.abstract_state.replace(opt_state=None, **parts)
 
 
 def restore_or_load(trainer, workdir: str | None, step=None, weights: str | None = None):
-    """(step, state) for the inference commands: upstream ``weights`` converted by the task
-    (Trainer.load_weights; step 0), or a run's checkpoint in ``workdir`` (restore_run)."""
+    """(step, state) for the inference commands, without optimizer state: upstream
+    ``weights`` converted by the task (Trainer.load_weights; step 0), or a run's checkpoint
+    in ``workdir`` (restore_run)."""
     if weights:
-        return 0, trainer.load_weights(trainer.init(trainer.cfg.seed), weights)
+        return 0, trainer.load_weights(trainer.init_inference(trainer.cfg.seed), weights)
     return restore_run(trainer, workdir, step)
 
 

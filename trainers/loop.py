@@ -115,15 +115,21 @@ class Trainer:
             rep, self.param_shardings, self.model_state_shardings, opt_shardings, ema, rep
         )
 
-        def init_state(rng):
+        def init_variables(rng):
             k_init, k_train = jax.random.split(rng)
             variables = nn.meta.unbox(self.task.init(k_init, example))
-            params, model_state = variables["params"], variables.get("state", {})
+            return variables["params"], variables.get("state", {}), k_train
+
+        def init_state(rng):
+            params, model_state, k_train = init_variables(rng)
             ema_params = self._averaged(params, model_state) if cfg.optimizer.ema_decay > 0 else None
             opt_state = self._init_optimizer(params)
             return TrainState(jnp.zeros((), jnp.int32), params, model_state, opt_state, ema_params, k_train)
 
         self._init = jax.jit(init_state, out_shardings=self.state_shardings)
+        self._init_variables = jax.jit(
+            init_variables, out_shardings=(self.param_shardings, self.model_state_shardings, rep)
+        )
         self.abstract_state = abstract_with_shardings(
             jax.eval_shape(init_state, jax.random.PRNGKey(0)), self.state_shardings
         )
@@ -169,10 +175,18 @@ class Trainer:
         with self.context():
             return self._init(jax.random.PRNGKey(seed))
 
+    def init_inference(self, seed: int) -> TrainState:
+        """The state as init(seed) makes it without optimizer state or EMA (both None): what
+        the inference commands load upstream weights into, in a third of AdamW's memory."""
+        with self.context():
+            params, model_state, rng = self._init_variables(jax.random.PRNGKey(seed))
+        return TrainState(jnp.zeros((), jnp.int32), params, model_state, None, None, rng)
+
     def load_weights(self, state: TrainState, path: str) -> TrainState:
         """``state`` with the parts an upstream checkpoint holds, converted by the task
         (LoadsWeights) and placed on their shardings, each device receiving only its slice;
-        the optimizer state and EMA start afresh from them. Other parts keep their values."""
+        the optimizer state and EMA start afresh from them (a state without optimizer state,
+        init_inference's, gets neither). Other parts keep their values."""
         if not isinstance(self.task, LoadsWeights):
             raise config_lib.ConfigError(
                 f"model.init_from: task {self.cfg.task} has no converter for upstream weights"
@@ -187,6 +201,8 @@ class Trainer:
         kept = sorted(set(state.params) - set(variables.get("params", {})))  # top-level parts
         kept = f" (kept as initialised: {', '.join(kept)})" if kept else ""
         print(f"initialised from {path}{kept}", file=sys.stderr)  # stdout is the inference commands' output
+        if state.opt_state is None:
+            return state.replace(params=params, model_state=model_state)
 
         def fresh(params, model_state):
             ema = self._averaged(params, model_state) if state.ema_params is not None else None
