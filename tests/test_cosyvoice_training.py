@@ -187,6 +187,33 @@ def test_cosyvoice_errors(cosyvoice_data, tmp_path):
     assert skipping.train_transform(skipping.train_source()[0], np.random.default_rng(0))["mask"] == 0
 
 
+def test_cosyvoice_llm_reads_text_as_a_released_tokenizer(cosyvoice_data, tmp_path):
+    """llm.text_tokenizer: a .tiktoken ranks file gives the ids jaxmodels.cosyvoice.text gives
+    (equal to upstream's: tests/test_cosyvoice_text.py); a model with fewer text ids is an error."""
+    import shutil
+
+    from jaxmodels.cosyvoice import text
+    from trainers.config import ConfigError
+    from trainers.tasks import get_task
+
+    data, _, _ = cosyvoice_data
+    ranks = tmp_path / "multilingual.tiktoken"
+    shutil.copy(ROOT / "tests" / "data" / "cosyvoice_text" / "ranks.tiktoken", ranks)
+    llm_section = {"text_tokenizer": str(ranks), "max_text_tokens": 64}
+    task = get_task(
+        task_config(data, "cosyvoice_llm", llm=llm_section, model={"args": {**TINY_LLM, "text_token_size": 2065}})
+    )
+    record = task.train_source()[0]
+    example = task.train_transform(record, np.random.default_rng(0))
+    ids = text.encode(text.load(str(ranks)), record["target"])
+    assert len(ids) < len(record["target"].encode()) and example["text_length"] == len(ids)
+    np.testing.assert_array_equal(example["text"][: len(ids)], ids)
+    with pytest.raises(ConfigError, match="text_token_size: 256, fewer than the 2065 ids of llm.text_tokenizer"):
+        get_task(task_config(data, "cosyvoice_llm", llm=llm_section))
+    with pytest.raises(ConfigError, match="llm.text_tokenizer: text tokenizer ranks not found: .*absent.tiktoken"):
+        get_task(task_config(data, "cosyvoice_llm", llm={"text_tokenizer": str(tmp_path / "absent.tiktoken")}))
+
+
 def s3_recogniser_config(corpus, **encoder):
     """A tiny SenseVoice-style recogniser with CosyVoice's S3 quantizer after its second of three
     layers (8 codes), 50 frames a second (lfr_n 2)."""

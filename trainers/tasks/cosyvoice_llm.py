@@ -6,8 +6,9 @@ folders as task: cosyvoice_flow; jaxmodels.cosyvoice.llm):
     python -m trainers.extract xvectors CONFIG --speaker SPEAKER.npz --workdir XVECTORS
     python -m trainers.train CONFIG --workdir runs/llm     # data.tokens: TOKENS, data.xvectors: XVECTORS
 
-Each example is an utterance's transcript as UTF-8 bytes (text ids 0-255), its S3 tokens and
-its x-vector, padded to llm.max_text_tokens and data.max_seconds of tokens; a longer one is bad
+Each example is an utterance's transcript as text ids (llm.text_tokenizer: UTF-8 bytes, ids
+0-255, or the byte-pair encoding a released LM was trained on, jaxmodels.cosyvoice.text), its
+S3 tokens and its x-vector, padded to llm.max_text_tokens and data.max_seconds of tokens; a longer one is bad
 audio (an error, or skipped under data.on_bad_audio=skip). The loss is TransformerLM.forward's:
 the rows [sos, x-vector, text, task_id, speech] predict the speech tokens and eos, cross entropy
 over the batch's scored tokens. Eval reports that cross entropy and the next-token accuracy
@@ -24,20 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.cosyvoice import llm
+from jaxmodels.cosyvoice import llm, text
 from trainers import sharding
 from trainers.config import ConfigError
 from trainers.data import speech
 from trainers.evaluators.text import edit_distance
 from trainers.tasks import SplitSources, _cosyvoice
 
-TEXT_TOKENS = 256  # the UTF-8 bytes
-
 
 @dataclass
 class LLMTaskConfig:
-    """The examples' sizes and the eval generations."""
+    """The text ids, the examples' sizes and the eval generations."""
 
+    # "bytes" (UTF-8, ids 0-255), or a .tiktoken ranks file: Whisper's multilingual.tiktoken
+    # (CosyVoice-300M's llm.pt) or CosyVoice's multilingual_zh_ja_yue_char_del.tiktoken (its 25 Hz model's)
+    text_tokenizer: str = "bytes"
     max_text_tokens: int = 200  # upstream's token_max_length filter
     eval_examples: int = 4
 
@@ -45,11 +47,33 @@ class LLMTaskConfig:
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
 
 
+class TextIds:
+    """Text -> ids, and how many ids there are. Pickled as its spec (grain's workers load it again)."""
+
+    def __init__(self, spec: str):
+        self.spec, self.tokenizer, self.size = spec, None, 256
+        if spec != "bytes":
+            try:
+                self.tokenizer = text.load(spec)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"llm.text_tokenizer: {e}") from None
+            self.size = self.tokenizer.n_vocab
+
+    def encode(self, transcript: str) -> list[int]:
+        if self.tokenizer is None:
+            return list(transcript.encode("utf-8"))
+        return text.encode(self.tokenizer, transcript)
+
+    def __reduce__(self):
+        return TextIds, (self.spec,)
+
+
 class Transcript:
     """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes."""
 
-    def __init__(self, cfg, tokens, xvectors, speech_size: int, width: int):
-        self.tokens, self.xvectors, self.on_bad_audio = tokens, xvectors, cfg.data.on_bad_audio
+    def __init__(self, cfg, text_ids: TextIds, tokens, xvectors, speech_size: int, width: int):
+        self.text_ids, self.tokens, self.xvectors = text_ids, tokens, xvectors
+        self.on_bad_audio = cfg.data.on_bad_audio
         self.text_size, self.speech_size, self.width = cfg.llm.max_text_tokens, speech_size, width
 
     def __call__(self, record, rng):
@@ -61,13 +85,13 @@ class Transcript:
             "xvector": np.zeros(self.width, np.float32),
             "mask": np.float32(0.0),
         }
-        text = np.frombuffer(record["target"].encode("utf-8"), np.uint8)
+        text = self.text_ids.encode(record["target"])
         tokens = self.tokens[record["key"]]
         if len(text) > self.text_size or len(tokens) > self.speech_size:
             if self.on_bad_audio == "skip":
                 return out
             raise ValueError(
-                f"utterance {record['key']!r}: {len(text)} text bytes and {len(tokens)} speech tokens; the "
+                f"utterance {record['key']!r}: {len(text)} text ids and {len(tokens)} speech tokens; the "
                 f"examples hold {self.text_size} (llm.max_text_tokens) and {self.speech_size} (data.max_seconds)"
             )
         out["text"][: len(text)] = text
@@ -82,14 +106,18 @@ class LLMTask(SplitSources):
         self.cfg = cfg
         d = cfg.data
         self.config = llm.config(cfg.model.name, **cfg.model.args)
-        if self.config.text_token_size < TEXT_TOKENS:
-            raise ConfigError(f"model.args.text_token_size: {self.config.text_token_size}, fewer than the 256 bytes")
+        text_ids = TextIds(cfg.llm.text_tokenizer)
+        if self.config.text_token_size < text_ids.size:
+            raise ConfigError(
+                f"model.args.text_token_size: {self.config.text_token_size}, fewer than the {text_ids.size} ids "
+                f"of llm.text_tokenizer {cfg.llm.text_tokenizer!r}"
+            )
         self.model = llm.TransformerLM(self.config, jnp.dtype(cfg.train.compute_dtype), cfg.train.remat)
         transforms = []
         for split in (d.train_split, d.eval_split):
             tokens, xvectors = _cosyvoice.extracted(cfg, split, self.config.speech_token_size)
             size = math.ceil(d.max_seconds * tokens.frame_rate)
-            transforms.append(Transcript(cfg, tokens, xvectors, size, self.config.spk_embed_dim))
+            transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, self.config.spk_embed_dim))
         self.train_transform, self.eval_transform = transforms
 
     def make_source(self, split):

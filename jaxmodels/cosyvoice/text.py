@@ -1,0 +1,78 @@
+"""CosyVoice's text tokens: the byte-pair encodings its LMs were trained on.
+
+CosyVoice-300M encodes text with Whisper's multilingual tokenizer (`multilingual.tiktoken`
+of the openai-whisper package, 100 languages: 51,866 ids, the released llm.pt's
+text_token_size); CosyVoice-300M-25Hz with CosyVoice's own ranks
+(`multilingual_zh_ja_yue_char_del.tiktoken` in cosyvoice/tokenizer/assets), whose special
+tokens add audio events, emotions and ASR and TTS tags. Both are tiktoken encodings of
+Whisper's pre-tokenising pattern, and upstream's frontend encodes with every special token
+allowed. The special tokens follow the ranks in the order below (whisper/tokenizer.py and
+cosyvoice/tokenizer/tokenizer.py).
+
+    tokenizer = text.load("multilingual.tiktoken")
+    ids = text.encode(tokenizer, "Hello <|en|> world")
+"""
+
+import base64
+import os
+
+# Whisper's languages in its order; the special tokens take the first num_languages.
+LANGUAGES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la "
+    "mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be "
+    "tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
+).split()
+# What CosyVoice's own ranks add after the languages.
+AUDIO_EVENTS = "ASR AED SER Speech /Speech BGM /BGM Laughter /Laughter Applause /Applause".split()
+EMOTIONS = "HAPPY SAD ANGRY NEUTRAL".split()
+TTS_TAGS = [*"TTS/B TTS/O TTS/Q TTS/A TTS/CO TTS/CL TTS/H".split(), *(f"TTS/SP{i:02d}" for i in range(1, 14))]
+COSYVOICE_RANKS = "multilingual_zh_ja_yue_char_del"  # the file name upstream selects the extended tokens by
+PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def special_tokens(cosyvoice: bool, num_languages: int = 100) -> list[str]:
+    """The special tokens in id order: Whisper's, or with ``cosyvoice`` CosyVoice's."""
+    languages = [f"<|{code}|>" for code in LANGUAGES[:num_languages]]
+    tasks = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+    timestamps = [f"<|{i * 0.02:.2f}|>" for i in range(1501)]
+    if not cosyvoice:
+        return ["<|endoftext|>", "<|startoftranscript|>", *languages, *tasks, *timestamps]
+    tags = [f"<|{t}|>" for t in (*AUDIO_EVENTS, *EMOTIONS)]
+    asr = [f"<|SPECIAL_TOKEN_{i}|>" for i in range(1, 31)]
+    tts = [f"<|{t}|>" for t in TTS_TAGS]
+    return ["<|endoftext|>", "<|startoftranscript|>", *languages, *tags, *tasks, *asr, *tts, *timestamps]
+
+
+def load(path: str, num_languages: int = 100):
+    """The tiktoken encoding of a ``.tiktoken`` ranks file (base64 token, rank per line), with
+    CosyVoice's special tokens when the file is its multilingual_zh_ja_yue_char_del ranks."""
+    import tiktoken
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"text tokenizer ranks not found: {path}")
+    ranks = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token)] = int(rank)
+            except ValueError:
+                raise ValueError(
+                    f"{path}:{number}: not a tiktoken ranks line (base64 token, rank): {line!r}"
+                ) from None
+    name = os.path.basename(path).removesuffix(".tiktoken")
+    specials = special_tokens(name == COSYVOICE_RANKS, num_languages)
+    return tiktoken.Encoding(
+        name=name,
+        explicit_n_vocab=len(ranks) + len(specials),
+        pat_str=PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={token: len(ranks) + i for i, token in enumerate(specials)},
+    )
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Text ids as upstream's frontend makes them (every special token allowed)."""
+    return tokenizer.encode(text, allowed_special="all")
