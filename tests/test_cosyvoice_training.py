@@ -127,6 +127,39 @@ def test_cosyvoice_extracted_tokens_and_xvectors_are_each_utterances_own(cosyvoi
         assert xvectors[key].shape == (1, 128)
 
 
+def test_campplus_xvectors_are_each_utterances_own(cosyvoice_data, tone_corpus, tmp_path):
+    """trainers.extract xvectors --campplus: CAM++'s embedding of each utterance (the narrowed model of
+    tests/data/campplus_reference.npz), as it gives it alone."""
+    from safetensors.numpy import save_file
+
+    from jaxmodels.cosyvoice import campplus
+    from trainers import extract
+    from trainers.data import speech
+    from trainers.data.extracted import ExtractedFrames
+
+    _, root, _ = cosyvoice_data
+    with np.load(ROOT / "tests" / "data" / "campplus_reference.npz") as f:
+        save_file({k[3:]: f[k] for k in f.files if k.startswith("sd/")}, str(tmp_path / "campplus.safetensors"))
+    cfg = campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(campplus.CONFIGS, "campplus_tiny", cfg)
+        extract.main(
+            ["xvectors", str(root / "data.yaml"), "--campplus", str(tmp_path / "campplus.safetensors")]
+            + ["--campplus_model", "campplus_tiny", "--workdir", str(tmp_path / "xvectors")]
+            + ["--splits", "test", "--batch_size", "8"]
+        )
+        model, variables = campplus.load(str(tmp_path / "campplus.safetensors"), "campplus_tiny")
+    xvectors = ExtractedFrames(f"{tmp_path}/xvectors/test")
+    assert xvectors.meta["campplus_model"] == "campplus_tiny" and len(xvectors) == 6
+    for key in ("test0", "test3"):
+        audio = speech.read_audio(str(tone_corpus / "wav" / f"{key}.wav"))
+        alone = np.asarray(campplus.embed(model, variables, audio[None], np.array([len(audio)])))[0]
+        assert xvectors[key].shape == (1, 192)
+        np.testing.assert_allclose(xvectors[key][0], alone, rtol=2e-3, atol=1e-3 * np.abs(alone).max())  # float16
+    with pytest.raises(SystemExit, match="give one of --campplus"):
+        extract.main(["xvectors", str(root / "data.yaml"), "--workdir", str(tmp_path / "none")])
+
+
 @pytest.mark.slow  # two runs: init, the step, eval and generation compiled
 @pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
 def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tmp_path):

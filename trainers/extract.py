@@ -7,7 +7,7 @@ corpus through a self-supervised encoder.
         [--clusters K | --tokenizer TOKENIZER.npz | --features] [--splits train,test]
     python -m trainers.extract codes CONFIG.yaml --codec RUN_OR_WEIGHTS [--codec_model NAME] --workdir DIR
     python -m trainers.extract s3tokens CONFIG.yaml --s3tokenizer WEIGHTS [--s3tokenizer_model NAME] --workdir DIR
-    python -m trainers.extract xvectors CONFIG.yaml --speaker SPEAKER.npz --workdir DIR
+    python -m trainers.extract xvectors CONFIG.yaml (--campplus WEIGHTS | --speaker SPEAKER.npz) --workdir DIR
 
 vae:
 ROOT/<split>/<class>/<image> (the ImageNet layout) -> DIR/<split>/: the VAE's posterior
@@ -41,9 +41,10 @@ as CosyVoice's tools/extract_speech_token.py makes them for its LM and flow (aud
 the package's overlapping windows); or of a ctc run trained with the quantizer inside
 (--s3tokenizer: its directory), one token a frame of its front end.
 
-xvectors: the same utterances -> DIR/<split>/: one unit-length speaker embedding per utterance
-(`features`, one frame each) of a speaker embedder (python -m trainers.speaker makes one), the
-role CAM++ plays in CosyVoice's tools/extract_embedding.py.
+xvectors: the same utterances -> DIR/<split>/: one speaker embedding per utterance (`features`,
+one frame each): CAM++'s as CosyVoice's tools/extract_embedding.py makes them (--campplus:
+3D-Speaker's weights, campplus_cn_common.bin; 192 wide, what CosyVoice's released models read),
+or the unit-length one of a speaker embedder (--speaker: python -m trainers.speaker makes one).
 
 Every device of every process encodes: each process takes its rows of each global batch and
 writes its own shard files (`p<process>_s<shard>_<what>.npy`, each row's index in the split
@@ -408,22 +409,32 @@ def s3_tokens(args, cfg):
 def speaker_xvectors(args, cfg):
     import jax.numpy as jnp
 
+    from jaxmodels.cosyvoice import campplus
     from trainers import sharding
     from trainers.data import speech
     from trainers.speaker import SpeakerEmbedder
 
-    if not args.speaker:
-        raise InputError("give --speaker: a speaker embedder (python -m trainers.speaker CONFIG --out SPEAKER.npz)")
-    embedder = SpeakerEmbedder.load(args.speaker)
+    if bool(args.speaker) == bool(args.campplus):
+        raise InputError(
+            "give one of --campplus (CAM++'s weights, campplus_cn_common.bin) and --speaker (a speaker embedder: "
+            "python -m trainers.speaker CONFIG --out SPEAKER.npz)"
+        )
+    if args.campplus:
+        model, variables = campplus.load(args.campplus, args.campplus_model)
+        embed = functools.partial(campplus.embed, model, variables)
+        meta = {"campplus": args.campplus, "campplus_model": args.campplus_model}
+    else:
+        embedder = SpeakerEmbedder.load(args.speaker)
+        embed = functools.partial(embedder.embed, embedder.params)
+        meta = {"speaker": args.speaker}
     mesh = sharding.make_mesh(data=-1)
     if args.batch_size % mesh.size:
         raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
 
     def encode(audio, lengths):
-        embedding = embedder.embed(embedder.params, audio, lengths)
-        return embedding[:, None], jnp.ones(lengths.shape, jnp.int32)
+        return embed(audio, lengths)[:, None], jnp.ones(lengths.shape, jnp.int32)
 
-    meta = {"speaker": args.speaker, "frame_rate": 0.0}
+    meta["frame_rate"] = 0.0
     extract_splits(args, cfg, encode, mesh, "features", meta, speech.SAMPLE_RATE)
 
 
@@ -452,6 +463,8 @@ def main(argv=None):
         p.add_argument("--codec_model", default="encodec_24khz", help="codes: the weights' config (trainers.compress)")
         p.add_argument("--s3tokenizer", help="s3tokens: a released S3 tokenizer's weights, or a ctc run with one")
         p.add_argument("--s3tokenizer_model", default="speech_tokenizer_v1", help="s3tokens: its configuration")
+        p.add_argument("--campplus", help="xvectors: CAM++'s weights (3D-Speaker's campplus_cn_common.bin)")
+        p.add_argument("--campplus_model", default="campplus_192", help="xvectors: CAM++'s configuration")
         p.add_argument("--speaker", help="xvectors: a speaker embedder (.npz of python -m trainers.speaker)")
         p.add_argument("--batch_size", type=int, default=256, help="items per step over all devices")
         p.add_argument("--shard_batches", type=int, default=100, help="steps per shard file (the unit of resuming)")

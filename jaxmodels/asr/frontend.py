@@ -57,27 +57,34 @@ def fbank(
     frame_shift_ms: float = 10.0,
     dither: float = 0.0,
     key=None,
+    window: str = "hamming",
+    scale: float = 32768.0,
 ):
-    """Log-mel filterbank (B, T, num_mel_bins) and frame counts (B,)."""
-    window = int(sample_rate * frame_length_ms / 1000)
+    """Log-mel filterbank (B, T, num_mel_bins) and frame counts (B,). ``window``: "hamming"
+    (FunASR's) or "povey" (Kaldi's default, a Hann window to the power 0.85); the waveform is
+    multiplied by ``scale`` first (FunASR's 16-bit range; 1.0 leaves it as it is)."""
+    if window not in ("hamming", "povey"):
+        raise ValueError(f"fbank window: 'hamming' or 'povey', not {window!r}")
+    size = int(sample_rate * frame_length_ms / 1000)
     shift = int(sample_rate * frame_shift_ms / 1000)
-    fft_size = 1 << (window - 1).bit_length()
+    fft_size = 1 << (size - 1).bit_length()
     batch, samples = waveform.shape
-    if samples < window:
+    if samples < size:
         raise ValueError(f"waveforms of {samples} samples are shorter than one {frame_length_ms} ms frame")
-    frames = 1 + (samples - window) // shift
-    index = np.arange(frames)[:, None] * shift + np.arange(window)[None]
-    x = waveform.astype(jnp.float32)[:, index] * 32768.0  # (B, T, window)
+    frames = 1 + (samples - size) // shift
+    index = np.arange(frames)[:, None] * shift + np.arange(size)[None]
+    x = waveform.astype(jnp.float32)[:, index] * scale  # (B, T, window)
     if dither > 0.0:
         x = x + dither * jax.random.normal(key, x.shape)
     x = x - jnp.mean(x, axis=-1, keepdims=True)
     x = x - 0.97 * jnp.concatenate([x[..., :1], x[..., :-1]], axis=-1)
-    hamming = 0.54 - 0.46 * np.cos(2 * np.pi * np.arange(window) / (window - 1))
-    x = x * hamming.astype(np.float32)
+    phase = 2 * np.pi * np.arange(size) / (size - 1)
+    taper = 0.54 - 0.46 * np.cos(phase) if window == "hamming" else (0.5 - 0.5 * np.cos(phase)) ** 0.85
+    x = x * taper.astype(np.float32)
     power = jnp.abs(jnp.fft.rfft(x, n=fft_size, axis=-1)) ** 2
     energies = power @ mel_banks(num_mel_bins, fft_size, sample_rate)
     feats = jnp.log(jnp.maximum(energies, EPSILON))
-    num_frames = jnp.maximum(0, 1 + (lengths - window) // shift)
+    num_frames = jnp.maximum(0, 1 + (lengths - size) // shift)
     return _zero_padding(feats, num_frames), num_frames
 
 

@@ -3,7 +3,7 @@ on the S3 tokens and x-vectors that trainers.extract writes:
 
     python -m trainers.extract s3tokens CONFIG --s3tokenizer speech_tokenizer_v1.pt --workdir TOKENS
     python -m trainers.speaker CONFIG --out SPEAKER.npz
-    python -m trainers.extract xvectors CONFIG --speaker SPEAKER.npz --workdir XVECTORS
+    python -m trainers.extract xvectors CONFIG --campplus campplus_cn_common.bin --workdir XVECTORS
     python -m trainers.train CONFIG --workdir runs/flow     # data.tokens: TOKENS, data.xvectors: XVECTORS
 
 Each example is a whole utterance: its audio, its tokens and its x-vector, padded to

@@ -3,7 +3,7 @@ corpus's transcripts and the S3 tokens and x-vectors that trainers.extract write
 folders as task: cosyvoice_flow; jaxmodels.cosyvoice.llm):
 
     python -m trainers.extract s3tokens CONFIG --s3tokenizer speech_tokenizer_v1.pt --workdir TOKENS
-    python -m trainers.extract xvectors CONFIG --speaker SPEAKER.npz --workdir XVECTORS
+    python -m trainers.extract xvectors CONFIG --campplus campplus_cn_common.bin --workdir XVECTORS
     python -m trainers.train CONFIG --workdir runs/llm     # data.tokens: TOKENS, data.xvectors: XVECTORS
 
 Each example is an utterance's transcript as text ids (llm.text_tokenizer: UTF-8 bytes, ids
