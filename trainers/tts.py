@@ -1,4 +1,6 @@
 """python -m trainers.tts CONFIG.yaml --workdir DIR --text "..." --prompt VOICE.wav [--prompt-text "..."] --out OUT.wav
+   python -m trainers.tts --cosyvoice MODEL_DIR [--variant cosyvoice_300m] --text "..." \
+       (--prompt VOICE.wav [--prompt-text "..."] | --spk2info spk2info.pt --speaker NAME) --out OUT.wav
 
 Zero-shot text-to-speech with a tts run's checkpoint (its EMA weights when it has them):
 the text is spoken in the voice of the prompt recording (a few seconds; WAV, or FLAC with
@@ -6,24 +8,85 @@ soundfile; resampled to 16 kHz), through the run's codec decoder. The model cont
 prompt, so it needs the prompt's transcript: --prompt-text, or, when omitted, the
 transcript of the recogniser run in tts.recognizer_run. Sampling follows the config's
 tts.temperature / top_k / top_p / guidance_scale (override them as dotted keys) with --seed.
+
+With --cosyvoice, a released CosyVoice model speaks (jaxmodels.cosyvoice.pipeline; MODEL_DIR
+holds llm.pt, flow.pt, hift.pt, the S3 tokenizer as the s3tokenizer package's
+speech_tokenizer_v1.pt, 3D-Speaker's campplus_cn_common.bin and the text tokenizer's
+.tiktoken ranks), as upstream's inference modes: zero-shot given the prompt's transcript,
+cross-lingual without it (the LM sees no prompt), sft with a stored speaker's x-vector
+(spk2info.pt of the -SFT model). The output is at the vocoder's rate (22.05 kHz).
 """
 
+import argparse
 import sys
 
-from trainers.cli import command
+from trainers.cli import InputError, command
 
 
-def _add_arguments(p):
+def _add_arguments(p, prompt_required=True):
     p.add_argument("--text", required=True, help="what to say")
-    p.add_argument("--prompt", required=True, help="a recording of the voice")
+    p.add_argument("--prompt", required=prompt_required, help="a recording of the voice")
     p.add_argument("--prompt-text", default=None, help="the prompt's transcript")
-    p.add_argument("--out", required=True, help="output WAV (16 kHz)")
-    p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
+    p.add_argument("--out", required=True, help="output WAV")
+    if prompt_required:
+        p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
     p.add_argument("--seed", type=int, default=0)
+
+
+def cosyvoice(argv):
+    parser = argparse.ArgumentParser(prog="python -m trainers.tts --cosyvoice", description=__doc__)
+    parser.add_argument("--cosyvoice", required=True, help="a released CosyVoice model's directory")
+    parser.add_argument("--variant", default="cosyvoice_300m", help="cosyvoice_300m or cosyvoice_300m_25hz")
+    parser.add_argument("--spk2info", help="sft: the -SFT model's spk2info.pt")
+    parser.add_argument("--speaker", help="sft: a speaker of --spk2info")
+    _add_arguments(parser, prompt_required=False)
+    args = parser.parse_args(argv)
+    if bool(args.prompt) == bool(args.speaker):
+        parser.error("give --prompt VOICE.wav (zero-shot, cross-lingual) or --spk2info FILE --speaker NAME (sft)")
+    import jax
+
+    from jaxmodels.cosyvoice.pipeline import CosyVoice
+    from trainers.data import speech
+
+    try:
+        voice = CosyVoice.load(args.cosyvoice, args.variant)
+    except (OSError, ValueError) as e:
+        raise InputError(str(e)) from None
+    rng = jax.random.key(args.seed)
+    if args.speaker:
+        audio = voice.sft(args.text, _stored_xvector(args.spk2info, args.speaker), rng)
+        mode = f"sft, speaker {args.speaker}"
+    else:
+        wav_16k = speech.read_audio(args.prompt, 16000, resample=True)
+        wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
+        if args.prompt_text is None:
+            audio, mode = voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
+        else:
+            audio, mode = voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"
+    speech.write_wav(args.out, audio, voice.sample_rate)
+    print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode})")
+
+
+def _stored_xvector(path, name):
+    """A speaker's x-vector from upstream's spk2info.pt ({speaker: {"embedding": (1, 192), ...}})."""
+    if not path:
+        raise InputError("--speaker needs --spk2info (the -SFT model's spk2info.pt)")
+    import torch
+
+    try:
+        speakers = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"spk2info not found: {path}") from None
+    if name not in speakers:
+        raise InputError(f"speaker {name!r} is not in {path}; it has {', '.join(sorted(speakers))}")
+    return speakers[name]["embedding"].float().numpy()
 
 
 @command
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--cosyvoice" in argv or any(a.startswith("--cosyvoice=") for a in argv):
+        return cosyvoice(argv)
     import launch
     from trainers.config import parse_command_line
 

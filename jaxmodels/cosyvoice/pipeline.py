@@ -1,0 +1,199 @@
+"""CosyVoice end to end: text and a voice in, speech out, as upstream's CosyVoice class runs it
+without streaming (cosyvoice/cli/frontend.py and model.py).
+
+The prompt recording gives three things: its S3 tokens (16 kHz) and CAM++ x-vector, and its
+mel (Matcha-TTS's features at the flow's rate). The LM draws speech tokens for the text after
+the prompt's transcript and tokens, in the x-vector's voice; the flow decoder turns them into
+mel frames continuing the prompt's; HiFT vocodes them. Modes as upstream's inference_*:
+``zero_shot`` (prompt recording and its transcript), ``cross_lingual`` (the recording only: the
+LM sees no prompt, the flow still continues the recording's mel) and ``sft`` (a speaker's
+stored x-vector, no recording). Long text is cut at sentence ends into pieces of at most
+``max_piece_tokens`` text ids (upstream splits paragraphs likewise; its text normalisation,
+numbers spelt out and the like, is not applied), each spoken and the audio joined.
+
+    voice = pipeline.CosyVoice.load("CosyVoice-300M/", "cosyvoice_300m")
+    audio = voice.zero_shot("Hello there.", "the prompt's words", prompt_16k, prompt_22k, jax.random.key(0))
+"""
+
+import dataclasses
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.cosyvoice import campplus, flow, hift, llm, s3tokenizer, text
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A released model's parts: their configurations and the files a model directory holds."""
+
+    llm: str
+    flow: str
+    hift: str
+    s3tokenizer: str
+    ranks: str  # the text tokenizer's .tiktoken file
+
+
+VARIANTS = {
+    "cosyvoice_300m": Variant(
+        "llm_cosyvoice_300m", "flow_cosyvoice_300m", "hift_cosyvoice_300m", "speech_tokenizer_v1", "multilingual"
+    ),
+    "cosyvoice_300m_25hz": Variant(
+        "llm_cosyvoice_300m_25hz",
+        "flow_cosyvoice_300m_25hz",
+        "hift_cosyvoice_300m",
+        "speech_tokenizer_v1_25hz",
+        "multilingual_zh_ja_yue_char_del",
+    ),
+}
+# What a model directory holds: upstream's llm.pt, flow.pt and hift.pt; the S3 tokenizer as the
+# s3tokenizer package's state_dict (<name>.pt or .safetensors); 3D-Speaker's CAM++
+# (campplus_cn_common.bin); the text tokenizer's ranks (<ranks>.tiktoken).
+CAMPPLUS_FILE = "campplus_cn_common.bin"
+SENTENCE = re.compile(r"[^.!?;。！？；]*(?:[.!?;。！？；]+|$)\s*")  # a sentence and the space after it
+
+
+def _find(directory: str, stem: str, suffixes=(".pt", ".safetensors")) -> str:
+    for suffix in suffixes:
+        path = os.path.join(directory, stem + suffix)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"{directory} holds no {' or '.join(stem + s for s in suffixes)}")
+
+
+def split_text(tokenizer, sentence_text: str, max_piece_tokens: int) -> list[str]:
+    """Pieces of at most ``max_piece_tokens`` text ids, cut after sentence ends (a longer
+    sentence is a piece of its own); the text between them is kept as it is."""
+    pieces, current = [], ""
+    for sentence in SENTENCE.findall(sentence_text):
+        joined = current + sentence
+        if current.strip() and len(text.encode(tokenizer, joined.strip())) > max_piece_tokens:
+            pieces.append(current.strip())
+            joined = sentence
+        current = joined
+    return [*pieces, current.strip()] if current.strip() else pieces
+
+
+@dataclasses.dataclass
+class CosyVoice:
+    lm: llm.TransformerLM
+    lm_params: dict
+    decoder: flow.Flow
+    decoder_variables: dict
+    vocoder: hift.HiFTGenerator
+    vocoder_variables: dict
+    tokenizer: s3tokenizer.S3Tokenizer
+    tokenizer_variables: dict
+    speaker: campplus.CAMPPlus
+    speaker_variables: dict
+    text_tokenizer: object
+    max_piece_tokens: int = 80
+
+    @classmethod
+    def load(cls, directory: str, variant: str = "cosyvoice_300m"):
+        if variant not in VARIANTS:
+            raise ValueError(f"CosyVoice variant {variant!r}: one of {', '.join(VARIANTS)}")
+        v = VARIANTS[variant]
+        lm, lm_variables = llm.load(_find(directory, "llm"), v.llm)
+        decoder, decoder_variables = flow.load(_find(directory, "flow"), v.flow)
+        vocoder, vocoder_variables = hift.load(_find(directory, "hift"), v.hift)
+        tokenizer, tokenizer_variables = s3tokenizer.load(_find(directory, v.s3tokenizer), v.s3tokenizer)
+        speaker, speaker_variables = campplus.load(_find(directory, CAMPPLUS_FILE.removesuffix(".bin"), (".bin",)))
+        text_tokenizer = text.load(_find(directory, v.ranks, (".tiktoken",)))
+        if text_tokenizer.n_vocab > lm.config.text_token_size:
+            raise ValueError(
+                f"{v.ranks}.tiktoken has {text_tokenizer.n_vocab} text ids; {v.llm} reads {lm.config.text_token_size}"
+            )
+        return cls(
+            lm,
+            lm_variables["params"],
+            decoder,
+            decoder_variables,
+            vocoder,
+            vocoder_variables,
+            tokenizer,
+            tokenizer_variables,
+            speaker,
+            speaker_variables,
+            text_tokenizer,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        """The output's (and the prompt mel's) rate."""
+        return self.vocoder.config.sample_rate
+
+    def prompt(self, wav_16k: np.ndarray, wav_out: np.ndarray):
+        """(S3 tokens (1, N), mel (1, frames, 80), x-vector (1, 192)) of a prompt recording, given at 16 kHz
+        and at the output rate."""
+        audio, lengths = jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)])
+        tokens, count = s3tokenizer.tokenize(self.tokenizer, self.tokenizer_variables, audio, lengths)
+        xvector = campplus.embed(self.speaker, self.speaker_variables, audio, lengths)
+        c = self.decoder.config
+        mel = hift.mel_spectrogram(jnp.asarray(wav_out[None], jnp.float32), c.sample_rate, 1024, c.hop_length, 1024)
+        return tokens[:, : int(count[0])], mel, xvector
+
+    def _ids(self, sentence: str):
+        ids = text.encode(self.text_tokenizer, sentence)
+        return jnp.asarray([ids], jnp.int32), jnp.array([len(ids)])
+
+    def _speak(self, piece, rng, lm_prompt, flow_prompt, lm_xvector, flow_xvector):
+        """One piece of text: (text ids, prompt text ids, prompt tokens) -> audio at the output rate."""
+        ids, n = self._ids(piece)
+        (prompt_ids, prompt_n), (prompt_tokens, prompt_count) = lm_prompt
+        k_lm, k_flow, k_voc = jax.random.split(rng, 3)
+        tokens, count = llm.generate(
+            self.lm,
+            self.lm_params,
+            k_lm,
+            ids,
+            n,
+            prompt_ids,
+            prompt_n,
+            prompt_tokens,
+            prompt_count,
+            lm_xvector,
+            max_new_tokens=20 * int(n[0]),  # upstream's max_token_text_ratio
+        )
+        tokens = tokens[:, : int(count[0])]
+        flow_tokens, flow_mel = flow_prompt
+        mel = jax.jit(self.decoder.apply, static_argnames="method")(
+            self.decoder_variables, k_flow, tokens, flow_tokens, flow_mel, flow_xvector, method=flow.Flow.inference
+        )
+        audio, _ = jax.jit(self.vocoder.apply)(self.vocoder_variables, mel, k_voc)
+        return np.asarray(audio[0])
+
+    def _say(self, sentence_text, rng, lm_prompt, flow_prompt, lm_xvector, flow_xvector):
+        pieces = split_text(self.text_tokenizer, sentence_text, self.max_piece_tokens)
+        if not pieces:
+            raise ValueError("the text to speak is empty")
+        keys = jax.random.split(rng, len(pieces))
+        return np.concatenate(
+            [self._speak(p, k, lm_prompt, flow_prompt, lm_xvector, flow_xvector) for p, k in zip(pieces, keys)]
+        )
+
+    def zero_shot(self, sentence_text: str, prompt_text: str, wav_16k, wav_out, rng):
+        """The text in the recording's voice, continuing it (upstream's inference_zero_shot)."""
+        tokens, mel, xvector = self.prompt(wav_16k, wav_out)
+        lm_prompt = (self._ids(prompt_text), (tokens, jnp.array([tokens.shape[1]])))
+        return self._say(sentence_text, rng, lm_prompt, (tokens, mel), xvector, xvector)
+
+    def cross_lingual(self, sentence_text: str, wav_16k, wav_out, rng):
+        """The text in the recording's voice, the LM without the prompt (upstream's inference_cross_lingual)."""
+        tokens, mel, xvector = self.prompt(wav_16k, wav_out)
+        return self._say(sentence_text, rng, _no_prompt(), (tokens, mel), xvector, xvector)
+
+    def sft(self, sentence_text: str, xvector, rng):
+        """The text in a stored speaker's voice: its x-vector alone (upstream's inference_sft)."""
+        xvector = jnp.asarray(xvector, jnp.float32).reshape(1, -1)
+        c = self.decoder.config
+        flow_prompt = (jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0, c.output_size)))
+        return self._say(sentence_text, rng, _no_prompt(), flow_prompt, xvector, xvector)
+
+
+def _no_prompt():
+    empty = jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32)
+    return empty, empty

@@ -1,0 +1,138 @@
+"""CosyVoice end to end (jaxmodels.cosyvoice.pipeline, trainers.tts --cosyvoice) on tiny random
+models whose parts fit one another; each part equals upstream's in its own test."""
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmodels.cosyvoice import campplus, flow, hift, llm, pipeline, s3tokenizer, text
+
+DATA = Path(__file__).parent / "data"
+
+
+def split_cases():
+    return [
+        ("One. Two! Three?", 80, ["One. Two! Three?"]),
+        ("One. Two! Three?", 3, ["One.", "Two!", "Three?"]),
+        ("一句话。另一句话！", 80, ["一句话。另一句话！"]),
+        ("  ", 80, []),
+    ]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ranks") / "multilingual.tiktoken"
+    shutil.copy(DATA / "cosyvoice_text" / "ranks.tiktoken", path)
+    return path
+
+
+@pytest.mark.parametrize("sentence, limit, pieces", split_cases())
+def test_split_text_cuts_at_sentence_ends(ranks, sentence, limit, pieces):
+    tokenizer = text.load(str(ranks))
+    got = pipeline.split_text(tokenizer, sentence, limit)
+    assert got == pieces
+
+
+def test_load_names_what_is_missing(tmp_path):
+    with pytest.raises(ValueError, match="variant 'cosyvoice_9b': one of cosyvoice_300m, cosyvoice_300m_25hz"):
+        pipeline.CosyVoice.load(str(tmp_path), "cosyvoice_9b")
+    with pytest.raises(FileNotFoundError, match="holds no llm.pt or llm.safetensors"):
+        pipeline.CosyVoice.load(str(tmp_path))
+
+
+def tiny_voice(ranks_path) -> pipeline.CosyVoice:
+    """Random parts at tiny widths, the released models' interfaces: 64 speech tokens, 192-wide
+    x-vectors, 80 mel bins at 22.05 kHz, 256 samples a frame."""
+    keys = iter(jax.random.split(jax.random.key(0), 8))
+    tokenizer = text.load(str(ranks_path))
+    lm_cfg = llm.LMConfig(
+        text_token_size=tokenizer.n_vocab,
+        speech_token_size=64,
+        text_encoder_input_size=16,
+        text_encoder_output_size=16,
+        llm_input_size=16,
+        llm_output_size=16,
+        text_encoder_heads=2,
+        text_encoder_linear_units=16,
+        text_encoder_blocks=1,
+        llm_heads=2,
+        llm_linear_units=16,
+        llm_blocks=1,
+    )
+    lm = llm.TransformerLM(lm_cfg)
+    flow_cfg = flow.FlowConfig(
+        vocab_size=64,
+        input_size=16,
+        attention_heads=2,
+        linear_units=16,
+        num_blocks=1,
+        channels=(16,),
+        attention_head_dim=4,
+        n_blocks=1,
+        num_mid_blocks=1,
+        num_heads=2,
+    )
+    decoder = flow.Flow(flow_cfg)
+    vocoder = hift.HiFTGenerator(hift.HiFTConfig(base_channels=16, f0_channels=16))
+    s3_cfg = s3tokenizer.S3Config(
+        n_audio_ctx=200, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_codebook_size=64
+    )
+    tokenizer_model = s3tokenizer.S3Tokenizer(s3_cfg)
+    speaker = campplus.CAMPPlus(campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32))
+    return pipeline.CosyVoice(
+        lm,
+        lm.init(next(keys), *llm.example_inputs(lm_cfg))["params"],
+        decoder,
+        decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
+        vocoder,
+        vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
+        tokenizer_model,
+        tokenizer_model.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
+        speaker,
+        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
+        tokenizer,
+    )
+
+
+def voice_recording(rate: int, seconds: float = 1.2):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.3 * np.sin(2 * np.pi * 150 * t * (1 + 0.1 * np.sin(4 * t)))).astype(np.float32)
+
+
+@pytest.mark.slow  # the tiny parts compiled: LM decoding, flow sampling, vocoder, S3 tokenizer, CAM++
+def test_modes_speak_and_the_command_writes_them(ranks, tmp_path, monkeypatch, capsys):
+    from trainers import tts
+    from trainers.data import speech
+
+    voice = tiny_voice(ranks)
+    wav_16k, wav_22k = voice_recording(16000), voice_recording(22050)
+    tokens, mel, xvector = voice.prompt(wav_16k, wav_22k)
+    assert tokens.shape == (1, 60) and int(jnp.max(tokens)) < 64  # 50 Hz
+    assert mel.shape == (1, len(wav_22k) // 256, 80) and xvector.shape == (1, 192)
+
+    key = jax.random.key(3)
+    said = voice.zero_shot("Hello world.", "a voice", wav_16k, wav_22k, key)
+    assert said.ndim == 1 and len(said) > 0 and len(said) % 256 == 0
+    assert np.all(np.isfinite(said)) and np.abs(said).max() <= 0.99
+    np.testing.assert_array_equal(voice.zero_shot("Hello world.", "a voice", wav_16k, wav_22k, key), said)
+    crossed = voice.cross_lingual("Hello world.", wav_16k, wav_22k, key)
+    assert not np.array_equal(crossed[: len(said)], said[: len(crossed)])
+    stored = voice.sft("Hello world. Don't stop.", np.asarray(xvector), key)
+    assert len(stored) % 256 == 0 and np.all(np.isfinite(stored))
+
+    monkeypatch.setattr(pipeline.CosyVoice, "load", classmethod(lambda cls, directory, variant: voice))
+    prompt = tmp_path / "voice.wav"
+    speech.write_wav(str(prompt), wav_16k)
+    out = tmp_path / "said.wav"
+    command = ["--cosyvoice", str(tmp_path), "--text", "Hello world.", "--prompt", str(prompt), "--out", str(out)]
+    tts.main([*command, "--prompt-text", "a voice"])
+    assert "zero-shot" in capsys.readouterr().out
+    assert len(speech.read_audio(str(out), 22050)) % 256 == 0
+    tts.main(command)
+    assert "cross-lingual" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--speaker needs --spk2info"):
+        tts.main(["--cosyvoice", str(tmp_path), "--text", "Hi.", "--speaker", "x", "--out", str(out)])
