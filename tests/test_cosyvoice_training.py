@@ -183,17 +183,24 @@ def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tm
     assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
 
 
+DIT_FLOW = {**TINY_FLOW, "estimator": "dit", "dit_hidden": 16, "dit_depth": 2, "dit_heads": 2}
+
+
 @pytest.mark.slow  # two steps compiled for each task
-@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
+@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_flow_dit", "cosyvoice_llm"])
 def test_cosyvoice_step_on_eight_devices_equals_one(cosyvoice_data, task):
     data, _, _ = cosyvoice_data
+    sections = {"model": {"args": DIT_FLOW}} if task == "cosyvoice_flow_dit" else {}
+    task = task.removesuffix("_dit")
 
     def batch(task):
         source = task.train_source()
         rows = [task.train_transform(source[i], np.random.default_rng(i)) for i in range(8)]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-    results = one_step_on_one_and_eight_devices(lambda mesh: task_config(data, task, optimizer=SGD, mesh=mesh), batch)
+    results = one_step_on_one_and_eight_devices(
+        lambda mesh: task_config(data, task, optimizer=SGD, mesh=mesh, **sections), batch
+    )
     (before, metrics, after), (_, sharded_metrics, sharded_after) = results
     np.testing.assert_allclose(sharded_metrics["train/loss"], metrics["train/loss"], rtol=1e-5)
     assert_same_updates(before, sharded_after, after)

@@ -30,8 +30,9 @@ import numpy as np
 from jaxmodels.codec.seanet import conv_transpose
 from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, layer_path
+from jaxmodels.dit.model import FinalLayer, TimestepEmbedder, stacked_blocks
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
-from jaxmodels.nn.layers import default_kernel_init
+from jaxmodels.nn.layers import default_kernel_init, grouped_conv
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
 from jaxmodels.speechlm.transformer import Embed
@@ -57,6 +58,13 @@ class FlowConfig:
     n_blocks: int = 4
     num_mid_blocks: int = 12
     num_heads: int = 8
+    # "unet": Matcha-TTS's U-Net above (the released flow.pt's); "dit": DiTEstimator, at
+    # CosyVoice 3's sizes by default
+    estimator: str = "unet"
+    dit_hidden: int = 1024
+    dit_depth: int = 22
+    dit_heads: int = 16
+    dit_mlp_ratio: float = 2.0
     cfm: fm.CFMConfig = fm.CFMConfig()
 
     def mel_frames(self, tokens: int) -> int:
@@ -275,6 +283,63 @@ class ConditionalDecoder(nn.Module):
         return (_conv(self.out_channels, 1, "final_proj", dtype=self.dtype)(x * m) * m).astype(jnp.float32)
 
 
+class ConvPositionEmbedding(nn.Module):
+    """F5-TTS's convolutional position embedding: two grouped convolutions (kernel 31, 16
+    groups) over the valid frames, each followed by Mish."""
+
+    kernel: int = 31
+    groups: int = 16
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, m):
+        d, k = x.shape[-1], self.kernel
+        for i in range(2):
+            init = nn.with_logical_partitioning(default_kernel_init, (None, None, "embed"))
+            kernel = self.param(f"conv_{i}_kernel", init, (k, d // self.groups, d))
+            bias = self.param(f"conv_{i}_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,))
+            x = grouped_conv(
+                (x * m).astype(self.dtype),
+                kernel.astype(self.dtype),
+                (1,),
+                [(k // 2, k // 2)],
+                self.groups,
+                ("NWC", "WIO", "NWC"),
+            )
+            x = mish(x + bias.astype(self.dtype))
+        return x * m
+
+
+class DiTEstimator(nn.Module):
+    """The estimator as a Diffusion Transformer (CosyVoice 3's and F5-TTS's kind) on
+    jaxmodels.dit's adaLN-Zero blocks: [x, cond, mu, spks] projected to the width, the
+    convolutional position embedding added, the blocks conditioned on the time embedding (t
+    scaled by 1000) with attention over each row's valid frames (the mask is a prefix), and
+    DiT's adaLN final layer. Zero-initialised as DiT's: the velocity starts at 0."""
+
+    out_channels: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, mu, t, spks, cond):
+        m = mask[..., None].astype(self.dtype)
+        spks = jnp.broadcast_to(spks[:, None], x.shape[:2] + spks.shape[-1:])
+        h = jnp.concatenate([x, cond, mu, spks], axis=-1).astype(self.dtype)
+        h = Dense(self.hidden_size, ("mlp", "embed"), dtype=self.dtype, name="input_proj")(h)
+        h = h + ConvPositionEmbedding(dtype=self.dtype, name="conv_pos_embed")(h, m)
+        c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, name="time_embed")(1000.0 * t)
+        lengths = jnp.sum(mask > 0, axis=1).astype(jnp.int32)
+        blocks = stacked_blocks(self.depth, self.remat)
+        h, _ = blocks(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, name="blocks")(h, c, lengths)
+        out = FinalLayer(self.hidden_size, 1, self.out_channels, self.dtype, name="final_layer")(h, c)
+        return (out * m).astype(jnp.float32)
+
+
 class Flow(nn.Module):
     """MaskedDiffWithXvec: `encode` tokens to the mel-rate mean, `loss` trains the estimator
     on it, `inference` continues a prompt."""
@@ -292,16 +357,23 @@ class Flow(nn.Module):
         )
         self.encoder_proj = Dense(c.output_size, ("embed", "mlp"), dtype=self.dtype)
         self.length_regulator = LengthRegulator(c.regulator_stages, self.dtype)
-        self.estimator = ConditionalDecoder(
-            c.output_size,
-            tuple(c.channels),
-            c.n_blocks,
-            c.num_mid_blocks,
-            c.num_heads,
-            c.attention_head_dim,
-            self.dtype,
-            self.remat,
-        )
+        if c.estimator == "unet":
+            self.estimator = ConditionalDecoder(
+                c.output_size,
+                tuple(c.channels),
+                c.n_blocks,
+                c.num_mid_blocks,
+                c.num_heads,
+                c.attention_head_dim,
+                self.dtype,
+                self.remat,
+            )
+        elif c.estimator == "dit":
+            self.estimator = DiTEstimator(
+                c.output_size, c.dit_hidden, c.dit_depth, c.dit_heads, c.dit_mlp_ratio, self.dtype, self.remat
+            )
+        else:
+            raise ValueError(f"flow estimator {c.estimator!r}: 'unet' or 'dit'")
 
     def speaker(self, embedding):
         """The x-vector (B, spk_embed_dim) at unit length, projected to (B, output_size)."""

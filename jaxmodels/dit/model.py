@@ -128,7 +128,8 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero: shift, scale and gate for attention and MLP regressed from c (zero-initialised)."""
+    """adaLN-Zero: shift, scale and gate for attention and MLP regressed from c (zero-initialised).
+    With ``lengths`` (N,), each row attends to its first tokens only (a padded sequence)."""
 
     hidden_size: int
     num_heads: int
@@ -137,7 +138,7 @@ class DiTBlock(nn.Module):
     attention: str | None = None
 
     @nn.compact
-    def __call__(self, x, c):
+    def __call__(self, x, c, lengths=None):
         d = self.hidden_size
         mod = Dense(6 * d, ("embed", "mlp"), dtype=self.dtype, kernel_init=zeros, name="adaLN_modulation_1")(
             nn.silu(c)
@@ -145,10 +146,17 @@ class DiTBlock(nn.Module):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
         h = modulate(_layer_norm(self.dtype)(x), shift_msa, scale_msa)
         attention = Attention(self.num_heads, dtype=self.dtype, implementation=self.attention, name="attn")
-        x = x + gate_msa[:, None] * attention(h)
+        x = x + gate_msa[:, None] * attention(h, lengths)
         h = modulate(_layer_norm(self.dtype)(x), shift_mlp, scale_mlp)
         x = x + gate_mlp[:, None] * Mlp(int(d * self.mlp_ratio), dtype=self.dtype, name="mlp")(h)
         return constrain(x, ("batch", "length", "act_embed"))
+
+
+def stacked_blocks(depth: int, remat: bool = False):
+    """``depth`` DiTBlocks as one module over stacked parameters ("blocks"), looped or unrolled
+    as BLOCK_UNROLL says for the backend; called as (x, c[, lengths]) -> (x, None)."""
+    unroll = BLOCK_UNROLL.get(jax.default_backend(), 1) or depth
+    return repeated(nn.remat(DiTBlock) if remat else DiTBlock, depth, unroll)
 
 
 class FinalLayer(nn.Module):
@@ -212,8 +220,7 @@ class DiT(nn.Module):
         c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob, name="y_embedder")(
             y, train, force_drop_ids
         ).astype(c.dtype)
-        unroll = BLOCK_UNROLL.get(jax.default_backend(), 1) or self.depth
-        block = repeated(nn.remat(DiTBlock) if self.remat else DiTBlock, self.depth, unroll)
+        block = stacked_blocks(self.depth, self.remat)
         x, _ = block(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.attention, name="blocks")(x, c)
         x = FinalLayer(self.hidden_size, self.patch_size, self.out_channels, self.dtype, name="final_layer")(x, c)
         return self.unpatchify(x)

@@ -55,8 +55,9 @@ class Projection(nn.Module):
         return y
 
 
-def dot_product_attention(q, k, v, implementation=None):
-    """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) inputs.
+def dot_product_attention(q, k, v, implementation=None, lengths=None):
+    """softmax(q k^T / sqrt(head_dim)) v over (batch, length, heads, head_dim) inputs; with
+    ``lengths`` (batch,), over each row's first keys only (padding at the end).
 
     implementation None picks cuDNN's fused (flash) attention where it applies (a GPU,
     16-bit inputs, head_dim a multiple of 8 up to 128), which keeps the (length, length)
@@ -65,7 +66,7 @@ def dot_product_attention(q, k, v, implementation=None):
     if implementation is None:
         fused = jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
         implementation = "cudnn" if fused and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 else "xla"
-    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation=implementation)
 
 
 class Attention(nn.Module):
@@ -75,7 +76,7 @@ class Attention(nn.Module):
     implementation: str | None = None  # "xla", "cudnn", or None: see dot_product_attention
 
     @nn.compact
-    def __call__(self, x):  # (batch, length, embed)
+    def __call__(self, x, lengths=None):  # (batch, length, embed); the keys of each row's first lengths
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
@@ -90,7 +91,7 @@ class Attention(nn.Module):
             name="qkv",
         )(x)
         q, k, v = (constrain(qkv[:, :, i], ("batch", "length", "heads", "kv")) for i in range(3))
-        out = dot_product_attention(q, k, v, self.implementation)
+        out = dot_product_attention(q, k, v, self.implementation, lengths)
         return Projection("blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, True, self.dtype, name="proj")(
             out
         )
