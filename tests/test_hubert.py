@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import assert_same_updates, manifest_data
+from conftest import assert_resumes_bitwise, assert_same_updates, manifest_data
 
 from trainers import config as config_lib
 from trainers.loop import Trainer, train
@@ -74,6 +74,17 @@ def test_hubert_pretrains_on_mfcc_units_and_exports(tone_corpus, tmp_path, capsy
     np.testing.assert_allclose(
         model.apply(variables, audio), run_model.apply(run_variables, audio), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.slow  # two short runs of each task
+@pytest.mark.parametrize("task", ["hubert", "wav2vec2"])
+def test_pretraining_resumes_exactly(tone_corpus, tmp_path, task):
+    """Killed after its step-2 checkpoint, a run ends as the straight one: the masks, negatives,
+    Gumbel noise and wav2vec 2.0's annealed temperature all follow the step."""
+    run = {"steps": 4, "eval_every": 4, "checkpoint_every": 2}
+    cfg = hubert_config(tone_corpus, tmp_path, task, train=run)
+    final = train(cfg, str(tmp_path / "run"))
+    assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
 
 
 @pytest.mark.slow
