@@ -76,6 +76,35 @@ def test_hubert_pretrains_on_mfcc_units_and_exports(tone_corpus, tmp_path, capsy
     )
 
 
+def test_long_utterances_are_cropped_at_random_frames_in_training(tone_corpus, tmp_path):
+    """fairseq's random_crop: a training crop starts on a random encoder frame and its targets
+    from that frame; evaluation crops from the start."""
+    from trainers.data import speech
+    from trainers.tasks import get_task
+
+    task = get_task(hubert_config(tone_corpus, tmp_path, data={"max_seconds": 0.03}))  # 480 samples, one frame
+    source = task.train_source()
+    record = next(r for r in (source[i] for i in range(len(source))) if len(speech.read_audio(r["source"])) >= 800)
+    samples = speech.read_audio(record["source"])
+    units = task.train_transform.units[record["key"]]
+    starts = set()
+    for seed in range(20):
+        example = task.train_transform(record, np.random.default_rng(seed))
+        first = int(
+            np.flatnonzero([np.array_equal(example["audio"], samples[320 * f : 320 * f + 480]) for f in range(2)])[0]
+        )
+        assert example["targets"][0] == units[first] and example["audio_length"] == 480
+        starts.add(first)
+    assert starts == {0, 1}
+    evaluated = task.eval_source()
+    record = next(
+        r for r in (evaluated[i] for i in range(len(evaluated))) if len(speech.read_audio(r["source"])) >= 800
+    )
+    for seed in range(5):
+        at_start = task.eval_transform(record, np.random.default_rng(seed))
+        np.testing.assert_array_equal(at_start["audio"], speech.read_audio(record["source"])[:480])
+
+
 @pytest.mark.slow  # two short runs of each task
 @pytest.mark.parametrize("task", ["hubert", "wav2vec2"])
 def test_pretraining_resumes_exactly(tone_corpus, tmp_path, task):

@@ -342,3 +342,23 @@ def test_cosyvoice_llm_300m_compiles_fsdp_sharded(tmp_path):
     assert batch["text"].shape == (8, 200) and batch["speech"].shape == (8, 500)
     assert trainer.task.train_transform.text_ids.size == 51866
     _compile_train_step(trainer)
+
+
+@pytest.mark.slow  # published-scale compiles
+@pytest.mark.parametrize("config", ["hubert_base_librispeech", "wav2vec2_base_librispeech"])
+def test_ssl_pretraining_recipes_compile_fsdp_sharded(config, tone_corpus, tmp_path):
+    """HuBERT Base's first iteration and wav2vec 2.0 Base as fairseq's recipes set them (the
+    Base encoder's 94,371,712 parameters, dropout and layer drop, Adam's 0.98 and 1e-6): their
+    train steps compile over 4 x 2 devices, here on the tone corpus with 8 crops of 2 s (and 5 clusters:
+    the corpus has too few frames for 100)."""
+    data = [f"data.source=manifest data.path={tone_corpus} data.train_split=train data.eval_split=test"]
+    data += ["data.batch_seconds=0 data.batch_size=8 data.eval_batch_size=8 data.max_seconds=2.0 data.num_workers=0"]
+    overrides = " ".join(data + ["mesh.data=4 mesh.fsdp=2"]).split()
+    if config.startswith("hubert"):
+        overrides += [f"hubert.targets_dir={tmp_path / 'targets'}", "hubert.fit_utterances=24", "hubert.clusters=5"]
+    trainer = Trainer(config_lib.load(f"configs/{config}.yaml", overrides))
+    encoder = trainer.abstract_state.params["encoder"]
+    assert sum(p.size for p in jax.tree.leaves(encoder)) == 94_371_712
+    assert trainer.task.encoder.layerdrop == 0.05 and trainer.task.encoder.hidden_dropout == 0.1
+    assert (trainer.cfg.optimizer.b2, trainer.cfg.optimizer.eps) == (0.98, 1e-6)
+    _compile_train_step(trainer)

@@ -253,6 +253,12 @@ def fairseq_checkpoint(path, state_dict, config, **layout):
         "layer_norm_first": config["do_stable_layer_norm"],
         "conv_pos": config["num_conv_pos_embeddings"],
         "conv_pos_groups": config["num_conv_pos_embedding_groups"],
+        "dropout": config["hidden_dropout"],
+        "attention_dropout": config["attention_dropout"],
+        "activation_dropout": config["activation_dropout"],
+        "encoder_layerdrop": config["layerdrop"],
+        "dropout_input": config["feat_proj_dropout"],
+        "dropout_features": config.get("feat_quantizer_dropout", 0.0),
         **layout.pop("extra", {}),
     }
     names = ("fairseq", "fairseq.data", "fairseq.data.dictionary")  # pickled by name; the reader never imports it
@@ -311,3 +317,30 @@ def test_fairseq_wav2vec2_pretraining_checkpoint(reference, tmp_path):
     with pytest.raises(ValueError, match="layer_type='conformer': only 'transformer' is supported"):
         fairseq_checkpoint(tmp_path / "c.pt", state_dict, config, extra={**extra, "layer_type": "conformer"})
         ssl.load_fairseq(str(tmp_path / "c.pt"))
+
+
+def test_dropout_and_layer_drop_act_in_training_only(reference):
+    """transformers' dropouts and layer drop, taken from the config: given a "dropout" rng the
+    hidden states are perturbed (differently for each key); without one they are the reference's.
+    With layerdrop 1 every layer is skipped: each hidden state is the first."""
+    config = json.loads(str(reference["hubert_base_layout/config"]))
+    state_dict = {k.split("/sd/")[1]: v for k, v in reference.items() if k.startswith("hubert_base_layout/sd/")}
+    model, variables = ssl.from_transformers(state_dict, config)
+    assert (model.hidden_dropout, model.attention_dropout, model.layerdrop) == (
+        config["hidden_dropout"],
+        config["attention_dropout"],
+        config["layerdrop"],
+    )
+    audio = reference["audio"][:1]
+    states = jax.jit(
+        lambda key: model.apply(variables, audio, method="hidden_states", rngs={} if key is None else {"dropout": key})
+    )
+    plain = model.clone(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
+    without = plain.apply(variables, audio, method="hidden_states", rngs={"dropout": jax.random.key(0)})
+    np.testing.assert_allclose(states(None)[-1], without[-1], rtol=1e-5, atol=1e-5)  # jitted and not
+    a, b = states(jax.random.key(1))[-1], states(jax.random.key(2))[-1]
+    assert not np.allclose(a, states(None)[-1], atol=1e-3) and not np.allclose(a, b, atol=1e-3)
+    skipping = model.clone(layerdrop=1.0, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    hidden = skipping.apply(variables, audio, method="hidden_states", rngs={"dropout": jax.random.key(3)})
+    for h in hidden[1:]:
+        np.testing.assert_array_equal(h, hidden[0])

@@ -54,7 +54,13 @@ def create(name: str, **overrides):
 
 
 # transformers' Wav2Vec2Config keys of the pretraining head.
-HEAD_KEYS = ("num_codevector_groups", "num_codevectors_per_group", "codevector_dim", "proj_codevector_dim")
+HEAD_KEYS = (
+    "num_codevector_groups",
+    "num_codevectors_per_group",
+    "codevector_dim",
+    "proj_codevector_dim",
+    "feat_quantizer_dropout",
+)
 
 
 def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
@@ -73,7 +79,7 @@ def from_transformers(state_dict: dict, config: dict, **overrides) -> tuple:
         args["feat_proj_layer_norm"] = True
     model = SSLEncoder(**args, **overrides)
     if "quantizer.codevectors" in state_dict:
-        model = Wav2Vec2Pretraining(model, **{k: config[k] for k in HEAD_KEYS})
+        model = Wav2Vec2Pretraining(model, **{k: config[k] for k in HEAD_KEYS if k in config})
     elif "lm_head.weight" in state_dict:
         model = SSLForCTC(model, config["vocab_size"], config.get("final_dropout", 0.1))
     return model, from_torch(state_dict, model)

@@ -33,6 +33,12 @@ DEFAULTS = {
     "latent_vars": 320,
     "latent_groups": 2,
     "latent_dim": 0,
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "dropout_input": 0.0,
+    "dropout_features": 0.0,
 }
 # Settings whose other values build modules transformers' models do not have.
 UNSUPPORTED = {
@@ -168,6 +174,11 @@ def transformers_config(settings: dict, state_dict: dict) -> dict:
         "do_stable_layer_norm": bool(settings["layer_norm_first"]),
         "num_conv_pos_embeddings": settings["conv_pos"],
         "num_conv_pos_embedding_groups": settings["conv_pos_groups"],
+        "hidden_dropout": settings["dropout"],
+        "attention_dropout": settings["attention_dropout"],
+        "activation_dropout": settings["activation_dropout"],
+        "layerdrop": settings["encoder_layerdrop"],
+        "feat_proj_dropout": settings["dropout_input"],
     }
     final_dim = settings["final_dim"] or settings["encoder_embed_dim"]
     if not hubert:
@@ -176,6 +187,7 @@ def transformers_config(settings: dict, state_dict: dict) -> dict:
             num_codevectors_per_group=settings["latent_vars"],
             codevector_dim=settings["latent_dim"] or final_dim,
             proj_codevector_dim=final_dim,
+            feat_quantizer_dropout=settings["dropout_features"],
         )
     return config
 

@@ -7,7 +7,9 @@ Large ones), the feature projection, a convolutional relative position embedding
 (weight-normalised, grouped, "same" length), and a Transformer encoder, post-LN (Base)
 or pre-LN ("stable layer norm", Large), its layers scanned. Module names are
 transformers'; padded frames are zeroed before the position convolution and never
-attended to, as there.
+attended to, as there. Dropout (hidden, attention, activation, after the feature
+projection) and layer drop (a layer skipped with probability ``layerdrop``) act as
+transformers' in training: when the call is given a "dropout" rng.
 """
 
 from typing import Any
@@ -25,6 +27,14 @@ FRAMES = ("batch", None, "act_embed")
 
 def gelu(x):
     return jax.nn.gelu(x, approximate=False)
+
+
+def dropout(module: nn.Module, rate: float, x):
+    """Inverted dropout of x at ``rate`` when ``module`` was given a "dropout" rng (training)."""
+    if rate == 0.0 or not module.has_rng("dropout"):
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 def output_lengths(lengths, kernels, strides):
@@ -123,16 +133,22 @@ class PositionalConvEmbedding(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention and a GELU feed-forward, post-LN or pre-LN (stable)."""
+    """Self-attention and a GELU feed-forward, post-LN or pre-LN (stable); in training, dropout
+    and, with probability ``layerdrop``, the whole layer skipped (its input passed on)."""
 
     num_heads: int
     intermediate_size: int
     stable: bool
     eps: float
     dtype: Dtype = jnp.float32
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    layerdrop: float = 0.0
 
     @nn.compact
     def __call__(self, x, valid):
+        inputs = x
         d = x.shape[-1]
         head = d // self.num_heads
         dense = lambda n, axes, name: Dense(n, axes, dtype=self.dtype, name=name)  # noqa: E731
@@ -143,17 +159,29 @@ class EncoderLayer(nn.Module):
             dense(d, ("embed", "heads"), f"attention_{n}")(h).reshape(b, t, self.num_heads, head)
             for n in ("q_proj", "k_proj", "v_proj")
         )
-        attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :]).reshape(b, t, d)
-        x = residual + dense(d, ("heads", "embed"), "attention_out_proj")(attended)
+        attended = self.attend(q, k, v, valid).reshape(b, t, d)
+        x = residual + dropout(self, self.hidden_dropout, dense(d, ("heads", "embed"), "attention_out_proj")(attended))
         if not self.stable:
             x = LayerNorm(self.eps, dtype=self.dtype, name="layer_norm")(x)
         h = LayerNorm(self.eps, dtype=self.dtype, name="final_layer_norm")(x) if self.stable else x
         h = gelu(dense(self.intermediate_size, ("embed", "mlp"), "feed_forward_intermediate_dense")(h))
-        x = x + dense(d, ("mlp", "embed"), "feed_forward_output_dense")(h)
+        h = dropout(self, self.activation_dropout, h)
+        x = x + dropout(self, self.hidden_dropout, dense(d, ("mlp", "embed"), "feed_forward_output_dense")(h))
         if not self.stable:
             x = LayerNorm(self.eps, dtype=self.dtype, name="final_layer_norm")(x)
+        if self.layerdrop > 0.0 and self.has_rng("dropout"):
+            x = jnp.where(jax.random.uniform(self.make_rng("dropout")) < self.layerdrop, inputs, x)
         x = constrain(x, FRAMES)
         return x, x
+
+    def attend(self, q, k, v, valid):
+        """Attention over the valid keys; in training with attention dropout, on the probabilities."""
+        if self.attention_dropout == 0.0 or not self.has_rng("dropout"):
+            return jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :])
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+        scores = jnp.where(valid[:, None, None, :], scores.astype(jnp.float32), -1e30)
+        probs = dropout(self, self.attention_dropout, jax.nn.softmax(scores, axis=-1).astype(v.dtype))
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 class SSLEncoder(nn.Module):
@@ -173,6 +201,14 @@ class SSLEncoder(nn.Module):
     num_conv_pos_embeddings: int = 128
     num_conv_pos_embedding_groups: int = 16
     layer_norm_eps: float = 1e-5
+    # Training regularisation (transformers' names; 0: none): dropout on the hidden states, the
+    # attention probabilities, the feed-forward's activations and the projected features, and
+    # the probability that a layer is skipped
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    layerdrop: float = 0.0
     # Padded rows as each utterance alone: the "group" mode's norm over its own frames. Off,
     # as transformers: over the padded length (so a Base model's padded row differs).
     norm_valid_frames: bool = False
@@ -199,11 +235,21 @@ class SSLEncoder(nn.Module):
         self.encoder_layers = nn.scan(
             layer,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True},
             in_axes=nn.broadcast,
             length=self.num_hidden_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
-        )(self.num_attention_heads, self.intermediate_size, self.do_stable_layer_norm, self.layer_norm_eps, self.dtype)
+        )(
+            self.num_attention_heads,
+            self.intermediate_size,
+            self.do_stable_layer_norm,
+            self.layer_norm_eps,
+            self.dtype,
+            self.hidden_dropout,
+            self.attention_dropout,
+            self.activation_dropout,
+            self.layerdrop,
+        )
 
     def extract(self, audio, paddings=None):
         """(features (B, T', C), valid (B, T')): the convolutional feature encoder's output."""
@@ -226,14 +272,14 @@ class SSLEncoder(nn.Module):
         frames zeroed, the frames `mask` (B, T') marks replaced by the learned masked_spec_embed)
         after the position embedding (and, post-LN, the encoder's layer norm), then each layer's
         output (pre-LN: before the final norm)."""
-        x = self.feature_projection_projection(features)
+        x = dropout(self, self.feat_proj_dropout, self.feature_projection_projection(features))
         if mask is not None:
             x = jnp.where(mask[..., None], self.masked_spec_embed.astype(x.dtype), x)
         x = jnp.where(valid[..., None], x, 0.0)
         x = x + self.encoder_pos_conv_embed(x)
         if not self.do_stable_layer_norm:
             x = self.encoder_layer_norm(x)
-        x = constrain(x, FRAMES)
+        x = constrain(dropout(self, self.hidden_dropout, x), FRAMES)
         _, outputs = self.encoder_layers(x, valid)
         return [x, *outputs]
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.nn import Dense
-from jaxmodels.ssl.model import SSLEncoder, pretraining_features
+from jaxmodels.ssl.model import SSLEncoder, dropout, pretraining_features
 
 
 class GumbelVectorQuantizer(nn.Module):
@@ -65,6 +65,7 @@ class Wav2Vec2Pretraining(nn.Module):
     codevector_dim: int = 256
     proj_codevector_dim: int = 256
     feature_grad_mult: float = 0.1
+    feat_quantizer_dropout: float = 0.0  # on the quantizer's input, in training (fairseq's dropout_features)
 
     def setup(self):
         dtype = self.encoder.dtype
@@ -83,7 +84,8 @@ class Wav2Vec2Pretraining(nn.Module):
         every frame; with `rng` the quantizer samples (training), without it takes the argmax."""
         features, valid, penalty = pretraining_features(self.encoder, audio, paddings, self.feature_grad_mult)
         last = self.encoder.last(self.encoder.encode(features, valid, mask))
-        vectors, perplexity = self.quantizer(features, mask & valid, temperature, rng)
+        quantized = dropout(self, self.feat_quantizer_dropout, features)
+        vectors, perplexity = self.quantizer(quantized, mask & valid, temperature, rng)
         return {
             "predicted": self.project_hid(last),
             "targets": self.project_q(vectors),

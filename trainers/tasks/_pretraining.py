@@ -31,16 +31,29 @@ def load_encoder(path: str, **overrides) -> tuple:
 
 
 class AudioTransform:
-    """Record -> its audio padded to max_samples, its length and mask 1."""
+    """Record -> its audio padded to max_samples, its length and mask 1. A longer utterance is
+    cut to max_samples: with ``random_crop`` (training) from a random start on the encoder's
+    frame grid (``hop`` samples; fairseq's random_crop), otherwise from its start."""
 
-    def __init__(self, max_samples: int, resample: bool):
-        self.max_samples, self.resample = max_samples, resample
+    def __init__(self, max_samples: int, resample: bool, hop: int, random_crop: bool):
+        self.max_samples, self.resample, self.hop, self.random_crop = max_samples, resample, hop, random_crop
 
-    def __call__(self, record, rng):
-        samples = speech.read_audio(record["source"], resample=self.resample)[: self.max_samples]
+    def crop(self, record, rng):
+        """(samples, the encoder frame they start at)."""
+        samples = speech.read_audio(record["source"], resample=self.resample)
+        first = 0
+        if self.random_crop and len(samples) > self.max_samples:
+            first = int(rng.integers(0, (len(samples) - self.max_samples) // self.hop + 1))
+        start = first * self.hop
+        return samples[start : start + self.max_samples], first
+
+    def padded(self, samples):
         audio = np.zeros(self.max_samples, np.float32)
         audio[: len(samples)] = samples
         return {"audio": audio, "audio_length": np.int32(len(samples)), "mask": np.float32(1)}
+
+    def __call__(self, record, rng):
+        return self.padded(self.crop(record, rng)[0])
 
 
 class SpeechPretraining(SplitSources):
@@ -55,6 +68,7 @@ class SpeechPretraining(SplitSources):
             cfg.model.name, **cfg.model.args, dtype=jnp.dtype(cfg.train.compute_dtype), remat=cfg.train.remat
         )
         self.max_samples = int(cfg.data.max_seconds * speech.SAMPLE_RATE)
+        self.hop = int(np.prod(self.encoder.conv_stride))  # samples per encoder frame
         self.max_frames = self.frames(self.max_samples)
 
     def frames(self, samples):

@@ -63,17 +63,18 @@ SECTIONS = {"data": AudioDataConfig, "hubert": HubertConfig}
 
 
 class _Transform(AudioTransform):
-    """Record -> its audio (AudioTransform) and its units padded with -1 to max_frames."""
+    """Record -> its audio (AudioTransform) and its units from the same frame on, padded with -1 to max_frames."""
 
-    def __init__(self, max_samples: int, max_frames: int, units: dict, resample: bool):
-        super().__init__(max_samples, resample)
+    def __init__(self, max_samples: int, max_frames: int, units: dict, resample: bool, hop: int, random_crop: bool):
+        super().__init__(max_samples, resample, hop, random_crop)
         self.max_frames, self.units = max_frames, units
 
     def __call__(self, record, rng):
+        samples, first = self.crop(record, rng)
         targets = np.full(self.max_frames, -1, np.int32)
-        units = self.units[record["key"]][: self.max_frames]
+        units = self.units[record["key"]][first : first + self.max_frames]
         targets[: len(units)] = units
-        return {**super().__call__(record, rng), "targets": targets}
+        return {**self.padded(samples), "targets": targets}
 
 
 def _read_json(path: str):
@@ -95,8 +96,9 @@ class HubertTask(SpeechPretraining):
         self._tokenizer = None
         train_units = self._units(cfg.data.train_split, self.train_source())
         eval_units = self._units(cfg.data.eval_split, self.eval_source())
-        self.train_transform = _Transform(self.max_samples, self.max_frames, train_units, cfg.data.resample)
-        self.eval_transform = _Transform(self.max_samples, self.max_frames, eval_units, cfg.data.resample)
+        sizes = self.max_samples, self.max_frames
+        self.train_transform = _Transform(*sizes, train_units, cfg.data.resample, self.hop, random_crop=True)
+        self.eval_transform = _Transform(*sizes, eval_units, cfg.data.resample, self.hop, random_crop=False)
 
     # -- targets ----------------------------------------------------------------------
     def tokenizer(self):
@@ -165,16 +167,18 @@ class HubertTask(SpeechPretraining):
         """An encoder's transformers state_dict: the prediction head keeps its initialisation."""
         return {"params": {"encoder": ssl.from_torch(state_dict, self.encoder)["params"]}}
 
-    def _terms(self, params, batch, key):
+    def _terms(self, params, batch, key, dropout_key=None):
+        """The logits and what scores them; with ``dropout_key`` (training) the encoder's dropout acts."""
         h = self.cfg.hubert
         paddings, valid, mask = self.masked_spans(batch, key, h.mask_prob, h.mask_length, h.min_masks)
-        logits, penalty = self.model.apply({"params": params}, batch["audio"], paddings, mask)
+        rngs = {} if dropout_key is None else {"dropout": dropout_key}
+        logits, penalty = self.model.apply({"params": params}, batch["audio"], paddings, mask, rngs=rngs)
         targets = batch["targets"][:, : mask.shape[1]]
         return logits, jnp.maximum(targets, 0), mask, valid & (targets >= 0), penalty
 
     def loss(self, params, batch, rng, step):
         h = self.cfg.hubert
-        logits, targets, mask, valid, penalty = self._terms(params, batch, rng)
+        logits, targets, mask, valid, penalty = self._terms(params, batch, rng, jax.random.fold_in(rng, 1))
         loss, metrics = ssl.hubert_loss(logits, targets, mask, valid, h.masked_weight, h.unmasked_weight)
         metrics["features_penalty"] = penalty
         return loss + h.feature_penalty * penalty, {f"train/{k}": v for k, v in metrics.items()}

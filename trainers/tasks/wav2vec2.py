@@ -38,6 +38,7 @@ class Wav2vec2Config:
     diversity_loss_weight: float = 0.1
     feature_penalty: float = 10.0
     feature_grad_mult: float = 0.1
+    feat_quantizer_dropout: float = 0.0  # dropout on the quantizer's input (fairseq's dropout_features)
     # The Gumbel-softmax temperature: max(start * decay^step, end) (fairseq's latent_temp).
     gumbel_temperature: list[float] = field(default_factory=lambda: [2.0, 0.5, 0.999995])
 
@@ -52,8 +53,9 @@ class Wav2vec2Task(SpeechPretraining):
         if len(w.gumbel_temperature) != 3:
             raise ValueError(f"wav2vec2.gumbel_temperature: (start, end, decay), not {w.gumbel_temperature}")
         heads = (w.num_codevector_groups, w.num_codevectors_per_group, w.codevector_dim, w.proj_codevector_dim)
-        self.model = ssl.Wav2Vec2Pretraining(self.encoder, *heads, w.feature_grad_mult)
-        self.train_transform = self.eval_transform = AudioTransform(self.max_samples, cfg.data.resample)
+        self.model = ssl.Wav2Vec2Pretraining(self.encoder, *heads, w.feature_grad_mult, w.feat_quantizer_dropout)
+        self.train_transform = AudioTransform(self.max_samples, cfg.data.resample, self.hop, random_crop=True)
+        self.eval_transform = AudioTransform(self.max_samples, cfg.data.resample, self.hop, random_crop=False)
 
     def init(self, rng, batch):
         audio = batch["audio"][:, :400]
@@ -67,14 +69,16 @@ class Wav2vec2Task(SpeechPretraining):
         return {"params": {"encoder": ssl.from_torch(state_dict, self.encoder)["params"]}}
 
     def _terms(self, params, batch, key, temperature=None):
-        """(contrastive logits (B, T', 1 + K), masked valid frames, outputs); with a temperature
-        the quantizer samples (training), without it takes the argmax."""
+        """(outputs, negatives, masked valid frames); with a temperature (training) the quantizer
+        samples and the encoder's dropout acts, without it the quantizer takes the argmax."""
         w = self.cfg.wav2vec2
         k_mask, k_negatives, k_gumbel = jax.random.split(key, 3)
+        k_dropout = jax.random.fold_in(key, 3)
         paddings, valid, mask = self.masked_spans(batch, k_mask, w.mask_prob, w.mask_length, w.min_masks)
         mask = mask & valid
-        rng = None if temperature is None else k_gumbel
-        outputs = self.model.apply({"params": params}, batch["audio"], paddings, mask, temperature, rng)
+        training = temperature is not None  # the quantizer samples and the encoder's dropout acts
+        rng, rngs = (k_gumbel, {"dropout": k_dropout}) if training else (None, {})
+        outputs = self.model.apply({"params": params}, batch["audio"], paddings, mask, temperature, rng, rngs=rngs)
         negatives = ssl.sample_negatives(k_negatives, mask, w.num_negatives)
         return outputs, negatives, mask
 
