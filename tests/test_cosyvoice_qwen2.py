@@ -40,15 +40,15 @@ def test_cached_decoding_equals_the_full_pass(reference):
     x = data["embeddings"][:1]
     valid = np.ones(x.shape[:2], bool)
     full = qwen2.Qwen2Model(cfg).apply(variables, x, positions_of(valid), valid)
-    model = qwen2.Qwen2Model(cfg, decode=True)
+    model = qwen2.Qwen2Model(cfg)
     cache = qwen2.empty_cache(model, 1, x.shape[1])
     out, state = model.apply(
-        {**variables, "cache": cache}, x[:, :6], positions_of(valid)[:, :6], valid[:, :6], mutable=["cache"]
+        {**variables, "cache": cache}, x[:, :6], positions_of(valid)[:, :6], valid[:, :6], True, mutable=["cache"]
     )
     steps = [out]
     for i in range(6, x.shape[1]):
         out, state = model.apply(
-            {**variables, **state}, x[:, i : i + 1], np.array([[i]]), valid[:, i : i + 1], mutable=["cache"]
+            {**variables, **state}, x[:, i : i + 1], np.array([[i]]), valid[:, i : i + 1], True, mutable=["cache"]
         )
         steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-5, atol=1e-5)

@@ -8,8 +8,8 @@ are one scanned module over stacked parameters (`layers`), names as transformers
 embeddings (CosyVoice 2 mixes text and speech tokens' embeddings), each token with its
 position; `valid` marks real tokens (padding at either end is never attended to).
 
-Decoding: with `decode=True` the first call on an empty cache creates it from an input as
-long as the whole sequence; every later call appends its tokens' keys and values at the
+Decoding: called with `decode=True`, the first call on an empty cache creates it from an
+input as long as the whole sequence (`empty_cache`); every later call appends its tokens' keys and values at the
 cache's index (a prefill of many tokens, then steps of one) and attends over the cache.
 """
 
@@ -66,11 +66,10 @@ class RMSNorm(nn.Module):
 
 class DecoderLayer(nn.Module):
     config: Qwen2Config
-    decode: bool = False
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, positions, valid):
+    def __call__(self, x, positions, valid, decode: bool = False):
         c = self.config
         b, length, _ = x.shape
         dense = lambda n, axes, name, bias=True: Dense(n, axes, bias, self.dtype, name=name)  # noqa: E731
@@ -82,7 +81,7 @@ class DecoderLayer(nn.Module):
         k, v = (t.reshape(b, length, c.num_key_value_heads, c.head_dim) for t in (k, v))
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         q_slots = jnp.arange(length)
-        if self.decode:
+        if decode:
             cached_k = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
             cached_v = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
             cached_valid = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
@@ -114,7 +113,6 @@ class Qwen2Model(nn.Module):
     config: Qwen2Config
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
-    decode: bool = False
 
     def setup(self):
         c = self.config
@@ -123,13 +121,13 @@ class Qwen2Model(nn.Module):
             c.hidden_size,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
         )
-        layer = nn.remat(DecoderLayer) if self.remat else DecoderLayer
-        self.layers = repeated(layer, c.num_hidden_layers)(c, self.decode, self.dtype)
+        layer = nn.remat(DecoderLayer, static_argnums=(4,)) if self.remat else DecoderLayer  # decode: static
+        self.layers = repeated(layer, c.num_hidden_layers)(c, self.dtype)
         self.norm = RMSNorm(c.rms_norm_eps, self.dtype)
 
-    def __call__(self, embeddings, positions, valid):
+    def __call__(self, embeddings, positions, valid, decode: bool = False):
         x = constrain(embeddings.astype(self.dtype), ("batch", "length", "act_embed"))
-        x, _ = self.layers(x, positions, valid)
+        x, _ = self.layers(x, positions, valid, decode)
         return self.norm(x)
 
     def embed(self, tokens):
@@ -156,9 +154,9 @@ def param_count(cfg: Qwen2Config) -> int:
 
 
 def empty_cache(model: Qwen2Model, batch: int, length: int):
-    """A zeroed KV cache of a decode=True model for ``batch`` sequences of at most ``length`` tokens."""
+    """A zeroed KV cache for ``batch`` sequences of at most ``length`` tokens."""
     x, positions = jnp.zeros((batch, length, model.config.hidden_size)), jnp.zeros((batch, length), jnp.int32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, positions, positions > -1))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, positions, positions > -1, decode=True))
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
