@@ -135,3 +135,56 @@ def test_released_parameter_count_and_converter_errors(reference):
     del state_dict["llm.encoders.1.norm1.weight"]
     with pytest.raises(ValueError, match=r"llm\.encoders\.\*\.norm1\.weight: layers \[0, 2\], the model has 3"):
         llm.from_torch(state_dict, cfg)
+
+
+@pytest.fixture(scope="module")
+def qwen2_reference():
+    with np.load(pathlib.Path(__file__).parent / "data" / "qwen2lm_reference.npz") as f:
+        data = dict(f)
+    fields = json.loads(str(data["config"]))
+    cfg = llm.Qwen2LMConfig(**{**fields, "llm": llm.qwen2.Qwen2Config(**fields["llm"])})
+    state_dict = {k.removeprefix("sd/"): v for k, v in data.items() if k.startswith("sd/")}
+    return cfg, llm.qwen2_from_torch(state_dict, cfg), state_dict, data
+
+
+def test_cosyvoice2_lm_equals_upstream(qwen2_reference):
+    """CosyVoice 2's Qwen2LM (tests/data/make_qwen2lm_reference.py): the training rows' logits and
+    targets of a padded batch; inference with a prompt and without (cross-lingual), both in one
+    ragged batch, draws upstream's tokens (deterministic sampling) from its log-probabilities."""
+    cfg, variables, _, r = qwen2_reference
+    model = llm.Qwen2LM(cfg)
+    args = [r[f"train/{k}"] for k in ("text", "text_len", "speech", "speech_len")]
+    logits = jax.jit(model.apply)(variables, *args)
+    width = r["train/logits"].shape[1]
+    for row, n in enumerate(r["train/length"]):
+        _close(logits[row, :n], r["train/logits"][row, :n])
+    target = llm.targets(*args, eos=cfg.speech_token_size, speaker=False)
+    np.testing.assert_array_equal(target[:, :width], r["train/target"])
+
+    cases = [_case({**r, f"{n}/embedding": np.zeros((0, 1))}, n) for n in ("zero_shot", "cross_lingual")]
+    batch = _batch(*[(*c[:6], np.zeros((1, 1))) for c in cases])
+    tokens, count = llm.generate(model, variables["params"], jax.random.key(0), *batch, max_new_tokens=64)
+    for i, name in enumerate(("zero_shot", "cross_lingual")):
+        expected = r[f"{name}/tokens"]
+        assert int(count[i]) == len(expected), name
+        np.testing.assert_array_equal(tokens[i, : len(expected)], expected)
+        speech = np.concatenate([cases[i][4], expected[None]], axis=1)
+        logp, length = _log_probs(model, variables, *cases[i][:4], speech, np.array([speech.shape[1]]), None)
+        steps = r[f"{name}/logp"]
+        first = int(length[0]) - len(expected) - 1
+        row = np.array(logp[0, first : first + len(steps)])
+        row[: 2 * cases[i][0].shape[1], cfg.speech_token_size] = -np.inf  # eos held back
+        finite = np.isfinite(steps)
+        np.testing.assert_array_equal(np.isfinite(row), finite)
+        _close(row[finite], steps[finite])
+
+
+def test_cosyvoice2_lm_size_and_errors(qwen2_reference):
+    cfg, _, state_dict, _ = qwen2_reference
+    shapes = llm.qwen2_init_shapes(llm.config("llm_cosyvoice2"))
+    assert sum(int(np.prod(p.shape)) for p in jax.tree.leaves(shapes)) == 505_803_812  # CosyVoice2-0.5B's llm.pt
+    with pytest.raises(ValueError, match="unexpected keys: .*llm.extra.weight"):
+        llm.qwen2_from_torch({**state_dict, "llm.extra.weight": np.zeros(1)}, cfg)
+    wrong = dict(state_dict, **{"speech_embedding.weight": np.zeros((44, 32), np.float32)})
+    with pytest.raises(ValueError, match=r"speech_embedding.weight: checkpoint \(44, 32\) vs model \(43, 32\)"):
+        llm.qwen2_from_torch(wrong, cfg)

@@ -15,6 +15,13 @@ again within the last 10 is redrawn from the whole distribution without it), eos
 for the first 2 tokens per text token and at most 20 per text token drawn.
 Without a speaker embedding (upstream's instruct mode) the row has no speaker slot.
 
+`Qwen2LM` is CosyVoice 2's (Qwen2LM over Qwen2-0.5B, `jaxmodels.cosyvoice.qwen2`): the text
+embedded by Qwen2's own token table, rows [sos, text, task_id, speech tokens] with no speaker
+slot (its x-vector goes to the flow decoder only), a head over 6561 FSQ tokens and three stop
+tokens; trained on those unistream rows (upstream also interleaves 5 text and 15 speech tokens
+for streaming text input, which is not here), decoded by the same `generate` (any stop token ends
+a row).
+
 Module names are upstream's, dots as underscores; encoder layers stacked ("layers" axis).
 """
 
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.cosyvoice import qwen2
 from jaxmodels.cosyvoice.encoder import ConformerEncoder, TransformerEncoder, layer_path
 from jaxmodels.nn import Dense, variants
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
@@ -60,12 +68,6 @@ class LMConfig:
     tau_r: float = 0.1
     min_token_text_ratio: float = 2.0
     max_token_text_ratio: float = 20.0
-
-
-CONFIGS = {
-    "llm_cosyvoice_300m": LMConfig(),  # 310,718,465 parameters
-    "llm_cosyvoice_300m_25hz": LMConfig(text_token_size=60515),
-}
 
 
 def ragged_concat(segments, pad):
@@ -185,6 +187,70 @@ class TransformerLM(nn.Module):
         return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding))
 
 
+@dataclasses.dataclass(frozen=True)
+class Qwen2LMConfig:
+    """CosyVoice 2's Qwen2LM: the Qwen2 decoder (`llm`; Qwen2-0.5B), 6561 FSQ speech tokens and
+    three stop tokens, sampled as CosyVoice-300M's LM."""
+
+    llm: qwen2.Qwen2Config = qwen2.Qwen2Config()
+    speech_token_size: int = 6561
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+    min_token_text_ratio: float = 2.0
+    max_token_text_ratio: float = 20.0
+
+
+CONFIGS = {
+    "llm_cosyvoice_300m": LMConfig(),  # 310,718,465 parameters
+    "llm_cosyvoice_300m_25hz": LMConfig(text_token_size=60515),
+    "llm_cosyvoice2": Qwen2LMConfig(),  # 505,803,812 parameters
+}
+
+
+class Qwen2LM(nn.Module):
+    """TransformerLM's interface (`sequence`, `logits`, `step`, `embed_speech`) over Qwen2;
+    `embedding` is taken and ignored, as upstream's inference does."""
+
+    config: Qwen2LMConfig
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        width = c.llm.hidden_size
+        self.llm_embedding = Embed(2, width, dtype=self.dtype)  # sos, task_id
+        self.llm = qwen2.Qwen2Model(c.llm, self.dtype, self.remat)
+        self.llm_decoder = Dense(c.speech_token_size + 3, ("embed", "vocab"), dtype=self.dtype)
+        self.speech_embedding = Embed(c.speech_token_size + 3, width, dtype=self.dtype)
+
+    def sequence(self, text, text_len, speech, speech_len, embedding=None):
+        """The LM's input rows [sos, text, task_id, speech] (B, L, D) and their lengths."""
+        b, width = text.shape[0], self.config.llm.hidden_size
+        one = jnp.ones((b,), jnp.int32)
+        special = lambda i: jnp.broadcast_to(self.llm_embedding(jnp.array([[i]])), (b, 1, width))  # noqa: E731
+        segments = [(special(0), one), (self.llm.embed(text), text_len), (special(1), one)]
+        segments.append((self.speech_embedding(speech), speech_len))
+        return ragged_concat(segments, -1.0)
+
+    def logits(self, x, length):
+        """(B, L, speech_token_size + 3) of the causal LM over rows of `length` (full pass)."""
+        valid = jnp.arange(x.shape[1])[None] < length[:, None]
+        positions = jnp.broadcast_to(jnp.arange(x.shape[1]), valid.shape)
+        return self.llm_decoder(self.llm(x, positions, valid))
+
+    def embed_speech(self, tokens):
+        return self.speech_embedding(tokens)
+
+    def step(self, x, valid, positions):
+        return self.llm_decoder(self.llm(x, positions.astype(jnp.int32), valid, decode=True))
+
+    def __call__(self, text, text_len, speech, speech_len, embedding=None):
+        """Logits (B, 2 + T + S, V + 3) of the training rows (targets(..., speaker=False) gives their targets)."""
+        return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding))
+
+
 def ras_sample(rng, logp, recent, cfg: LMConfig):
     """Upstream's ras_sampling for each row of log-probabilities (B, V): a draw from the most
     likely tokens holding top_p of the mass (the one crossing it included, at most top_k);
@@ -232,7 +298,8 @@ def generate(
     the continuation of its prompt (text and speech tokens, lengths 0 for none) by the
     speaker of `embedding` (B, spk_embed_dim; None for none): upstream's inference, rows in
     parallel. A row draws at least 2 and at most 20 tokens per text token (the
-    max_new_tokens first), eos held back before its minimum."""
+    max_new_tokens first), eos held back before its minimum; any stop token (the ids from
+    speech_token_size on: eos, and Qwen2LM's two others) ends the row."""
     cfg = model.config
     eos = cfg.speech_token_size
     b = text.shape[0]
@@ -258,7 +325,7 @@ def generate(
         window = i - cfg.win_size + jnp.arange(cfg.win_size)
         recent = jnp.where(window >= 0, state.tokens[:, jnp.maximum(window, 0)], -1)
         token = ras_sample(key, logp, recent, cfg)
-        keep = ~state.done & (token != eos)
+        keep = ~state.done & (token < eos)
         tokens = state.tokens.at[:, i].set(jnp.where(keep, token, 0))
         count = state.count + keep
         embedded = model.apply(variables, jnp.minimum(token, eos - 1)[:, None], method="embed_speech")
@@ -283,7 +350,7 @@ def generate(
     return end.tokens, end.count
 
 
-def config(name: str, **overrides) -> LMConfig:
+def config(name: str, **overrides) -> LMConfig | Qwen2LMConfig:
     """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
     return named_config(CONFIGS, name, "llm", **overrides)
 
@@ -340,7 +407,40 @@ def from_torch(state_dict, cfg: LMConfig):
     return {"params": params}
 
 
+def qwen2_init_shapes(cfg: Qwen2LMConfig):
+    text, speech = jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 8), jnp.int32)
+    model = Qwen2LM(cfg)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), text, jnp.array([4]), speech, jnp.array([8])))
+    return shapes["params"]
+
+
+def qwen2_from_torch(state_dict, cfg: Qwen2LMConfig):
+    """{"params": ...} of a Qwen2LM from upstream's state_dict (CosyVoice 2's llm.pt: the Qwen2
+    decoder under "llm.model.model.", its tied lm_head left out). A key, layer or shape that does
+    not fit is an error listing them."""
+    shapes = nn.unbox(qwen2_init_shapes(cfg))
+    head = {k: v for k, v in shapes.items() if k != "llm"}
+
+    def key_map(key, value):
+        module, leaf = key.rsplit(".", 1)
+        if module in ("llm_embedding", "speech_embedding"):
+            return (module, "embedding"), value
+        return (module, "kernel" if leaf == "weight" else leaf), value.T if leaf == "weight" else value
+
+    ignore = lambda key: key.startswith("llm.")  # noqa: E731
+    params = assign_state_dict(state_dict, head, key_map, ignore)
+    params["llm"] = qwen2.from_torch(state_dict, cfg.llm, prefix="llm.model.model.")["params"]
+    unexpected = [k for k in state_dict if k.startswith("llm.") and not k.startswith("llm.model.model.")]
+    unexpected = [k for k in unexpected if k != "llm.model.lm_head.weight"]  # tied to the token table
+    if unexpected:
+        raise ValueError(f"state_dict does not fit the model:\n  unexpected keys: {', '.join(unexpected)}")
+    return {"params": params}
+
+
 def load(path: str, name: str = "llm_cosyvoice_300m"):
-    """(model, variables) of a released llm.pt (or .safetensors) of the named configuration."""
+    """(model, variables) of a released llm.pt (or .safetensors) of the named configuration:
+    CosyVoice-300M's TransformerLM, or CosyVoice 2's Qwen2LM (llm_cosyvoice2)."""
     cfg = config(name)
+    if isinstance(cfg, Qwen2LMConfig):
+        return Qwen2LM(cfg), qwen2_from_torch(load_state_dict(path), cfg)
     return TransformerLM(cfg), from_torch(load_state_dict(path), cfg)

@@ -1,0 +1,177 @@
+"""Makes tests/data/qwen2lm_reference.npz: CosyVoice 2's text-to-token LM (cosyvoice/llm/llm.py
+Qwen2LM over Qwen2Encoder, a transformers Qwen2ForCausalLM), narrowed, with random weights.
+
+    git clone https://github.com/FunAudioLLM/CosyVoice /tmp/CosyVoice   # read at ace7c47
+    pip install torch transformers
+    PYTHONPATH=/tmp/CosyVoice python tests/data/make_qwen2lm_reference.py
+
+The modules make_llm_reference.py stands in for are stood in for the same way. Qwen2Encoder
+loads its Qwen2ForCausalLM with from_pretrained: a narrowed one is saved to a temporary
+folder first.
+
+The file holds the config (JSON: Qwen2LMConfig's fields, the Qwen2 ones under "llm"), the
+state_dict under "sd/", and:
+- "train/*": a padded batch of two rows through upstream's unistream packing
+  (prepare_lm_input_target: [sos, text, task_id, speech] -> speech tokens and eos; the rows
+  have fewer than three speech tokens per text token, so the bistream packing never applies),
+  the LM and its decoder: the logits and the targets;
+- "zero_shot/*", "cross_lingual/*": Qwen2LM.inference of one text with a prompt (text and
+  speech tokens) and without, sampling made deterministic (top_k 1, no repetition fallback):
+  the tokens drawn and the log-probabilities each was drawn from.
+"""
+
+import functools
+import json
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, "tests/data")
+from make_llm_reference import _stand_ins  # noqa: E402  (also imported for its stand-ins)
+
+_stand_ins()
+
+from cosyvoice.llm.llm import Qwen2Encoder, Qwen2LM  # noqa: E402
+from cosyvoice.utils.common import ras_sampling  # noqa: E402
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+QWEN = dict(
+    vocab_size=90,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+CONFIG = dict(llm=QWEN, speech_token_size=40, top_k=1, tau_r=2.0)
+
+
+def build(folder):
+    Qwen2ForCausalLM(Qwen2Config(**QWEN)).save_pretrained(folder)
+    sampling = functools.partial(ras_sampling, top_p=0.8, top_k=CONFIG["top_k"], win_size=10, tau_r=CONFIG["tau_r"])
+    model = Qwen2LM(
+        QWEN["hidden_size"], QWEN["hidden_size"], CONFIG["speech_token_size"], Qwen2Encoder(folder), sampling
+    )
+    return model.eval()
+
+
+def randomise(model, eos_bias):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_((1 if name.endswith("weight") else 0) + 0.2 * torch.randn_like(p))
+            elif "embed" in name:
+                p.copy_(torch.randn_like(p))
+            else:
+                p.copy_(torch.randn_like(p) * 0.7 / p[0].numel() ** 0.5)
+        model.llm_decoder.bias[CONFIG["speech_token_size"]] += eos_bias
+
+
+def train(model, out):
+    text = torch.randint(0, QWEN["vocab_size"], (2, 6))
+    text_len = torch.tensor([6, 4], dtype=torch.int32)
+    speech = torch.randint(0, CONFIG["speech_token_size"], (2, 9))
+    speech_len = torch.tensor([7, 9], dtype=torch.int32)
+    with torch.no_grad():
+        text_emb = model.llm.model.model.embed_tokens(text)
+        sos = model.llm_embedding.weight[model.sos].reshape(1, 1, -1)
+        task = model.llm_embedding.weight[model.task_id].reshape(1, 1, -1)
+        # No instruction: given as empty, since upstream's own default is 896 wide (Qwen2-0.5B's).
+        empty = (
+            torch.zeros(2, 0, dtype=torch.long),
+            torch.zeros(2, 0, QWEN["hidden_size"]),
+            torch.zeros(2, dtype=torch.int32),
+        )
+        target, lm_input, lm_len = model.prepare_lm_input_target(
+            sos, text, text_emb, text_len, task, speech, model.speech_embedding(speech), speech_len, *empty
+        )
+        hidden, _ = model.llm(lm_input, lm_len)
+        logits = model.llm_decoder(hidden)
+    out.update(
+        {
+            "train/text": text.numpy(),
+            "train/text_len": text_len.numpy(),
+            "train/speech": speech.numpy(),
+            "train/speech_len": speech_len.numpy(),
+            "train/logits": logits.numpy(),
+            "train/target": target.numpy(),
+            "train/length": lm_len.numpy(),
+        }
+    )
+
+
+def inference(model, out, name, text, prompt_text, prompt_speech):
+    drawn = []
+    sampling = model.sampling
+
+    def recording(weighted_scores, decoded_tokens, n):
+        drawn.append(weighted_scores.clone())
+        return sampling(weighted_scores, decoded_tokens, n)
+
+    model.sampling = recording
+    try:
+        tokens = list(
+            model.inference(
+                text,
+                torch.tensor([text.shape[1]], dtype=torch.int32),
+                prompt_text,
+                torch.tensor([prompt_text.shape[1]], dtype=torch.int32),
+                prompt_speech,
+                torch.tensor([prompt_speech.shape[1]], dtype=torch.int32),
+                torch.zeros(1, 0),
+            )
+        )
+    finally:
+        model.sampling = sampling
+    out.update(
+        {
+            f"{name}/text": text.numpy(),
+            f"{name}/prompt_text": prompt_text.numpy(),
+            f"{name}/prompt_speech": prompt_speech.numpy(),
+            f"{name}/tokens": np.array(tokens, np.int32),
+            f"{name}/logp": torch.stack(drawn).numpy(),
+        }
+    )
+
+
+def attend_to_the_cache(encoder):
+    """Qwen2Encoder.forward_one_step with the attention mask over the cache and the new tokens.
+    Upstream passes the new tokens' mask alone (all ones), which the transformers it pins (4.51)
+    reads as attending to the whole cache; transformers 5 masks the cache out instead."""
+    one_step = encoder.forward_one_step
+
+    def forward_one_step(xs, masks, cache=None):
+        past = 0 if cache is None else cache.get_seq_length()
+        return one_step(xs, torch.ones((1, xs.shape[1], past + xs.shape[1]), dtype=torch.bool), cache)
+
+    encoder.forward_one_step = forward_one_step
+
+
+def main():
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        model = build(folder)
+    attend_to_the_cache(model.llm)
+    randomise(model, eos_bias=2.0)
+    out = {"config": np.array(json.dumps(CONFIG))}
+    out.update({f"sd/{k}": v.detach().numpy() for k, v in model.state_dict().items()})
+    train(model, out)
+    text = torch.randint(0, QWEN["vocab_size"], (1, 3), dtype=torch.int32)
+    prompt_text = torch.randint(0, QWEN["vocab_size"], (1, 4), dtype=torch.int32)
+    prompt_speech = torch.randint(0, CONFIG["speech_token_size"], (1, 5), dtype=torch.int32)
+    none = torch.zeros(1, 0, dtype=torch.int32)
+    inference(model, out, "zero_shot", text, prompt_text, prompt_speech)
+    inference(model, out, "cross_lingual", text, none, none)
+    path = "tests/data/qwen2lm_reference.npz"
+    np.savez_compressed(path, **out)
+    drawn = {name: len(out[f"{name}/tokens"]) for name in ("zero_shot", "cross_lingual")}
+    print(f"wrote {path}: tokens drawn {drawn}")
+
+
+if __name__ == "__main__":
+    main()
