@@ -72,30 +72,30 @@ def test_equals_upstream(reference):
         assert _rel(mel, r["mel"]) < 1e-4, case
 
 
-@pytest.mark.slow  # three programs compiled: init, the loss's gradients, guided sampling
-def test_training_loss_and_sampling():
-    # One resolution, one block of each kind: the training loss, its gradients, and inference.
-    cfg = flow.FlowConfig(
-        vocab_size=20,
-        input_size=16,
-        output_size=8,
-        spk_embed_dim=4,
-        attention_heads=2,
-        linear_units=16,
-        num_blocks=1,
-        channels=(16,),
-        attention_head_dim=4,
-        n_blocks=1,
-        num_mid_blocks=1,
-        num_heads=2,
-    )
-    model = flow.Flow(cfg)
+def tiny_flow(**fields) -> flow.FlowConfig:
+    """One resolution, one block of each kind; ``fields`` override."""
+    args = dict(vocab_size=20, input_size=16, output_size=8, spk_embed_dim=4, attention_heads=2, linear_units=16)
+    args.update(num_blocks=1, channels=(16,), attention_head_dim=4, n_blocks=1, num_mid_blocks=1, num_heads=2)
+    return flow.FlowConfig(**{**args, **fields})
+
+
+def padded_batch(cfg):
+    """Two rows of 9 and 6 tokens, their mels (the longer's length) and x-vectors; init's params."""
     rng = np.random.default_rng(0)
-    tokens, token_len = rng.integers(0, 20, (2, 9)), np.array([9, 6])
+    tokens, token_len = rng.integers(0, cfg.vocab_size, (2, 9)), np.array([9, 6])
     feat_len = np.array([cfg.mel_frames(9), cfg.mel_frames(6)])
     feat = rng.normal(size=(2, feat_len[0], cfg.output_size)).astype(np.float32)
     embedding = rng.normal(size=(2, cfg.spk_embed_dim)).astype(np.float32)
-    params = jax.jit(model.init)(jax.random.key(0), tokens, token_len, feat, feat_len, embedding)["params"]
+    batch = (tokens, token_len, feat, feat_len, embedding)
+    return batch, jax.jit(flow.Flow(cfg).init)(jax.random.key(0), *batch)["params"]
+
+
+@pytest.mark.slow  # three programs compiled: init, the loss's gradients, guided sampling
+def test_training_loss_and_sampling():
+    # The training loss, its gradients, and inference.
+    cfg = tiny_flow()
+    model = flow.Flow(cfg)
+    (tokens, token_len, feat, feat_len, embedding), params = padded_batch(cfg)
     loss_fn = lambda p, rng: model.apply(  # noqa: E731
         {"params": p}, rng, tokens, token_len, feat, feat_len, embedding, method=flow.Flow.loss
     )
@@ -137,27 +137,10 @@ def test_dit_estimator_is_exact_under_padding_and_learns():
     row's alone; trained on one batch, the flow's loss falls; the image DiT's blocks unchanged."""
     import optax
 
-    cfg = flow.FlowConfig(
-        vocab_size=20,
-        input_size=16,
-        output_size=8,
-        spk_embed_dim=4,
-        attention_heads=2,
-        linear_units=16,
-        num_blocks=1,
-        estimator="dit",
-        dit_hidden=32,
-        dit_depth=2,
-        dit_heads=2,
-        dit_mlp_ratio=2.0,
-    )
+    cfg = tiny_flow(estimator="dit", dit_hidden=32, dit_depth=2, dit_heads=2, dit_mlp_ratio=2.0)
     model = flow.Flow(cfg)
-    rng = np.random.default_rng(0)
-    tokens, token_len = rng.integers(0, 20, (2, 9)), np.array([9, 6])
-    feat_len = np.array([cfg.mel_frames(9), cfg.mel_frames(6)])
-    feat = rng.normal(size=(2, feat_len[0], cfg.output_size)).astype(np.float32)
-    embedding = rng.normal(size=(2, cfg.spk_embed_dim)).astype(np.float32)
-    params = jax.jit(model.init)(jax.random.key(0), tokens, token_len, feat, feat_len, embedding)["params"]
+    (tokens, token_len, feat, feat_len, embedding), params = padded_batch(cfg)
+    rng = np.random.default_rng(1)
     # DiT's zero initialisation would make every velocity 0: perturb the parameters.
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(5), len(leaves))

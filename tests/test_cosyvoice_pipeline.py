@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_cosyvoice_flow import tiny_flow
 
 from jaxmodels.cosyvoice import campplus, flow, hift, llm, pipeline, s3tokenizer, text
 
@@ -64,18 +65,7 @@ def tiny_voice(ranks_path) -> pipeline.CosyVoice:
         llm_blocks=1,
     )
     lm = llm.TransformerLM(lm_cfg)
-    flow_cfg = flow.FlowConfig(
-        vocab_size=64,
-        input_size=16,
-        attention_heads=2,
-        linear_units=16,
-        num_blocks=1,
-        channels=(16,),
-        attention_head_dim=4,
-        n_blocks=1,
-        num_mid_blocks=1,
-        num_heads=2,
-    )
+    flow_cfg = tiny_flow(vocab_size=64, output_size=80, spk_embed_dim=192)
     decoder = flow.Flow(flow_cfg)
     vocoder = hift.HiFTGenerator(hift.HiFTConfig(base_channels=16, f0_channels=16))
     s3_cfg = s3tokenizer.S3Config(

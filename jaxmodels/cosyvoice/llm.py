@@ -45,7 +45,19 @@ IGNORE = -1  # upstream's IGNORE_ID: a target that is not scored
 
 
 @dataclasses.dataclass(frozen=True)
-class LMConfig:
+class Sampling:
+    """ras_sampling's settings and the length limits of inference, as upstream's configs set them."""
+
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+    min_token_text_ratio: float = 2.0
+    max_token_text_ratio: float = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig(Sampling):
     """TransformerLM's arguments and its encoders' (upstream's names); defaults CosyVoice-300M's."""
 
     text_token_size: int = 51866
@@ -61,13 +73,6 @@ class LMConfig:
     llm_heads: int = 16
     llm_linear_units: int = 4096
     llm_blocks: int = 14
-    # ras_sampling and the length limits of inference
-    top_p: float = 0.8
-    top_k: int = 25
-    win_size: int = 10
-    tau_r: float = 0.1
-    min_token_text_ratio: float = 2.0
-    max_token_text_ratio: float = 20.0
 
 
 def ragged_concat(segments, pad):
@@ -188,18 +193,12 @@ class TransformerLM(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2LMConfig:
+class Qwen2LMConfig(Sampling):
     """CosyVoice 2's Qwen2LM: the Qwen2 decoder (`llm`; Qwen2-0.5B), 6561 FSQ speech tokens and
     three stop tokens, sampled as CosyVoice-300M's LM."""
 
     llm: qwen2.Qwen2Config = qwen2.Qwen2Config()
     speech_token_size: int = 6561
-    top_p: float = 0.8
-    top_k: int = 25
-    win_size: int = 10
-    tau_r: float = 0.1
-    min_token_text_ratio: float = 2.0
-    max_token_text_ratio: float = 20.0
 
 
 CONFIGS = {
@@ -251,7 +250,7 @@ class Qwen2LM(nn.Module):
         return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding))
 
 
-def ras_sample(rng, logp, recent, cfg: LMConfig):
+def ras_sample(rng, logp, recent, cfg: Sampling):
     """Upstream's ras_sampling for each row of log-probabilities (B, V): a draw from the most
     likely tokens holding top_p of the mass (the one crossing it included, at most top_k);
     if that token is among `recent` (B, win_size; -1 where none) at least win_size * tau_r

@@ -14,7 +14,6 @@ cache's index (a prefill of many tokens, then steps of one) and attends over the
 """
 
 import dataclasses
-import functools
 
 import flax.linen as nn
 import jax
@@ -23,7 +22,7 @@ import numpy as np
 
 from jaxmodels.nn.layers import Dense, constrain, repeated
 from jaxmodels.nn.variants import named_config
-from jaxmodels.speechlm.transformer import rope
+from jaxmodels.speechlm.transformer import kv_cache, rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +81,7 @@ class DecoderLayer(nn.Module):
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         q_slots = jnp.arange(length)
         if decode:
-            cached_k = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-            cached_v = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-            cached_valid = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
-            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-            if not self.is_initializing():
-                i = index.value
-                update = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=i, axis=1)
-                cached_k.value = update(cached_k.value, k.astype(cached_k.value.dtype))
-                cached_v.value = update(cached_v.value, v.astype(cached_v.value.dtype))
-                cached_valid.value = update(cached_valid.value, valid)
-                index.value = i + length
-                k, v, valid = cached_k.value, cached_v.value, cached_valid.value
-                q_slots = i + q_slots
+            k, v, valid, q_slots = kv_cache(self, k, v, valid)
         mask = valid[:, None, None, :] & (jnp.arange(k.shape[1])[None, :] <= q_slots[:, None])[None, None]
         attended = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         attended = attended.reshape(b, length, c.num_attention_heads * c.head_dim)

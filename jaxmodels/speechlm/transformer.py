@@ -77,6 +77,27 @@ def empty_cache(model, *args, **kwargs):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
+def kv_cache(module: nn.Module, k, v, valid):
+    """Decoding's cache in ``module`` ("cache": key, value, valid, index): the new keys, values and
+    validity (B, L, ...) appended at the index, and (keys, values, valid, the new tokens' slots)
+    over the whole cache (slots past the index: not valid). The first call, init's, creates it."""
+    cached_k = module.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
+    cached_v = module.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
+    cached_valid = module.variable("cache", "valid", jnp.zeros, valid.shape, bool)
+    index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    slots = jnp.arange(k.shape[1])
+    if module.is_initializing():
+        return k, v, valid, slots
+    i = index.value
+    # _in_dim: the other start indices take i's dtype (int32, also under x64).
+    update = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=i, axis=1)
+    cached_k.value = update(cached_k.value, k.astype(cached_k.value.dtype))
+    cached_v.value = update(cached_v.value, v.astype(cached_v.value.dtype))
+    cached_valid.value = update(cached_valid.value, valid)
+    index.value = i + k.shape[1]
+    return cached_k.value, cached_v.value, cached_valid.value, i + slots
+
+
 class SelfAttention(nn.Module):
     num_heads: int
     use_bias: bool = True
@@ -103,20 +124,7 @@ class SelfAttention(nn.Module):
             q, k = rope(q, positions), rope(k, positions)
         q_slots = jnp.arange(length)
         if decode:
-            cached_k = self.variable("cache", "key", jnp.zeros, k.shape, k.dtype)
-            cached_v = self.variable("cache", "value", jnp.zeros, v.shape, v.dtype)
-            cached_valid = self.variable("cache", "valid", jnp.zeros, valid.shape, bool)
-            index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-            if not self.is_initializing():
-                i = index.value
-                # _in_dim: the other start indices take i's dtype (int32, also under x64).
-                update = functools.partial(jax.lax.dynamic_update_slice_in_dim, start_index=i, axis=1)
-                cached_k.value = update(cached_k.value, k.astype(cached_k.value.dtype))
-                cached_v.value = update(cached_v.value, v.astype(cached_v.value.dtype))
-                cached_valid.value = update(cached_valid.value, valid)
-                index.value = i + length
-                k, v, valid = cached_k.value, cached_v.value, cached_valid.value  # slots past the index: not valid
-                q_slots = i + q_slots
+            k, v, valid, q_slots = kv_cache(self, k, v, valid)
         mask = attention_mask(q_slots, jnp.arange(k.shape[1]), valid, causal, bidirectional)
         out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         return Projection(

@@ -120,9 +120,10 @@ def build(c):
     ).eval()
 
 
-def randomise(model, eos_bias):
+def randomise(model, eos_bias, eos=-1):
     """Every parameter drawn afresh (norm scales near one), so that no layer is an identity;
-    eos made likely enough that some inference ends by it before its length limit."""
+    eos (the head's output ``eos``) made likely enough that some inference ends by it before its
+    length limit."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
@@ -131,7 +132,7 @@ def randomise(model, eos_bias):
                 p.copy_(torch.randn_like(p))
             else:
                 p.copy_(torch.randn_like(p) * 0.7 / p[0].numel() ** 0.5)
-        model.llm_decoder.bias[-1] += eos_bias
+        model.llm_decoder.bias[eos] += eos_bias
 
 
 def train(model, out, c):

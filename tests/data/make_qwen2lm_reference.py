@@ -17,7 +17,8 @@ state_dict under "sd/", and:
   the LM and its decoder: the logits and the targets;
 - "zero_shot/*", "cross_lingual/*": Qwen2LM.inference of one text with a prompt (text and
   speech tokens) and without, sampling made deterministic (top_k 1, no repetition fallback):
-  the tokens drawn and the log-probabilities each was drawn from.
+  the tokens drawn and the log-probabilities each was drawn from (make_llm_reference's
+  `inference`).
 """
 
 import functools
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, "tests/data")
-from make_llm_reference import _stand_ins  # noqa: E402  (also imported for its stand-ins)
+from make_llm_reference import _stand_ins, inference, randomise  # noqa: E402
 
 _stand_ins()
 
@@ -58,18 +59,6 @@ def build(folder):
         QWEN["hidden_size"], QWEN["hidden_size"], CONFIG["speech_token_size"], Qwen2Encoder(folder), sampling
     )
     return model.eval()
-
-
-def randomise(model, eos_bias):
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_((1 if name.endswith("weight") else 0) + 0.2 * torch.randn_like(p))
-            elif "embed" in name:
-                p.copy_(torch.randn_like(p))
-            else:
-                p.copy_(torch.randn_like(p) * 0.7 / p[0].numel() ** 0.5)
-        model.llm_decoder.bias[CONFIG["speech_token_size"]] += eos_bias
 
 
 def train(model, out):
@@ -105,40 +94,6 @@ def train(model, out):
     )
 
 
-def inference(model, out, name, text, prompt_text, prompt_speech):
-    drawn = []
-    sampling = model.sampling
-
-    def recording(weighted_scores, decoded_tokens, n):
-        drawn.append(weighted_scores.clone())
-        return sampling(weighted_scores, decoded_tokens, n)
-
-    model.sampling = recording
-    try:
-        tokens = list(
-            model.inference(
-                text,
-                torch.tensor([text.shape[1]], dtype=torch.int32),
-                prompt_text,
-                torch.tensor([prompt_text.shape[1]], dtype=torch.int32),
-                prompt_speech,
-                torch.tensor([prompt_speech.shape[1]], dtype=torch.int32),
-                torch.zeros(1, 0),
-            )
-        )
-    finally:
-        model.sampling = sampling
-    out.update(
-        {
-            f"{name}/text": text.numpy(),
-            f"{name}/prompt_text": prompt_text.numpy(),
-            f"{name}/prompt_speech": prompt_speech.numpy(),
-            f"{name}/tokens": np.array(tokens, np.int32),
-            f"{name}/logp": torch.stack(drawn).numpy(),
-        }
-    )
-
-
 def attend_to_the_cache(encoder):
     """Qwen2Encoder.forward_one_step with the attention mask over the cache and the new tokens.
     Upstream passes the new tokens' mask alone (all ones), which the transformers it pins (4.51)
@@ -157,7 +112,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         model = build(folder)
     attend_to_the_cache(model.llm)
-    randomise(model, eos_bias=2.0)
+    randomise(model, eos_bias=2.0, eos=CONFIG["speech_token_size"])
+    with torch.no_grad():  # a fill token likely too: upstream ends a row by it even before the minimum
+        model.llm_decoder.bias[CONFIG["speech_token_size"] + 1] += 0.3
     out = {"config": np.array(json.dumps(CONFIG))}
     out.update({f"sd/{k}": v.detach().numpy() for k, v in model.state_dict().items()})
     train(model, out)
@@ -165,8 +122,9 @@ def main():
     prompt_text = torch.randint(0, QWEN["vocab_size"], (1, 4), dtype=torch.int32)
     prompt_speech = torch.randint(0, CONFIG["speech_token_size"], (1, 5), dtype=torch.int32)
     none = torch.zeros(1, 0, dtype=torch.int32)
-    inference(model, out, "zero_shot", text, prompt_text, prompt_speech)
-    inference(model, out, "cross_lingual", text, none, none)
+    no_speaker = torch.zeros(1, 0)  # taken and ignored, as the flow decoder has the x-vector
+    inference(model, out, "zero_shot", text, prompt_text, prompt_speech, no_speaker)
+    inference(model, out, "cross_lingual", text, none, none, no_speaker)
     path = "tests/data/qwen2lm_reference.npz"
     np.savez_compressed(path, **out)
     drawn = {name: len(out[f"{name}/tokens"]) for name in ("zero_shot", "cross_lingual")}
