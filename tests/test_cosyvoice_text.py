@@ -46,3 +46,15 @@ def test_bad_ranks_files_are_named(tmp_path):
     bad.write_text("QQ== 0\nnot-a-rank-line\n")
     with pytest.raises(ValueError, match=r"bad.tiktoken:2: not a tiktoken ranks line"):
         text.load(str(bad))
+
+
+def test_cosyvoice2_ids_equal_upstreams():
+    """Qwen2's byte-level BPE with CosyVoice 2's special tokens, against CosyVoice2Tokenizer
+    (tests/data/make_cosyvoice2_text_reference.py) on the folder and on its tokenizer.json."""
+    reference = json.loads((DATA / "qwen2" / "reference.json").read_text())
+    for path in (DATA / "qwen2", DATA / "qwen2" / "tokenizer.json"):
+        tokenizer = text.load(str(path))
+        assert tokenizer.n_vocab == reference["n_vocab"]
+        for sentence, ids in reference["ids"]:
+            assert text.encode(tokenizer, sentence) == ids, sentence
+            assert tokenizer.decode(ids) == sentence

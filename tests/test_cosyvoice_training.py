@@ -184,14 +184,34 @@ def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tm
 
 
 DIT_FLOW = {**TINY_FLOW, "estimator": "dit", "dit_hidden": 16, "dit_depth": 2, "dit_heads": 2}
+TINY_QWEN2 = {"vocab_size": 420, "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2}
+QWEN2_LM = {  # CosyVoice 2's LM, narrowed, reading text with the Qwen2 tokenizer of tests/data
+    "model": {"name": "llm_cosyvoice2", "args": {"speech_token_size": 256, "llm": TINY_QWEN2}},
+    "llm": {"text_tokenizer": str(ROOT / "tests" / "data" / "cosyvoice_text" / "qwen2")},
+}
+QWEN2_LM["model"]["args"]["llm"].update(num_attention_heads=4, num_key_value_heads=2)
+VARIANTS = {"cosyvoice_flow_dit": {"model": {"args": DIT_FLOW}}, "cosyvoice_llm_qwen2": QWEN2_LM}
+
+
+@pytest.mark.slow  # two runs: init, the step, eval and generation compiled
+def test_cosyvoice2_lm_trains_evaluates_and_resumes_exactly(cosyvoice_data, tmp_path):
+    """task: cosyvoice_llm with CosyVoice 2's Qwen2LM: Qwen2's text ids, no x-vector."""
+    from trainers.loop import train
+
+    data, _, _ = cosyvoice_data
+    cfg = task_config({**data, "xvectors": ""}, "cosyvoice_llm", **QWEN2_LM)
+    final = train(cfg, str(tmp_path / "run"))
+    assert 0 < final["eval/loss"] < 2 * np.log(259) and 0 <= final["eval/accuracy"] <= 1, final
+    assert final["eval/length_ratio"] > 0 and 0 <= final["eval/token_error_rate"] <= 1, final
+    assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
 
 
 @pytest.mark.slow  # two steps compiled for each task
-@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_flow_dit", "cosyvoice_llm"])
+@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_flow_dit", "cosyvoice_llm", "cosyvoice_llm_qwen2"])
 def test_cosyvoice_step_on_eight_devices_equals_one(cosyvoice_data, task):
     data, _, _ = cosyvoice_data
-    sections = {"model": {"args": DIT_FLOW}} if task == "cosyvoice_flow_dit" else {}
-    task = task.removesuffix("_dit")
+    sections = VARIANTS.get(task, {})
+    task = task.removesuffix("_dit").removesuffix("_qwen2")
 
     def batch(task):
         source = task.train_source()
@@ -250,7 +270,7 @@ def test_cosyvoice_llm_reads_text_as_a_released_tokenizer(cosyvoice_data, tmp_pa
     np.testing.assert_array_equal(example["text"][: len(ids)], ids)
     with pytest.raises(ConfigError, match="text_token_size: 256, fewer than the 2065 ids of llm.text_tokenizer"):
         get_task(task_config(data, "cosyvoice_llm", llm=llm_section))
-    with pytest.raises(ConfigError, match="llm.text_tokenizer: text tokenizer ranks not found: .*absent.tiktoken"):
+    with pytest.raises(ConfigError, match="llm.text_tokenizer: text tokenizer not found: .*absent.tiktoken"):
         get_task(task_config(data, "cosyvoice_llm", llm={"text_tokenizer": str(tmp_path / "absent.tiktoken")}))
 
 

@@ -350,7 +350,10 @@ def generate(
 
 
 def config(name: str, **overrides) -> LMConfig | Qwen2LMConfig:
-    """A named configuration, fields overridden; an unknown name or field is an error listing the valid ones."""
+    """A named configuration, fields overridden (Qwen2LM's ``llm`` by a dict of Qwen2Config's
+    fields); an unknown name or field is an error listing the valid ones."""
+    if isinstance(overrides.get("llm"), dict) and isinstance(CONFIGS.get(name), Qwen2LMConfig):
+        overrides["llm"] = named_config({"qwen2": CONFIGS[name].llm}, "qwen2", "Qwen2", **overrides["llm"])
     return named_config(CONFIGS, name, "llm", **overrides)
 
 

@@ -1,5 +1,9 @@
 """CosyVoice's text tokens: the byte-pair encodings its LMs were trained on.
 
+CosyVoice 2 reads Qwen2's (its released CosyVoice-BlankEN/tokenizer.json) with the special
+tokens its CosyVoice2Tokenizer adds (breath, laughter and the like), through the `tokenizers`
+package: `load` takes that file or its folder too.
+
 CosyVoice-300M encodes text with Whisper's multilingual tokenizer (`multilingual.tiktoken`
 of the openai-whisper package, 100 languages: 51,866 ids, the released llm.pt's
 text_token_size); CosyVoice-300M-25Hz with CosyVoice's own ranks
@@ -43,13 +47,45 @@ def special_tokens(cosyvoice: bool, num_languages: int = 100) -> list[str]:
     return ["<|endoftext|>", "<|startoftranscript|>", *languages, *tags, *tasks, *asr, *tts, *timestamps]
 
 
+# What CosyVoice2Tokenizer adds to Qwen2's tokenizer (cosyvoice/tokenizer/tokenizer.py), in order.
+COSYVOICE2_SPECIALS = (
+    "<|endoftext|> <|im_start|> <|im_end|> <|endofprompt|> [breath] <strong> </strong> [noise] [laughter] "
+    "[cough] [clucking] [accent] [quick_breath] <laughter> </laughter> [hissing] [sigh] [vocalized-noise] "
+    "[lipsmack] [mn]"
+).split()
+
+
+class Qwen2Text:
+    """Qwen2's byte-level BPE (a tokenizer.json) with CosyVoice 2's special tokens added as
+    transformers adds them (new ones after the vocabulary, in order), as a tiktoken encoding
+    is used here: encode, decode, n_vocab."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(path)
+        self.tokenizer.add_special_tokens(list(COSYVOICE2_SPECIALS))
+        self.n_vocab = self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, sentence: str, allowed_special="all") -> list[int]:
+        return self.tokenizer.encode(sentence).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
 def load(path: str, num_languages: int = 100):
-    """The tiktoken encoding of a ``.tiktoken`` ranks file (base64 token, rank per line), with
-    CosyVoice's special tokens when the file is its multilingual_zh_ja_yue_char_del ranks."""
+    """The text tokenizer of a ``.tiktoken`` ranks file (base64 token, rank per line): a tiktoken
+    encoding, with CosyVoice's special tokens when the file is its multilingual_zh_ja_yue_char_del
+    ranks; or of Qwen2's tokenizer.json (the file or its folder): a Qwen2Text."""
     import tiktoken
 
+    if os.path.isdir(path):
+        path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"text tokenizer ranks not found: {path}")
+        raise FileNotFoundError(f"text tokenizer not found: {path}")
+    if path.endswith(".json"):
+        return Qwen2Text(path)
     ranks = {}
     with open(path) as f:
         for number, line in enumerate(f, 1):

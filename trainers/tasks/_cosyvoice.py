@@ -16,14 +16,15 @@ class CosyVoiceDataConfig(AudioDataConfig):
     xvectors: str = ""  # speaker embeddings: python -m trainers.extract xvectors
 
 
-def extracted(cfg, split: str, vocab: int, token_rate: float | None = None):
+def extracted(cfg, split: str, vocab: int, token_rate: float | None = None, xvectors: bool = True):
     """(tokens, xvectors): the split's ExtractedFrames, the tokens checked to be S3 tokens of the
-    model's vocabulary (and rate, when it reads them at one)."""
+    model's vocabulary (and rate, when it reads them at one); xvectors None where not asked for."""
     d = cfg.data
-    for key, kind in (("tokens", "s3tokens"), ("xvectors", "xvectors")):
+    for key, kind in (("tokens", "s3tokens"), ("xvectors", "xvectors"))[: 2 if xvectors else 1]:
         if not getattr(d, key):
             raise ConfigError(f"data.{key}: give the folder of python -m trainers.extract {kind}")
-    tokens, xvectors = ExtractedFrames(f"{d.tokens}/{split}"), ExtractedFrames(f"{d.xvectors}/{split}")
+    tokens = ExtractedFrames(f"{d.tokens}/{split}")
+    xvectors = ExtractedFrames(f"{d.xvectors}/{split}") if xvectors else None
     if tokens.what != "units" or tokens.meta.get("clusters") != vocab:
         raise ConfigError(
             f"data.tokens: {d.tokens} holds {tokens.what} of {tokens.meta.get('clusters')} codes; model "

@@ -97,7 +97,8 @@ class Transcript:
         out["text"][: len(text)] = text
         out["speech"][: len(tokens)] = tokens
         out.update(text_length=np.int32(len(text)), speech_length=np.int32(len(tokens)), mask=np.float32(1.0))
-        out["xvector"][:] = _cosyvoice.xvector(self.xvectors, record["key"], self.width)
+        if self.width:  # CosyVoice 2's LM reads none
+            out["xvector"][:] = _cosyvoice.xvector(self.xvectors, record["key"], self.width)
         return out
 
 
@@ -106,18 +107,27 @@ class LLMTask(SplitSources):
         self.cfg = cfg
         d = cfg.data
         self.config = llm.config(cfg.model.name, **cfg.model.args)
+        # CosyVoice 2's Qwen2LM: Qwen2's token table for the text, no x-vector
+        self.qwen2 = isinstance(self.config, llm.Qwen2LMConfig)
+        text_size, size_key = (
+            (self.config.llm.vocab_size, "llm.vocab_size")
+            if self.qwen2
+            else (self.config.text_token_size, "text_token_size")
+        )
         text_ids = TextIds(cfg.llm.text_tokenizer)
-        if self.config.text_token_size < text_ids.size:
+        if text_size < text_ids.size:
             raise ConfigError(
-                f"model.args.text_token_size: {self.config.text_token_size}, fewer than the {text_ids.size} ids "
+                f"model.args.{size_key}: {text_size}, fewer than the {text_ids.size} ids "
                 f"of llm.text_tokenizer {cfg.llm.text_tokenizer!r}"
             )
-        self.model = llm.TransformerLM(self.config, jnp.dtype(cfg.train.compute_dtype), cfg.train.remat)
+        model = llm.Qwen2LM if self.qwen2 else llm.TransformerLM
+        self.model = model(self.config, jnp.dtype(cfg.train.compute_dtype), cfg.train.remat)
+        width = 0 if self.qwen2 else self.config.spk_embed_dim
         transforms = []
         for split in (d.train_split, d.eval_split):
-            tokens, xvectors = _cosyvoice.extracted(cfg, split, self.config.speech_token_size)
+            tokens, xvectors = _cosyvoice.extracted(cfg, split, self.config.speech_token_size, xvectors=not self.qwen2)
             size = math.ceil(d.max_seconds * tokens.frame_rate)
-            transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, self.config.spk_embed_dim))
+            transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width))
         self.train_transform, self.eval_transform = transforms
 
     def make_source(self, split):
@@ -150,13 +160,13 @@ class LLMTask(SplitSources):
         return self.model.init(rng, *self._inputs(batch))
 
     def convert_weights(self, state_dict):
-        """A released llm.pt."""
-        return llm.from_torch(state_dict, self.config)
+        """A released llm.pt (CosyVoice-300M's, or CosyVoice 2's)."""
+        return (llm.qwen2_from_torch if self.qwen2 else llm.from_torch)(state_dict, self.config)
 
     def _scores(self, params, batch):
         inputs = self._inputs(batch)
         logits = self.model.apply({"params": params}, *inputs)
-        target = llm.targets(*inputs[:4], eos=self.config.speech_token_size)
+        target = llm.targets(*inputs[:4], eos=self.config.speech_token_size, speaker=not self.qwen2)
         target = jnp.where(batch["mask"][:, None] > 0, target, llm.IGNORE)  # a skipped row scores nothing
         return llm.scores(logits, target)
 
