@@ -113,6 +113,8 @@ def test_modes_speak_and_the_command_writes_them(ranks, tmp_path, monkeypatch, c
     assert not np.array_equal(crossed[: len(said)], said[: len(crossed)])
     stored = voice.sft("Hello world. Don't stop.", np.asarray(xvector), key)
     assert len(stored) % 256 == 0 and np.all(np.isfinite(stored))
+    instructed = voice.instruct("Hello world.", "Speak slowly.", np.asarray(xvector), key)
+    assert len(instructed) % 256 == 0 and not np.array_equal(instructed[: len(stored)], stored[: len(instructed)])
 
     monkeypatch.setattr(pipeline.CosyVoice, "load", classmethod(lambda cls, directory, variant: voice))
     prompt = tmp_path / "voice.wav"
@@ -124,5 +126,7 @@ def test_modes_speak_and_the_command_writes_them(ranks, tmp_path, monkeypatch, c
     assert len(speech.read_audio(str(out), 22050)) % 256 == 0
     tts.main(command)
     assert "cross-lingual" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse's error: --instruct without a stored speaker
+        tts.main([*command, "--instruct", "Speak slowly."])
     with pytest.raises(SystemExit, match="--speaker needs --spk2info"):
         tts.main(["--cosyvoice", str(tmp_path), "--text", "Hi.", "--speaker", "x", "--out", str(out)])

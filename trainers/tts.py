@@ -1,6 +1,7 @@
 """python -m trainers.tts CONFIG.yaml --workdir DIR --text "..." --prompt VOICE.wav [--prompt-text "..."] --out OUT.wav
    python -m trainers.tts --cosyvoice MODEL_DIR [--variant cosyvoice_300m] --text "..." \
-       (--prompt VOICE.wav [--prompt-text "..."] | --spk2info spk2info.pt --speaker NAME) --out OUT.wav
+       (--prompt VOICE.wav [--prompt-text "..."] | --spk2info spk2info.pt --speaker NAME [--instruct "..."]) \
+       --out OUT.wav
 
 Zero-shot text-to-speech with a tts run's checkpoint (its EMA weights when it has them):
 the text is spoken in the voice of the prompt recording (a few seconds; WAV, or FLAC with
@@ -14,7 +15,8 @@ holds llm.pt, flow.pt, hift.pt, the S3 tokenizer as the s3tokenizer package's
 speech_tokenizer_v1.pt, 3D-Speaker's campplus_cn_common.bin and the text tokenizer's
 .tiktoken ranks), as upstream's inference modes: zero-shot given the prompt's transcript,
 cross-lingual without it (the LM sees no prompt), sft with a stored speaker's x-vector
-(spk2info.pt of the -SFT model). The output is at the vocoder's rate (22.05 kHz).
+(spk2info.pt of the -SFT model), instruct with it and an instruction (the -Instruct model).
+The output is at the vocoder's rate (22.05 kHz).
 """
 
 import argparse
@@ -39,6 +41,7 @@ def cosyvoice(argv):
     parser.add_argument("--variant", default="cosyvoice_300m", help="cosyvoice_300m or cosyvoice_300m_25hz")
     parser.add_argument("--spk2info", help="sft: the -SFT model's spk2info.pt")
     parser.add_argument("--speaker", help="sft: a speaker of --spk2info")
+    parser.add_argument("--instruct", help="with --speaker: how to speak (the -Instruct model's instruction)")
     _add_arguments(parser, prompt_required=False)
     args = parser.parse_args(argv)
     if bool(args.prompt) == bool(args.speaker):
@@ -53,9 +56,14 @@ def cosyvoice(argv):
     except (OSError, ValueError) as e:
         raise InputError(str(e)) from None
     rng = jax.random.key(args.seed)
+    if args.instruct and not args.speaker:
+        parser.error("--instruct needs --spk2info FILE --speaker NAME")
     if args.speaker:
-        audio = voice.sft(args.text, _stored_xvector(args.spk2info, args.speaker), rng)
-        mode = f"sft, speaker {args.speaker}"
+        xvector = _stored_xvector(args.spk2info, args.speaker)
+        if args.instruct:
+            audio, mode = voice.instruct(args.text, args.instruct, xvector, rng), f"instruct, speaker {args.speaker}"
+        else:
+            audio, mode = voice.sft(args.text, xvector, rng), f"sft, speaker {args.speaker}"
     else:
         wav_16k = speech.read_audio(args.prompt, 16000, resample=True)
         wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)

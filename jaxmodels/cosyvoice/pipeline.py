@@ -6,8 +6,9 @@ mel (Matcha-TTS's features at the flow's rate). The LM draws speech tokens for t
 the prompt's transcript and tokens, in the x-vector's voice; the flow decoder turns them into
 mel frames continuing the prompt's; HiFT vocodes them. Modes as upstream's inference_*:
 ``zero_shot`` (prompt recording and its transcript), ``cross_lingual`` (the recording only: the
-LM sees no prompt, the flow still continues the recording's mel) and ``sft`` (a speaker's
-stored x-vector, no recording). Long text is cut at sentence ends into pieces of at most
+LM sees no prompt, the flow still continues the recording's mel), ``sft`` (a speaker's
+stored x-vector, no recording) and ``instruct`` (sft with an instruction as the LM's prompt
+text, the LM without the x-vector; the -Instruct model's). Long text is cut at sentence ends into pieces of at most
 ``max_piece_tokens`` text ids (upstream splits paragraphs likewise; its text normalisation,
 numbers spelt out and the like, is not applied), each spoken and the audio joined.
 
@@ -189,9 +190,17 @@ class CosyVoice:
     def sft(self, sentence_text: str, xvector, rng):
         """The text in a stored speaker's voice: its x-vector alone (upstream's inference_sft)."""
         xvector = jnp.asarray(xvector, jnp.float32).reshape(1, -1)
-        c = self.decoder.config
-        flow_prompt = (jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0, c.output_size)))
-        return self._say(sentence_text, rng, _no_prompt(), flow_prompt, xvector, xvector)
+        return self._say(sentence_text, rng, _no_prompt(), self._no_flow_prompt(), xvector, xvector)
+
+    def instruct(self, sentence_text: str, instruction: str, xvector, rng):
+        """The text as ``instruction`` asks, in a stored speaker's voice (upstream's inference_instruct,
+        the -Instruct model's): the instruction is the LM's prompt text, and the LM sees no x-vector."""
+        xvector = jnp.asarray(xvector, jnp.float32).reshape(1, -1)
+        lm_prompt = (self._ids(instruction), _no_prompt()[1])
+        return self._say(sentence_text, rng, lm_prompt, self._no_flow_prompt(), None, xvector)
+
+    def _no_flow_prompt(self):
+        return jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0, self.decoder.config.output_size))
 
 
 def _no_prompt():
