@@ -188,3 +188,24 @@ def test_cosyvoice2_lm_size_and_errors(qwen2_reference):
     wrong = dict(state_dict, **{"speech_embedding.weight": np.zeros((44, 32), np.float32)})
     with pytest.raises(ValueError, match=r"speech_embedding.weight: checkpoint \(44, 32\) vs model \(43, 32\)"):
         llm.qwen2_from_torch(wrong, cfg)
+
+
+def test_cosyvoice2_training_rows_equal_upstreams_packing(qwen2_reference):
+    """Qwen2LM.training_rows against upstream's prepare_lm_input_target: unistream rows (the
+    training batch above) and a bistream one beside a row too short to interleave."""
+    cfg, variables, _, r = qwen2_reference
+    model = llm.Qwen2LM(cfg)
+
+    def rows(x, length, target):
+        return model.apply(variables, x, length, method="logits"), target
+
+    for case, flags in (("train", [False, False]), ("bistream", [True, True])):
+        args = [r[f"{case}/{k}"] for k in ("text", "text_len", "speech", "speech_len")]
+        logits, target = jax.jit(
+            lambda *a: rows(*model.apply(variables, *a, jnp.array(flags), method="training_rows"))
+        )(*args)
+        expected = r[f"{case}/target"]
+        np.testing.assert_array_equal(target[:, : expected.shape[1]], expected)
+        assert np.all(np.asarray(target[:, expected.shape[1] :]) == llm.IGNORE)
+        for row, n in enumerate(r[f"{case}/length"]):
+            _close(logits[row, :n], r[f"{case}/logits"][row, :n])

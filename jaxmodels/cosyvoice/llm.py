@@ -18,9 +18,9 @@ Without a speaker embedding (upstream's instruct mode) the row has no speaker sl
 `Qwen2LM` is CosyVoice 2's (Qwen2LM over Qwen2-0.5B, `jaxmodels.cosyvoice.qwen2`): the text
 embedded by Qwen2's own token table, rows [sos, text, task_id, speech tokens] with no speaker
 slot (its x-vector goes to the flow decoder only), a head over 6561 FSQ tokens and three stop
-tokens; trained on those unistream rows (upstream also interleaves 5 text and 15 speech tokens
-for streaming text input, which is not here), decoded by the same `generate` (any stop token ends
-a row).
+tokens; trained on those unistream rows and, as upstream for streaming text input, on rows
+interleaving 5 text and 15 speech tokens (`training_rows`); decoded by the same `generate` (any
+stop token ends a row).
 
 Module names are upstream's, dots as underscores; encoder layers stacked ("layers" axis).
 """
@@ -232,6 +232,47 @@ class Qwen2LM(nn.Module):
         segments = [(special(0), one), (self.llm.embed(text), text_len), (special(1), one)]
         segments.append((self.speech_embedding(speech), speech_len))
         return ragged_concat(segments, -1.0)
+
+    def training_rows(self, text, text_len, speech, speech_len, bistream, mix=(5, 15)):
+        """Upstream's prepare_lm_input_target: (inputs (B, L, D), lengths, targets (B, L)). A row
+        with ``bistream`` interleaves ``mix`` = (a, b): a text tokens, then b speech tokens (the
+        last text token predicting the first of them, the last of them the fill token), while
+        whole groups remain; then the rest of the text, task_id and the rest of the speech, as a
+        unistream row is whole: [sos, text, task_id, speech] -> the speech tokens and eos. Rows
+        with at most b / a speech tokens per text token are unistream whatever ``bistream`` says."""
+        a, b = mix
+        c = self.config
+        slots = jnp.arange(1 + text.shape[1] + 1 + speech.shape[1])[None]
+        bistream = bistream & (speech_len * a > text_len * b)  # upstream's: more than b / a speech tokens a text one
+        groups = jnp.where(bistream, text_len // a, 0)[:, None]
+        t_len, s_len = text_len[:, None], speech_len[:, None]
+        p = slots - 1
+        in_group = (slots >= 1) & (p < groups * (a + b))
+        j, q = p // (a + b), p % (a + b)
+        u = p - groups * (a + b)  # past the groups: the rest of the text, task_id, the rest of the speech
+        rest = t_len - a * groups
+        is_text = (in_group & (q < a)) | (~in_group & (slots >= 1) & (u < rest))
+        is_task = ~in_group & (u == rest)
+        is_speech = (in_group & (q >= a)) | (~in_group & (u > rest) & (u <= rest + s_len - b * groups))
+        text_index = jnp.where(in_group, a * j + q, a * groups + u)
+        speech_index = jnp.where(in_group, b * j + q - a, b * groups + u - rest - 1)
+        gather = lambda table, index: jnp.take_along_axis(table, jnp.clip(index, 0, table.shape[1] - 1), 1)  # noqa: E731
+        text_emb = gather(self.llm.embed(text), text_index[..., None])
+        speech_emb = gather(self.speech_embedding(speech), speech_index[..., None])
+        special = self.llm_embedding(jnp.array([0, 1]))
+        x = jnp.where(slots[..., None] == 0, special[0], -1.0)
+        x = jnp.where(is_task[..., None], special[1], x)
+        x = jnp.where(is_text[..., None], text_emb, jnp.where(is_speech[..., None], speech_emb, x))
+        eos, fill = c.speech_token_size, c.speech_token_size + 2
+        target_index = jnp.where(in_group, b * j + q - (a - 1), b * groups + u - rest)
+        predicts = (in_group & (q >= a - 1) & (q < a + b - 1)) | (
+            ~in_group & (u >= rest) & (u < rest + s_len - b * groups)
+        )
+        target = jnp.where(predicts, gather(speech, target_index), IGNORE)
+        target = jnp.where(in_group & (q == a + b - 1), fill, target)
+        target = jnp.where(~in_group & (slots >= 1) & (u == rest + s_len - b * groups), eos, target)
+        length = text_len + speech_len + 2
+        return x.astype(self.dtype), length, jnp.where(slots < length[:, None], target, IGNORE)
 
     def logits(self, x, length):
         """(B, L, speech_token_size + 3) of the causal LM over rows of `length` (full pass)."""

@@ -15,6 +15,8 @@ state_dict under "sd/", and:
   (prepare_lm_input_target: [sos, text, task_id, speech] -> speech tokens and eos; the rows
   have fewer than three speech tokens per text token, so the bistream packing never applies),
   the LM and its decoder: the logits and the targets;
+- "bistream/*": the same through upstream's bistream packing, for a row that interleaves 5 text
+  and 15 speech tokens and one that is too short to;
 - "zero_shot/*", "cross_lingual/*": Qwen2LM.inference of one text with a prompt (text and
   speech tokens) and without, sampling made deterministic (top_k 1, no repetition fallback):
   the tokens drawn and the log-probabilities each was drawn from (make_llm_reference's
@@ -94,6 +96,46 @@ def train(model, out):
     )
 
 
+def train_bistream(model, out):
+    """The same through upstream's bistream packing (random.random stood in by 0: every row whose
+    speech is over three times its text interleaves 5 text and 15 speech tokens); row 1 is not."""
+    import random
+
+    text = torch.randint(0, QWEN["vocab_size"], (2, 6))
+    text_len = torch.tensor([6, 3], dtype=torch.int32)
+    speech = torch.randint(0, CONFIG["speech_token_size"], (2, 25))
+    speech_len = torch.tensor([25, 9], dtype=torch.int32)
+    draw = random.random
+    random.random = lambda: 0.0
+    try:
+        with torch.no_grad():
+            text_emb = model.llm.model.model.embed_tokens(text)
+            sos = model.llm_embedding.weight[model.sos].reshape(1, 1, -1)
+            task = model.llm_embedding.weight[model.task_id].reshape(1, 1, -1)
+            empty = (
+                torch.zeros(2, 0, dtype=torch.long),
+                torch.zeros(2, 0, QWEN["hidden_size"]),
+                torch.zeros(2, dtype=torch.int32),
+            )
+            target, lm_input, lm_len = model.prepare_lm_input_target(
+                sos, text, text_emb, text_len, task, speech, model.speech_embedding(speech), speech_len, *empty
+            )
+            logits = model.llm_decoder(model.llm(lm_input, lm_len)[0])
+    finally:
+        random.random = draw
+    out.update(
+        {
+            "bistream/text": text.numpy(),
+            "bistream/text_len": text_len.numpy(),
+            "bistream/speech": speech.numpy(),
+            "bistream/speech_len": speech_len.numpy(),
+            "bistream/logits": logits.numpy(),
+            "bistream/target": target.numpy(),
+            "bistream/length": lm_len.numpy(),
+        }
+    )
+
+
 def attend_to_the_cache(encoder):
     """Qwen2Encoder.forward_one_step with the attention mask over the cache and the new tokens.
     Upstream passes the new tokens' mask alone (all ones), which the transformers it pins (4.51)
@@ -125,6 +167,7 @@ def main():
     no_speaker = torch.zeros(1, 0)  # taken and ignored, as the flow decoder has the x-vector
     inference(model, out, "zero_shot", text, prompt_text, prompt_speech, no_speaker)
     inference(model, out, "cross_lingual", text, none, none, no_speaker)
+    train_bistream(model, out)
     path = "tests/data/qwen2lm_reference.npz"
     np.savez_compressed(path, **out)
     drawn = {name: len(out[f"{name}/tokens"]) for name in ("zero_shot", "cross_lingual")}

@@ -163,15 +163,26 @@ class LLMTask(SplitSources):
         """A released llm.pt (CosyVoice-300M's, or CosyVoice 2's)."""
         return (llm.qwen2_from_torch if self.qwen2 else llm.from_torch)(state_dict, self.config)
 
-    def _scores(self, params, batch):
+    def _scores(self, params, batch, rng=None):
+        """Per row: the speech tokens' summed cross entropy, their count, the right argmaxes. CosyVoice
+        2's LM in training (an rng) packs half its rows as upstream's bistream ones (text and speech
+        interleaved, llm.Qwen2LM.training_rows); evaluation packs every row unistream."""
         inputs = self._inputs(batch)
-        logits = self.model.apply({"params": params}, *inputs)
-        target = llm.targets(*inputs[:4], eos=self.config.speech_token_size, speaker=not self.qwen2)
+        variables = {"params": params}
+        if self.qwen2:
+            bistream = (
+                jnp.zeros(inputs[0].shape[:1], bool) if rng is None else jax.random.uniform(rng, inputs[1].shape) < 0.5
+            )
+            x, length, target = self.model.apply(variables, *inputs[:4], bistream, method="training_rows")
+            logits = self.model.apply(variables, x, length, method="logits")
+        else:
+            logits = self.model.apply(variables, *inputs)
+            target = llm.targets(*inputs[:4], eos=self.config.speech_token_size)
         target = jnp.where(batch["mask"][:, None] > 0, target, llm.IGNORE)  # a skipped row scores nothing
         return llm.scores(logits, target)
 
     def loss(self, params, batch, rng, step):
-        nll, count, right = (jnp.sum(v) for v in self._scores(params, batch))
+        nll, count, right = (jnp.sum(v) for v in self._scores(params, batch, rng))
         count = jnp.maximum(count, 1)
         return nll / count, {"train/accuracy": right / count, "train/skipped": jnp.sum(1.0 - batch["mask"])}
 
