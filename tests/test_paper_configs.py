@@ -345,6 +345,24 @@ def test_cosyvoice_llm_300m_compiles_fsdp_sharded(tmp_path):
 
 
 @pytest.mark.slow  # published-scale compiles
+def test_cosyvoice2_llm_compiles_fsdp_sharded(tmp_path):
+    """CosyVoice 2's LM (505,803,812 parameters, Qwen2-0.5B inside): 8 utterances of 10 s (250
+    tokens at 25 Hz) and 200 text ids over 4 x 2 devices, the bistream packing in the step."""
+    for split in ("train", "dev"):
+        _extracted(tmp_path / "tokens" / split, "units", np.zeros(250, np.int32), frame_rate=25, clusters=6561)
+    overrides = ["data.batch_size=8", "data.batch_seconds=0", "data.max_seconds=10", "data.num_workers=0"]
+    overrides += ["optimizer.grad_accum_steps=1", "mesh.data=4", "mesh.fsdp=2", "model.init_from="]
+    overrides += [f"data.tokens={tmp_path / 'tokens'}", "llm.text_tokenizer=tests/data/cosyvoice_text/qwen2"]
+    trainer = Trainer(config_lib.load("configs/cosyvoice2_llm.yaml", overrides))
+    params = trainer.abstract_state.params
+    assert sum(p.size for p in jax.tree.leaves(params)) == 505_803_812
+    assert params["llm"]["layers"]["self_attn_k_proj"]["kernel"].shape == (24, 896, 128)
+    batch = trainer.task.example_batch(8)
+    assert batch["text"].shape == (8, 200) and batch["speech"].shape == (8, 250)
+    _compile_train_step(trainer)
+
+
+@pytest.mark.slow  # published-scale compiles
 @pytest.mark.parametrize("config", ["hubert_base_librispeech", "wav2vec2_base_librispeech"])
 def test_ssl_pretraining_recipes_compile_fsdp_sharded(config, tone_corpus, tmp_path):
     """HuBERT Base's first iteration and wav2vec 2.0 Base as fairseq's recipes set them (the
