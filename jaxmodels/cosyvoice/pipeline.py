@@ -53,7 +53,7 @@ VARIANTS = {
 # What a model directory holds: upstream's llm.pt, flow.pt and hift.pt; the S3 tokenizer as the
 # s3tokenizer package's state_dict (<name>.pt or .safetensors); 3D-Speaker's CAM++
 # (campplus_cn_common.bin); the text tokenizer's ranks (<ranks>.tiktoken).
-CAMPPLUS_FILE = "campplus_cn_common.bin"
+CAMPPLUS = "campplus_cn_common"
 SENTENCE = re.compile(r"[^.!?;。！？；]*(?:[.!?;。！？；]+|$)\s*")  # a sentence and the space after it
 
 
@@ -102,7 +102,7 @@ class CosyVoice:
         decoder, decoder_variables = flow.load(_find(directory, "flow"), v.flow)
         vocoder, vocoder_variables = hift.load(_find(directory, "hift"), v.hift)
         tokenizer, tokenizer_variables = s3tokenizer.load(_find(directory, v.s3tokenizer), v.s3tokenizer)
-        speaker, speaker_variables = campplus.load(_find(directory, CAMPPLUS_FILE.removesuffix(".bin"), (".bin",)))
+        speaker, speaker_variables = campplus.load(_find(directory, CAMPPLUS, (".bin", ".safetensors")))
         text_tokenizer = text.load(_find(directory, v.ranks, (".tiktoken",)))
         if text_tokenizer.n_vocab > lm.config.text_token_size:
             raise ValueError(
