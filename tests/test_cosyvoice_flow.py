@@ -111,6 +111,7 @@ def test_training_loss_and_sampling():
 def test_released_configuration_and_errors(reference):
     # flow.pt of CosyVoice-300M: 1185 tensors, 104,874,752 parameters.
     assert flow.param_count(flow.config("flow_cosyvoice_300m")) == 104_874_752
+    assert flow.param_count(flow.config("flow_cosyvoice2")) == 112_549_360  # as upstream's module counts it
     assert flow.config("flow_cosyvoice_300m").mel_frames(50) == 86
     with pytest.raises(ValueError, match="unknown flow model 'flow_v9'; valid: flow_cosyvoice_300m"):
         flow.config("flow_v9")
@@ -173,3 +174,84 @@ def test_dit_estimator_is_exact_under_padding_and_learns():
     assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses
     with pytest.raises(ValueError, match="flow estimator 'wavenet': 'unet' or 'dit'"):
         flow.init_shapes(dataclasses.replace(cfg, estimator="wavenet"))
+
+
+@pytest.fixture(scope="module")
+def reference2():
+    """CosyVoice 2's flow (tests/data/make_flow2_reference.py): its weights drawn again from the seed."""
+    from helpers.seeded_weights import seeded_state_dict
+
+    with np.load(ROOT / "tests" / "data" / "flow2_reference.npz") as f:
+        ref = dict(f)
+    cfg = flow.FlowConfig(**json.loads(str(ref["config"])))
+    state_dict = seeded_state_dict([(k, tuple(s)) for k, s in json.loads(str(ref["shapes"]))])
+    return cfg, state_dict, ref
+
+
+def test_cosyvoice2_flow_equals_upstream(reference2):
+    """CausalMaskedDiffWithXvec: the upsampling encoder's frames of a padded batch and the causal
+    estimator's velocity, each without and with streaming chunks, and the whole guided inference
+    with a prompt and without (the reference's fixed noise fed in), within 1e-4."""
+    cfg, state_dict, ref = reference2
+    model, variables = flow.Flow(cfg), flow.from_torch(state_dict, cfg)
+    assert flow.param_count(cfg) == int(ref["count"])
+    apply = lambda method, *args, **static: jax.jit(  # noqa: E731
+        lambda *a: model.apply(variables, *a, **static, method=method)
+    )(*args)
+    for name, streaming in (("h", False), ("h_stream", True)):
+        h = apply(flow.Flow.encode, ref["train/tokens"], ref["train/token_len"], streaming=streaming)
+        for row, n in enumerate(ref["train/token_len"]):  # the valid frames (upstream leaves padding as it is)
+            assert _rel(h[row, : 2 * n], ref[f"train/{name}"][row, : 2 * n]) < 1e-4, name
+    e = {k.split("/")[1]: ref[k] for k in ref if k.startswith("estimator/")}
+    for name, streaming in (("v", False), ("v_stream", True)):
+        v = apply(
+            lambda m, *a: m.estimator(*a, streaming=streaming),
+            e["x"],
+            e["mask"],
+            e["mu"],
+            e["t"],
+            e["spks"],
+            e["cond"],
+        )
+        assert _rel(v, e[name]) < 1e-4, name
+    for case in ("prompt", "sft"):
+        r = {k.split("/")[1]: ref[k] for k in ref if k.startswith(f"{case}/")}
+        mu, mask, spks, cond = apply(
+            flow.Flow.conditions, r["tokens"], r["prompt_tokens"], r["prompt_feat"], r["embedding"]
+        )
+        estimator = lambda *a: model.apply(variables, *a, method=lambda m, *b: m.estimator(*b))  # noqa: E731
+        mel = jax.jit(lambda z: fm.solve_euler(estimator, z, mask, mu, spks, cond, cfg.cfm))(r["z"])
+        mel = mel[:, r["prompt_feat"].shape[1] :]
+        assert mel.shape == r["mel"].shape == (1, cfg.mel_frames(r["tokens"].shape[1]), cfg.output_size)
+        assert _rel(mel, r["mel"]) < 1e-4, case
+
+
+def test_cosyvoice2_flow_trains_on_token_aligned_mels():
+    """The training loss of the causal flow (half the batches streaming) and its gradients; a mel
+    whose frames do not match the tokens' is an error naming both."""
+    cfg = tiny_flow(vocab_size=20, token_mel_ratio=2, input_frame_rate=25, channels=(16,), causal=True, chunk_size=2)
+    cfg = dataclasses.replace(cfg, input_size=16)
+    model = flow.Flow(cfg)
+    rng = np.random.default_rng(0)
+    tokens, token_len = rng.integers(0, 20, (2, 9)), np.array([9, 6])
+    feat = rng.normal(size=(2, 18, cfg.output_size)).astype(np.float32)
+    feat_len, embedding = 2 * token_len, rng.normal(size=(2, cfg.spk_embed_dim)).astype(np.float32)
+    params = jax.jit(model.init)(jax.random.key(0), tokens, token_len, feat, feat_len, embedding)["params"]
+    loss_fn = lambda p, key: model.apply(  # noqa: E731
+        {"params": p}, key, tokens, token_len, feat, feat_len, embedding, method=flow.Flow.loss
+    )
+    losses = [float(jax.jit(loss_fn)(params, jax.random.key(i))) for i in range(2)]
+    assert all(np.isfinite(losses)) and min(losses) > 0
+    grads = jax.jit(jax.grad(loss_fn))(params, jax.random.key(0))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="16 mel frames for 9 tokens; the encoder makes 18"):
+        model.apply(
+            {"params": params},
+            jax.random.key(0),
+            tokens,
+            token_len,
+            feat[:, :16],
+            feat_len,
+            embedding,
+            method=flow.Flow.loss,
+        )

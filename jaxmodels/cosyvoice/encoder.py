@@ -5,9 +5,10 @@ feed-forward, norms at eps 1e-12, no macaron and no convolution module.
 `ConformerEncoder` (the flow's token encoder, SiLU, bidirectional; the LM's text encoder,
 SiLU, causal) and `TransformerEncoder` (the LM itself, ReLU, causal, a ReLU after its input
 norm as upstream's "linear_legacy" input layer) differ only in those choices and in the
-layers' norm names. The input is projected, layer-normed and scaled by sqrt(width); no
-position is added (the relative attention carries them). Padded rows are not zeroed (as
-upstream); no valid row reads them.
+layers' norm names; `UpsampleConformerEncoder`, CosyVoice 2's flow encoder, puts the same
+layers around a look-ahead layer and a twofold upsampling. The input is projected,
+layer-normed and scaled by sqrt(width); no position is added (the relative attention
+carries them). Padded rows are not zeroed (as upstream); no valid row reads them.
 
 Decoding (`decode=True`, the causal LM): the first call on an empty cache (see
 `jaxmodels.speechlm.transformer.empty_cache`) writes its keys at slot 0, every later call
@@ -48,15 +49,17 @@ class EncoderLayer(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, valid, positions):
+    def __call__(self, x, valid, positions, chunk=0):
         """`positions`: relative_sinusoids' table (2L-1, D), or when decoding the tokens'
-        positions (B, L)."""
+        positions (B, L); ``chunk`` > 0: attention within chunks (streaming training)."""
         y = LayerNorm(1e-12, dtype=self.dtype, name=self.norms[0])(x)
         if self.decode:
             x = x + self._cached_attention(y, valid, positions)
         else:
             position = espnet_relative_position(self, positions, self.heads)
-            x = x + self_attention(y, valid, self.heads, self.dtype, position=position, causal=self.causal)
+            x = x + self_attention(
+                y, valid, self.heads, self.dtype, position=position, causal=self.causal, chunk=chunk
+            )
         y = LayerNorm(1e-12, dtype=self.dtype, name=self.norms[1])(x)
         y = Dense(self.linear_units, ("embed", "mlp"), dtype=self.dtype, name="feed_forward_w_1")(y)
         y = ACTIVATIONS[self.activation](y)
@@ -139,6 +142,54 @@ class ConformerEncoder(nn.Module):
         if not decode:
             positions = relative_sinusoids(x.shape[1], d).astype(self.dtype)
         x, _ = stack(x, valid, positions)
+        return LayerNorm(1e-5, dtype=self.dtype, name="after_norm")(x)
+
+
+class UpsampleConformerEncoder(nn.Module):
+    """CosyVoice 2's token encoder (cosyvoice/transformer/upsample_encoder.py): the input layer
+    (linear, layer norm, x sqrt(d)); a look-ahead layer (a convolution over the frame and the
+    next ``lookahead``, leaky ReLU, a causal convolution of 3, added to its input); the layers;
+    the frames repeated ``stride`` times and a causal convolution of 2 stride + 1; a second
+    input layer and ``up_blocks`` more layers; a final layer norm. ``chunk`` > 0 (streaming
+    training) keeps each layer's attention within chunks of that many tokens (twice as many
+    frames after the upsampling). (B, L, D) tokens, valid (B, L) -> (B, stride L, D)."""
+
+    output_size: int
+    heads: int
+    linear_units: int
+    num_blocks: int
+    up_blocks: int = 4
+    lookahead: int = 3
+    stride: int = 2
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    def _input(self, x, name):
+        x = Dense(self.output_size, ("embed", "mlp"), dtype=self.dtype, name=f"{name}_out_0")(x)
+        return LayerNorm(1e-5, dtype=self.dtype, name=f"{name}_out_1")(x) * math.sqrt(self.output_size)
+
+    def _layers(self, x, valid, count, chunk, name):
+        layer = nn.remat(EncoderLayer) if self.remat else EncoderLayer
+        stack = repeated(layer, count)(self.heads, self.linear_units, dtype=self.dtype, name=name)
+        positions = relative_sinusoids(x.shape[1], self.output_size).astype(self.dtype)
+        x, _ = stack(x, valid, positions, chunk)
+        return x
+
+    def _conv(self, x, kernel, pad, name):
+        x = jnp.pad(x, ((0, 0), pad, (0, 0)))
+        conv = nn.Conv(self.output_size, (kernel,), padding="VALID", dtype=self.dtype, name=name)
+        return conv(x)
+
+    @nn.compact
+    def __call__(self, x, valid, chunk=0):
+        x = self._input(x, "embed")
+        h = nn.leaky_relu(self._conv(x, self.lookahead + 1, (0, self.lookahead), "pre_lookahead_layer_conv1"))
+        x = x + self._conv(h, 3, (2, 0), "pre_lookahead_layer_conv2")
+        x = self._layers(x, valid, self.num_blocks, chunk, "encoders")
+        x = jnp.repeat(x, self.stride, axis=1)
+        x = self._conv(x, 2 * self.stride + 1, (2 * self.stride, 0), "up_layer_conv")
+        valid = jnp.repeat(valid, self.stride, axis=1)
+        x = self._layers(self._input(x, "up_embed"), valid, self.up_blocks, chunk * self.stride, "up_encoders")
         return LayerNorm(1e-5, dtype=self.dtype, name="after_norm")(x)
 
 

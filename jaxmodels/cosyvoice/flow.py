@@ -29,9 +29,10 @@ import numpy as np
 
 from jaxmodels.codec.seanet import conv_transpose
 from jaxmodels.cosyvoice import flow_matching as fm
-from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, layer_path
+from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, UpsampleConformerEncoder, layer_path
 from jaxmodels.dit.model import FinalLayer, TimestepEmbedder, stacked_blocks
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
+from jaxmodels.nn.attention import chunk_mask
 from jaxmodels.nn.layers import default_kernel_init, grouped_conv
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
@@ -53,6 +54,13 @@ class FlowConfig:
     linear_units: int = 2048
     num_blocks: int = 6
     regulator_stages: int = 4  # len(length_regulator.sampling_ratios)
+    # CosyVoice 2 (CausalMaskedDiffWithXvec): > 0, mel frames per token made by the upsampling
+    # encoder instead of the length regulator, its look-ahead and its later layers
+    token_mel_ratio: int = 0
+    pre_lookahead_len: int = 3
+    up_blocks: int = 4
+    causal: bool = False  # the estimator's causal convolutions and LayerNorm blocks (CosyVoice 2's)
+    chunk_size: int = 0  # > 0: half the training batches attend within chunks of this many tokens
     channels: Sequence[int] = (256, 256)  # estimator
     attention_head_dim: int = 64
     n_blocks: int = 4
@@ -68,13 +76,25 @@ class FlowConfig:
     cfm: fm.CFMConfig = fm.CFMConfig()
 
     def mel_frames(self, tokens: int) -> int:
-        """Mel frames the regulator makes of `tokens` tokens, as upstream rounds them."""
+        """Mel frames the regulator (or the upsampling encoder) makes of `tokens` tokens, as upstream rounds them."""
+        if self.token_mel_ratio:
+            return tokens * self.token_mel_ratio
         return int(tokens / self.input_frame_rate * self.sample_rate / self.hop_length)
 
 
 CONFIGS = {
     "flow_cosyvoice_300m": FlowConfig(),  # 104,874,752 parameters
     "flow_cosyvoice_300m_25hz": FlowConfig(input_frame_rate=25),
+    "flow_cosyvoice2": FlowConfig(  # CosyVoice2-0.5B's flow.pt: 24 kHz, 50 Hz mel, 25 Hz FSQ tokens
+        vocab_size=6561,
+        input_frame_rate=25,
+        sample_rate=24000,
+        hop_length=480,
+        token_mel_ratio=2,
+        channels=(256,),
+        causal=True,
+        chunk_size=25,
+    ),
 }
 
 
@@ -96,14 +116,15 @@ def interpolate(x, frames: int):
     return x[:, left] * (1 - weight) + x[:, right] * weight
 
 
-def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32):
-    """torch's Conv1d on (B, T, C), padding (k - 1) // 2 unless given, kernel (k, in, out)."""
+def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32, causal=False):
+    """torch's Conv1d on (B, T, C), padding (k - 1) // 2 unless given (causal: k - 1 on the
+    left alone), kernel (k, in, out)."""
     pad = (kernel - 1) // 2 if padding is None else padding
     return nn.Conv(
         features,
         (kernel,),
         (stride,),
-        ((pad, pad),),
+        ((kernel - 1, 0),) if causal else ((pad, pad),),
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "conv_in", "embed")),
@@ -142,15 +163,25 @@ class LengthRegulator(nn.Module):
 
 
 class Block1D(nn.Module):
-    """Matcha's Block1D: Mish(GroupNorm8(conv3(x m))) m."""
+    """Matcha's Block1D: Mish(GroupNorm8(conv3(x m))) m; `causal`, CosyVoice 2's CausalBlock1D:
+    the convolution over the frame and the two before, a LayerNorm over channels."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x, m):
-        h = _conv(self.features, 3, "block_0", dtype=self.dtype)(x * m)
-        return mish(_group_norm(8, "block_1", self.dtype)(h)) * m
+        if not self.causal:
+            h = _conv(self.features, 3, "block_0", dtype=self.dtype)(x * m)
+            return mish(_group_norm(8, "block_1", self.dtype)(h)) * m
+        h = _causal_conv(self.features, 3, "block_0", self.dtype)(x * m)
+        return mish(LayerNorm(1e-5, dtype=self.dtype, name="block_2")(h)) * m
+
+
+def _causal_conv(features, kernel, name, dtype):
+    """CosyVoice 2's CausalConv1d: the frames padded on the left by kernel - 1."""
+    return _conv(features, kernel, name, padding=None, dtype=dtype, causal=True)
 
 
 class ResnetBlock1D(nn.Module):
@@ -159,12 +190,13 @@ class ResnetBlock1D(nn.Module):
 
     features: int
     dtype: jnp.dtype = jnp.float32
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x, m, temb):
-        h = Block1D(self.features, self.dtype, name="block1")(x, m)
+        h = Block1D(self.features, self.dtype, self.causal, name="block1")(x, m)
         h = h + Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="mlp_1")(mish(temb))[:, None]
-        h = Block1D(self.features, self.dtype, name="block2")(h, m)
+        h = Block1D(self.features, self.dtype, self.causal, name="block2")(h, m)
         return h + _conv(self.features, 1, "res_conv", dtype=self.dtype)(x * m)
 
 
@@ -177,7 +209,7 @@ class TransformerBlock(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, valid):
+    def __call__(self, x, valid, chunk=0):
         b, t, d = x.shape
         inner = self.heads * self.head_dim
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm1")(x)
@@ -186,7 +218,8 @@ class TransformerBlock(nn.Module):
             split(Dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name=f"attn1_to_{n}")(y))
             for n in "qkv"
         )
-        attended = jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :]).reshape(b, t, inner)
+        mask = valid[:, None, None, :] & chunk_mask(t, chunk)[None, None]
+        attended = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, t, inner)
         x = x + Dense(d, ("heads", "embed"), dtype=self.dtype, name="attn1_to_out_0")(attended)
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm3")(x)
         y = jax.nn.gelu(Dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="ff_net_0_proj")(y), approximate=False)
@@ -217,18 +250,22 @@ class Stage(nn.Module):
     heads: int
     head_dim: int
     dtype: jnp.dtype = jnp.float32
+    causal: bool = False
 
     @nn.compact
-    def __call__(self, x, m, temb):
-        x = ResnetBlock1D(self.features, self.dtype, name="resnet")(x, m, temb)
+    def __call__(self, x, m, temb, chunk=0):
+        x = ResnetBlock1D(self.features, self.dtype, self.causal, name="resnet")(x, m, temb)
         for i in range(self.n_blocks):
-            x = TransformerBlock(self.heads, self.head_dim, self.dtype, name=f"transformer_{i}")(x, m[..., 0] > 0)
+            block = TransformerBlock(self.heads, self.head_dim, self.dtype, name=f"transformer_{i}")
+            x = block(x, m[..., 0] > 0, chunk)
         return constrain(x, FRAMES)
 
 
 class ConditionalDecoder(nn.Module):
     """The estimator (x, mask, mu, t, spks, cond) -> velocity (B, T, out_channels): x, mu, cond
-    (B, T, C), mask (B, T), t (B,), spks (B, C)."""
+    (B, T, C), mask (B, T), t (B,), spks (B, C). `causal`: CosyVoice 2's CausalConditionalDecoder
+    (causal convolutions and LayerNorm blocks); with `streaming` (it may be traced) the attention
+    stays within chunks of `chunk_size` frames."""
 
     out_channels: int
     channels: Sequence[int]
@@ -238,6 +275,8 @@ class ConditionalDecoder(nn.Module):
     attention_head_dim: int
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    causal: bool = False
+    chunk_size: int = 0
 
     def time_embedding(self, t, width):
         """SinusoidalPosEmb (scale 1000, sin then cos) of `width`, then TimestepEmbedding."""
@@ -250,36 +289,40 @@ class ConditionalDecoder(nn.Module):
         return Dense(width, ("mlp", "embed"), dtype=self.dtype, name="time_mlp_linear_2")(temb)
 
     @nn.compact
-    def __call__(self, x, mask, mu, t, spks, cond):
+    def __call__(self, x, mask, mu, t, spks, cond, streaming=False):
         spks = jnp.broadcast_to(spks[:, None], x.shape[:2] + spks.shape[-1:])
         x = jnp.concatenate([x, mu, spks, cond], axis=-1).astype(self.dtype)
         temb = self.time_embedding(t, x.shape[-1])
+        chunk = jnp.where(streaming, self.chunk_size, 0) if self.chunk_size else 0
         stage = lambda features, name, module=Stage: module(  # noqa: E731
-            features, self.n_blocks, self.num_heads, self.attention_head_dim, self.dtype, name=name
+            features, self.n_blocks, self.num_heads, self.attention_head_dim, self.dtype, self.causal, name=name
+        )
+        last_conv = lambda features, name: (  # noqa: E731
+            _causal_conv(features, 3, name, self.dtype) if self.causal else _conv(features, 3, name, dtype=self.dtype)
         )
         masks, skips = [mask[..., None].astype(self.dtype)], []
         last = len(self.channels) - 1
         for i, features in enumerate(self.channels):
             m = masks[-1]
-            x = stage(features, f"down_blocks_{i}")(x, m, temb)
+            x = stage(features, f"down_blocks_{i}")(x, m, temb, chunk)
             skips.append(x)
             if i < last:  # Downsample1D, and the mask of every other frame
                 x = _conv(features, 3, f"down_blocks_{i}_2_conv", stride=2, dtype=self.dtype)(x * m)
                 masks.append(m[:, ::2])
             else:
-                x = _conv(features, 3, f"down_blocks_{i}_2", dtype=self.dtype)(x * m)
+                x = last_conv(features, f"down_blocks_{i}_2")(x * m)
         mid = nn.remat(Stage) if self.remat else Stage
         mid = repeated(mid, self.num_mid_blocks)
-        x, _ = stage(self.channels[-1], "mid_blocks", mid)(x, masks[-1], temb)
+        x, _ = stage(self.channels[-1], "mid_blocks", mid)(x, masks[-1], temb, chunk)
         for i, features in enumerate(reversed(self.channels)):
             m, skip = masks.pop(), skips.pop()
             x = jnp.concatenate([x[:, : skip.shape[1]], skip], axis=-1)
-            x = stage(features, f"up_blocks_{i}")(x, m, temb)
+            x = stage(features, f"up_blocks_{i}")(x, m, temb, chunk)
             if i < last:
                 x = Upsample1D(features, self.dtype, name=f"up_blocks_{i}_2_conv")(x * m)
             else:
-                x = _conv(features, 3, f"up_blocks_{i}_2", dtype=self.dtype)(x * m)
-        x = Block1D(self.channels[0], self.dtype, name="final_block")(x, m)
+                x = last_conv(features, f"up_blocks_{i}_2")(x * m)
+        x = Block1D(self.channels[0], self.dtype, self.causal, name="final_block")(x, m)
         return (_conv(self.out_channels, 1, "final_proj", dtype=self.dtype)(x * m) * m).astype(jnp.float32)
 
 
@@ -352,11 +395,24 @@ class Flow(nn.Module):
         c = self.config
         self.input_embedding = Embed(c.vocab_size, c.input_size, dtype=self.dtype)
         self.spk_embed_affine_layer = Dense(c.output_size, ("mlp", "embed"), dtype=self.dtype)
-        self.encoder = ConformerEncoder(
-            c.input_size, c.attention_heads, c.linear_units, c.num_blocks, dtype=self.dtype, remat=self.remat
-        )
+        if c.token_mel_ratio:
+            self.encoder = UpsampleConformerEncoder(
+                c.input_size,
+                c.attention_heads,
+                c.linear_units,
+                c.num_blocks,
+                c.up_blocks,
+                c.pre_lookahead_len,
+                c.token_mel_ratio,
+                dtype=self.dtype,
+                remat=self.remat,
+            )
+        else:
+            self.encoder = ConformerEncoder(
+                c.input_size, c.attention_heads, c.linear_units, c.num_blocks, dtype=self.dtype, remat=self.remat
+            )
+            self.length_regulator = LengthRegulator(c.regulator_stages, self.dtype)
         self.encoder_proj = Dense(c.output_size, ("embed", "mlp"), dtype=self.dtype)
-        self.length_regulator = LengthRegulator(c.regulator_stages, self.dtype)
         if c.estimator == "unet":
             self.estimator = ConditionalDecoder(
                 c.output_size,
@@ -367,6 +423,8 @@ class Flow(nn.Module):
                 c.attention_head_dim,
                 self.dtype,
                 self.remat,
+                c.causal,
+                c.chunk_size * max(c.token_mel_ratio, 1),
             )
         elif c.estimator == "dit":
             self.estimator = DiTEstimator(
@@ -380,11 +438,16 @@ class Flow(nn.Module):
         norm = jnp.linalg.norm(embedding.astype(jnp.float32), axis=-1, keepdims=True)
         return self.spk_embed_affine_layer(embedding / jnp.maximum(norm, 1e-12)).astype(jnp.float32)
 
-    def encode(self, tokens, token_len):
-        """Tokens (B, L) -> the mean at the token rate (B, L, output_size)."""
+    def encode(self, tokens, token_len, streaming=False):
+        """Tokens (B, L) -> the mean (B, L, output_size) at the token rate, or with the upsampling
+        encoder at the mel rate (B, token_mel_ratio L, output_size); `streaming` (CosyVoice 2's
+        training, it may be traced): attention within chunks."""
         valid = jnp.arange(tokens.shape[1])[None] < token_len[:, None]
         x = self.input_embedding(jnp.maximum(tokens, 0)) * valid[..., None]
-        return self.encoder_proj(self.encoder(x, valid))
+        if not self.config.token_mel_ratio:
+            return self.encoder_proj(self.encoder(x, valid))
+        chunk = jnp.where(streaming, self.config.chunk_size, 0) if self.config.chunk_size else 0
+        return self.encoder_proj(self.encoder(x, valid, chunk))
 
     def regulate(self, h, frames, mask=None):
         """The token-rate mean (B, L, C) interpolated to `frames` frames and refined; zero where
@@ -392,23 +455,40 @@ class Flow(nn.Module):
         x = self.length_regulator(interpolate(h, frames))
         return x if mask is None else x * mask[..., None]
 
+    def scored_frames(self, token_len, feat_len):
+        """(B,) the frames the loss scores: the mel's own (MaskedDiffWithXvec), or the upsampling
+        encoder's (CausalMaskedDiffWithXvec: token_mel_ratio per token)."""
+        return token_len * self.config.token_mel_ratio if self.config.token_mel_ratio else feat_len
+
     def errors(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """MaskedDiffWithXvec.forward's flow-matching errors of the mel `feat` (B, T, C), per row
-        (fm.cfm_errors), the regulated mean interpolated to T (upstream's: the batch padded to its
-        longest); half the rows see a prompt, their first U[0, 0.3 length] frames."""
-        k_prompt, k_span, k_flow = jax.random.split(rng, 3)
+        """The forward pass's flow-matching errors of the mel `feat` (B, T, C), per row
+        (fm.cfm_errors): MaskedDiffWithXvec's, the regulated mean interpolated to T (upstream's:
+        the batch padded to its longest), or CausalMaskedDiffWithXvec's, the upsampling encoder's
+        frames (T must be token_mel_ratio x the tokens' padded length), half the batches streaming
+        (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames."""
+        k_prompt, k_span, k_flow, k_stream = jax.random.split(rng, 4)
         frames = feat.shape[1]
-        mask = (jnp.arange(frames)[None] < feat_len[:, None]).astype(jnp.float32)
-        mu = self.regulate(self.encode(tokens, token_len), frames, mask)
+        mask = (jnp.arange(frames)[None] < self.scored_frames(token_len, feat_len)[:, None]).astype(jnp.float32)
+        estimator = self.estimator
+        if self.config.token_mel_ratio:
+            made = self.config.mel_frames(tokens.shape[1])
+            if frames != made:
+                raise ValueError(f"{frames} mel frames for {tokens.shape[1]} tokens; the encoder makes {made}")
+            streaming = jax.random.uniform(k_stream) < 0.5
+            mu = self.encode(tokens, token_len, streaming) * mask[..., None]
+            estimator = lambda *a: self.estimator(*a, streaming=streaming)  # noqa: E731
+        else:
+            mu = self.regulate(self.encode(tokens, token_len), frames, mask)
         span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
         span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
         cond = jnp.where(jnp.arange(frames)[None, :, None] < span[:, None, None], feat, 0.0)
-        return fm.cfm_errors(self.estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+        return fm.cfm_errors(estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
 
     def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """The training loss: `errors` over the batch's (frames x mel bins), as upstream's."""
+        """The training loss: `errors` over the batch's (scored frames x mel bins), as upstream's."""
         errors = self.errors(rng, tokens, token_len, feat, feat_len, embedding)
-        return jnp.sum(errors) / (jnp.maximum(jnp.sum(feat_len), 1) * feat.shape[-1])
+        scored = jnp.sum(jnp.minimum(self.scored_frames(token_len, feat_len), feat.shape[1]))
+        return jnp.sum(errors) / (jnp.maximum(scored, 1) * feat.shape[-1])
 
     def conditions(self, tokens, prompt_tokens, prompt_feat, embedding):
         """The estimator's conditions (mu, mask, spks, cond) over the prompt's mel frames (B, M1)
@@ -420,6 +500,11 @@ class Flow(nn.Module):
         prompt_len, length = prompt_tokens.shape[1], tokens.shape[1]
         all_tokens = jnp.concatenate([prompt_tokens, tokens], axis=1).astype(jnp.int32)
         h = self.encode(all_tokens, jnp.full(all_tokens.shape[:1], all_tokens.shape[1]))
+        if c.token_mel_ratio:  # CausalMaskedDiffWithXvec: the encoder's frames, the prompt's mel first
+            frames = h.shape[1] - prompt_feat.shape[1]
+            cond = jnp.concatenate([prompt_feat, jnp.zeros((h.shape[0], frames, h.shape[2]), h.dtype)], axis=1)
+            mask = jnp.ones(h.shape[:2], jnp.float32)
+            return h.astype(jnp.float32), mask, self.speaker(embedding), cond.astype(jnp.float32)
         head, target = h[:, :prompt_len], h[:, prompt_len:]
         frames, edge = c.mel_frames(length), c.mel_frames(20)
         if length > 40:
@@ -474,6 +559,7 @@ def param_count(cfg: FlowConfig) -> int:
 # The stacked modules: upstream's module list, the stack's Flax path, the config field of its length.
 _STACKED = (
     ("encoder.encoders.", ("encoder", "encoders"), "num_blocks"),
+    ("encoder.up_encoders.", ("encoder", "up_encoders"), "up_blocks"),  # CosyVoice 2's
     ("decoder.estimator.mid_blocks.", ("estimator", "mid_blocks"), "num_mid_blocks"),
 )
 
@@ -534,13 +620,14 @@ def _flax_path(key: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarray
 
 
 def from_torch(state_dict, cfg: FlowConfig):
-    """{"params": ...} of a Flow from MaskedDiffWithXvec's state_dict (a released flow.pt); the
+    """{"params": ...} of a Flow from MaskedDiffWithXvec's or CausalMaskedDiffWithXvec's
+    state_dict (a released flow.pt: CosyVoice-300M's, CosyVoice 2's); the
     encoder layers and mid blocks stacked. A key, layer or shape that does not fit is an error
     listing them."""
     converted, paths, stacks = {}, {}, {}
     for key, value in state_dict.items():
         value = np.asarray(value)
-        for (modules, prefix, length), path_in_layer in zip(_STACKED, (layer_path, _mid_block_path)):
+        for (modules, prefix, length), path_in_layer in zip(_STACKED, (layer_path, layer_path, _mid_block_path)):
             if key.startswith(modules):
                 index, _, rest = key.removeprefix(modules).partition(".")
                 path, value = path_in_layer(rest, value)

@@ -97,11 +97,21 @@ class Attention(nn.Module):
         )
 
 
-def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix="self_attn", causal=False):
+def chunk_mask(length: int, chunk):
+    """(length, length) bool: key j is seen by query i when j's chunk of ``chunk`` frames is not
+    after i's (WeNet's static chunk mask, every earlier chunk visible); ``chunk`` 0 (it may be
+    traced): every key."""
+    size = jnp.maximum(chunk, 1)
+    slots = jnp.arange(length)
+    return (slots[None, :] // size <= slots[:, None] // size) | (chunk <= 0)
+
+
+def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix="self_attn", causal=False, chunk=0):
     """Multi-head attention of y (B, T, D) over the keys `valid` (B, T) marks (all where None),
-    with `causal` only those at or before the query; projections `{prefix}_linear_q/k/v/out`
-    with biases. Queries and keys come from `qk_input` (y where None); `position(q)` returns
-    the query of the content term and an additive (B, H, T, T) score bias."""
+    with `causal` only those at or before the query, with ``chunk`` > 0 those of its chunk and
+    earlier ones (chunk_mask); projections `{prefix}_linear_q/k/v/out` with biases. Queries and
+    keys come from `qk_input` (y where None); `position(q)` returns the query of the content
+    term and an additive (B, H, T, T) score bias."""
     b, t, d = y.shape
     dense = lambda name, axes: Dense(d, axes, dtype=dtype, name=f"{prefix}_{name}")  # noqa: E731
     split = lambda h: h.reshape(b, t, heads, d // heads)  # noqa: E731
@@ -116,6 +126,9 @@ def self_attention(y, valid, heads, dtype, qk_input=None, position=None, prefix=
     if causal:
         earlier = jnp.tril(jnp.ones((t, t), bool))[None, None]
         mask = earlier if mask is None else mask & earlier
+    if not (isinstance(chunk, int) and chunk == 0):
+        chunks = chunk_mask(t, chunk)[None, None]
+        mask = chunks if mask is None else mask & chunks
     attended = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask).reshape(b, t, d)
     return dense("linear_out", ("heads", "embed"))(attended)
 
