@@ -1,6 +1,7 @@
 """CosyVoice end to end (jaxmodels.cosyvoice.pipeline, trainers.tts --cosyvoice) on tiny random
 models whose parts fit one another; each part equals upstream's in its own test."""
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,53 @@ def tiny_voice(ranks_path) -> pipeline.CosyVoice:
         speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
         tokenizer,
     )
+
+
+def tiny_voice2() -> pipeline.CosyVoice:
+    """CosyVoice 2's parts at tiny widths: Qwen2's text ids (tests/data's tokenizer), the 6561 FSQ
+    tokens of speech_tokenizer_v2 at 25 Hz, the causal flow's two mel frames a token at 24 kHz."""
+    keys = iter(jax.random.split(jax.random.key(1), 8))
+    qwen = llm.qwen2.Qwen2Config(
+        vocab_size=420, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4
+    )
+    lm_cfg = llm.Qwen2LMConfig(llm=dataclasses.replace(qwen, num_key_value_heads=2))
+    lm = llm.Qwen2LM(lm_cfg)
+    flow_cfg = tiny_flow(vocab_size=6561, output_size=80, spk_embed_dim=192, input_frame_rate=25, sample_rate=24000)
+    flow_cfg = dataclasses.replace(flow_cfg, hop_length=480, token_mel_ratio=2, causal=True, chunk_size=2)
+    decoder = flow.Flow(flow_cfg)
+    vocoder = hift.HiFTGenerator(hift.config("hift_cosyvoice2", base_channels=16, f0_channels=16))
+    s3_cfg = s3tokenizer.S3Config(version=2, conv1_stride=2, n_codebook_size=3**8, n_audio_state=32)
+    s3_cfg = dataclasses.replace(s3_cfg, n_audio_head=2, n_audio_layer=1)
+    tokenizer_model = s3tokenizer.S3Tokenizer(s3_cfg)
+    speaker = campplus.CAMPPlus(campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32))
+    text_ids, speech = jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 8), jnp.int32)
+    return pipeline.CosyVoice(
+        lm,
+        lm.init(next(keys), text_ids, jnp.array([4]), speech, jnp.array([8]))["params"],
+        decoder,
+        decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
+        vocoder,
+        vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
+        tokenizer_model,
+        tokenizer_model.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
+        speaker,
+        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
+        text.load(str(DATA / "cosyvoice_text" / "qwen2")),
+        n_fft=1920,
+    )
+
+
+@pytest.mark.slow  # the tiny parts compiled
+def test_cosyvoice2_speaks_zero_shot_and_cross_lingual():
+    voice = tiny_voice2()
+    wav_16k, wav_24k = voice_recording(16000), voice_recording(24000)
+    tokens, mel, _ = voice.prompt(wav_16k, wav_24k)
+    assert tokens.shape == (1, 30) and mel.shape == (1, 60, 80)  # 25 Hz tokens, two 50 Hz frames each
+    key = jax.random.key(3)
+    said = voice.zero_shot("Hello world.", "a voice", wav_16k, wav_24k, key)
+    assert said.ndim == 1 and len(said) > 0 and len(said) % 480 == 0 and np.all(np.isfinite(said))
+    crossed = voice.cross_lingual("Hello world.", wav_16k, wav_24k, key)
+    assert len(crossed) % 480 == 0 and np.all(np.isfinite(crossed))
 
 
 def voice_recording(rate: int, seconds: float = 1.2):

@@ -16,7 +16,7 @@ speech_tokenizer_v1.pt, 3D-Speaker's campplus_cn_common.bin and the text tokeniz
 .tiktoken ranks), as upstream's inference modes: zero-shot given the prompt's transcript,
 cross-lingual without it (the LM sees no prompt), sft with a stored speaker's x-vector
 (spk2info.pt of the -SFT model), instruct with it and an instruction (the -Instruct model).
-The output is at the vocoder's rate (22.05 kHz).
+The output is at the vocoder's rate (22.05 kHz; CosyVoice 2: 24 kHz).
 """
 
 import argparse
@@ -38,7 +38,7 @@ def _add_arguments(p, prompt_required=True):
 def cosyvoice(argv):
     parser = argparse.ArgumentParser(prog="python -m trainers.tts --cosyvoice", description=__doc__)
     parser.add_argument("--cosyvoice", required=True, help="a released CosyVoice model's directory")
-    parser.add_argument("--variant", default="cosyvoice_300m", help="cosyvoice_300m or cosyvoice_300m_25hz")
+    parser.add_argument("--variant", default="cosyvoice_300m", help="cosyvoice_300m, _300m_25hz or cosyvoice2")
     parser.add_argument("--spk2info", help="sft: the -SFT model's spk2info.pt")
     parser.add_argument("--speaker", help="sft: a speaker of --spk2info")
     parser.add_argument("--instruct", help="with --speaker: how to speak (the -Instruct model's instruction)")

@@ -8,11 +8,13 @@ mel frames continuing the prompt's; HiFT vocodes them. Modes as upstream's infer
 ``zero_shot`` (prompt recording and its transcript), ``cross_lingual`` (the recording only: the
 LM sees no prompt, the flow still continues the recording's mel), ``sft`` (a speaker's
 stored x-vector, no recording) and ``instruct`` (sft with an instruction as the LM's prompt
-text, the LM without the x-vector; the -Instruct model's). Long text is cut at sentence ends into pieces of at most
+text, the LM without the x-vector; the -Instruct model's). CosyVoice 2 (variant cosyvoice2)
+runs the same way: its Qwen2 LM reads no x-vector, its causal flow decoder makes two mel
+frames a token at 24 kHz. Long text is cut at sentence ends into pieces of at most
 ``max_piece_tokens`` text ids (upstream splits paragraphs likewise; its text normalisation,
 numbers spelt out and the like, is not applied), each spoken and the audio joined.
 
-    voice = pipeline.CosyVoice.load("CosyVoice-300M/", "cosyvoice_300m")
+    voice = pipeline.CosyVoice.load("CosyVoice-300M/", "cosyvoice_300m")      # or cosyvoice2 (CosyVoice2-0.5B/)
     audio = voice.zero_shot("Hello there.", "the prompt's words", prompt_16k, prompt_22k, jax.random.key(0))
 """
 
@@ -35,24 +37,32 @@ class Variant:
     flow: str
     hift: str
     s3tokenizer: str
-    ranks: str  # the text tokenizer's .tiktoken file
+    text: str  # the text tokenizer: <ranks>.tiktoken, or the folder of Qwen2's tokenizer.json
+    n_fft: int = 1024  # the prompt mel's FFT and window (Matcha's features at the flow's rate)
 
 
 VARIANTS = {
     "cosyvoice_300m": Variant(
-        "llm_cosyvoice_300m", "flow_cosyvoice_300m", "hift_cosyvoice_300m", "speech_tokenizer_v1", "multilingual"
+        "llm_cosyvoice_300m",
+        "flow_cosyvoice_300m",
+        "hift_cosyvoice_300m",
+        "speech_tokenizer_v1",
+        "multilingual.tiktoken",
     ),
     "cosyvoice_300m_25hz": Variant(
         "llm_cosyvoice_300m_25hz",
         "flow_cosyvoice_300m_25hz",
         "hift_cosyvoice_300m",
         "speech_tokenizer_v1_25hz",
-        "multilingual_zh_ja_yue_char_del",
+        "multilingual_zh_ja_yue_char_del.tiktoken",
+    ),
+    "cosyvoice2": Variant(  # CosyVoice2-0.5B: 24 kHz
+        "llm_cosyvoice2", "flow_cosyvoice2", "hift_cosyvoice2", "speech_tokenizer_v2_25hz", "CosyVoice-BlankEN", 1920
     ),
 }
 # What a model directory holds: upstream's llm.pt, flow.pt and hift.pt; the S3 tokenizer as the
 # s3tokenizer package's state_dict (<name>.pt or .safetensors); 3D-Speaker's CAM++
-# (campplus_cn_common.bin); the text tokenizer's ranks (<ranks>.tiktoken).
+# (campplus_cn_common.bin); the text tokenizer (Variant.text).
 CAMPPLUS = "campplus_cn_common"
 SENTENCE = re.compile(r"[^.!?;。！？；]*(?:[.!?;。！？；]+|$)\s*")  # a sentence and the space after it
 
@@ -80,7 +90,7 @@ def split_text(tokenizer, sentence_text: str, max_piece_tokens: int) -> list[str
 
 @dataclasses.dataclass
 class CosyVoice:
-    lm: llm.TransformerLM
+    lm: llm.TransformerLM | llm.Qwen2LM
     lm_params: dict
     decoder: flow.Flow
     decoder_variables: dict
@@ -91,6 +101,7 @@ class CosyVoice:
     speaker: campplus.CAMPPlus
     speaker_variables: dict
     text_tokenizer: object
+    n_fft: int = 1024
     max_piece_tokens: int = 80
 
     @classmethod
@@ -103,11 +114,10 @@ class CosyVoice:
         vocoder, vocoder_variables = hift.load(_find(directory, "hift"), v.hift)
         tokenizer, tokenizer_variables = s3tokenizer.load(_find(directory, v.s3tokenizer), v.s3tokenizer)
         speaker, speaker_variables = campplus.load(_find(directory, CAMPPLUS, (".bin", ".safetensors")))
-        text_tokenizer = text.load(_find(directory, v.ranks, (".tiktoken",)))
-        if text_tokenizer.n_vocab > lm.config.text_token_size:
-            raise ValueError(
-                f"{v.ranks}.tiktoken has {text_tokenizer.n_vocab} text ids; {v.llm} reads {lm.config.text_token_size}"
-            )
+        text_tokenizer = text.load(os.path.join(directory, v.text))
+        size = lm.config.llm.vocab_size if isinstance(lm, llm.Qwen2LM) else lm.config.text_token_size
+        if text_tokenizer.n_vocab > size:
+            raise ValueError(f"{v.text} has {text_tokenizer.n_vocab} text ids; {v.llm} reads {size}")
         return cls(
             lm,
             lm_variables["params"],
@@ -120,6 +130,7 @@ class CosyVoice:
             speaker,
             speaker_variables,
             text_tokenizer,
+            v.n_fft,
         )
 
     @property
@@ -129,13 +140,19 @@ class CosyVoice:
 
     def prompt(self, wav_16k: np.ndarray, wav_out: np.ndarray):
         """(S3 tokens (1, N), mel (1, frames, 80), x-vector (1, 192)) of a prompt recording, given at 16 kHz
-        and at the output rate."""
+        and at the output rate. Where the flow makes token_mel_ratio frames of a token (CosyVoice
+        2), both are cut to whole tokens' worth, as upstream's frontend does."""
         audio, lengths = jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)])
         tokens, count = s3tokenizer.tokenize(self.tokenizer, self.tokenizer_variables, audio, lengths)
         xvector = campplus.embed(self.speaker, self.speaker_variables, audio, lengths)
         c = self.decoder.config
-        mel = hift.mel_spectrogram(jnp.asarray(wav_out[None], jnp.float32), c.sample_rate, 1024, c.hop_length, 1024)
-        return tokens[:, : int(count[0])], mel, xvector
+        wav = jnp.asarray(wav_out[None], jnp.float32)
+        mel = hift.mel_spectrogram(wav, c.sample_rate, self.n_fft, c.hop_length, self.n_fft)
+        tokens = tokens[:, : int(count[0])]
+        if c.token_mel_ratio:
+            n = min(mel.shape[1] // c.token_mel_ratio, tokens.shape[1])
+            tokens, mel = tokens[:, :n], mel[:, : n * c.token_mel_ratio]
+        return tokens, mel, xvector
 
     def _ids(self, sentence: str):
         ids = text.encode(self.text_tokenizer, sentence)
