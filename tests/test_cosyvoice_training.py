@@ -190,7 +190,24 @@ QWEN2_LM = {  # CosyVoice 2's LM, narrowed, reading text with the Qwen2 tokenize
     "llm": {"text_tokenizer": str(ROOT / "tests" / "data" / "cosyvoice_text" / "qwen2")},
 }
 QWEN2_LM["model"]["args"]["llm"].update(num_attention_heads=4, num_key_value_heads=2)
-VARIANTS = {"cosyvoice_flow_dit": {"model": {"args": DIT_FLOW}}, "cosyvoice_llm_qwen2": QWEN2_LM}
+CAUSAL_FLOW = {**TINY_FLOW, "token_mel_ratio": 2, "causal": True, "chunk_size": 2}  # CosyVoice 2's, at 16 kHz
+VARIANTS = {
+    "cosyvoice_flow_dit": {"model": {"args": DIT_FLOW}},
+    "cosyvoice_flow_causal": {"model": {"args": CAUSAL_FLOW}},
+    "cosyvoice_llm_qwen2": QWEN2_LM,
+}
+
+
+@pytest.mark.slow  # two runs: init, the step, eval and generation compiled
+def test_cosyvoice2_flow_trains_evaluates_and_resumes_exactly(cosyvoice_data, tmp_path):
+    """task: cosyvoice_flow with CosyVoice 2's causal flow: audio cut to two mel frames a token."""
+    from trainers.loop import train
+
+    data, _, _ = cosyvoice_data
+    cfg = task_config(data, "cosyvoice_flow", model={"args": CAUSAL_FLOW})
+    final = train(cfg, str(tmp_path / "run"))
+    assert 0 < final["eval/loss"] < 300 and 0 < final["eval/mel_distance"] < 20, final
+    assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
 
 
 @pytest.mark.slow  # two runs: init, the step, eval and generation compiled
@@ -207,11 +224,11 @@ def test_cosyvoice2_lm_trains_evaluates_and_resumes_exactly(cosyvoice_data, tmp_
 
 
 @pytest.mark.slow  # two steps compiled for each task
-@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_flow_dit", "cosyvoice_llm", "cosyvoice_llm_qwen2"])
+@pytest.mark.parametrize("task", ["cosyvoice_flow", *VARIANTS, "cosyvoice_llm"])
 def test_cosyvoice_step_on_eight_devices_equals_one(cosyvoice_data, task):
     data, _, _ = cosyvoice_data
     sections = VARIANTS.get(task, {})
-    task = task.removesuffix("_dit").removesuffix("_qwen2")
+    task = task.removesuffix("_dit").removesuffix("_causal").removesuffix("_qwen2")
 
     def batch(task):
         source = task.train_source()

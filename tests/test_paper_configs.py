@@ -345,6 +345,23 @@ def test_cosyvoice_llm_300m_compiles_fsdp_sharded(tmp_path):
 
 
 @pytest.mark.slow  # published-scale compiles
+def test_cosyvoice2_flow_compiles_fsdp_sharded(tmp_path):
+    """CosyVoice 2's flow decoder (112,549,360 parameters): 8 utterances of 10 s (250 tokens at
+    25 Hz, 500 mel frames at 24 kHz) over 4 x 2 devices, the streaming choice in the step."""
+    for split in ("train", "dev"):
+        _extracted(tmp_path / "tokens" / split, "units", np.zeros(250, np.int32), frame_rate=25, clusters=6561)
+        _extracted(tmp_path / "xvectors" / split, "features", np.zeros((1, 192), np.float16), frame_rate=0.0)
+    overrides = ["data.batch_size=8", "data.batch_seconds=0", "data.max_seconds=10", "data.num_workers=0"]
+    overrides += ["optimizer.grad_accum_steps=1", "mesh.data=4", "mesh.fsdp=2", "model.init_from="]
+    overrides += [f"data.tokens={tmp_path / 'tokens'}", f"data.xvectors={tmp_path / 'xvectors'}"]
+    trainer = Trainer(config_lib.load("configs/cosyvoice2_flow.yaml", overrides))
+    assert sum(p.size for p in jax.tree.leaves(trainer.abstract_state.params)) == 112_549_360
+    batch = trainer.task.example_batch(8)
+    assert batch["audio"].shape == (8, 240000) and batch["tokens"].shape == (8, 250)
+    _compile_train_step(trainer)
+
+
+@pytest.mark.slow  # published-scale compiles
 def test_cosyvoice2_llm_compiles_fsdp_sharded(tmp_path):
     """CosyVoice 2's LM (505,803,812 parameters, Qwen2-0.5B inside): 8 utterances of 10 s (250
     tokens at 25 Hz) and 200 text ids over 4 x 2 devices, the bistream packing in the step."""

@@ -55,8 +55,11 @@ class Utterance:
     def __init__(self, cfg, model: flow.FlowConfig, tokens, xvectors, seconds: float):
         self.tokens, self.xvectors, self.rate = tokens, xvectors, model.sample_rate
         self.on_bad_audio, self.resample = cfg.data.on_bad_audio, cfg.data.resample
-        self.samples = int(seconds * model.sample_rate) // model.hop_length * model.hop_length
         self.token_frames = math.ceil(seconds * model.input_frame_rate)
+        if model.token_mel_ratio:  # CosyVoice 2's: whole tokens' frames, token_mel_ratio of them a token
+            self.samples = model.mel_frames(self.token_frames) * model.hop_length
+        else:
+            self.samples = int(seconds * model.sample_rate) // model.hop_length * model.hop_length
         self.width = model.spk_embed_dim
 
     def __call__(self, record, rng):
@@ -151,7 +154,8 @@ class FlowTask(SplitSources):
     def eval_outputs(self, params, batch):
         inputs = self._inputs(batch)
         errors = self.model.apply({"params": params}, jax.random.key(0), *inputs, method=flow.Flow.errors)
-        return {"error": errors, "values": inputs[3] * self.config.output_size}
+        scored = self.model.apply({"params": params}, inputs[1], inputs[3], method=flow.Flow.scored_frames)
+        return {"error": errors, "values": scored * self.config.output_size}
 
     def eval_metrics(self, outputs):
         return {"loss": float(np.sum(outputs["error"])) / max(float(np.sum(outputs["values"])), 1.0)}
