@@ -226,6 +226,7 @@ def test_cosyvoice2_flow_equals_upstream(reference2):
         assert _rel(mel, r["mel"]) < 1e-4, case
 
 
+@pytest.mark.slow  # the loss and its gradients compiled
 def test_cosyvoice2_flow_trains_on_token_aligned_mels():
     """The training loss of the causal flow (half the batches streaming) and its gradients; a mel
     whose frames do not match the tokens' is an error naming both."""
