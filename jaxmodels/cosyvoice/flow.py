@@ -13,6 +13,11 @@ velocity through a U-Net of ResNet blocks (GroupNorm of 8 groups, Mish, the time
 added) and Transformer blocks, two resolutions and twelve mid blocks (scanned).
 flow_matching.py trains and samples it.
 
+CosyVoice 2's CausalMaskedDiffWithXvec (`flow_cosyvoice2`) replaces the encoder and the length
+regulator by the UpsampleConformerEncoder (25 Hz tokens to two 50 Hz frames each) and the
+estimator's blocks by causal ones (convolutions over past frames, LayerNorm); half its training
+batches attend within chunks (streaming).
+
 Module names are upstream's, dots as underscores; the encoder layers and the mid blocks are
 stacked along a leading "layers" axis.
 """
@@ -181,7 +186,7 @@ class Block1D(nn.Module):
 
 def _causal_conv(features, kernel, name, dtype):
     """CosyVoice 2's CausalConv1d: the frames padded on the left by kernel - 1."""
-    return _conv(features, kernel, name, padding=None, dtype=dtype, causal=True)
+    return _conv(features, kernel, name, dtype=dtype, causal=True)
 
 
 class ResnetBlock1D(nn.Module):
