@@ -40,13 +40,34 @@ def test_interpolate_is_torchs_linear():
     np.testing.assert_allclose(flow.interpolate(x, 2)[0, :, 0], [0.5, 2.5])  # no antialiasing
 
 
+def jitted(model, variables):
+    """apply(method, *args, **static): the method jitted (op by op, the U-Net takes several times
+    its compile time)."""
+    return lambda method, *args, **static: jax.jit(lambda *a: model.apply(variables, *a, **static, method=method))(
+        *args
+    )
+
+
+def assert_guided_inference_equals(model, variables, ref):
+    """The conditions and the guided Euler steps from the reference's noise give its mel, with a
+    prompt ("prompt/*") and without ("sft/*")."""
+    cfg, apply = model.config, jitted(model, variables)
+    for case in ("prompt", "sft"):
+        r = {k.split("/")[1]: ref[k] for k in ref if k.startswith(f"{case}/")}
+        mu, mask, spks, cond = apply(
+            flow.Flow.conditions, r["tokens"], r["prompt_tokens"], r["prompt_feat"], r["embedding"]
+        )
+        estimator = lambda *a: model.apply(variables, *a, method=lambda m, *b: m.estimator(*b))  # noqa: E731
+        mel = jax.jit(lambda z: fm.solve_euler(estimator, z, mask, mu, spks, cond, cfg.cfm))(r["z"])
+        mel = mel[:, r["prompt_feat"].shape[1] :]
+        assert mel.shape == r["mel"].shape == (1, cfg.mel_frames(r["tokens"].shape[1]), cfg.output_size)
+        assert _rel(mel, r["mel"]) < 1e-4, case
+
+
 def test_equals_upstream(reference):
     cfg, state_dict, ref = reference
     model, variables = flow.Flow(cfg), flow.from_torch(state_dict, cfg)
-    # Jitted: op by op, the U-Net takes several times its compile time.
-    apply = lambda method, *args, **static: jax.jit(  # noqa: E731
-        lambda *a: model.apply(variables, *a, **static, method=method)
-    )(*args)
+    apply = jitted(model, variables)
 
     h = apply(flow.Flow.encode, ref["train/tokens"], ref["train/token_len"])
     assert _rel(h, ref["train/h"]) < 1e-4  # padded rows too, which upstream leaves unzeroed
@@ -60,16 +81,7 @@ def test_equals_upstream(reference):
     assert _rel(v, e["v"]) < 1e-4
     assert not np.any(np.asarray(v)[1, 16:])  # padded frames are zero
 
-    for case in ("prompt", "sft"):
-        r = {k.split("/")[1]: ref[k] for k in ref if k.startswith(f"{case}/")}
-        mu, mask, spks, cond = apply(
-            flow.Flow.conditions, r["tokens"], r["prompt_tokens"], r["prompt_feat"], r["embedding"]
-        )
-        estimator = lambda *a: model.apply(variables, *a, method=lambda m, *b: m.estimator(*b))  # noqa: E731
-        mel = jax.jit(lambda z: fm.solve_euler(estimator, z, mask, mu, spks, cond, cfg.cfm))(r["z"])
-        mel = mel[:, r["prompt_feat"].shape[1] :]
-        assert mel.shape == r["mel"].shape == (1, cfg.mel_frames(r["tokens"].shape[1]), cfg.output_size)
-        assert _rel(mel, r["mel"]) < 1e-4, case
+    assert_guided_inference_equals(model, variables, ref)
 
 
 def tiny_flow(**fields) -> flow.FlowConfig:
@@ -195,35 +207,17 @@ def test_cosyvoice2_flow_equals_upstream(reference2):
     cfg, state_dict, ref = reference2
     model, variables = flow.Flow(cfg), flow.from_torch(state_dict, cfg)
     assert flow.param_count(cfg) == int(ref["count"])
-    apply = lambda method, *args, **static: jax.jit(  # noqa: E731
-        lambda *a: model.apply(variables, *a, **static, method=method)
-    )(*args)
+    apply = jitted(model, variables)
     for name, streaming in (("h", False), ("h_stream", True)):
         h = apply(flow.Flow.encode, ref["train/tokens"], ref["train/token_len"], streaming=streaming)
         for row, n in enumerate(ref["train/token_len"]):  # the valid frames (upstream leaves padding as it is)
             assert _rel(h[row, : 2 * n], ref[f"train/{name}"][row, : 2 * n]) < 1e-4, name
     e = {k.split("/")[1]: ref[k] for k in ref if k.startswith("estimator/")}
     for name, streaming in (("v", False), ("v_stream", True)):
-        v = apply(
-            lambda m, *a: m.estimator(*a, streaming=streaming),
-            e["x"],
-            e["mask"],
-            e["mu"],
-            e["t"],
-            e["spks"],
-            e["cond"],
-        )
+        inputs = [e[k] for k in ("x", "mask", "mu", "t", "spks", "cond")]
+        v = apply(lambda m, *a: m.estimator(*a, streaming=streaming), *inputs)
         assert _rel(v, e[name]) < 1e-4, name
-    for case in ("prompt", "sft"):
-        r = {k.split("/")[1]: ref[k] for k in ref if k.startswith(f"{case}/")}
-        mu, mask, spks, cond = apply(
-            flow.Flow.conditions, r["tokens"], r["prompt_tokens"], r["prompt_feat"], r["embedding"]
-        )
-        estimator = lambda *a: model.apply(variables, *a, method=lambda m, *b: m.estimator(*b))  # noqa: E731
-        mel = jax.jit(lambda z: fm.solve_euler(estimator, z, mask, mu, spks, cond, cfg.cfm))(r["z"])
-        mel = mel[:, r["prompt_feat"].shape[1] :]
-        assert mel.shape == r["mel"].shape == (1, cfg.mel_frames(r["tokens"].shape[1]), cfg.output_size)
-        assert _rel(mel, r["mel"]) < 1e-4, case
+    assert_guided_inference_equals(model, variables, ref)
 
 
 @pytest.mark.slow  # the loss and its gradients compiled
