@@ -24,14 +24,13 @@ The file holds the config (JSON, FlowConfig's fields), "shapes", and (arrays cha
 import json
 import os
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "helpers"))
-from make_flow_reference import _stand_ins  # noqa: E402
+from make_flow_reference import CFM_PARAMS, _stand_ins, channels_last  # noqa: E402
 from seeded_weights import seeded_state_dict  # noqa: E402
 
 _stand_ins()
@@ -91,17 +90,9 @@ def build(c):
         static_chunk_size=c["chunk_size"] * c["token_mel_ratio"],
         num_decoding_left_chunks=-1,
     )
-    cfm_params = SimpleNamespace(
-        sigma_min=1e-6,
-        solver="euler",
-        t_scheduler="cosine",
-        training_cfg_rate=0.2,
-        inference_cfg_rate=0.7,
-        reg_loss_type="l1",
-    )
     decoder = CausalConditionalCFM(
         in_channels=3 * c["output_size"],
-        cfm_params=cfm_params,
+        cfm_params=CFM_PARAMS,
         n_spks=1,
         spk_emb_dim=c["output_size"],
         estimator=estimator,
@@ -117,10 +108,6 @@ def build(c):
         encoder=encoder,
         decoder=decoder,
     ).eval()
-
-
-def last(x):
-    return x.transpose(1, 2).numpy()  # (B, C, T) -> (B, T, C)
 
 
 def main():
@@ -146,9 +133,9 @@ def main():
         spks, times = torch.randn(b, f), torch.tensor([0.3, 0.85])
         out.update(
             {
-                "estimator/x": last(x),
-                "estimator/mu": last(mu),
-                "estimator/cond": last(cond),
+                "estimator/x": channels_last(x),
+                "estimator/mu": channels_last(mu),
+                "estimator/cond": channels_last(cond),
                 "estimator/mask": frame_mask[:, 0].numpy(),
                 "estimator/spks": spks.numpy(),
                 "estimator/t": times.numpy(),
@@ -156,7 +143,7 @@ def main():
         )
         for name, streaming in (("v", False), ("v_stream", True)):
             v = model.decoder.estimator(x, frame_mask, mu, times, spks, cond, streaming=streaming)
-            out[f"estimator/{name}"] = last(v)
+            out[f"estimator/{name}"] = channels_last(v)
 
         vocab = c["vocab_size"]
         prompt = (torch.randint(0, vocab, (1, 7)), torch.randn(1, 14, f))
@@ -184,8 +171,8 @@ def main():
                     f"{name}/prompt_tokens": prompt_token.numpy(),
                     f"{name}/prompt_feat": prompt_feat.numpy(),
                     f"{name}/embedding": embedding.numpy(),
-                    f"{name}/z": last(model.decoder.rand_noise[:, :, :frames]),
-                    f"{name}/mel": last(mel),
+                    f"{name}/z": channels_last(model.decoder.rand_noise[:, :, :frames]),
+                    f"{name}/mel": channels_last(mel),
                 }
             )
     out["count"] = np.array(sum(p.numel() for p in model.parameters()))

@@ -73,6 +73,17 @@ CONFIG = dict(
 )
 
 
+# CosyVoice's cfm_params (its flow decoders' conf, 300M and 2 alike)
+CFM_PARAMS = SimpleNamespace(
+    sigma_min=1e-6,
+    solver="euler",
+    t_scheduler="cosine",
+    training_cfg_rate=0.2,
+    inference_cfg_rate=0.7,
+    reg_loss_type="l1",
+)
+
+
 def build(c):
     encoder = ConformerEncoder(
         input_size=c["input_size"],
@@ -98,17 +109,9 @@ def build(c):
         num_heads=c["num_heads"],
         act_fn="gelu",
     )
-    cfm_params = SimpleNamespace(
-        sigma_min=1e-6,
-        solver="euler",
-        t_scheduler="cosine",
-        training_cfg_rate=0.2,
-        inference_cfg_rate=0.7,
-        reg_loss_type="l1",
-    )
     decoder = ConditionalCFM(
         in_channels=3 * c["output_size"],
-        cfm_params=cfm_params,
+        cfm_params=CFM_PARAMS,
         n_spks=1,
         spk_emb_dim=c["output_size"],
         estimator=estimator,

@@ -63,11 +63,9 @@ def build(folder):
     return model.eval()
 
 
-def train(model, out):
-    text = torch.randint(0, QWEN["vocab_size"], (2, 6))
-    text_len = torch.tensor([6, 4], dtype=torch.int32)
-    speech = torch.randint(0, CONFIG["speech_token_size"], (2, 9))
-    speech_len = torch.tensor([7, 9], dtype=torch.int32)
+def packed(model, out, name, text, text_len, speech, speech_len):
+    """Upstream's prepare_lm_input_target of the rows, the LM and its decoder: the logits and the
+    targets under name/."""
     with torch.no_grad():
         text_emb = model.llm.model.model.embed_tokens(text)
         sos = model.llm_embedding.weight[model.sos].reshape(1, 1, -1)
@@ -81,19 +79,26 @@ def train(model, out):
         target, lm_input, lm_len = model.prepare_lm_input_target(
             sos, text, text_emb, text_len, task, speech, model.speech_embedding(speech), speech_len, *empty
         )
-        hidden, _ = model.llm(lm_input, lm_len)
-        logits = model.llm_decoder(hidden)
+        logits = model.llm_decoder(model.llm(lm_input, lm_len)[0])
     out.update(
         {
-            "train/text": text.numpy(),
-            "train/text_len": text_len.numpy(),
-            "train/speech": speech.numpy(),
-            "train/speech_len": speech_len.numpy(),
-            "train/logits": logits.numpy(),
-            "train/target": target.numpy(),
-            "train/length": lm_len.numpy(),
+            f"{name}/text": text.numpy(),
+            f"{name}/text_len": text_len.numpy(),
+            f"{name}/speech": speech.numpy(),
+            f"{name}/speech_len": speech_len.numpy(),
+            f"{name}/logits": logits.numpy(),
+            f"{name}/target": target.numpy(),
+            f"{name}/length": lm_len.numpy(),
         }
     )
+
+
+def train(model, out):
+    text = torch.randint(0, QWEN["vocab_size"], (2, 6))
+    text_len = torch.tensor([6, 4], dtype=torch.int32)
+    speech = torch.randint(0, CONFIG["speech_token_size"], (2, 9))
+    speech_len = torch.tensor([7, 9], dtype=torch.int32)
+    packed(model, out, "train", text, text_len, speech, speech_len)
 
 
 def train_bistream(model, out):
@@ -108,32 +113,9 @@ def train_bistream(model, out):
     draw = random.random
     random.random = lambda: 0.0
     try:
-        with torch.no_grad():
-            text_emb = model.llm.model.model.embed_tokens(text)
-            sos = model.llm_embedding.weight[model.sos].reshape(1, 1, -1)
-            task = model.llm_embedding.weight[model.task_id].reshape(1, 1, -1)
-            empty = (
-                torch.zeros(2, 0, dtype=torch.long),
-                torch.zeros(2, 0, QWEN["hidden_size"]),
-                torch.zeros(2, dtype=torch.int32),
-            )
-            target, lm_input, lm_len = model.prepare_lm_input_target(
-                sos, text, text_emb, text_len, task, speech, model.speech_embedding(speech), speech_len, *empty
-            )
-            logits = model.llm_decoder(model.llm(lm_input, lm_len)[0])
+        packed(model, out, "bistream", text, text_len, speech, speech_len)
     finally:
         random.random = draw
-    out.update(
-        {
-            "bistream/text": text.numpy(),
-            "bistream/text_len": text_len.numpy(),
-            "bistream/speech": speech.numpy(),
-            "bistream/speech_len": speech_len.numpy(),
-            "bistream/logits": logits.numpy(),
-            "bistream/target": target.numpy(),
-            "bistream/length": lm_len.numpy(),
-        }
-    )
 
 
 def attend_to_the_cache(encoder):
