@@ -46,10 +46,31 @@ def test_load_names_what_is_missing(tmp_path):
         pipeline.CosyVoice.load(str(tmp_path))
 
 
+def random_voice(key, lm, lm_params, flow_cfg, hift_cfg, s3_cfg, text_tokenizer, **fields) -> pipeline.CosyVoice:
+    """A CosyVoice of the LM and its params and randomly initialised flow decoder, HiFT, S3
+    tokenizer and narrowed CAM++ of these configurations."""
+    keys = iter(jax.random.split(key, 4))
+    decoder, vocoder, tokenizer = flow.Flow(flow_cfg), hift.HiFTGenerator(hift_cfg), s3tokenizer.S3Tokenizer(s3_cfg)
+    speaker = campplus.CAMPPlus(campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32))
+    return pipeline.CosyVoice(
+        lm,
+        lm_params,
+        decoder,
+        decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
+        vocoder,
+        vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
+        tokenizer,
+        tokenizer.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
+        speaker,
+        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
+        text_tokenizer,
+        **fields,
+    )
+
+
 def tiny_voice(ranks_path) -> pipeline.CosyVoice:
     """Random parts at tiny widths, the released models' interfaces: 64 speech tokens, 192-wide
     x-vectors, 80 mel bins at 22.05 kHz, 256 samples a frame."""
-    keys = iter(jax.random.split(jax.random.key(0), 8))
     tokenizer = text.load(str(ranks_path))
     lm_cfg = llm.LMConfig(
         text_token_size=tokenizer.n_vocab,
@@ -66,61 +87,31 @@ def tiny_voice(ranks_path) -> pipeline.CosyVoice:
         llm_blocks=1,
     )
     lm = llm.TransformerLM(lm_cfg)
+    lm_params = lm.init(jax.random.key(10), *llm.example_inputs(lm_cfg))["params"]
     flow_cfg = tiny_flow(vocab_size=64, output_size=80, spk_embed_dim=192)
-    decoder = flow.Flow(flow_cfg)
-    vocoder = hift.HiFTGenerator(hift.HiFTConfig(base_channels=16, f0_channels=16))
-    s3_cfg = s3tokenizer.S3Config(
-        n_audio_ctx=200, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_codebook_size=64
-    )
-    tokenizer_model = s3tokenizer.S3Tokenizer(s3_cfg)
-    speaker = campplus.CAMPPlus(campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32))
-    return pipeline.CosyVoice(
-        lm,
-        lm.init(next(keys), *llm.example_inputs(lm_cfg))["params"],
-        decoder,
-        decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
-        vocoder,
-        vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
-        tokenizer_model,
-        tokenizer_model.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
-        speaker,
-        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
-        tokenizer,
-    )
+    s3_cfg = s3tokenizer.S3Config(n_audio_ctx=200, n_audio_state=32, n_audio_head=2, n_audio_layer=1)
+    s3_cfg = dataclasses.replace(s3_cfg, n_codebook_size=64)
+    hift_cfg = hift.HiFTConfig(base_channels=16, f0_channels=16)
+    return random_voice(jax.random.key(0), lm, lm_params, flow_cfg, hift_cfg, s3_cfg, tokenizer)
 
 
 def tiny_voice2() -> pipeline.CosyVoice:
     """CosyVoice 2's parts at tiny widths: Qwen2's text ids (tests/data's tokenizer), the 6561 FSQ
     tokens of speech_tokenizer_v2 at 25 Hz, the causal flow's two mel frames a token at 24 kHz."""
-    keys = iter(jax.random.split(jax.random.key(1), 8))
     qwen = llm.qwen2.Qwen2Config(
         vocab_size=420, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4
     )
     lm_cfg = llm.Qwen2LMConfig(llm=dataclasses.replace(qwen, num_key_value_heads=2))
     lm = llm.Qwen2LM(lm_cfg)
+    text_ids, speech = jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 8), jnp.int32)
+    lm_params = lm.init(jax.random.key(11), text_ids, jnp.array([4]), speech, jnp.array([8]))["params"]
     flow_cfg = tiny_flow(vocab_size=6561, output_size=80, spk_embed_dim=192, input_frame_rate=25, sample_rate=24000)
     flow_cfg = dataclasses.replace(flow_cfg, hop_length=480, token_mel_ratio=2, causal=True, chunk_size=2)
-    decoder = flow.Flow(flow_cfg)
-    vocoder = hift.HiFTGenerator(hift.config("hift_cosyvoice2", base_channels=16, f0_channels=16))
+    hift_cfg = hift.config("hift_cosyvoice2", base_channels=16, f0_channels=16)
     s3_cfg = s3tokenizer.S3Config(version=2, conv1_stride=2, n_codebook_size=3**8, n_audio_state=32)
     s3_cfg = dataclasses.replace(s3_cfg, n_audio_head=2, n_audio_layer=1)
-    tokenizer_model = s3tokenizer.S3Tokenizer(s3_cfg)
-    speaker = campplus.CAMPPlus(campplus.CAMPPlusConfig(growth_rate=8, bn_size=2, init_channels=32))
-    text_ids, speech = jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 8), jnp.int32)
-    return pipeline.CosyVoice(
-        lm,
-        lm.init(next(keys), text_ids, jnp.array([4]), speech, jnp.array([8]))["params"],
-        decoder,
-        decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
-        vocoder,
-        vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
-        tokenizer_model,
-        tokenizer_model.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
-        speaker,
-        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
-        text.load(str(DATA / "cosyvoice_text" / "qwen2")),
-        n_fft=1920,
-    )
+    tokenizer = text.load(str(DATA / "cosyvoice_text" / "qwen2"))
+    return random_voice(jax.random.key(1), lm, lm_params, flow_cfg, hift_cfg, s3_cfg, tokenizer, n_fft=1920)
 
 
 @pytest.mark.slow  # the tiny parts compiled
