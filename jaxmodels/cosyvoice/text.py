@@ -78,14 +78,14 @@ def load(path: str, num_languages: int = 100):
     """The text tokenizer of a ``.tiktoken`` ranks file (base64 token, rank per line): a tiktoken
     encoding, with CosyVoice's special tokens when the file is its multilingual_zh_ja_yue_char_del
     ranks; or of Qwen2's tokenizer.json (the file or its folder): a Qwen2Text."""
-    import tiktoken
-
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"text tokenizer not found: {path}")
     if path.endswith(".json"):
         return Qwen2Text(path)
+    import tiktoken
+
     ranks = {}
     with open(path) as f:
         for number, line in enumerate(f, 1):
