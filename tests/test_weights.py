@@ -329,5 +329,28 @@ def test_transcribe_equals_funasr_from_audio_to_text(tmp_path, capsys):
     assert len(starts) >= 4 and starts[0] == 0, result["pieces"]  # at least three pieces of at most 1 s
     assert all(0 < b - a <= 1.0 for a, b in zip(starts, starts[1:])), result["pieces"]
     assert result["rich"] == " ".join(p["rich"] for p in result["pieces"])
+
+    # --vad: FSMN-VAD's segments (none over data.max_seconds) merged as FunASR's merge_vad;
+    # a recording with no speech in it gives no text
+    from helpers import fsmn_vad_release
+
+    from jaxmodels.asr import fsmn_vad
+    from trainers.data import speech
+
+    (tmp_path / "fsmn_vad").mkdir()
+    vad_dir = fsmn_vad_release.write(tmp_path / "fsmn_vad")
+    speech_and_silence = fsmn_vad_release.recordings()
+    names = ("vad.wav", "silent.wav")
+    for name, wav in zip(names, (speech_and_silence[0], speech_and_silence[3])):
+        with wave.open(str(tmp_path / name), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+            w.writeframes(np.round(wav * 32767).astype(np.int16).tobytes())
+    heard, silent = outputs("data.max_seconds=2.0", "--vad", vad_dir, "--audio", *(str(tmp_path / n) for n in names))
+    wav = speech.read_audio(str(tmp_path / "vad.wav"), 16000)
+    merged = fsmn_vad.merge_segments(fsmn_vad.load(vad_dir, max_single_segment_time=2000)(wav), 2000)
+    assert len(merged) >= 2 and [p["start"] for p in heard["pieces"]] == [a / 1000 for a, _ in merged]
+    assert silent["text"] == "" and "pieces" not in silent
+    with pytest.raises(SystemExit, match="--vad"):
+        outputs("--vad", str(tmp_path / "nowhere"), "--audio", files[0])
     with pytest.raises(SystemExit, match="unknown language 'xx'; valid: auto, zh, en"):
         transcribe(command + ["--language", "xx", "--audio", *files])

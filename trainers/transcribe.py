@@ -8,10 +8,11 @@ released weights and the files the config names (SenseVoice-Small: model.pt, its
 SentencePiece model as speech.bpe_model, am.mvn as speech.cmvn_file), and prints each
 file's text with the time span of every token, from a forced alignment of the decoded
 text. Audio longer than data.max_seconds is cut in its silences and the pieces recognised
-apart (their texts joined, their times offset). A model with SenseVoice's prompts also
-gives its rich output as FunASR's: greedy over every frame,
-"<|en|><|NEUTRAL|><|Speech|><|woitn|>three seven one", and the language, emotion and
-event in it:
+apart (their texts joined, their times offset); with --vad, FunASR's FSMN-VAD finds the
+speech and its segments are merged as FunASR's merge_vad (silence outside them is not
+read). A model with SenseVoice's prompts also gives its rich output as FunASR's: greedy
+over every frame, "<|en|><|NEUTRAL|><|Speech|><|woitn|>three seven one", and the
+language, emotion and event in it:
 
     a.wav   three seven one   [en NEUTRAL Speech]
       three  0.30-0.66 s
@@ -25,6 +26,8 @@ import sys
 
 from trainers.cli import command
 
+MIN_SAMPLES = 400  # one 25 ms frame: a shorter piece has nothing to recognise
+
 
 def _add_arguments(p):
     p.add_argument("--audio", nargs="+", required=True, help="audio files")
@@ -34,6 +37,36 @@ def _add_arguments(p):
     p.add_argument("--use_itn", action="store_true", help="SenseVoice: ask for punctuation and normalised text")
     p.add_argument("--ban_emo_unk", action="store_true", help="SenseVoice: never answer <|EMO_UNKNOWN|>")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
+    p.add_argument(
+        "--vad",
+        help="FunASR's fsmn-vad folder (model.pt, config.yaml, am.mvn): speech found by FSMN-VAD and merged into "
+        "pieces of 15 s (merge_vad) instead of the energy detector's",
+    )
+
+
+def _pieces(audio, max_seconds: float, vad_dir: str | None) -> list:
+    """(file index, first sample, samples) of the pieces recognised apart. Audio longer than
+    max_seconds is cut in its silences (jaxmodels.asr.segments), as FunASR with a VAD; with
+    vad_dir, FSMN-VAD's segments (none longer than max_seconds) merged as FunASR's merge_vad
+    into pieces of at most 15 s."""
+    import numpy as np
+
+    from jaxmodels.asr import fsmn_vad, segments
+    from trainers.data.speech import SAMPLE_RATE
+
+    def spans(wav):
+        return segments(wav, SAMPLE_RATE, max_seconds)
+
+    if vad_dir:
+        longest = int(max_seconds * 1000)
+        vad = fsmn_vad.load(vad_dir, max_single_segment_time=longest)
+        ms = SAMPLE_RATE // 1000
+
+        def spans(wav):  # noqa: F811
+            merged = fsmn_vad.merge_segments(vad(wav), min(15000, longest))
+            return [(a * ms, min(b * ms, len(wav))) for a, b in merged]
+
+    return [(i, a, np.asarray(wav[a:b])) for i, wav in enumerate(audio) for a, b in spans(wav) if b - a >= MIN_SAMPLES]
 
 
 @command
@@ -62,7 +95,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmodels.asr import parse_rich, rich_greedy, segments
+    from jaxmodels.asr import parse_rich, rich_greedy
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers.checkpoint import restore_or_load
     from trainers.data import speech
@@ -97,22 +130,23 @@ def main(argv=None):
         label_paddings = paddings_from_lengths(count, labels.shape[1])
         return labels, count, forced_align(logits, paddings, labels, label_paddings), rich
 
-    # Audio longer than data.max_seconds is cut in its silences (jaxmodels.asr.segments) and
-    # its pieces recognised apart, their texts joined with a space, as FunASR with a VAD.
-    pieces = [
-        (i, start, wav[start:end])
-        for i, wav in enumerate(audio)
-        for start, end in segments(wav, speech.SAMPLE_RATE, cfg.data.max_seconds)
-    ]
-    padded, lengths = speech.pad_waveforms([wav for _, _, wav in pieces])
-    batch = {"audio": padded, "audio_length": lengths}
-    if s.prompts:
-        try:
-            prompts = task.inference_prompts(args.language, args.use_itn)
-        except ValueError as e:
-            sys.exit(f"--language: {e}")
-        batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(pieces), 1))
-    labels, count, alignment, rich = jax.device_get(decode(params, batch))
+    try:
+        pieces = _pieces(audio, cfg.data.max_seconds, args.vad)
+    except (OSError, ValueError) as e:
+        sys.exit(f"--vad {args.vad}: {e}")
+
+    def recognise(pieces):
+        padded, lengths = speech.pad_waveforms([wav for _, _, wav in pieces])
+        batch = {"audio": padded, "audio_length": lengths}
+        if s.prompts:
+            try:
+                prompts = task.inference_prompts(args.language, args.use_itn)
+            except ValueError as e:
+                sys.exit(f"--language: {e}")
+            batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(pieces), 1))
+        return jax.device_get(decode(params, batch))
+
+    labels, count, alignment, rich = recognise(pieces) if pieces else (None,) * 4  # --vad may find no speech
     seconds_per_frame = task.frame_seconds
     results = [{"file": path, "pieces": []} for path in args.audio]
     for j, (i, start, _) in enumerate(pieces):
@@ -129,13 +163,13 @@ def main(argv=None):
                 for t, a, b in zip(ids, alignment.token_starts[j], alignment.token_ends[j])
             ],
         }
-        if rich is not None:
+        if s.prompts:
             piece["rich"] = task.tokenizer.decode(rich[0][j][rich[1][j] < 0.5])
         results[i]["pieces"].append(piece)
     for result in results:
         pieces = result.pop("pieces")
         result["text"] = " ".join(p["text"] for p in pieces if p["text"])
-        if rich is not None:  # the fields of the first piece that says them
+        if s.prompts:  # the fields of the first piece that says them
             result["rich"] = " ".join(p["rich"] for p in pieces)
             parsed = [parse_rich(p["rich"]) for p in pieces]
             for k in ("language", "emotion", "event", "textnorm"):
@@ -147,7 +181,7 @@ def main(argv=None):
         if args.json:
             print(json.dumps({**result, "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
         else:
-            tags = f"\t[{result['language']} {result['emotion']} {result['event']}]" if rich is not None else ""
+            tags = f"\t[{result['language']} {result['emotion']} {result['event']}]" if s.prompts else ""
             print(f"{result['file']}\t{result['text']}{tags}")
             for t, a, b in spans:
                 print(f"  {t}\t{a:.2f}-{b:.2f} s")
