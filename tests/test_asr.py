@@ -1,5 +1,6 @@
 """Speech front end, SenseVoice model, corpus and data errors, and the ctc task's pieces."""
 
+import itertools
 import json
 import math
 import sys
@@ -324,6 +325,24 @@ def test_rich_output_is_parsed_into_its_fields():
     # a tag the model did not emit is empty; one of a kind already seen ends the tags
     fields = asr.parse_rich("<|zh|><|Speech|><|Speech|> one")
     assert fields == dict(language="zh", emotion="", event="Speech", textnorm="", text="<|Speech|> one")
+
+
+def test_ctc_viterbi_is_the_forced_alignment():
+    # FunASR's timestamps' numpy Viterbi and the batched forced_align find the same best path
+    # (random log-probabilities: no ties), with repeats that need a blank between them.
+    from jaxmodels.ctc import forced_align, paddings_from_lengths
+
+    rng = np.random.default_rng(0)
+    log_probs = np.log(rng.dirichlet(np.ones(7), size=30)).astype(np.float32)
+    targets = np.array([3, 3, 5, 1, 6])
+    path = asr.ctc_viterbi(log_probs, targets)
+    expected = forced_align(log_probs[None], np.zeros((1, 30)), targets[None], paddings_from_lengths(np.array([5]), 5))
+    np.testing.assert_array_equal(path, np.asarray(expected.frame_labels[0]))
+    assert [k for k, _ in itertools.groupby(path) if k] == list(targets)
+    # frames whose blank counts as certain take blank wherever the path allows it
+    sure = np.zeros(30, bool)
+    sure[10:20] = True
+    assert (asr.ctc_viterbi(log_probs, targets, blank_frames=sure)[10:20] == 0).sum() >= 5
 
 
 def test_bad_training_audio_is_an_error_or_skipped_and_counted(tmp_path):

@@ -95,7 +95,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmodels.asr import parse_rich, rich_greedy
+    from jaxmodels.asr import funasr_timestamps, parse_rich, rich_greedy
     from jaxmodels.ctc import beam_search, forced_align, greedy_decode, paddings_from_lengths
     from trainers.checkpoint import restore_or_load
     from trainers.data import speech
@@ -113,11 +113,14 @@ def main(argv=None):
     params = state.inference_params
     s = cfg.speech
     banned = task.tokenizer.index.get("<|EMO_UNKNOWN|>") if args.ban_emo_unk else None
+    # SenseVoice with its SentencePiece model: the words' times as FunASR's output_timestamp.
+    word_times = s.prompts and task.tokenizer.unit == "sentencepiece"
 
     @jax.jit
     def decode(params, batch):
         logits, lengths = task.forward(params, batch, None, train=False)
         rich = rich_greedy(logits, lengths, banned) if s.prompts else None
+        log_probs = jax.nn.log_softmax(logits) if word_times else None  # left on the device
         _, logits, paddings = task.split_outputs(logits, lengths)
         if args.decoder == "beam":
             best = beam_search(
@@ -128,7 +131,7 @@ def main(argv=None):
             labels, label_paddings = greedy_decode(logits, paddings)
             count = jnp.sum(label_paddings < 0.5, axis=1)
         label_paddings = paddings_from_lengths(count, labels.shape[1])
-        return labels, count, forced_align(logits, paddings, labels, label_paddings), rich
+        return labels, count, forced_align(logits, paddings, labels, label_paddings), rich, log_probs, lengths
 
     try:
         pieces = _pieces(audio, cfg.data.max_seconds, args.vad)
@@ -144,9 +147,12 @@ def main(argv=None):
             except ValueError as e:
                 sys.exit(f"--language: {e}")
             batch["prompts"] = np.tile(np.array([prompts], np.int32), (len(pieces), 1))
-        return jax.device_get(decode(params, batch))
+        *outputs, log_probs, lengths = decode(params, batch)
+        return (*jax.device_get(outputs), log_probs, np.asarray(lengths))
 
-    labels, count, alignment, rich = recognise(pieces) if pieces else (None,) * 4  # --vad may find no speech
+    labels, count, alignment, rich, log_probs, lengths = (
+        recognise(pieces) if pieces else (None,) * 6
+    )  # --vad may find no speech
     seconds_per_frame = task.frame_seconds
     results = [{"file": path, "pieces": []} for path in args.audio]
     for j, (i, start, _) in enumerate(pieces):
@@ -165,6 +171,10 @@ def main(argv=None):
         }
         if s.prompts:
             piece["rich"] = task.tokenizer.decode(rich[0][j][rich[1][j] < 0.5])
+        if word_times:
+            times, words = funasr_timestamps(log_probs[j, : lengths[j]], piece["rich"], task.tokenizer.processor)
+            ms = round(1000 * offset)
+            piece.update(timestamp=[[ms + a, ms + b] for a, b in times], words=words)
         results[i]["pieces"].append(piece)
     for result in results:
         pieces = result.pop("pieces")
@@ -176,13 +186,18 @@ def main(argv=None):
                 result[k] = next((f[k] for f in parsed if f[k]), "")
         result["weights" if args.weights else "step"] = args.weights or int(step)
         spans = [span for p in pieces for span in p["tokens"]]
+        if word_times:
+            result["timestamp"] = [t for p in pieces for t in p["timestamp"]]
+            result["words"] = [w for p in pieces for w in p["words"]]
         if len(pieces) > 1:
-            result["pieces"] = [{k: v for k, v in p.items() if k != "tokens"} for p in pieces]
+            result["pieces"] = [{k: v for k, v in p.items() if k in ("start", "text", "rich")} for p in pieces]
         if args.json:
             print(json.dumps({**result, "tokens": [{"token": t, "start": a, "end": b} for t, a, b in spans]}))
         else:
             tags = f"\t[{result['language']} {result['emotion']} {result['event']}]" if s.prompts else ""
             print(f"{result['file']}\t{result['text']}{tags}")
+            if word_times:
+                spans = [(w, a / 1000, b / 1000) for w, (a, b) in zip(result["words"], result["timestamp"])]
             for t, a, b in spans:
                 print(f"  {t}\t{a:.2f}-{b:.2f} s")
     sys.stdout.flush()

@@ -22,7 +22,7 @@ from jaxmodels.asr.model import (
     SenseVoiceSmall,
     sinusoidal_positions,
 )
-from jaxmodels.asr.rich import parse_rich, rich_greedy
+from jaxmodels.asr.rich import ctc_viterbi, funasr_timestamps, parse_rich, rich_greedy
 from jaxmodels.asr.segment import segments
 from jaxmodels.nn import variants
 
@@ -88,6 +88,8 @@ __all__ = [
     "mel_banks",
     "param_count",
     "sinusoidal_positions",
+    "ctc_viterbi",
+    "funasr_timestamps",
     "parse_rich",
     "read_am_mvn",
     "rich_greedy",
