@@ -2,6 +2,7 @@
 models whose parts fit one another; each part equals upstream's in its own test."""
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_load_names_what_is_missing(tmp_path):
         pipeline.CosyVoice.load(str(tmp_path))
 
 
-def random_voice(key, lm, lm_params, flow_cfg, hift_cfg, s3_cfg, text_tokenizer, **fields) -> pipeline.CosyVoice:
+def random_voice(key, lm, lm_params, flow_cfg, hift_cfg, s3_cfg, text_tokenizer, n_fft=1024) -> pipeline.CosyVoice:
     """A CosyVoice of the LM and its params and randomly initialised flow decoder, HiFT, S3
     tokenizer and narrowed CAM++ of these configurations."""
     keys = iter(jax.random.split(key, 4))
@@ -59,12 +60,12 @@ def random_voice(key, lm, lm_params, flow_cfg, hift_cfg, s3_cfg, text_tokenizer,
         decoder.init(next(keys), *flow.example_inputs(flow_cfg)),
         vocoder,
         vocoder.init(next(keys), jnp.zeros((1, 2, 80)), jax.random.key(1)),
-        tokenizer,
-        tokenizer.init(next(keys), *s3tokenizer.example_inputs(s3_cfg)),
-        speaker,
-        speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20])),
+        functools.partial(
+            s3tokenizer.tokenize, tokenizer, tokenizer.init(next(keys), *s3tokenizer.example_inputs(s3_cfg))
+        ),
+        functools.partial(campplus.embed, speaker, speaker.init(next(keys), jnp.zeros((1, 20, 80)), jnp.array([20]))),
+        pipeline.released_mel(flow_cfg, n_fft),
         text_tokenizer,
-        **fields,
     )
 
 

@@ -58,6 +58,13 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     return Mesh(np.array(devices).reshape(sizes), MESH_AXES)
 
 
+def first_device():
+    """A context with the mesh of this process's first device alone: where helper models (a
+    recogniser, a speaker embedder, the CosyVoice chain) hold their params and run, also
+    inside a trainer's mesh."""
+    return jax.set_mesh(make_mesh(devices=jax.local_devices()[:1]))
+
+
 def mesh_spec(logical_spec, shape, mesh: Mesh) -> P:
     """Logical PartitionSpec -> mesh PartitionSpec, replicating any dim the mesh axes do not divide."""
     mapped = nn.logical_to_mesh_axes(tuple(logical_spec) if logical_spec is not None else (), LOGICAL_RULES)

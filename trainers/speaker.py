@@ -15,7 +15,7 @@ import numpy as np
 import optax
 
 from jaxmodels.asr import fbank
-from trainers import files
+from trainers import files, sharding
 from trainers.cli import InputError, command
 from trainers.data import speech
 
@@ -66,7 +66,8 @@ class SpeakerEmbedder:
         self.apply = jax.jit(lambda p, f, v: self.model.apply({"params": p}, f, v))
 
     def __call__(self, waveforms):
-        e = np.asarray(self.apply(self.params, *_features(waveforms))[0])
+        with sharding.first_device():
+            e = np.asarray(self.apply(self.params, *_features(waveforms))[0])
         return e / np.linalg.norm(e, axis=-1, keepdims=True)
 
     def embed(self, params, audio, lengths):
@@ -100,8 +101,8 @@ class SpeakerEmbedder:
             *parents, leaf = key.split("/")
             for name in parents:
                 node = node.setdefault(name, {})
-            node[leaf] = jnp.asarray(value)
-        return cls(params, num_speakers)
+            node[leaf] = value
+        return cls(jax.device_put(params, jax.local_devices()[0]), num_speakers)
 
 
 def train_speaker_embedder(waveforms, speakers, steps: int, seed: int = 0, batch_size: int = 64):

@@ -17,6 +17,11 @@ speech_tokenizer_v1.pt, 3D-Speaker's campplus_cn_common.bin and the text tokeniz
 cross-lingual without it (the LM sees no prompt), sft with a stored speaker's x-vector
 (spk2info.pt of the -SFT model), instruct with it and an instruction (the -Instruct model).
 The output is at the vocoder's rate (22.05 kHz; CosyVoice 2: 24 kHz).
+
+With a cosyvoice_llm run (CONFIG.yaml --workdir DIR), the chain its config names speaks:
+the run's LM, the S3 tokenizer, flow decoder and HiFT runs and the speaker embedder of
+llm.s3tokenizer_run, flow_run, hift_run and speaker (configs/cosyvoice_speech.yaml):
+zero-shot with --prompt-text, cross-lingual without.
 """
 
 import argparse
@@ -75,6 +80,33 @@ def cosyvoice(argv):
     print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode})")
 
 
+def trained_cosyvoice(args, cfg):
+    """A cosyvoice_llm run speaks through the chain its config names (llm.s3tokenizer_run,
+    flow_run, hift_run, speaker): zero-shot with --prompt-text, cross-lingual without."""
+    import jax
+
+    from trainers.checkpoint import restore_run
+    from trainers.config import ConfigError
+    from trainers.data import speech
+    from trainers.loop import Trainer
+
+    trainer = Trainer(cfg)
+    step, state = restore_run(trainer, args.workdir, args.checkpoint)
+    try:
+        voice = trainer.task.voice(state.inference_params)
+    except ConfigError as e:
+        raise InputError(f"{args.config}: {e}") from None
+    wav_16k = speech.read_audio(args.prompt, speech.SAMPLE_RATE, resample=True)
+    wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
+    rng = jax.random.key(args.seed)
+    if args.prompt_text is None:
+        audio, mode = voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
+    else:
+        audio, mode = voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"
+    speech.write_wav(args.out, audio, voice.sample_rate)
+    print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode}, checkpoint {step})")
+
+
 def _stored_xvector(path, name):
     """A speaker's x-vector from upstream's spk2info.pt ({speaker: {"embedding": (1, 192), ...}})."""
     if not path:
@@ -99,8 +131,11 @@ def main(argv=None):
     from trainers.config import parse_command_line
 
     args, cfg = parse_command_line("python -m trainers.tts", __doc__, argv, _add_arguments)
+    if cfg.task == "cosyvoice_llm":
+        launch.initialize()
+        return trained_cosyvoice(args, cfg)
     if cfg.task != "tts" or cfg.tts.condition != "text":
-        sys.exit(f"{args.config}: speech synthesis needs a tts config conditioned on text")
+        sys.exit(f"{args.config}: speech synthesis needs a tts config conditioned on text, or a cosyvoice_llm one")
     launch.initialize()
     import jax
 

@@ -19,8 +19,10 @@ numbers spelt out and the like, is not applied), each spoken and the audio joine
 """
 
 import dataclasses
+import functools
 import os
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,18 +92,23 @@ def split_text(tokenizer, sentence_text: str, max_piece_tokens: int) -> list[str
 
 @dataclasses.dataclass
 class CosyVoice:
+    """The parts. ``tokenize`` and ``embed`` take 16 kHz audio (B, T) and lengths (B,): the S3
+    tokens and their counts (released: s3tokenizer.tokenize; or a recogniser trained with the
+    quantizer inside), and the x-vectors (released: campplus.embed; or any speaker embedder
+    the LM and flow were trained with). ``mel``: audio (B, T) at the output rate -> the flow's
+    mel frames (B, frames, C), the features it was trained on. ``text_tokenizer`` as
+    jaxmodels.cosyvoice.text loads."""
+
     lm: llm.TransformerLM | llm.Qwen2LM
     lm_params: dict
     decoder: flow.Flow
     decoder_variables: dict
     vocoder: hift.HiFTGenerator
     vocoder_variables: dict
-    tokenizer: s3tokenizer.S3Tokenizer
-    tokenizer_variables: dict
-    speaker: campplus.CAMPPlus
-    speaker_variables: dict
+    tokenize: Callable
+    embed: Callable
+    mel: Callable
     text_tokenizer: object
-    n_fft: int = 1024
     max_piece_tokens: int = 80
 
     @classmethod
@@ -125,12 +132,10 @@ class CosyVoice:
             decoder_variables,
             vocoder,
             vocoder_variables,
-            tokenizer,
-            tokenizer_variables,
-            speaker,
-            speaker_variables,
+            functools.partial(s3tokenizer.tokenize, tokenizer, tokenizer_variables),
+            functools.partial(campplus.embed, speaker, speaker_variables),
+            released_mel(decoder.config, v.n_fft),
             text_tokenizer,
-            v.n_fft,
         )
 
     @property
@@ -143,11 +148,10 @@ class CosyVoice:
         and at the output rate. Where the flow makes token_mel_ratio frames of a token (CosyVoice
         2), both are cut to whole tokens' worth, as upstream's frontend does."""
         audio, lengths = jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)])
-        tokens, count = s3tokenizer.tokenize(self.tokenizer, self.tokenizer_variables, audio, lengths)
-        xvector = campplus.embed(self.speaker, self.speaker_variables, audio, lengths)
+        tokens, count = self.tokenize(audio, lengths)
+        xvector = self.embed(audio, lengths)
         c = self.decoder.config
-        wav = jnp.asarray(wav_out[None], jnp.float32)
-        mel = hift.mel_spectrogram(wav, c.sample_rate, self.n_fft, c.hop_length, self.n_fft)
+        mel = self.mel(jnp.asarray(wav_out[None], jnp.float32))
         tokens = tokens[:, : int(count[0])]
         if c.token_mel_ratio:
             n = min(mel.shape[1] // c.token_mel_ratio, tokens.shape[1])
@@ -218,6 +222,13 @@ class CosyVoice:
 
     def _no_flow_prompt(self):
         return jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0, self.decoder.config.output_size))
+
+
+def released_mel(flow_config: flow.FlowConfig, n_fft: int):
+    """The released models' prompt features: Matcha's mel at the flow's rate, window n_fft."""
+    return functools.partial(
+        hift.mel_spectrogram, sample_rate=flow_config.sample_rate, n_fft=n_fft, hop=flow_config.hop_length, win=n_fft
+    )
 
 
 def _no_prompt():

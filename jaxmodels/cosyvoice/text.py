@@ -55,6 +55,19 @@ COSYVOICE2_SPECIALS = (
 ).split()
 
 
+class Utf8Bytes:
+    """Text as its UTF-8 bytes, ids 0-255 (LMs trained here on a corpus of their own), used as
+    a tiktoken encoding is: encode, decode, n_vocab."""
+
+    n_vocab = 256
+
+    def encode(self, sentence: str, allowed_special="all") -> list[int]:
+        return list(sentence.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(list(ids)).decode("utf-8", errors="replace")
+
+
 class Qwen2Text:
     """Qwen2's byte-level BPE (a tokenizer.json) with CosyVoice 2's special tokens added as
     transformers adds them (new ones after the vocabulary, in order), as a tiktoken encoding
@@ -77,7 +90,9 @@ class Qwen2Text:
 def load(path: str, num_languages: int = 100):
     """The text tokenizer of a ``.tiktoken`` ranks file (base64 token, rank per line): a tiktoken
     encoding, with CosyVoice's special tokens when the file is its multilingual_zh_ja_yue_char_del
-    ranks; or of Qwen2's tokenizer.json (the file or its folder): a Qwen2Text."""
+    ranks; or of Qwen2's tokenizer.json (the file or its folder): a Qwen2Text; "bytes": UTF-8 bytes."""
+    if path == "bytes":
+        return Utf8Bytes()
     if os.path.isdir(path):
         path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):

@@ -218,6 +218,21 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         files.write_text(os.path.join(path, f"{split}.jsonl"), "\n".join(lines) + "\n")
 
 
+def prompt_pairs(records) -> list:
+    """(prompt record, target record) pairs of a split's records for zero-shot TTS: a record's
+    own prompt_source when it has one (the built-in corpus's tts_test), else another utterance
+    of its speaker."""
+    if "prompt_source" in records[0]:
+        return [
+            ({"source": r["prompt_source"], "target": r["prompt_target"], "speaker": r.get("speaker")}, r)
+            for r in records
+        ]
+    by_speaker = {}
+    for r in records:
+        by_speaker.setdefault(r.get("speaker"), []).append(r)
+    return [(group[i], group[i + 1]) for group in by_speaker.values() for i in range(0, len(group) - 1, 2)]
+
+
 def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
     """<path>/tts_test.jsonl: held-out voices each saying two corpus sentences, a prompt and a
     target, with one pitch and rate (one speaker), for zero-shot TTS evaluation. The
@@ -299,11 +314,18 @@ def read_audio(path: str, sample_rate: int = SAMPLE_RATE, resample: bool = False
             raise InputError(
                 f"{path}: sample rate {rate} Hz, expected {sample_rate} Hz (set data.resample: true to resample)"
             )
-        from scipy.signal import resample_poly
-
-        g = np.gcd(rate, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, rate // g, axis=0).astype(np.float32)
+        audio = resampled(audio, rate, sample_rate)
     return audio.mean(axis=1) if mono else audio
+
+
+def resampled(audio: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """Audio (time, ...) at ``rate`` Hz resampled to ``sample_rate`` Hz (polyphase, float32)."""
+    if rate == sample_rate:
+        return np.asarray(audio, np.float32)
+    from scipy.signal import resample_poly
+
+    g = np.gcd(rate, sample_rate)
+    return resample_poly(audio, sample_rate // g, rate // g, axis=0).astype(np.float32)
 
 
 def pad_waveforms(waveforms, length: int | None = None):

@@ -1,6 +1,7 @@
 """What CosyVoice's LM and flow tasks share: a speech corpus with the S3 tokens and x-vectors that
 trainers.extract wrote of it, looked up per utterance."""
 
+import functools
 from dataclasses import dataclass
 
 from trainers.config import ConfigError
@@ -44,3 +45,39 @@ def xvector(xvectors, key: str, width: int):
     if value.shape != (width,):
         raise ConfigError(f"data.xvectors: {value.shape[0]}-wide x-vectors; the model's spk_embed_dim is {width}")
     return value
+
+
+def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, speaker: str):
+    """A jaxmodels.cosyvoice.pipeline.CosyVoice of parts trained here, without the LM's params
+    (lm_params None: the caller's): the LM of a cosyvoice_llm task, the S3 tokenizer of a ctc
+    run trained with the quantizer inside, a cosyvoice_flow run, a hift run and the speaker
+    embedder the x-vectors were extracted with (python -m trainers.speaker). The prompt's mel
+    is the flow's own features."""
+    from jaxmodels.cosyvoice import pipeline
+    from trainers.runs import load_run
+    from trainers.speaker import SpeakerEmbedder
+    from trainers.tasks.ctc import Recognizer
+
+    recogniser = Recognizer(s3tokenizer)
+    if not recogniser.task.quantizer:
+        raise ConfigError(
+            f"{s3tokenizer}: the recogniser has no S3 quantizer (model.args.encoder_conf.quantizer_layer)"
+        )
+    flow, flow_params = load_run(flow_run, "cosyvoice_flow", "flow decoder")
+    vocoder, vocoder_params = load_run(hift_run, "hift", "vocoder")
+    embedder = SpeakerEmbedder.load(speaker)
+    rates = {"flow": flow.task.config.sample_rate, "hift": vocoder.task.config.sample_rate}
+    if rates["flow"] != rates["hift"]:
+        raise ConfigError(f"the flow decoder makes mel at {rates['flow']} Hz, the vocoder reads {rates['hift']} Hz")
+    return pipeline.CosyVoice(
+        lm_task.model,
+        None,
+        flow.task.model,
+        {"params": flow_params},
+        vocoder.task.model,
+        {"params": vocoder_params["generator"]},
+        recogniser.s3_tokens,
+        functools.partial(embedder.embed, embedder.params),
+        flow.task.mel,
+        lm_task.text_ids.tokenizer,
+    )

@@ -1,12 +1,14 @@
-"""What the tasks that generate waveforms (codec, hift) share: fixed-length crops of a speech
-corpus's audio, the mean of per-example losses over the batch's real rows, and the eval
-utterances a person listens to."""
+"""What the tasks that generate waveforms (codec, hift, the TTS LMs) share: fixed-length crops
+of a speech corpus's audio, the mean of per-example losses over the batch's real rows, and the
+eval utterances and spoken pairs a person listens to."""
 
+import json
 import os
 
 import jax.numpy as jnp
 import numpy as np
 
+from trainers import files
 from trainers.data import speech
 
 
@@ -72,3 +74,26 @@ def write_examples(workdir, outputs, names, sample_rate: int, spectrogram, step)
             rows.append((f"utterance {i}, {name}", np.asarray(spectrogram(wav))))
     spectrograms_png(os.path.join(workdir, "spectrograms.png"), rows, title=f"step {step}")
     print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'spectrograms.png')}")
+
+
+def write_spoken(workdir, outputs, step):
+    """Zero-shot TTS pairs spoken at eval (outputs tts_text and the 16 kHz tts_prompt,
+    tts_reference, tts_generated): the first eight as tts/<i>_<name>.wav, their log-mel
+    spectrograms in tts_spectrograms.png, the sentences in tts/texts.json."""
+    from jaxmodels.codec import losses
+    from trainers.pictures import spectrograms_png
+
+    if "tts_generated" not in outputs:
+        return
+    folder = os.path.join(workdir, "tts")
+    os.makedirs(folder, exist_ok=True)
+    rows = []
+    for i, text in enumerate(outputs["tts_text"][:8]):
+        for name in ("prompt", "reference", "generated"):
+            wav = np.asarray(outputs[f"tts_{name}"][i], np.float32)
+            speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1))
+            log_mel = losses.mel_spectrogram(jnp.asarray(wav)[None, :, None], speech.SAMPLE_RATE, 512, 160, 400, 64)
+            rows.append((f"{i} {name}" + (f": {text}" if name != "prompt" else ""), np.asarray(log_mel[0, 0])))
+    files.write_text(os.path.join(folder, "texts.json"), json.dumps(outputs["tts_text"], indent=1))
+    spectrograms_png(os.path.join(workdir, "tts_spectrograms.png"), rows, title=f"step {step}")
+    print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'tts_spectrograms.png')}")

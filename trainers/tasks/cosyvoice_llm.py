@@ -18,6 +18,7 @@ count to the real one (`eval/length_ratio`) and their edit distance to the real 
 real count (`eval/token_error_rate`).
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ from trainers import sharding
 from trainers.config import ConfigError
 from trainers.data import speech
 from trainers.evaluators.text import edit_distance
-from trainers.tasks import SplitSources, _cosyvoice
+from trainers.progress import progress
+from trainers.tasks import SplitSources, _cosyvoice, _waveform
 
 
 @dataclass
@@ -42,6 +44,14 @@ class LLMTaskConfig:
     text_tokenizer: str = "bytes"
     max_text_tokens: int = 200  # upstream's token_max_length filter
     eval_examples: int = 4
+    # The rest of the chain, runs trained here: with them eval also speaks the first
+    # speak_pairs (prompt, target) pairs of the eval split zero-shot (speech.prompt_pairs),
+    # for evals such as speech_wer and speaker_similarity, and python -m trainers.tts speaks.
+    s3tokenizer_run: str = ""  # a ctc run with the S3 quantizer inside (configs/cosyvoice_s3_speech.yaml)
+    flow_run: str = ""  # a cosyvoice_flow run
+    hift_run: str = ""  # a hift run
+    speaker: str = ""  # the speaker embedder data.xvectors was extracted with (python -m trainers.speaker)
+    speak_pairs: int = 50
 
 
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
@@ -51,17 +61,14 @@ class TextIds:
     """Text -> ids, and how many ids there are. Pickled as its spec (grain's workers load it again)."""
 
     def __init__(self, spec: str):
-        self.spec, self.tokenizer, self.size = spec, None, 256
-        if spec != "bytes":
-            try:
-                self.tokenizer = text.load(spec)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"llm.text_tokenizer: {e}") from None
-            self.size = self.tokenizer.n_vocab
+        self.spec = spec
+        try:
+            self.tokenizer = text.load(spec)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"llm.text_tokenizer: {e}") from None
+        self.size = self.tokenizer.n_vocab
 
     def encode(self, transcript: str) -> list[int]:
-        if self.tokenizer is None:
-            return list(transcript.encode("utf-8"))
         return text.encode(self.tokenizer, transcript)
 
     def __reduce__(self):
@@ -114,7 +121,7 @@ class LLMTask(SplitSources):
             if self.qwen2
             else (self.config.text_token_size, "text_token_size")
         )
-        text_ids = TextIds(cfg.llm.text_tokenizer)
+        self.text_ids = text_ids = TextIds(cfg.llm.text_tokenizer)
         if text_size < text_ids.size:
             raise ConfigError(
                 f"model.args.{size_key}: {text_size}, fewer than the {text_ids.size} ids "
@@ -129,6 +136,10 @@ class LLMTask(SplitSources):
             size = math.ceil(d.max_seconds * tokens.frame_rate)
             transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width))
         self.train_transform, self.eval_transform = transforms
+        chain = [cfg.llm.s3tokenizer_run, cfg.llm.flow_run, cfg.llm.hift_run, cfg.llm.speaker]
+        if any(chain) and not all(chain):
+            raise ConfigError("llm.s3tokenizer_run, llm.flow_run, llm.hift_run and llm.speaker: give all or none")
+        self._voice = None
 
     def make_source(self, split):
         return speech.SpeechSource(self.cfg, split)
@@ -223,10 +234,40 @@ class LLMTask(SplitSources):
             "token_error_rate": float(sum(edit_distance(list(r), list(g)) for r, g in zip(real, generated)))
             / max(sum(len(r) for r in real), 1),
         }
-        return metrics, {}
+        return metrics, self.speak(params) if self.cfg.llm.flow_run else {}
+
+    def voice(self, params):
+        """The chain (jaxmodels.cosyvoice.pipeline.CosyVoice) of these LM params and the runs
+        llm.s3tokenizer_run, flow_run, hift_run and speaker name (loaded once)."""
+        c = self.cfg.llm
+        if not c.flow_run:
+            raise ConfigError("speaking needs llm.s3tokenizer_run, llm.flow_run, llm.hift_run and llm.speaker")
+        if self._voice is None:
+            self._voice = _cosyvoice.voice_from_runs(self, c.s3tokenizer_run, c.flow_run, c.hift_run, c.speaker)
+        return dataclasses.replace(self._voice, lm_params=sharding.host_copy(params))
+
+    def speak(self, params):
+        """The eval split's first llm.speak_pairs targets spoken zero-shot in their prompts' voices
+        (16 kHz): the outputs speech_wer and speaker_similarity read, as task tts gives them. The
+        chain runs one utterance at a time on this process's first device, where its helpers sit."""
+        pairs = speech.prompt_pairs(self.eval_source().records)[: self.cfg.llm.speak_pairs]
+        read = lambda record, rate: speech.read_audio(record["source"], rate, resample=True)  # noqa: E731
+        out = {"tts_prompt": [], "tts_reference": [], "tts_generated": [], "tts_text": []}
+        with sharding.first_device():
+            voice = self.voice(params)
+            keys = jax.random.split(jax.random.key(self.cfg.seed), len(pairs))
+            for (prompt, target), key in progress(zip(pairs, keys), len(pairs), "speaking"):
+                wav_16k, wav_out = read(prompt, speech.SAMPLE_RATE), read(prompt, voice.sample_rate)
+                audio = voice.zero_shot(target["target"], prompt["target"], wav_16k, wav_out, key)
+                out["tts_generated"].append(speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE))
+                out["tts_prompt"].append(wav_16k)
+                out["tts_reference"].append(read(target, speech.SAMPLE_RATE))
+                out["tts_text"].append(target["target"])
+        return out
 
     def write_artifacts(self, workdir, outputs, step):
-        """Tokens alone make no audio: the flow decoder and the vocoder speak them."""
+        """The spoken pairs' audio and spectrograms, where eval spoke them."""
+        _waveform.write_spoken(workdir, outputs, step)
 
 
 TASK = LLMTask

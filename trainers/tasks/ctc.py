@@ -47,7 +47,7 @@ from jaxmodels.ctc import (
     train_ngram,
     write_arpa,
 )
-from trainers import files
+from trainers import files, sharding
 from trainers.cli import InputError
 from trainers.data import speech
 from trainers.data.speech import AudioDataConfig
@@ -687,16 +687,19 @@ class Recognizer:
         self._tokens = jax.jit(self.task.s3_tokens)
 
     def transcribe(self, waveforms) -> list:
-        labels = np.asarray(self._labels(self.params, *speech.pad_waveforms(waveforms)))
+        with sharding.first_device():
+            labels = np.asarray(self._labels(self.params, *speech.pad_waveforms(waveforms)))
         return [self.task.tokenizer.decode(row[row >= 0]) for row in labels]
 
     def encoder_states(self, audio, lengths):
         """(states (B, T, D), valid (B, T)) of padded audio (B, samples) with its lengths."""
-        return self._states(self.params, audio, lengths)
+        with sharding.first_device():
+            return self._states(self.params, audio, lengths)
 
     def s3_tokens(self, audio, lengths):
         """(codes (B, T), counts (B,)): the S3 quantizer's tokens (a recogniser trained with one)."""
-        return self._tokens(self.params, audio, lengths)
+        with sharding.first_device():
+            return self._tokens(self.params, audio, lengths)
 
 
 TASK = CTCTask

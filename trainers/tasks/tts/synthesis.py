@@ -3,16 +3,13 @@ each evaluation."""
 
 from __future__ import annotations
 
-import json
-import os
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels import speechlm
 from trainers import sharding
 from trainers.data import speech
+from trainers.tasks import _waveform
 from trainers.tasks.tts.words import text_words
 
 
@@ -21,18 +18,7 @@ class Synthesis:
 
     # -- zero-shot TTS ----------------------------------------------------------------------
     def prompt_pairs(self):
-        """(prompt record, target record) pairs of the eval split: a record's own prompt_source
-        when it has one (the built-in corpus's tts_test), else another utterance of its speaker."""
-        records = speech.SpeechSource(self.cfg, self.cfg.data.eval_split).records
-        if "prompt_source" in records[0]:
-            return [
-                ({"source": r["prompt_source"], "target": r["prompt_target"], "speaker": r.get("speaker")}, r)
-                for r in records
-            ]
-        by_speaker = {}
-        for r in records:
-            by_speaker.setdefault(r.get("speaker"), []).append(r)
-        return [(group[i], group[i + 1]) for group in by_speaker.values() for i in range(0, len(group) - 1, 2)]
+        return speech.prompt_pairs(speech.SpeechSource(self.cfg, self.cfg.data.eval_split).records)
 
     def synthesise(self, params, prompt_conditions, conditions, prompt_audio, rng, frames=None):
         """16 kHz waveforms continuing prompt_audio (16 kHz) as `conditions` say, each after its
@@ -145,23 +131,4 @@ class Synthesis:
         }
 
     def write_artifacts(self, workdir, outputs, step):
-        from jaxmodels.codec import losses
-        from trainers.pictures import spectrograms_png
-
-        if "tts_generated" not in outputs:
-            return
-        folder = os.path.join(workdir, "tts")
-        os.makedirs(folder, exist_ok=True)
-        rows = []
-        for i, text in enumerate(outputs["tts_text"][:8]):
-            for name in ("prompt", "reference", "generated"):
-                wav = np.asarray(outputs[f"tts_{name}"][i], np.float32)
-                speech.write_wav(os.path.join(folder, f"{i}_{name}.wav"), np.clip(wav, -1, 1))
-                log_mel = losses.mel_spectrogram(
-                    jnp.asarray(wav)[None, :, None], speech.SAMPLE_RATE, 512, 160, 400, 64
-                )
-                rows.append((f"{i} {name}" + (f": {text}" if name != "prompt" else ""), np.asarray(log_mel[0, 0])))
-        with open(os.path.join(folder, "texts.json"), "w") as f:
-            json.dump(outputs["tts_text"], f, indent=1)
-        spectrograms_png(os.path.join(workdir, "tts_spectrograms.png"), rows, title=f"step {step}")
-        print(f"wrote {folder}/*.wav and {os.path.join(workdir, 'tts_spectrograms.png')}")
+        _waveform.write_spoken(workdir, outputs, step)
