@@ -70,14 +70,21 @@ def cosyvoice(argv):
         else:
             audio, mode = voice.sft(args.text, xvector, rng), f"sft, speaker {args.speaker}"
     else:
-        wav_16k = speech.read_audio(args.prompt, 16000, resample=True)
-        wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
-        if args.prompt_text is None:
-            audio, mode = voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
-        else:
-            audio, mode = voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"
+        audio, mode = _continue_prompt(voice, args, rng)
     speech.write_wav(args.out, audio, voice.sample_rate)
     print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode})")
+
+
+def _continue_prompt(voice, args, rng):
+    """(audio, mode) of a CosyVoice speaking --text in --prompt's voice: zero-shot with
+    --prompt-text, cross-lingual without."""
+    from trainers.data import speech
+
+    wav_16k = speech.read_audio(args.prompt, speech.SAMPLE_RATE, resample=True)
+    wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
+    if args.prompt_text is None:
+        return voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
+    return voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"
 
 
 def trained_cosyvoice(args, cfg):
@@ -96,13 +103,7 @@ def trained_cosyvoice(args, cfg):
         voice = trainer.task.voice(state.inference_params)
     except ConfigError as e:
         raise InputError(f"{args.config}: {e}") from None
-    wav_16k = speech.read_audio(args.prompt, speech.SAMPLE_RATE, resample=True)
-    wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
-    rng = jax.random.key(args.seed)
-    if args.prompt_text is None:
-        audio, mode = voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
-    else:
-        audio, mode = voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"
+    audio, mode = _continue_prompt(voice, args, jax.random.key(args.seed))
     speech.write_wav(args.out, audio, voice.sample_rate)
     print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode}, checkpoint {step})")
 

@@ -77,6 +77,7 @@ def main():
         lfr_n=6,
         dither=0.0,
     )
+
     class Pieces(list):
         def __getitem__(self, index):
             if isinstance(index, slice):
@@ -89,31 +90,26 @@ def main():
 
     tokenizer = Tokenizer(bpemodel=os.path.join(folder, "bpe.model"))
     texts, timestamps = {}, {}
+
+    def inference(language, use_itn, ban, **options):
+        results, _ = model.inference(
+            [(pcm / 32768.0).astype(np.float32) for pcm in recordings()],
+            key=["a", "b", "c"],
+            tokenizer=tokenizer,
+            frontend=frontend,
+            device="cpu",
+            language=language,
+            use_itn=use_itn,
+            ban_emo_unk=ban,
+            **options,
+        )
+        return results
+
     with torch.no_grad():
-        for language, use_itn, ban in CASES:
-            results, _ = model.inference(
-                [(pcm / 32768.0).astype(np.float32) for pcm in recordings()],
-                key=["a", "b", "c"],
-                tokenizer=tokenizer,
-                frontend=frontend,
-                device="cpu",
-                language=language,
-                use_itn=use_itn,
-                ban_emo_unk=ban,
-            )
-            texts[f"{language},{use_itn},{ban}"] = [r["text"] for r in results]
-            results, _ = model.inference(
-                [(pcm / 32768.0).astype(np.float32) for pcm in recordings()],
-                key=["a", "b", "c"],
-                tokenizer=tokenizer,
-                frontend=frontend,
-                device="cpu",
-                language=language,
-                use_itn=use_itn,
-                ban_emo_unk=ban,
-                output_timestamp=True,
-            )
-            timestamps[f"{language},{use_itn},{ban}"] = [[r.get("timestamp"), r.get("words")] for r in results]
+        for case in CASES:
+            texts[",".join(map(str, case))] = [r["text"] for r in inference(*case)]
+            timestamped = inference(*case, output_timestamp=True)
+            timestamps[",".join(map(str, case))] = [[r.get("timestamp"), r.get("words")] for r in timestamped]
     with open(os.path.join(HERE, "sensevoice_funasr.json"), "w") as f:
         json.dump({"texts": texts, "timestamps": timestamps}, f, indent=1, ensure_ascii=False)
 
