@@ -151,9 +151,7 @@ class CodecTask(SplitSources):
         sr = self.config.sample_rate
         train_features, eval_features = self._teacher_features()
         # Crops start on a frame only where the teacher's frames need it; elsewhere anywhere, as
-        # EnCodec's: on frame-aligned crops the TTS demo's codec learnt the waveform's phase
-        # against its frame grid (SI-SNR -4.6 dB instead of about -29) and VALL-E read its codes
-        # worse (docs/tts.md).
+        # EnCodec's (the TTS demo's codec: docs/tts.md).
         hop = self.config.hop_length if train_features is not None else 1
         self.train_transform = AudioCrop(cfg, sr, int(c.segment_seconds * sr), True, hop, train_features)
         self.eval_transform = AudioCrop(cfg, sr, int(cfg.data.max_seconds * sr), False, hop, eval_features)
