@@ -15,7 +15,10 @@ over the batch's scored tokens. Eval reports that cross entropy and the next-tok
 over the eval split, and for the first llm.eval_examples eval utterances the tokens generated
 from their text in their speaker's voice (upstream's sampling, a fixed key): the ratio of their
 count to the real one (`eval/length_ratio`) and their edit distance to the real tokens over the
-real count (`eval/token_error_rate`).
+real count (`eval/token_error_rate`). With the rest of the chain named (llm.s3tokenizer_run,
+flow_run, hift_run, speaker: runs trained here), eval also speaks the eval split's first
+llm.speak_pairs pairs zero-shot, for evals such as speech_wer and speaker_similarity
+(configs/cosyvoice_speech.yaml).
 """
 
 import dataclasses
