@@ -54,17 +54,19 @@ def _pieces(audio, max_seconds: float, vad_dir: str | None) -> list:
     from jaxmodels.asr import fsmn_vad, segments
     from trainers.data.speech import SAMPLE_RATE
 
-    def spans(wav):
-        return segments(wav, SAMPLE_RATE, max_seconds)
-
     if vad_dir:
         longest = int(max_seconds * 1000)
         vad = fsmn_vad.load(vad_dir, max_single_segment_time=longest)
         ms = SAMPLE_RATE // 1000
 
-        def spans(wav):  # noqa: F811
+        def spans(wav):
             merged = fsmn_vad.merge_segments(vad(wav), min(15000, longest))
             return [(a * ms, min(b * ms, len(wav))) for a, b in merged]
+
+    else:
+
+        def spans(wav):
+            return segments(wav, SAMPLE_RATE, max_seconds)
 
     return [(i, a, np.asarray(wav[a:b])) for i, wav in enumerate(audio) for a, b in spans(wav) if b - a >= MIN_SAMPLES]
 
@@ -150,9 +152,8 @@ def main(argv=None):
         *outputs, log_probs, lengths = decode(params, batch)
         return (*jax.device_get(outputs), log_probs, np.asarray(lengths))
 
-    labels, count, alignment, rich, log_probs, lengths = (
-        recognise(pieces) if pieces else (None,) * 6
-    )  # --vad may find no speech
+    no_speech = (None,) * 6  # --vad may find none
+    labels, count, alignment, rich, log_probs, lengths = recognise(pieces) if pieces else no_speech
     seconds_per_frame = task.frame_seconds
     results = [{"file": path, "pieces": []} for path in args.audio]
     for j, (i, start, _) in enumerate(pieces):
