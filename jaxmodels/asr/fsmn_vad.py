@@ -213,6 +213,7 @@ class Detector:
         self.noise_decibel = -100.0
         self.ends_detected = 0
         self.segments = []  # [start_ms, end_ms, has_start, has_end]
+        self.emitted = 0  # segments returned so far
         self.reset()
 
     def reset(self):
@@ -357,7 +358,7 @@ class Detector:
         # fbank frames so far, with two copies of the first before them, less the four it holds.
         bounds = [(k * chunk - FRAME_SAMPLES) // HOP_SAMPLES + 1 - 2 for k in range(1, samples // chunk + 1)]
         bounds = [b for b in bounds if b < frames] + [frames]
-        self.emitted, spoken, in_speech, out, begin = 0, 0, False, [], 0
+        spoken, in_speech, out, begin = 0, False, [], 0
         for end in bounds:
             if o.max_end_silence_time is None:  # FunASR's dynamic end-silence limit
                 if self.state == _IN_SPEECH or in_speech:
