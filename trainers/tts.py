@@ -78,10 +78,9 @@ def cosyvoice(argv):
 def _continue_prompt(voice, args, rng):
     """(audio, mode) of a CosyVoice speaking --text in --prompt's voice: zero-shot with
     --prompt-text, cross-lingual without."""
-    from trainers.data import speech
+    from trainers.tasks._cosyvoice import prompt_audio
 
-    wav_16k = speech.read_audio(args.prompt, speech.SAMPLE_RATE, resample=True)
-    wav_out = speech.read_audio(args.prompt, voice.sample_rate, resample=True)
+    wav_16k, wav_out = prompt_audio(args.prompt, voice.sample_rate)
     if args.prompt_text is None:
         return voice.cross_lingual(args.text, wav_16k, wav_out, rng), "cross-lingual"
     return voice.zero_shot(args.text, args.prompt_text, wav_16k, wav_out, rng), "zero-shot"

@@ -47,6 +47,18 @@ def xvector(xvectors, key: str, width: int):
     return value
 
 
+def prompt_audio(path: str, sample_rate: int):
+    """(16 kHz samples, samples at ``sample_rate``) of a prompt recording, as a CosyVoice takes
+    it (the S3 tokenizer and speaker embedder read the first, the flow's mel the second); the
+    file is read once when the rates agree."""
+    from trainers.data import speech
+
+    wav_16k = speech.read_audio(path, speech.SAMPLE_RATE, resample=True)
+    if sample_rate == speech.SAMPLE_RATE:
+        return wav_16k, wav_16k
+    return wav_16k, speech.read_audio(path, sample_rate, resample=True)
+
+
 def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, speaker: str):
     """A jaxmodels.cosyvoice.pipeline.CosyVoice of parts trained here, without the LM's params
     (lm_params None: the caller's): the LM of a cosyvoice_llm task, the S3 tokenizer of a ctc

@@ -254,17 +254,16 @@ class LLMTask(SplitSources):
         (16 kHz): the outputs speech_wer and speaker_similarity read, as task tts gives them. The
         chain runs one utterance at a time on this process's first device, where its helpers sit."""
         pairs = speech.prompt_pairs(self.eval_source().records)[: self.cfg.llm.speak_pairs]
-        read = lambda record, rate: speech.read_audio(record["source"], rate, resample=True)  # noqa: E731
         out = {"tts_prompt": [], "tts_reference": [], "tts_generated": [], "tts_text": []}
         with sharding.first_device():
             voice = self.voice(params)
             keys = jax.random.split(jax.random.key(self.cfg.seed), len(pairs))
             for (prompt, target), key in progress(zip(pairs, keys), len(pairs), "speaking"):
-                wav_16k, wav_out = read(prompt, speech.SAMPLE_RATE), read(prompt, voice.sample_rate)
+                wav_16k, wav_out = _cosyvoice.prompt_audio(prompt["source"], voice.sample_rate)
                 audio = voice.zero_shot(target["target"], prompt["target"], wav_16k, wav_out, key)
                 out["tts_generated"].append(speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE))
                 out["tts_prompt"].append(wav_16k)
-                out["tts_reference"].append(read(target, speech.SAMPLE_RATE))
+                out["tts_reference"].append(speech.read_audio(target["source"], speech.SAMPLE_RATE, resample=True))
                 out["tts_text"].append(target["target"])
         return out
 
