@@ -2,6 +2,7 @@
 converted by the family's converter and placed on the sharded parameter layout."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -49,6 +50,44 @@ def test_init_from_places_upstream_weights_on_the_sharded_layout(fixtures_dir, c
         wider.load_weights(wider.abstract_state, str(weights))
     with pytest.raises(InputError, match="checkpoint not found"):
         trainer.load_weights(trainer.abstract_state, str(fixtures_dir / "no.pth"))
+
+
+def mapped(array, path) -> bool:
+    """Whether ``array``'s memory lies in a memory map of the file ``path`` (Linux's
+    /proc/self/maps): then it is read from disk only where it is used."""
+    address, inode = array.__array_interface__["data"][0], os.stat(path).st_ino
+    for line in open("/proc/self/maps"):
+        span, _, _, _, node = line.split()[:5]
+        low, high = (int(x, 16) for x in span.split("-"))
+        if int(node) == inode and low <= address < high:
+            return True
+    return False
+
+
+def test_upstream_files_are_mapped_so_a_process_reads_only_its_slices(fixtures_dir, tmp_path):
+    """The converted leaves of a .safetensors file and of a torch zip pickle are views of the
+    file's map, so init_from's placement (test above) reads each device's slice, not the file.
+    bfloat16 comes out float32, as from torch; a truncated file is an error naming it."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    source = fixtures_dir / "mambaout" / "m1" / "weights.safetensors"
+    state = load_state_dict(source)
+    expected = mambaout.from_torch({k: np.array(v) for k, v in state.items()})
+    for path in (source, tmp_path / "m1.pth"):
+        if path.suffix == ".pth":
+            torch.save({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, path)
+        converted = mambaout.from_torch(load_state_dict(path))
+        jax.tree.map(np.testing.assert_array_equal, converted, expected)
+        assert all(mapped(leaf, path) for leaf in jax.tree.leaves(converted)), path
+
+    save_file({"w": torch.tensor([1.5, -2.25], dtype=torch.bfloat16)}, tmp_path / "bf16.safetensors")
+    w = load_state_dict(tmp_path / "bf16.safetensors")["w"]
+    assert w.dtype == np.float32 and w.tolist() == [1.5, -2.25]
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(source.read_bytes()[:-100])
+    with pytest.raises(InputError, match=r"truncated\.safetensors.*does not lie within the file"):
+        Trainer(m1_config()).load_weights(Trainer(m1_config()).abstract_state, str(truncated))
 
 
 def timm_eval(image, size=32, crop_pct=1.0):

@@ -6,25 +6,33 @@ parameter tree, so a checkpoint of the wrong model fails with the keys and shape
 at fault named, never with a silently half-filled model.
 """
 
+import json
+import mmap
 import os
+import struct
+import zipfile
 from collections.abc import Callable, Mapping
 
 import flax
 import jax
+import ml_dtypes
 import numpy as np
 
 StateDict = dict[str, np.ndarray]
 
 
 def load_state_dict(path: str) -> StateDict:
-    """Reads a state_dict from .safetensors (no torch needed) or a torch pickle (.pt/.pth/.bin)."""
+    """Reads a state_dict from .safetensors (no torch needed) or a torch pickle (.pt/.pth/.bin).
+
+    Both are memory-mapped where the format allows (safetensors; torch's zip format, which
+    torch.save writes since 1.6): an array is read from disk only where it is used, so a
+    process placing its slices of the sharded parameters reads those slices, not the file.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
+        return _mapped_safetensors(path)
     try:
         import torch
     except ImportError as e:
@@ -32,7 +40,7 @@ def load_state_dict(path: str) -> StateDict:
             f"reading the torch pickle {path} needs torch (pip install 'jaxmodels[torch]'); "
             "a .safetensors file needs no torch"
         ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     # Training scripts wrap the weights ({"model": ...}, {"state_dict": ...}); take them out.
     for wrapper in ("model", "state_dict", "ema"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
@@ -41,6 +49,45 @@ def load_state_dict(path: str) -> StateDict:
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict")
     return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+
+
+# safetensors' dtype names (its format description, huggingface/safetensors).
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def _mapped_safetensors(path: str) -> StateDict:
+    """The tensors of a .safetensors file (an 8-byte little-endian header length, the JSON
+    header, then the data) as views of a copy-on-write map of the file. safetensors' own
+    reader copies every tensor into memory and has no bfloat16 for numpy."""
+    with open(path, "rb") as f:
+        start = f.read(8)
+        size = struct.unpack("<Q", start)[0] if len(start) == 8 else -1
+        if not 0 < size <= os.path.getsize(path) - 8:
+            raise ValueError(f"{path}: not a safetensors file (no header of a fitting length)")
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as e:
+            raise ValueError(f"{path}: not a safetensors file (its header does not parse: {e})") from None
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}, which numpy cannot hold")
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        count = int(np.prod(info["shape"]))
+        if end - begin != count * dtype.itemsize or 8 + size + end > len(mapped):
+            raise ValueError(f"{path}: tensor {name} does not lie within the file (truncated?)")
+        value = np.frombuffer(mapped, dtype, count, 8 + size + begin).reshape(info["shape"])
+        # Floats in float32, as from a torch pickle: the others are read and converted here.
+        out[name] = value.astype(np.float32) if info["dtype"] in ("F64", "F16", "BF16") else value
+    return out
 
 
 def assign_state_dict(
@@ -69,7 +116,7 @@ def assign_state_dict(
         if tuple(new.shape) != expected[path]:
             mismatched.append(f"{key}: checkpoint {tuple(new.shape)} vs model {expected[path]}")
         else:
-            out[path] = new.astype(np.float32) if np.issubdtype(new.dtype, np.floating) else new
+            out[path] = new.astype(np.float32, copy=False) if np.issubdtype(new.dtype, np.floating) else new
     missing = ["/".join(p) for p in expected if p not in seen]
     problems = []
     if unexpected:
