@@ -137,3 +137,36 @@ def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
         assert len(features) == int(valid[row].sum())
     with pytest.raises(SystemExit, match="--layer 3: the encoder has hidden states 0..2"):
         extract([*args[:5], "3", "--workdir", str(tmp_path / "x"), "--clusters", "4"])
+
+
+def test_units_of_w2v_bert_from_audio_over_devices(tone_corpus, tmp_path):
+    """A w2v-BERT 2.0 checkpoint (transformers' files) gives units from audio through
+    SeamlessM4T's features (tests/test_w2v_bert.py checks them against transformers), batched
+    over 8 devices as each utterance alone."""
+    from conftest import ROOT
+    from safetensors.numpy import save_file
+    from test_hubert import hubert_config
+
+    from trainers import config as config_lib
+    from trainers.data import speech
+    from trainers.data.semantic import SemanticTokenizer
+    from trainers.extract import main as extract
+
+    with np.load(ROOT / "tests" / "data" / "w2v_bert_reference.npz") as f:
+        state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith("relative_key/sd/")}
+        (tmp_path / "config.json").write_text(str(f["relative_key/config"]))
+    save_file(state_dict, str(tmp_path / "model.safetensors"))
+    config = tmp_path / "corpus.yaml"
+    config.write_text(config_lib.dump(hubert_config(tone_corpus, tmp_path)))
+    out = tmp_path / "units"
+    args = ["units", str(config), "--encoder", str(tmp_path / "model.safetensors"), "--layer", "2"]
+    extract([*args, "--workdir", str(out), "--splits", "train", "--batch_size", "8", "--clusters", "4"])
+    index = json.loads((out / "train" / "index.json").read_text())
+    assert index["frame_rate"] == 50
+    units = np.concatenate([np.load(out / "train" / f"{s['prefix']}_units.npy") for s in index["shards"]])
+    lengths = np.concatenate([np.load(out / "train" / f"{s['prefix']}_lengths.npy") for s in index["shards"]])
+    records = [json.loads(line) for line in open(tone_corpus / "train.jsonl")]
+    tokenizer = SemanticTokenizer.load(str(out / "tokenizer.npz"))
+    expected = tokenizer([speech.read_audio(str(tone_corpus / r["source"])) for r in records])
+    assert [list(u) for u in np.split(units, np.cumsum(lengths)[:-1])] == expected
+    assert len(set(units.tolist())) > 1

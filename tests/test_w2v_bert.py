@@ -1,6 +1,7 @@
 """w2v-BERT 2.0's Conformer encoder against transformers (tests/data/make_w2v_bert_reference.py)."""
 
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,24 @@ def test_every_hidden_state_equals_transformers_on_a_padded_batch(reference, cas
         assert_close_on_valid_frames(ours, reference[f"{case}/hidden_{i}"], VALID, f"{case} hidden_{i}")
     # With the adapter, after it: frames subsampled 4x, a narrower width, its own valid lengths.
     assert_close_on_valid_frames(last, reference[f"{case}/last"], w2v_bert.output_lengths(model, VALID), case)
+
+
+def test_audio_in_equals_the_feature_extractor_and_transformers(reference):
+    """features() of a padded batch of two waveforms (47 and 68 filterbank frames) equals
+    SeamlessM4TFeatureExtractor's, values and mask; the model's hidden states of them equal
+    transformers' of each waveform alone."""
+    waves = [reference[f"audio/wave_{i}"] for i in range(2)]
+    lengths = np.array([len(w) for w in waves])
+    audio = np.stack([np.pad(w, (0, lengths.max() - len(w))) for w in waves])
+    features, frames = jax.jit(w2v_bert.features)(audio, lengths)
+    assert frames.tolist() == reference["audio/batch_mask"].sum(1).tolist() == [23, 34]
+    np.testing.assert_allclose(features, reference["audio/batch_features"], atol=2e-3)
+    model, variables = load(reference, "relative_key")
+    paddings = (np.arange(features.shape[1])[None] >= np.asarray(frames)[:, None]).astype(np.float32)
+    hidden = np.stack(jax.jit(partial(model.apply, method="hidden_states"))(variables, features, paddings), 1)
+    for row, n in enumerate(frames.tolist()):
+        alone = reference[f"relative_key/audio_hidden_{row}"]
+        np.testing.assert_allclose(hidden[row, :, :n], alone[:, :n], rtol=1e-3, atol=1e-3 * np.abs(alone).max())
 
 
 def test_masked_frames_take_the_learned_embedding(reference):

@@ -19,8 +19,9 @@ resized and centre-cropped to the model's input size x 8 as DiT's train.py
 copy for DiT's random flip). The VAE is diffusion.vae (or --vae).
 
 units: the utterances of the config's corpus (data.source, data.path, its splits) -> DIR/<split>/:
-hidden state L of a HuBERT or wav2vec 2.0 encoder (--encoder: a transformers weights file with
-its config.json, or a hubert or wav2vec2 run's directory; --layer avg: the mean of all of them,
+hidden state L of a HuBERT, wav2vec 2.0 or w2v-BERT 2.0 encoder (--encoder: a transformers weights
+file with its config.json, or a hubert or wav2vec2 run's directory; w2v-BERT reads
+SeamlessM4TFeatureExtractor's features, computed here; --layer avg: the mean of all of them,
 SpeechTokenizer's distillation target, with --features), each utterance alone as it would be
 unbatched (ssl's norm_valid_frames), as k-means units of a tokenizer: fitted with --clusters
 on the first --fit_utterances of the first split and saved as DIR/tokenizer.npz (the format
@@ -311,33 +312,28 @@ def tokenizer_centroids(args, cfg, splits, frame_rate: float):
 def speech_units(args, cfg):
     import jax.numpy as jnp
 
-    from jaxmodels import speechlm, ssl
+    from jaxmodels import speechlm
     from trainers import sharding
     from trainers.data import speech
-    from trainers.tasks._pretraining import load_encoder
+    from trainers.tasks._pretraining import UnitEncoder
 
     if not args.encoder:
         raise InputError("give --encoder: a transformers weights file or a hubert or wav2vec2 run")
-    # Each utterance's states as it alone gives them, whatever the batch pads it to.
-    encoder, variables = load_encoder(args.encoder, norm_valid_frames=True)
-    if not isinstance(encoder, ssl.SSLEncoder):
-        raise InputError(f"--encoder {args.encoder}: units come from a HuBERT or wav2vec 2.0 encoder (raw audio in)")
+    encoder = UnitEncoder(args.encoder)
     if args.layer == "avg" and not args.features:
         raise InputError("--layer avg (the mean of all hidden states) is for --features, not units")
-    if args.layer != "avg" and not 0 <= args.layer <= encoder.num_hidden_layers:
-        raise InputError(f"--layer {args.layer}: the encoder has hidden states 0..{encoder.num_hidden_layers}")
+    if args.layer != "avg" and not 0 <= args.layer <= encoder.layers:
+        raise InputError(f"--layer {args.layer}: the encoder has hidden states 0..{encoder.layers}")
     splits = args.splits.split(",")
-    frame_rate = speech.SAMPLE_RATE / int(np.prod(encoder.conv_stride))
+    frame_rate = encoder.frame_rate
     centroids = None if args.features else tokenizer_centroids(args, cfg, splits, frame_rate)
     mesh = sharding.make_mesh(data=-1)
     if args.batch_size % mesh.size:
         raise InputError(f"--batch_size {args.batch_size} must be a multiple of the {mesh.size} devices")
 
     def encode(audio, lengths):
-        paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
-        states = encoder.apply(variables, audio, paddings, method="hidden_states")
+        states, frames = encoder(audio, lengths)
         states = jnp.mean(jnp.stack(states), axis=0) if args.layer == "avg" else states[args.layer]
-        frames = ssl.output_lengths(lengths, encoder.conv_kernel, encoder.conv_stride)
         if centroids is None:
             return states, frames
         valid = jnp.arange(states.shape[1])[None] < frames[:, None]

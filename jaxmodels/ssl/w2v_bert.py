@@ -1,8 +1,8 @@
 """w2v-BERT 2.0's Conformer encoder (transformers' Wav2Vec2BertModel), channels-last, and the
 converter of its transformers checkpoints.
 
-The input is SeamlessM4TFeatureExtractor's features: 80 log-mel bins per 10 ms, two frames
-stacked into one of 160 values per 20 ms, normalised per utterance. A layer norm and a linear
+The input is SeamlessM4TFeatureExtractor's features (`features`): 80 log-mel bins per 10 ms,
+normalised per utterance, two frames stacked into one of 160 values per 20 ms. A layer norm and a linear
 projection map them to the model width; padded frames are zeroed; then Conformer layers
 (scanned), each pre-norm in the macaron layout: half a feed-forward, self-attention (by
 default with Shaw's clipped relative-position key embeddings), a convolution module (GLU, a
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.asr.frontend import fbank
 from jaxmodels.nn import Dense, LayerNorm, constrain
 from jaxmodels.nn.attention import espnet_relative_position, relative_gather, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
@@ -39,6 +40,23 @@ ACTIVATIONS = {
     "gelu_new": partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
 }
+
+
+def features(waveform, lengths, stride: int = 2):
+    """SeamlessM4TFeatureExtractor's features of 16 kHz waveforms (B, N) in [-1, 1] with
+    lengths (B,): Kaldi's filterbank (80 bins, Povey window, the waveform at 16-bit scale),
+    each bin normalised over the utterance's own frames (unbiased variance, + 1e-7), padded
+    frames 0, then `stride` frames stacked: (B, T // stride, 80 * stride) and valid lengths
+    (B,), a stacked frame valid where its last frame is, as the extractor's attention mask."""
+    feats, frames = fbank(waveform, lengths, num_mel_bins=80, window="povey")
+    valid = (jnp.arange(feats.shape[1])[None] < frames[:, None])[..., None]
+    count = frames[:, None, None].astype(jnp.float32)
+    mean = jnp.sum(jnp.where(valid, feats, 0.0), axis=1, keepdims=True) / jnp.maximum(count, 1.0)
+    var = jnp.sum(jnp.where(valid, (feats - mean) ** 2, 0.0), axis=1, keepdims=True) / jnp.maximum(count - 1, 1.0)
+    feats = jnp.where(valid, (feats - mean) / jnp.sqrt(var + 1e-7), 0.0)
+    batch, total, bins = feats.shape
+    kept = total // stride * stride
+    return feats[:, :kept].reshape(batch, kept // stride, stride * bins), frames // stride
 
 
 def _activation(name: str):

@@ -11,6 +11,10 @@ Per case: the state_dict ("<case>/sd/<key>"), the config ("<case>/config", JSON 
 config.to_dict()), every element of hidden_states with output_hidden_states=True
 ("<case>/hidden_<i>") and last_hidden_state ("<case>/last"). The relative_key case also with
 mask_time_indices ("mask"): "relative_key/masked_hidden_0" and "relative_key/masked_last".
+From audio: SeamlessM4TFeatureExtractor's features of two waveforms ("audio/wave_<i>", 16 kHz,
+47 and 68 filterbank frames) each alone ("audio/features_<i>") and as a padded batch
+("audio/batch_features", "audio/batch_mask"), and the relative_key model's hidden_states of
+each alone, stacked ("relative_key/audio_hidden_<i>").
 """
 
 import json
@@ -48,7 +52,7 @@ CASES = {
 
 def main():
     import torch
-    from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
+    from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
     rng = np.random.default_rng(0)
     features = rng.standard_normal((2, 40, 160)).astype(np.float32)
@@ -58,6 +62,18 @@ def main():
     mask = np.zeros((2, 40), bool)
     mask[0, 5:15] = mask[1, 20:25] = True
     out = {"features": features, "attention_mask": attention_mask, "mask": mask}
+    extractor = SeamlessM4TFeatureExtractor()
+    audio = np.random.default_rng(1)
+    t = np.arange(11237) / 16000
+    waves = [
+        (0.3 * np.sin(2 * np.pi * 220 * t[:n]) + 0.05 * audio.standard_normal(n)).astype(np.float32)
+        for n in (7771, 11237)
+    ]
+    alone = [extractor(wave, sampling_rate=16000, return_tensors="pt") for wave in waves]
+    for i, wave in enumerate(waves):
+        out[f"audio/wave_{i}"], out[f"audio/features_{i}"] = wave, alone[i]["input_features"].numpy()
+    batch = extractor(waves, sampling_rate=16000, return_tensors="np")
+    out["audio/batch_features"], out["audio/batch_mask"] = batch["input_features"], batch["attention_mask"]
     torch.manual_seed(0)
     inputs = dict(input_features=torch.from_numpy(features), attention_mask=torch.from_numpy(attention_mask))
     for case, args in CASES.items():
@@ -71,6 +87,9 @@ def main():
                 masked = model(**inputs, mask_time_indices=torch.from_numpy(mask), output_hidden_states=True)
                 out[f"{case}/masked_hidden_0"] = masked.hidden_states[0].numpy()
                 out[f"{case}/masked_last"] = masked.last_hidden_state.numpy()
+                for i, features in enumerate(alone):
+                    hidden = model(**features, output_hidden_states=True).hidden_states
+                    out[f"{case}/audio_hidden_{i}"] = torch.cat(hidden).numpy()
         out[f"{case}/config"] = json.dumps(config.to_dict())
         out.update({f"{case}/sd/{k}": v.numpy() for k, v in model.state_dict().items()})
         out.update({f"{case}/hidden_{i}": h.numpy() for i, h in enumerate(result.hidden_states)})

@@ -101,23 +101,20 @@ class SemanticTokenizer:
     def _ssl_encoder(self):
         """Hidden state `layer` of the SSL encoder: (audio, lengths) -> (states, valid)."""
         if self._encoder is None:
-            from jaxmodels import ssl
-            from trainers.tasks._pretraining import load_encoder
+            from trainers.tasks._pretraining import UnitEncoder
 
-            # Each utterance's states as it alone gives them, whatever the batch pads it to.
-            model, variables = load_encoder(self.encoder, norm_valid_frames=True)
-            rate = speech.SAMPLE_RATE / np.prod(model.conv_stride)
-            if rate != self.frame_rate:
-                raise ValueError(f"the encoder's frames come at {rate:g} Hz; frame_rate is {self.frame_rate}")
-            if not 0 <= self.layer <= model.num_hidden_layers:
-                raise ValueError(f"layer {self.layer}: the encoder has hidden states 0..{model.num_hidden_layers}")
+            encoder = UnitEncoder(self.encoder)
+            if encoder.frame_rate != self.frame_rate:
+                raise ValueError(
+                    f"the encoder's frames come at {encoder.frame_rate:g} Hz; frame_rate is {self.frame_rate}"
+                )
+            if not 0 <= self.layer <= encoder.layers:
+                raise ValueError(f"layer {self.layer}: the encoder has hidden states 0..{encoder.layers}")
 
             @jax.jit
             def encode(audio, lengths):
-                paddings = (jnp.arange(audio.shape[1])[None] >= lengths[:, None]).astype(jnp.float32)
-                states = model.apply(variables, audio, paddings, method="hidden_states")[self.layer]
-                frames = ssl.output_lengths(lengths, model.conv_kernel, model.conv_stride)
-                return states, jnp.arange(states.shape[1])[None] < frames[:, None]
+                states, frames = encoder(audio, lengths)
+                return states[self.layer], jnp.arange(states[self.layer].shape[1])[None] < frames[:, None]
 
             self._encoder = encode
         return self._encoder

@@ -17,7 +17,8 @@ TASKS = ("hubert", "wav2vec2")
 
 def load_encoder(path: str, **overrides) -> tuple:
     """(encoder, variables) of `path`: a hubert or wav2vec2 run's directory (its inference
-    params' encoder) or a transformers weights file with its config.json (ssl.load_pretrained)."""
+    params' encoder) or a transformers weights file with its config.json (ssl.load_pretrained:
+    HuBERT, wav2vec 2.0 or w2v-BERT 2.0)."""
     if not os.path.isdir(path):
         return ssl.load_pretrained(path, **overrides)
     from trainers.runs import load_run
@@ -28,6 +29,32 @@ def load_encoder(path: str, **overrides) -> tuple:
         raise config_lib.ConfigError(f"the encoder at {path} is a {task!r} run, not one of {', '.join(TASKS)}")
     trainer, params = load_run(path, task, "encoder")
     return trainer.task.encoder.clone(**overrides), {"params": params["encoder"]}
+
+
+class UnitEncoder:
+    """The hidden states of an SSL encoder (load_encoder's `path`) from 16 kHz audio, each
+    utterance's as it alone gives them whatever the batch pads it to: raw audio into HuBERT and
+    wav2vec 2.0 (with norm_valid_frames), SeamlessM4T's features into w2v-BERT 2.0."""
+
+    def __init__(self, path: str):
+        self.model, self.variables = load_encoder(path)
+        if isinstance(self.model, ssl.W2vBertEncoder):
+            self.frame_rate = speech.SAMPLE_RATE / 320  # filterbank frames of 10 ms, stacked in pairs
+        else:
+            self.model = self.model.clone(norm_valid_frames=True)
+            self.frame_rate = speech.SAMPLE_RATE / int(np.prod(self.model.conv_stride))
+        self.layers = self.model.num_hidden_layers
+
+    def __call__(self, audio, lengths):
+        """(every hidden state (B, T, D), valid frames (B,)) of waveforms (B, N) with lengths (B,)."""
+        if isinstance(self.model, ssl.W2vBertEncoder):
+            inputs, input_lengths = ssl.w2v_bert.features(audio, lengths)
+            frames = input_lengths
+        else:
+            inputs, input_lengths = audio, lengths
+            frames = ssl.output_lengths(lengths, self.model.conv_kernel, self.model.conv_stride)
+        paddings = (jnp.arange(inputs.shape[1])[None] >= input_lengths[:, None]).astype(jnp.float32)
+        return self.model.apply(self.variables, inputs, paddings, method="hidden_states"), frames
 
 
 class AudioTransform:
