@@ -2,7 +2,8 @@
 # The CosyVoice demo (configs/cosyvoice_speech.yaml): the recogniser and speaker embedder that
 # score it (shared with the TTS demo), the S3 tokenizer trained inside a recogniser, the S3
 # tokens and x-vectors of the TTS corpus, the flow decoder, the HiFT vocoder, then the LM,
-# whose eval speaks the TTS demo's held-out pairs through the chain. Each step is resumed
+# whose eval speaks the TTS demo's held-out pairs through the chain, and the LM trained with
+# speaking-style instructions (configs/cosyvoice_instruct_speech.yaml). Each step is resumed
 # where it stopped. The TTS corpus (runs/tts_corpus) is the TTS demo's (demos/tts_speech.sh
 # synthesises it; the extraction below does too when it is missing).
 set -euo pipefail
@@ -19,3 +20,4 @@ python -m trainers.train configs/cosyvoice_flow_speech.yaml --workdir runs/cosyv
 python -m trainers.train configs/hift_speech.yaml --workdir runs/cosyvoice_hift data.path=runs/tts_corpus \
     data.corpus_train_size=8000 hift.disc_channel_divisor=4
 python -m trainers.train configs/cosyvoice_speech.yaml --workdir runs/cosyvoice_llm "$@"
+python -m trainers.train configs/cosyvoice_instruct_speech.yaml --workdir runs/cosyvoice_instruct

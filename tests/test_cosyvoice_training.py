@@ -291,6 +291,41 @@ def test_cosyvoice_llm_reads_text_as_a_released_tokenizer(cosyvoice_data, tmp_pa
         get_task(task_config(data, "cosyvoice_llm", llm={"text_tokenizer": str(tmp_path / "absent.tiktoken")}))
 
 
+def styled(corpus, root):
+    """The tone corpus with its speakers named in the built-in corpus's way (voice/p<pitch>/r<rate>),
+    one speaking style each, which speech.speaking_style reads."""
+    root.mkdir()
+    (root / "wav").symlink_to(corpus / "wav")
+    names = {"s0": "tone/p30/r140", "s1": "tone/p50/r170", "s2": "tone/p70/r200", "s3": "tone/p30/r200"}
+    for split in ("train", "test"):
+        records = [json.loads(line) for line in open(corpus / f"{split}.jsonl")]
+        lines = [json.dumps({**r, "speaker": names[r["speaker"]]}) for r in records]
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_cosyvoice_instruct_transcripts_follow_their_style(cosyvoice_data, tone_corpus, tmp_path):
+    """llm.instruct: the text ids are the utterance's instruction (its speaking style) and then
+    its transcript, and the LM reads no x-vector; a speaker key without the style is an error."""
+    from trainers.data import speech
+    from trainers.tasks import get_task
+    from trainers.tasks.cosyvoice_llm import instruction
+
+    data, _, _ = cosyvoice_data
+    llm_section = {"instruct": True, "max_text_tokens": 64}
+    task = get_task(task_config({**data, "path": str(styled(tone_corpus, tmp_path / "styled"))}, "cosyvoice_llm",
+                                llm=llm_section))  # fmt: skip
+    record = task.train_source()[0]
+    example = task.train_transform(record, np.random.default_rng(0))
+    said = bytes(example["text"][: example["text_length"]].tolist()).decode()
+    assert said == instruction(speech.speaking_style(record)) + record["target"]
+    assert said.startswith(("slow speed, low pitch<|endofprompt|>", "normal speed, normal pitch<|endofprompt|>"))
+    assert example["xvector"].shape == (0,) and task.example_batch(2)["xvector"].shape == (2, 0)
+    plain = get_task(task_config(data, "cosyvoice_llm", llm=llm_section))
+    with pytest.raises(ValueError, match="speaker 's0' is not the built-in corpus's voice/p<pitch>/r<rate>"):
+        plain.train_transform(plain.train_source()[0], np.random.default_rng(0))
+
+
 def s3_recogniser_config(corpus, **encoder):
     """A tiny SenseVoice-style recogniser with CosyVoice's S3 quantizer after its second of three
     layers (8 codes), 50 frames a second (lfr_n 2)."""
@@ -398,6 +433,15 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     final = train(lm, str(tmp_path / "lm"))
     assert 0 <= final["eval/wer"] and -1 <= final["eval/speaker_similarity"] <= 1
     assert len(list((tmp_path / "lm" / "tts").glob("*_generated.wav"))) == 2
+    # Trained as CosyVoice-Instruct's LM: eval speaks in instruct mode, and each style.
+    instruct = {**chain, "instruct": True, "style_pairs": 1, "max_text_tokens": 64}
+    styled_data = {**data, "path": str(styled(tone_corpus, tmp_path / "styled"))}
+    instruct = task_config(styled_data, "cosyvoice_llm", model={"args": lm_args}, llm=instruct, train=two)
+    instruct = config_lib.parse({**config_lib.to_dict(instruct), "evals": evals})
+    final = train(instruct, str(tmp_path / "instruct"))
+    assert 0 <= final["eval/wer"] and -1 <= final["eval/speaker_similarity"] <= 1
+    styles = [f"seconds_{r}" for r in speech.STYLES["rate"]] + [f"f0_{p}" for p in speech.STYLES["pitch"]]
+    assert all(final[f"eval/style/{k}"] > 0 for k in styles[:3]) and all(f"eval/style/{k}" in final for k in styles)
 
     (tmp_path / "lm.yaml").write_text(config_lib.dump(lm))
     prompt = str(tone_corpus / "wav" / "test2.wav")
@@ -406,3 +450,10 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     assert "zero-shot, checkpoint 2" in capsys.readouterr().out
     said = speech.read_audio(str(tmp_path / "said.wav"))
     assert len(said) > 0 and np.all(np.isfinite(said))
+    (tmp_path / "instruct.yaml").write_text(config_lib.dump(instruct))
+    tts([str(tmp_path / "instruct.yaml"), "--workdir", str(tmp_path / "instruct"), "--text", "ab", "--prompt", prompt]
+        + ["--instruct", "fast speed, low pitch<|endofprompt|>", "--out", str(tmp_path / "asked.wav")])  # fmt: skip
+    assert "(instruct, checkpoint 2)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="was trained with instructions \\(llm.instruct\\): give --instruct"):
+        tts([str(tmp_path / "instruct.yaml"), "--workdir", str(tmp_path / "instruct"), "--text", "ab"]
+            + ["--prompt", prompt, "--out", str(tmp_path / "x.wav")])  # fmt: skip

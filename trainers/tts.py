@@ -21,7 +21,9 @@ The output is at the vocoder's rate (22.05 kHz; CosyVoice 2: 24 kHz).
 With a cosyvoice_llm run (CONFIG.yaml --workdir DIR), the chain its config names speaks:
 the run's LM, the S3 tokenizer, flow decoder and HiFT runs and the speaker embedder of
 llm.s3tokenizer_run, flow_run, hift_run and speaker (configs/cosyvoice_speech.yaml):
-zero-shot with --prompt-text, cross-lingual without.
+zero-shot with --prompt-text, cross-lingual without; an LM trained with llm.instruct speaks
+as --instruct asks ("fast speed, low pitch<|endofprompt|>") in the voice of --prompt's
+x-vector (configs/cosyvoice_instruct_speech.yaml).
 """
 
 import argparse
@@ -37,6 +39,7 @@ def _add_arguments(p, prompt_required=True):
     p.add_argument("--out", required=True, help="output WAV")
     if prompt_required:
         p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
+        p.add_argument("--instruct", help="a cosyvoice_llm run trained with llm.instruct: how to speak")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -88,8 +91,10 @@ def _continue_prompt(voice, args, rng):
 
 def trained_cosyvoice(args, cfg):
     """A cosyvoice_llm run speaks through the chain its config names (llm.s3tokenizer_run,
-    flow_run, hift_run, speaker): zero-shot with --prompt-text, cross-lingual without."""
+    flow_run, hift_run, speaker): zero-shot with --prompt-text, cross-lingual without, or, an
+    LM trained with instructions, as --instruct asks."""
     import jax
+    import jax.numpy as jnp
 
     from trainers.checkpoint import restore_run
     from trainers.config import ConfigError
@@ -102,7 +107,19 @@ def trained_cosyvoice(args, cfg):
         voice = trainer.task.voice(state.inference_params)
     except ConfigError as e:
         raise InputError(f"{args.config}: {e}") from None
-    audio, mode = _continue_prompt(voice, args, jax.random.key(args.seed))
+    if cfg.llm.instruct and not args.instruct:
+        raise InputError(f"the LM of {args.config} was trained with instructions (llm.instruct): give --instruct")
+    if args.instruct and not cfg.llm.instruct:
+        raise InputError(f"the LM of {args.config} was not trained with instructions (llm.instruct): no --instruct")
+    rng = jax.random.key(args.seed)
+    if args.instruct:
+        from trainers.tasks._cosyvoice import prompt_audio
+
+        wav_16k, _ = prompt_audio(args.prompt, voice.sample_rate)
+        xvector = voice.embed(jnp.asarray(wav_16k[None]), jnp.array([len(wav_16k)]))
+        audio, mode = voice.instruct(args.text, args.instruct, xvector, rng), "instruct"
+    else:
+        audio, mode = _continue_prompt(voice, args, rng)
     speech.write_wav(args.out, audio, voice.sample_rate)
     print(f"{args.out}: {len(audio) / voice.sample_rate:.2f} s ({mode}, checkpoint {step})")
 
@@ -136,6 +153,8 @@ def main(argv=None):
         return trained_cosyvoice(args, cfg)
     if cfg.task != "tts" or cfg.tts.condition != "text":
         sys.exit(f"{args.config}: speech synthesis needs a tts config conditioned on text, or a cosyvoice_llm one")
+    if args.instruct:
+        sys.exit("--instruct is for a cosyvoice_llm run trained with llm.instruct")
     launch.initialize()
     import jax
 

@@ -31,6 +31,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import wave
 from dataclasses import dataclass, field
 from typing import Literal
@@ -231,6 +232,28 @@ def prompt_pairs(records) -> list:
     for r in records:
         by_speaker.setdefault(r.get("speaker"), []).append(r)
     return [(group[i], group[i + 1]) for group in by_speaker.values() for i in range(0, len(group) - 1, 2)]
+
+
+STYLES = {"rate": ("slow", "normal", "fast"), "pitch": ("low", "normal", "high")}
+
+
+def speaking_style(record) -> dict:
+    """The built-in corpus's speaking style of an utterance, read from its speaker key
+    (voice/p<pitch>/r<rate>; build_corpus draws pitch 25-75 and rate 130-210 words a minute
+    uniformly): {"rate": slow, normal or fast, "pitch": low, normal or high}, a third of each
+    range to each name."""
+    match = re.fullmatch(r".+/p(\d+)/r(\d+)", record.get("speaker") or "")
+    if not match:
+        raise ValueError(
+            f"utterance {record.get('key')!r}: speaker {record.get('speaker')!r} is not the built-in "
+            "corpus's voice/p<pitch>/r<rate>, which the speaking style is read from"
+        )
+    pitch, rate = int(match[1]), int(match[2])
+
+    def third(value, low, high):  # which third of the range [low, high] holds the value
+        return min(2, max(0, (value - low) * 3 // (high - low + 1)))
+
+    return {"rate": STYLES["rate"][third(rate, 130, 210)], "pitch": STYLES["pitch"][third(pitch, 25, 75)]}
 
 
 def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:

@@ -19,6 +19,16 @@ real count (`eval/token_error_rate`). With the rest of the chain named (llm.s3to
 flow_run, hift_run, speaker: runs trained here), eval also speaks the eval split's first
 llm.speak_pairs pairs zero-shot, for evals such as speech_wer and speaker_similarity
 (configs/cosyvoice_speech.yaml).
+
+With llm.instruct the LM is trained as CosyVoice-Instruct's: each transcript follows its
+instruction (`instruction`: the utterance's speaking rate and pitch, speech.speaking_style) and
+the LM reads no x-vector. Eval then speaks the pairs in instruct mode (the target's instruction,
+the prompt's x-vector for the flow) and, for the first llm.style_pairs targets, each rate
+(slow, normal, fast; normal pitch) and each pitch (low, normal, high; normal rate): the mean
+duration of each rate (`eval/style/seconds_<rate>`) and the mean F0 of each pitch over voiced
+frames (`eval/style/f0_<pitch>`, YIN), beside the eval split's own targets grouped by their
+style (`eval/style/real_seconds_<rate>`, `eval/style/real_f0_<pitch>`)
+(configs/cosyvoice_instruct_speech.yaml).
 """
 
 import dataclasses
@@ -55,6 +65,9 @@ class LLMTaskConfig:
     hift_run: str = ""  # a hift run
     speaker: str = ""  # the speaker embedder data.xvectors was extracted with (python -m trainers.speaker)
     speak_pairs: int = 50
+    # CosyVoice-Instruct's training: the transcript after its speaking style's instruction, no x-vector
+    instruct: bool = False
+    style_pairs: int = 10  # with instruct and the chain: targets spoken in every rate and pitch at eval
 
 
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
@@ -78,12 +91,19 @@ class TextIds:
         return TextIds, (self.spec,)
 
 
+def instruction(style: dict) -> str:
+    """The LM's instruction of a speaking style (speech.speaking_style's), ended as
+    CosyVoice-Instruct's instructions are: "slow speed, high pitch<|endofprompt|>"."""
+    return f"{style['rate']} speed, {style['pitch']} pitch<|endofprompt|>"
+
+
 class Transcript:
-    """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes."""
+    """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes;
+    with `instruct`, the text is the record's instruction and transcript."""
 
     def __init__(self, cfg, text_ids: TextIds, tokens, xvectors, speech_size: int, width: int):
         self.text_ids, self.tokens, self.xvectors = text_ids, tokens, xvectors
-        self.on_bad_audio = cfg.data.on_bad_audio
+        self.on_bad_audio, self.instruct = cfg.data.on_bad_audio, cfg.llm.instruct
         self.text_size, self.speech_size, self.width = cfg.llm.max_text_tokens, speech_size, width
 
     def __call__(self, record, rng):
@@ -95,7 +115,8 @@ class Transcript:
             "xvector": np.zeros(self.width, np.float32),
             "mask": np.float32(0.0),
         }
-        text = self.text_ids.encode(record["target"])
+        prefix = instruction(speech.speaking_style(record)) if self.instruct else ""
+        text = self.text_ids.encode(prefix + record["target"])
         tokens = self.tokens[record["key"]]
         if len(text) > self.text_size or len(tokens) > self.speech_size:
             if self.on_bad_audio == "skip":
@@ -107,7 +128,7 @@ class Transcript:
         out["text"][: len(text)] = text
         out["speech"][: len(tokens)] = tokens
         out.update(text_length=np.int32(len(text)), speech_length=np.int32(len(tokens)), mask=np.float32(1.0))
-        if self.width:  # CosyVoice 2's LM reads none
+        if self.width:  # CosyVoice 2's LM and an -Instruct one read none
             out["xvector"][:] = _cosyvoice.xvector(self.xvectors, record["key"], self.width)
         return out
 
@@ -132,10 +153,13 @@ class LLMTask(SplitSources):
             )
         model = llm.Qwen2LM if self.qwen2 else llm.TransformerLM
         self.model = model(self.config, jnp.dtype(cfg.train.compute_dtype), cfg.train.remat)
-        width = 0 if self.qwen2 else self.config.spk_embed_dim
+        self.reads_xvector = not (self.qwen2 or cfg.llm.instruct)
+        width = self.config.spk_embed_dim if self.reads_xvector else 0
         transforms = []
         for split in (d.train_split, d.eval_split):
-            tokens, xvectors = _cosyvoice.extracted(cfg, split, self.config.speech_token_size, xvectors=not self.qwen2)
+            tokens, xvectors = _cosyvoice.extracted(
+                cfg, split, self.config.speech_token_size, xvectors=self.reads_xvector
+            )
             size = math.ceil(d.max_seconds * tokens.frame_rate)
             transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width))
         self.train_transform, self.eval_transform = transforms
@@ -168,7 +192,7 @@ class LLMTask(SplitSources):
         real = batch["mask"] > 0
         text_len = jnp.where(real, batch["text_length"], 0)
         speech_len = jnp.where(real, batch["speech_length"], 0)
-        return batch["text"], text_len, batch["speech"], speech_len, batch["xvector"]
+        return batch["text"], text_len, batch["speech"], speech_len, batch["xvector"] if self.reads_xvector else None
 
     def init(self, rng, batch):
         return self.model.init(rng, *self._inputs(batch))
@@ -191,7 +215,7 @@ class LLMTask(SplitSources):
             logits = self.model.apply(variables, x, length, method="logits")
         else:
             logits = self.model.apply(variables, *inputs)
-            target = llm.targets(*inputs[:4], eos=self.config.speech_token_size)
+            target = llm.targets(*inputs[:4], eos=self.config.speech_token_size, speaker=self.reads_xvector)
         target = jnp.where(batch["mask"][:, None] > 0, target, llm.IGNORE)  # a skipped row scores nothing
         return llm.scores(logits, target)
 
@@ -226,7 +250,7 @@ class LLMTask(SplitSources):
             batch["text_length"],
             *empty,
             *empty,
-            batch["xvector"],
+            batch["xvector"] if self.reads_xvector else None,
             max_new_tokens=self.train_transform.speech_size,
         )
         tokens, count = np.asarray(tokens), np.asarray(count)
@@ -237,7 +261,11 @@ class LLMTask(SplitSources):
             "token_error_rate": float(sum(edit_distance(list(r), list(g)) for r, g in zip(real, generated)))
             / max(sum(len(r) for r in real), 1),
         }
-        return metrics, self.speak(params) if self.cfg.llm.flow_run else {}
+        if not self.cfg.llm.flow_run:
+            return metrics, {}
+        if self.cfg.llm.instruct:
+            metrics.update(self.style_control(params))
+        return metrics, self.speak(params)
 
     def voice(self, params):
         """The chain (jaxmodels.cosyvoice.pipeline.CosyVoice) of these LM params and the runs
@@ -249,23 +277,71 @@ class LLMTask(SplitSources):
             self._voice = _cosyvoice.voice_from_runs(self, c.s3tokenizer_run, c.flow_run, c.hift_run, c.speaker)
         return dataclasses.replace(self._voice, lm_params=sharding.host_copy(params))
 
+    def _say(self, voice, prompt, target, key, style=None):
+        """The target's text in the prompt's voice at 16 kHz: zero-shot, or with llm.instruct in
+        instruct mode (`style`, or the target's own, as the instruction; the prompt's x-vector)."""
+        wav_16k, wav_out = _cosyvoice.prompt_audio(prompt["source"], voice.sample_rate)
+        if self.cfg.llm.instruct:
+            xvector = voice.embed(jnp.asarray(wav_16k[None]), jnp.array([len(wav_16k)]))
+            asked = instruction(style or speech.speaking_style(target))
+            audio = voice.instruct(target["target"], asked, xvector, key)
+        else:
+            audio = voice.zero_shot(target["target"], prompt["target"], wav_16k, wav_out, key)
+        return wav_16k, speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE)
+
     def speak(self, params):
-        """The eval split's first llm.speak_pairs targets spoken zero-shot in their prompts' voices
-        (16 kHz): the outputs speech_wer and speaker_similarity read, as task tts gives them. The
-        chain runs one utterance at a time on this process's first device, where its helpers sit."""
+        """The eval split's first llm.speak_pairs targets spoken in their prompts' voices (16 kHz;
+        zero-shot, or instruct mode): the outputs speech_wer and speaker_similarity read, as task
+        tts gives them. The chain runs one utterance at a time on this process's first device,
+        where its helpers sit."""
         pairs = speech.prompt_pairs(self.eval_source().records)[: self.cfg.llm.speak_pairs]
         out = {"tts_prompt": [], "tts_reference": [], "tts_generated": [], "tts_text": []}
         with sharding.first_device():
             voice = self.voice(params)
             keys = jax.random.split(jax.random.key(self.cfg.seed), len(pairs))
             for (prompt, target), key in progress(zip(pairs, keys), len(pairs), "speaking"):
-                wav_16k, wav_out = _cosyvoice.prompt_audio(prompt["source"], voice.sample_rate)
-                audio = voice.zero_shot(target["target"], prompt["target"], wav_16k, wav_out, key)
-                out["tts_generated"].append(speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE))
+                wav_16k, audio = self._say(voice, prompt, target, key)
+                out["tts_generated"].append(audio)
                 out["tts_prompt"].append(wav_16k)
                 out["tts_reference"].append(speech.read_audio(target["source"], speech.SAMPLE_RATE, resample=True))
                 out["tts_text"].append(target["target"])
         return out
+
+    def style_control(self, params):
+        """How the speech follows the instruction: the first llm.style_pairs targets spoken at
+        each rate (normal pitch) and each pitch (normal rate), their mean duration per rate and
+        mean voiced F0 per pitch; beside them the eval split's own targets, grouped by their style."""
+        from trainers.tasks.hift import yin_f0
+
+        def f0(audio):
+            track = yin_f0(audio, speech.SAMPLE_RATE, 160, 50.0, 500.0)
+            return float(np.mean(track[track > 0])) if np.any(track > 0) else 0.0
+
+        pairs = speech.prompt_pairs(self.eval_source().records)
+        seconds, pitch, real_seconds, real_pitch = {}, {}, {}, {}
+        for _, target in pairs:
+            real = speech.read_audio(target["source"], speech.SAMPLE_RATE, resample=True)
+            own = speech.speaking_style(target)
+            real_seconds.setdefault(own["rate"], []).append(len(real) / speech.SAMPLE_RATE)
+            real_pitch.setdefault(own["pitch"], []).append(f0(real))
+        pairs = pairs[: self.cfg.llm.style_pairs]
+        asked = [{"rate": r, "pitch": "normal"} for r in speech.STYLES["rate"]]
+        asked += [{"rate": "normal", "pitch": p} for p in speech.STYLES["pitch"] if p != "normal"]
+        with sharding.first_device():
+            voice = self.voice(params)
+            keys = jax.random.split(jax.random.key(self.cfg.seed + 1), len(pairs))
+            for (prompt, target), key in progress(zip(pairs, keys), len(pairs), "speaking each style"):
+                for style in asked:
+                    _, audio = self._say(voice, prompt, target, key, style)
+                    if style["pitch"] == "normal":
+                        seconds.setdefault(style["rate"], []).append(len(audio) / speech.SAMPLE_RATE)
+                    if style["rate"] == "normal":
+                        pitch.setdefault(style["pitch"], []).append(f0(audio))
+        metrics = {f"style/seconds_{k}": float(np.mean(v)) for k, v in seconds.items()}
+        metrics.update({f"style/f0_{k}": float(np.mean(v)) for k, v in pitch.items()})
+        metrics.update({f"style/real_seconds_{k}": float(np.mean(v)) for k, v in real_seconds.items()})
+        metrics.update({f"style/real_f0_{k}": float(np.mean(v)) for k, v in real_pitch.items()})
+        return metrics
 
     def write_artifacts(self, workdir, outputs, step):
         """The spoken pairs' audio and spectrograms, where eval spoke them."""
