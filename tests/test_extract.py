@@ -81,25 +81,33 @@ def test_latents_of_an_image_folder_over_devices_resume(fixtures_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
-    """Units of a HuBERT layer, batched over 8 devices, are each utterance's units alone (the
-    tokenizer's, unbatched); --features writes the states; a rerun redoes only what is missing."""
-    import pytest
+def corpus_and_checkpoint(corpus, root, reference, case):
+    """The tone corpus's config (root/corpus.yaml), returned, and a reference case's encoder saved
+    as transformers saves it (root/model.safetensors and config.json)."""
     from conftest import ROOT
     from safetensors.numpy import save_file
     from test_hubert import hubert_config
 
     from trainers import config as config_lib
+
+    with np.load(ROOT / "tests" / "data" / f"{reference}.npz") as f:
+        state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith(f"{case}/sd/")}
+        (root / "config.json").write_text(str(f[f"{case}/config"]))
+    save_file(state_dict, str(root / "model.safetensors"))
+    (root / "corpus.yaml").write_text(config_lib.dump(hubert_config(corpus, root)))
+    return root / "corpus.yaml"
+
+
+def test_units_of_a_speech_corpus_over_devices_resume(tone_corpus, tmp_path):
+    """Units of a HuBERT layer, batched over 8 devices, are each utterance's units alone (the
+    tokenizer's, unbatched); --features writes the states; a rerun redoes only what is missing."""
+    import pytest
+
     from trainers.data import speech
     from trainers.data.semantic import SemanticTokenizer
     from trainers.extract import main as extract
 
-    with np.load(ROOT / "tests" / "data" / "ssl_reference.npz") as f:
-        state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith("hubert_base_layout/sd/")}
-        (tmp_path / "config.json").write_text(str(f["hubert_base_layout/config"]))
-    save_file(state_dict, str(tmp_path / "model.safetensors"))
-    config = tmp_path / "corpus.yaml"
-    config.write_text(config_lib.dump(hubert_config(tone_corpus, tmp_path)))
+    config = corpus_and_checkpoint(tone_corpus, tmp_path, "ssl_reference", "hubert_base_layout")
     out = tmp_path / "units"
     args = ["units", str(config), "--encoder", str(tmp_path / "model.safetensors"), "--layer", "1"]
     args += ["--workdir", str(out), "--splits", "train,test", "--batch_size", "8", "--shard_batches", "2"]
@@ -143,21 +151,12 @@ def test_units_of_w2v_bert_from_audio_over_devices(tone_corpus, tmp_path):
     """A w2v-BERT 2.0 checkpoint (transformers' files) gives units from audio through
     SeamlessM4T's features (tests/test_w2v_bert.py checks them against transformers), batched
     over 8 devices as each utterance alone."""
-    from conftest import ROOT
-    from safetensors.numpy import save_file
-    from test_hubert import hubert_config
 
-    from trainers import config as config_lib
     from trainers.data import speech
     from trainers.data.semantic import SemanticTokenizer
     from trainers.extract import main as extract
 
-    with np.load(ROOT / "tests" / "data" / "w2v_bert_reference.npz") as f:
-        state_dict = {k.split("/sd/")[1]: f[k] for k in f.files if k.startswith("relative_key/sd/")}
-        (tmp_path / "config.json").write_text(str(f["relative_key/config"]))
-    save_file(state_dict, str(tmp_path / "model.safetensors"))
-    config = tmp_path / "corpus.yaml"
-    config.write_text(config_lib.dump(hubert_config(tone_corpus, tmp_path)))
+    config = corpus_and_checkpoint(tone_corpus, tmp_path, "w2v_bert_reference", "relative_key")
     out = tmp_path / "units"
     args = ["units", str(config), "--encoder", str(tmp_path / "model.safetensors"), "--layer", "2"]
     extract([*args, "--workdir", str(out), "--splits", "train", "--batch_size", "8", "--clusters", "4"])
