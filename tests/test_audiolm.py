@@ -206,3 +206,39 @@ def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_pat
         continue_speech.main(
             [prompt, out, "--semantic", runs["coarse"], "--coarse", runs["coarse"], "--fine", runs["fine"]]
         )
+
+
+def test_swuggy_scores_words_against_non_words_in_held_out_voices(extracted):
+    """The lexical pairs: the vocabulary's words in turn, each beside a non-word said otherwise, in
+    a held-out voice; tokenized as the units were (deduplicated) and scored by the stage as each
+    utterance alone."""
+    from trainers.config import ConfigError
+    from trainers.data import speech
+    from trainers.evaluators import swuggy
+    from trainers.loop import Trainer
+
+    trainer = Trainer(stage_config(extracted, "semantic"))
+    params = trainer.init(0).inference_params
+    evaluator = swuggy.SWuggy(swuggy.SWuggyConfig(name="swuggy", pairs=6), trainer.task)
+    pairs, words = evaluator.pairs, swuggy.vocabulary()
+    assert [p["word"] for p in pairs] == words[:6] and len(words) == 29
+    assert all(p["non_word"] not in words and p["voice"] in speech.corpus_voices(0)[1] for p in pairs)
+    metrics, _ = evaluator({}, params)
+    assert metrics["swuggy_pairs"] == 6
+
+    assert evaluator.units.max() < 4 and (evaluator.lengths > 0).all()  # the 4 k-means units, deduplicated
+    loss = jax.jit(audiolm.loss, static_argnums=0)
+    preferred = []
+    for word, non_word in zip(*[iter(zip(evaluator.units, evaluator.lengths))] * 2):
+        scores = []
+        for units, n in (word, non_word):
+            assert (units[:n][1:] != units[:n][:-1]).all() and not units[n:].any()
+            nll, _, _ = loss(trainer.task.model, params, jnp.zeros((1, 1), jnp.int32), jnp.zeros(1, jnp.int32),
+                             jnp.asarray(units[None, :n]), jnp.array([n]))  # fmt: skip
+            scores.append(float(nll[0]))
+        preferred.append(scores[0] < scores[1])
+    assert metrics["swuggy_accuracy"] == np.mean(preferred)
+    with pytest.raises(ConfigError, match="swuggy scores an AudioLM semantic stage"):
+        swuggy.SWuggy(
+            swuggy.SWuggyConfig(name="swuggy"), Trainer(stage_config(extracted, "fine", coarse_quantizers=1)).task
+        )

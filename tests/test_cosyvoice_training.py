@@ -125,6 +125,11 @@ def test_cosyvoice_extracted_tokens_and_xvectors_are_each_utterances_own(cosyvoi
         np.testing.assert_array_equal(tokens[key], np.asarray(alone)[0, : int(n[0])])
         np.testing.assert_allclose(xvectors[key][0], embedder([audio])[0], atol=2e-3)  # stored in float16
         assert xvectors[key].shape == (1, 128)
+    with pytest.MonkeyPatch.context() as patch:  # new audio tokenized as the folder's was (AudioLM's units)
+        patch.setitem(s3tokenizer.CONFIGS, "s3_tiny", s3)
+        waves = [speech.read_audio(str(tone_corpus / "wav" / f"{key}.wav")) for key in ("test0", "test3")]
+        again = tokens.unit_tokenizer()(waves)
+    assert [a.tolist() for a in again] == [tokens[key].tolist() for key in ("test0", "test3")]
 
 
 def test_campplus_xvectors_are_each_utterances_own(cosyvoice_data, tone_corpus, tmp_path):

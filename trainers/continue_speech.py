@@ -1,7 +1,7 @@
 """python -m trainers.continue_speech PROMPT.wav OUT.wav --semantic RUN --coarse RUN --fine RUN [options]
 
-Continues a spoken prompt as AudioLM does: the prompt's semantic units (the tokenizer and
-encoder that `trainers.extract units` used for the semantic run's data) are continued by the
+Continues a spoken prompt as AudioLM does: the prompt's semantic units (made as `trainers.extract`
+made the semantic run's: the k-means tokenizer and its encoder, or the S3 tokenizer) are continued by the
 semantic stage; the coarse stage draws the first codebooks of the prompt's continuation from
 all the semantic units, after the prompt's own coarse codes; the fine stage draws the other
 codebooks from all the coarse ones; the codec of the coarse run's codes (`trainers.extract
@@ -85,18 +85,14 @@ def main(argv=None):
     import jax
 
     from trainers.data import speech
-    from trainers.data.semantic import SemanticTokenizer
     from trainers.tasks.audiolm import deduplicate, flatten_codes
     from trainers.tasks.codec import load_codec
 
     args = _parser().parse_args(argv)
     semantic, coarse, fine = (Stage(getattr(args, s), s) for s in ("semantic", "coarse", "fine"))
     a = coarse.task.cfg.audiolm
-    units_meta = _index(semantic.task.cfg.audiolm.units, semantic.task.cfg.data.train_split)
+    tokenizer = semantic.task.folders[semantic.task.cfg.data.train_split]["units"].unit_tokenizer()
     codes_meta = _index(a.codes, coarse.task.cfg.data.train_split)
-    if "tokenizer" not in units_meta:
-        raise InputError(f"{semantic.task.cfg.audiolm.units} holds no k-means units (extract units --clusters)")
-    tokenizer = SemanticTokenizer.load(units_meta["tokenizer"])
     codec = load_codec(codes_meta["codec"], codes_meta["codec_model"])
     q, n_q, bins = a.coarse_quantizers, codec.config.n_q, codec.config.bins
 

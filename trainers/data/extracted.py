@@ -1,6 +1,7 @@
-"""The per-utterance frames that `trainers.extract units` wrote (k-means units or features),
-looked up by the manifest record's key. Shards are memory-mapped when first read, in the
-process that reads (a grain worker), so a process reads from disk only the utterances it uses."""
+"""The per-utterance frames that `trainers.extract` wrote (k-means units, S3 tokens, features,
+codes), looked up by the manifest record's key, and the tokenizer that made units of them.
+Shards are memory-mapped when first read, in the process that reads (a grain worker), so a
+process reads from disk only the utterances it uses."""
 
 import json
 import os
@@ -41,6 +42,42 @@ class ExtractedFrames:
 
     def __contains__(self, key):
         return key in self._where
+
+    def unit_tokenizer(self):
+        """16 kHz waveforms -> their units (int32 arrays), made as these were: the k-means units
+        of an encoder's layer (`units` with --clusters or --tokenizer: its tokenizer.npz) or the
+        S3 tokens of a recogniser run with the quantizer inside or of released weights (`s3tokens`)."""
+        meta = self.meta
+        if "tokenizer" in meta:
+            from trainers.data.semantic import SemanticTokenizer
+
+            tokenizer = SemanticTokenizer.load(meta["tokenizer"])
+            return lambda waves: [np.asarray(u, np.int32) for u in tokenizer(waves)]
+        if "s3tokenizer" not in meta:
+            raise InputError(
+                f"{os.path.dirname(self.files[0])} holds {self.what} that no tokenizer makes of new audio "
+                "(extract units --clusters or s3tokens makes units)"
+            )
+        import jax.numpy as jnp
+
+        from trainers.data.speech import pad_waveforms
+
+        if os.path.isdir(meta["s3tokenizer"]):
+            from trainers.tasks.ctc import Recognizer
+
+            encode = Recognizer(meta["s3tokenizer"]).s3_tokens
+        else:
+            from jaxmodels.cosyvoice import s3tokenizer
+
+            model, variables = s3tokenizer.load(meta["s3tokenizer"], meta["s3tokenizer_model"])
+            encode = lambda audio, lengths: s3tokenizer.tokenize(model, variables, audio, lengths)  # noqa: E731
+
+        def tokenize(waves):
+            audio, lengths = pad_waveforms(waves)
+            tokens, counts = encode(jnp.asarray(audio), jnp.asarray(lengths))
+            return [np.asarray(t[:n], np.int32) for t, n in zip(np.asarray(tokens), np.asarray(counts))]
+
+        return tokenize
 
     def width(self) -> int:
         """The size of a frame's vector (features; codes: the codebooks), or 0 (units)."""

@@ -147,10 +147,15 @@ class _ESpeak:
             raise RuntimeError(f"eSpeak NG has no voice {voice!r}")
         self.lib.espeak_SetParameter(1, rate, 0)  # espeakRATE, words per minute
         self.lib.espeak_SetParameter(3, pitch, 0)  # espeakPITCH, 0..100
-        self._chunks, self._word_samples, self._phones = [], [], []
         data = text.encode() + b"\0"
-        self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
-        if len(self._word_samples) != len(text.split()):
+        # After some 20 espeak_TextToPhonemes calls (phonemize), the next synthesis alone
+        # reports no word events (eSpeak NG 1.52); it is run again.
+        for _ in range(2):
+            self._chunks, self._word_samples, self._phones = [], [], []
+            self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
+            if len(self._word_samples) == len(text.split()):
+                break
+        else:
             raise RuntimeError(f"eSpeak NG reported {len(self._word_samples)} words in {text!r}")
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         phones = [(s / self.sample_rate, p) for s, p in self._phones]
@@ -175,6 +180,12 @@ class _ESpeak:
         while pointer.value:  # one clause per call; the pointer moves on
             clauses.append(self.lib.espeak_TextToPhonemes(ctypes.byref(pointer), 0, 0).decode())
         return " ".join(clauses)
+
+
+def espeak_16k(items) -> list:
+    """16 kHz audio of (text, voice, pitch, rate) items, spoken by eSpeak NG as the built-in corpus is."""
+    engine = _ESpeak()
+    return [engine.say_16k(*item)[0] for item in items]
 
 
 def corpus_voices(seed: int):
