@@ -188,7 +188,8 @@ def test_stage_errors(extracted):
 @pytest.mark.slow
 def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_path):
     """A prompt's units and codes through semantic, coarse and fine runs and the codec: the
-    output holds the prompt's frames and then the continuation's."""
+    output holds the prompt's frames and then the continuation's; the acoustic_consistency
+    evaluator continues prompts alike and names their speakers."""
     from trainers import continue_speech
     from trainers.data import speech
     from trainers.loop import train
@@ -206,6 +207,35 @@ def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_pat
         continue_speech.main(
             [prompt, out, "--semantic", runs["coarse"], "--coarse", runs["coarse"], "--fine", runs["fine"]]
         )
+
+    # Acoustic consistency: the fine run's eval continues the eval split's prompts the same way
+    # (greedy here: as the command's) and names each continuation's speaker.
+    from pathlib import Path
+
+    from trainers import speaker
+    from trainers.evaluators import acoustic_consistency
+    from trainers.runs import load_run
+
+    embedder = str(tmp_path / "speaker.npz")
+    speaker.main([str(Path(extracted[1]).parent / "data.yaml"), "--out", embedder, "--steps", "5"])
+    cfg = acoustic_consistency.AcousticConsistencyConfig(
+        "acoustic_consistency", semantic=runs["semantic"], coarse=runs["coarse"], speaker=embedder
+    )
+    cfg.seconds, cfg.temperature = 0.05, 0.0  # 0.05 s: the embedder's frames need 25 ms
+    trainer, params = load_run(runs["fine"], "audiolm", "fine stage")
+    evaluator = acoustic_consistency.AcousticConsistency(cfg, trainer.task)
+    first = evaluator.pairs[0][0]["source"]
+    continue_speech.main(
+        [first, out, "--seconds", "0.01", "--temperature", "0", *[f"--{s}={r}" for s, r in runs.items()]]
+    )
+    written = speech.read_audio(out)
+    continued = evaluator.continuations(params)
+    assert len(continued) == len(evaluator.pairs) >= 2
+    np.testing.assert_allclose(continued[0], written[len(written) - len(continued[0]) :], atol=1 / 32768)
+    metrics, _ = evaluator({}, params)
+    right = np.arange(len(evaluator.pairs))
+    assert metrics["acoustic_consistency"] == np.mean(evaluator.named(continued) == right)
+    assert 0 <= metrics["acoustic_consistency_reference"] <= 1
 
 
 def test_swuggy_scores_words_against_non_words_in_held_out_voices(extracted):
