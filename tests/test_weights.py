@@ -90,6 +90,33 @@ def test_upstream_files_are_mapped_so_a_process_reads_only_its_slices(fixtures_d
         Trainer(m1_config()).load_weights(Trainer(m1_config()).abstract_state, str(truncated))
 
 
+def test_scanned_layers_are_read_where_placed(fixtures_dir):
+    """Under lazy_layers (Trainer.load_weights) a scanned parameter is a StackedLayers of views
+    of the file, read only where indexed; it equals the eager stack, and load_weights places it
+    over 8 devices with the values of from_torch."""
+    from jaxmodels import dit
+    from jaxmodels.nn.state_dict import StackedLayers, lazy_layers
+
+    case = fixtures_dir / "dit" / "s_p2"
+    args = json.loads((case / "config.json").read_text())
+    args.pop("class_dropout_prob")
+    model_config = {"name": "DiT-S/2", "args": args}
+    cfg = config_lib.parse({"task": "diffusion", "model": model_config, "data": {"source": "latents"}})
+    trainer = Trainer(cfg)
+    weights = case / "weights.safetensors"
+    eager = dit.from_torch(load_state_dict(weights), trainer.task.model)
+    with lazy_layers():
+        lazy = dit.from_torch(load_state_dict(weights), trainer.task.model)
+    stacked = [leaf for leaf in jax.tree.leaves(lazy) if isinstance(leaf, StackedLayers)]
+    assert stacked and all(mapped(layer, weights) for leaf in stacked for layer in leaf.layers)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), lazy, eager)
+    leaf = stacked[0]
+    np.testing.assert_array_equal(leaf[1:, ..., :3], np.asarray(leaf)[1:, ..., :3])
+    np.testing.assert_array_equal(leaf[0], np.asarray(leaf)[0])
+    placed = trainer.load_weights(trainer.init_inference(0), str(weights))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(placed.params), eager["params"])
+
+
 def timm_eval(image, size=32, crop_pct=1.0):
     """timm's eval transform as torchvision computes it on a PIL image: the shorter side to
     floor(size / crop_pct) and the longer int(short * long / shorter) (bicubic), a centre

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from jaxmodels.nn.state_dict import lazy_layers
 from trainers import config as config_lib
 from trainers import data, evaluators, rundir, sharding
 from trainers.checkpoint import Checkpointer, CheckpointMismatch, abstract_with_shardings, check_writable
@@ -191,9 +192,10 @@ class Trainer:
             raise config_lib.ConfigError(
                 f"model.init_from: task {self.cfg.task} has no converter for upstream weights"
             )
-        state_dict = read_weights(path)
+        state_dict = read_weights(path)  # memory-mapped: each device's slices are read when placed
         try:
-            variables = self.task.convert_weights(state_dict)
+            with lazy_layers():  # scanned layers too
+                variables = self.task.convert_weights(state_dict)
             params = _overlay(state.params, variables.get("params", {}), self.param_shardings)
             model_state = _overlay(state.model_state, variables.get("state", {}), self.model_state_shardings)
         except ValueError as e:

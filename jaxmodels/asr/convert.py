@@ -8,33 +8,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.asr.model import SenseVoiceSmall
-from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, torch_to_flax_leaf
+from jaxmodels.asr.model import SenseVoiceEncoderSmall, SenseVoiceSmall
+from jaxmodels.nn.state_dict import (
+    assign_state_dict,
+    load_state_dict,
+    module_path,
+    stack_layers,
+    torch_to_flax_leaf,
+)
 
 # The layers that SenseVoiceEncoderSmall scans over: encoder.encoders.<i>.<name> of every i
 # is one parameter, encoders/<name>, stacked in layer order.
 STACKED = re.compile(r"(encoder\.(?:tp_)?encoders)\.(\d+)\.(.+)")
 
 
-def _stack_layers(state_dict):
-    out, stacks = {}, {}
+def _converted(state_dict, model: SenseVoiceSmall) -> tuple[dict, dict]:
+    """(values, Flax paths) by upstream key, each value in Flax layout; the scanned layers'
+    under their key without the index, stacked in layer order."""
+    values, paths, stacks = {}, {}, {}
     for key, value in state_dict.items():
         if match := STACKED.fullmatch(key):
-            stacks.setdefault(f"{match[1]}.{match[3]}", {})[int(match[2])] = value
+            name = f"{match[1]}.{match[3]}"
+            path, value = _layer_key_map(name, value)
+            stacks.setdefault(name, (path, {}))[1][int(match[2])] = value
         else:
-            out[key] = value
-    for key, layers in stacks.items():
-        if sorted(layers) != list(range(len(layers))):
-            raise ValueError(f"{key}: the state_dict has layers {sorted(layers)}, not 0..{len(layers) - 1}")
-        out[key] = np.stack([layers[i] for i in range(len(layers))])
-    return out
-
-
-def _key_map(key, value):
-    if key.startswith(("encoder.encoders.", "encoder.tp_encoders.")):  # stacked: each layer's slice as one
-        mapped = [_layer_key_map(key, v) for v in value]
-        return mapped[0][0], np.stack([v for _, v in mapped])
-    return _layer_key_map(key, value)
+            paths[key], values[key] = _layer_key_map(key, value)
+    encoder = SenseVoiceEncoderSmall(**(model.encoder_conf or {}))
+    lengths = {"encoder.encoders": encoder.num_blocks - 1, "encoder.tp_encoders": encoder.tp_blocks}
+    for name, (path, by_index) in stacks.items():
+        group = name.split(".", 2)
+        values[name] = stack_layers(f"{group[0]}.{group[1]}.*.{group[2]}", by_index, lengths[".".join(group[:2])])
+        paths[name] = path
+    return values, paths
 
 
 def _layer_key_map(key, value):
@@ -81,4 +86,5 @@ def from_torch(state_dict, model: SenseVoiceSmall | None = None):
     model = model or SenseVoiceSmall(**infer_config(state_dict))
     feats = jnp.zeros((1, 8, model.input_size))
     shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), feats, jnp.full((1,), 8))))
-    return {"params": assign_state_dict(_stack_layers(state_dict), shapes["params"], _key_map)}
+    values, paths = _converted(state_dict, model)
+    return {"params": assign_state_dict(values, shapes["params"], lambda key, value: (paths[key], value))}

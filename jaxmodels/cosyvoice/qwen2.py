@@ -154,29 +154,31 @@ def from_torch(state_dict, cfg: Qwen2Config, prefix: str = "") -> dict:
     from jaxmodels.nn.state_dict import assign_state_dict, stack_layers
 
     shapes = nn.meta.unbox(init_shapes(cfg))["params"]
-    layers, rest = {}, {}
+
+    def key_map(key, value):
+        """(Flax path, value) of one tensor; a layer's named "layers.<module>.<leaf>"."""
+        module, leaf = key.rsplit(".", 1)
+        path = ("layers", module.removeprefix("layers.")) if module.startswith("layers.") else tuple(module.split("."))
+        if leaf == "weight" and module == "embed_tokens":
+            return (*path, "embedding"), value
+        if leaf == "weight" and value.ndim == 2:  # a Linear's (out, in)
+            return (*path, "kernel"), value.T
+        return (*path, leaf), value
+
+    converted, paths, layers = {}, {}, {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):
             continue
         key = key.removeprefix(prefix)
         parts = key.split(".")
         if parts[0] == "layers":
-            layers.setdefault("_".join(parts[2:-1]) + "." + parts[-1], {})[int(parts[1])] = np.asarray(value)
+            name = "layers." + "_".join(parts[2:-1]) + "." + parts[-1]
+            path, value = key_map(name, np.asarray(value))
+            layers.setdefault(name, (path, {}))[1][int(parts[1])] = value
         else:
-            rest[key] = np.asarray(value)
-    converted = dict(rest)
-    for name, by_index in layers.items():
-        converted[f"layers.{name}"] = stack_layers(f"layers.*.{name}", by_index, cfg.num_hidden_layers)
-
-    def key_map(key, value):
-        module, leaf = key.rsplit(".", 1)
-        stacked = module.startswith("layers.")
-        path = ("layers", module.removeprefix("layers.")) if stacked else tuple(module.split("."))
-        if leaf == "weight" and module == "embed_tokens":
-            return (*path, "embedding"), value
-        if leaf == "weight" and value.ndim - stacked == 2:  # a Linear's (out, in)
-            return (*path, "kernel"), np.swapaxes(value, -1, -2)
-        return (*path, leaf), value
-
+            paths[key], converted[key] = key_map(key, np.asarray(value))
+    for name, (path, by_index) in layers.items():
+        converted[name] = stack_layers(name.replace(".", ".*.", 1), by_index, cfg.num_hidden_layers)
+        paths[name] = path
     ignore = lambda key: key == "lm_head.weight" and cfg.tie_word_embeddings  # noqa: E731
-    return {"params": assign_state_dict(converted, shapes, key_map, ignore)}
+    return {"params": assign_state_dict(converted, shapes, lambda key, value: (paths[key], value), ignore)}

@@ -6,6 +6,8 @@ parameter tree, so a checkpoint of the wrong model fails with the keys and shape
 at fault named, never with a silently half-filled model.
 """
 
+import contextlib
+import contextvars
 import json
 import mmap
 import os
@@ -108,7 +110,7 @@ def assign_state_dict(
     for key, value in state_dict.items():
         if ignore(key):
             continue
-        path, new = key_map(key, np.asarray(value))
+        path, new = key_map(key, value if isinstance(value, StackedLayers) else np.asarray(value))
         if path not in expected:
             unexpected.append(f"{key} (-> {'/'.join(path)})")
             continue
@@ -127,15 +129,66 @@ def assign_state_dict(
         problems.append("shape mismatches: " + _listing(mismatched, sep="; "))
     if problems:
         raise ValueError("state_dict does not fit the model:\n  " + "\n  ".join(problems))
-    return jax.tree.map(np.asarray, flax.traverse_util.unflatten_dict(out))
+    return jax.tree.map(
+        lambda v: v if isinstance(v, StackedLayers) else np.asarray(v), flax.traverse_util.unflatten_dict(out)
+    )
 
 
-def stack_layers(key: str, by_index: Mapping[int, np.ndarray], length: int) -> np.ndarray:
-    """One parameter of `length` repeated layers, given by layer index, stacked along a new
-    leading axis (a scanned module's layout); other indices are an error naming `key`."""
+class StackedLayers:
+    """Layers' arrays, one parameter of a scanned module, stacked along a new leading axis
+    only where read: indexing reads just the layers and slices asked for (what places a
+    sharded parameter reads each device's), np.asarray all of them."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+        self.shape = (len(layers), *layers[0].shape)
+        self.dtype = np.result_type(*layers)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        first, rest = (index[0], index[1:]) if index else (slice(None), ())
+        if isinstance(first, (int, np.integer)):
+            return np.asarray(self.layers[first][rest], self.dtype)
+        picked = self.layers[first]
+        if not picked:
+            return np.zeros((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+        return np.stack([np.asarray(layer[rest], self.dtype) for layer in picked])
+
+    def __array__(self, dtype=None, copy=None):
+        return np.stack(self.layers).astype(dtype or self.dtype, copy=False)
+
+    def astype(self, dtype, copy=True):
+        if np.dtype(dtype) == self.dtype and not copy:
+            return self
+        return np.asarray(self).astype(dtype)
+
+
+_LAZY_LAYERS = contextvars.ContextVar("lazy_layers", default=False)
+
+
+@contextlib.contextmanager
+def lazy_layers():
+    """Within it, stack_layers leaves its stacks unread (StackedLayers) and assign_state_dict
+    keeps them so, for a caller that places each device's slices (Trainer.load_weights): a
+    scanned parameter of a memory-mapped file is then read only where a device needs it."""
+    token = _LAZY_LAYERS.set(True)
+    try:
+        yield
+    finally:
+        _LAZY_LAYERS.reset(token)
+
+
+def stack_layers(key: str, by_index: Mapping[int, np.ndarray], length: int):
+    """One parameter of `length` repeated layers, given by layer index (each in its Flax
+    layout), stacked along a new leading axis (a scanned module's layout); other indices, or
+    layers of different shapes, are an error naming `key`. Under lazy_layers, a StackedLayers."""
     if sorted(by_index) != list(range(length)):
         raise ValueError(f"{key}: layers {sorted(by_index)}, the model has {length}")
-    return np.stack([by_index[i] for i in range(length)])
+    layers = [by_index[i] for i in range(length)]
+    if len({np.shape(layer) for layer in layers}) > 1:
+        raise ValueError(f"{key}: layers of shapes {sorted({np.shape(layer) for layer in layers})}")
+    return StackedLayers(layers) if _LAZY_LAYERS.get() else np.stack(layers)
 
 
 def _listing(items, sep=", ", limit=12):

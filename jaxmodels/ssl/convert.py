@@ -94,8 +94,7 @@ def from_torch(state_dict: dict, model) -> dict:
     for path, by_index in layers.items():
         key = f"encoder.layers.*.{'.'.join(path[len(path) - 2 :])}"
         converted[key], paths[key] = stack_layers(key, by_index, encoder.num_hidden_layers), path
-    params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
-    return {"params": jax.tree.map(np.asarray, params)}
+    return {"params": assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))}
 
 
 # Scanned-layer module names -> transformers' (the rest of the encoder's: dots for underscores).

@@ -387,8 +387,7 @@ def from_torch(state_dict: dict, model: W2vBertEncoder) -> dict:
             converted[key], paths[key] = value, (f"adapter_layers_{m[2]}", *path) if m else path
     for key, (path, by_index) in layers.items():
         converted[key], paths[key] = stack_layers(key, by_index, model.num_hidden_layers), path
-    params = assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))
-    return {"params": jax.tree.map(np.asarray, params)}
+    return {"params": assign_state_dict(converted, shapes, lambda key, value: (paths[key], value))}
 
 
 # transformers' Wav2Vec2BertConfig keys the model takes (the rest are training settings or heads').
