@@ -94,30 +94,28 @@ def trained_cosyvoice(args, cfg):
     flow_run, hift_run, speaker): zero-shot with --prompt-text, cross-lingual without, or, an
     LM trained with instructions, as --instruct asks."""
     import jax
-    import jax.numpy as jnp
 
     from trainers.checkpoint import restore_run
     from trainers.config import ConfigError
     from trainers.data import speech
     from trainers.loop import Trainer
 
+    if cfg.llm.instruct and not args.instruct:
+        raise InputError(f"the LM of {args.config} was trained with instructions (llm.instruct): give --instruct")
+    if args.instruct and not cfg.llm.instruct:
+        raise InputError(f"the LM of {args.config} was not trained with instructions (llm.instruct): no --instruct")
     trainer = Trainer(cfg)
     step, state = restore_run(trainer, args.workdir, args.checkpoint)
     try:
         voice = trainer.task.voice(state.inference_params)
     except ConfigError as e:
         raise InputError(f"{args.config}: {e}") from None
-    if cfg.llm.instruct and not args.instruct:
-        raise InputError(f"the LM of {args.config} was trained with instructions (llm.instruct): give --instruct")
-    if args.instruct and not cfg.llm.instruct:
-        raise InputError(f"the LM of {args.config} was not trained with instructions (llm.instruct): no --instruct")
     rng = jax.random.key(args.seed)
     if args.instruct:
         from trainers.tasks._cosyvoice import prompt_audio
 
         wav_16k, _ = prompt_audio(args.prompt, voice.sample_rate)
-        xvector = voice.embed(jnp.asarray(wav_16k[None]), jnp.array([len(wav_16k)]))
-        audio, mode = voice.instruct(args.text, args.instruct, xvector, rng), "instruct"
+        audio, mode = voice.instruct(args.text, args.instruct, voice.xvector(wav_16k), rng), "instruct"
     else:
         audio, mode = _continue_prompt(voice, args, rng)
     speech.write_wav(args.out, audio, voice.sample_rate)

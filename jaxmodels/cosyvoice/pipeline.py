@@ -149,7 +149,7 @@ class CosyVoice:
         2), both are cut to whole tokens' worth, as upstream's frontend does."""
         audio, lengths = jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)])
         tokens, count = self.tokenize(audio, lengths)
-        xvector = self.embed(audio, lengths)
+        xvector = self.xvector(wav_16k)
         c = self.decoder.config
         mel = self.mel(jnp.asarray(wav_out[None], jnp.float32))
         tokens = tokens[:, : int(count[0])]
@@ -157,6 +157,10 @@ class CosyVoice:
             n = min(mel.shape[1] // c.token_mel_ratio, tokens.shape[1])
             tokens, mel = tokens[:, :n], mel[:, : n * c.token_mel_ratio]
         return tokens, mel, xvector
+
+    def xvector(self, wav_16k: np.ndarray):
+        """The speaker embedding (1, D) of a recording at 16 kHz."""
+        return self.embed(jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)]))
 
     def _ids(self, sentence: str):
         ids = text.encode(self.text_tokenizer, sentence)

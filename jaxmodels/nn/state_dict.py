@@ -150,10 +150,7 @@ class StackedLayers:
         first, rest = (index[0], index[1:]) if index else (slice(None), ())
         if isinstance(first, (int, np.integer)):
             return np.asarray(self.layers[first][rest], self.dtype)
-        picked = self.layers[first]
-        if not picked:
-            return np.zeros((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
-        return np.stack([np.asarray(layer[rest], self.dtype) for layer in picked])
+        return np.stack([np.asarray(layer[rest], self.dtype) for layer in self.layers[first]])
 
     def __array__(self, dtype=None, copy=None):
         return np.stack(self.layers).astype(dtype or self.dtype, copy=False)

@@ -2,9 +2,9 @@
 converter of its transformers checkpoints.
 
 The input is SeamlessM4TFeatureExtractor's features (`features`): 80 log-mel bins per 10 ms,
-normalised per utterance, two frames stacked into one of 160 values per 20 ms. A layer norm and a linear
-projection map them to the model width; padded frames are zeroed; then Conformer layers
-(scanned), each pre-norm in the macaron layout: half a feed-forward, self-attention (by
+normalised per utterance, two frames stacked into one of 160 values per 20 ms. A layer norm
+and a linear projection map them to the model width; padded frames are zeroed; then Conformer
+layers (scanned), each pre-norm in the macaron layout: half a feed-forward, self-attention (by
 default with Shaw's clipped relative-position key embeddings), a convolution module (GLU, a
 causal depthwise convolution, a layer norm), the other half feed-forward, and a final layer
 norm. An optional adapter (strided convolutions with attention, halving the frame rate per

@@ -282,9 +282,8 @@ class LLMTask(SplitSources):
         instruct mode (`style`, or the target's own, as the instruction; the prompt's x-vector)."""
         wav_16k, wav_out = _cosyvoice.prompt_audio(prompt["source"], voice.sample_rate)
         if self.cfg.llm.instruct:
-            xvector = voice.embed(jnp.asarray(wav_16k[None]), jnp.array([len(wav_16k)]))
             asked = instruction(style or speech.speaking_style(target))
-            audio = voice.instruct(target["target"], asked, xvector, key)
+            audio = voice.instruct(target["target"], asked, voice.xvector(wav_16k), key)
         else:
             audio = voice.zero_shot(target["target"], prompt["target"], wav_16k, wav_out, key)
         return wav_16k, speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE)
