@@ -3,6 +3,7 @@ models whose parts fit one another; each part equals upstream's in its own test.
 
 import dataclasses
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def test_split_text_cuts_at_sentence_ends(ranks, sentence, limit, pieces):
     tokenizer = text.load(str(ranks))
     got = pipeline.split_text(tokenizer, sentence, limit)
     assert got == pieces
+
+
+def test_text_frontend_equals_upstreams():
+    """text.normalize against CosyVoiceFrontEnd.text_normalize run unchanged, without ttsfrd or
+    wetext (tests/data/make_cosyvoice_frontend_reference.py): numbers, Chinese, quotes,
+    punctuation-only pieces, special tokens; pieces by UTF-8 byte counts."""
+    tokenizer = text.load("bytes")
+    for sentence, pieces, whole in json.loads((DATA / "cosyvoice_frontend.json").read_text()):
+        assert text.normalize(tokenizer, sentence) == pieces, sentence
+        assert text.normalize(tokenizer, sentence, split=False) == whole, sentence
 
 
 def test_load_names_what_is_missing(tmp_path):

@@ -10,9 +10,11 @@ LM sees no prompt, the flow still continues the recording's mel), ``sft`` (a spe
 stored x-vector, no recording) and ``instruct`` (sft with an instruction as the LM's prompt
 text, the LM without the x-vector; the -Instruct model's). CosyVoice 2 (variant cosyvoice2)
 runs the same way: its Qwen2 LM reads no x-vector, its causal flow decoder makes two mel
-frames a token at 24 kHz. Long text is cut at sentence ends into pieces of at most
-``max_piece_tokens`` text ids (upstream splits paragraphs likewise; its text normalisation,
-numbers spelt out and the like, is not applied), each spoken and the audio joined.
+frames a token at 24 kHz. The text goes through upstream's text frontend (text.normalize, as
+upstream runs it without ttsfrd or wetext: numbers spelt out, Chinese tidied) and is cut at
+sentence ends into pieces, each spoken and the audio joined; a chain whose LM was trained here
+on its corpus's transcripts as written (``text_frontend`` False) only cuts the text at sentence
+ends into pieces of at most 80 ids.
 
     voice = pipeline.CosyVoice.load("CosyVoice-300M/", "cosyvoice_300m")      # or cosyvoice2 (CosyVoice2-0.5B/)
     audio = voice.zero_shot("Hello there.", "the prompt's words", prompt_16k, prompt_22k, jax.random.key(0))
@@ -66,6 +68,7 @@ VARIANTS = {
 # s3tokenizer package's state_dict (<name>.pt or .safetensors); 3D-Speaker's CAM++
 # (campplus_cn_common.bin); the text tokenizer (Variant.text).
 CAMPPLUS = "campplus_cn_common"
+MAX_PIECE_TOKENS = 80  # upstream's token_max_n
 SENTENCE = re.compile(r"[^.!?;。！？；]*(?:[.!?;。！？；]+|$)\s*")  # a sentence and the space after it
 
 
@@ -97,7 +100,8 @@ class CosyVoice:
     quantizer inside), and the x-vectors (released: campplus.embed; or any speaker embedder
     the LM and flow were trained with). ``mel``: audio (B, T) at the output rate -> the flow's
     mel frames (B, frames, C), the features it was trained on. ``text_tokenizer`` as
-    jaxmodels.cosyvoice.text loads."""
+    jaxmodels.cosyvoice.text loads. ``text_frontend``: the released models' text frontend
+    (text.normalize), or, False, the text as written, cut at sentence ends (split_text)."""
 
     lm: llm.TransformerLM | llm.Qwen2LM
     lm_params: dict
@@ -109,7 +113,7 @@ class CosyVoice:
     embed: Callable
     mel: Callable
     text_tokenizer: object
-    max_piece_tokens: int = 80
+    text_frontend: bool = True
 
     @classmethod
     def load(cls, directory: str, variant: str = "cosyvoice_300m"):
@@ -192,8 +196,14 @@ class CosyVoice:
         audio, _ = jax.jit(self.vocoder.apply)(self.vocoder_variables, mel, k_voc)
         return np.asarray(audio[0])
 
+    def _text(self, sentence_text: str, split: bool = True):
+        """The text as the LM reads it: pieces to speak one at a time, or (split False) whole."""
+        if self.text_frontend:
+            return text.normalize(self.text_tokenizer, sentence_text, split)
+        return split_text(self.text_tokenizer, sentence_text, MAX_PIECE_TOKENS) if split else sentence_text
+
     def _say(self, sentence_text, rng, lm_prompt, flow_prompt, lm_xvector, flow_xvector):
-        pieces = split_text(self.text_tokenizer, sentence_text, self.max_piece_tokens)
+        pieces = self._text(sentence_text)
         if not pieces:
             raise ValueError("the text to speak is empty")
         keys = jax.random.split(rng, len(pieces))
@@ -204,7 +214,7 @@ class CosyVoice:
     def zero_shot(self, sentence_text: str, prompt_text: str, wav_16k, wav_out, rng):
         """The text in the recording's voice, continuing it (upstream's inference_zero_shot)."""
         tokens, mel, xvector = self.prompt(wav_16k, wav_out)
-        lm_prompt = (self._ids(prompt_text), (tokens, jnp.array([tokens.shape[1]])))
+        lm_prompt = (self._ids(self._text(prompt_text, split=False)), (tokens, jnp.array([tokens.shape[1]])))
         return self._say(sentence_text, rng, lm_prompt, (tokens, mel), xvector, xvector)
 
     def cross_lingual(self, sentence_text: str, wav_16k, wav_out, rng):
@@ -221,7 +231,7 @@ class CosyVoice:
         """The text as ``instruction`` asks, in a stored speaker's voice (upstream's inference_instruct,
         the -Instruct model's): the instruction is the LM's prompt text, and the LM sees no x-vector."""
         xvector = jnp.asarray(xvector, jnp.float32).reshape(1, -1)
-        lm_prompt = (self._ids(instruction), _no_prompt()[1])
+        lm_prompt = (self._ids(self._text(instruction, split=False)), _no_prompt()[1])
         return self._say(sentence_text, rng, lm_prompt, self._no_flow_prompt(), None, xvector)
 
     def _no_flow_prompt(self):

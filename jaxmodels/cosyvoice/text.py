@@ -19,6 +19,8 @@ cosyvoice/tokenizer/tokenizer.py).
 
 import base64
 import os
+import re
+import unicodedata
 
 # Whisper's languages in its order; the special tokens take the first num_languages.
 LANGUAGES = (
@@ -127,3 +129,82 @@ def load(path: str, num_languages: int = 100):
 def encode(tokenizer, text: str) -> list[int]:
     """Text ids as upstream's frontend makes them (every special token allowed)."""
     return tokenizer.encode(text, allowed_special="all")
+
+
+# The text frontend upstream runs where neither ttsfrd nor wetext is installed
+# (CosyVoiceFrontEnd.text_normalize and cosyvoice/utils/frontend_utils.py).
+CHINESE = re.compile(r"[\u4e00-\u9fff]+")
+SENTENCE_ENDS = {"zh": "。？！；：、.?!;", "en": ".?!;:"}
+
+
+def normalize(tokenizer, text: str, split: bool = True):
+    """CosyVoice's text frontend: Arabic numerals spelt out in English (inflect's words); in
+    text with Chinese characters blanks between them dropped, ² and ³ read, brackets removed,
+    . as 。 and a trailing comma as 。; then, with `split`, the pieces it speaks one at a time
+    (split_paragraph: sentences joined up to 80 ids, or 80 characters in Chinese, a short last
+    one joined to the one before; pieces of punctuation alone dropped), else the whole text.
+    Text holding a special token (<|...|>) is left as it is."""
+    if text == "" or ("<|" in text and "|>" in text):
+        return [text] if split else text
+    text = text.strip()
+    if CHINESE.search(text):
+        lang = "zh"
+        text = _drop_blanks(text.replace("\n", "")).replace("²", "平方").replace("³", "立方")
+        text = text.replace(".", "。").replace(" - ", "，")
+        for bracket in ("（", "）", "【", "】", "`"):
+            text = text.replace(bracket, "")
+        text = re.sub(r"[，,、]+$", "。", text.replace("——", " "))
+    else:
+        lang = "en"
+        text = _spell_numbers(text)
+    if not split:
+        return text
+    pieces = _split_paragraph(text, lang, lambda t: len(t) if lang == "zh" else len(encode(tokenizer, t)))
+    return [p for p in pieces if not all(unicodedata.category(c)[0] in "PS" for c in p)]
+
+
+def _drop_blanks(text: str) -> str:
+    """Blanks kept only between two ASCII characters that are not blanks."""
+    keep = lambda i: 0 <= i < len(text) and text[i].isascii() and text[i] != " "  # noqa: E731
+    return "".join(c for i, c in enumerate(text) if c != " " or (keep(i - 1) and keep(i + 1)))
+
+
+def _spell_numbers(text: str) -> str:
+    """Each run of digits as inflect's words ("1,250" -> "one,two hundred and fifty")."""
+    import inflect
+
+    engine = inflect.engine()
+    return re.sub(r"\d+", lambda m: engine.number_to_words(m.group()), text)
+
+
+def _split_paragraph(text: str, lang: str, length, max_len: int = 80, min_len: int = 60, merge_len: int = 20):
+    """Sentences (ended by `lang`'s marks, a closing quote after the mark kept with them; a
+    final mark added where the text has none) joined into pieces: one is closed when adding the
+    next sentence would pass `max_len` and it holds more than `min_len`; a last piece under
+    `merge_len` joins the one before."""
+    ends = SENTENCE_ENDS[lang]
+    if text[-1] not in ends:
+        text += "。" if lang == "zh" else "."
+    sentences, start = [], 0
+    for i, c in enumerate(text):
+        if c not in ends:
+            continue
+        if text[start:i]:
+            sentences.append(text[start:i] + c)
+        if i + 1 < len(text) and text[i + 1] in '"”':
+            sentences.append(sentences.pop() + text[i + 1])
+            start = i + 2
+        else:
+            start = i + 1
+    pieces, current = [], ""
+    for sentence in sentences:
+        if length(current + sentence) > max_len and length(current) > min_len:
+            pieces.append(current)
+            current = ""
+        current += sentence
+    if current:
+        if length(current) < merge_len and pieces:
+            pieces[-1] += current
+        else:
+            pieces.append(current)
+    return pieces

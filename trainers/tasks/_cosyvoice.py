@@ -92,4 +92,5 @@ def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, spe
         functools.partial(embedder.embed, embedder.params),
         flow.task.mel,
         lm_task.text_ids.tokenizer,
+        text_frontend=False,  # the LM read the corpus's transcripts as written
     )
