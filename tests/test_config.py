@@ -38,7 +38,8 @@ def test_evals_are_checked_by_the_plugin_they_name(tmp_path):
     cfg = config_lib.load(write(tmp_path, {"task": "diffusion", "evals": evals}))
     assert (cfg.evals[0].run, cfg.evals[0].every) == ("runs/digits", 1000)
     assert config_lib.parse(config_lib.to_dict(cfg)) == cfg
-    with pytest.raises(config_lib.ConfigError, match="unknown evaluator 'kid'; valid: classifier_agreement, fid, "):
+    listed = "unknown evaluator 'kid'; valid: acoustic_consistency, classifier_agreement, fid, "
+    with pytest.raises(config_lib.ConfigError, match=listed):
         config_lib.load(write(tmp_path, {"evals": [{"name": "kid"}]}))
     with pytest.raises(config_lib.ConfigError, match=r"unknown config key evals\[0\].runs; valid keys of evals\[0\]"):
         config_lib.load(write(tmp_path, {"evals": [{"name": "classifier_agreement", "runs": "x"}]}))
