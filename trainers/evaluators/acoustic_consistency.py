@@ -52,6 +52,8 @@ class AcousticConsistency:
         self.embed = SpeakerEmbedder.load(cfg.speaker)
         self.pairs = speech.prompt_pairs(task.eval_source().records)[: cfg.prompts]
         self.enrolled = self.embed([speech.read_audio(t["source"], resample=True) for _, t in self.pairs])
+        self.prompts = [speech.read_audio(p["source"], resample=True) for p, _ in self.pairs]
+        self.reference = float(np.mean(self.named(self.prompts) == np.arange(len(self.pairs))))
         self._continuation = None
 
     def named(self, waves) -> np.ndarray:
@@ -68,8 +70,7 @@ class AcousticConsistency:
         continuation.fine.params = params
         keys = jax.random.split(jax.random.PRNGKey(self.cfg.seed), len(self.pairs))
         out = []
-        for (prompt, _), key in zip(self.pairs, keys):
-            wav16 = speech.read_audio(prompt["source"], resample=True)
+        for (prompt, _), wav16, key in zip(self.pairs, self.prompts, keys):
             wav = speech.read_audio(prompt["source"], continuation.sample_rate, resample=True)
             audio, start, _, _ = continuation(wav16, wav, self.cfg.seconds, key, self.cfg.temperature)
             out.append(speech.resampled(audio[start:], continuation.sample_rate, speech.SAMPLE_RATE))
@@ -77,10 +78,9 @@ class AcousticConsistency:
 
     def __call__(self, outputs, params):
         right = np.arange(len(self.pairs))
-        prompts = [speech.read_audio(p["source"], resample=True) for p, _ in self.pairs]
         return {
             "acoustic_consistency": float(np.mean(self.named(self.continuations(params)) == right)),
-            "acoustic_consistency_reference": float(np.mean(self.named(prompts) == right)),
+            "acoustic_consistency_reference": self.reference,
         }, {}
 
 
