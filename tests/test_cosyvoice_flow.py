@@ -120,6 +120,30 @@ def test_training_loss_and_sampling():
     assert mel.shape == (1, cfg.mel_frames(5), cfg.output_size) and np.all(np.isfinite(mel))
 
 
+def test_normalised_flow_models_the_standardised_mel():
+    # mel_mean / mel_std (Matcha-TTS's statistics) change units only: the errors are those of the
+    # plain flow on (mel - mean) / std, and sampling returns that flow's mel in the given units.
+    plain, scaled = tiny_flow(), tiny_flow(mel_mean=-5.0, mel_std=2.0)
+    (tokens, token_len, feat, feat_len, embedding), params = padded_batch(plain)
+    raw = feat * 2.0 - 5.0
+    errors = lambda cfg, f: flow.Flow(cfg).apply(  # noqa: E731
+        {"params": params}, jax.random.key(1), tokens, token_len, f, feat_len, embedding, method=flow.Flow.errors
+    )
+    np.testing.assert_allclose(errors(scaled, raw), errors(plain, feat), rtol=1e-5)
+    sample = (
+        lambda cfg, prompt: flow.Flow(cfg).apply(  # noqa: E731
+            {"params": params},
+            jax.random.key(2),
+            tokens[:1, :5],
+            tokens[1:, :3],
+            prompt,
+            embedding[:1],
+            method=flow.Flow.inference,
+        )
+    )
+    np.testing.assert_allclose(sample(scaled, raw[:1, :4]), sample(plain, feat[:1, :4]) * 2.0 - 5.0, atol=1e-4)
+
+
 def test_released_configuration_and_errors(reference):
     # flow.pt of CosyVoice-300M: 1185 tensors, 104,874,752 parameters.
     assert flow.param_count(flow.config("flow_cosyvoice_300m")) == 104_874_752

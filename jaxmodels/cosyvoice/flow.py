@@ -79,6 +79,12 @@ class FlowConfig:
     dit_heads: int = 16
     dit_mlp_ratio: float = 2.0
     cfm: fm.CFMConfig = fm.CFMConfig()
+    # Matcha-TTS's data statistics (its mel_mean, mel_std): the flow models (mel - mel_mean) /
+    # mel_std and returns mels as given. CosyVoice's released models model the log-mels as they
+    # are (0, 1); a small estimator trained from scratch on them never learns to remove the
+    # noise it starts from (docs/cosyvoice.md).
+    mel_mean: float = 0.0
+    mel_std: float = 1.0
 
     def mel_frames(self, tokens: int) -> int:
         """Mel frames the regulator (or the upsampling encoder) makes of `tokens` tokens, as upstream rounds them."""
@@ -470,7 +476,8 @@ class Flow(nn.Module):
         (fm.cfm_errors): MaskedDiffWithXvec's, the regulated mean interpolated to T (upstream's:
         the batch padded to its longest), or CausalMaskedDiffWithXvec's, the upsampling encoder's
         frames (T must be token_mel_ratio x the tokens' padded length), half the batches streaming
-        (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames."""
+        (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames.
+        The errors are of the mel normalised by config.mel_mean and mel_std."""
         k_prompt, k_span, k_flow, k_stream = jax.random.split(rng, 4)
         frames = feat.shape[1]
         mask = (jnp.arange(frames)[None] < self.scored_frames(token_len, feat_len)[:, None]).astype(jnp.float32)
@@ -484,6 +491,7 @@ class Flow(nn.Module):
             estimator = lambda *a: self.estimator(*a, streaming=streaming)  # noqa: E731
         else:
             mu = self.regulate(self.encode(tokens, token_len), frames, mask)
+        feat = (feat - self.config.mel_mean) / self.config.mel_std
         span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
         span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
         cond = jnp.where(jnp.arange(frames)[None, :, None] < span[:, None, None], feat, 0.0)
@@ -528,9 +536,12 @@ class Flow(nn.Module):
     def inference(self, rng, tokens, prompt_tokens, prompt_feat, embedding, temperature: float = 1.0):
         """MaskedDiffWithXvec.inference: the mel frames (B, config.mel_frames(L), C) of `tokens`
         continuing the prompt (see `conditions`), sampled with config.cfm's guided Euler steps."""
-        mu, mask, spks, cond = self.conditions(tokens, prompt_tokens, prompt_feat, embedding)
-        mel = fm.sample(self.estimator, rng, mu, mask, spks, cond, self.config.cfm, temperature)
-        return mel[:, prompt_feat.shape[1] :]
+        c = self.config
+        mu, mask, spks, cond = self.conditions(
+            tokens, prompt_tokens, (prompt_feat - c.mel_mean) / c.mel_std, embedding
+        )
+        mel = fm.sample(self.estimator, rng, mu, mask, spks, cond, c.cfm, temperature)
+        return mel[:, prompt_feat.shape[1] :] * c.mel_std + c.mel_mean
 
     def __call__(self, tokens, token_len, feat, feat_len, embedding):
         """The training loss with fixed randomness (for init)."""
