@@ -1,5 +1,6 @@
 """CTC loss + gradient: jaxmodels.ctc.ctc_loss against optax.ctc_loss and torch's ctc_loss
-on the same batch (B=32, T=500, V=100, U=100), float32.
+on the same batch (B=32, T=500, V=100, U=100), float32; on a GPU also its Pallas kernel
+(`implementation="pallas"`, jaxmodels/ctc/pallas.py).
 
     python benchmarks/ctc_loss.py [--batch 32 --frames 500 --vocab 100 --labels 100 --iters 20]
 """
@@ -83,6 +84,9 @@ def main():
         loss_module.SCAN_UNROLL = {jax.default_backend(): int(unroll)}  # read when the loss is traced
         results[f"unroll {unroll}"] = measure(jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a)))))
     loss_module.SCAN_UNROLL = default_unroll
+    if jax.default_backend() == "gpu":  # elsewhere the kernel runs in Pallas' interpreter, which times nothing
+        pallas = jax.value_and_grad(lambda x, *a: jnp.sum(ctc_loss(x, *a, implementation="pallas")))
+        results["pallas"] = measure(jax.jit(pallas))
     try:
         results["torch"] = run_torch(logits, labels, il, tl, args.iters)
     except ImportError:

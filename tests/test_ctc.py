@@ -1,6 +1,7 @@
 """CTC loss, alignment and decoding against ../shared/fixtures/ctc (torch's ctc_loss in
 float64; exact decoding by enumerating every alignment) and against brute force."""
 
+import functools
 import itertools
 import math
 
@@ -32,20 +33,22 @@ def loss_fn(d, dtype, **kw):
 
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("precision", ["float64", "float32"])
-def test_loss_and_gradient_match_torch(name, precision):
+@pytest.mark.parametrize("implementation", ["scan", "pallas"])  # pallas: its kernel interpreted off GPUs
+def test_loss_and_gradient_match_torch(name, precision, implementation):
     d = load(f"loss_{name}")
     rtol = 1e-6 if precision == "float64" else 1e-4
     feasible = np.isfinite(d["loss_plain"])
     with jax.enable_x64(precision == "float64"):
         dtype = jnp.float64 if precision == "float64" else jnp.float32
-        plain, zero_inf = loss_fn(d, dtype), loss_fn(d, dtype, zero_infinity=True)
+        make = functools.partial(loss_fn, implementation=implementation)
+        plain, zero_inf = make(d, dtype), make(d, dtype, zero_infinity=True)
 
         @jax.jit
         def everything(x):
             loss, grad = jax.value_and_grad(lambda x: jnp.sum(jnp.where(feasible, plain(x), 0.0)))(x)
             zloss, zgrad = jax.value_and_grad(lambda x: jnp.sum(zero_inf(x)))(x)
-            mean = loss_fn(d, dtype, zero_infinity=True, reduction="mean")(x)
-            total = loss_fn(d, dtype, zero_infinity=True, reduction="sum")(x)
+            mean = make(d, dtype, zero_infinity=True, reduction="mean")(x)
+            total = make(d, dtype, zero_infinity=True, reduction="sum")(x)
             return plain(x), grad, zero_inf(x), zgrad, mean, total
 
         loss, grad, zloss, zgrad, mean, total = jax.device_get(everything(jnp.asarray(d["logits"], dtype)))
@@ -93,6 +96,8 @@ def test_loss_rejects_bad_arguments():
     d = load("loss_small")
     with pytest.raises(ValueError, match="reduction"):
         loss_fn(d, jnp.float32, reduction="average")(jnp.asarray(d["logits"], jnp.float32))
+    with pytest.raises(ValueError, match="implementation must be 'scan' or 'pallas', got 'cuda'"):
+        loss_fn(d, jnp.float32, implementation="cuda")(jnp.asarray(d["logits"], jnp.float32))
     with pytest.raises(ValueError, match=r"logits \(B, T, V\) and labels \(B, U\)"):
         ctc_loss(jnp.zeros((2, 5, 3)), jnp.zeros((2, 5)), jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 2)))
 

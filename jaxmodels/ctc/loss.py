@@ -15,6 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxmodels.ctc import pallas
+
 NEG_INF = -jnp.inf
 # Frames per iteration of the two recursions' loops, by backend. A GPU pays a fixed cost
 # for each iteration (kernel launches, the loop test read back by the host): 16 frames per
@@ -106,9 +108,9 @@ def _betas(emit, skip, frame_valid, last_state):
     return betas[::-1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _nll(log_probs, frame_valid, labels, num_labels, blank_id):
-    return _forward(log_probs, frame_valid, labels, num_labels, blank_id)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _nll(log_probs, frame_valid, labels, num_labels, blank_id, implementation):
+    return _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id)[0]
 
 
 def _emissions(log_probs, labels, blank_id):
@@ -121,10 +123,34 @@ def _emissions(log_probs, labels, blank_id):
     return ext, skip, jnp.concatenate([emit, log_probs[:, :, blank_id, None]], axis=2)
 
 
-def _forward(log_probs, frame_valid, labels, num_labels, blank_id):
+def _betas_pallas(emit, skip, frame_valid, num_labels):
+    """`_betas` through the Pallas kernel: the forward recursion over each row's valid frames
+    reversed and its states reversed (state s at 2U - s, so the end states come first and a
+    state enterable from s + 2 becomes one enterable from two back)."""
+    batch, frames, num_states = frame_valid.shape + emit.shape[2:]
+    lengths = jnp.sum(frame_valid, axis=1)
+    t_index = lengths[:, None] - 1 - jnp.arange(frames)[None]  # (B, T), < 0 past the row's frames
+    s_index = 2 * num_labels[:, None] - jnp.arange(num_states)[None]  # (B, S), < 0 past its states
+    inside = (t_index >= 0)[:, :, None] & (s_index >= 0)[:, None, :]
+
+    def reverse(x):  # (B, T, S) -> (B, T, S) read at the reversed frames and states; an involution
+        x = jnp.take_along_axis(x, jnp.maximum(t_index, 0)[:, :, None], axis=1)
+        return jnp.where(inside, jnp.take_along_axis(x, jnp.maximum(s_index, 0)[:, None, :], axis=2), NEG_INF)
+
+    skip_from = jnp.take_along_axis(skip, jnp.clip(s_index + 2, 0, num_states - 1), axis=1)
+    valid = jnp.arange(frames)[None] < lengths[:, None]
+    betas, _ = pallas.forward_variables(reverse(jnp.swapaxes(emit, 0, 1)), skip_from, valid)
+    return jnp.swapaxes(reverse(betas), 0, 1)
+
+
+def _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id):
     ext, skip, emit = _emissions(log_probs, labels, blank_id)
     valid_tm = frame_valid.T
-    alphas, log_scale = _alphas(emit, skip, valid_tm)
+    if implementation == "pallas":
+        alphas, log_scale = pallas.forward_variables(jnp.swapaxes(emit, 0, 1), skip, frame_valid)
+        alphas = jnp.swapaxes(alphas, 0, 1)
+    else:
+        alphas, log_scale = _alphas(emit, skip, valid_tm)
     last = alphas[-1]  # padded frames carry alpha, so the last row is alpha at length - 1
     end = 2 * num_labels
     tail = jnp.take_along_axis(last, jnp.stack([end, jnp.maximum(end - 1, 0)], 1), axis=1)
@@ -133,14 +159,17 @@ def _forward(log_probs, frame_valid, labels, num_labels, blank_id):
     return -log_likelihood, (alphas, emit, ext, skip, valid_tm)
 
 
-def _nll_fwd(log_probs, frame_valid, labels, num_labels, blank_id):
-    nll, res = _forward(log_probs, frame_valid, labels, num_labels, blank_id)
+def _nll_fwd(log_probs, frame_valid, labels, num_labels, blank_id, implementation):
+    nll, res = _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id)
     return nll, (res, num_labels, log_probs.shape)
 
 
-def _nll_bwd(blank_id, saved, g):
+def _nll_bwd(blank_id, implementation, saved, g):
     (alphas, emit, ext, skip, valid_tm), num_labels, shape = saved
-    betas = _betas(emit, skip, valid_tm, 2 * num_labels)
+    if implementation == "pallas":
+        betas = _betas_pallas(emit, skip, valid_tm.T, num_labels)
+    else:
+        betas = _betas(emit, skip, valid_tm, 2 * num_labels)
     # Occupancy of state s at frame t: P(path through (t, s)) / P(labels). Every path
     # is in one state per frame, so it is a softmax over states of alpha + beta - emit,
     # which cancels the per-frame normalisations (and is NaN where the labels cannot
@@ -174,6 +203,7 @@ def ctc_loss(
     blank_id: int = 0,
     reduction: str = "none",
     zero_infinity: bool = False,
+    implementation: str = "scan",
 ):
     """Negative log-likelihood of each label sequence under CTC.
 
@@ -183,7 +213,11 @@ def ctc_loss(
     reduction: "none" -> (B,), "sum", or "mean" (as torch: each loss divided by its
     target length, at least 1, then averaged). zero_infinity: an infeasible target
     (longer than its input allows) gets loss 0 and gradient 0 instead of inf.
+    implementation: "scan" (`lax.scan` over the frames) or "pallas" (jaxmodels.ctc.pallas: each
+    row's frames in one kernel on a GPU, Pallas' interpreter elsewhere).
     """
+    if implementation not in ("scan", "pallas"):
+        raise ValueError(f"implementation must be 'scan' or 'pallas', got {implementation!r}")
     if reduction not in ("none", "sum", "mean"):
         raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
     if logits.ndim != 3 or labels.ndim != 2 or logits.shape[0] != labels.shape[0]:
@@ -193,7 +227,7 @@ def ctc_loss(
     frame_valid = logit_paddings < 0.5
     num_labels = jnp.sum(label_paddings < 0.5, axis=1).astype(jnp.int32)
     labels = labels.astype(jnp.int32)
-    nll = _nll(log_probs, frame_valid, labels, num_labels, blank_id)
+    nll = _nll(log_probs, frame_valid, labels, num_labels, blank_id, implementation)
     if zero_infinity:
         nll = jnp.where(jnp.isinf(nll), 0.0, nll)
     if reduction == "none":
