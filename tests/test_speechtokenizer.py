@@ -170,6 +170,7 @@ def test_distillation_training_resumes_exactly(teacher, tmp_path):
     the straight one does (codebooks and balancer included); a teacher of another width or rate is refused by name."""
     from trainers.config import ConfigError
     from trainers.loop import train
+    from trainers.tasks.codec import load_codec
 
     cfg = distillation_config(teacher)
     final = train(cfg, str(tmp_path / "run"))
@@ -181,6 +182,12 @@ def test_distillation_training_resumes_exactly(teacher, tmp_path):
     assert 0 < final["eval/rvq1_pnmi"] <= 1 and 0 < final["eval/rvq1_phone_purity"] <= 1
 
     assert_resumes_bitwise(cfg, tmp_path / "run", 12, final)
+
+    # Using its codes needs no teacher: the run loads as a codec without the teacher's features.
+    saved = tmp_path / "run" / "config.yaml"
+    saved.write_text(saved.read_text().replace(teacher[1], str(tmp_path / "gone")))
+    [(codes, _)] = load_codec(str(tmp_path / "run")).encode(np.zeros((1, 400, 1), np.float32))
+    assert codes.shape == (1, TINY_ST["n_q"], 400 // 20)
 
     wrong = {**TINY_ST, "semantic_dimension": 24}
     with pytest.raises(ConfigError, match="features of width 24"):

@@ -21,6 +21,7 @@ entropy coder would approach), and writes original and decoded WAVs and spectrog
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -423,13 +424,18 @@ class CodecTask(SplitSources):
 
 
 def load_codec(path: str, model: str = "encodec_24khz"):
-    """A Codec: a codec run's directory (its inference params), or a weights file (official_codec)."""
-    if os.path.isdir(path):
-        from trainers.runs import load_run
+    """A Codec: a codec run's directory (codec_of_run), or a weights file (official_codec)."""
+    return codec_of_run(path) if os.path.isdir(path) else official_codec(path, model)
 
-        trainer, params = load_run(path, "codec", "codec")
-        return trainer.task.codec(params)
-    return official_codec(path, model)
+
+def codec_of_run(workdir: str, purpose: str = "codec"):
+    """The Codec of a codec run's inference params; a SpeechTokenizer run's teacher features,
+    which only its training reads, need not be there."""
+    from trainers.runs import load_run
+
+    no_teacher = lambda cfg: dataclasses.replace(cfg.codec, semantic_features=None)  # noqa: E731
+    trainer, params = load_run(workdir, "codec", purpose, codec=no_teacher)
+    return trainer.task.codec(params)
 
 
 def official_codec(weights: str, model: str):

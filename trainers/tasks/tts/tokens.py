@@ -15,8 +15,7 @@ import numpy as np
 from trainers import files
 from trainers.data import speech
 from trainers.progress import progress
-from trainers.runs import load_run
-from trainers.tasks.codec import official_codec
+from trainers.tasks.codec import codec_of_run, official_codec
 
 
 def fingerprint(tree):
@@ -39,8 +38,7 @@ class TokenCache:
             if t.codec_weights:
                 codec = official_codec(t.codec_weights, t.codec_model)
             elif t.codec_run:
-                trainer, params = load_run(t.codec_run, "codec", "codec of tts.codec_run")
-                codec = trainer.task.codec(params)
+                codec = codec_of_run(t.codec_run, "codec of tts.codec_run")
             else:
                 raise ValueError("task tts needs a codec: tts.codec_run (a codec run) or tts.codec_weights")
             c = codec.config
