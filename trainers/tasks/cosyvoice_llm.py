@@ -32,6 +32,7 @@ style (`eval/style/real_seconds_<rate>`, `eval/style/real_f0_<pitch>`)
 """
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -306,26 +307,26 @@ class LLMTask(SplitSources):
                 out["tts_text"].append(target["target"])
         return out
 
+    @functools.cached_property
+    def _real_styles(self):
+        """The eval split's own targets' mean duration per rate and mean voiced F0 per pitch (read once)."""
+        seconds, pitch = {}, {}
+        for _, target in speech.prompt_pairs(self.eval_source().records):
+            real = speech.read_audio(target["source"], speech.SAMPLE_RATE, resample=True)
+            own = speech.speaking_style(target)
+            seconds.setdefault(own["rate"], []).append(len(real) / speech.SAMPLE_RATE)
+            pitch.setdefault(own["pitch"], []).append(_mean_f0(real))
+        metrics = {f"style/real_seconds_{k}": float(np.mean(v)) for k, v in seconds.items()}
+        return metrics | {f"style/real_f0_{k}": float(np.mean(v)) for k, v in pitch.items()}
+
     def style_control(self, params):
         """How the speech follows the instruction: the first llm.style_pairs targets spoken at
         each rate (normal pitch) and each pitch (normal rate), their mean duration per rate and
         mean voiced F0 per pitch; beside them the eval split's own targets, grouped by their style."""
-        from trainers.tasks.hift import yin_f0
-
-        def f0(audio):
-            track = yin_f0(audio, speech.SAMPLE_RATE, 160, 50.0, 500.0)
-            return float(np.mean(track[track > 0])) if np.any(track > 0) else 0.0
-
-        pairs = speech.prompt_pairs(self.eval_source().records)
-        seconds, pitch, real_seconds, real_pitch = {}, {}, {}, {}
-        for _, target in pairs:
-            real = speech.read_audio(target["source"], speech.SAMPLE_RATE, resample=True)
-            own = speech.speaking_style(target)
-            real_seconds.setdefault(own["rate"], []).append(len(real) / speech.SAMPLE_RATE)
-            real_pitch.setdefault(own["pitch"], []).append(f0(real))
-        pairs = pairs[: self.cfg.llm.style_pairs]
+        pairs = speech.prompt_pairs(self.eval_source().records)[: self.cfg.llm.style_pairs]
         asked = [{"rate": r, "pitch": "normal"} for r in speech.STYLES["rate"]]
         asked += [{"rate": "normal", "pitch": p} for p in speech.STYLES["pitch"] if p != "normal"]
+        seconds, pitch = {}, {}
         with sharding.first_device():
             voice = self.voice(params)
             keys = jax.random.split(jax.random.key(self.cfg.seed + 1), len(pairs))
@@ -335,16 +336,22 @@ class LLMTask(SplitSources):
                     if style["pitch"] == "normal":
                         seconds.setdefault(style["rate"], []).append(len(audio) / speech.SAMPLE_RATE)
                     if style["rate"] == "normal":
-                        pitch.setdefault(style["pitch"], []).append(f0(audio))
+                        pitch.setdefault(style["pitch"], []).append(_mean_f0(audio))
         metrics = {f"style/seconds_{k}": float(np.mean(v)) for k, v in seconds.items()}
         metrics.update({f"style/f0_{k}": float(np.mean(v)) for k, v in pitch.items()})
-        metrics.update({f"style/real_seconds_{k}": float(np.mean(v)) for k, v in real_seconds.items()})
-        metrics.update({f"style/real_f0_{k}": float(np.mean(v)) for k, v in real_pitch.items()})
-        return metrics
+        return metrics | self._real_styles
 
     def write_artifacts(self, workdir, outputs, step):
         """The spoken pairs' audio and spectrograms, where eval spoke them."""
         _waveform.write_spoken(workdir, outputs, step)
+
+
+def _mean_f0(audio) -> float:
+    """The mean YIN F0 over the voiced frames of a 16 kHz waveform (0 where none is voiced)."""
+    from trainers.tasks.hift import yin_f0
+
+    track = yin_f0(audio, speech.SAMPLE_RATE, 160, 50.0, 500.0)
+    return float(np.mean(track[track > 0])) if np.any(track > 0) else 0.0
 
 
 TASK = LLMTask
