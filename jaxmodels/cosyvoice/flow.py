@@ -471,6 +471,22 @@ class Flow(nn.Module):
         encoder's (CausalMaskedDiffWithXvec: token_mel_ratio per token)."""
         return token_len * self.config.token_mel_ratio if self.config.token_mel_ratio else feat_len
 
+    def _training_conditions(self, rng, tokens, token_len, feat, feat_len):
+        """(mask (B, T), mu (B, T, C), the estimator, the normalised mel) of a training batch."""
+        frames = feat.shape[1]
+        mask = (jnp.arange(frames)[None] < self.scored_frames(token_len, feat_len)[:, None]).astype(jnp.float32)
+        estimator = self.estimator
+        if self.config.token_mel_ratio:
+            made = self.config.mel_frames(tokens.shape[1])
+            if frames != made:
+                raise ValueError(f"{frames} mel frames for {tokens.shape[1]} tokens; the encoder makes {made}")
+            streaming = jax.random.uniform(rng) < 0.5
+            mu = self.encode(tokens, token_len, streaming) * mask[..., None]
+            estimator = lambda *a: self.estimator(*a, streaming=streaming)  # noqa: E731
+        else:
+            mu = self.regulate(self.encode(tokens, token_len), frames, mask)
+        return mask, mu, estimator, (feat - self.config.mel_mean) / self.config.mel_std
+
     def errors(self, rng, tokens, token_len, feat, feat_len, embedding):
         """The forward pass's flow-matching errors of the mel `feat` (B, T, C), per row
         (fm.cfm_errors): MaskedDiffWithXvec's, the regulated mean interpolated to T (upstream's:
@@ -479,23 +495,23 @@ class Flow(nn.Module):
         (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames.
         The errors are of the mel normalised by config.mel_mean and mel_std."""
         k_prompt, k_span, k_flow, k_stream = jax.random.split(rng, 4)
-        frames = feat.shape[1]
-        mask = (jnp.arange(frames)[None] < self.scored_frames(token_len, feat_len)[:, None]).astype(jnp.float32)
-        estimator = self.estimator
-        if self.config.token_mel_ratio:
-            made = self.config.mel_frames(tokens.shape[1])
-            if frames != made:
-                raise ValueError(f"{frames} mel frames for {tokens.shape[1]} tokens; the encoder makes {made}")
-            streaming = jax.random.uniform(k_stream) < 0.5
-            mu = self.encode(tokens, token_len, streaming) * mask[..., None]
-            estimator = lambda *a: self.estimator(*a, streaming=streaming)  # noqa: E731
-        else:
-            mu = self.regulate(self.encode(tokens, token_len), frames, mask)
-        feat = (feat - self.config.mel_mean) / self.config.mel_std
+        mask, mu, estimator, feat = self._training_conditions(k_stream, tokens, token_len, feat, feat_len)
         span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
         span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
-        cond = jnp.where(jnp.arange(frames)[None, :, None] < span[:, None, None], feat, 0.0)
+        cond = jnp.where(jnp.arange(feat.shape[1])[None, :, None] < span[:, None, None], feat, 0.0)
         return fm.cfm_errors(estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+
+    def noise_response(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """Per row, (sum of v z, sum of z^2) over the scored frames, v the estimator's velocity at
+        t = 0 from noise z (no prompt): their ratio is v's least-squares slope on z, -1 for the
+        straight path's velocity x1 - z, 0 where the estimator ignores its noisy input (whose
+        samples then keep their starting noise)."""
+        k_noise, k_stream = jax.random.split(rng)
+        mask, mu, estimator, feat = self._training_conditions(k_stream, tokens, token_len, feat, feat_len)
+        z = jax.random.normal(k_noise, feat.shape, feat.dtype)
+        v = estimator(z, mask, mu, jnp.zeros(feat.shape[:1]), self.speaker(embedding), jnp.zeros_like(feat))
+        m = mask[..., None]
+        return jnp.sum(v * z * m, axis=(1, 2)), jnp.sum(z * z * m, axis=(1, 2))
 
     def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
         """The training loss: `errors` over the batch's (scored frames x mel bins), as upstream's."""
