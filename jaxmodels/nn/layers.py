@@ -182,15 +182,14 @@ def _kernel_gradient(x, g, k):
     p, blocks = k // 2, -(-h // k)
     g = jnp.pad(g, ((0, 0), (0, blocks * k - h), (0, 0), (0, 0)))  # zero rows add nothing
     padded = jnp.pad(x, ((0, 0), (p, p + blocks * k - h), (p, p), (0, 0)))
-    slabs = jnp.stack([padded[:, b * k : (b + 2) * k - 1] for b in range(blocks)])  # (blocks, N, 2k - 1, W + 2p, C)
-    rows = jnp.moveaxis(g.reshape(n, blocks, k, w, c), 1, 0)
 
-    def block(total, inputs):
-        slab, grad = inputs
+    def block(total, b):
+        slab = jax.lax.dynamic_slice_in_dim(padded, b * k, 2 * k - 1, axis=1)
+        grad = jax.lax.dynamic_slice_in_dim(g, b * k, k, axis=1)
         taps = [(slab[:, i : i + k, j : j + w] * grad).sum((1, 2)) for i in range(k) for j in range(k)]
         return total + jnp.stack(taps, 1), None
 
-    total, _ = jax.lax.scan(block, jnp.zeros((n, k * k, c), x.dtype), (slabs, rows))
+    total, _ = jax.lax.scan(block, jnp.zeros((n, k * k, c), x.dtype), jnp.arange(blocks))
     return total.sum(0)
 
 
