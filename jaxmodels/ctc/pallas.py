@@ -63,11 +63,10 @@ def _kernel(emit_ref, skip_ref, valid_ref, alphas_ref, scale_ref, row_ref, *, fr
     scale_ref[b] = scale
 
 
-def forward_variables(emit, skip, valid, interpret: bool | None = None):
-    """`loss._alphas` batch-major: emit (B, T, S) (float32 on a GPU), skip (B, S) bool, valid (B, T) bool ->
-    (alphas (B, T, S), log_scale (B,)). interpret None: Pallas' interpreter off GPUs."""
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
+def forward_variables(emit, skip, valid):
+    """`loss._alphas` batch-major: emit (B, T, S) (float32 on a GPU), skip (B, S) bool, valid (B, T)
+    bool -> (alphas (B, T, S), log_scale (B,)); in Pallas' interpreter off GPUs."""
+    interpret = jax.default_backend() != "gpu"
     batch, frames, num_states = emit.shape
     width = max(2, 1 << (num_states - 1).bit_length())  # a power of two, as Triton's blocks
     pad = width - num_states
