@@ -81,8 +81,8 @@ class FlowConfig:
     cfm: fm.CFMConfig = fm.CFMConfig()
     # Matcha-TTS's data statistics (its mel_mean, mel_std): the flow models (mel - mel_mean) /
     # mel_std and returns mels as given. CosyVoice's released models model the log-mels as they
-    # are (0, 1); a small estimator trained from scratch on them never learns to remove the
-    # noise it starts from (docs/cosyvoice.md).
+    # are (0, 1); on them the demo's small estimator had not learnt to remove the noise it
+    # starts from after 3000 steps (docs/cosyvoice.md).
     mel_mean: float = 0.0
     mel_std: float = 1.0
 
