@@ -15,8 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.ctc import pallas
-
 NEG_INF = -jnp.inf
 # Frames per iteration of the two recursions' loops, by backend. A GPU pays a fixed cost
 # for each iteration (kernel launches, the loop test read back by the host): 16 frames per
@@ -110,7 +108,7 @@ def _betas(emit, skip, frame_valid, last_state):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _nll(log_probs, frame_valid, labels, num_labels, blank_id, implementation):
-    return _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id)[0]
+    return _forward(log_probs, frame_valid, labels, num_labels, blank_id, implementation)[0]
 
 
 def _emissions(log_probs, labels, blank_id):
@@ -127,6 +125,8 @@ def _betas_pallas(emit, skip, frame_valid, num_labels):
     """`_betas` through the Pallas kernel: the forward recursion over each row's valid frames
     reversed and its states reversed (state s at 2U - s, so the end states come first and a
     state enterable from s + 2 becomes one enterable from two back)."""
+    from jaxmodels.ctc import pallas  # imported where used: it builds on this module's helpers
+
     batch, frames, num_states = frame_valid.shape + emit.shape[2:]
     lengths = jnp.sum(frame_valid, axis=1)
     t_index = lengths[:, None] - 1 - jnp.arange(frames)[None]  # (B, T), < 0 past the row's frames
@@ -143,10 +143,12 @@ def _betas_pallas(emit, skip, frame_valid, num_labels):
     return jnp.swapaxes(reverse(betas), 0, 1)
 
 
-def _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id):
+def _forward(log_probs, frame_valid, labels, num_labels, blank_id, implementation):
     ext, skip, emit = _emissions(log_probs, labels, blank_id)
     valid_tm = frame_valid.T
     if implementation == "pallas":
+        from jaxmodels.ctc import pallas
+
         alphas, log_scale = pallas.forward_variables(jnp.swapaxes(emit, 0, 1), skip, frame_valid)
         alphas = jnp.swapaxes(alphas, 0, 1)
     else:
@@ -160,7 +162,7 @@ def _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_i
 
 
 def _nll_fwd(log_probs, frame_valid, labels, num_labels, blank_id, implementation):
-    nll, res = _forward(log_probs, frame_valid, labels, num_labels, implementation, blank_id)
+    nll, res = _forward(log_probs, frame_valid, labels, num_labels, blank_id, implementation)
     return nll, (res, num_labels, log_probs.shape)
 
 

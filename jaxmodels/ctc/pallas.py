@@ -18,19 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-NEG_INF = -jnp.inf
-
-
-def _normalise(x):
-    top = jnp.max(x)
-    top = jnp.where(jnp.isfinite(top), top, 0.0)
-    return x - top, top
-
-
-def _logsumexp3(a, b, c):
-    m = jnp.maximum(jnp.maximum(a, b), c)
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    return m + jnp.log(jnp.exp(a - m) + jnp.exp(b - m) + jnp.exp(c - m))
+from jaxmodels.ctc.loss import NEG_INF, _logsumexp3, _normalise
 
 
 def _kernel(emit_ref, skip_ref, valid_ref, alphas_ref, scale_ref, row_ref, *, frames, width, barrier):
