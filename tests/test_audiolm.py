@@ -246,6 +246,7 @@ def test_swuggy_scores_words_against_non_words_in_held_out_voices(extracted):
     from trainers.data import speech
     from trainers.evaluators import swuggy
     from trainers.loop import Trainer
+    from trainers.tasks.audiolm import deduplicate
 
     trainer = Trainer(stage_config(extracted, "semantic"))
     params = trainer.init(0).inference_params
@@ -268,6 +269,10 @@ def test_swuggy_scores_words_against_non_words_in_held_out_voices(extracted):
             scores.append(float(nll[0]))
         preferred.append(scores[0] < scores[1])
     assert metrics["swuggy_accuracy"] == np.mean(preferred)
+    units = trainer.task.folders[trainer.cfg.data.train_split]["units"]
+    counts = 1 + sum(np.bincount(deduplicate(units[key]), minlength=4) for key in units)
+    unigram = [np.log(counts / counts.sum())[u[:n]].sum() for u, n in zip(evaluator.units, evaluator.lengths)]
+    assert metrics["swuggy_unigram_accuracy"] == np.mean(np.array(unigram[::2]) > np.array(unigram[1::2]))
     with pytest.raises(ConfigError, match="swuggy scores an AudioLM semantic stage"):
         swuggy.SWuggy(
             swuggy.SWuggyConfig(name="swuggy"), Trainer(stage_config(extracted, "fine", coarse_quantizers=1)).task

@@ -43,6 +43,9 @@ class ExtractedFrames:
     def __contains__(self, key):
         return key in self._where
 
+    def __iter__(self):
+        return iter(self._where)
+
     def unit_tokenizer(self):
         """16 kHz waveforms -> their units (int32 arrays), made as these were: the k-means units
         of an encoder's layer (`units` with --clusters or --tokenizer: its tokenizer.npz) or the

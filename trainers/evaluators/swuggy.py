@@ -13,8 +13,9 @@ of its kind (a stop for a stop, a fricative for a fricative, a nasal for a nasal
 vowel for a vowel in words without one), never a word of the vocabulary nor a spelling of the
 word's sounds. Both are tokenized as the stage's units were (ExtractedFrames.unit_tokenizer),
 deduplicated as its data, and scored by their summed log-probability under the stage (no
-prefix). Metrics: swuggy_accuracy (the share of pairs whose word scores higher; chance 0.5) and
-swuggy_pairs.
+prefix). Metrics: swuggy_accuracy (the share of pairs whose word scores higher; chance 0.5),
+swuggy_pairs, and swuggy_unigram_accuracy, the control without context: the same pairs scored by
+the training split's unit frequencies (deduplicated as the stage's data, add-one smoothed).
 """
 
 import random
@@ -88,12 +89,18 @@ class SWuggy:
         if not isinstance(task, AudioLMTask) or task.cfg.audiolm.stage != "semantic":
             raise ConfigError("evals: swuggy scores an AudioLM semantic stage (task audiolm, audiolm.stage semantic)")
         self.model = task.model
+        dedup = deduplicate if task.cfg.audiolm.deduplicate else (lambda u: u)
+        units = task.folders[task.cfg.data.train_split]["units"]
+        counts = np.ones(task.unit_bins)
+        for key in units:
+            counts += np.bincount(dedup(units[key]), minlength=task.unit_bins)
+        self.unigram = np.log(counts / counts.sum())
         self.pairs = lexical_pairs(cfg.pairs, task.cfg.data.corpus_seed, cfg.seed)
         tokenize = task.folders[task.cfg.data.train_split]["units"].unit_tokenizer()
         spoken = speech.espeak_16k(
             (p[kind], p["voice"], p["pitch"], p["rate"]) for p in self.pairs for kind in ("word", "non_word")
         )
-        units = [deduplicate(u) if task.cfg.audiolm.deduplicate else u for u in tokenize(spoken)]
+        units = [dedup(u) for u in tokenize(spoken)]
         lengths = np.array([len(u) for u in units], np.int32)
         self.units = np.zeros((len(units), max(lengths.max(), 1)), np.int32)
         for row, u in enumerate(units):
@@ -107,7 +114,13 @@ class SWuggy:
         empty = jnp.zeros((len(self.units), 1), jnp.int32)
         nll, _, _ = loss(self.model, params, empty, jnp.zeros(len(self.units), jnp.int32), self.units, self.lengths)
         nll = np.asarray(nll).reshape(-1, 2)  # (pairs, [word, non-word])
-        return {"swuggy_accuracy": float(np.mean(nll[:, 0] < nll[:, 1])), "swuggy_pairs": len(nll)}, {}
+        valid = np.arange(self.units.shape[1]) < self.lengths[:, None]
+        unigram = np.sum(self.unigram[self.units] * valid, axis=1).reshape(-1, 2)
+        return {
+            "swuggy_accuracy": float(np.mean(nll[:, 0] < nll[:, 1])),
+            "swuggy_pairs": len(nll),
+            "swuggy_unigram_accuracy": float(np.mean(unigram[:, 0] > unigram[:, 1])),
+        }, {}
 
 
 CONFIG, EVALUATOR = SWuggyConfig, SWuggy
