@@ -90,13 +90,13 @@ class SWuggy:
             raise ConfigError("evals: swuggy scores an AudioLM semantic stage (task audiolm, audiolm.stage semantic)")
         self.model = task.model
         dedup = deduplicate if task.cfg.audiolm.deduplicate else (lambda u: u)
-        units = task.folders[task.cfg.data.train_split]["units"]
+        train_units = task.folders[task.cfg.data.train_split]["units"]
         counts = np.ones(task.unit_bins)
-        for key in units:
-            counts += np.bincount(dedup(units[key]), minlength=task.unit_bins)
+        for key in train_units:
+            counts += np.bincount(dedup(train_units[key]), minlength=task.unit_bins)
         self.unigram = np.log(counts / counts.sum())
         self.pairs = lexical_pairs(cfg.pairs, task.cfg.data.corpus_seed, cfg.seed)
-        tokenize = task.folders[task.cfg.data.train_split]["units"].unit_tokenizer()
+        tokenize = train_units.unit_tokenizer()
         spoken = speech.espeak_16k(
             (p[kind], p["voice"], p["pitch"], p["rate"]) for p in self.pairs for kind in ("word", "non_word")
         )
