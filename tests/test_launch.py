@@ -271,7 +271,7 @@ def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "launch", *common, f"--node_rank={r}", WORKER, "env"],
-            env={**ENV, "OMP_NUM_THREADS": ""},
+            env={**{k: v for k, v in ENV.items() if k != "GLIBC_TUNABLES"}, "OMP_NUM_THREADS": ""},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -308,6 +308,7 @@ def test_two_static_nodes_give_workers_torchruns_environment(tmp_path):
             "TORCHELASTIC_MAX_RESTARTS": "3",
             "TORCHELASTIC_RUN_ID": "job7",
             "OMP_NUM_THREADS": "",
+            "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
         }
     assert master_port != str(port)  # the JAX coordinator gets its own port; the agents keep theirs
     # torchrun's layout, one folder per agent: <log_dir>/<run_id>_<random>/attempt_<n>/<local rank>/

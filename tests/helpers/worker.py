@@ -34,6 +34,7 @@ KEYS = [
     "TORCHELASTIC_RUN_ID",
     "TORCHELASTIC_ERROR_FILE",
     "OMP_NUM_THREADS",
+    "GLIBC_TUNABLES",
 ]
 action, rank = sys.argv[1], int(os.environ["RANK"])
 
