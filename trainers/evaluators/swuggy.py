@@ -91,10 +91,6 @@ class SWuggy:
         self.model = task.model
         dedup = deduplicate if task.cfg.audiolm.deduplicate else (lambda u: u)
         train_units = task.folders[task.cfg.data.train_split]["units"]
-        counts = np.ones(task.unit_bins)
-        for key in train_units:
-            counts += np.bincount(dedup(train_units[key]), minlength=task.unit_bins)
-        self.unigram = np.log(counts / counts.sum())
         self.pairs = lexical_pairs(cfg.pairs, task.cfg.data.corpus_seed, cfg.seed)
         tokenize = train_units.unit_tokenizer()
         spoken = speech.espeak_16k(
@@ -106,6 +102,13 @@ class SWuggy:
         for row, u in enumerate(units):
             self.units[row, : len(u)] = u
         self.lengths = lengths
+        # The control depends on no params: scored once, here.
+        counts = np.ones(task.unit_bins)
+        for key in train_units:
+            counts += np.bincount(dedup(train_units[key]), minlength=task.unit_bins)
+        valid = np.arange(self.units.shape[1]) < lengths[:, None]
+        unigram = np.sum(np.log(counts / counts.sum())[self.units] * valid, axis=1).reshape(-1, 2)
+        self.unigram_accuracy = float(np.mean(unigram[:, 0] > unigram[:, 1]))
 
     def __call__(self, outputs, params):
         from jaxmodels.speechlm import audiolm
@@ -114,12 +117,10 @@ class SWuggy:
         empty = jnp.zeros((len(self.units), 1), jnp.int32)
         nll, _, _ = loss(self.model, params, empty, jnp.zeros(len(self.units), jnp.int32), self.units, self.lengths)
         nll = np.asarray(nll).reshape(-1, 2)  # (pairs, [word, non-word])
-        valid = np.arange(self.units.shape[1]) < self.lengths[:, None]
-        unigram = np.sum(self.unigram[self.units] * valid, axis=1).reshape(-1, 2)
         return {
             "swuggy_accuracy": float(np.mean(nll[:, 0] < nll[:, 1])),
             "swuggy_pairs": len(nll),
-            "swuggy_unigram_accuracy": float(np.mean(unigram[:, 0] > unigram[:, 1])),
+            "swuggy_unigram_accuracy": self.unigram_accuracy,
         }, {}
 
 
