@@ -152,6 +152,8 @@ class _ESpeak:
         # reports no word events (eSpeak NG 1.52); it is run again.
         for _ in range(2):
             self._chunks, self._word_samples, self._phones = [], [], []
+            # Its voices' noise sources draw from rand(): seeded, an utterance is the same samples in any process.
+            self.lib.espeak_ng_SetRandSeed(ctypes.c_long(0))
             self.lib.espeak_Synth(data, len(data), 0, 1, 0, 0, None, None)  # 1: POS_CHARACTER
             if len(self._word_samples) == len(text.split()):
                 break
