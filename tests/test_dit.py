@@ -268,18 +268,6 @@ def test_latent_training_reads_npz_and_names_bad_files(tmp_path):
         LatentSource(str(tmp_path), "absent")
 
 
-def test_attention_choice_and_the_xla_path():
-    """None takes XLA's attention off GPUs; XLA's equals softmax(q k^T / sqrt(d)) v. The fused
-    cuDNN path is compared with it on a GPU by benchmarks/dit_train_step.py."""
-    from jaxmodels.nn.attention import dot_product_attention
-
-    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 16, 4, 8)) for i in range(3))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
-    expected = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, -1), v)
-    np.testing.assert_allclose(dot_product_attention(q, k, v), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(dot_product_attention(q, k, v), dot_product_attention(q, k, v, "xla"))
-
-
 def test_unrolled_blocks_equal_the_loop(monkeypatch):
     """GPUs unroll the scanned blocks (BLOCK_UNROLL); outputs and gradients stay those of the loop."""
     from jaxmodels.dit import model as dit_model

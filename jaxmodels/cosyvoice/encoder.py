@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated
 from jaxmodels.nn.attention import (
+    dot_product_attention,
     espnet_relative_position,
     position_sinusoids,
     relative_sinusoids,
@@ -99,7 +100,7 @@ class EncoderLayer(nn.Module):
         index = jnp.broadcast_to(jnp.clip(distance, 0, slots - 1)[:, None], (b, h, t, slots))
         bias = jnp.take_along_axis(rows, index, axis=-1)
         q = q + u_bias.astype(q.dtype)
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias * hd**-0.5, mask=mask).reshape(b, t, d)
+        out = dot_product_attention(q, k, v, bias=bias * hd**-0.5, mask=mask).reshape(b, t, d)
         return dense("linear_out", ("heads", "embed"))(out)
 
 

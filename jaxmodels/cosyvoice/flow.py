@@ -37,7 +37,7 @@ from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, UpsampleConformerEncoder, layer_path
 from jaxmodels.dit.model import FinalLayer, TimestepEmbedder, stacked_blocks
 from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
-from jaxmodels.nn.attention import chunk_mask
+from jaxmodels.nn.attention import chunk_mask, dot_product_attention
 from jaxmodels.nn.layers import default_kernel_init, grouped_conv
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
 from jaxmodels.nn.variants import named_config
@@ -230,7 +230,7 @@ class TransformerBlock(nn.Module):
             for n in "qkv"
         )
         mask = valid[:, None, None, :] & chunk_mask(t, chunk)[None, None]
-        attended = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(b, t, inner)
+        attended = dot_product_attention(q, k, v, mask=mask).reshape(b, t, inner)
         x = x + Dense(d, ("heads", "embed"), dtype=self.dtype, name="attn1_to_out_0")(attended)
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm3")(x)
         y = jax.nn.gelu(Dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="ff_net_0_proj")(y), approximate=False)

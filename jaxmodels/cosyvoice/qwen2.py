@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.nn.attention import dot_product_attention
 from jaxmodels.nn.layers import Dense, constrain, repeated
 from jaxmodels.nn.variants import named_config
 from jaxmodels.speechlm.transformer import kv_cache, rope
@@ -83,7 +84,7 @@ class DecoderLayer(nn.Module):
         if decode:
             k, v, valid, q_slots = kv_cache(self, k, v, valid)
         mask = valid[:, None, None, :] & (jnp.arange(k.shape[1])[None, :] <= q_slots[:, None])[None, None]
-        attended = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        attended = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         attended = attended.reshape(b, length, c.num_attention_heads * c.head_dim)
         x = x + dense(c.hidden_size, ("heads", "embed"), "self_attn_o_proj", bias=False)(attended)
         h = RMSNorm(c.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)

@@ -31,6 +31,7 @@ from jaxmodels.codec.losses import mel_filterbank
 from jaxmodels.cosyvoice.encoder import layer_path
 from jaxmodels.cosyvoice.llm import ragged_concat
 from jaxmodels.nn import Dense, LayerNorm, repeated, variants
+from jaxmodels.nn.attention import dot_product_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
 from jaxmodels.nn.variants import named_config
@@ -142,7 +143,7 @@ class ResidualAttentionBlock(nn.Module):
         if c.version == 2:
             q, k = rope(q), rope(k)
         mask = valid[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v.reshape(b, t, h, d // h), mask=mask).reshape(b, t, d)
+        out = dot_product_attention(q, k, v.reshape(b, t, h, d // h), mask=mask).reshape(b, t, d)
         out = Dense(d, ("heads", "embed"), name="attn_out")(out)
         if c.version == 2:  # the FSMN memory of the masked values
             frame = valid[..., None]

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.nn.attention import Projection
+from jaxmodels.nn.attention import Projection, dot_product_attention
 from jaxmodels.nn.layers import Dense, LayerNorm, constrain
 
 
@@ -126,7 +126,7 @@ class SelfAttention(nn.Module):
         if decode:
             k, v, valid, q_slots = kv_cache(self, k, v, valid)
         mask = attention_mask(q_slots, jnp.arange(k.shape[1]), valid, causal, bidirectional)
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
         return Projection(
             "blhe,hed->bld", (h, hd, dim), ("heads", "kv", "embed"), 2, self.use_bias, self.dtype, name="out"
         )(out)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn.attention import dot_product_attention
 from jaxmodels.nn.layers import grouped_conv
 
 Dtype = Any
@@ -177,7 +178,7 @@ class EncoderLayer(nn.Module):
     def attend(self, q, k, v, valid):
         """Attention over the valid keys; in training with attention dropout, on the probabilities."""
         if self.attention_dropout == 0.0 or not self.has_rng("dropout"):
-            return jax.nn.dot_product_attention(q, k, v, mask=valid[:, None, None, :])
+            return dot_product_attention(q, k, v, mask=valid[:, None, None, :])
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
         scores = jnp.where(valid[:, None, None, :], scores.astype(jnp.float32), -1e30)
         probs = dropout(self, self.attention_dropout, jax.nn.softmax(scores, axis=-1).astype(v.dtype))

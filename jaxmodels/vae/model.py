@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.nn import Conv, Dense, constrain
+from jaxmodels.nn.attention import dot_product_attention
 
 Dtype = Any
 # Activations stay split over the batch (GSPMD alone gathers the decoder's whole batch on every device).
@@ -62,7 +63,7 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         t = GroupNorm(self.groups, "group_norm", self.dtype)(x).reshape(b, h * w, 1, c)
         q, k, v = (Dense(c, ("embed", "mlp"), dtype=self.dtype, name=n)(t) for n in ("to_q", "to_k", "to_v"))
-        out = jax.nn.dot_product_attention(q, k, v).reshape(b, h * w, c)
+        out = dot_product_attention(q, k, v).reshape(b, h * w, c)
         out = Dense(c, ("mlp", "embed"), dtype=self.dtype, name="to_out_0")(out).reshape(b, h, w, c)
         return constrain(x + out, IMAGES)
 
