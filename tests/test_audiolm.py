@@ -236,6 +236,9 @@ def test_continue_speech_chains_the_three_stages(extracted, tone_corpus, tmp_pat
     right = np.arange(len(evaluator.pairs))
     assert metrics["acoustic_consistency"] == np.mean(evaluator.named(continued) == right)
     assert 0 <= metrics["acoustic_consistency_reference"] <= 1
+    own = (evaluator.embed(continued) * evaluator.enrolled).sum(-1)  # unit embeddings: the cosines
+    np.testing.assert_allclose(metrics["acoustic_consistency_similarity"], np.mean(own), rtol=1e-5)
+    assert -1 <= metrics["acoustic_consistency_similarity_reference"] <= 1
 
 
 def test_swuggy_scores_words_against_non_words_in_held_out_voices(extracted):

@@ -15,6 +15,9 @@ is continued by `seconds` through the semantic and coarse runs and this run's fi
 continuation alone (after the prompt's decoding) is named as the enrolled speaker nearest to
 it (cosine). acoustic_consistency is the share named right (chance 1 / prompts), beside
 acoustic_consistency_reference: the prompt recordings themselves named so (the ceiling).
+acoustic_consistency_similarity is the mean cosine between each continuation and its pair's
+enrolled target, the TTS evals' speaker similarity (its ceiling the same cosine of the prompts,
+acoustic_consistency_similarity_reference).
 """
 
 from dataclasses import dataclass
@@ -53,12 +56,19 @@ class AcousticConsistency:
         self.pairs = speech.prompt_pairs(task.eval_source().records)[: cfg.prompts]
         self.enrolled = self.embed([speech.read_audio(t["source"], resample=True) for _, t in self.pairs])
         self.prompts = [speech.read_audio(p["source"], resample=True) for p, _ in self.pairs]
-        self.reference = float(np.mean(self.named(self.prompts) == np.arange(len(self.pairs))))
+        self.reference = self.scored(self.prompts)
         self._continuation = None
 
     def named(self, waves) -> np.ndarray:
         """The index of the enrolled speaker nearest to each waveform (16 kHz)."""
         return np.argmax(self.embed(waves) @ self.enrolled.T, axis=1)
+
+    def scored(self, waves) -> tuple:
+        """(share named right, mean cosine to the own pair's target) of one waveform per pair."""
+        cosines = self.embed(waves) @ self.enrolled.T
+        return float(np.mean(np.argmax(cosines, axis=1) == np.arange(len(self.pairs)))), float(
+            np.mean(np.diag(cosines))
+        )
 
     def continuations(self, params) -> list:
         """The continuation alone (16 kHz) of each pair's prompt, with the fine stage's `params`."""
@@ -77,10 +87,12 @@ class AcousticConsistency:
         return out
 
     def __call__(self, outputs, params):
-        right = np.arange(len(self.pairs))
+        named, similarity = self.scored(self.continuations(params))
         return {
-            "acoustic_consistency": float(np.mean(self.named(self.continuations(params)) == right)),
-            "acoustic_consistency_reference": self.reference,
+            "acoustic_consistency": named,
+            "acoustic_consistency_reference": self.reference[0],
+            "acoustic_consistency_similarity": similarity,
+            "acoustic_consistency_similarity_reference": self.reference[1],
         }, {}
 
 
