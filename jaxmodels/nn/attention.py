@@ -101,8 +101,8 @@ def dot_product_attention(q, k, v, implementation=None, lengths=None, bias=None,
     keys)) keeps the keys where True; ``lengths`` (batch,) each row's first keys.
 
     ``implementation`` None picks, on the CPU, "custom_vjp": XLA's ops with the backward
-    written out (`_attend_bwd`; 1.7-1.9x faster forward and backward than "xla" at DiT-XL/2's
-    and the AudioLM demo's shapes, docs/training.md); on GPUs cuDNN's fused (flash) attention
+    written out (`_attend_bwd`; forward and backward 1.2x faster than "xla" at DiT-XL/2's
+    shapes, 1.7x at the AudioLM demo's: BENCHMARKS.md); on GPUs cuDNN's fused (flash) attention
     where it applies (16-bit inputs, head_dim a multiple of 8 up to 128, no bias or mask),
     which keeps the (length, length) scores out of device memory; jax.nn's own choice elsewhere.
     """
