@@ -208,3 +208,32 @@ def test_codec_config_names_a_wrong_discriminator_or_loss():
         CodecConfig(adversarial_loss="wgan")
     with pytest.raises(ConfigError, match="codec.adversarial_reduction"):
         CodecConfig(adversarial_reduction="max")
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, dilation", [((3, 9), (1, 2), (1, 1)), ((3, 9), (2, 1), (1, 1)), ((3, 9), (1, 2), (2, 1))]
+)
+def test_strided_convolution_gradients_equal_autodiffs(kernel, strides, dilation):
+    """The CPU's input gradient of a convolution strided unevenly (grouped_conv's
+    _upsampled_input_gradient) and its kernel gradient equal autodiff's of lax.conv_general_dilated."""
+    from jaxmodels.nn.layers import grouped_conv
+
+    spec = ("NHWC", "HWIO", "NHWC")
+    pad = [((k - 1) * d // 2,) * 2 for k, d in zip(kernel, dilation)]
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 17, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (*kernel, 3, 4))
+    probe = jax.random.normal(jax.random.PRNGKey(2), grouped_conv(x, w, strides, pad, 1, spec, dilation).shape)
+
+    def loss(conv, x, w):
+        return jnp.sum(conv(x, w) * probe)
+
+    traced = jax.make_jaxpr(lambda x, w: grouped_conv(x, w, strides, pad, 1, spec, dilation))(x, w)
+    assert "custom_vjp_call" in str(traced)  # the CPU's path, which the comparison is about
+    ours = jax.grad(loss, (1, 2))(lambda x, w: grouped_conv(x, w, strides, pad, 1, spec, dilation), x, w)
+    reference = jax.grad(loss, (1, 2))(
+        lambda x, w: jax.lax.conv_general_dilated(x, w, strides, pad, rhs_dilation=dilation, dimension_numbers=spec),
+        x,
+        w,
+    )
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

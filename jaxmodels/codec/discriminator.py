@@ -9,11 +9,11 @@ over time, and returns its logits and every layer's feature map (for feature mat
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.codec.seanet import _weight_normed, torch_uniform
+from jaxmodels.nn.layers import grouped_conv
 
 
 def hann_window(length: int) -> np.ndarray:
@@ -55,14 +55,7 @@ class NormConv2d(nn.Module):
         fan_in = kh * kw * x.shape[-1]
         w = _weight_normed(self, shape, (0, 1, 2), 3, (None, None, "conv_in", "embed"), fan_in, self.dtype)
         pad = (((kh - 1) * dh // 2,) * 2, ((kw - 1) * dw // 2,) * 2)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            w,
-            tuple(self.stride),
-            pad,
-            rhs_dilation=(dh, dw),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = grouped_conv(x.astype(self.dtype), w, self.stride, pad, 1, ("NHWC", "HWIO", "NHWC"), (dh, dw))
         return y + self.param(
             "bias", nn.with_logical_partitioning(torch_uniform(fan_in), ("embed",)), (self.features,)
         ).astype(self.dtype)

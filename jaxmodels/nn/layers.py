@@ -7,6 +7,7 @@ output), "layers" (the stacking axis of repeated layers), "batch"/"height"/"widt
 activations. A model never names a mesh axis.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,21 +102,62 @@ def Conv(
     )
 
 
-def grouped_conv(x, kernel, strides, padding, groups: int, dimension_numbers, **kw):
+def grouped_conv(x, kernel, strides, padding, groups: int, dimension_numbers, rhs_dilation=None):
     """lax.conv_general_dilated with `groups` feature groups (kernel (..., in / groups, out)).
 
     XLA's SPMD partitioner all-gathers a batch-sharded input of a convolution whose groups
     hold several channels each (depthwise ones partition), so that every device computes
     the whole batch: such groups run here as one convolution each, which partitions over
-    the batch and gives the same result.
+    the batch and gives the same result. On the CPU a 2-D convolution strided differently
+    along its two axes (a spectrogram discriminator's (1, 2)) takes its input gradient by
+    `_upsampled_input_gradient`.
     """
+    strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
     conv = lambda a, w, g: jax.lax.conv_general_dilated(  # noqa: E731
-        a, w, strides, padding, dimension_numbers=dimension_numbers, feature_group_count=g, **kw
+        a, w, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=g
     )
+    if groups == 1 and jax.default_backend() == "cpu" and len(set(strides)) > 1 and min(kernel.shape[:-2]) > 1:
+        return _upsampled_input_gradient(x, kernel, strides, padding, tuple(dimension_numbers), rhs_dilation)
     if groups in (1, x.shape[-1]):
         return conv(x, kernel, groups)
     pieces = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
     return jnp.concatenate([conv(a, w, 1) for a, w in pieces], axis=-1)
+
+
+def _conv(x, kernel, strides, padding, dimension_numbers, rhs_dilation):
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _upsampled_input_gradient(x, kernel, strides, padding, dimension_numbers, rhs_dilation):
+    """A strided convolution whose input gradient is the stride-1 convolution's, of the output
+    gradient spread over the stride-1 output's grid (zeros between). Autodiff's is a convolution
+    with input dilation, which XLA:CPU gives its library only where the dilation is the same
+    along every axis or the kernel is 1 wide: otherwise naive loops, 4-7x slower than this at
+    HiFT's spectrogram discriminator (docs/cosyvoice.md)."""
+    return _conv(x, kernel, strides, padding, dimension_numbers, rhs_dilation)
+
+
+def _upsampled_fwd(x, kernel, strides, padding, dimension_numbers, rhs_dilation):
+    return _conv(x, kernel, strides, padding, dimension_numbers, rhs_dilation), (x, kernel)
+
+
+def _upsampled_bwd(strides, padding, dimension_numbers, rhs_dilation, residuals, g):
+    x, kernel = residuals
+    _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, strides, padding, dimension_numbers, rhs_dilation), kernel)
+    ones = (1,) * len(strides)
+    full, input_vjp = jax.vjp(lambda a: _conv(a, kernel, ones, padding, dimension_numbers, rhs_dilation), x)
+    spatial = [c for c in dimension_numbers[0] if c not in "NC"]
+    grid = tuple(
+        slice(None, None, strides[spatial.index(c)]) if c in spatial else slice(None) for c in dimension_numbers[2]
+    )
+    (dx,) = input_vjp(jnp.zeros(full.shape, g.dtype).at[grid].set(g))
+    return dx, kernel_vjp(g)[0]
+
+
+_upsampled_input_gradient.defvjp(_upsampled_fwd, _upsampled_bwd)
 
 
 def LayerNorm(epsilon: float = 1e-6, axis_name: str = "embed", dtype: Dtype = jnp.float32, name=None):
