@@ -58,7 +58,7 @@ class Projection(nn.Module):
 @jax.custom_vjp
 def _attend(logits, v):
     """softmax(logits) v: logits (B, N, T, S) float32, v (B, S, N, H) -> (B, T, N, H)."""
-    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+    return _attend_fwd(logits, v)[0]
 
 
 def _attend_fwd(logits, v):

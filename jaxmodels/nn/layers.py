@@ -113,9 +113,7 @@ def grouped_conv(x, kernel, strides, padding, groups: int, dimension_numbers, rh
     `_upsampled_input_gradient`.
     """
     strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-    conv = lambda a, w, g: jax.lax.conv_general_dilated(  # noqa: E731
-        a, w, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=g
-    )
+    conv = lambda a, w, g: _conv(a, w, strides, padding, dimension_numbers, rhs_dilation, g)  # noqa: E731
     if groups == 1 and jax.default_backend() == "cpu" and len(set(strides)) > 1 and min(kernel.shape[:-2]) > 1:
         return _upsampled_input_gradient(x, kernel, strides, padding, tuple(dimension_numbers), rhs_dilation)
     if groups in (1, x.shape[-1]):
@@ -124,9 +122,15 @@ def grouped_conv(x, kernel, strides, padding, groups: int, dimension_numbers, rh
     return jnp.concatenate([conv(a, w, 1) for a, w in pieces], axis=-1)
 
 
-def _conv(x, kernel, strides, padding, dimension_numbers, rhs_dilation):
+def _conv(x, kernel, strides, padding, dimension_numbers, rhs_dilation, groups=1):
     return jax.lax.conv_general_dilated(
-        x, kernel, strides, padding, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers
+        x,
+        kernel,
+        strides,
+        padding,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=groups,
     )
 
 

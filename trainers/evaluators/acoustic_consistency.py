@@ -56,19 +56,24 @@ class AcousticConsistency:
         self.pairs = speech.prompt_pairs(task.eval_source().records)[: cfg.prompts]
         self.enrolled = self.embed([speech.read_audio(t["source"], resample=True) for _, t in self.pairs])
         self.prompts = [speech.read_audio(p["source"], resample=True) for p, _ in self.pairs]
-        self.reference = self.scored(self.prompts)
+        self.reference = self.scored(self.prompts, "_reference")
         self._continuation = None
+
+    def cosines(self, waves) -> np.ndarray:
+        """(waveforms, pairs): each 16 kHz waveform's cosine to each pair's enrolled target."""
+        return self.embed(waves) @ self.enrolled.T
 
     def named(self, waves) -> np.ndarray:
         """The index of the enrolled speaker nearest to each waveform (16 kHz)."""
-        return np.argmax(self.embed(waves) @ self.enrolled.T, axis=1)
+        return np.argmax(self.cosines(waves), axis=1)
 
-    def scored(self, waves) -> tuple:
-        """(share named right, mean cosine to the own pair's target) of one waveform per pair."""
-        cosines = self.embed(waves) @ self.enrolled.T
-        return float(np.mean(np.argmax(cosines, axis=1) == np.arange(len(self.pairs)))), float(
-            np.mean(np.diag(cosines))
-        )
+    def scored(self, waves, suffix: str = "") -> dict:
+        """The share of one waveform per pair named right, and their mean cosine to their own pair's target."""
+        cosines = self.cosines(waves)
+        return {
+            f"acoustic_consistency{suffix}": float(np.mean(np.argmax(cosines, axis=1) == np.arange(len(self.pairs)))),
+            f"acoustic_consistency_similarity{suffix}": float(np.mean(np.diag(cosines))),
+        }
 
     def continuations(self, params) -> list:
         """The continuation alone (16 kHz) of each pair's prompt, with the fine stage's `params`."""
@@ -87,13 +92,7 @@ class AcousticConsistency:
         return out
 
     def __call__(self, outputs, params):
-        named, similarity = self.scored(self.continuations(params))
-        return {
-            "acoustic_consistency": named,
-            "acoustic_consistency_reference": self.reference[0],
-            "acoustic_consistency_similarity": similarity,
-            "acoustic_consistency_similarity_reference": self.reference[1],
-        }, {}
+        return {**self.scored(self.continuations(params)), **self.reference}, {}
 
 
 CONFIG, EVALUATOR = AcousticConsistencyConfig, AcousticConsistency
