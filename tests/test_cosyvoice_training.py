@@ -331,6 +331,31 @@ def test_cosyvoice_instruct_transcripts_follow_their_style(cosyvoice_data, tone_
         plain.train_transform(plain.train_source()[0], np.random.default_rng(0))
 
 
+def test_cosyvoice_instruct_eval_generates_after_the_instruction_as_prompt_text(
+    cosyvoice_data, tone_corpus, tmp_path, monkeypatch
+):
+    """The eval's generation gives the LM the instruction as its prompt text, as upstream's
+    inference_instruct does, so that the length limits (tokens per text id) count the transcript only."""
+    from trainers.data import speech
+    from trainers.tasks import cosyvoice_llm, get_task
+
+    data, _, _ = cosyvoice_data
+    styled_data = {**data, "path": str(styled(tone_corpus, tmp_path / "styled"))}
+    task = get_task(task_config(styled_data, "cosyvoice_llm", llm={"instruct": True, "max_text_tokens": 64}))
+    read = []
+
+    def generate(model, params, rng, text, text_length, prompt_text, prompt_length, *rest, max_new_tokens):
+        read.extend(zip(prompt_text, prompt_length, text, text_length))
+        return np.zeros((len(text), 1), np.int32), np.ones(len(text), np.int32)
+
+    monkeypatch.setattr(cosyvoice_llm.llm, "generate", generate)
+    task.generate({}, None)
+    for record, (prompt, prompt_n, text, text_n) in zip(task.eval_source(), read):
+        assert bytes(prompt[:prompt_n].tolist()).decode() == cosyvoice_llm.instruction(speech.speaking_style(record))
+        assert bytes(text[:text_n].tolist()).decode() == record["target"]
+    assert len(read) == task.cfg.llm.eval_examples
+
+
 def s3_recogniser_config(corpus, **encoder):
     """A tiny SenseVoice-style recogniser with CosyVoice's S3 quantizer after its second of three
     layers (8 codes), 50 frames a second (lfr_n 2)."""

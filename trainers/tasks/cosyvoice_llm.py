@@ -235,21 +235,34 @@ class LLMTask(SplitSources):
 
     def generate(self, params, mesh):
         """Tokens of the first llm.eval_examples eval utterances, generated from their text alone
-        with their x-vector, against their real tokens."""
+        with their x-vector (with llm.instruct: after their instruction, the prompt text as
+        upstream's inference gives it, so that the length limits count the transcript only),
+        against their real tokens."""
         source = self.eval_source()
-        rows = [self.eval_transform(source[i], None) for i in range(min(self.cfg.llm.eval_examples, len(source)))]
-        rows = [r for r in rows if r["mask"] > 0]
+        records = [source[i] for i in range(min(self.cfg.llm.eval_examples, len(source)))]
+        rows = [(r, self.eval_transform(r, None)) for r in records]
+        rows = [(record, row) for record, row in rows if row["mask"] > 0]
         if not rows:
             return {}, {}
+        text, prompt_text = np.zeros((2, len(rows), self.cfg.llm.max_text_tokens), np.int32)
+        text_length, prompt_length = np.zeros((2, len(rows)), np.int32)
+        instruct = self.cfg.llm.instruct
+        for i, (record, row) in enumerate(rows):
+            asked = len(self.text_ids.encode(instruction(speech.speaking_style(record)))) if instruct else 0
+            n = row["text_length"]
+            prompt_text[i, :asked], text[i, : n - asked] = row["text"][:asked], row["text"][asked:n]
+            text_length[i], prompt_length[i] = n - asked, asked
+        rows = [row for _, row in rows]
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         empty = np.zeros((len(rows), 1), np.int32), np.zeros(len(rows), np.int32)
         tokens, count = llm.generate(
             self.model,
             sharding.host_copy(params),
             jax.random.key(0),
-            batch["text"],
-            batch["text_length"],
-            *empty,
+            text,
+            text_length,
+            prompt_text,
+            prompt_length,
             *empty,
             batch["xvector"] if self.reads_xvector else None,
             max_new_tokens=self.train_transform.speech_size,
