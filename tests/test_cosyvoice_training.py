@@ -331,6 +331,39 @@ def test_cosyvoice_instruct_transcripts_follow_their_style(cosyvoice_data, tone_
         plain.train_transform(plain.train_source()[0], np.random.default_rng(0))
 
 
+def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data):
+    """llm.pair_prob: an example is another utterance of the voice and then this one (texts
+    joined by a space, tokens end to end, the first's x-vector), as zero-shot inference
+    prompts the LM; an instruct LM takes no pairs."""
+    from trainers.config import ConfigError
+    from trainers.tasks import get_task
+
+    data, _, _ = cosyvoice_data
+    longer = {**data, "max_seconds": 0.12}
+    task = get_task(task_config(longer, "cosyvoice_llm", llm={"pair_prob": 1.0}))
+    plain = get_task(task_config(longer, "cosyvoice_llm"))
+    records = task.train_source().records
+    single = {r["key"]: plain.train_transform(r, np.random.default_rng(0)) for r in records}
+    record = records[0]
+    example = task.train_transform(record, np.random.default_rng(0))
+    said = bytes(example["text"][: example["text_length"]].tolist()).decode()
+    own = single[record["key"]]
+    n, end = example["speech_length"] - own["speech_length"], example["speech_length"]
+    np.testing.assert_array_equal(example["speech"][n:end], own["speech"][: own["speech_length"]])
+    first = next(
+        r
+        for r in records
+        if r["speaker"] == record["speaker"]
+        and r["key"] != record["key"]
+        and said == r["target"] + " " + record["target"]
+        and single[r["key"]]["speech_length"] == n
+        and np.array_equal(single[r["key"]]["speech"][:n], example["speech"][:n])
+    )
+    np.testing.assert_array_equal(example["xvector"], single[first["key"]]["xvector"])
+    with pytest.raises(ConfigError, match="llm.pair_prob: pairs are zero-shot prompts"):
+        get_task(task_config(data, "cosyvoice_llm", llm={"pair_prob": 0.5, "instruct": True}))
+
+
 def test_cosyvoice_instruct_eval_generates_after_the_instruction_as_prompt_text(
     cosyvoice_data, tone_corpus, tmp_path, monkeypatch
 ):

@@ -232,6 +232,12 @@ def build_corpus(path: str, seed: int = 0, train_size: int = 2000, test_size: in
         files.write_text(os.path.join(path, f"{split}.jsonl"), "\n".join(lines) + "\n")
 
 
+def voice(record):
+    """A manifest record's voice: its "voice" field (the built-in corpus: the eSpeak voice,
+    whatever the pitch and rate), else its "speaker"."""
+    return record.get("voice", record.get("speaker"))
+
+
 def prompt_pairs(records) -> list:
     """(prompt record, target record) pairs of a split's records for zero-shot TTS: a record's
     own prompt_source when it has one (the built-in corpus's tts_test), else another utterance

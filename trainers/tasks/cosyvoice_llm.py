@@ -69,6 +69,11 @@ class LLMTaskConfig:
     # CosyVoice-Instruct's training: the transcript after its speaking style's instruction, no x-vector
     instruct: bool = False
     style_pairs: int = 10  # with instruct and the chain: targets spoken in every rate and pitch at eval
+    # With this probability a training example is another utterance of the same voice (speech.voice)
+    # followed by this one, texts joined by a space, tokens end to end, the first's x-vector (when
+    # both fit): the prompt and continuation zero-shot inference feeds the LM, which a corpus of
+    # short utterances otherwise never shows it (as tts.pair_prob for VALL-E).
+    pair_prob: float = 0.0
 
 
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
@@ -100,15 +105,32 @@ def instruction(style: dict) -> str:
 
 class Transcript:
     """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes;
-    with `instruct`, the text is the record's instruction and transcript."""
+    with `instruct`, the text is the record's instruction and transcript. After `pair_with`,
+    with probability pair_prob (given an rng) another record of the same voice comes first."""
 
     def __init__(self, cfg, text_ids: TextIds, tokens, xvectors, speech_size: int, width: int):
         self.text_ids, self.tokens, self.xvectors = text_ids, tokens, xvectors
         self.on_bad_audio, self.instruct = cfg.data.on_bad_audio, cfg.llm.instruct
         self.text_size, self.speech_size, self.width = cfg.llm.max_text_tokens, speech_size, width
+        self.pair_prob, self.voices = 0.0, {}
+
+    def pair_with(self, records, pair_prob: float):
+        self.pair_prob = pair_prob
+        for r in records:
+            self.voices.setdefault(speech.voice(r), []).append(r)
 
     def __call__(self, record, rng):
-        out = {
+        partners = [r for r in self.voices.get(speech.voice(record), ()) if r["key"] != record["key"]]
+        if rng is not None and partners and rng.random() < self.pair_prob:
+            first = partners[int(rng.integers(len(partners)))]
+            text = self.text_ids.encode(first["target"] + " " + record["target"])
+            tokens = np.concatenate([self.tokens[first["key"]], self.tokens[record["key"]]])
+            if len(text) <= self.text_size and len(tokens) <= self.speech_size:
+                return self._example(text, tokens, first["key"])
+        return self._single(record)
+
+    def _empty(self):
+        return {
             "text": np.zeros(self.text_size, np.int32),
             "text_length": np.int32(0),
             "speech": np.zeros(self.speech_size, np.int32),
@@ -116,21 +138,27 @@ class Transcript:
             "xvector": np.zeros(self.width, np.float32),
             "mask": np.float32(0.0),
         }
+
+    def _single(self, record):
         prefix = instruction(speech.speaking_style(record)) if self.instruct else ""
         text = self.text_ids.encode(prefix + record["target"])
         tokens = self.tokens[record["key"]]
         if len(text) > self.text_size or len(tokens) > self.speech_size:
             if self.on_bad_audio == "skip":
-                return out
+                return self._empty()
             raise ValueError(
                 f"utterance {record['key']!r}: {len(text)} text ids and {len(tokens)} speech tokens; the "
                 f"examples hold {self.text_size} (llm.max_text_tokens) and {self.speech_size} (data.max_seconds)"
             )
+        return self._example(text, tokens, record["key"])
+
+    def _example(self, text, tokens, xvector_key):
+        out = self._empty()
         out["text"][: len(text)] = text
         out["speech"][: len(tokens)] = tokens
         out.update(text_length=np.int32(len(text)), speech_length=np.int32(len(tokens)), mask=np.float32(1.0))
         if self.width:  # CosyVoice 2's LM and an -Instruct one read none
-            out["xvector"][:] = _cosyvoice.xvector(self.xvectors, record["key"], self.width)
+            out["xvector"][:] = _cosyvoice.xvector(self.xvectors, xvector_key, self.width)
         return out
 
 
@@ -164,6 +192,10 @@ class LLMTask(SplitSources):
             size = math.ceil(d.max_seconds * tokens.frame_rate)
             transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width))
         self.train_transform, self.eval_transform = transforms
+        if cfg.llm.pair_prob > 0:
+            if cfg.llm.instruct:
+                raise ConfigError("llm.pair_prob: pairs are zero-shot prompts; an instruct LM speaks without one")
+            self.train_transform.pair_with(self.train_source().records, cfg.llm.pair_prob)
         chain = [cfg.llm.s3tokenizer_run, cfg.llm.flow_run, cfg.llm.hift_run, cfg.llm.speaker]
         if any(chain) and not all(chain):
             raise ConfigError("llm.s3tokenizer_run, llm.flow_run, llm.hift_run and llm.speaker: give all or none")

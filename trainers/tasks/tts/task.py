@@ -15,12 +15,6 @@ from trainers.tasks.tts.tokens import TokenCache
 from trainers.tasks.tts.words import WordAlignment, text_words
 
 
-def voice(record):
-    """A manifest record's voice: its "voice" field (the built-in corpus: the eSpeak voice,
-    whatever the pitch and rate), else its "speaker"."""
-    return record.get("voice", record.get("speaker"))
-
-
 class TTSTask(TokenCache, WordAlignment, Losses, Synthesis, SplitSources):
     def __init__(self, cfg):
         self.cfg = cfg
@@ -64,9 +58,9 @@ class TTSTask(TokenCache, WordAlignment, Losses, Synthesis, SplitSources):
                 r["word_groups"] = word_groups[i]
         by_voice = {}
         for i, r in enumerate(kept):
-            by_voice.setdefault(voice(r), []).append(i)
+            by_voice.setdefault(speech.voice(r), []).append(i)
         for i, r in enumerate(kept):  # for tts.pair_prob
-            r["partners"] = [j for j in by_voice[voice(r)] if j != i]
+            r["partners"] = [j for j in by_voice[speech.voice(r)] if j != i]
         return kept
 
     def _train_transform(self, record, rng):
