@@ -362,6 +362,8 @@ def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data
     np.testing.assert_array_equal(example["xvector"], single[first["key"]]["xvector"])
     with pytest.raises(ConfigError, match="llm.pair_prob: pairs are zero-shot prompts"):
         get_task(task_config(data, "cosyvoice_llm", llm={"pair_prob": 0.5, "instruct": True}))
+    with pytest.raises(ConfigError, match="llm.pair_prob with data.batch_seconds"):
+        get_task(task_config({**data, "batch_seconds": 1.0}, "cosyvoice_llm", llm={"pair_prob": 0.5}))
 
 
 def test_cosyvoice_instruct_eval_generates_after_the_instruction_as_prompt_text(

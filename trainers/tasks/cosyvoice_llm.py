@@ -195,6 +195,8 @@ class LLMTask(SplitSources):
         if cfg.llm.pair_prob > 0:
             if cfg.llm.instruct:
                 raise ConfigError("llm.pair_prob: pairs are zero-shot prompts; an instruct LM speaks without one")
+            if d.batch_seconds > 0:
+                raise ConfigError("llm.pair_prob with data.batch_seconds: a pair outgrows its utterance's bucket")
             self.train_transform.pair_with(self.train_source().records, cfg.llm.pair_prob)
         chain = [cfg.llm.s3tokenizer_run, cfg.llm.flow_run, cfg.llm.hift_run, cfg.llm.speaker]
         if any(chain) and not all(chain):
