@@ -116,17 +116,18 @@ class Transcript:
 
     def pair_with(self, records, pair_prob: float):
         self.pair_prob = pair_prob
-        for r in records:
-            self.voices.setdefault(speech.voice(r), []).append(r)
+        for r in records:  # (key, transcript): what a pair reads, light to pickle into the data workers
+            self.voices.setdefault(speech.voice(r), []).append((r["key"], r["target"]))
 
     def __call__(self, record, rng):
-        partners = [r for r in self.voices.get(speech.voice(record), ()) if r["key"] != record["key"]]
-        if rng is not None and partners and rng.random() < self.pair_prob:
-            first = partners[int(rng.integers(len(partners)))]
-            text = self.text_ids.encode(first["target"] + " " + record["target"])
-            tokens = np.concatenate([self.tokens[first["key"]], self.tokens[record["key"]]])
-            if len(text) <= self.text_size and len(tokens) <= self.speech_size:
-                return self._example(text, tokens, first["key"])
+        if rng is not None and self.pair_prob and rng.random() < self.pair_prob:
+            partners = [p for p in self.voices.get(speech.voice(record), ()) if p[0] != record["key"]]
+            if partners:
+                key, said = partners[int(rng.integers(len(partners)))]
+                text = self.text_ids.encode(said + " " + record["target"])
+                tokens = np.concatenate([self.tokens[key], self.tokens[record["key"]]])
+                if len(text) <= self.text_size and len(tokens) <= self.speech_size:
+                    return self._example(text, tokens, key)
         return self._single(record)
 
     def _empty(self):
