@@ -332,9 +332,9 @@ def test_cosyvoice_instruct_transcripts_follow_their_style(cosyvoice_data, tone_
 
 
 def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data):
-    """llm.pair_prob: an example is another utterance of the voice and then this one (texts
-    joined by a space, tokens end to end, the first's x-vector), as zero-shot inference
-    prompts the LM; an instruct LM takes no pairs."""
+    """llm.pair_prob: an example is another utterance of the voice and then this one (text ids
+    and tokens end to end, the first's x-vector), as zero-shot inference prompts the LM; an
+    instruct LM takes no pairs."""
     from trainers.config import ConfigError
     from trainers.tasks import get_task
 
@@ -355,7 +355,7 @@ def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data
         for r in records
         if r["speaker"] == record["speaker"]
         and r["key"] != record["key"]
-        and said == r["target"] + " " + record["target"]
+        and said == r["target"] + record["target"]
         and single[r["key"]]["speech_length"] == n
         and np.array_equal(single[r["key"]]["speech"][:n], example["speech"][:n])
     )
@@ -364,6 +364,26 @@ def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data
         get_task(task_config(data, "cosyvoice_llm", llm={"pair_prob": 0.5, "instruct": True}))
     with pytest.raises(ConfigError, match="llm.pair_prob with data.batch_seconds"):
         get_task(task_config({**data, "batch_seconds": 1.0}, "cosyvoice_llm", llm={"pair_prob": 0.5}))
+
+
+def test_cosyvoice_phonemes_are_the_text_ids_of_espeak_phonemes(cosyvoice_data, tone_corpus, tmp_path):
+    """llm.text_tokenizer phonemes: the ids are the UTF-8 bytes of eSpeak NG's phonemes of the
+    transcript (an instruction's <|endofprompt|> kept as written), in the data and in the chain."""
+    pytest.importorskip("espeakng_loader")
+    from trainers.data import speech
+    from trainers.tasks import get_task
+    from trainers.tasks.cosyvoice_llm import instruction
+
+    data, _, _ = cosyvoice_data
+    llm_section = {"instruct": True, "max_text_tokens": 128, "text_tokenizer": "phonemes"}
+    task = get_task(task_config({**data, "path": str(styled(tone_corpus, tmp_path / "styled"))}, "cosyvoice_llm",
+                                llm=llm_section))  # fmt: skip
+    record = task.train_source()[0]
+    example = task.train_transform(record, np.random.default_rng(0))
+    said = bytes(example["text"][: example["text_length"]].tolist()).decode()
+    asked, words = instruction(speech.speaking_style(record)).split("<|endofprompt|>")[0], record["target"]
+    assert said == speech.phonemize([asked])[0] + "<|endofprompt|>" + speech.phonemize([words])[0]
+    assert task.text_ids.tokenizer.encode("three red") == list(b"Tr'i: r'Ed")
 
 
 def test_cosyvoice_instruct_eval_generates_after_the_instruction_as_prompt_text(

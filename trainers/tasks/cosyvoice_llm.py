@@ -34,6 +34,7 @@ style (`eval/style/real_seconds_<rate>`, `eval/style/real_f0_<pitch>`)
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass
 
 import jax
@@ -53,7 +54,8 @@ from trainers.tasks import SplitSources, _cosyvoice, _waveform
 class LLMTaskConfig:
     """The text ids, the examples' sizes and the eval generations."""
 
-    # "bytes" (UTF-8, ids 0-255), or a .tiktoken ranks file: Whisper's multilingual.tiktoken
+    # "bytes" (UTF-8, ids 0-255), "phonemes" (the UTF-8 bytes of eSpeak NG's phonemes, as the TTS
+    # demo's tts.text: phonemes), or a .tiktoken ranks file: Whisper's multilingual.tiktoken
     # (CosyVoice-300M's llm.pt) or CosyVoice's multilingual_zh_ja_yue_char_del.tiktoken (its 25 Hz model's)
     text_tokenizer: str = "bytes"
     max_text_tokens: int = 200  # upstream's token_max_length filter
@@ -70,7 +72,7 @@ class LLMTaskConfig:
     instruct: bool = False
     style_pairs: int = 10  # with instruct and the chain: targets spoken in every rate and pitch at eval
     # With this probability a training example is another utterance of the same voice (speech.voice)
-    # followed by this one, texts joined by a space, tokens end to end, the first's x-vector (when
+    # followed by this one, text ids and tokens end to end, the first's x-vector (when
     # both fit): the prompt and continuation zero-shot inference feeds the LM, which a corpus of
     # short utterances otherwise never shows it (as tts.pair_prob for VALL-E).
     pair_prob: float = 0.0
@@ -79,13 +81,32 @@ class LLMTaskConfig:
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
 
 
+class Phonemes:
+    """A text tokenizer (what jaxmodels.cosyvoice.text's are: encode, decode, n_vocab) whose ids are
+    the UTF-8 bytes of eSpeak NG's phonemes of the text; special tokens such as <|endofprompt|>
+    are kept as written."""
+
+    n_vocab = 256
+    SPECIAL = re.compile(r"(<\|[^|]*\|>)")
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one tokenizer per task; transcripts repeat every epoch)
+    def _phonemes(self, part: str) -> str:
+        return part if self.SPECIAL.fullmatch(part) else speech.phonemize([part])[0]
+
+    def encode(self, sentence: str, allowed_special="all") -> list[int]:
+        return list("".join(self._phonemes(p) for p in self.SPECIAL.split(sentence) if p.strip()).encode())
+
+    def decode(self, ids) -> str:
+        return bytes(list(ids)).decode("utf-8", errors="replace")
+
+
 class TextIds:
     """Text -> ids, and how many ids there are. Pickled as its spec (grain's workers load it again)."""
 
     def __init__(self, spec: str):
         self.spec = spec
         try:
-            self.tokenizer = text.load(spec)
+            self.tokenizer = Phonemes() if spec == "phonemes" else text.load(spec)
         except (OSError, ValueError) as e:
             raise ConfigError(f"llm.text_tokenizer: {e}") from None
         self.size = self.tokenizer.n_vocab
@@ -124,7 +145,8 @@ class Transcript:
             partners = [p for p in self.voices.get(speech.voice(record), ()) if p[0] != record["key"]]
             if partners:
                 key, said = partners[int(rng.integers(len(partners)))]
-                text = self.text_ids.encode(said + " " + record["target"])
+                # ids end to end, as the chain's zero-shot reads a prompt's transcript and the text
+                text = self.text_ids.encode(said) + self.text_ids.encode(record["target"])
                 tokens = np.concatenate([self.tokens[key], self.tokens[record["key"]]])
                 if len(text) <= self.text_size and len(tokens) <= self.speech_size:
                     return self._example(text, tokens, key)
