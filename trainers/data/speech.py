@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import threading
 import wave
 from dataclasses import dataclass, field
 from typing import Literal
@@ -184,10 +185,15 @@ class _ESpeak:
         return " ".join(clauses)
 
 
+# eSpeak NG is one state per process: data loaders' threads take turns.
+_ESPEAK_LOCK = threading.Lock()
+
+
 def espeak_16k(items) -> list:
     """16 kHz audio of (text, voice, pitch, rate) items, spoken by eSpeak NG as the built-in corpus is."""
-    engine = _ESpeak()
-    return [engine.say_16k(*item)[0] for item in items]
+    with _ESPEAK_LOCK:
+        engine = _ESpeak()
+        return [engine.say_16k(*item)[0] for item in items]
 
 
 def corpus_voices(seed: int):
@@ -304,8 +310,9 @@ def build_prompt_pairs(path: str, seed: int = 0, size: int = 100) -> None:
 
 def phonemize(texts, voice: str = "en-us") -> list[str]:
     """eSpeak NG's phonemes of each text (see _ESpeak.phonemes)."""
-    engine = _ESpeak()
-    return [engine.phonemes(t, voice) for t in texts]
+    with _ESPEAK_LOCK:
+        engine = _ESpeak()
+        return [engine.phonemes(t, voice) for t in texts]
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
