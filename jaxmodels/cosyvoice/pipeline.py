@@ -101,7 +101,9 @@ class CosyVoice:
     the LM and flow were trained with). ``mel``: audio (B, T) at the output rate -> the flow's
     mel frames (B, frames, C), the features it was trained on. ``text_tokenizer`` as
     jaxmodels.cosyvoice.text loads. ``text_frontend``: the released models' text frontend
-    (text.normalize), or, False, the text as written, cut at sentence ends (split_text)."""
+    (text.normalize), or, False, the text as written, cut at sentence ends (split_text).
+    ``flow_temperature``: the scale of the noise the flow decoder's ODE starts from (upstream's
+    1.0; Matcha-TTS synthesises at 0.667)."""
 
     lm: llm.TransformerLM | llm.Qwen2LM
     lm_params: dict
@@ -114,6 +116,7 @@ class CosyVoice:
     mel: Callable
     text_tokenizer: object
     text_frontend: bool = True
+    flow_temperature: float = 1.0
 
     @classmethod
     def load(cls, directory: str, variant: str = "cosyvoice_300m"):
@@ -191,7 +194,14 @@ class CosyVoice:
         tokens = tokens[:, : int(count[0])]
         flow_tokens, flow_mel = flow_prompt
         mel = jax.jit(self.decoder.apply, static_argnames="method")(
-            self.decoder_variables, k_flow, tokens, flow_tokens, flow_mel, flow_xvector, method=flow.Flow.inference
+            self.decoder_variables,
+            k_flow,
+            tokens,
+            flow_tokens,
+            flow_mel,
+            flow_xvector,
+            self.flow_temperature,
+            method=flow.Flow.inference,
         )
         audio, _ = jax.jit(self.vocoder.apply)(self.vocoder_variables, mel, k_voc)
         return np.asarray(audio[0])

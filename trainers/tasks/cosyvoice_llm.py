@@ -67,6 +67,8 @@ class LLMTaskConfig:
     flow_run: str = ""  # a cosyvoice_flow run
     hift_run: str = ""  # a hift run
     speaker: str = ""  # the speaker embedder data.xvectors was extracted with (python -m trainers.speaker)
+    # The scale of the noise the flow decoder samples from: upstream's 1.0, Matcha-TTS's 0.667
+    flow_temperature: float = 1.0
     speak_pairs: int = 50
     # CosyVoice-Instruct's training: the transcript after its speaking style's instruction, no x-vector
     instruct: bool = False
@@ -345,7 +347,9 @@ class LLMTask(SplitSources):
         if not c.flow_run:
             raise ConfigError("speaking needs llm.s3tokenizer_run, llm.flow_run, llm.hift_run and llm.speaker")
         if self._voice is None:
-            self._voice = _cosyvoice.voice_from_runs(self, c.s3tokenizer_run, c.flow_run, c.hift_run, c.speaker)
+            self._voice = _cosyvoice.voice_from_runs(
+                self, c.s3tokenizer_run, c.flow_run, c.hift_run, c.speaker, c.flow_temperature
+            )
         return dataclasses.replace(self._voice, lm_params=sharding.host_copy(params))
 
     def _say(self, voice, prompt, target, key, style=None):
