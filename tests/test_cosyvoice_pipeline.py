@@ -160,6 +160,10 @@ def test_modes_speak_and_the_command_writes_them(ranks, tmp_path, monkeypatch, c
     assert said.ndim == 1 and len(said) > 0 and len(said) % 256 == 0
     assert np.all(np.isfinite(said)) and np.abs(said).max() <= 0.99
     np.testing.assert_array_equal(voice.zero_shot("Hello world.", "a voice", wav_16k, wav_22k, key), said)
+    cooler = dataclasses.replace(voice, flow_temperature=0.5).zero_shot(
+        "Hello world.", "a voice", wav_16k, wav_22k, key
+    )
+    assert len(cooler) == len(said) and not np.array_equal(cooler, said)  # the same tokens, less noise in the flow
     crossed = voice.cross_lingual("Hello world.", wav_16k, wav_22k, key)
     assert not np.array_equal(crossed[: len(said)], said[: len(crossed)])
     stored = voice.sft("Hello world. Don't stop.", np.asarray(xvector), key)

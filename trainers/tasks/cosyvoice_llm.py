@@ -7,9 +7,9 @@ folders as task: cosyvoice_flow; jaxmodels.cosyvoice.llm):
     python -m trainers.train CONFIG --workdir runs/llm     # data.tokens: TOKENS, data.xvectors: XVECTORS
 
 Each example is an utterance's transcript as text ids (llm.text_tokenizer: UTF-8 bytes, ids
-0-255, or the byte-pair encoding a released LM was trained on, jaxmodels.cosyvoice.text), its
-S3 tokens and its x-vector, padded to llm.max_text_tokens and data.max_seconds of tokens; a longer one is bad
-audio (an error, or skipped under data.on_bad_audio=skip). The loss is TransformerLM.forward's:
+0-255, those of its eSpeak NG phonemes, or the byte-pair encoding a released LM was trained on,
+jaxmodels.cosyvoice.text), its S3 tokens and its x-vector, padded to llm.max_text_tokens and
+data.max_seconds of tokens; a longer one is bad audio (an error, or skipped under data.on_bad_audio=skip). The loss is TransformerLM.forward's:
 the rows [sos, x-vector, text, task_id, speech] predict the speech tokens and eos, cross entropy
 over the batch's scored tokens. Eval reports that cross entropy and the next-token accuracy
 over the eval split, and for the first llm.eval_examples eval utterances the tokens generated
