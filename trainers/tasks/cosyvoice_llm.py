@@ -9,9 +9,9 @@ folders as task: cosyvoice_flow; jaxmodels.cosyvoice.llm):
 Each example is an utterance's transcript as text ids (llm.text_tokenizer: UTF-8 bytes, ids
 0-255, those of its eSpeak NG phonemes, or the byte-pair encoding a released LM was trained on,
 jaxmodels.cosyvoice.text), its S3 tokens and its x-vector, padded to llm.max_text_tokens and
-data.max_seconds of tokens; a longer one is bad audio (an error, or skipped under data.on_bad_audio=skip). The loss is TransformerLM.forward's:
-the rows [sos, x-vector, text, task_id, speech] predict the speech tokens and eos, cross entropy
-over the batch's scored tokens. Eval reports that cross entropy and the next-token accuracy
+data.max_seconds of tokens; a longer one is bad audio (an error, or skipped under
+data.on_bad_audio=skip). The loss is TransformerLM.forward's: the rows [sos, x-vector, text,
+task_id, speech] predict the speech tokens and eos, cross entropy over the batch's scored tokens. Eval reports that cross entropy and the next-token accuracy
 over the eval split, and for the first llm.eval_examples eval utterances the tokens generated
 from their text in their speaker's voice (upstream's sampling, a fixed key): the ratio of their
 count to the real one (`eval/length_ratio`) and their edit distance to the real tokens over the
