@@ -11,13 +11,14 @@ Each example is an utterance's transcript as text ids (llm.text_tokenizer: UTF-8
 jaxmodels.cosyvoice.text), its S3 tokens and its x-vector, padded to llm.max_text_tokens and
 data.max_seconds of tokens; a longer one is bad audio (an error, or skipped under
 data.on_bad_audio=skip). The loss is TransformerLM.forward's: the rows [sos, x-vector, text,
-task_id, speech] predict the speech tokens and eos, cross entropy over the batch's scored tokens.
-Eval reports that cross entropy and the next-token accuracy over the eval split, and for the
-first llm.eval_examples eval utterances the tokens generated from their text in their speaker's
-voice (upstream's sampling, a fixed key): the ratio of their count to the real one (`eval/length_ratio`) and their edit distance to the real tokens over the
-real count (`eval/token_error_rate`). With the rest of the chain named (llm.s3tokenizer_run,
-flow_run, hift_run, speaker: runs trained here), eval also speaks the eval split's first
-llm.speak_pairs pairs zero-shot, for evals such as speech_wer and speaker_similarity
+task_id, speech] predict the speech tokens and eos, cross entropy over the batch's scored
+tokens. Eval reports that cross entropy and the next-token accuracy over the eval split, and for
+the first llm.eval_examples eval utterances the tokens generated from their text in their
+speaker's voice (upstream's sampling, a fixed key): the ratio of their count to the real one
+(`eval/length_ratio`) and their edit distance to the real tokens over the real count
+(`eval/token_error_rate`). With the rest of the chain named (llm.s3tokenizer_run, flow_run,
+hift_run, speaker: runs trained here), eval also speaks the eval split's first llm.speak_pairs
+pairs zero-shot, for evals such as speech_wer and speaker_similarity
 (configs/cosyvoice_speech.yaml).
 
 With llm.instruct the LM is trained as CosyVoice-Instruct's: each transcript follows its
