@@ -3,6 +3,7 @@ task: cosyvoice_llm): each utterance's S3 tokens and x-vector as the models give
 for each task a run that evaluates and resumes exactly, a sharded step equal to one device's,
 and the errors that name a missing or mismatched folder or example."""
 
+import concurrent.futures
 import json
 
 import numpy as np
@@ -368,7 +369,8 @@ def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data
 
 def test_cosyvoice_phonemes_are_the_text_ids_of_espeak_phonemes(cosyvoice_data, tone_corpus, tmp_path):
     """llm.text_tokenizer phonemes: the ids are the UTF-8 bytes of eSpeak NG's phonemes of the
-    transcript (an instruction's <|endofprompt|> kept as written), in the data and in the chain."""
+    transcript (an instruction's <|endofprompt|> kept as written), in the data and in the tokenizer
+    the chain reads; data loaders' threads phonemise at once (eSpeak NG is one state a process)."""
     pytest.importorskip("espeakng_loader")
     from trainers.data import speech
     from trainers.tasks import get_task
@@ -384,6 +386,9 @@ def test_cosyvoice_phonemes_are_the_text_ids_of_espeak_phonemes(cosyvoice_data, 
     asked, words = instruction(speech.speaking_style(record)).split("<|endofprompt|>")[0], record["target"]
     assert said == speech.phonemize([asked])[0] + "<|endofprompt|>" + speech.phonemize([words])[0]
     assert task.text_ids.tokenizer.encode("three red") == list(b"Tr'i: r'Ed")
+    texts = [f"{w} red cats" for w in ("one", "two", "three", "four", "five", "six", "seven", "eight")] * 8
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(lambda t: speech.phonemize([t])[0], texts)) == speech.phonemize(texts)
 
 
 def test_cosyvoice_instruct_eval_generates_after_the_instruction_as_prompt_text(
