@@ -84,23 +84,20 @@ class LLMTaskConfig:
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
 
 
-class Phonemes:
-    """A text tokenizer (what jaxmodels.cosyvoice.text's are: encode, decode, n_vocab) whose ids are
-    the UTF-8 bytes of eSpeak NG's phonemes of the text; special tokens such as <|endofprompt|>
-    are kept as written."""
+SPECIAL = re.compile(r"(<\|[^|]*\|>)")  # a special token such as <|endofprompt|>
 
-    n_vocab = 256
-    SPECIAL = re.compile(r"(<\|[^|]*\|>)")
 
-    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one tokenizer per task; transcripts repeat every epoch)
-    def _phonemes(self, part: str) -> str:
-        return part if self.SPECIAL.fullmatch(part) else speech.phonemize([part])[0]
+@functools.lru_cache(maxsize=1 << 16)  # transcripts repeat every epoch
+def _phonemes(part: str) -> str:
+    return part if SPECIAL.fullmatch(part) else speech.phonemize([part])[0]
+
+
+class Phonemes(text.Utf8Bytes):
+    """The UTF-8 bytes of eSpeak NG's phonemes of the text as its ids; special tokens are kept
+    as written."""
 
     def encode(self, sentence: str, allowed_special="all") -> list[int]:
-        return list("".join(self._phonemes(p) for p in self.SPECIAL.split(sentence) if p.strip()).encode())
-
-    def decode(self, ids) -> str:
-        return bytes(list(ids)).decode("utf-8", errors="replace")
+        return super().encode("".join(_phonemes(p) for p in SPECIAL.split(sentence) if p.strip()))
 
 
 class TextIds:
