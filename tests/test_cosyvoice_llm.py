@@ -3,6 +3,7 @@
 accuracy of a padded batch, and inference's tokens with a prompt, with a speaker only and
 with neither; the cached decoding equals the full forward pass; the released parameter count."""
 
+import dataclasses
 import functools
 import json
 import pathlib
@@ -116,6 +117,31 @@ def test_inference_equals_upstream(reference):
             finite = np.isfinite(steps)
             np.testing.assert_array_equal(np.isfinite(row), finite)
             _close(row[finite], steps[finite])
+
+
+def test_guided_inference_draws_from_the_guided_logits(reference):
+    """guidance_scale 2: each token of a prompted row and an unprompted one (decoded together) is
+    the argmax of u + 2 (c - u), c the full pass's log-probabilities with the text and the prompt
+    text, u without them (both over the prompt speech and the tokens drawn); eos where it ended."""
+    cfg, variables, r = reference
+    cfg = dataclasses.replace(cfg, guidance_scale=2.0)
+    model = llm.TransformerLM(cfg)
+    cases = [_case(r, name) for name in ("zero_shot", "sft")]
+    tokens, count = llm.generate(model, variables["params"], jax.random.key(0), *_batch(*cases), max_new_tokens=64)
+    for i, case in enumerate(cases):
+        drawn = np.asarray(tokens[i, : int(count[i])])
+        speech = np.concatenate([case[4], drawn[None]], axis=1)
+        rows = {}
+        for key, n in (("c", 1), ("u", 0)):
+            inputs = (case[0], case[1] * n, case[2], case[3] * n, speech, np.array([speech.shape[1]]), case[6])
+            logp, length = _log_probs(model, variables, *inputs)
+            first = int(length[0]) - len(drawn) - 1
+            rows[key] = np.array(logp[0, first : first + len(drawn) + 1])
+        guided = rows["u"] + 2.0 * (rows["c"] - rows["u"])
+        guided[: 2 * case[0].shape[1], cfg.speech_token_size] = -np.inf  # eos held back before the minimum
+        assert len(drawn) > 0 and not np.array_equal(guided.argmax(-1), rows["c"].argmax(-1))
+        np.testing.assert_array_equal(guided[:-1].argmax(-1), drawn)
+        assert guided[-1].argmax() == cfg.speech_token_size
 
 
 def test_ras_sampling_redraws_a_repeated_token():

@@ -6,6 +6,8 @@ and the errors that name a missing or mismatched folder or example."""
 import concurrent.futures
 import json
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 from conftest import (
@@ -365,6 +367,28 @@ def test_cosyvoice_pairs_put_another_utterance_of_the_voice_first(cosyvoice_data
         get_task(task_config(data, "cosyvoice_llm", llm={"pair_prob": 0.5, "instruct": True}))
     with pytest.raises(ConfigError, match="llm.pair_prob with data.batch_seconds"):
         get_task(task_config({**data, "batch_seconds": 1.0}, "cosyvoice_llm", llm={"pair_prob": 0.5}))
+
+
+def test_cosyvoice_guidance_dropout_trains_rows_without_their_text(cosyvoice_data):
+    """llm.guidance_dropout: a training row of the dropped share is scored without its text (at 1,
+    every row: the loss of the batch with no text); evaluation keeps the text."""
+    from trainers.tasks import get_task
+
+    data, _, _ = cosyvoice_data
+    dropping = get_task(task_config(data, "cosyvoice_llm", llm={"guidance_dropout": 1.0}))
+    plain = get_task(task_config(data, "cosyvoice_llm"))
+    rows = [plain.train_transform(r, None) for r in plain.train_source().records[:3]]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    params = nn.unbox(plain.init(jax.random.key(0), batch)["params"])
+    params["llm_decoder"]["kernel"] *= 100  # logits far from uniform, so the text moves the loss
+    rng = jax.random.key(1)
+    no_text = {**batch, "text_length": np.zeros_like(batch["text_length"])}
+    loss, _ = dropping.loss(params, batch, rng, 0)
+    np.testing.assert_allclose(loss, plain.loss(params, no_text, rng, 0)[0], rtol=1e-6)
+    assert abs(float(loss) - float(plain.loss(params, batch, rng, 0)[0])) > 1e-3
+    np.testing.assert_array_equal(
+        dropping.eval_outputs(params, batch)["nll"], plain.eval_outputs(params, batch)["nll"]
+    )
 
 
 def test_cosyvoice_phonemes_are_the_text_ids_of_espeak_phonemes(cosyvoice_data, tone_corpus, tmp_path):

@@ -54,6 +54,9 @@ class Sampling:
     tau_r: float = 0.1
     min_token_text_ratio: float = 2.0
     max_token_text_ratio: float = 20.0
+    # Classifier-free guidance on the text (not upstream's: 1.0 draws as it does): each row also
+    # runs without its text and prompt text, tokens drawn from u + w (c - u) of the two logits
+    guidance_scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,21 +342,47 @@ def generate(
     speaker of `embedding` (B, spk_embed_dim; None for none): upstream's inference, rows in
     parallel. A row draws at least 2 and at most 20 tokens per text token (the
     max_new_tokens first), eos held back before its minimum; any stop token (the ids from
-    speech_token_size on: eos, and Qwen2LM's two others) ends the row."""
+    speech_token_size on: eos, and Qwen2LM's two others) ends the row.
+
+    With the config's guidance_scale w != 1 (classifier-free guidance on the text, Ho & Salimans
+    2022; for speech-token LMs Koel-TTS, Hussain et al. 2025) each row runs twice, as given and
+    without its text and prompt text, and tokens are drawn from u + w (c - u) of their logits;
+    the LM should have been trained with its text dropped at times (task cosyvoice_llm's
+    llm.guidance_dropout)."""
     cfg = model.config
     eos = cfg.speech_token_size
     b = text.shape[0]
     variables = {"params": params}
+    guided = cfg.guidance_scale != 1.0
+    twice = (lambda x: None if x is None else jnp.concatenate([x, x])) if guided else (lambda x: x)  # noqa: E731
+    # guided: the rows as given, then the same rows without their text
+    no_text = (lambda n: jnp.concatenate([n, jnp.zeros_like(n)])) if guided else (lambda n: n)  # noqa: E731
     both, both_len = ragged_concat([(prompt_text, prompt_text_len), (text, text_len)], 0)
-    x, length = model.apply(variables, both, both_len, prompt_speech, prompt_speech_len, embedding, method="sequence")
-    slots = x.shape[1] + max_new_tokens
-    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (b, x.shape[1]))
+    x, length = model.apply(
+        variables,
+        twice(both),
+        no_text(both_len),
+        twice(prompt_speech),
+        twice(prompt_speech_len),
+        twice(embedding),
+        method="sequence",
+    )
+    rows, slots = x.shape[0], x.shape[1] + max_new_tokens
+    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (rows, x.shape[1]))
     valid = positions < length[:, None]
-    whole = (jnp.zeros((b, slots, x.shape[-1]), x.dtype), jnp.ones((b, slots), bool), jnp.zeros((b, slots), jnp.int32))
+    whole = (
+        jnp.zeros((rows, slots, x.shape[-1]), x.dtype),
+        jnp.ones((rows, slots), bool),
+        jnp.zeros((rows, slots), jnp.int32),
+    )
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *whole, method="step"))["cache"]
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def guide(logits):
+        return logits[b:] + cfg.guidance_scale * (logits[:b] - logits[b:]) if guided else logits
+
     logits, mutated = model.apply({**variables, "cache": cache}, x, valid, positions, method="step", mutable=["cache"])
-    last = jnp.take_along_axis(logits, (length - 1)[:, None, None], axis=1)[:, 0]
+    last = guide(jnp.take_along_axis(logits, (length - 1)[:, None, None], axis=1)[:, 0])
     min_len = (text_len * cfg.min_token_text_ratio).astype(jnp.int32)
     max_len = jnp.minimum((text_len * cfg.max_token_text_ratio).astype(jnp.int32), max_new_tokens)
 
@@ -368,17 +397,17 @@ def generate(
         keep = ~state.done & (token < eos)
         tokens = state.tokens.at[:, i].set(jnp.where(keep, token, 0))
         count = state.count + keep
-        embedded = model.apply(variables, jnp.minimum(token, eos - 1)[:, None], method="embed_speech")
+        embedded = model.apply(variables, twice(jnp.minimum(token, eos - 1)[:, None]), method="embed_speech")
         logits, mutated = model.apply(
             {**variables, "cache": state.cache},
             embedded,
-            jnp.ones((b, 1), bool),
+            jnp.ones((rows, 1), bool),
             (length + i)[:, None],
             method="step",
             mutable=["cache"],
         )
         done = state.done | ~keep | (count >= max_len)
-        return Decoding(mutated["cache"], logits[:, 0], tokens, count, done, rng, i + 1)
+        return Decoding(mutated["cache"], guide(logits[:, 0]), tokens, count, done, rng, i + 1)
 
     def cond(state: Decoding):
         return (state.step < max_new_tokens) & ~jnp.all(state.done)

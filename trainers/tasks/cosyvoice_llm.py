@@ -17,8 +17,8 @@ the first llm.eval_examples eval utterances the tokens generated from their text
 speaker's voice (upstream's sampling, a fixed key): the ratio of their count to the real one
 (`eval/length_ratio`) and their edit distance to the real tokens over the real count
 (`eval/token_error_rate`). With the rest of the chain named (llm.s3tokenizer_run, flow_run,
-hift_run, speaker: runs trained here), eval also speaks the eval split's first llm.speak_pairs
-pairs zero-shot, for evals such as speech_wer and speaker_similarity
+hift_run, speaker: runs trained here), eval also speaks llm.speak_pairs of the eval split's
+pairs (from llm.speak_offset) zero-shot, for evals such as speech_wer and speaker_similarity
 (configs/cosyvoice_speech.yaml).
 
 With llm.instruct the LM is trained as CosyVoice-Instruct's: each transcript follows its
@@ -71,6 +71,7 @@ class LLMTaskConfig:
     # The scale of the noise the flow decoder samples from: upstream's 1.0, Matcha-TTS's 0.667
     flow_temperature: float = 1.0
     speak_pairs: int = 50
+    speak_offset: int = 0  # the pairs spoken start here: settings are chosen on other pairs than those reported
     # CosyVoice-Instruct's training: the transcript after its speaking style's instruction, no x-vector
     instruct: bool = False
     style_pairs: int = 10  # with instruct and the chain: targets spoken in every rate and pitch at eval
@@ -79,6 +80,10 @@ class LLMTaskConfig:
     # both fit): the prompt and continuation zero-shot inference feeds the LM, which a corpus of
     # short utterances otherwise never shows it (as tts.pair_prob for VALL-E).
     pair_prob: float = 0.0
+    # The share of training examples whose text (and a pair's first transcript) is dropped, so that the
+    # LM also learns the text-free distribution classifier-free guidance draws against
+    # (model.args.guidance_scale; as tts.guidance_dropout for VALL-E)
+    guidance_dropout: float = 0.0
 
 
 SECTIONS = {"data": _cosyvoice.CosyVoiceDataConfig, "llm": LLMTaskConfig}
@@ -262,9 +267,14 @@ class LLMTask(SplitSources):
     def _scores(self, params, batch, rng=None):
         """Per row: the speech tokens' summed cross entropy, their count, the right argmaxes. CosyVoice
         2's LM in training (an rng) packs half its rows as upstream's bistream ones (text and speech
-        interleaved, llm.Qwen2LM.training_rows); evaluation packs every row unistream."""
+        interleaved, llm.Qwen2LM.training_rows); evaluation packs every row unistream. In training,
+        llm.guidance_dropout of the rows have no text."""
         inputs = self._inputs(batch)
         variables = {"params": params}
+        if rng is not None and self.cfg.llm.guidance_dropout > 0:
+            rng, key = jax.random.split(rng)
+            dropped = jax.random.uniform(key, inputs[1].shape) < self.cfg.llm.guidance_dropout
+            inputs = (inputs[0], jnp.where(dropped, 0, inputs[1]), *inputs[2:])
         if self.qwen2:
             bistream = (
                 jnp.zeros(inputs[0].shape[:1], bool) if rng is None else jax.random.uniform(rng, inputs[1].shape) < 0.5
@@ -362,11 +372,12 @@ class LLMTask(SplitSources):
         return wav_16k, speech.resampled(audio, voice.sample_rate, speech.SAMPLE_RATE)
 
     def speak(self, params):
-        """The eval split's first llm.speak_pairs targets spoken in their prompts' voices (16 kHz;
-        zero-shot, or instruct mode): the outputs speech_wer and speaker_similarity read, as task
-        tts gives them. The chain runs one utterance at a time on this process's first device,
+        """The eval split's llm.speak_pairs targets from llm.speak_offset on, spoken in their prompts'
+        voices (16 kHz; zero-shot, or instruct mode): the outputs speech_wer and speaker_similarity
+        read, as task tts gives them. The chain runs one utterance at a time on this process's first device,
         where its helpers sit."""
-        pairs = speech.prompt_pairs(self.eval_source().records)[: self.cfg.llm.speak_pairs]
+        c = self.cfg.llm
+        pairs = speech.prompt_pairs(self.eval_source().records)[c.speak_offset : c.speak_offset + c.speak_pairs]
         out = {"tts_prompt": [], "tts_reference": [], "tts_generated": [], "tts_text": []}
         with sharding.first_device():
             voice = self.voice(params)
