@@ -391,6 +391,20 @@ def test_cosyvoice_guidance_dropout_trains_rows_without_their_text(cosyvoice_dat
     )
 
 
+def test_cosyvoice_speaking_starts_at_the_offset(cosyvoice_data, monkeypatch):
+    """llm.speak_offset, llm.speak_pairs: the eval speaks those of the eval split's pairs."""
+    from trainers.data import speech
+    from trainers.tasks import get_task
+
+    data, _, _ = cosyvoice_data
+    task = get_task(task_config(data, "cosyvoice_llm", llm={"speak_offset": 1, "speak_pairs": 1}))
+    pairs = speech.prompt_pairs(task.eval_source().records)
+    assert len(pairs) >= 2
+    monkeypatch.setattr(task, "voice", lambda params: None)
+    monkeypatch.setattr(task, "_say", lambda voice, prompt, target, key: (np.zeros(4), np.zeros(4)))
+    assert task.speak({})["tts_text"] == [pairs[1][1]["target"]]
+
+
 def test_cosyvoice_phonemes_are_the_text_ids_of_espeak_phonemes(cosyvoice_data, tone_corpus, tmp_path):
     """llm.text_tokenizer phonemes: the ids are the UTF-8 bytes of eSpeak NG's phonemes of the
     transcript (an instruction's <|endofprompt|> kept as written), in the data and in the tokenizer

@@ -61,8 +61,8 @@ class LLMTaskConfig:
     text_tokenizer: str = "bytes"
     max_text_tokens: int = 200  # upstream's token_max_length filter
     eval_examples: int = 4
-    # The rest of the chain, runs trained here: with them eval also speaks the first
-    # speak_pairs (prompt, target) pairs of the eval split zero-shot (speech.prompt_pairs),
+    # The rest of the chain, runs trained here: with them eval also speaks speak_pairs (prompt,
+    # target) pairs of the eval split zero-shot from speak_offset on (speech.prompt_pairs),
     # for evals such as speech_wer and speaker_similarity, and python -m trainers.tts speaks.
     s3tokenizer_run: str = ""  # a ctc run with the S3 quantizer inside (configs/cosyvoice_s3_speech.yaml)
     flow_run: str = ""  # a cosyvoice_flow run
@@ -374,8 +374,8 @@ class LLMTask(SplitSources):
     def speak(self, params):
         """The eval split's llm.speak_pairs targets from llm.speak_offset on, spoken in their prompts'
         voices (16 kHz; zero-shot, or instruct mode): the outputs speech_wer and speaker_similarity
-        read, as task tts gives them. The chain runs one utterance at a time on this process's first device,
-        where its helpers sit."""
+        read, as task tts gives them. The chain runs one utterance at a time on this process's first
+        device, where its helpers sit."""
         c = self.cfg.llm
         pairs = speech.prompt_pairs(self.eval_source().records)[c.speak_offset : c.speak_offset + c.speak_pairs]
         out = {"tts_prompt": [], "tts_reference": [], "tts_generated": [], "tts_text": []}
