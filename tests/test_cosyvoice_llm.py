@@ -1,7 +1,8 @@
 """CosyVoice's text-to-speech-token LM against the official TransformerLM
 (tests/data/make_llm_reference.py: narrowed, random weights): the training logits, loss and
 accuracy of a padded batch, and inference's tokens with a prompt, with a speaker only and
-with neither; the cached decoding equals the full forward pass; the released parameter count."""
+with neither; the cached decoding equals the full forward pass, guided decoding the guided
+logits of two full passes; the released parameter count."""
 
 import dataclasses
 import functools
