@@ -354,14 +354,15 @@ def generate(
     b = text.shape[0]
     variables = {"params": params}
     guided = cfg.guidance_scale != 1.0
-    twice = (lambda x: None if x is None else jnp.concatenate([x, x])) if guided else (lambda x: x)  # noqa: E731
     # guided: the rows as given, then the same rows without their text
-    no_text = (lambda n: jnp.concatenate([n, jnp.zeros_like(n)])) if guided else (lambda n: n)  # noqa: E731
+    twice = (lambda x: None if x is None else jnp.concatenate([x, x])) if guided else (lambda x: x)  # noqa: E731
     both, both_len = ragged_concat([(prompt_text, prompt_text_len), (text, text_len)], 0)
+    if guided:
+        both_len = jnp.concatenate([both_len, jnp.zeros_like(both_len)])
     x, length = model.apply(
         variables,
         twice(both),
-        no_text(both_len),
+        both_len,
         twice(prompt_speech),
         twice(prompt_speech_len),
         twice(embedding),
