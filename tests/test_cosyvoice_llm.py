@@ -244,3 +244,84 @@ def test_cosyvoice2_training_rows_equal_upstreams_packing(qwen2_reference):
         assert np.all(np.asarray(target[:, expected.shape[1] :]) == llm.IGNORE)
         for row, n in enumerate(r[f"{case}/length"]):
             _close(logits[row, :n], r[f"{case}/logits"][row, :n])
+
+
+ALIGNED = llm.LMConfig(
+    text_token_size=50,
+    speech_token_size=40,
+    text_encoder_input_size=32,
+    text_encoder_output_size=32,
+    llm_input_size=32,
+    llm_output_size=32,
+    spk_embed_dim=8,
+    text_encoder_heads=2,
+    text_encoder_linear_units=64,
+    text_encoder_blocks=1,
+    llm_heads=2,
+    llm_linear_units=64,
+    llm_blocks=2,
+    word_alignment=True,
+    top_k=1,
+    tau_r=2.0,  # never redrawn: deterministic sampling
+    min_token_text_ratio=0.0,
+)
+
+
+@pytest.mark.parametrize("moves", [True, False])
+def test_cosyvoice_word_aligned_decoding_follows_the_full_pass(moves):
+    """word_alignment: with `advance` certain (its bias +-30) the pointer moves every token, and
+    a row ends after its text's last word, one token a word, or never, and a row runs to its
+    limit on the first word; each token is the argmax of the full pass told the same words and
+    progress (the prompt's tokens told none). Guided decoding ends the rows alike."""
+    model = llm.TransformerLM(ALIGNED)
+    rng = np.random.default_rng(0)
+    text = rng.integers(1, 50, (2, 7)).astype(np.int32)
+    text_words = np.array([[0, 0, -1, 1, 1, -1, 2], [0, -1, 1, -1, -1, -1, -1]], np.int32)
+    text_len = np.array([7, 3], np.int32)
+    prompt_text = rng.integers(1, 50, (2, 3)).astype(np.int32)
+    prompt_words = np.array([[0, -1, 1], [0, 0, 0]], np.int32)
+    prompt_len = np.array([3, 0], np.int32)
+    prompt_speech = rng.integers(0, 40, (2, 5)).astype(np.int32)
+    prompt_speech_len = np.array([5, 0], np.int32)
+    xvector = rng.normal(size=(2, 8)).astype(np.float32)
+    params = model.init(
+        jax.random.key(0),
+        text,
+        text_len,
+        prompt_speech,
+        prompt_speech_len,
+        xvector,
+        text_words,
+        np.zeros((2, 6), np.int32),
+    )["params"]
+    params = {**params, "advance": {**params["advance"], "bias": jnp.full((1,), 30.0 if moves else -30.0)}}
+    args = (text, text_len, prompt_text, prompt_len, prompt_speech, prompt_speech_len, xvector)
+    words = dict(text_words=text_words, prompt_text_words=prompt_words)
+    tokens, count = llm.generate(model, params, jax.random.key(1), *args, max_new_tokens=12, **words)
+    n_words = [3, 2]
+    expected_count = n_words if moves else [min(12, 20 * 7), min(12, 20 * 3)]
+    np.testing.assert_array_equal(count, expected_count)
+    guided = llm.TransformerLM(dataclasses.replace(ALIGNED, guidance_scale=2.0))
+    _, guided_count = llm.generate(guided, params, jax.random.key(1), *args, max_new_tokens=12, **words)
+    np.testing.assert_array_equal(guided_count, expected_count)
+
+    first = [2, 0]  # the prompt texts' words
+    for i in range(2):
+        drawn = np.asarray(tokens[i, : int(count[i])])
+        p, d = int(prompt_speech_len[i]), len(drawn)
+        speech = np.concatenate([prompt_speech[i, :p], drawn])[None]
+        told = np.full((1, p + d + 1), -1, np.int32)
+        told[0, p:] = first[i] + (np.arange(d + 1) if moves else 0)
+        both, both_len = llm.ragged_concat(
+            [(prompt_text[i : i + 1], prompt_len[i : i + 1]), (text[i : i + 1], text_len[i : i + 1])], 0
+        )
+        later = np.where(text_words[i] >= 0, text_words[i] + first[i], -1)[None]
+        both_words, _ = llm.ragged_concat(
+            [(prompt_words[i : i + 1], prompt_len[i : i + 1]), (later, text_len[i : i + 1])], -1
+        )
+        logits, advance = model.apply(
+            {"params": params}, both, both_len, speech, np.array([p + d]), xvector[i : i + 1], both_words, told
+        )
+        start = 2 + int(both_len[0]) + p  # the slot after the prompt's tokens predicts the first drawn token
+        np.testing.assert_array_equal(np.argmax(logits[0, start : start + d, :40], -1), drawn)
+        assert np.all((advance[0, start : start + d] > 0) == moves)

@@ -169,12 +169,13 @@ def test_campplus_xvectors_are_each_utterances_own(cosyvoice_data, tone_corpus, 
 
 
 @pytest.mark.slow  # two runs: init, the step, eval and generation compiled
-@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm"])
+@pytest.mark.parametrize("task", ["cosyvoice_flow", "cosyvoice_llm", "cosyvoice_llm_aligned"])
 def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tmp_path):
     from trainers.loop import train
 
     data, _, _ = cosyvoice_data
-    cfg = task_config(data, task)
+    aligned = task.endswith("_aligned")
+    cfg = task_config(data, task.removesuffix("_aligned"), **(VARIANTS[task] if aligned else {}))
     final = train(cfg, str(tmp_path / "run"))
     if task == "cosyvoice_flow":
         # The velocity's squared error per value: the log-mels lie about 10 below zero.
@@ -183,8 +184,12 @@ def test_cosyvoice_trains_evaluates_and_resumes_exactly(cosyvoice_data, task, tm
             assert picture.format == "PNG"
     else:
         assert 0 < final["eval/loss"] < 2 * np.log(257) and 0 <= final["eval/accuracy"] <= 1, final
-        # Three tokens fit 0.06 s, and eos waits for twice the text's bytes: every row draws three.
-        assert final["eval/length_ratio"] >= 1 and 0 <= final["eval/token_error_rate"] <= 1, final
+        # Three tokens fit 0.06 s, and eos waits for twice the text's bytes: every row draws three;
+        # word-aligned rows end when their words do, at least a token a word
+        assert final["eval/length_ratio"] >= (0.3 if aligned else 1), final
+        assert 0 <= final["eval/token_error_rate"] <= 1, final
+        if aligned:
+            assert 0 < final["eval/advance_loss"] and 0 <= final["eval/advance_accuracy"] <= 1, final
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped"] for r in rows if "train/skipped" in r] == [0.0] * 4
 
@@ -203,6 +208,7 @@ VARIANTS = {
     "cosyvoice_flow_dit": {"model": {"args": DIT_FLOW}},
     "cosyvoice_flow_causal": {"model": {"args": CAUSAL_FLOW}},
     "cosyvoice_llm_qwen2": QWEN2_LM,
+    "cosyvoice_llm_aligned": {"model": {"args": {**TINY_LLM, "word_alignment": True}}, "llm": {"pair_prob": 0.5}},
 }
 
 
@@ -236,7 +242,7 @@ def test_cosyvoice2_lm_trains_evaluates_and_resumes_exactly(cosyvoice_data, tmp_
 def test_cosyvoice_step_on_eight_devices_equals_one(cosyvoice_data, task):
     data, _, _ = cosyvoice_data
     sections = VARIANTS.get(task, {})
-    task = task.removesuffix("_dit").removesuffix("_causal").removesuffix("_qwen2")
+    task = task.removesuffix("_dit").removesuffix("_causal").removesuffix("_qwen2").removesuffix("_aligned")
 
     def batch(task):
         source = task.train_source()
@@ -578,6 +584,17 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     assert "zero-shot, checkpoint 2" in capsys.readouterr().out
     said = speech.read_audio(str(tmp_path / "said.wav"))
     assert len(said) > 0 and np.all(np.isfinite(said))
+    # Word-aligned: eval and python -m trainers.tts tell the LM each token's word
+    aligned = task_config(
+        data, "cosyvoice_llm", model={"args": {**lm_args, "word_alignment": True}}, llm=chain, train=two
+    )
+    aligned = config_lib.parse({**config_lib.to_dict(aligned), "evals": evals})
+    final = train(aligned, str(tmp_path / "aligned"))
+    assert 0 <= final["eval/wer"] and 0 < final["eval/advance_loss"], final
+    (tmp_path / "aligned.yaml").write_text(config_lib.dump(aligned))
+    tts([str(tmp_path / "aligned.yaml"), "--workdir", str(tmp_path / "aligned"), "--text", "ab cd", "--prompt", prompt]
+        + ["--prompt-text", "a", "--out", str(tmp_path / "aligned.wav")])  # fmt: skip
+    assert len(speech.read_audio(str(tmp_path / "aligned.wav"))) > 0
     (tmp_path / "instruct.yaml").write_text(config_lib.dump(instruct))
     tts([str(tmp_path / "instruct.yaml"), "--workdir", str(tmp_path / "instruct"), "--text", "ab", "--prompt", prompt]
         + ["--instruct", "fast speed, low pitch<|endofprompt|>", "--out", str(tmp_path / "asked.wav")])  # fmt: skip
@@ -585,3 +602,53 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     with pytest.raises(SystemExit, match="was trained with instructions \\(llm.instruct\\): give --instruct"):
         tts([str(tmp_path / "instruct.yaml"), "--workdir", str(tmp_path / "instruct"), "--text", "ab"]
             + ["--prompt", prompt, "--out", str(tmp_path / "x.wav")])  # fmt: skip
+
+
+def test_cosyvoice_word_aligned_examples_tell_each_token_its_word(cosyvoice_data):
+    """model.args.word_alignment: each text byte's word (-1 at spaces), each position's from
+    task_id on the word of the token it predicts (from word_starts at the tokens' rate), one past
+    the last where eos is due; in a pair the prompt's tokens are told none and the record's words
+    come after the prompt transcript's. The loss adds advance's cross entropy; an LM that reads
+    no words between spaces is a config error."""
+    from trainers.config import ConfigError
+    from trainers.tasks import get_task
+    from trainers.tasks.tts.words import frame_words, word_frames
+
+    data, _, _ = cosyvoice_data
+    longer = {**data, "max_seconds": 0.12}
+    aligned = {"model": {"args": {**TINY_LLM, "word_alignment": True}}}
+    task = get_task(task_config(longer, "cosyvoice_llm", **aligned))
+    record = next(r for r in task.train_source().records if len(r["target"].split()) == 2)
+    example = task.train_transform(record, None)
+    n, words = int(example["speech_length"]), record["target"].split()
+    expected = [0] * len(words[0]) + [-1] + [1] * len(words[1])
+    np.testing.assert_array_equal(example["text_words"][: len(expected)], expected)
+    assert np.all(example["text_words"][len(expected) :] == -1)
+    rate = task.train_transform.tokens.frame_rate
+    own = frame_words(word_frames(record, rate, n), n)
+    assert own[0] == 0 and own[-1] == 1
+    np.testing.assert_array_equal(example["speech_words"][: n + 1], [*own, 2])
+
+    pairs = get_task(task_config(longer, "cosyvoice_llm", llm={"pair_prob": 1.0}, **aligned))
+    pair = pairs.train_transform(record, np.random.default_rng(0))
+    p = int(pair["speech_length"]) - n
+    prompt_words = int(pair["text_words"].max()) - 1  # the record's two words follow the prompt's
+    assert p > 0 and np.all(pair["speech_words"][:p] == -1)
+    np.testing.assert_array_equal(pair["speech_words"][p : p + n + 1], [*(own + prompt_words), prompt_words + 2])
+
+    rows = [task.train_transform(r, None) for r in task.train_source().records[:4]]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    params = nn.unbox(task.init(jax.random.key(0), batch)["params"])
+    loss, metrics = task.loss(params, batch, jax.random.key(1), 0)
+    scores = {k: np.sum(v) for k, v in task.eval_outputs(params, batch).items()}
+    assert scores["advance_count"] == sum(int(r["speech_length"]) for r in rows)
+    np.testing.assert_allclose(
+        loss, scores["nll"] / scores["count"] + scores["advance_nll"] / scores["advance_count"], rtol=1e-5
+    )
+    assert 0 <= metrics["train/advance_accuracy"] <= 1
+    for llm_section in (
+        {"instruct": True},
+        {"text_tokenizer": str(ROOT / "tests" / "data" / "cosyvoice_text" / "ranks.tiktoken")},
+    ):
+        with pytest.raises(ConfigError, match="word_alignment reads the text's words between spaces"):
+            get_task(task_config(data, "cosyvoice_llm", llm=llm_section, **aligned))

@@ -244,7 +244,7 @@ def test_word_alignment_needs_word_starts(tone_corpus, fixtures_dir, tmp_path):
     records[2]["word_starts"] = records[2]["word_starts"] + [0.5]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = tts_config(corpus, fixtures_dir, tmp_path, args={**TINY_VALLE, "word_alignment": True})
-    with pytest.raises(ValueError, match="record train1: the AR's word_alignment needs word_starts"):
+    with pytest.raises(ValueError, match="record train1: word alignment needs word_starts"):
         Trainer(cfg).task.train_source()
     del records[1]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))

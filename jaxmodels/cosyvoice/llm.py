@@ -22,6 +22,13 @@ tokens; trained on those unistream rows and, as upstream for streaming text inpu
 interleaving 5 text and 15 speech tokens (`training_rows`); decoded by the same `generate` (any
 stop token ends a row).
 
+`word_alignment` (not upstream's; off in the released configurations) is VALL-E R's monotonic
+alignment (Han et al. 2024) over words, as `jaxmodels.speechlm.valle`'s: each position from
+task_id on is also told the word of the token it predicts (the mean of that word's encoded text
+tokens) and how many of its tokens came before, and predicts whether the next token begins the
+next word (`advance`). Decoding moves a pointer through the text's words and ends a row when it
+moves past the last, so a word is neither skipped nor repeated and speech does not stop early.
+
 Module names are upstream's, dots as underscores; encoder layers stacked ("layers" axis).
 """
 
@@ -40,6 +47,7 @@ from jaxmodels.nn import Dense, variants
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
 from jaxmodels.nn.variants import named_config
 from jaxmodels.speechlm.transformer import Embed
+from jaxmodels.speechlm.valle import MAX_WORD_PROGRESS, word_progress
 
 IGNORE = -1  # upstream's IGNORE_ID: a target that is not scored
 
@@ -76,6 +84,7 @@ class LMConfig(Sampling):
     llm_heads: int = 16
     llm_linear_units: int = 4096
     llm_blocks: int = 14
+    word_alignment: bool = False  # VALL-E R's alignment over words (not upstream's; see the module's doc)
 
 
 def ragged_concat(segments, pad):
@@ -152,6 +161,9 @@ class TransformerLM(nn.Module):
         self.llm_decoder = Dense(c.speech_token_size + 1, ("embed", "vocab"), dtype=self.dtype)
         self.speech_embedding = Embed(c.speech_token_size, c.llm_input_size, dtype=self.dtype)
         self.spk_embed_affine_layer = Dense(c.llm_input_size, ("mlp", "embed"), dtype=self.dtype)
+        if c.word_alignment:
+            self.word_progress_embedding = Embed(MAX_WORD_PROGRESS, c.llm_input_size, dtype=self.dtype)
+            self.advance = Dense(1, ("embed", None), dtype=self.dtype)
 
     def encode(self, text, text_len):
         """(B, T) text tokens -> (B, T, llm_input_size)."""
@@ -166,33 +178,66 @@ class TransformerLM(nn.Module):
     def _special(self, index, batch):
         return jnp.broadcast_to(self.llm_embedding(jnp.array([[index]])), (batch, 1, self.config.llm_input_size))
 
-    def sequence(self, text, text_len, speech, speech_len, embedding):
+    def sequence(self, text, text_len, speech, speech_len, embedding, text_words=None, speech_words=None):
         """The LM's input rows [sos, speaker, text, task_id, speech] (B, L, D) and their
-        lengths; without an embedding (None) no speaker slot."""
+        lengths; without an embedding (None) no speaker slot.
+
+        word_alignment: text_words (B, T) the word of each text token (-1: none, as a space),
+        speech_words (B, S + 1) the word of the token each position from task_id on predicts
+        (-1: none, as on a prompt's tokens; one past the last word where eos is due)."""
         b = text.shape[0]
         one = jnp.ones((b,), jnp.int32)
         segments = [(self._special(0, b), one)]
         if embedding is not None:
             segments.append((self.speaker(embedding), one))
-        segments += [(self.encode(text, text_len), text_len), (self._special(1, b), one)]
-        segments.append((self.speech_embedding(speech), speech_len))
+        encoded = self.encode(text, text_len)
+        task, tokens = self._special(1, b), self.speech_embedding(speech)
+        if self.config.word_alignment:
+            said = self.words(self.word_table(encoded, text_words), speech_words, word_progress(speech_words))
+            task, tokens = task + said[:, :1], tokens + said[:, 1:]
+        segments += [(encoded, text_len), (task, one), (tokens, speech_len)]
         return ragged_concat(segments, -1.0)
 
-    def logits(self, x, length):
-        """(B, L, speech_token_size + 1) of the causal LM over rows of `length` (full pass)."""
-        valid = jnp.arange(x.shape[1])[None] < length[:, None]
-        return self.llm_decoder(self.llm(x, valid))
+    def word_table(self, encoded, text_words):
+        """(B, T, D): each word's encoded text tokens averaged (a text holds at most T words)."""
+        member = (text_words[:, :, None] == jnp.arange(encoded.shape[1])).astype(encoded.dtype)
+        total = jnp.einsum("btw,btd->bwd", member, encoded)
+        return total / jnp.maximum(member.sum(1), 1)[..., None]
 
-    def embed_speech(self, tokens):
-        return self.speech_embedding(tokens)
+    def text_word_table(self, text, text_len, text_words):
+        return self.word_table(self.encode(text, text_len), text_words)
+
+    def words(self, table, words, progress):
+        """(B, N, D) what N positions are told: their word's row of `table` and their progress
+        embedding; nothing where the word is -1."""
+        word = jnp.take_along_axis(table, jnp.clip(words, 0, table.shape[1] - 1)[..., None], axis=1)
+        said = word + self.word_progress_embedding(jnp.clip(progress, 0, MAX_WORD_PROGRESS - 1))
+        return said * (words >= 0)[..., None]
+
+    def _heads(self, h):
+        logits = self.llm_decoder(h)
+        return (logits, self.advance(h)[..., 0].astype(jnp.float32)) if self.config.word_alignment else logits
+
+    def logits(self, x, length):
+        """(B, L, speech_token_size + 1) of the causal LM over rows of `length` (full pass); with
+        word_alignment also `advance`'s logits (B, L)."""
+        valid = jnp.arange(x.shape[1])[None] < length[:, None]
+        return self._heads(self.llm(x, valid))
+
+    def embed_speech(self, tokens, table=None, words=None, progress=None):
+        """Speech tokens' inputs; with word_alignment, plus what they are told of `words` (see `words`)."""
+        x = self.speech_embedding(tokens)
+        return x if table is None else x + self.words(table, words, progress)
 
     def step(self, x, valid, positions):
-        """Decoding: (B, L, D) inputs at `positions` (B, L) appended to the cache -> logits."""
-        return self.llm_decoder(self.llm(x, valid, positions.astype(jnp.int32), decode=True))
+        """Decoding: (B, L, D) inputs at `positions` (B, L) appended to the cache -> logits
+        (and advance's, with word_alignment)."""
+        return self._heads(self.llm(x, valid, positions.astype(jnp.int32), decode=True))
 
-    def __call__(self, text, text_len, speech, speech_len, embedding):
-        """Logits (B, 3 + T + S, V + 1) of the training rows (targets() gives their targets)."""
-        return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding))
+    def __call__(self, text, text_len, speech, speech_len, embedding, text_words=None, speech_words=None):
+        """Logits (B, 3 + T + S, V + 1) of the training rows (targets() gives their targets); with
+        word_alignment (text_words and speech_words as `sequence` takes them) also advance's (B, L)."""
+        return self.logits(*self.sequence(text, text_len, speech, speech_len, embedding, text_words, speech_words))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +357,8 @@ def ras_sample(rng, logp, recent, cfg: Sampling):
 
 class Decoding(NamedTuple):
     """generate's loop state: the KV cache, the last step's logits (B, V + 1), the tokens drawn
-    (B, max_new_tokens), their counts, which rows are done, the key, the step."""
+    (B, max_new_tokens), their counts, which rows are done, the key, the step; with word
+    alignment the last step's advance logits, and each row's word and tokens spent on it (B,)."""
 
     cache: dict
     logits: jax.Array
@@ -321,6 +367,15 @@ class Decoding(NamedTuple):
     done: jax.Array
     rng: jax.Array
     step: jax.Array
+    advance: jax.Array
+    word: jax.Array
+    progress: jax.Array
+
+
+def _word_count(words, length):
+    """(B,) how many words the first `length` tokens of each row hold."""
+    valid = jnp.arange(words.shape[1])[None] < length[:, None]
+    return jnp.max(jnp.where(valid, words, -1), axis=1, initial=-1) + 1
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
@@ -336,6 +391,8 @@ def generate(
     prompt_speech_len,
     embedding,
     max_new_tokens: int,
+    text_words=None,
+    prompt_text_words=None,
 ):
     """Speech tokens (B, max_new_tokens) and their counts (B,) for each row's text, spoken as
     the continuation of its prompt (text and speech tokens, lengths 0 for none) by the
@@ -343,6 +400,10 @@ def generate(
     parallel. A row draws at least 2 and at most 20 tokens per text token (the
     max_new_tokens first), eos held back before its minimum; any stop token (the ids from
     speech_token_size on: eos, and Qwen2LM's two others) ends the row.
+
+    With word_alignment, text_words and prompt_text_words (B, T) give the word of each text
+    token (-1: none), counted from 0 in each text: eos is never drawn, a row ends when its
+    pointer moves past the text's last word (advance drawn with its probability each token).
 
     With the config's guidance_scale w != 1 (classifier-free guidance on the text, Ho & Salimans
     2022; for speech-token LMs Koel-TTS, Hussain et al. 2025) each row runs twice, as given and
@@ -354,11 +415,25 @@ def generate(
     b = text.shape[0]
     variables = {"params": params}
     guided = cfg.guidance_scale != 1.0
+    aligned = getattr(cfg, "word_alignment", False)
     # guided: the rows as given, then the same rows without their text
     twice = (lambda x: None if x is None else jnp.concatenate([x, x])) if guided else (lambda x: x)  # noqa: E731
     both, both_len = ragged_concat([(prompt_text, prompt_text_len), (text, text_len)], 0)
     if guided:
         both_len = jnp.concatenate([both_len, jnp.zeros_like(both_len)])
+    words, table = {}, None
+    if aligned:
+        if text_words is None or prompt_text_words is None:
+            raise ValueError("an LM with word_alignment decodes given text_words and prompt_text_words")
+        first_word = _word_count(prompt_text_words, prompt_text_len)  # the text's follow the prompt text's
+        end_word = first_word + _word_count(text_words, text_len)
+        later = jnp.where(text_words >= 0, text_words + first_word[:, None], -1)
+        both_words, _ = ragged_concat([(prompt_text_words, prompt_text_len), (later, text_len)], -1)
+        table = model.apply(variables, twice(both), both_len, twice(both_words), method="text_word_table")
+        # the prompt's tokens are told no word; the position after them predicts the text's first word
+        slots = jnp.arange(prompt_speech.shape[1] + 1)[None]
+        told = jnp.where(slots == prompt_speech_len[:, None], first_word[:, None], -1)
+        words = dict(text_words=twice(both_words), speech_words=untold(twice(told), b) if guided else told)
     x, length = model.apply(
         variables,
         twice(both),
@@ -367,6 +442,7 @@ def generate(
         twice(prompt_speech_len),
         twice(embedding),
         method="sequence",
+        **words,
     )
     rows, slots = x.shape[0], x.shape[1] + max_new_tokens
     positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (rows, x.shape[1]))
@@ -379,27 +455,44 @@ def generate(
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *whole, method="step"))["cache"]
     cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def guide(logits):
-        return logits[b:] + cfg.guidance_scale * (logits[:b] - logits[b:]) if guided else logits
+    def guide(out):
+        """(logits, advance) of the rows as given: the guided logits, the rows' own advance."""
+        logits, advance = out if aligned else (out, jnp.zeros(out.shape[:-1]))
+        if guided:
+            logits = logits[b:] + cfg.guidance_scale * (logits[:b] - logits[b:])
+        return logits, advance[:b]
 
-    logits, mutated = model.apply({**variables, "cache": cache}, x, valid, positions, method="step", mutable=["cache"])
-    last = guide(jnp.take_along_axis(logits, (length - 1)[:, None, None], axis=1)[:, 0])
+    out, mutated = model.apply({**variables, "cache": cache}, x, valid, positions, method="step", mutable=["cache"])
+    final = length - 1  # each row's last slot (a row without its text ends sooner)
+    out = jax.tree.map(lambda v: v[jnp.arange(v.shape[0]), final], out)
+    last, last_advance = guide(out)
     min_len = (text_len * cfg.min_token_text_ratio).astype(jnp.int32)
     max_len = jnp.minimum((text_len * cfg.max_token_text_ratio).astype(jnp.int32), max_new_tokens)
 
     def body(state: Decoding):
-        rng, key = jax.random.split(state.rng)
+        if aligned:
+            rng, key, key_advance = jax.random.split(state.rng, 3)
+        else:
+            rng, key = jax.random.split(state.rng)
         i = state.step
         logp = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1)
-        logp = logp.at[:, eos].set(jnp.where(i < min_len, -jnp.inf, logp[:, eos]))
+        logp = logp.at[:, eos].set(jnp.where(aligned | (i < min_len), -jnp.inf, logp[:, eos]))
         window = i - cfg.win_size + jnp.arange(cfg.win_size)
         recent = jnp.where(window >= 0, state.tokens[:, jnp.maximum(window, 0)], -1)
         token = ras_sample(key, logp, recent, cfg)
         keep = ~state.done & (token < eos)
         tokens = state.tokens.at[:, i].set(jnp.where(keep, token, 0))
         count = state.count + keep
-        embedded = model.apply(variables, twice(jnp.minimum(token, eos - 1)[:, None]), method="embed_speech")
-        logits, mutated = model.apply(
+        done = state.done | ~keep | (count >= max_len)
+        word, progress, told = state.word, state.progress, {}
+        if aligned:
+            moves = jax.random.bernoulli(key_advance, jax.nn.sigmoid(state.advance))
+            word, progress = word + moves, jnp.where(moves, 0, progress + 1)
+            done = done | (word >= end_word)  # this token is the last word's last
+            said = twice(jnp.where(done, -1, word)[:, None])
+            told = dict(table=table, words=untold(said, b) if guided else said, progress=twice(progress[:, None]))
+        embedded = model.apply(variables, twice(jnp.minimum(token, eos - 1)[:, None]), method="embed_speech", **told)
+        out, mutated = model.apply(
             {**variables, "cache": state.cache},
             embedded,
             jnp.ones((rows, 1), bool),
@@ -407,17 +500,24 @@ def generate(
             method="step",
             mutable=["cache"],
         )
-        done = state.done | ~keep | (count >= max_len)
-        return Decoding(mutated["cache"], guide(logits[:, 0]), tokens, count, done, rng, i + 1)
+        logits, advance = guide(out)
+        return Decoding(mutated["cache"], logits[:, 0], tokens, count, done, rng, i + 1, advance[:, 0], word, progress)
 
     def cond(state: Decoding):
         return (state.step < max_new_tokens) & ~jnp.all(state.done)
 
     tokens = jnp.zeros((b, max_new_tokens), jnp.int32)
     count = jnp.zeros((b,), jnp.int32)
-    start = Decoding(mutated["cache"], last, tokens, count, max_len <= 0, rng, jnp.int32(0))
+    word = first_word if aligned else count
+    done = (max_len <= 0) | (word >= end_word) if aligned else max_len <= 0
+    start = Decoding(mutated["cache"], last, tokens, count, done, rng, jnp.int32(0), last_advance, word, count)
     end = jax.lax.while_loop(cond, body, start)
     return end.tokens, end.count
+
+
+def untold(words, b: int):
+    """Guided decoding's words (2B, N): the rows without their text (from b on) are told none."""
+    return words.at[b:].set(-1)
 
 
 def config(name: str, **overrides) -> LMConfig | Qwen2LMConfig:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels import speechlm
 from jaxmodels.cosyvoice import campplus, flow, hift, llm, s3tokenizer, text
 
 
@@ -170,13 +171,15 @@ class CosyVoice:
         return self.embed(jnp.asarray(wav_16k[None], jnp.float32), jnp.array([len(wav_16k)]))
 
     def _ids(self, sentence: str):
+        """(ids (1, N), their count (1,), the word of each (1, N): words between spaces, what an LM
+        with word_alignment reads)."""
         ids = text.encode(self.text_tokenizer, sentence)
-        return jnp.asarray([ids], jnp.int32), jnp.array([len(ids)])
+        return jnp.asarray([ids], jnp.int32), jnp.array([len(ids)]), jnp.asarray(speechlm.text_words(ids)[None])
 
     def _speak(self, piece, rng, lm_prompt, flow_prompt, lm_xvector, flow_xvector):
         """One piece of text: (text ids, prompt text ids, prompt tokens) -> audio at the output rate."""
-        ids, n = self._ids(piece)
-        (prompt_ids, prompt_n), (prompt_tokens, prompt_count) = lm_prompt
+        ids, n, words = self._ids(piece)
+        (prompt_ids, prompt_n, prompt_words), (prompt_tokens, prompt_count) = lm_prompt
         k_lm, k_flow, k_voc = jax.random.split(rng, 3)
         tokens, count = llm.generate(
             self.lm,
@@ -190,6 +193,8 @@ class CosyVoice:
             prompt_count,
             lm_xvector,
             max_new_tokens=20 * int(n[0]),  # upstream's max_token_text_ratio
+            text_words=words,
+            prompt_text_words=prompt_words,
         )
         tokens = tokens[:, : int(count[0])]
         flow_tokens, flow_mel = flow_prompt
@@ -256,5 +261,6 @@ def released_mel(flow_config: flow.FlowConfig, n_fft: int):
 
 
 def _no_prompt():
-    empty = jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32)
-    return empty, empty
+    """(no prompt text: ids, count, words), (no prompt tokens: tokens, count)."""
+    ids, count = jnp.zeros((1, 1), jnp.int32), jnp.zeros((1,), jnp.int32)
+    return (ids, count, jnp.full((1, 1), -1, jnp.int32)), (ids, count)

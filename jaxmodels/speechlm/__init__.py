@@ -32,6 +32,7 @@ from jaxmodels.speechlm.valle import (
     ar_training_inputs,
     generate_ar,
     generate_nar,
+    text_words,
     word_progress,
 )
 
@@ -84,6 +85,7 @@ __all__ = [
     "minibatch_update",
     "param_count",
     "sample_logits",
+    "text_words",
     "tokenize",
     "undelay_codes",
     "word_progress",

@@ -30,6 +30,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmodels.nn.layers import Dense, constrain
 from jaxmodels.speechlm.sampling import sample_logits
@@ -212,6 +213,13 @@ def word_progress(audio_words):
     slots = jnp.arange(audio_words.shape[1])
     change = jnp.concatenate([jnp.ones_like(audio_words[:, :1], bool), audio_words[:, 1:] != audio_words[:, :-1]], 1)
     return slots - jax.lax.cummax(jnp.where(change, slots, 0), axis=1)
+
+
+def text_words(ids):
+    """The word of each text token: runs of tokens between spaces count 0, 1, ...; -1 at spaces."""
+    space = np.asarray(ids) == ord(" ")
+    starts = ~space & np.concatenate([[True], space[:-1]])
+    return np.where(space, -1, np.cumsum(starts) - 1).astype(np.int32)
 
 
 def advance_targets(audio_words, groups):

@@ -315,6 +315,14 @@ def phonemize(texts, voice: str = "en-us") -> list[str]:
         return [engine.phonemes(t, voice) for t in texts]
 
 
+def phonemize_words(texts, voice: str = "en-us") -> list[str]:
+    """eSpeak NG's phonemes of each word of each text, a word's own spaces taken out, the words
+    between single spaces: the phonemes keep the text's words apart (word alignment)."""
+    words = [t.split() for t in texts]
+    spoken = iter(phonemize([w for row in words for w in row], voice))
+    return [" ".join(next(spoken).replace(" ", "") for _ in row) for row in words]
+
+
 def write_wav(path: str, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """16-bit PCM WAV of (time,) or (time, channels) samples in [-1, 1], written atomically."""
     audio = np.asarray(audio)

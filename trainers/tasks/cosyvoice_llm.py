@@ -30,6 +30,11 @@ duration of each rate (`eval/style/seconds_<rate>`) and the mean F0 of each pitc
 frames (`eval/style/f0_<pitch>`, YIN), beside the eval split's own targets grouped by their
 style (`eval/style/real_seconds_<rate>`, `eval/style/real_f0_<pitch>`)
 (configs/cosyvoice_instruct_speech.yaml).
+
+With model.args.word_alignment (VALL-E R's alignment over words, jaxmodels.cosyvoice.llm) each
+utterance's record needs "word_starts" (seconds; the built-in corpus has them), the text is
+read as words between spaces (UTF-8 bytes, or each word's phonemes), and the loss adds the
+binary cross entropy of `advance` (whether the next token begins the next word).
 """
 
 import dataclasses
@@ -41,7 +46,9 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from jaxmodels import speechlm
 from jaxmodels.cosyvoice import llm, text
 from trainers import sharding
 from trainers.config import ConfigError
@@ -49,6 +56,7 @@ from trainers.data import speech
 from trainers.evaluators.text import edit_distance
 from trainers.progress import progress
 from trainers.tasks import SplitSources, _cosyvoice, _waveform
+from trainers.tasks.tts.words import frame_words, word_frames
 
 
 @dataclass
@@ -93,25 +101,32 @@ SPECIAL = re.compile(r"(<\|[^|]*\|>)")  # a special token such as <|endofprompt|
 
 
 @functools.lru_cache(maxsize=1 << 16)  # transcripts repeat every epoch
-def _phonemes(part: str) -> str:
-    return part if SPECIAL.fullmatch(part) else speech.phonemize([part])[0]
+def _phonemes(part: str, by_word: bool) -> str:
+    if SPECIAL.fullmatch(part):
+        return part
+    return (speech.phonemize_words if by_word else speech.phonemize)([part])[0]
 
 
 class Phonemes(text.Utf8Bytes):
     """The UTF-8 bytes of eSpeak NG's phonemes of the text as its ids; special tokens are kept
-    as written."""
+    as written. ``by_word``: each word's phonemes, between spaces (speech.phonemize_words)."""
+
+    def __init__(self, by_word: bool = False):
+        super().__init__()
+        self.by_word = by_word
 
     def encode(self, sentence: str, allowed_special="all") -> list[int]:
-        return super().encode("".join(_phonemes(p) for p in SPECIAL.split(sentence) if p.strip()))
+        return super().encode("".join(_phonemes(p, self.by_word) for p in SPECIAL.split(sentence) if p.strip()))
 
 
 class TextIds:
-    """Text -> ids, and how many ids there are. Pickled as its spec (grain's workers load it again)."""
+    """Text -> ids, and how many ids there are; ``by_word``: phonemes word by word (word
+    alignment). Pickled as its spec (grain's workers load it again)."""
 
-    def __init__(self, spec: str):
-        self.spec = spec
+    def __init__(self, spec: str, by_word: bool = False):
+        self.spec, self.by_word = spec, by_word
         try:
-            self.tokenizer = Phonemes() if spec == "phonemes" else text.load(spec)
+            self.tokenizer = Phonemes(by_word) if spec == "phonemes" else text.load(spec)
         except (OSError, ValueError) as e:
             raise ConfigError(f"llm.text_tokenizer: {e}") from None
         self.size = self.tokenizer.n_vocab
@@ -120,7 +135,7 @@ class TextIds:
         return text.encode(self.tokenizer, transcript)
 
     def __reduce__(self):
-        return TextIds, (self.spec,)
+        return TextIds, (self.spec, self.by_word)
 
 
 def instruction(style: dict) -> str:
@@ -131,12 +146,14 @@ def instruction(style: dict) -> str:
 
 class Transcript:
     """Record -> {text, text_length, speech, speech_length, xvector, mask}, padded to fixed sizes;
-    with `instruct`, the text is the record's instruction and transcript. After `pair_with`,
-    with probability pair_prob (given an rng) another record of the same voice comes first."""
+    with `instruct`, the text is the record's instruction and transcript; with `aligned` also
+    text_words and speech_words (llm.TransformerLM.sequence's, from the record's word_starts).
+    After `pair_with`, with probability pair_prob (given an rng) another record of the same voice
+    comes first (its tokens told no word)."""
 
-    def __init__(self, cfg, text_ids: TextIds, tokens, xvectors, speech_size: int, width: int):
+    def __init__(self, cfg, text_ids: TextIds, tokens, xvectors, speech_size: int, width: int, aligned: bool):
         self.text_ids, self.tokens, self.xvectors = text_ids, tokens, xvectors
-        self.on_bad_audio, self.instruct = cfg.data.on_bad_audio, cfg.llm.instruct
+        self.on_bad_audio, self.instruct, self.aligned = cfg.data.on_bad_audio, cfg.llm.instruct, aligned
         self.text_size, self.speech_size, self.width = cfg.llm.max_text_tokens, speech_size, width
         self.pair_prob, self.voices = 0.0, {}
 
@@ -151,11 +168,33 @@ class Transcript:
             if partners:
                 key, said = partners[int(rng.integers(len(partners)))]
                 # ids end to end, as the chain's zero-shot reads a prompt's transcript and the text
-                text = self.text_ids.encode(said) + self.text_ids.encode(record["target"])
-                tokens = np.concatenate([self.tokens[key], self.tokens[record["key"]]])
-                if len(text) <= self.text_size and len(tokens) <= self.speech_size:
-                    return self._example(text, tokens, key)
+                first, second = self.text_ids.encode(said), self.text_ids.encode(record["target"])
+                prompt, own = self.tokens[key], self.tokens[record["key"]]
+                if len(first) + len(second) <= self.text_size and len(prompt) + len(own) <= self.speech_size:
+                    example = self._example(first + second, np.concatenate([prompt, own]), key)
+                    if self.aligned:
+                        self._align(example, record, second, len(own), speechlm.text_words(first), len(prompt))
+                    return example
         return self._single(record)
+
+    def _align(self, example, record, ids, tokens: int, prompt_words=(), prompt_tokens: int = 0):
+        """The example's text_words and speech_words: the prompt's words (its transcript's, ahead
+        of the record's ids) and then the record's; the prompt's tokens told none, the record's
+        their word (from its word_starts), one past its last where eos is due."""
+        offset = int(np.max(prompt_words, initial=-1)) + 1
+        words = speechlm.text_words(ids)
+        starts = word_frames(record, self.tokens.frame_rate, tokens)
+        if words.max(initial=-1) + 1 != len(starts):
+            raise ValueError(
+                f"record {record['key']}: its text ids hold {words.max(initial=-1) + 1} words between spaces, "
+                f"its transcript {len(starts)}"
+            )
+        n = len(prompt_words)
+        example["text_words"][:n] = prompt_words
+        example["text_words"][n : n + len(ids)] = np.where(words >= 0, words + offset, -1)
+        told = example["speech_words"]
+        told[prompt_tokens : prompt_tokens + tokens] = offset + frame_words(starts, tokens)
+        told[prompt_tokens + tokens] = offset + len(starts)
 
     def _empty(self):
         return {
@@ -165,7 +204,14 @@ class Transcript:
             "speech_length": np.int32(0),
             "xvector": np.zeros(self.width, np.float32),
             "mask": np.float32(0.0),
-        }
+        } | (
+            {
+                "text_words": np.full(self.text_size, -1, np.int32),
+                "speech_words": np.full(self.speech_size + 1, -1, np.int32),
+            }
+            if self.aligned
+            else {}
+        )
 
     def _single(self, record):
         prefix = instruction(speech.speaking_style(record)) if self.instruct else ""
@@ -178,7 +224,10 @@ class Transcript:
                 f"utterance {record['key']!r}: {len(text)} text ids and {len(tokens)} speech tokens; the "
                 f"examples hold {self.text_size} (llm.max_text_tokens) and {self.speech_size} (data.max_seconds)"
             )
-        return self._example(text, tokens, record["key"])
+        example = self._example(text, tokens, record["key"])
+        if self.aligned:
+            self._align(example, record, text, len(tokens))
+        return example
 
     def _example(self, text, tokens, xvector_key):
         out = self._empty()
@@ -202,7 +251,13 @@ class LLMTask(SplitSources):
             if self.qwen2
             else (self.config.text_token_size, "text_token_size")
         )
-        self.text_ids = text_ids = TextIds(cfg.llm.text_tokenizer)
+        self.aligned = getattr(self.config, "word_alignment", False)
+        if self.aligned and (cfg.llm.instruct or cfg.llm.text_tokenizer not in ("bytes", "phonemes")):
+            raise ConfigError(
+                "model.args.word_alignment reads the text's words between spaces: llm.text_tokenizer bytes or "
+                "phonemes, and no llm.instruct (an instruction has no word_starts)"
+            )
+        self.text_ids = text_ids = TextIds(cfg.llm.text_tokenizer, by_word=self.aligned)
         if text_size < text_ids.size:
             raise ConfigError(
                 f"model.args.{size_key}: {text_size}, fewer than the {text_ids.size} ids "
@@ -218,7 +273,7 @@ class LLMTask(SplitSources):
                 cfg, split, self.config.speech_token_size, xvectors=self.reads_xvector
             )
             size = math.ceil(d.max_seconds * tokens.frame_rate)
-            transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width))
+            transforms.append(Transcript(cfg, text_ids, tokens, xvectors, size, width, self.aligned))
         self.train_transform, self.eval_transform = transforms
         if cfg.llm.pair_prob > 0:
             if cfg.llm.instruct:
@@ -248,14 +303,24 @@ class LLMTask(SplitSources):
             "speech_length": np.full((n,), t.speech_size, np.int32),
             "xvector": np.ones((n, t.width), np.float32),
             "mask": np.ones((n,), np.float32),
-        }
+        } | (
+            {
+                "text_words": np.zeros((n, t.text_size), np.int32),
+                "speech_words": np.zeros((n, t.speech_size + 1), np.int32),
+            }
+            if self.aligned
+            else {}
+        )
 
     def _inputs(self, batch):
-        """The model's inputs of a batch; rows of mask 0 have no text and no speech."""
+        """The model's inputs of a batch; rows of mask 0 have no text and no speech (and no words)."""
         real = batch["mask"] > 0
         text_len = jnp.where(real, batch["text_length"], 0)
         speech_len = jnp.where(real, batch["speech_length"], 0)
-        return batch["text"], text_len, batch["speech"], speech_len, batch["xvector"] if self.reads_xvector else None
+        inputs = batch["text"], text_len, batch["speech"], speech_len, batch["xvector"] if self.reads_xvector else None
+        if self.aligned:
+            inputs += (batch["text_words"], jnp.where(real[:, None], batch["speech_words"], -1))
+        return inputs
 
     def init(self, rng, batch):
         return self.model.init(rng, *self._inputs(batch))
@@ -265,16 +330,20 @@ class LLMTask(SplitSources):
         return (llm.qwen2_from_torch if self.qwen2 else llm.from_torch)(state_dict, self.config)
 
     def _scores(self, params, batch, rng=None):
-        """Per row: the speech tokens' summed cross entropy, their count, the right argmaxes. CosyVoice
+        """Per row: the speech tokens' summed cross entropy ("nll"), their count, the right argmaxes;
+        with word alignment also advance's ("advance_nll", "advance_count", "advance_right"). CosyVoice
         2's LM in training (an rng) packs half its rows as upstream's bistream ones (text and speech
         interleaved, llm.Qwen2LM.training_rows); evaluation packs every row unistream. In training,
-        llm.guidance_dropout of the rows have no text."""
+        llm.guidance_dropout of the rows have no text (nor words)."""
         inputs = self._inputs(batch)
         variables = {"params": params}
         if rng is not None and self.cfg.llm.guidance_dropout > 0:
             rng, key = jax.random.split(rng)
             dropped = jax.random.uniform(key, inputs[1].shape) < self.cfg.llm.guidance_dropout
             inputs = (inputs[0], jnp.where(dropped, 0, inputs[1]), *inputs[2:])
+            if self.aligned:
+                inputs = (*inputs[:6], jnp.where(dropped[:, None], -1, inputs[6]))
+        out = {}
         if self.qwen2:
             bistream = (
                 jnp.zeros(inputs[0].shape[:1], bool) if rng is None else jax.random.uniform(rng, inputs[1].shape) < 0.5
@@ -283,22 +352,47 @@ class LLMTask(SplitSources):
             logits = self.model.apply(variables, x, length, method="logits")
         else:
             logits = self.model.apply(variables, *inputs)
+            if self.aligned:
+                logits, advance = logits
+                out = self._advance_scores(advance, *inputs)
             target = llm.targets(*inputs[:4], eos=self.config.speech_token_size, speaker=self.reads_xvector)
         target = jnp.where(batch["mask"][:, None] > 0, target, llm.IGNORE)  # a skipped row scores nothing
-        return llm.scores(logits, target)
+        return dict(zip(("nll", "count", "right"), llm.scores(logits, target))) | out
+
+    def _advance_scores(self, advance, text, text_len, speech, speech_len, xvector, text_words, speech_words):
+        """Per row: advance's summed binary cross entropy at the positions from task_id on that
+        predict a token of a word, their count and the right signs."""
+        task = (2 if self.reads_xvector else 1) + text_len  # task_id's slot
+        slots = jnp.minimum(task[:, None] + jnp.arange(speech_words.shape[1]), advance.shape[1] - 1)
+        advance = jnp.take_along_axis(advance, slots, axis=1)
+        moves, scored = speechlm.advance_targets(speech_words, speech_len)
+        nll = optax.sigmoid_binary_cross_entropy(advance, moves) * scored
+        right = ((advance > 0) == (moves > 0)) & scored
+        return {"advance_nll": nll.sum(1), "advance_count": scored.sum(1), "advance_right": right.sum(1)}
 
     def loss(self, params, batch, rng, step):
-        nll, count, right = (jnp.sum(v) for v in self._scores(params, batch, rng))
-        count = jnp.maximum(count, 1)
-        return nll / count, {"train/accuracy": right / count, "train/skipped": jnp.sum(1.0 - batch["mask"])}
+        scores = {k: jnp.sum(v) for k, v in self._scores(params, batch, rng).items()}
+        count = jnp.maximum(scores["count"], 1)
+        loss, metrics = scores["nll"] / count, {"train/accuracy": scores["right"] / count}
+        if self.aligned:
+            moved = jnp.maximum(scores["advance_count"], 1)
+            metrics["train/advance_loss"] = scores["advance_nll"] / moved
+            metrics["train/advance_accuracy"] = scores["advance_right"] / moved
+            loss = loss + metrics["train/advance_loss"]
+        return loss, metrics | {"train/skipped": jnp.sum(1.0 - batch["mask"])}
 
     def eval_outputs(self, params, batch):
-        nll, count, right = self._scores(params, batch)
-        return {"nll": nll, "count": count, "right": right}
+        return self._scores(params, batch)
 
     def eval_metrics(self, outputs):
-        count = max(float(np.sum(outputs["count"])), 1.0)
-        return {"loss": float(np.sum(outputs["nll"])) / count, "accuracy": float(np.sum(outputs["right"])) / count}
+        totals = {k: float(np.sum(v)) for k, v in outputs.items()}
+        count = max(totals["count"], 1.0)
+        metrics = {"loss": totals["nll"] / count, "accuracy": totals["right"] / count}
+        if self.aligned:
+            moved = max(totals["advance_count"], 1.0)
+            metrics["advance_loss"] = totals["advance_nll"] / moved
+            metrics["advance_accuracy"] = totals["advance_right"] / moved
+        return metrics
 
     def generate(self, params, mesh):
         """Tokens of the first llm.eval_examples eval utterances, generated from their text alone
@@ -322,6 +416,9 @@ class LLMTask(SplitSources):
         rows = [row for _, row in rows]
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         empty = np.zeros((len(rows), 1), np.int32), np.zeros(len(rows), np.int32)
+        words = {}
+        if self.aligned:  # no instruction: the row's text is the transcript
+            words = dict(text_words=batch["text_words"], prompt_text_words=np.full(prompt_text.shape, -1, np.int32))
         tokens, count = llm.generate(
             self.model,
             sharding.host_copy(params),
@@ -333,6 +430,7 @@ class LLMTask(SplitSources):
             *empty,
             batch["xvector"] if self.reads_xvector else None,
             max_new_tokens=self.train_transform.speech_size,
+            **words,
         )
         tokens, count = np.asarray(tokens), np.asarray(count)
         real = [r["speech"][: r["speech_length"]] for r in rows]

@@ -10,7 +10,6 @@ from jaxmodels import speechlm
 from trainers import sharding
 from trainers.data import speech
 from trainers.tasks import _waveform
-from trainers.tasks.tts.words import text_words
 
 
 class Synthesis:
@@ -41,10 +40,10 @@ class Synthesis:
             if self.aligned:
                 words = {
                     "text_words": np.full(text.shape, -1, np.int32),
-                    "first_word": np.array([text_words(p).max(initial=-1) + 1 for p in prompt_conditions]),
+                    "first_word": np.array([speechlm.text_words(p).max(initial=-1) + 1 for p in prompt_conditions]),
                 }
                 for i, row in enumerate(ids):
-                    words["text_words"][i, : len(row)] = text_words(row)
+                    words["text_words"][i, : len(row)] = speechlm.text_words(row)
                 words["num_words"] = words["text_words"].max(axis=1) + 1
             first, frames = speechlm.generate_ar(
                 self.models["ar"],

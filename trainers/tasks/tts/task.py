@@ -6,13 +6,14 @@ import os
 
 import numpy as np
 
+from jaxmodels import speechlm
 from trainers.data import speech
 from trainers.tasks import SplitSources
 from trainers.tasks.tts.losses import Losses
 from trainers.tasks.tts.models import build_models
 from trainers.tasks.tts.synthesis import Synthesis
 from trainers.tasks.tts.tokens import TokenCache
-from trainers.tasks.tts.words import WordAlignment, text_words
+from trainers.tasks.tts.words import WordAlignment
 
 
 class TTSTask(TokenCache, WordAlignment, Losses, Synthesis, SplitSources):
@@ -75,7 +76,7 @@ class TTSTask(TokenCache, WordAlignment, Losses, Synthesis, SplitSources):
                     pair.update(
                         word_groups=record["word_groups"],
                         prompt_frames=len(first["codes"]),
-                        prompt_words=text_words(first["text_ids"]).max() + 1,
+                        prompt_words=speechlm.text_words(first["text_ids"]).max() + 1,
                     )
                 record = pair
         return self._transform(record, rng)

@@ -60,9 +60,7 @@ class TokenCache:
         """UTF-8 bytes of each text, or of its phonemes (tts.text); with word alignment the
         phonemes of each word, so that the ids hold the transcript's words between spaces."""
         if self.cfg.tts.text == "phonemes" and self.aligned:
-            words = [t.split() for t in texts]
-            spoken = iter(speech.phonemize([w for row in words for w in row]))
-            texts = [" ".join(next(spoken).replace(" ", "") for _ in row) for row in words]
+            texts = speech.phonemize_words(texts)
         elif self.cfg.tts.text == "phonemes":
             texts = speech.phonemize(texts)
         return [np.frombuffer(t.encode(), np.uint8).astype(np.int32) for t in texts]

@@ -4,39 +4,42 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxmodels.speechlm import text_words
 
-def text_words(ids):
-    """The word of each text token: runs of tokens between spaces count 0, 1, ...; -1 at spaces."""
-    space = np.asarray(ids) == ord(" ")
-    starts = ~space & np.concatenate([[True], space[:-1]])
-    return np.where(space, -1, np.cumsum(starts) - 1).astype(np.int32)
+
+def word_frames(record, rate: float, frames: int):
+    """The frame (at `rate` per second) at which each word of the record's transcript begins (the
+    first at 0, each after the one before), from its word_starts; `frames` the utterance's."""
+    starts = record.get("word_starts")
+    if starts is None or len(starts) != len(record["target"].split()):
+        raise ValueError(
+            f"record {record.get('key', record['source'])}: word alignment needs "
+            f"word_starts, the time (s) each word of the transcript begins"
+            + (
+                " (a built-in corpus made before they were written has none: delete its folder to synthesise it again)"
+                if starts is None
+                else f", one per word, not {len(starts)}"
+            )
+        )
+    out = np.round(np.asarray(starts, np.float64) * rate).astype(np.int32)
+    out[0] = 0
+    for k in range(1, len(out)):
+        out[k] = max(out[k], out[k - 1] + 1)
+    return np.minimum(out, max(frames - 1, 0))  # words past the audio's end: a record too short to matter
+
+
+def frame_words(starts, frames: int):
+    """(frames,) the word each frame belongs to, given the frame each word begins at (word_frames)."""
+    return (np.searchsorted(starts, np.arange(frames), side="right") - 1).astype(np.int32)
 
 
 class WordAlignment:
     """The word alignment of a TTSTask's examples (model.args.word_alignment)."""
 
     def _word_groups(self, record, groups):
-        """The group of codes at which each word of the record's transcript begins (the first
-        at 0, each after the one before), from its word_starts."""
-        starts = record.get("word_starts")
-        if starts is None or len(starts) != len(record["target"].split()):
-            raise ValueError(
-                f"record {record.get('key', record['source'])}: the AR's word_alignment needs "
-                f"word_starts, the time (s) each word of the transcript begins"
-                + (
-                    " (a built-in corpus made before they were written has none: delete its folder "
-                    "to synthesise it again)"
-                    if starts is None
-                    else f", one per word, not {len(starts)}"
-                )
-            )
+        """The group of codes at which each word of the record's transcript begins."""
         c = self.codec.config
-        rate = c.sample_rate / c.hop_length / self.models["ar"].group_size
-        out = np.round(np.asarray(starts, np.float64) * rate).astype(np.int32)
-        out[0] = 0
-        for k in range(1, len(out)):
-            out[k] = max(out[k], out[k - 1] + 1)
-        return np.minimum(out, max(groups - 1, 0))  # words past the audio's end: a record too short to matter
+        return word_frames(record, c.sample_rate / c.hop_length / self.models["ar"].group_size, groups)
 
     def _words(self, record):
         """text_words and audio_words (per AR position: the word of the group it predicts; -1 on
@@ -48,6 +51,6 @@ class WordAlignment:
         target = len(record["codes"]) // g - prompt
         starts, offset = record["word_groups"], record.get("prompt_words", 0)
         audio = np.full(t.max_frames // g + 1, -1, np.int32)
-        audio[prompt : prompt + target] = offset + np.searchsorted(starts, np.arange(target), side="right") - 1
+        audio[prompt : prompt + target] = offset + frame_words(starts, target)
         audio[prompt + target] = offset + len(starts)
         return {"text_words": words, "audio_words": audio}
