@@ -431,9 +431,9 @@ def generate(
         both_words, _ = ragged_concat([(prompt_text_words, prompt_text_len), (later, text_len)], -1)
         table = model.apply(variables, twice(both), both_len, twice(both_words), method="text_word_table")
         # the prompt's tokens are told no word; the position after them predicts the text's first word
-        slots = jnp.arange(prompt_speech.shape[1] + 1)[None]
-        told = jnp.where(slots == prompt_speech_len[:, None], first_word[:, None], -1)
-        words = dict(text_words=twice(both_words), speech_words=untold(twice(told), b) if guided else told)
+        places = jnp.arange(prompt_speech.shape[1] + 1)[None]
+        told = jnp.where(places == prompt_speech_len[:, None], first_word[:, None], -1)
+        words = dict(text_words=twice(both_words), speech_words=_untold(twice(told), b) if guided else told)
     x, length = model.apply(
         variables,
         twice(both),
@@ -490,7 +490,7 @@ def generate(
             word, progress = word + moves, jnp.where(moves, 0, progress + 1)
             done = done | (word >= end_word)  # this token is the last word's last
             said = twice(jnp.where(done, -1, word)[:, None])
-            told = dict(table=table, words=untold(said, b) if guided else said, progress=twice(progress[:, None]))
+            told = dict(table=table, words=_untold(said, b) if guided else said, progress=twice(progress[:, None]))
         embedded = model.apply(variables, twice(jnp.minimum(token, eos - 1)[:, None]), method="embed_speech", **told)
         out, mutated = model.apply(
             {**variables, "cache": state.cache},
@@ -515,7 +515,7 @@ def generate(
     return end.tokens, end.count
 
 
-def untold(words, b: int):
+def _untold(words, b: int):
     """Guided decoding's words (2B, N): the rows without their text (from b on) are told none."""
     return words.at[b:].set(-1)
 
