@@ -54,6 +54,7 @@ TINY_LLM = {
     "llm_linear_units": 16,
     "llm_blocks": 1,
 }
+ALIGNED_LLM = {**TINY_LLM, "word_alignment": True}
 RUN = {"steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2, "async_checkpointing": False}
 SGD = {"name": "sgd", "lr": 0.1, "schedule": "constant", "weight_decay": 0.0, "clip_grad_norm": 0.0}
 
@@ -208,7 +209,7 @@ VARIANTS = {
     "cosyvoice_flow_dit": {"model": {"args": DIT_FLOW}},
     "cosyvoice_flow_causal": {"model": {"args": CAUSAL_FLOW}},
     "cosyvoice_llm_qwen2": QWEN2_LM,
-    "cosyvoice_llm_aligned": {"model": {"args": {**TINY_LLM, "word_alignment": True}}, "llm": {"pair_prob": 0.5}},
+    "cosyvoice_llm_aligned": {"model": {"args": ALIGNED_LLM}, "llm": {"pair_prob": 0.5}},
 }
 
 
@@ -616,7 +617,7 @@ def test_cosyvoice_word_aligned_examples_tell_each_token_its_word(cosyvoice_data
 
     data, _, _ = cosyvoice_data
     longer = {**data, "max_seconds": 0.12}
-    aligned = {"model": {"args": {**TINY_LLM, "word_alignment": True}}}
+    aligned = {"model": {"args": ALIGNED_LLM}}
     task = get_task(task_config(longer, "cosyvoice_llm", **aligned))
     record = next(r for r in task.train_source().records if len(r["target"].split()) == 2)
     example = task.train_transform(record, None)

@@ -56,7 +56,7 @@ from trainers.data import speech
 from trainers.evaluators.text import edit_distance
 from trainers.progress import progress
 from trainers.tasks import SplitSources, _cosyvoice, _waveform
-from trainers.tasks.tts.words import frame_words, word_frames
+from trainers.tasks.tts.words import position_words, word_frames
 
 
 @dataclass
@@ -192,9 +192,7 @@ class Transcript:
         n = len(prompt_words)
         example["text_words"][:n] = prompt_words
         example["text_words"][n : n + len(ids)] = np.where(words >= 0, words + offset, -1)
-        told = example["speech_words"]
-        told[prompt_tokens : prompt_tokens + tokens] = offset + frame_words(starts, tokens)
-        told[prompt_tokens + tokens] = offset + len(starts)
+        example["speech_words"] = position_words(self.speech_size + 1, prompt_tokens, tokens, starts, offset)
 
     def _empty(self):
         return {

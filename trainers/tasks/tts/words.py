@@ -33,6 +33,16 @@ def frame_words(starts, frames: int):
     return (np.searchsorted(starts, np.arange(frames), side="right") - 1).astype(np.int32)
 
 
+def position_words(size: int, prompt: int, frames: int, starts, offset: int = 0):
+    """(size,) what each LM position is told: -1 on the prompt's `prompt` positions, then the word
+    (counted from `offset`) of each of the utterance's `frames`, given where each word begins
+    (word_frames), one past its last word at the position after them (where the end is due); -1 beyond."""
+    told = np.full(size, -1, np.int32)
+    told[prompt : prompt + frames] = offset + frame_words(starts, frames)
+    told[prompt + frames] = offset + len(starts)
+    return told
+
+
 class WordAlignment:
     """The word alignment of a TTSTask's examples (model.args.word_alignment)."""
 
@@ -49,8 +59,7 @@ class WordAlignment:
         words[: len(record["text_ids"])] = text_words(record["text_ids"])
         prompt = record.get("prompt_frames", 0) // g
         target = len(record["codes"]) // g - prompt
-        starts, offset = record["word_groups"], record.get("prompt_words", 0)
-        audio = np.full(t.max_frames // g + 1, -1, np.int32)
-        audio[prompt : prompt + target] = offset + frame_words(starts, target)
-        audio[prompt + target] = offset + len(starts)
+        audio = position_words(
+            t.max_frames // g + 1, prompt, target, record["word_groups"], record.get("prompt_words", 0)
+        )
         return {"text_words": words, "audio_words": audio}
