@@ -522,6 +522,66 @@ def test_cosyvoice_s3_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_pa
         Trainer(s3_recogniser_config(tone_corpus, quantizer_layer=3))
 
 
+def test_cosyvoice_s3_fsq_rounds_to_the_grid_with_the_gradient_straight_through():
+    """CosyVoice 2's quantizer: each value bounded by tanh and rounded to -1, 0 or 1, the code the
+    digits + 1 in base 3 (first least significant), the gradient that of the bounded values; in the
+    recogniser, log3(codebook_size) values a frame, codes -1 past each row, no model state."""
+    from conftest import TINY_SENSEVOICE
+
+    from jaxmodels.asr.model import SenseVoiceEncoderSmall
+    from jaxmodels.codec import quantization
+
+    h = np.array([[-3.0, 0.2, 3.0], [0.6, -0.4, 0.0]], np.float32)
+    rounded, codes = quantization.fsq(h)
+    np.testing.assert_array_equal(rounded, [[-1, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(codes, [0 + 1 * 3 + 2 * 9, 2 + 1 * 3 + 1 * 9])
+    weights = np.arange(6, dtype=np.float32).reshape(2, 3)
+    grad = jax.grad(lambda h: (quantization.fsq(h)[0] * weights).sum())(h)
+    np.testing.assert_allclose(grad, weights * 0.999 * (1 - np.tanh(h) ** 2), rtol=1e-4)
+
+    conf = {**TINY_SENSEVOICE["args"]["encoder_conf"], "num_blocks": 3, "quantizer_layer": 2}
+    encoder = SenseVoiceEncoderSmall(**conf, quantizer="fsq", codebook_size=27)
+    x, lengths = jax.random.normal(jax.random.key(0), (2, 10, 16)), np.array([10, 6])
+    variables = nn.unbox(encoder.init(jax.random.key(1), x, lengths))
+    assert set(variables) == {"params"}
+    assert variables["params"]["quantizer"]["project_down"]["kernel"].shape == (32, 3)
+    codes = encoder.apply(variables, x, lengths, tokens_only=True)
+    assert ((codes[0] >= 0) & (codes[0] < 27)).all() and (codes[1, 6:] == -1).all() and (codes[1, :6] >= 0).all()
+    grads = jax.grad(lambda p: encoder.apply({"params": p}, x, lengths).sum())(variables["params"])
+    assert np.abs(grads["encoders"]["feed_forward"]["w_1"]["kernel"]).max() > 0  # through the rounding
+    with pytest.raises(ValueError, match=r"codebook_size 32: FSQ at three levels makes 3 \*\* dims codes"):
+        SenseVoiceEncoderSmall(**conf, quantizer="fsq", codebook_size=32).init(jax.random.key(1), x, lengths)
+    with pytest.raises(ValueError, match="quantizer 'rvq': 'vq' .CosyVoice 1. or 'fsq' .CosyVoice 2."):
+        SenseVoiceEncoderSmall(**conf, quantizer="rvq").init(jax.random.key(1), x, lengths)
+
+
+@pytest.mark.slow  # a run, its resumption and an extraction compiled
+def test_cosyvoice_s3_fsq_tokenizer_trains_inside_the_recogniser(tone_corpus, tmp_path):
+    """With encoder_conf.quantizer fsq the recogniser trains without a codebook to move, reports
+    the codes it uses, resumes bitwise, and trainers.extract writes its tokens (27 codes)."""
+    from trainers import config as config_lib
+    from trainers import extract
+    from trainers.data.extracted import ExtractedFrames
+    from trainers.loop import train
+
+    cfg = s3_recogniser_config(tone_corpus, quantizer="fsq", codebook_size=27)
+    final = train(cfg, str(tmp_path / "run"))
+    assert 1 <= final["eval/codes_used"] <= 27
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("train/commitment" in r for r in rows)
+    a = assert_resumes_bitwise(cfg, tmp_path / "run", 4, final)
+    assert not a["state"] and "project_up" in a["params"]["encoder"]["quantizer"]
+
+    (tmp_path / "data.yaml").write_text(config_lib.dump(cfg))
+    extract.main(
+        ["s3tokens", str(tmp_path / "data.yaml"), "--s3tokenizer", str(tmp_path / "run")]
+        + ["--workdir", str(tmp_path / "tokens"), "--splits", "test", "--batch_size", "8"]
+    )
+    tokens = ExtractedFrames(str(tmp_path / "tokens" / "test"))
+    assert tokens.meta["clusters"] == 27
+    assert all(((tokens[key] >= 0) & (tokens[key] < 27)).all() for key in tokens)
+
+
 @pytest.mark.slow  # five tiny runs: init, the steps, eval, extraction and speaking compiled
 def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_path, capsys):
     """The chain of parts trained here: an S3 tokenizer inside a recogniser, its tokens and the

@@ -9,8 +9,9 @@ checkpoint's keys map one to one:
     encoders and tp_encoders are each one scanned module whose parameters stack the
     layers' on a leading axis (upstream's encoders.<i>.<name> is encoders/<name>[i]);
     with quantizer_layer, CosyVoice's S3 tokenizer inside the recogniser: encoders0 and
-    encoders are the first quantizer_layer layers, then a VectorQuantizer, the positions
-    added again, and encoders_quantized the remaining layers
+    encoders are the first quantizer_layer layers, then the quantizer (a VectorQuantizer, or
+    with quantizer "fsq" a FiniteScalarQuantizer), the positions added again, and
+    encoders_quantized the remaining layers
   EncoderLayerSANM: norm1, self_attn, norm2, feed_forward (pre-norm residual blocks)
   MultiHeadedAttentionSANM: linear_q_k_v, fsmn_block (depthwise 1-D conv over time on
     the values, "memory"), linear_out; output = attention + memory
@@ -167,6 +168,27 @@ class VectorQuantizer(nn.Module):
         return q, jnp.where(valid, codes, -1).astype(jnp.int32)
 
 
+class FiniteScalarQuantizer(nn.Module):
+    """CosyVoice 2's S3 quantizer (Du et al. 2024b, section 2.2) inside the recogniser: frames
+    normalised, projected down to log3(codebook_size) values, each rounded to -1, 0 or 1
+    (quantization.fsq, the gradient straight through) and projected back up. Nothing to move
+    or commit. The norm because the encoder's residual frames are some ten times unit scale
+    (its input is scaled by sqrt(output_size)): projected as they are, tanh saturates and
+    passes the layers below almost no gradient. Returns the projected frames and the codes
+    (-1 past each row)."""
+
+    codebook_size: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, valid):
+        dims = quantization.fsq_dims(self.codebook_size)
+        x = LayerNorm(1e-5, "embed", self.dtype, name="norm")(x)
+        rounded, codes = quantization.fsq(Dense(dims, ("embed", None), dtype=self.dtype, name="project_down")(x))
+        x = Dense(x.shape[-1], (None, "embed"), dtype=self.dtype, name="project_up")(rounded)
+        return x, jnp.where(valid, codes, -1).astype(jnp.int32)
+
+
 class SenseVoiceEncoderSmall(nn.Module):
     output_size: int = 512
     attention_heads: int = 4
@@ -178,7 +200,8 @@ class SenseVoiceEncoderSmall(nn.Module):
     kernel_size: int = 11
     sanm_shift: int = 0
     quantizer_layer: int = 0  # > 0: S3's quantizer after this many layers
-    codebook_size: int = 4096
+    quantizer: str = "vq"  # CosyVoice 1's VectorQuantizer, or CosyVoice 2's FiniteScalarQuantizer ("fsq")
+    codebook_size: int = 4096  # fsq: 3 ** dims
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
 
@@ -188,6 +211,8 @@ class SenseVoiceEncoderSmall(nn.Module):
         q = self.quantizer_layer
         if q and not 0 < q < self.num_blocks:
             raise ValueError(f"quantizer_layer {q}: the quantizer goes after layer 1 to {self.num_blocks - 1}")
+        if self.quantizer not in ("vq", "fsq"):
+            raise ValueError(f"quantizer {self.quantizer!r}: 'vq' (CosyVoice 1) or 'fsq' (CosyVoice 2)")
         mask = jnp.arange(x.shape[1])[None] < lengths[:, None]
         x = x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])
         x = x.astype(self.dtype)
@@ -207,10 +232,14 @@ class SenseVoiceEncoderSmall(nn.Module):
         if below:
             x, _ = repeated(layer, below)(*args, name="encoders")(x, mask, deterministic)
         if q:
-            x, codes = VectorQuantizer(self.codebook_size, name="quantizer")(x, mask, not deterministic)
+            if self.quantizer == "vq":
+                x, codes = VectorQuantizer(self.codebook_size, name="quantizer")(x, mask, not deterministic)
+                x = x * self.output_size**0.5  # the unit-length codes at the frames' scale
+            else:
+                x, codes = FiniteScalarQuantizer(self.codebook_size, self.dtype, name="quantizer")(x, mask)
             if tokens_only:
                 return codes
-            x = (x * self.output_size**0.5 + sinusoidal_positions(x.shape[1], x.shape[2])).astype(self.dtype)
+            x = (x + sinusoidal_positions(x.shape[1], x.shape[2])).astype(self.dtype)
             x, _ = repeated(layer, self.num_blocks - q)(*args, name="encoders_quantized")(x, mask, deterministic)
         x = LayerNorm(1e-5, "embed", self.dtype, name="after_norm")(x)
         if self.tp_blocks:

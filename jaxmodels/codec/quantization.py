@@ -53,6 +53,25 @@ def nearest_code(embed, x):
     return jnp.argmax(dist, axis=-1)
 
 
+def fsq_dims(codebook_size: int) -> int:
+    """The dimensions of a three-level FSQ with codebook_size codes (3 ** dims)."""
+    dims = round(math.log(codebook_size, 3))
+    if dims < 1 or 3**dims != codebook_size:
+        raise ValueError(f"codebook_size {codebook_size}: FSQ at three levels makes 3 ** dims codes (729, 2187, 6561)")
+    return dims
+
+
+def fsq(h):
+    """Finite scalar quantization at three levels (Mentzer et al. 2023), as CosyVoice 2's S3
+    tokenizer: each value of h (..., dims) bounded by tanh (scaled by 0.999, so that it rounds to
+    -1, 0 or 1) and rounded, the gradient passing straight through the rounding. Returns (the
+    rounded values, codes (...): the digits + 1 read in base 3, the first least significant)."""
+    bounded = jnp.tanh(h.astype(jnp.float32)) * jnp.float32(0.999)
+    digits = jnp.round(bounded)
+    codes = jnp.sum((digits.astype(jnp.int32) + 1) * 3 ** jnp.arange(h.shape[-1], dtype=jnp.int32), axis=-1)
+    return bounded + jax.lax.stop_gradient(digits - bounded), codes
+
+
 def encode(embed, x, n_q: int):
     """Codes (n_q, ...) of x (..., dim): each codebook quantizes what the ones before left over."""
 

@@ -403,7 +403,8 @@ def generate(
 
     With word_alignment, text_words and prompt_text_words (B, T) give the word of each text
     token (-1: none), counted from 0 in each text: eos is never drawn, a row ends when its
-    pointer moves past the text's last word (advance drawn with its probability each token).
+    pointer moves past the text's last word (moved after a token when advance's probability is
+    over a half).
 
     With the config's guidance_scale w != 1 (classifier-free guidance on the text, Ho & Salimans
     2022; for speech-token LMs Koel-TTS, Hussain et al. 2025) each row runs twice, as given and
@@ -470,10 +471,7 @@ def generate(
     max_len = jnp.minimum((text_len * cfg.max_token_text_ratio).astype(jnp.int32), max_new_tokens)
 
     def body(state: Decoding):
-        if aligned:
-            rng, key, key_advance = jax.random.split(state.rng, 3)
-        else:
-            rng, key = jax.random.split(state.rng)
+        rng, key = jax.random.split(state.rng)
         i = state.step
         logp = jax.nn.log_softmax(state.logits.astype(jnp.float32), axis=-1)
         logp = logp.at[:, eos].set(jnp.where(aligned | (i < min_len), -jnp.inf, logp[:, eos]))
@@ -486,7 +484,9 @@ def generate(
         done = state.done | ~keep | (count >= max_len)
         word, progress, told = state.word, state.progress, {}
         if aligned:
-            moves = jax.random.bernoulli(key_advance, jax.nn.sigmoid(state.advance))
+            # the likelier outcome, not a draw: drawn at each token, a move a few tokens into a word
+            # comes often enough to cut words short (the demo's held-out pairs 50-99: WER 0.130 drawn, 0.105)
+            moves = state.advance > 0
             word, progress = word + moves, jnp.where(moves, 0, progress + 1)
             done = done | (word >= end_word)  # this token is the last word's last
             said = twice(jnp.where(done, -1, word)[:, None])

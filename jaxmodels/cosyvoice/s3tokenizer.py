@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmodels.codec import quantization
 from jaxmodels.codec.losses import mel_filterbank
 from jaxmodels.cosyvoice.encoder import layer_path
 from jaxmodels.cosyvoice.llm import ragged_concat
@@ -206,8 +207,7 @@ class S3Tokenizer(nn.Module):
                 + jnp.sum(codebook**2, -1)
             )
             return jnp.argmin(distance, axis=-1).astype(jnp.int32), length
-        digits = jnp.round(jnp.tanh(self.project_down(x)) * np.float32(0.999)) + 1
-        return jnp.sum(digits * 3.0 ** jnp.arange(self.config.fsq_dims), -1).astype(jnp.int32), length
+        return quantization.fsq(self.project_down(x))[1], length
 
     def __call__(self, mel, mel_len):
         return self.quantize(mel, mel_len)

@@ -545,7 +545,7 @@ class CTCTask(SplitSources):
         frames = asr.frontend.num_output_frames(batch["audio"].shape[1], lfr_n=s.lfr_n)
         feats = jnp.zeros((batch["audio"].shape[0], frames, s.num_mel_bins * s.lfr_m))
         variables = self.model.init({"params": rng}, feats, jnp.full((feats.shape[0],), frames))
-        state = {QUANTIZER: variables["state"]} if self.quantizer else {}
+        state = {QUANTIZER: variables["state"]} if "state" in variables else {}  # VQ's codebook
         return {"params": variables["params"], **({"state": state} if state else {})}
 
     def convert_weights(self, state_dict):
