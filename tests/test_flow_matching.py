@@ -69,16 +69,3 @@ def test_loss_regresses_the_velocity_over_the_mask_without_dropped_conditions():
     expected = np.sum(np.square((mu * keep[:, None, None] - u) * mask[..., None])) / (mask.sum() * 4)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert 0 < keep.sum() < 3  # this key drops some rows' conditions and keeps others'
-
-
-def test_training_times_follow_the_scheduler():
-    """CosyVoice draws its training times through the sampler's scheduler: with the same key,
-    the cosine scheduler's times are 1 - cos(pi/2 s) of the linear one's s."""
-    x1 = np.zeros((64, 3, 2), np.float32)
-    rng = jax.random.key(5)
-    s = fm.training_targets(rng, x1, fm.CFMConfig(t_scheduler="linear"))[0]
-    t = fm.training_targets(rng, x1, fm.CFMConfig())[0]
-    np.testing.assert_allclose(t, 1 - np.cos(np.asarray(s) * np.pi / 2), rtol=1e-5, atol=1e-7)
-    assert np.mean(np.asarray(t) < 0.5) > 0.6  # two thirds of them nearer the noise
-    with pytest.raises(ValueError, match="t_scheduler 'sigmoid'"):
-        fm.training_targets(rng, x1, fm.CFMConfig(t_scheduler="sigmoid"))

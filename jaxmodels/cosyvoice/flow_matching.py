@@ -3,13 +3,11 @@ flow_matching.py ConditionalCFM, after Matcha-TTS; Lipman et al. 2023 with optim
 paths), channels-last and for any estimator.
 
 The estimator is a function ``(x, mask, mu, t, spks, cond) -> velocity`` with x, mu, cond
-(B, T, C), mask (B, T), t (B,), spks (B, S). Times come through the t_scheduler: with the
-cosine one t = 1 - cos(pi/2 s), s uniform, in training as in sampling, so the velocity is
-learnt most near the noise, where the sampler takes most of its steps. Training draws t and
-noise z, puts the sample on the straight path y = (1 - (1 - sigma_min) t) z + t x1 and
-regresses the estimator onto its velocity u = x1 - (1 - sigma_min) z over the mask's frames,
-dropping the conditions (mu, spks, cond) of a training_cfg_rate share of rows. Sampling
-integrates the ODE from z with Euler steps at the scheduled times of s = 0, 1/n, ..., 1, in
+(B, T, C), mask (B, T), t (B,), spks (B, S). Training draws t ~ U(0, 1) and noise z, puts the
+sample on the straight path y = (1 - (1 - sigma_min) t) z + t x1 and regresses the
+estimator onto its velocity u = x1 - (1 - sigma_min) z over the mask's frames, dropping the
+conditions (mu, spks, cond) of a training_cfg_rate share of rows. Sampling integrates the
+ODE from z with Euler steps at times 1 - cos(pi/2 s), s uniform (the cosine schedule), in
 one lax.scan, each step guided: (1 + w) v(conditions) - w v(no conditions), w the
 inference_cfg_rate.
 """
@@ -18,6 +16,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +24,7 @@ class CFMConfig:
     """cfm_params of CosyVoice's flow decoders (cosyvoice/flow/flow.py)."""
 
     sigma_min: float = 1e-6
-    t_scheduler: str = "cosine"  # or "linear": the training and sampling times
+    t_scheduler: str = "cosine"  # or "linear": the sampling times
     training_cfg_rate: float = 0.2
     inference_cfg_rate: float = 0.7
     n_timesteps: int = 10
@@ -34,7 +33,7 @@ class CFMConfig:
 def training_targets(rng, x1, cfg: CFMConfig):
     """(t (B,), noisy sample y, target velocity u, keep (B,): 1 where the row keeps its conditions)."""
     k_t, k_z, k_keep = jax.random.split(rng, 3)
-    t = scheduled(jax.random.uniform(k_t, (x1.shape[0],)), cfg)
+    t = jax.random.uniform(k_t, (x1.shape[0],))
     z = jax.random.normal(k_z, x1.shape, x1.dtype)
     s = t[:, None, None]
     y = (1 - (1 - cfg.sigma_min) * s) * z + s * x1
@@ -56,24 +55,20 @@ def cfm_loss(estimator, rng, x1, mask, mu, spks, cond, cfg: CFMConfig):
     return jnp.sum(errors) / (jnp.sum(mask.astype(jnp.float32)) * x1.shape[-1])
 
 
-def scheduled(s, cfg: CFMConfig):
-    """The times of s in [0, 1] under cfg.t_scheduler."""
+def time_span(cfg: CFMConfig) -> np.ndarray:
+    """The n_timesteps + 1 integration times from 0 to 1."""
+    s = np.linspace(0, 1, cfg.n_timesteps + 1, dtype=np.float32)
     if cfg.t_scheduler == "cosine":
-        return 1 - jnp.cos(s * 0.5 * jnp.pi)
+        return (1 - np.cos(s * 0.5 * np.pi)).astype(np.float32)
     if cfg.t_scheduler != "linear":
         raise ValueError(f"t_scheduler {cfg.t_scheduler!r}; valid: cosine, linear")
     return s
 
 
-def time_span(cfg: CFMConfig) -> jax.Array:
-    """The n_timesteps + 1 integration times from 0 to 1."""
-    return scheduled(jnp.linspace(0, 1, cfg.n_timesteps + 1), cfg)
-
-
 def solve_euler(estimator, z, mask, mu, spks, cond, cfg: CFMConfig):
     """ConditionalCFM.solve_euler: Euler steps over time_span, each guided by the velocity
     without conditions (both estimates in one vmapped call)."""
-    times = time_span(cfg)
+    times = jnp.asarray(time_span(cfg))
     w = cfg.inference_cfg_rate
     both = lambda a: jnp.stack([a, jnp.zeros_like(a)])  # noqa: E731  conditions, then none
     mu2, spks2, cond2 = both(mu), both(spks), both(cond)
