@@ -5,6 +5,7 @@ within 1e-4; the released configuration's parameter count; the converter's error
 import dataclasses
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -274,3 +275,24 @@ def test_cosyvoice2_flow_trains_on_token_aligned_mels():
             embedding,
             method=flow.Flow.loss,
         )
+
+
+def test_estimator_initialised_as_upstreams():
+    """ConditionalDecoder.initialize_weights: Conv1d and Linear weights kaiming-normal (ReLU's
+    gain), biases zero; the transposed convolution of Upsample1D keeps torch's default."""
+    model = flow.ConditionalDecoder(8, (64, 64), n_blocks=1, num_mid_blocks=1, num_heads=2, attention_head_dim=32)
+    x = jnp.zeros((2, 16, 8))
+    params = jax.jit(model.init)(jax.random.key(0), x, jnp.ones((2, 16)), x, jnp.zeros(2), jnp.zeros((2, 8)), x)
+    params = nn.meta.unbox(params["params"])
+    down = params["down_blocks_0"]
+    for kernel, fan_in in [
+        (down["resnet"]["res_conv"]["kernel"], 32),
+        (down["resnet"]["block1"]["block_0"]["kernel"], 3 * 32),
+        (down["transformer_0"]["attn1_to_q"]["kernel"], 64),
+        (params["time_mlp_linear_2"]["kernel"], 256),
+    ]:
+        np.testing.assert_allclose(np.std(kernel), np.sqrt(2 / fan_in), rtol=0.1)
+    assert not np.any(down["resnet"]["res_conv"]["bias"])
+    upsample = np.asarray(params["up_blocks_0_2_conv"]["kernel"])  # (4, 64 in, 64 out): torch's fan in 64 x 4
+    assert np.max(np.abs(upsample)) <= 1 / np.sqrt(256)
+    np.testing.assert_allclose(np.std(upsample), 1 / np.sqrt(3 * 256), rtol=0.1)

@@ -23,6 +23,7 @@ stacked along a leading "layers" axis.
 """
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -127,7 +128,12 @@ def interpolate(x, frames: int):
     return x[:, left] * (1 - weight) + x[:, right] * weight
 
 
-def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32, causal=False):
+# ConditionalDecoder.initialize_weights: the estimator's Conv1d and Linear weights kaiming-normal
+# (ReLU's gain, fan in), their biases zero
+ESTIMATOR_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32, causal=False, init=default_kernel_init):
     """torch's Conv1d on (B, T, C), padding (k - 1) // 2 unless given (causal: k - 1 on the
     left alone), kernel (k, in, out)."""
     pad = (kernel - 1) // 2 if padding is None else padding
@@ -138,7 +144,7 @@ def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32, cau
         ((kernel - 1, 0),) if causal else ((pad, pad),),
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, (None, "conv_in", "embed")),
+        kernel_init=nn.with_logical_partitioning(init, (None, "conv_in", "embed")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=name,
     )
@@ -184,7 +190,7 @@ class Block1D(nn.Module):
     @nn.compact
     def __call__(self, x, m):
         if not self.causal:
-            h = _conv(self.features, 3, "block_0", dtype=self.dtype)(x * m)
+            h = _conv(self.features, 3, "block_0", dtype=self.dtype, init=ESTIMATOR_INIT)(x * m)
             return mish(_group_norm(8, "block_1", self.dtype)(h)) * m
         h = _causal_conv(self.features, 3, "block_0", self.dtype)(x * m)
         return mish(LayerNorm(1e-5, dtype=self.dtype, name="block_2")(h)) * m
@@ -192,7 +198,7 @@ class Block1D(nn.Module):
 
 def _causal_conv(features, kernel, name, dtype):
     """CosyVoice 2's CausalConv1d: the frames padded on the left by kernel - 1."""
-    return _conv(features, kernel, name, dtype=dtype, causal=True)
+    return _conv(features, kernel, name, dtype=dtype, causal=True, init=ESTIMATOR_INIT)
 
 
 class ResnetBlock1D(nn.Module):
@@ -206,9 +212,10 @@ class ResnetBlock1D(nn.Module):
     @nn.compact
     def __call__(self, x, m, temb):
         h = Block1D(self.features, self.dtype, self.causal, name="block1")(x, m)
-        h = h + Dense(self.features, ("mlp", "embed"), dtype=self.dtype, name="mlp_1")(mish(temb))[:, None]
+        mlp = Dense(self.features, ("mlp", "embed"), dtype=self.dtype, kernel_init=ESTIMATOR_INIT, name="mlp_1")
+        h = h + mlp(mish(temb))[:, None]
         h = Block1D(self.features, self.dtype, self.causal, name="block2")(h, m)
-        return h + _conv(self.features, 1, "res_conv", dtype=self.dtype)(x * m)
+        return h + _conv(self.features, 1, "res_conv", dtype=self.dtype, init=ESTIMATOR_INIT)(x * m)
 
 
 class TransformerBlock(nn.Module):
@@ -225,27 +232,28 @@ class TransformerBlock(nn.Module):
         inner = self.heads * self.head_dim
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm1")(x)
         split = lambda h: h.reshape(b, t, self.heads, self.head_dim)  # noqa: E731
-        q, k, v = (
-            split(Dense(inner, ("embed", "heads"), use_bias=False, dtype=self.dtype, name=f"attn1_to_{n}")(y))
-            for n in "qkv"
-        )
+        dense = functools.partial(Dense, dtype=self.dtype, kernel_init=ESTIMATOR_INIT)
+        q, k, v = (split(dense(inner, ("embed", "heads"), use_bias=False, name=f"attn1_to_{n}")(y)) for n in "qkv")
         mask = valid[:, None, None, :] & chunk_mask(t, chunk)[None, None]
         attended = dot_product_attention(q, k, v, mask=mask).reshape(b, t, inner)
-        x = x + Dense(d, ("heads", "embed"), dtype=self.dtype, name="attn1_to_out_0")(attended)
+        x = x + dense(d, ("heads", "embed"), name="attn1_to_out_0")(attended)
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm3")(x)
-        y = jax.nn.gelu(Dense(4 * d, ("embed", "mlp"), dtype=self.dtype, name="ff_net_0_proj")(y), approximate=False)
-        return x + Dense(d, ("mlp", "embed"), dtype=self.dtype, name="ff_net_2")(y)
+        y = jax.nn.gelu(dense(4 * d, ("embed", "mlp"), name="ff_net_0_proj")(y), approximate=False)
+        return x + dense(d, ("mlp", "embed"), name="ff_net_2")(y)
 
 
 class Upsample1D(nn.Module):
-    """Matcha's Upsample1D: torch's ConvTranspose1d(kernel 4, stride 2, padding 1), twice the frames."""
+    """Matcha's Upsample1D: torch's ConvTranspose1d(kernel 4, stride 2, padding 1), twice the frames,
+    initialised as torch's default (not a Conv1d, initialize_weights passes it by): uniform with
+    variance 1 / (3 fan in), the fan in torch counts for a transposed convolution (out x kernel)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        init = nn.with_logical_partitioning(default_kernel_init, (None, "conv_in", "embed"))
+        torch_default = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=-1, out_axis=-2)
+        init = nn.with_logical_partitioning(torch_default, (None, "conv_in", "embed"))
         kernel = self.param("kernel", init, (4, x.shape[-1], self.features))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.features,))
         y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), 2)[:, 1:-1]
@@ -296,8 +304,9 @@ class ConditionalDecoder(nn.Module):
         angles = 1000.0 * t.astype(jnp.float32)[:, None] * frequencies
         temb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], -1).astype(self.dtype)
         width = 4 * self.channels[0]
-        temb = jax.nn.silu(Dense(width, ("embed", "mlp"), dtype=self.dtype, name="time_mlp_linear_1")(temb))
-        return Dense(width, ("mlp", "embed"), dtype=self.dtype, name="time_mlp_linear_2")(temb)
+        dense = functools.partial(Dense, dtype=self.dtype, kernel_init=ESTIMATOR_INIT)
+        temb = jax.nn.silu(dense(width, ("embed", "mlp"), name="time_mlp_linear_1")(temb))
+        return dense(width, ("mlp", "embed"), name="time_mlp_linear_2")(temb)
 
     @nn.compact
     def __call__(self, x, mask, mu, t, spks, cond, streaming=False):
@@ -309,7 +318,9 @@ class ConditionalDecoder(nn.Module):
             features, self.n_blocks, self.num_heads, self.attention_head_dim, self.dtype, self.causal, name=name
         )
         last_conv = lambda features, name: (  # noqa: E731
-            _causal_conv(features, 3, name, self.dtype) if self.causal else _conv(features, 3, name, dtype=self.dtype)
+            _causal_conv(features, 3, name, self.dtype)
+            if self.causal
+            else _conv(features, 3, name, dtype=self.dtype, init=ESTIMATOR_INIT)
         )
         masks, skips = [mask[..., None].astype(self.dtype)], []
         last = len(self.channels) - 1
@@ -318,7 +329,8 @@ class ConditionalDecoder(nn.Module):
             x = stage(features, f"down_blocks_{i}")(x, m, temb, chunk)
             skips.append(x)
             if i < last:  # Downsample1D, and the mask of every other frame
-                x = _conv(features, 3, f"down_blocks_{i}_2_conv", stride=2, dtype=self.dtype)(x * m)
+                down = _conv(features, 3, f"down_blocks_{i}_2_conv", stride=2, dtype=self.dtype, init=ESTIMATOR_INIT)
+                x = down(x * m)
                 masks.append(m[:, ::2])
             else:
                 x = last_conv(features, f"down_blocks_{i}_2")(x * m)
@@ -336,7 +348,8 @@ class ConditionalDecoder(nn.Module):
             else:
                 x = last_conv(features, f"up_blocks_{i}_2")(x * m)
         x = Block1D(self.channels[0], self.dtype, self.causal, name="final_block")(x, m)
-        return (_conv(self.out_channels, 1, "final_proj", dtype=self.dtype)(x * m) * m).astype(jnp.float32)
+        final = _conv(self.out_channels, 1, "final_proj", dtype=self.dtype, init=ESTIMATOR_INIT)
+        return (final(x * m) * m).astype(jnp.float32)
 
 
 class ConvPositionEmbedding(nn.Module):
