@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.codec.seanet import conv_transpose
+from jaxmodels.codec.seanet import conv_transpose, torch_uniform
 from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, UpsampleConformerEncoder, layer_path
 from jaxmodels.dit.model import FinalLayer, TimestepEmbedder, stacked_blocks
@@ -244,16 +244,15 @@ class TransformerBlock(nn.Module):
 
 class Upsample1D(nn.Module):
     """Matcha's Upsample1D: torch's ConvTranspose1d(kernel 4, stride 2, padding 1), twice the frames,
-    initialised as torch's default (not a Conv1d, initialize_weights passes it by): uniform with
-    variance 1 / (3 fan in), the fan in torch counts for a transposed convolution (out x kernel)."""
+    its kernel initialised as torch's default (not a Conv1d, initialize_weights passes it by), with
+    the fan in torch counts for a transposed convolution: out x kernel."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        torch_default = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=-1, out_axis=-2)
-        init = nn.with_logical_partitioning(torch_default, (None, "conv_in", "embed"))
+        init = nn.with_logical_partitioning(torch_uniform(4 * self.features), (None, "conv_in", "embed"))
         kernel = self.param("kernel", init, (4, x.shape[-1], self.features))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.features,))
         y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), 2)[:, 1:-1]
