@@ -33,6 +33,15 @@ def test_the_straight_paths_velocity_lands_on_its_end(scheduler):
     np.testing.assert_allclose(out, mu + cfg.sigma_min * z, atol=1e-4)
 
 
+def test_sampling_times_follow_the_scheduler():
+    """The cosine scheduler's times are 1 - cos(pi/2 s) of the linear one's s; another is an error."""
+    s = fm.time_span(fm.CFMConfig(t_scheduler="linear", n_timesteps=4))
+    np.testing.assert_allclose(s, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(fm.time_span(fm.CFMConfig(n_timesteps=4)), 1 - np.cos(s * np.pi / 2), atol=1e-7)
+    with pytest.raises(ValueError, match="t_scheduler 'sigmoid'; valid: cosine, linear"):
+        fm.time_span(fm.CFMConfig(t_scheduler="sigmoid"))
+
+
 def test_guided_euler_steps_as_upstreams_loop():
     cfg = fm.CFMConfig(n_timesteps=5)
     mu, mask, spks, cond = _inputs()
