@@ -164,6 +164,14 @@ def test_modes_speak_and_the_command_writes_them(ranks, tmp_path, monkeypatch, c
         "Hello world.", "a voice", wav_16k, wav_22k, key
     )
     assert len(cooler) == len(said) and not np.array_equal(cooler, said)  # the same tokens, less noise in the flow
+    # Without the flow's prompt the LM still continues the prompt, and the flow reads its x-vector
+    # alone: the prompt's mel (its recording at the output rate) changes nothing.
+    alone = dataclasses.replace(voice, flow_prompt=False)
+    said_alone = alone.zero_shot("Hello world.", "a voice", wav_16k, wav_22k, key)
+    assert len(said_alone) == len(said) and not np.array_equal(said_alone, said)
+    quieter = alone.zero_shot("Hello world.", "a voice", wav_16k, 0.5 * wav_22k, key)
+    np.testing.assert_array_equal(quieter, said_alone)
+    assert not np.array_equal(voice.zero_shot("Hello world.", "a voice", wav_16k, 0.5 * wav_22k, key), said)
     crossed = voice.cross_lingual("Hello world.", wav_16k, wav_22k, key)
     assert not np.array_equal(crossed[: len(said)], said[: len(crossed)])
     stored = voice.sft("Hello world. Don't stop.", np.asarray(xvector), key)

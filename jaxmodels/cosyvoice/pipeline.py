@@ -104,7 +104,9 @@ class CosyVoice:
     jaxmodels.cosyvoice.text loads. ``text_frontend``: the released models' text frontend
     (text.normalize), or, False, the text as written, cut at sentence ends (split_text).
     ``flow_temperature``: the scale of the noise the flow decoder's ODE starts from (upstream's
-    1.0; Matcha-TTS synthesises at 0.667)."""
+    1.0; Matcha-TTS synthesises at 0.667). ``flow_prompt``: zero-shot and cross-lingual give the
+    flow decoder the prompt's tokens and mel to continue (upstream's); False, the prompt's
+    x-vector alone, as sft does (the LM still continues the prompt in zero-shot)."""
 
     lm: llm.TransformerLM | llm.Qwen2LM
     lm_params: dict
@@ -118,6 +120,7 @@ class CosyVoice:
     text_tokenizer: object
     text_frontend: bool = True
     flow_temperature: float = 1.0
+    flow_prompt: bool = True
 
     @classmethod
     def load(cls, directory: str, variant: str = "cosyvoice_300m"):
@@ -230,12 +233,12 @@ class CosyVoice:
         """The text in the recording's voice, continuing it (upstream's inference_zero_shot)."""
         tokens, mel, xvector = self.prompt(wav_16k, wav_out)
         lm_prompt = (self._ids(self._text(prompt_text, split=False)), (tokens, jnp.array([tokens.shape[1]])))
-        return self._say(sentence_text, rng, lm_prompt, (tokens, mel), xvector, xvector)
+        return self._say(sentence_text, rng, lm_prompt, self._flow_prompt(tokens, mel), xvector, xvector)
 
     def cross_lingual(self, sentence_text: str, wav_16k, wav_out, rng):
         """The text in the recording's voice, the LM without the prompt (upstream's inference_cross_lingual)."""
         tokens, mel, xvector = self.prompt(wav_16k, wav_out)
-        return self._say(sentence_text, rng, _no_prompt(), (tokens, mel), xvector, xvector)
+        return self._say(sentence_text, rng, _no_prompt(), self._flow_prompt(tokens, mel), xvector, xvector)
 
     def sft(self, sentence_text: str, xvector, rng):
         """The text in a stored speaker's voice: its x-vector alone (upstream's inference_sft)."""
@@ -248,6 +251,9 @@ class CosyVoice:
         xvector = jnp.asarray(xvector, jnp.float32).reshape(1, -1)
         lm_prompt = (self._ids(self._text(instruction, split=False)), _no_prompt()[1])
         return self._say(sentence_text, rng, lm_prompt, self._no_flow_prompt(), None, xvector)
+
+    def _flow_prompt(self, tokens, mel):
+        return (tokens, mel) if self.flow_prompt else self._no_flow_prompt()
 
     def _no_flow_prompt(self):
         return jnp.zeros((1, 0), jnp.int32), jnp.zeros((1, 0, self.decoder.config.output_size))

@@ -59,12 +59,12 @@ def prompt_audio(path: str, sample_rate: int):
     return wav_16k, speech.read_audio(path, sample_rate, resample=True)
 
 
-def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, speaker: str, flow_temperature: float):
+def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, speaker: str, **sampling):
     """A jaxmodels.cosyvoice.pipeline.CosyVoice of parts trained here, without the LM's params
     (lm_params None: the caller's): the LM of a cosyvoice_llm task, the S3 tokenizer of a ctc
     run trained with the quantizer inside, a cosyvoice_flow run, a hift run and the speaker
-    embedder the x-vectors were extracted with (python -m trainers.speaker), the flow sampled
-    from noise at flow_temperature. The prompt's mel is the flow's own features."""
+    embedder the x-vectors were extracted with (python -m trainers.speaker); `sampling`, the
+    CosyVoice's flow_temperature and flow_prompt. The prompt's mel is the flow's own features."""
     from jaxmodels.cosyvoice import pipeline
     from trainers.runs import load_run
     from trainers.speaker import SpeakerEmbedder
@@ -93,5 +93,5 @@ def voice_from_runs(lm_task, s3tokenizer: str, flow_run: str, hift_run: str, spe
         flow.task.mel,
         lm_task.text_ids.tokenizer,
         text_frontend=False,  # the LM read the corpus's transcripts as written
-        flow_temperature=flow_temperature,
+        **sampling,
     )

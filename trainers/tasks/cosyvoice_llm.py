@@ -78,6 +78,9 @@ class LLMTaskConfig:
     speaker: str = ""  # the speaker embedder data.xvectors was extracted with (python -m trainers.speaker)
     # The scale of the noise the flow decoder samples from: upstream's 1.0, Matcha-TTS's 0.667
     flow_temperature: float = 1.0
+    # Zero-shot and cross-lingual: the flow decoder continues the prompt's tokens and mel
+    # (upstream's), or, false, reads the prompt's x-vector alone (docs/cosyvoice.md measures both)
+    flow_prompt: bool = True
     speak_pairs: int = 50
     speak_offset: int = 0  # the pairs spoken start here: settings are chosen on other pairs than those reported
     # CosyVoice-Instruct's training: the transcript after its speaking style's instruction, no x-vector
@@ -452,7 +455,13 @@ class LLMTask(SplitSources):
             raise ConfigError("speaking needs llm.s3tokenizer_run, llm.flow_run, llm.hift_run and llm.speaker")
         if self._voice is None:
             self._voice = _cosyvoice.voice_from_runs(
-                self, c.s3tokenizer_run, c.flow_run, c.hift_run, c.speaker, c.flow_temperature
+                self,
+                c.s3tokenizer_run,
+                c.flow_run,
+                c.hift_run,
+                c.speaker,
+                flow_temperature=c.flow_temperature,
+                flow_prompt=c.flow_prompt,
             )
         return dataclasses.replace(self._voice, lm_params=sharding.host_copy(params))
 
