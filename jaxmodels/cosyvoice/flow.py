@@ -151,7 +151,10 @@ def _conv(features, kernel, name, stride=1, padding=None, dtype=jnp.float32, cau
 
 
 def _group_norm(groups, name, dtype):
-    return nn.GroupNorm(
+    """torch's GroupNorm, its statistics over the frames of m (B, T, 1) alone: (x, m) -> x normalised.
+    Upstream's take a padded row's padding in; over its own frames a row gives what it gives
+    unpadded, in any batch (equal to upstream's on unpadded rows: the released models' inference)."""
+    norm = nn.GroupNorm(
         groups,
         epsilon=1e-5,
         dtype=dtype,
@@ -161,22 +164,25 @@ def _group_norm(groups, name, dtype):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         name=name,
     )
+    return lambda x, m: norm(x, mask=jnp.broadcast_to(m > 0, x.shape))
 
 
 class LengthRegulator(nn.Module):
     """InterpolateRegulator's refinement after the interpolation: `stages` x (convolution,
-    one-group GroupNorm, Mish), a pointwise convolution."""
+    one-group GroupNorm, Mish), a pointwise convolution, over the frames of m (B, T, 1): each
+    row's own, as it would be unpadded (upstream's convolutions and statistics read the padding;
+    on unpadded rows the two are equal)."""
 
     stages: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, m):
         c = x.shape[-1]
         for i in range(self.stages):
-            x = _conv(c, 3, f"model_{3 * i}", dtype=self.dtype)(x)
-            x = mish(_group_norm(1, f"model_{3 * i + 1}", self.dtype)(x))
-        return _conv(c, 1, f"model_{3 * self.stages}", dtype=self.dtype)(x)
+            x = _conv(c, 3, f"model_{3 * i}", dtype=self.dtype)(x * m)
+            x = mish(_group_norm(1, f"model_{3 * i + 1}", self.dtype)(x, m))
+        return _conv(c, 1, f"model_{3 * self.stages}", dtype=self.dtype)(x) * m
 
 
 class Block1D(nn.Module):
@@ -191,7 +197,7 @@ class Block1D(nn.Module):
     def __call__(self, x, m):
         if not self.causal:
             h = _conv(self.features, 3, "block_0", dtype=self.dtype, init=ESTIMATOR_INIT)(x * m)
-            return mish(_group_norm(8, "block_1", self.dtype)(h)) * m
+            return mish(_group_norm(8, "block_1", self.dtype)(h, m)) * m
         h = _causal_conv(self.features, 3, "block_0", self.dtype)(x * m)
         return mish(LayerNorm(1e-5, dtype=self.dtype, name="block_2")(h)) * m
 
@@ -474,11 +480,10 @@ class Flow(nn.Module):
         chunk = jnp.where(streaming, self.config.chunk_size, 0) if self.config.chunk_size else 0
         return self.encoder_proj(self.encoder(x, valid, chunk))
 
-    def regulate(self, h, frames, mask=None):
-        """The token-rate mean (B, L, C) interpolated to `frames` frames and refined; zero where
-        `mask` (B, frames) is 0."""
-        x = self.length_regulator(interpolate(h, frames))
-        return x if mask is None else x * mask[..., None]
+    def regulate(self, h, frames, mask):
+        """The token-rate mean (B, L, C) interpolated to `frames` frames and refined over the
+        frames of `mask` (B, frames), zero elsewhere."""
+        return self.length_regulator(interpolate(h, frames), mask[..., None].astype(h.dtype))
 
     def scored_frames(self, token_len, feat_len):
         """(B,) the frames the loss scores: the mel's own (MaskedDiffWithXvec), or the upsampling
@@ -558,7 +563,8 @@ class Flow(nn.Module):
             ]
         else:
             pieces = [interpolate(target, frames)]
-        mu = self.length_regulator(jnp.concatenate([interpolate(head, prompt_feat.shape[1]), *pieces], axis=1))
+        mu = jnp.concatenate([interpolate(head, prompt_feat.shape[1]), *pieces], axis=1)
+        mu = self.length_regulator(mu, jnp.ones(mu.shape[:2] + (1,), mu.dtype))
         cond = jnp.concatenate([prompt_feat, jnp.zeros((mu.shape[0], frames, mu.shape[2]), mu.dtype)], axis=1)
         mask = jnp.ones(mu.shape[:2], jnp.float32)
         return mu.astype(jnp.float32), mask, self.speaker(embedding), cond.astype(jnp.float32)

@@ -15,8 +15,9 @@ Matcha's logger (lightning).
 The file holds the config (JSON, FlowConfig's fields), the state_dict under "sd/", and:
 - "train/*": a padded batch of two token sequences through the embedding, the encoder and its
   projection ("h", (B, L, C)), then the length regulator to the longest mel ("mu", (B, T, C),
-  padded frames zeroed);
-- "estimator/*": the estimator's velocity of a padded batch ("v", (B, T, C));
+  padded frames zeroed), and the shorter row's interpolated frames refined alone ("mu_alone");
+- "estimator/*": the estimator's velocity of a padded batch ("v", (B, T, C)), and of its
+  shorter row alone, unpadded ("v_alone");
 - "prompt/*" and "sft/*": MaskedDiffWithXvec.inference of 45 tokens after a prompt of 7
   tokens and 12 mel frames (the split interpolation of more than 40 tokens), and of 30 tokens
   without one, its Gaussian noise ("z", (1, T, C), torch.randn_like's draw) saved beside the
@@ -193,6 +194,9 @@ def main():
         h, _ = model.encoder(model.input_embedding(tokens) * mask, token_len)
         h = model.encoder_proj(h)
         mu, _ = model.length_regulator(h, feat_len)
+        # The shorter row's interpolated frames refined alone, unpadded
+        frames = torch.nn.functional.interpolate(h.transpose(1, 2), size=int(feat_len.max()), mode="linear")
+        mu_alone = model.length_regulator.model(frames[1:, :, : feat_len[1]])
     out.update(
         {
             "train/tokens": tokens.numpy(),
@@ -200,6 +204,7 @@ def main():
             "train/feat_len": feat_len.numpy(),
             "train/h": h.numpy(),
             "train/mu": mu.numpy(),
+            "train/mu_alone": channels_last(mu_alone),
         }
     )
 
@@ -209,6 +214,8 @@ def main():
     spks, times = torch.randn(b, f), torch.tensor([0.3, 0.85])
     with torch.no_grad():
         v = model.decoder.estimator(x, mask, mu_e, times, spks, cond)
+        alone = [a[1:, :, :16] for a in (x, mask, mu_e)]
+        v_alone = model.decoder.estimator(*alone, times[1:], spks[1:], cond[1:, :, :16])
     out.update(
         {
             "estimator/x": channels_last(x),
@@ -218,6 +225,7 @@ def main():
             "estimator/spks": spks.numpy(),
             "estimator/cond": channels_last(cond),
             "estimator/v": channels_last(v),
+            "estimator/v_alone": channels_last(v_alone),
         }
     )
 
