@@ -151,6 +151,31 @@ def test_normalised_flow_models_the_standardised_mel():
     np.testing.assert_allclose(sample(scaled, raw[:1, :4]), sample(plain, feat[:1, :4]) * 2.0 - 5.0, atol=1e-4)
 
 
+def test_prior_loss_is_matchas():
+    # prior_loss_weight adds Matcha-TTS's prior loss: half the squared error of the regulated mean
+    # against the normalised mel over each row's own frames and the bins; at 0 the loss is upstream's.
+    cfg = tiny_flow(mel_mean=-5.0, mel_std=2.0)
+    (tokens, token_len, feat, feat_len, embedding), params = padded_batch(cfg)
+    raw = feat * 2.0 - 5.0
+
+    def losses(c):
+        return flow.Flow(c).apply(
+            {"params": params}, jax.random.key(1), tokens, token_len, raw, feat_len, embedding, method=flow.Flow.losses
+        )
+
+    def mean(model, tokens, token_len, frames, mask):
+        return model.regulate(model.encode(tokens, token_len), frames, mask)
+
+    mask = np.arange(feat.shape[1])[None] < feat_len[:, None]
+    mu = flow.Flow(cfg).apply({"params": params}, tokens, token_len, feat.shape[1], jnp.asarray(mask), method=mean)
+    expected = 0.5 * np.sum(np.square(mu - feat) * mask[..., None]) / (np.sum(feat_len) * cfg.output_size)
+    total, flow_loss, prior_loss = losses(cfg)
+    np.testing.assert_allclose(prior_loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(total, flow_loss, rtol=1e-6)
+    weighted = losses(dataclasses.replace(cfg, prior_loss_weight=0.5))
+    np.testing.assert_allclose(weighted, (flow_loss + 0.5 * prior_loss, flow_loss, prior_loss), rtol=1e-5)
+
+
 def test_released_configuration_and_errors(reference):
     # flow.pt of CosyVoice-300M: 1185 tensors, 104,874,752 parameters.
     assert flow.param_count(flow.config("flow_cosyvoice_300m")) == 104_874_752

@@ -86,6 +86,10 @@ class FlowConfig:
     # starts from after 3000 steps (docs/cosyvoice.md).
     mel_mean: float = 0.0
     mel_std: float = 1.0
+    # > 0: Matcha-TTS's prior loss at this weight (Matcha's 1.0; CosyVoice has none): the
+    # regulated mean mu, which the estimator reads, is itself made to predict the normalised mel
+    # (half its squared error over the scored frames and bins)
+    prior_loss_weight: float = 0.0
 
     def mel_frames(self, tokens: int) -> int:
         """Mel frames the regulator (or the upsampling encoder) makes of `tokens` tokens, as upstream rounds them."""
@@ -513,12 +517,18 @@ class Flow(nn.Module):
         frames (T must be token_mel_ratio x the tokens' padded length), half the batches streaming
         (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames.
         The errors are of the mel normalised by config.mel_mean and mel_std."""
+        return self.row_errors(rng, tokens, token_len, feat, feat_len, embedding)[0]
+
+    def row_errors(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """Per row, `errors` and the prior's: mu's squared error against the normalised mel."""
         k_prompt, k_span, k_flow, k_stream = jax.random.split(rng, 4)
         mask, mu, estimator, feat = self._training_conditions(k_stream, tokens, token_len, feat, feat_len)
+        prior = jnp.sum(jnp.square(mu - feat) * mask[..., None], axis=(1, 2))
         span = jax.random.randint(k_span, feat_len.shape, 0, (0.3 * feat_len).astype(jnp.int32) + 1)
         span = jnp.where(jax.random.uniform(k_prompt, feat_len.shape) < 0.5, 0, span)
         cond = jnp.where(jnp.arange(feat.shape[1])[None, :, None] < span[:, None, None], feat, 0.0)
-        return fm.cfm_errors(estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+        errors = fm.cfm_errors(estimator, k_flow, feat, mask, mu, self.speaker(embedding), cond, self.config.cfm)
+        return errors, prior
 
     def noise_response(self, rng, tokens, token_len, feat, feat_len, embedding):
         """Per row, (sum of v z, sum of z^2) over the scored frames, v the estimator's velocity at
@@ -532,11 +542,19 @@ class Flow(nn.Module):
         m = mask[..., None]
         return jnp.sum(v * z * m, axis=(1, 2)), jnp.sum(z * z * m, axis=(1, 2))
 
-    def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """The training loss: `errors` over the batch's (scored frames x mel bins), as upstream's."""
-        errors = self.errors(rng, tokens, token_len, feat, feat_len, embedding)
+    def losses(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """(the training loss, the flow-matching loss, the prior loss): `errors` over the batch's
+        (scored frames x mel bins), as upstream's, plus config.prior_loss_weight times half the
+        prior's squared error over the same."""
+        errors, prior = self.row_errors(rng, tokens, token_len, feat, feat_len, embedding)
         scored = jnp.sum(jnp.minimum(self.scored_frames(token_len, feat_len), feat.shape[1]))
-        return jnp.sum(errors) / (jnp.maximum(scored, 1) * feat.shape[-1])
+        values = jnp.maximum(scored, 1) * feat.shape[-1]
+        flow_loss, prior_loss = jnp.sum(errors) / values, 0.5 * jnp.sum(prior) / values
+        return flow_loss + self.config.prior_loss_weight * prior_loss, flow_loss, prior_loss
+
+    def loss(self, rng, tokens, token_len, feat, feat_len, embedding):
+        """The training loss (`losses`)."""
+        return self.losses(rng, tokens, token_len, feat, feat_len, embedding)[0]
 
     def conditions(self, tokens, prompt_tokens, prompt_feat, embedding):
         """The estimator's conditions (mu, mask, spks, cond) over the prompt's mel frames (B, M1)

@@ -11,9 +11,11 @@ data.max_seconds (or to its duration bucket under data.batch_seconds, as upstrea
 batches). The step computes the mel (Matcha-TTS's features, upstream's feat_extractor) and
 the loss of MaskedDiffWithXvec.forward: half the rows conditioned on a random prefix of their
 own mel, the conditions of a training_cfg_rate share dropped, the velocity's squared error over
-the real frames. Eval reports that loss at fixed noise over the eval split, `eval/noise_slope`
-(the velocity's least-squares slope on the noise it starts from at t = 0: -1 ideally, 0 where the
-estimator ignores its input and samples stay noise; Flow.noise_response), and for the first
+the real frames (with model.args.prior_loss_weight, plus Matcha-TTS's prior loss:
+`train/flow_loss`, `train/prior_loss`, `eval/prior_loss`). Eval reports that loss at fixed noise
+over the eval split, `eval/noise_slope` (the velocity's least-squares slope on the noise it
+starts from at t = 0: -1 ideally, 0 where the estimator ignores its input and samples stay
+noise; Flow.noise_response), and for the first
 flow.eval_examples utterances long enough, the mel generated from their tokens after
 flow.prompt_seconds of their own tokens and mel (`eval/mel_distance`: its log-mel L1 against the
 real mel), drawn in spectrograms.png.
@@ -150,21 +152,31 @@ class FlowTask(SplitSources):
         return flow.from_torch(state_dict, self.config)
 
     def loss(self, params, batch, rng, step):
-        loss = self.model.apply({"params": params}, rng, *self._inputs(batch), method=flow.Flow.loss)
-        return loss, {"train/loss": loss, "train/skipped": jnp.sum(1.0 - batch["mask"])}
+        loss, flow_loss, prior_loss = self.model.apply(
+            {"params": params}, rng, *self._inputs(batch), method=flow.Flow.losses
+        )
+        metrics = {"train/loss": loss, "train/skipped": jnp.sum(1.0 - batch["mask"])}
+        if self.config.prior_loss_weight:
+            metrics.update({"train/flow_loss": flow_loss, "train/prior_loss": prior_loss})
+        return loss, metrics
 
     def eval_outputs(self, params, batch):
         inputs = self._inputs(batch)
-        errors = self.model.apply({"params": params}, jax.random.key(0), *inputs, method=flow.Flow.errors)
+        errors, prior = self.model.apply({"params": params}, jax.random.key(0), *inputs, method=flow.Flow.row_errors)
         scored = self.model.apply({"params": params}, inputs[1], inputs[3], method=flow.Flow.scored_frames)
         vz, zz = self.model.apply({"params": params}, jax.random.key(1), *inputs, method=flow.Flow.noise_response)
-        return {"error": errors, "values": scored * self.config.output_size, "noise_vz": vz, "noise_zz": zz}
+        values = scored * self.config.output_size
+        return {"error": errors, "prior": prior, "values": values, "noise_vz": vz, "noise_zz": zz}
 
     def eval_metrics(self, outputs):
-        return {
-            "loss": float(np.sum(outputs["error"])) / max(float(np.sum(outputs["values"])), 1.0),
+        values = max(float(np.sum(outputs["values"])), 1.0)
+        metrics = {
+            "loss": float(np.sum(outputs["error"])) / values,
             "noise_slope": float(np.sum(outputs["noise_vz"])) / max(float(np.sum(outputs["noise_zz"])), 1.0),
         }
+        if self.config.prior_loss_weight:
+            metrics["prior_loss"] = 0.5 * float(np.sum(outputs["prior"])) / values
+        return metrics
 
     # -- generation ---------------------------------------------------------------------
     def _generate_mel(self, params, tokens, prompt_tokens, prompt_feat, xvector):
