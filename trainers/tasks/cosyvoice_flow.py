@@ -15,10 +15,9 @@ the real frames (with model.args.prior_loss_weight, plus Matcha-TTS's prior loss
 `train/flow_loss`, `train/prior_loss`, `eval/prior_loss`). Eval reports that loss at fixed noise
 over the eval split, `eval/noise_slope` (the velocity's least-squares slope on the noise it
 starts from at t = 0: -1 ideally, 0 where the estimator ignores its input and samples stay
-noise; Flow.noise_response), and for the first
-flow.eval_examples utterances long enough, the mel generated from their tokens after
-flow.prompt_seconds of their own tokens and mel (`eval/mel_distance`: its log-mel L1 against the
-real mel), drawn in spectrograms.png.
+noise; Flow.noise_response), and for the first flow.eval_examples utterances long enough, the
+mel generated from their tokens after flow.prompt_seconds of their own tokens and mel
+(`eval/mel_distance`: its log-mel L1 against the real mel), drawn in spectrograms.png.
 """
 
 import math
