@@ -176,6 +176,27 @@ def test_prior_loss_is_matchas():
     np.testing.assert_allclose(weighted, (flow_loss + 0.5 * prior_loss, flow_loss, prior_loss), rtol=1e-5)
 
 
+def test_prior_start_enters_the_path_at_the_prior_mean():
+    # With start_time the flow samples from the path's point between its noise and its regulated
+    # mean mu (the prior loss trains mu as the normalised mel) over the later times only; without
+    # the prior loss that start is an error.
+    cfg = tiny_flow(mel_mean=-5.0, mel_std=2.0, prior_loss_weight=1.0, start_time=0.5)
+    (tokens, _, feat, _, embedding), params = padded_batch(cfg)
+    model, rng = flow.Flow(cfg), jax.random.key(2)
+    args = (tokens[:1, :5], tokens[1:, :3], feat[1:, :4] * 2.0 - 5.0, embedding[:1])
+    got = model.apply({"params": params}, rng, *args, 0.667, method=flow.Flow.inference)
+
+    def by_hand(m, tokens, prompt_tokens, prompt_mel, embedding):
+        mu, mask, spks, cond = m.conditions(tokens, prompt_tokens, (prompt_mel + 5.0) / 2.0, embedding)
+        z = jax.random.normal(rng, mu.shape) * 0.667
+        y = (1 - (1 - cfg.cfm.sigma_min) * 0.5) * z + 0.5 * mu
+        return fm.solve_euler(m.estimator, y, mask, mu, spks, cond, cfg.cfm, 0.5)[:, 4:] * 2.0 - 5.0
+
+    np.testing.assert_allclose(got, model.apply({"params": params}, *args, method=by_hand), atol=1e-5)
+    with pytest.raises(ValueError, match="start_time 0.5 needs prior_loss_weight > 0"):
+        tiny_flow(start_time=0.5)
+
+
 def test_released_configuration_and_errors(reference):
     # flow.pt of CosyVoice-300M: 1185 tensors, 104,874,752 parameters.
     assert flow.param_count(flow.config("flow_cosyvoice_300m")) == 104_874_752

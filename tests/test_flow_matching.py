@@ -33,13 +33,34 @@ def test_the_straight_paths_velocity_lands_on_its_end(scheduler):
     np.testing.assert_allclose(out, mu + cfg.sigma_min * z, atol=1e-4)
 
 
+def test_sampling_from_a_later_start_enters_the_path_at_mu():
+    # Started at t0 from (1 - (1 - sigma) t0) z + t0 mu, the path's point for the target mu, the
+    # same velocity lands on mu + sigma z from fewer, later steps; an estimator that returns
+    # zero leaves the entry point, whose noise is scaled down by 1 - (1 - sigma) t0.
+    cfg = fm.CFMConfig(inference_cfg_rate=0.0, n_timesteps=3, sigma_min=1e-4)
+    mu, mask, spks, cond = _inputs()
+
+    def estimator(x, mask, mu, t, spks, cond):
+        return (mu - (1 - cfg.sigma_min) * x) / (1 - (1 - cfg.sigma_min) * t[:, None, None])
+
+    rng = jax.random.key(1)
+    z = jax.random.normal(rng, mu.shape) * 0.5
+    out = fm.sample(estimator, rng, mu, mask, spks, cond, cfg, temperature=0.5, start_time=0.6)
+    np.testing.assert_allclose(out, mu + cfg.sigma_min * z, atol=1e-4)
+    still = fm.sample(lambda x, *_: 0 * x, rng, mu, mask, spks, cond, cfg, temperature=0.5, start_time=0.6)
+    np.testing.assert_allclose(still, (1 - (1 - cfg.sigma_min) * 0.6) * z + 0.6 * mu, atol=1e-6)
+
+
 def test_sampling_times_follow_the_scheduler():
     """The cosine scheduler's times are 1 - cos(pi/2 s) of the linear one's s; another is an error."""
     s = fm.time_span(fm.CFMConfig(t_scheduler="linear", n_timesteps=4))
     np.testing.assert_allclose(s, [0, 0.25, 0.5, 0.75, 1])
     np.testing.assert_allclose(fm.time_span(fm.CFMConfig(n_timesteps=4)), 1 - np.cos(s * np.pi / 2), atol=1e-7)
+    np.testing.assert_allclose(fm.time_span(fm.CFMConfig(t_scheduler="linear", n_timesteps=4), 0.6), 0.6 + 0.4 * s)
     with pytest.raises(ValueError, match="t_scheduler 'sigmoid'; valid: cosine, linear"):
         fm.time_span(fm.CFMConfig(t_scheduler="sigmoid"))
+    with pytest.raises(ValueError, match=r"start_time 1.0: the path's time to start at, in \[0, 1\)"):
+        fm.time_span(fm.CFMConfig(), 1.0)
 
 
 def test_guided_euler_steps_as_upstreams_loop():

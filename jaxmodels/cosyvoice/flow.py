@@ -90,6 +90,17 @@ class FlowConfig:
     # regulated mean mu, which the estimator reads, is itself made to predict the normalised mel
     # (half its squared error over the scored frames and bins)
     prior_loss_weight: float = 0.0
+    # > 0: sampling enters the flow's path at this time from mu and the noise
+    # (flow_matching.sample; DiffSinger's shallow diffusion) instead of from the noise alone at 0
+    # as CosyVoice does: the estimator refines the prior's mel rather than drawing one anew
+    start_time: float = 0.0
+
+    def __post_init__(self):
+        if self.start_time and not self.prior_loss_weight:
+            raise ValueError(
+                f"start_time {self.start_time} needs prior_loss_weight > 0: only the prior loss trains mu "
+                "to stand for the mel the path ends at"
+            )
 
     def mel_frames(self, tokens: int) -> int:
         """Mel frames the regulator (or the upsampling encoder) makes of `tokens` tokens, as upstream rounds them."""
@@ -589,12 +600,13 @@ class Flow(nn.Module):
 
     def inference(self, rng, tokens, prompt_tokens, prompt_feat, embedding, temperature: float = 1.0):
         """MaskedDiffWithXvec.inference: the mel frames (B, config.mel_frames(L), C) of `tokens`
-        continuing the prompt (see `conditions`), sampled with config.cfm's guided Euler steps."""
+        continuing the prompt (see `conditions`), sampled with config.cfm's guided Euler steps
+        from config.start_time."""
         c = self.config
         mu, mask, spks, cond = self.conditions(
             tokens, prompt_tokens, (prompt_feat - c.mel_mean) / c.mel_std, embedding
         )
-        mel = fm.sample(self.estimator, rng, mu, mask, spks, cond, c.cfm, temperature)
+        mel = fm.sample(self.estimator, rng, mu, mask, spks, cond, c.cfm, temperature, c.start_time)
         return mel[:, prompt_feat.shape[1] :] * c.mel_std + c.mel_mean
 
     def __call__(self, tokens, token_len, feat, feat_len, embedding):

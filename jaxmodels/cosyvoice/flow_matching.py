@@ -10,6 +10,11 @@ conditions (mu, spks, cond) of a training_cfg_rate share of rows. Sampling integ
 ODE from z with Euler steps at times 1 - cos(pi/2 s), s uniform (the cosine schedule), in
 one lax.scan, each step guided: (1 + w) v(conditions) - w v(no conditions), w the
 inference_cfg_rate.
+
+Sampling may start later on the path (``start_time`` t0 > 0, DiffSinger's shallow diffusion,
+Liu et al. 2022, on the flow's straight path): at y0 = (1 - (1 - sigma_min) t0) z + t0 mu,
+mu standing in for the target, with the Euler steps' times mapped onto [t0, 1]. That needs a
+mu trained to predict the target (Matcha-TTS's prior loss); CosyVoice's starts at 0.
 """
 
 import dataclasses
@@ -55,20 +60,23 @@ def cfm_loss(estimator, rng, x1, mask, mu, spks, cond, cfg: CFMConfig):
     return jnp.sum(errors) / (jnp.sum(mask.astype(jnp.float32)) * x1.shape[-1])
 
 
-def time_span(cfg: CFMConfig) -> np.ndarray:
-    """The n_timesteps + 1 integration times from 0 to 1."""
+def time_span(cfg: CFMConfig, start_time: float = 0.0) -> np.ndarray:
+    """The n_timesteps + 1 integration times from start_time to 1: the scheduler's times from 0
+    to 1 mapped linearly onto [start_time, 1]."""
+    if not 0 <= start_time < 1:
+        raise ValueError(f"start_time {start_time}: the path's time to start at, in [0, 1)")
     s = np.linspace(0, 1, cfg.n_timesteps + 1, dtype=np.float32)
     if cfg.t_scheduler == "cosine":
-        return (1 - np.cos(s * 0.5 * np.pi)).astype(np.float32)
-    if cfg.t_scheduler != "linear":
+        s = 1 - np.cos(s * 0.5 * np.pi)
+    elif cfg.t_scheduler != "linear":
         raise ValueError(f"t_scheduler {cfg.t_scheduler!r}; valid: cosine, linear")
-    return s
+    return (start_time + (1 - start_time) * s).astype(np.float32)
 
 
-def solve_euler(estimator, z, mask, mu, spks, cond, cfg: CFMConfig):
-    """ConditionalCFM.solve_euler: Euler steps over time_span, each guided by the velocity
-    without conditions (both estimates in one vmapped call)."""
-    times = jnp.asarray(time_span(cfg))
+def solve_euler(estimator, z, mask, mu, spks, cond, cfg: CFMConfig, start_time: float = 0.0):
+    """ConditionalCFM.solve_euler from z at start_time: Euler steps over time_span, each guided
+    by the velocity without conditions (both estimates in one vmapped call)."""
+    times = jnp.asarray(time_span(cfg, start_time))
     w = cfg.inference_cfg_rate
     both = lambda a: jnp.stack([a, jnp.zeros_like(a)])  # noqa: E731  conditions, then none
     mu2, spks2, cond2 = both(mu), both(spks), both(cond)
@@ -84,7 +92,9 @@ def solve_euler(estimator, z, mask, mu, spks, cond, cfg: CFMConfig):
     return x
 
 
-def sample(estimator, rng, mu, mask, spks, cond, cfg: CFMConfig, temperature: float = 1.0):
-    """ConditionalCFM.forward: mel frames (B, T, C) from noise of the given temperature."""
+def sample(estimator, rng, mu, mask, spks, cond, cfg: CFMConfig, temperature: float = 1.0, start_time: float = 0.0):
+    """ConditionalCFM.forward: mel frames (B, T, C) from noise of the given temperature, the
+    path entered at start_time with mu as its end (the module's docstring)."""
     z = jax.random.normal(rng, mu.shape, mu.dtype) * temperature
-    return solve_euler(estimator, z, mask, mu, spks, cond, cfg)
+    y = (1 - (1 - cfg.sigma_min) * start_time) * z + start_time * mu
+    return solve_euler(estimator, y, mask, mu, spks, cond, cfg, start_time)
