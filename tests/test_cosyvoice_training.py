@@ -602,7 +602,8 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
         + ["--workdir", str(tmp_path / "tokens"), "--splits", "train,test", "--batch_size", "8"]
     )
     data = {**data, "tokens": str(tmp_path / "tokens")}
-    flow = task_config(data, "cosyvoice_flow", model={"args": {**TINY_FLOW, "vocab_size": 8}}, train=two)
+    flow_args = {**TINY_FLOW, "vocab_size": 8, "prior_loss_weight": 1.0, "start_time": 0.5}  # the demo's recipe
+    flow = task_config(data, "cosyvoice_flow", model={"args": flow_args}, train=two)
     train(flow, str(tmp_path / "flow"))
     vocoder = {"sample_rate": 16000, "in_channels": 16, "base_channels": 16, "f0_channels": 8}
     vocoder.update(upsample_rates=[5, 4, 2], upsample_kernel_sizes=[10, 8, 4], source_resblock_kernel_sizes=[3, 3, 3])
