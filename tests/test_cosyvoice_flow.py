@@ -134,8 +134,8 @@ def test_normalised_flow_models_the_standardised_mel():
     (tokens, token_len, feat, feat_len, embedding), params = padded_batch(plain)
     raw = feat * 2.0 - 5.0
     errors = lambda cfg, f: flow.Flow(cfg).apply(  # noqa: E731
-        {"params": params}, jax.random.key(1), tokens, token_len, f, feat_len, embedding, method=flow.Flow.errors
-    )
+        {"params": params}, jax.random.key(1), tokens, token_len, f, feat_len, embedding, method=flow.Flow.row_errors
+    )[0]
     np.testing.assert_allclose(errors(scaled, raw), errors(plain, feat), rtol=1e-5)
     sample = (
         lambda cfg, prompt: flow.Flow(cfg).apply(  # noqa: E731

@@ -521,17 +521,14 @@ class Flow(nn.Module):
             mu = self.regulate(self.encode(tokens, token_len), frames, mask)
         return mask, mu, estimator, (feat - self.config.mel_mean) / self.config.mel_std
 
-    def errors(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """The forward pass's flow-matching errors of the mel `feat` (B, T, C), per row
-        (fm.cfm_errors): MaskedDiffWithXvec's, the regulated mean interpolated to T (upstream's:
-        the batch padded to its longest), or CausalMaskedDiffWithXvec's, the upsampling encoder's
-        frames (T must be token_mel_ratio x the tokens' padded length), half the batches streaming
-        (attention within chunks); half the rows see a prompt, their first U[0, 0.3 length] frames.
-        The errors are of the mel normalised by config.mel_mean and mel_std."""
-        return self.row_errors(rng, tokens, token_len, feat, feat_len, embedding)[0]
-
     def row_errors(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """Per row, `errors` and the prior's: mu's squared error against the normalised mel."""
+        """Per row (B,), the forward pass's flow-matching errors of the mel `feat` (B, T, C)
+        (fm.cfm_errors) and the prior's (mu's squared error): MaskedDiffWithXvec's, the regulated
+        mean interpolated to T (upstream's: the batch padded to its longest), or
+        CausalMaskedDiffWithXvec's, the upsampling encoder's frames (T must be token_mel_ratio x
+        the tokens' padded length), half the batches streaming (attention within chunks); half the
+        rows see a prompt, their first U[0, 0.3 length] frames. Both are of the mel normalised by
+        config.mel_mean and mel_std."""
         k_prompt, k_span, k_flow, k_stream = jax.random.split(rng, 4)
         mask, mu, estimator, feat = self._training_conditions(k_stream, tokens, token_len, feat, feat_len)
         prior = jnp.sum(jnp.square(mu - feat) * mask[..., None], axis=(1, 2))
@@ -554,7 +551,7 @@ class Flow(nn.Module):
         return jnp.sum(v * z * m, axis=(1, 2)), jnp.sum(z * z * m, axis=(1, 2))
 
     def losses(self, rng, tokens, token_len, feat, feat_len, embedding):
-        """(the training loss, the flow-matching loss, the prior loss): `errors` over the batch's
+        """(the training loss, the flow-matching loss, the prior loss): `row_errors` over the batch's
         (scored frames x mel bins), as upstream's, plus config.prior_loss_weight times half the
         prior's squared error over the same."""
         errors, prior = self.row_errors(rng, tokens, token_len, feat, feat_len, embedding)
