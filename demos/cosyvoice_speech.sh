@@ -16,7 +16,7 @@ python -m trainers.extract s3tokens configs/cosyvoice_speech.yaml --s3tokenizer 
 python -m trainers.extract xvectors configs/cosyvoice_speech.yaml --speaker runs/speaker.npz \
     --workdir runs/cosyvoice_xvectors --splits train,tts_test
 python -m trainers.train configs/cosyvoice_flow_speech.yaml --workdir runs/cosyvoice_flow
-# HiFT's discriminators a quarter as wide, to train on 2 CPU cores in about an hour (1 s a step).
+# HiFT's discriminators a quarter as wide, to train on 2 CPU cores in under two hours (1.1-1.6 s a step).
 python -m trainers.train configs/hift_speech.yaml --workdir runs/cosyvoice_hift data.path=runs/tts_corpus \
     data.corpus_train_size=8000 hift.disc_channel_divisor=4 train.steps=4000
 python -m trainers.train configs/cosyvoice_speech.yaml --workdir runs/cosyvoice_llm "$@"
