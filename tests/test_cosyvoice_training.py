@@ -19,6 +19,7 @@ from conftest import (
 )
 from PIL import Image
 
+from jaxmodels import speechlm
 from jaxmodels.cosyvoice import s3tokenizer
 
 # One resolution and one block of each kind, at the tone corpus's 16 kHz (100 mel frames a
@@ -708,9 +709,48 @@ def test_cosyvoice_word_aligned_examples_tell_each_token_its_word(cosyvoice_data
         loss, scores["nll"] / scores["count"] + scores["advance_nll"] / scores["advance_count"], rtol=1e-5
     )
     assert 0 <= metrics["train/advance_accuracy"] <= 1
-    for llm_section in (
-        {"instruct": True},
-        {"text_tokenizer": str(ROOT / "tests" / "data" / "cosyvoice_text" / "ranks.tiktoken")},
-    ):
-        with pytest.raises(ConfigError, match="word_alignment reads the text's words between spaces"):
-            get_task(task_config(data, "cosyvoice_llm", llm=llm_section, **aligned))
+    released = {"text_tokenizer": str(ROOT / "tests" / "data" / "cosyvoice_text" / "ranks.tiktoken")}
+    with pytest.raises(ConfigError, match="word_alignment reads the text's words between spaces"):
+        get_task(task_config(data, "cosyvoice_llm", llm=released, **aligned))
+
+
+def test_cosyvoice_word_aligned_instruct_lm_reads_the_instruction_as_prompt_words(
+    cosyvoice_data, tone_corpus, tmp_path, monkeypatch
+):
+    """With llm.instruct the instruction's words come first, as a pair's prompt transcript's: no
+    token is told one, the transcript's are numbered after them; the eval's generation gives
+    each text's words counted from 0, as the chain does."""
+    from trainers.data import speech
+    from trainers.tasks import cosyvoice_llm, get_task
+    from trainers.tasks.tts.words import frame_words, word_frames
+
+    data, _, _ = cosyvoice_data
+    styled_data = {**data, "path": str(styled(tone_corpus, tmp_path / "styled")), "max_seconds": 0.12}
+    task = get_task(
+        task_config(
+            styled_data, "cosyvoice_llm", model={"args": ALIGNED_LLM}, llm={"instruct": True, "max_text_tokens": 64}
+        )
+    )
+    record = next(r for r in task.train_source().records if len(r["target"].split()) == 2)
+    example = task.train_transform(record, None)
+    asked = list(cosyvoice_llm.instruction(speech.speaking_style(record)).encode())  # bytes: one id each
+    said = speechlm.text_words(list(record["target"].encode()))
+    expected = [*speechlm.text_words(asked), *np.where(said >= 0, said + 4, -1)]  # the instruction's 4 words
+    np.testing.assert_array_equal(example["text_words"][: len(expected)], expected)
+    n = int(example["speech_length"])
+    own = frame_words(word_frames(record, task.train_transform.tokens.frame_rate, n), n)
+    np.testing.assert_array_equal(example["speech_words"][: n + 1], [*(own + 4), 6])
+
+    read = {}
+
+    def generate(model, params, rng, text, text_length, prompt_text, prompt_length, *rest, max_new_tokens, **words):
+        read.update(text=(text, text_length, words["text_words"]))
+        read.update(prompt_text=(prompt_text, prompt_length, words["prompt_text_words"]))
+        return np.zeros((len(text), 1), np.int32), np.ones(len(text), np.int32)
+
+    monkeypatch.setattr(cosyvoice_llm.llm, "generate", generate)
+    task.generate({}, None)
+    for ids, lengths, words in read.values():
+        for row, n, told in zip(ids, lengths, words):
+            np.testing.assert_array_equal(told, [*speechlm.text_words(row[:n]), *[-1] * (len(row) - n)])
+    assert np.all(read["prompt_text"][2].max(1) == 3)  # the instruction's four words

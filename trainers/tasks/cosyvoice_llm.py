@@ -215,9 +215,9 @@ class Transcript:
         )
 
     def _single(self, record):
-        prefix = instruction(speech.speaking_style(record)) if self.instruct else ""
-        text = self.text_ids.encode(prefix + record["target"])
-        tokens = self.tokens[record["key"]]
+        asked = self.text_ids.encode(instruction(speech.speaking_style(record))) if self.instruct else []
+        said = self.text_ids.encode(record["target"])
+        text, tokens = asked + said, self.tokens[record["key"]]
         if len(text) > self.text_size or len(tokens) > self.speech_size:
             if self.on_bad_audio == "skip":
                 return self._empty()
@@ -226,8 +226,8 @@ class Transcript:
                 f"examples hold {self.text_size} (llm.max_text_tokens) and {self.speech_size} (data.max_seconds)"
             )
         example = self._example(text, tokens, record["key"])
-        if self.aligned:
-            self._align(example, record, text, len(tokens))
+        if self.aligned:  # the instruction's words come first, as a pair's prompt transcript's; no token's
+            self._align(example, record, said, len(tokens), speechlm.text_words(asked))
         return example
 
     def _example(self, text, tokens, xvector_key):
@@ -253,10 +253,9 @@ class LLMTask(SplitSources):
             else (self.config.text_token_size, "text_token_size")
         )
         self.aligned = getattr(self.config, "word_alignment", False)
-        if self.aligned and (cfg.llm.instruct or cfg.llm.text_tokenizer not in ("bytes", "phonemes")):
+        if self.aligned and cfg.llm.text_tokenizer not in ("bytes", "phonemes"):
             raise ConfigError(
-                "model.args.word_alignment reads the text's words between spaces: llm.text_tokenizer bytes or "
-                "phonemes, and no llm.instruct (an instruction has no word_starts)"
+                "model.args.word_alignment reads the text's words between spaces: llm.text_tokenizer bytes or phonemes"
             )
         self.text_ids = text_ids = TextIds(cfg.llm.text_tokenizer, by_word=self.aligned)
         if text_size < text_ids.size:
@@ -418,8 +417,8 @@ class LLMTask(SplitSources):
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         empty = np.zeros((len(rows), 1), np.int32), np.zeros(len(rows), np.int32)
         words = {}
-        if self.aligned:  # no instruction: the row's text is the transcript
-            words = dict(text_words=batch["text_words"], prompt_text_words=np.full(prompt_text.shape, -1, np.int32))
+        if self.aligned:  # each text's words counted from 0, as the chain gives them
+            words = dict(text_words=_words(text, text_length), prompt_text_words=_words(prompt_text, prompt_length))
         tokens, count = llm.generate(
             self.model,
             sharding.host_copy(params),
@@ -532,6 +531,14 @@ class LLMTask(SplitSources):
     def write_artifacts(self, workdir, outputs, step):
         """The spoken pairs' audio and spectrograms, where eval spoke them."""
         _waveform.write_spoken(workdir, outputs, step)
+
+
+def _words(ids, lengths):
+    """The word of each of the rows' first `lengths` ids (speechlm.text_words), -1 past them."""
+    words = np.full(ids.shape, -1, np.int32)
+    for i, n in enumerate(lengths):
+        words[i, :n] = speechlm.text_words(ids[i, :n])
+    return words
 
 
 def _mean_f0(audio) -> float:
