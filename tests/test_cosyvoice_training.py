@@ -630,10 +630,11 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     final = train(lm, str(tmp_path / "lm"))
     assert 0 <= final["eval/wer"] and -1 <= final["eval/speaker_similarity"] <= 1
     assert len(list((tmp_path / "lm" / "tts").glob("*_generated.wav"))) == 2
-    # Trained as CosyVoice-Instruct's LM: eval speaks in instruct mode, and each style.
+    # Trained as CosyVoice-Instruct's LM, word-aligned as the demo's: eval speaks in instruct mode, and each style.
     instruct = {**chain, "instruct": True, "style_pairs": 1, "max_text_tokens": 64}
     styled_data = {**data, "path": str(styled(tone_corpus, tmp_path / "styled"))}
-    instruct = task_config(styled_data, "cosyvoice_llm", model={"args": lm_args}, llm=instruct, train=two)
+    aligned_args = {**lm_args, "word_alignment": True}
+    instruct = task_config(styled_data, "cosyvoice_llm", model={"args": aligned_args}, llm=instruct, train=two)
     instruct = config_lib.parse({**config_lib.to_dict(instruct), "evals": evals})
     final = train(instruct, str(tmp_path / "instruct"))
     assert 0 <= final["eval/wer"] and -1 <= final["eval/speaker_similarity"] <= 1
@@ -648,9 +649,7 @@ def test_cosyvoice_speaks_from_trained_runs(cosyvoice_data, tone_corpus, tmp_pat
     said = speech.read_audio(str(tmp_path / "said.wav"))
     assert len(said) > 0 and np.all(np.isfinite(said))
     # Word-aligned: eval and python -m trainers.tts tell the LM each token's word
-    aligned = task_config(
-        data, "cosyvoice_llm", model={"args": {**lm_args, "word_alignment": True}}, llm=chain, train=two
-    )
+    aligned = task_config(data, "cosyvoice_llm", model={"args": aligned_args}, llm=chain, train=two)
     aligned = config_lib.parse({**config_lib.to_dict(aligned), "evals": evals})
     final = train(aligned, str(tmp_path / "aligned"))
     assert 0 <= final["eval/wer"] and 0 < final["eval/advance_loss"], final
