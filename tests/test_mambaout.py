@@ -90,6 +90,20 @@ def test_drop_path_and_remat_train_mode():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # remat changes memory, not numbers
 
 
+def test_gelu_is_the_exact_gelu():
+    """jaxmodels.nn.gelu (the erf form) and its gradient against float64 math: x Phi(x), Phi(x) + x phi(x)."""
+    import math
+
+    from jaxmodels.nn import gelu
+
+    x = np.linspace(-12, 12, 20001, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in x64])
+    pdf = np.exp(-0.5 * x64**2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(gelu(jnp.asarray(x)), x64 * cdf, rtol=1e-6, atol=2e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(jnp.asarray(x)), cdf + x64 * pdf, rtol=1e-6, atol=1e-6)
+
+
 def test_depthwise_conv_paths_agree(monkeypatch):
     from jaxmodels.nn import depthwise_conv
 

@@ -37,7 +37,7 @@ from jaxmodels.codec.seanet import conv_transpose, torch_uniform
 from jaxmodels.cosyvoice import flow_matching as fm
 from jaxmodels.cosyvoice.encoder import FRAMES, ConformerEncoder, UpsampleConformerEncoder, layer_path
 from jaxmodels.dit.model import FinalLayer, TimestepEmbedder, stacked_blocks
-from jaxmodels.nn import Dense, LayerNorm, constrain, repeated, variants
+from jaxmodels.nn import Dense, LayerNorm, constrain, gelu, repeated, variants
 from jaxmodels.nn.attention import chunk_mask, dot_product_attention
 from jaxmodels.nn.layers import default_kernel_init, grouped_conv
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, module_path, stack_layers
@@ -259,7 +259,7 @@ class TransformerBlock(nn.Module):
         attended = dot_product_attention(q, k, v, mask=mask).reshape(b, t, inner)
         x = x + dense(d, ("heads", "embed"), name="attn1_to_out_0")(attended)
         y = LayerNorm(1e-5, dtype=self.dtype, name="norm3")(x)
-        y = jax.nn.gelu(dense(4 * d, ("embed", "mlp"), name="ff_net_0_proj")(y), approximate=False)
+        y = gelu(dense(4 * d, ("embed", "mlp"), name="ff_net_0_proj")(y))
         return x + dense(d, ("mlp", "embed"), name="ff_net_2")(y)
 
 

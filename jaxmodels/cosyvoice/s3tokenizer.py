@@ -31,7 +31,7 @@ from jaxmodels.codec import quantization
 from jaxmodels.codec.losses import mel_filterbank
 from jaxmodels.cosyvoice.encoder import layer_path
 from jaxmodels.cosyvoice.llm import ragged_concat
-from jaxmodels.nn import Dense, LayerNorm, repeated, variants
+from jaxmodels.nn import Dense, LayerNorm, gelu, repeated, variants
 from jaxmodels.nn.attention import dot_product_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, load_state_dict, stack_layers
@@ -154,7 +154,7 @@ class ResidualAttentionBlock(nn.Module):
             out = out + (memory + masked) * frame
         x = x + out
         y = LayerNorm(1e-5, name="mlp_ln")(x)
-        y = jax.nn.gelu(Dense(4 * d, ("embed", "mlp"), name="mlp_0")(y), approximate=False)
+        y = gelu(Dense(4 * d, ("embed", "mlp"), name="mlp_0")(y))
         return x + Dense(d, ("mlp", "embed"), name="mlp_2")(y)
 
 
@@ -185,7 +185,7 @@ class S3Tokenizer(nn.Module):
         x, length = mel, mel_len
         for conv, stride in ((self.encoder_conv1, c.conv1_stride), (self.encoder_conv2, 2)):
             x = x * (jnp.arange(x.shape[1])[None] < length[:, None])[..., None]
-            x = jax.nn.gelu(conv(x), approximate=False)
+            x = gelu(conv(x))
             length = (length - 1) // stride + 1
         valid = jnp.arange(x.shape[1])[None] < length[:, None]
         if c.version == 1:

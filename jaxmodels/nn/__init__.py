@@ -1,6 +1,16 @@
 """Blocks shared by the model families, every parameter annotated with logical axis names."""
 
-from jaxmodels.nn.layers import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, depthwise_conv, repeated
+from jaxmodels.nn.layers import (
+    Conv,
+    Dense,
+    DepthwiseConv,
+    DropPath,
+    LayerNorm,
+    constrain,
+    depthwise_conv,
+    gelu,
+    repeated,
+)
 from jaxmodels.nn.state_dict import (
     assign_state_dict,
     load_state_dict,
@@ -15,6 +25,7 @@ __all__ = [
     "assign_state_dict",
     "constrain",
     "depthwise_conv",
+    "gelu",
     "load_state_dict",
     "repeated",
 ]

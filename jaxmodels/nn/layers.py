@@ -27,6 +27,13 @@ def constrain(x, axes: Sequence[str | None]):
     return nn.with_logical_constraint(x, tuple(axes))
 
 
+def gelu(x):
+    """torch.nn.GELU(): x/2 (1 + erf(x/sqrt(2))), the exact form, computed as PyTorch does. jax.nn.gelu's
+    exact form goes through erfc, whose selects and exponential XLA:CPU evaluates again in the backward
+    pass: about 4% of MambaOut-Tiny's CPU train step (BENCHMARKS.md), for values within 1e-6."""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(0.5**0.5, x.dtype)))
+
+
 def repeated(layer: type[nn.Module], length: int, unroll: int = 1):
     """``length`` copies of ``layer`` applied in turn, as one module scanned over a stack of
     their parameters (leading axis "layers"): XLA compiles the layer once, not ``length``

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.nn.attention import Projection, dot_product_attention
-from jaxmodels.nn.layers import Dense, LayerNorm, constrain
+from jaxmodels.nn.layers import Dense, LayerNorm, constrain, gelu
 
 
 def sinusoidal(positions, dim: int, max_period: float = 10000.0):
@@ -172,7 +172,7 @@ class Block(nn.Module):
         x = x + drop(h)
         h = Norm(self.adaptive, self.dtype, name="norm2")(x, cond)
         h = Dense(self.ffn_dim, ("embed", "mlp"), self.use_bias, self.dtype, name="fc1")(h)
-        h = constrain(nn.gelu(h, approximate=False), ("batch", "length", "mlp"))
+        h = constrain(gelu(h), ("batch", "length", "mlp"))
         h = Dense(dim, ("mlp", "embed"), self.use_bias, self.dtype, name="fc2")(drop(h))
         return constrain(x + drop(h), ("batch", "length", "act_embed"))
 

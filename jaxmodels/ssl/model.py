@@ -18,16 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn import Dense, LayerNorm, constrain, gelu
 from jaxmodels.nn.attention import dot_product_attention
 from jaxmodels.nn.layers import grouped_conv
 
 Dtype = Any
 FRAMES = ("batch", None, "act_embed")
-
-
-def gelu(x):
-    return jax.nn.gelu(x, approximate=False)
 
 
 def dropout(module: nn.Module, rate: float, x):

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.asr.frontend import fbank
-from jaxmodels.nn import Dense, LayerNorm, constrain
+from jaxmodels.nn import Dense, LayerNorm, constrain, gelu
 from jaxmodels.nn.attention import espnet_relative_position, relative_gather, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, stack_layers
@@ -36,7 +36,7 @@ ACTIVATIONS = {
     "swish": jax.nn.silu,
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
-    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_new": partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
 }
