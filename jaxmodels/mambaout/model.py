@@ -70,9 +70,9 @@ class BlockedDense(nn.Module):
         self.bias = self.param("bias", bias_init, (self.features,), jnp.float32)
 
     def columns(self, x, sizes):
-        kernel, bias = self.kernel.astype(self.dtype), self.bias.astype(self.dtype)
+        x, kernel, bias = x.astype(self.dtype), self.kernel.astype(self.dtype), self.bias.astype(self.dtype)
         bounds = np.cumsum((0, *sizes))
-        return [x.astype(self.dtype) @ kernel[:, a:b] + bias[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [x @ kernel[:, a:b] + bias[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def rows(self, pieces):
         kernel = self.kernel.astype(self.dtype)
