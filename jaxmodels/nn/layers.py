@@ -223,14 +223,25 @@ def _depthwise_cpu_fwd(x, kernel):
     return _shifted_sum(x, kernel), (x, kernel)
 
 
+def _sums(operands, axes):
+    """Each operand summed over ``axes``, all in one variadic reduce.
+
+    XLA:CPU runs that as one loop over the operands' common index space. Summed one by one,
+    each sum of a sliced product becomes a YNNPACK reduction whose input slice XLA first copies
+    out, 3-6x slower for the depthwise kernel gradient at MambaOut's shapes."""
+    zeros = tuple(jnp.zeros((), x.dtype) for x in operands)
+    return jax.lax.reduce(tuple(operands), zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+
+
 def _kernel_gradient(x, g, k):
     """(k*k, C): for each tap (i, j), x shifted by (i - p, j - p) times g, summed over (N, H, W).
 
     A scan over blocks of k output rows: each step sums the k*k products of its block's 2k - 1
     input rows while they are in cache, where summing each tap over the whole batch read x and
-    g from memory k*k times (1.5-2x slower at MambaOut's shapes on 2 cores). Each example's
-    sums stay apart until the end: with the batch sharded that is one all-reduce of the whole
-    kernel, where autodiff of the shifted sum reduces (and all-reduces) each tap on its own."""
+    g from memory k*k times (1.5-2x slower at MambaOut's shapes on 2 cores). The k taps of a
+    kernel row are one variadic reduce (``_sums``). Each example's sums stay apart until the end:
+    with the batch sharded that is one all-reduce of the whole kernel, where autodiff of the
+    shifted sum reduces (and all-reduces) each tap on its own."""
     n, h, w, c = x.shape
     p, blocks = k // 2, -(-h // k)
     g = jnp.pad(g, ((0, 0), (0, blocks * k - h), (0, 0), (0, 0)))  # zero rows add nothing
@@ -239,7 +250,7 @@ def _kernel_gradient(x, g, k):
     def block(total, b):
         slab = jax.lax.dynamic_slice_in_dim(padded, b * k, 2 * k - 1, axis=1)
         grad = jax.lax.dynamic_slice_in_dim(g, b * k, k, axis=1)
-        taps = [(slab[:, i : i + k, j : j + w] * grad).sum((1, 2)) for i in range(k) for j in range(k)]
+        taps = [t for i in range(k) for t in _sums([slab[:, i : i + k, j : j + w] * grad for j in range(k)], (1, 2))]
         return total + jnp.stack(taps, 1), None
 
     total, _ = jax.lax.scan(block, jnp.zeros((n, k * k, c), x.dtype), jnp.arange(blocks))
