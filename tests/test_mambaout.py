@@ -122,6 +122,21 @@ def test_depthwise_conv_paths_agree(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
+def test_depthwise_kernel_gradient_sums_bfloat16_in_float32():
+    """The kernel gradient sums N*H*W products per tap; in bfloat16 that would lose about 1e-2."""
+    from jaxmodels.nn import depthwise_conv
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 28, 28, 8), jnp.bfloat16)
+    g = jax.random.normal(jax.random.PRNGKey(1), x.shape, jnp.bfloat16)
+    w = jnp.zeros((7, 7, 1, 8), jnp.bfloat16)
+    dw = jax.vjp(lambda w: depthwise_conv(x, w), w)[1](g)[0]
+    x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+    padded = np.pad(x64, ((0, 0), (3, 3), (3, 3), (0, 0)))
+    want = np.stack([[(padded[:, i : i + 28, j : j + 28] * g64).sum((0, 1, 2)) for j in range(7)] for i in range(7)])
+    # Only the result's own rounding to bfloat16 (2^-9 relative) is left.
+    np.testing.assert_allclose(np.asarray(dw, np.float64)[:, :, 0], want, rtol=2**-8, atol=1e-2)
+
+
 def test_depthwise_kernel_gradient_is_one_all_reduce():
     """With the batch sharded, the CPU path's kernel gradient crosses devices once, not once
     per tap: each collective operand costs a round of gloo between processes."""

@@ -228,9 +228,11 @@ def _sums(operands, axes):
 
     XLA:CPU runs that as one loop over the operands' common index space. Summed one by one,
     each sum of a sliced product becomes a YNNPACK reduction whose input slice XLA first copies
-    out, 3-6x slower for the depthwise kernel gradient at MambaOut's shapes."""
+    out, 3-6x slower for the depthwise kernel gradient at MambaOut's shapes. 16-bit floats are
+    summed in float32, as jnp.sum sums them."""
+    operands = tuple(x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in operands)
     zeros = tuple(jnp.zeros((), x.dtype) for x in operands)
-    return jax.lax.reduce(tuple(operands), zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
+    return jax.lax.reduce(operands, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b)), axes)
 
 
 def _kernel_gradient(x, g, k):
@@ -253,7 +255,9 @@ def _kernel_gradient(x, g, k):
         taps = [t for i in range(k) for t in _sums([slab[:, i : i + k, j : j + w] * grad for j in range(k)], (1, 2))]
         return total + jnp.stack(taps, 1), None
 
-    total, _ = jax.lax.scan(block, jnp.zeros((n, k * k, c), x.dtype), jnp.arange(blocks))
+    total, _ = jax.lax.scan(
+        block, jnp.zeros((n, k * k, c), jnp.promote_types(x.dtype, jnp.float32)), jnp.arange(blocks)
+    )
     return total.sum(0)
 
 
