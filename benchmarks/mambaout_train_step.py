@@ -9,7 +9,9 @@ models get the same weights (the torch state_dict converted with from_torch) and
 same batch; each is timed over --iters steps of loss + gradients after warm-up, in one
 process. Prints the step times and their ratio (torch / jax: above 1 means JAX is
 faster), images/s, FLOP/s and MFU, and the bytes the step moves through device memory
-per second (the figure of merit for this memory-bound model).
+per second (the figure of merit for this memory-bound model). --blocks also times one Gated
+CNN block's forward + backward alone at each stage's shape, both implementations, and their
+sum over the variant's blocks: where the two differ inside the step.
 """
 
 import argparse
@@ -71,6 +73,7 @@ def main():
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--profile", action="store_true", help="list the JAX step's costliest device ops")
+    parser.add_argument("--blocks", action="store_true", help="also time one block per stage, JAX against torch")
     args = parser.parse_args()
 
     import jax
@@ -80,7 +83,8 @@ def main():
 
     from jaxmodels.mambaout import create, from_torch
 
-    ref = getattr(load_reference(args.reference), args.variant)()
+    reference = load_reference(args.reference)
+    ref = getattr(reference, args.variant)()
     ref.train()
     torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     ref = ref.to(torch_device)
@@ -131,6 +135,49 @@ def main():
     report_bandwidth(grad_fn, t_jax)
     if args.profile:
         device_time_by_op(jax_step)
+    if args.blocks:
+        time_blocks(reference, model, args.batch, args.iters, torch_device, autocast)
+
+
+def time_blocks(reference, model, batch, iters, torch_device, autocast):
+    """One Gated CNN block's forward + backward (input and parameter gradients of a sum of
+    squares) per stage, at the stage's feature-map shape for 224x224 images."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from jaxmodels.mambaout.model import GatedCNNBlock
+
+    totals = np.zeros(2)
+    for stage, (depth, dim) in enumerate(zip(model.depths, model.dims)):
+        side = 224 // 2 ** (stage + 2)
+        x = np.random.default_rng(stage).standard_normal((batch, side, side, dim)).astype(np.float32)
+        theirs = reference.GatedCNNBlock(dim, kernel_size=model.kernel_size, conv_ratio=model.conv_ratio)
+        theirs = theirs.to(torch_device)
+        xt = torch.from_numpy(x).to(torch_device).requires_grad_()
+
+        def torch_block():
+            theirs.zero_grad(set_to_none=True)
+            xt.grad = None
+            with autocast:
+                out = theirs(xt)
+            out.float().square().sum().backward()
+            if torch_device == "cuda":
+                torch.cuda.synchronize()
+
+        ours = GatedCNNBlock(dim, kernel_size=model.kernel_size, conv_ratio=model.conv_ratio, dtype=model.dtype)
+        params = ours.init(jax.random.PRNGKey(0), x)["params"]
+        grads = jax.jit(
+            jax.grad(lambda p, x: jnp.square(ours.apply({"params": p}, x).astype(jnp.float32)).sum(), argnums=(0, 1))
+        )
+        xj = jnp.asarray(x)
+        t = np.array([time_it(lambda: jax.block_until_ready(grads(params, xj)), iters), time_it(torch_block, iters)])
+        totals += depth * t
+        print(f"  block {x.shape}: jax {t[0] * 1e3:7.1f} ms  torch {t[1] * 1e3:7.1f} ms  torch/jax {t[1] / t[0]:.2f}x")
+    print(
+        f"  all {sum(model.depths)} blocks: jax {totals[0] * 1e3:.0f} ms  torch {totals[1] * 1e3:.0f} ms"
+        f"  torch/jax {totals[1] / totals[0]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

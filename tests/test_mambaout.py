@@ -1,5 +1,6 @@
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +89,30 @@ def test_drop_path_and_remat_train_mode():
     b = model.clone(remat=True).apply(variables, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)})
     assert not np.allclose(a, eval_out)  # stochastic depth acts in training
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # remat changes memory, not numbers
+
+
+def test_blocked_dense_gradients_are_the_dense_layers():
+    """BlockedDense's column and row blocks (with their own kernel gradient) against one x @ kernel + bias."""
+    from jaxmodels.mambaout.model import BlockedDense
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 6))
+    layer = BlockedDense(6, 10)
+    params = nn.unbox(layer.init(jax.random.PRNGKey(1), x, (4, 6), method="columns")["params"])
+    dense = lambda p, x: x @ p["kernel"] + p["bias"]  # noqa: E731
+    weights = jnp.arange(1.0, 11.0)  # a loss that weighs every output channel differently
+
+    def blocked_columns(p, x):
+        pieces = layer.apply({"params": p}, x, (4, 6), method="columns")
+        return (jnp.concatenate(pieces, -1) ** 2 * weights).sum()
+
+    def blocked_rows(p, x):
+        return (layer.apply({"params": p}, [x[..., :2], x[..., 2:]], method="rows") ** 2 * weights).sum()
+
+    want = jax.grad(lambda p, x: (dense(p, x) ** 2 * weights).sum(), argnums=(0, 1))(params, x)
+    for blocked in (blocked_columns, blocked_rows):
+        got = jax.grad(blocked, argnums=(0, 1))(params, x)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_gelu_is_the_exact_gelu():
