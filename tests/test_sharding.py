@@ -114,3 +114,36 @@ def test_grouped_convolution_partitions_over_the_batch(groups):
         jnp.asarray(x), jnp.asarray(w), (2,), [(2, 2)], dimension_numbers=spec, feature_group_count=groups
     )
     np.testing.assert_allclose(np.asarray(conv(x, w)), np.asarray(one), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("features", [24, 4])
+def test_dense_gradients_match_autodiff_sharded(features):
+    # A widening Dense takes its kernel gradient by its own rule (widening_product); with the
+    # batch sharded over "data" and the kernel over "tensor" it must give autodiff's numbers.
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxmodels.nn import Dense
+
+    layer = Dense(features)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 5, 12), np.float32)
+    params = nn.unbox(layer.init(jax.random.PRNGKey(0), x)["params"])
+    weights = jnp.linspace(0.5, 2.0, features)  # every output channel weighed differently
+
+    def loss(p, x, dot):
+        return ((dot(x, p["kernel"]) + p["bias"]) ** 2 * weights).sum()
+
+    want = jax.grad(loss, argnums=(0, 1))(params, x, jnp.matmul)
+    layer_loss = lambda p, x: ((layer.apply({"params": p}, x)) ** 2 * weights).sum()  # noqa: E731
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    placed = (
+        jax.device_put(params, {"kernel": NamedSharding(mesh, P(None, "tensor")), "bias": NamedSharding(mesh, P())}),
+        jax.device_put(x, NamedSharding(mesh, P("data"))),
+    )
+    for args in ((params, x), placed):
+        got = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))(*args)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -59,6 +59,38 @@ def repeated(layer: type[nn.Module], length: int, unroll: int = 1):
     )
 
 
+@jax.custom_vjp
+def widening_product(x, kernel):
+    """x @ kernel for a kernel (in, out) that widens (in < out), its kernel gradient contracting x
+    and the output gradient over x's leading axes.
+
+    Autodiff's form of that gradient has XLA:CPU copy the output gradient transposed and multiply
+    in Eigen; this form has it copy x, the narrower operand, and multiply in YNNPACK: DiT-XL/2's
+    MLP forward and backward 21% faster, MambaOut's Gated CNN blocks 11% (BENCHMARKS.md). The same
+    sums on any backend."""
+    return x @ kernel
+
+
+def _widening_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _widening_bwd(residuals, g):
+    x, kernel = residuals
+    return g @ kernel.T, jnp.einsum("...k,...n->kn", x, g)
+
+
+widening_product.defvjp(_widening_fwd, _widening_bwd)
+
+
+def _dense_dot_general(x, kernel, dimension_numbers, precision=None):
+    """nn.Dense's product (x's last axis with the kernel's first): ``widening_product`` where the
+    layer widens, else lax.dot_general."""
+    if kernel.shape[0] < kernel.shape[1]:
+        return widening_product(x, kernel)
+    return jax.lax.dot_general(x, kernel, dimension_numbers, precision)
+
+
 def Dense(
     features: int,
     axes=("embed", "mlp"),
@@ -75,6 +107,7 @@ def Dense(
         param_dtype=jnp.float32,
         kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]),
+        dot_general=_dense_dot_general,
         name=name,
     )
 
