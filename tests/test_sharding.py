@@ -133,11 +133,8 @@ def test_dense_gradients_match_autodiff_sharded(features):
     params = nn.unbox(layer.init(jax.random.PRNGKey(0), x)["params"])
     weights = jnp.linspace(0.5, 2.0, features)  # every output channel weighed differently
 
-    def loss(p, x, dot):
-        return ((dot(x, p["kernel"]) + p["bias"]) ** 2 * weights).sum()
-
-    want = jax.grad(loss, argnums=(0, 1))(params, x, jnp.matmul)
-    layer_loss = lambda p, x: ((layer.apply({"params": p}, x)) ** 2 * weights).sum()  # noqa: E731
+    want = jax.grad(lambda p, x: ((x @ p["kernel"] + p["bias"]) ** 2 * weights).sum(), argnums=(0, 1))(params, x)
+    layer_loss = lambda p, x: (layer.apply({"params": p}, x) ** 2 * weights).sum()  # noqa: E731
     mesh = sharding.make_mesh(data=4, tensor=2)
     placed = (
         jax.device_put(params, {"kernel": NamedSharding(mesh, P(None, "tensor")), "bias": NamedSharding(mesh, P())}),
