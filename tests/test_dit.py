@@ -293,3 +293,46 @@ def test_unrolled_blocks_equal_the_loop(monkeypatch):
     np.testing.assert_allclose(loss_unrolled, loss_loop, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads_unrolled), jax.tree.leaves(grads_loop), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_modulated_norm_gradients_are_autodiffs():
+    """The blocks' norm and modulation under their own VJP: values and all three gradients those of
+    flax's LayerNorm followed by modulate, differentiated by JAX; wrong by any term they fail."""
+    from jaxmodels.dit.model import modulated_norm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 7, 24)) * 3 + 1, jnp.float32)
+    shift, scale = (jnp.asarray(rng.standard_normal((2, 24)), jnp.float32) for _ in range(2))
+    probe = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)  # every output weighed differently
+    norm = nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, use_fast_variance=False)
+
+    def reference(x, shift, scale):
+        return norm.apply({}, x) * (1 + scale[:, None]) + shift[:, None]
+
+    np.testing.assert_allclose(modulated_norm(x, shift, scale), reference(x, shift, scale), rtol=1e-5, atol=1e-5)
+    got, want = (
+        jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=(0, 1, 2))(x, shift, scale)
+        for f in (modulated_norm, reference)
+    )
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_tanh_is_the_tanh_gelu():
+    """jaxmodels.nn.gelu_tanh and its gradient against float64 math, in float32 and bfloat16."""
+    from jaxmodels.nn import gelu_tanh
+
+    def reference(x):
+        """x/2 (1 + tanh(u)) and its derivative, u = sqrt(2/pi) (x + 0.044715 x^3)."""
+        u = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+        du = np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2)
+        return 0.5 * x * (1 + np.tanh(u)), 0.5 * (1 + np.tanh(u)) + 0.5 * x * du / np.cosh(u) ** 2
+
+    x = np.linspace(-8, 8, 2001)
+    for dtype, tol in ((jnp.float32, 2e-6), (jnp.bfloat16, 2e-2)):
+        xs = jnp.asarray(x, dtype)
+        value, slope = reference(np.asarray(xs, np.float64))  # at the inputs as rounded to dtype
+        np.testing.assert_allclose(np.asarray(gelu_tanh(xs), np.float64), value, rtol=tol, atol=tol)
+        grad = jax.vmap(jax.grad(gelu_tanh))(xs)
+        assert grad.dtype == dtype
+        np.testing.assert_allclose(np.asarray(grad, np.float64), slope, rtol=tol, atol=tol)

@@ -118,8 +118,8 @@ def test_grouped_convolution_partitions_over_the_batch(groups):
 
 @pytest.mark.parametrize("features", [24, 4])
 def test_dense_gradients_match_autodiff_sharded(features):
-    # A widening Dense takes its kernel gradient by its own rule (widening_product); with the
-    # batch sharded over "data" and the kernel over "tensor" it must give autodiff's numbers.
+    # Dense takes its kernel gradient by its own rule (dense_product), widening (24) or narrowing (4);
+    # with the batch sharded over "data" and the kernel over "tensor" it must give autodiff's numbers.
     import flax.linen as nn
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
@@ -143,4 +143,49 @@ def test_dense_gradients_match_autodiff_sharded(features):
     for args in ((params, x), placed):
         got = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))(*args)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_projection_gradients_match_autodiff_sharded():
+    # Attention's projections (kernels of several axes, the heads over "tensor") through
+    # dense_product: their gradients are autodiff's of the einsums, unsharded and sharded.
+    import flax.linen as nn
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jaxmodels.nn.attention import Projection
+
+    qkv = Projection("bld,dkhe->blkhe", (12, 3, 4, 5), ("embed", None, "heads", "kv"), 1)
+    out = Projection("blhe,hed->bld", (4, 5, 12), ("heads", "kv", "embed"), 2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 6, 12), np.float32)
+    params = {
+        "qkv": nn.unbox(qkv.init(jax.random.PRNGKey(0), x)["params"]),
+        "out": nn.unbox(out.init(jax.random.PRNGKey(1), np.zeros((8, 6, 4, 5), np.float32))["params"]),
+    }
+    params = jax.tree.map(lambda a: a + 0.1, params)  # the biases start at zero
+    probe = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)  # every output weighed differently
+
+    def layers_loss(p, x):
+        h = jnp.tanh(qkv.apply({"params": p["qkv"]}, x)[:, :, 1])
+        return jnp.sum(out.apply({"params": p["out"]}, h) * probe)
+
+    def einsum_loss(p, x):
+        h = jnp.tanh((jnp.einsum("bld,dkhe->blkhe", x, p["qkv"]["kernel"]) + p["qkv"]["bias"])[:, :, 1])
+        return jnp.sum((jnp.einsum("blhe,hed->bld", h, p["out"]["kernel"]) + p["out"]["bias"]) * probe)
+
+    want = jax.grad(einsum_loss, argnums=(0, 1))(params, x)
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    layouts = {
+        "qkv": {"kernel": P(None, None, "tensor"), "bias": P(None, "tensor")},
+        "out": {"kernel": P("tensor"), "bias": P()},
+    }
+    placed = (
+        jax.device_put(params, jax.tree.map(lambda spec: NamedSharding(mesh, spec), layouts)),
+        jax.device_put(x, NamedSharding(mesh, P("data"))),
+    )
+    for args in ((params, x), placed):
+        got = jax.jit(jax.grad(layers_loss, argnums=(0, 1)))(*args)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

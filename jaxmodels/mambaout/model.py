@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.nn import Conv, Dense, DepthwiseConv, DropPath, LayerNorm, constrain, gelu
-from jaxmodels.nn.layers import default_kernel_init, widening_product
+from jaxmodels.nn.layers import default_kernel_init, dense_product
 
 Dtype = Any
 ACTIVATION_AXES = ("batch", "height", "width", "act_embed")
@@ -72,8 +72,8 @@ class BlockedDense(nn.Module):
     def columns(self, x, sizes):
         x, kernel, bias = x.astype(self.dtype), self.kernel.astype(self.dtype), self.bias.astype(self.dtype)
         bounds = np.cumsum((0, *sizes))
-        # The layer widens, so its blocks take the widening kernel gradient: one copy of x serves them all.
-        return [widening_product(x, kernel[:, a:b]) + bias[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        # The blocks' kernel gradients share one transposed copy of x (dense_product).
+        return [dense_product(x, kernel[:, a:b]) + bias[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def rows(self, pieces):
         kernel = self.kernel.astype(self.dtype)

@@ -9,6 +9,7 @@ from jaxmodels.nn.layers import (
     constrain,
     depthwise_conv,
     gelu,
+    gelu_tanh,
     repeated,
 )
 from jaxmodels.nn.state_dict import (
@@ -26,6 +27,7 @@ __all__ = [
     "constrain",
     "depthwise_conv",
     "gelu",
+    "gelu_tanh",
     "load_state_dict",
     "repeated",
 ]

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.nn.layers import Dense, constrain
+from jaxmodels.nn.layers import Dense, constrain, dense_product
 
 
 def xavier_uniform_flat(in_dims: int):
@@ -28,7 +28,9 @@ def xavier_uniform_flat(in_dims: int):
 
 
 class Projection(nn.Module):
-    """y = einsum(equation, x, kernel) + bias, with the kernel kept in its multi-axis shape."""
+    """y = einsum(equation, x, kernel) + bias, with the kernel kept in its multi-axis shape. The
+    equation contracts x's last ``in_dims`` axes with the kernel's first ("bld,dkhe->blkhe"), which
+    ``dense_product`` computes."""
 
     equation: str
     kernel_shape: Sequence[int]
@@ -39,13 +41,20 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        (x_axes, kernel_axes), out_axes = (a.split(",") for a in self.equation.split("->"))
+        n = self.in_dims
+        if x_axes[-n:] != kernel_axes[:n] or out_axes != [x_axes[:-n] + kernel_axes[n:]]:
+            raise ValueError(
+                f"Projection equation {self.equation!r}: x's last {n} axes must contract with the kernel's "
+                "first and the output be x's other axes followed by the kernel's"
+            )
         kernel = self.param(
             "kernel",
             nn.with_logical_partitioning(xavier_uniform_flat(self.in_dims), self.kernel_axes),
             tuple(self.kernel_shape),
             jnp.float32,
         )
-        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+        y = dense_product(x.astype(self.dtype), kernel.astype(self.dtype), self.in_dims)
         if self.use_bias:
             out_shape, out_axes = self.kernel_shape[self.in_dims :], self.kernel_axes[self.in_dims :]
             bias = self.param(

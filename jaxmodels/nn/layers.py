@@ -8,6 +8,7 @@ activations. A model never names a mesh axis.
 """
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,33 @@ def gelu(x):
     exact form goes through erfc, whose selects and exponential XLA:CPU evaluates again in the backward
     pass: about 4% of MambaOut-Tiny's CPU train step (BENCHMARKS.md), for values within 1e-6."""
     return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(0.5**0.5, x.dtype)))
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+    """torch.nn.GELU(approximate="tanh"): jax.nn.gelu(x, approximate=True), its backward from x alone
+    (the slope computed again, in float32). Autodiff keeps four more arrays of x's size for it,
+    which DiT's loop over its blocks writes out and reads back every step: its XL/2 train step on
+    a CPU was 8-10% slower with them (BENCHMARKS.md)."""
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_fwd(x):
+    return jax.nn.gelu(x, approximate=True), x
+
+
+def _gelu_tanh_bwd(x, g):
+    # With u = sqrt(2/pi) (x + 0.044715 x^3): (1 + tanh u) / 2 = sigmoid(2u) and (1 - tanh^2 u) / 2 =
+    # 2 sigmoid(2u) sigmoid(-2u), which keep their precision in both tails, where 1 - tanh^2 does not.
+    c = math.sqrt(2 / math.pi)
+    x32 = x.astype(jnp.float32)
+    u2 = 2 * c * (x32 + 0.044715 * x32**3)
+    s = jax.nn.sigmoid(u2)
+    slope = s + 2 * x32 * s * jax.nn.sigmoid(-u2) * c * (1 + 3 * 0.044715 * x32 * x32)
+    return ((g * slope).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_tanh_fwd, _gelu_tanh_bwd)
 
 
 def repeated(layer: type[nn.Module], length: int, unroll: int = 1):
@@ -59,36 +87,37 @@ def repeated(layer: type[nn.Module], length: int, unroll: int = 1):
     )
 
 
-@jax.custom_vjp
-def widening_product(x, kernel):
-    """x @ kernel for a kernel (in, out) that widens (in < out), its kernel gradient contracting x
-    and the output gradient over x's leading axes.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_product(x, kernel, in_dims: int = 1):
+    """x's last ``in_dims`` axes contracted with the kernel's first (x @ kernel for a 2-D kernel),
+    its kernel gradient contracting x and the output gradient over x's leading axes.
 
     Autodiff's form of that gradient has XLA:CPU copy the output gradient transposed and multiply
-    in Eigen; this form has it copy x, the narrower operand, and multiply in YNNPACK: DiT-XL/2's
-    MLP forward and backward 21% faster, MambaOut's Gated CNN blocks 11% (BENCHMARKS.md). The same
-    sums on any backend."""
-    return x @ kernel
+    in Eigen, or, for a kernel of several output axes (attention's (embed, 3, heads, head_dim)),
+    multiply in YNNPACK and write the product transposed; this form has it copy x and multiply in
+    YNNPACK, the product in the kernel's layout. DiT-XL/2's MLP forward and backward 21% faster,
+    MambaOut's Gated CNN blocks 11%, DiT-XL/2's train step 4% (BENCHMARKS.md). The same sums on
+    any backend."""
+    return jnp.tensordot(x, kernel, in_dims)
 
 
-def _widening_fwd(x, kernel):
-    return x @ kernel, (x, kernel)
+def _dense_product_fwd(x, kernel, in_dims):
+    return jnp.tensordot(x, kernel, in_dims), (x, kernel)
 
 
-def _widening_bwd(residuals, g):
+def _dense_product_bwd(in_dims, residuals, g):
     x, kernel = residuals
-    return g @ kernel.T, jnp.einsum("...k,...n->kn", x, g)
+    lead = x.ndim - in_dims
+    dx = jnp.tensordot(g, kernel, (tuple(range(lead, g.ndim)), tuple(range(in_dims, kernel.ndim))))
+    return dx, jnp.tensordot(x, g, (tuple(range(lead)), tuple(range(lead))))
 
 
-widening_product.defvjp(_widening_fwd, _widening_bwd)
+dense_product.defvjp(_dense_product_fwd, _dense_product_bwd)
 
 
 def _dense_dot_general(x, kernel, dimension_numbers, precision=None):
-    """nn.Dense's product (x's last axis with the kernel's first): ``widening_product`` where the
-    layer widens, else lax.dot_general."""
-    if kernel.shape[0] < kernel.shape[1]:
-        return widening_product(x, kernel)
-    return jax.lax.dot_general(x, kernel, dimension_numbers, precision)
+    """nn.Dense's product (x's last axis with the kernel's first) as ``dense_product``."""
+    return dense_product(x, kernel)
 
 
 def Dense(

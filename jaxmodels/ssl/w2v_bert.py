@@ -15,7 +15,6 @@ transformers', dots as underscores.
 """
 
 import re
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.asr.frontend import fbank
-from jaxmodels.nn import Dense, LayerNorm, constrain, gelu
+from jaxmodels.nn import Dense, LayerNorm, constrain, gelu, gelu_tanh
 from jaxmodels.nn.attention import espnet_relative_position, relative_gather, relative_sinusoids, self_attention
 from jaxmodels.nn.layers import default_kernel_init
 from jaxmodels.nn.state_dict import assign_state_dict, stack_layers
@@ -37,8 +36,8 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "relu": jax.nn.relu,
     "gelu": gelu,
-    "gelu_new": partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
 }
 
 
