@@ -40,7 +40,7 @@ def gelu_tanh(x):
     """torch.nn.GELU(approximate="tanh"): jax.nn.gelu(x, approximate=True), its backward from x alone
     (the slope computed again, in float32). Autodiff keeps four more arrays of x's size for it,
     which DiT's loop over its blocks writes out and reads back every step: its XL/2 train step on
-    a CPU was 8-10% slower with them (BENCHMARKS.md)."""
+    a CPU was 9% slower with them (BENCHMARKS.md)."""
     return jax.nn.gelu(x, approximate=True)
 
 
@@ -96,8 +96,8 @@ def dense_product(x, kernel, in_dims: int = 1):
     in Eigen, or, for a kernel of several output axes (attention's (embed, 3, heads, head_dim)),
     multiply in YNNPACK and write the product transposed; this form has it copy x and multiply in
     YNNPACK, the product in the kernel's layout. DiT-XL/2's MLP forward and backward 21% faster,
-    MambaOut's Gated CNN blocks 11%, DiT-XL/2's train step 4% (BENCHMARKS.md). The same sums on
-    any backend."""
+    MambaOut's Gated CNN blocks 11%, DiT-XL/2's train step 3% more for the attention's projections
+    and 2% for fc2 (BENCHMARKS.md). The same sums on any backend."""
     return jnp.tensordot(x, kernel, in_dims)
 
 
