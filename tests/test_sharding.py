@@ -116,13 +116,29 @@ def test_grouped_convolution_partitions_over_the_batch(groups):
     np.testing.assert_allclose(np.asarray(conv(x, w)), np.asarray(one), rtol=1e-5, atol=1e-5)
 
 
+def assert_gradients_on_mesh(loss, want, params, x, param_specs):
+    """jax.grad(loss) of (params, x) equals ``want``, unsharded and on a (data 4, tensor 2) mesh with
+    x's batch over "data" and each parameter laid out as its PartitionSpec in ``param_specs``."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    placed = (
+        jax.device_put(params, jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs)),
+        jax.device_put(x, NamedSharding(mesh, P("data"))),
+    )
+    for args in ((params, x), placed):
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)))(*args)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("features", [24, 4])
 def test_dense_gradients_match_autodiff_sharded(features):
     # Dense takes its kernel gradient by its own rule (dense_product), widening (24) or narrowing (4);
     # with the batch sharded over "data" and the kernel over "tensor" it must give autodiff's numbers.
     import flax.linen as nn
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from jaxmodels.nn import Dense
@@ -135,15 +151,7 @@ def test_dense_gradients_match_autodiff_sharded(features):
 
     want = jax.grad(lambda p, x: ((x @ p["kernel"] + p["bias"]) ** 2 * weights).sum(), argnums=(0, 1))(params, x)
     layer_loss = lambda p, x: (layer.apply({"params": p}, x) ** 2 * weights).sum()  # noqa: E731
-    mesh = sharding.make_mesh(data=4, tensor=2)
-    placed = (
-        jax.device_put(params, {"kernel": NamedSharding(mesh, P(None, "tensor")), "bias": NamedSharding(mesh, P())}),
-        jax.device_put(x, NamedSharding(mesh, P("data"))),
-    )
-    for args in ((params, x), placed):
-        got = jax.jit(jax.grad(layer_loss, argnums=(0, 1)))(*args)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert_gradients_on_mesh(layer_loss, want, params, x, {"kernel": P(None, "tensor"), "bias": P()})
 
 
 def test_attention_projection_gradients_match_autodiff_sharded():
@@ -151,7 +159,6 @@ def test_attention_projection_gradients_match_autodiff_sharded():
     # dense_product: their gradients are autodiff's of the einsums, unsharded and sharded.
     import flax.linen as nn
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from jaxmodels.nn.attention import Projection
@@ -176,16 +183,8 @@ def test_attention_projection_gradients_match_autodiff_sharded():
         return jnp.sum((jnp.einsum("blhe,hed->bld", h, p["out"]["kernel"]) + p["out"]["bias"]) * probe)
 
     want = jax.grad(einsum_loss, argnums=(0, 1))(params, x)
-    mesh = sharding.make_mesh(data=4, tensor=2)
     layouts = {
         "qkv": {"kernel": P(None, None, "tensor"), "bias": P(None, "tensor")},
         "out": {"kernel": P("tensor"), "bias": P()},
     }
-    placed = (
-        jax.device_put(params, jax.tree.map(lambda spec: NamedSharding(mesh, spec), layouts)),
-        jax.device_put(x, NamedSharding(mesh, P("data"))),
-    )
-    for args in ((params, x), placed):
-        got = jax.jit(jax.grad(layers_loss, argnums=(0, 1)))(*args)
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert_gradients_on_mesh(layers_loss, want, params, x, layouts)
