@@ -41,9 +41,9 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        (x_axes, kernel_axes), out_axes = (a.split(",") for a in self.equation.split("->"))
+        (x_letters, kernel_letters), out_letters = (a.split(",") for a in self.equation.split("->"))
         n = self.in_dims
-        if x_axes[-n:] != kernel_axes[:n] or out_axes != [x_axes[:-n] + kernel_axes[n:]]:
+        if x_letters[-n:] != kernel_letters[:n] or out_letters != [x_letters[:-n] + kernel_letters[n:]]:
             raise ValueError(
                 f"Projection equation {self.equation!r}: x's last {n} axes must contract with the kernel's "
                 "first and the output be x's other axes followed by the kernel's"
