@@ -52,3 +52,15 @@ def test_custom_vjp_equals_xla_with_its_gradients(case):
     for a, b in zip(grads_vjp, grads_xla, strict=True):
         assert float(jnp.max(jnp.abs(b.astype(jnp.float32)))) > 0
         np.testing.assert_allclose(np.float32(a), np.float32(b), **tol)
+
+
+@pytest.mark.parametrize(
+    "equation",
+    ["bld,kdhe->blkhe", "bld,dkhe->bkhle"],  # the kernel's contracted axis not first; the output reordered
+)
+def test_projection_rejects_an_equation_dense_product_does_not_compute(equation):
+    from jaxmodels.nn.attention import Projection
+
+    layer = Projection(equation, (12, 3, 4, 5), ("embed", None, "heads", "kv"), 1)
+    with pytest.raises(ValueError, match="Projection equation"):
+        layer.init(jax.random.PRNGKey(0), jnp.zeros((2, 6, 12)))
