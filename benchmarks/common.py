@@ -124,10 +124,11 @@ def _wall_time_by_kind(ops):
         [(start, 1, i) for i, (_, start, _) in enumerate(ops)]
         + [(start + duration, -1, i) for i, (_, start, duration) in enumerate(ops)]
     )
+    kinds = [_kind(name) for name, _, _ in ops]
     wall, running, last = collections.Counter(), set(), None
     for time_us, change, i in edges:
         for j in running:
-            wall[_kind(ops[j][0])] += (time_us - last) / len(running) / 1e6
+            wall[kinds[j]] += (time_us - last) / len(running) / 1e6
         last = time_us
         if change > 0:
             running.add(i)
